@@ -1,0 +1,250 @@
+"""Synthetic copy-paste augmentation of the train split, from train crops only.
+
+The notebook this project replaces pasted objects before splitting, so val and test held
+crops of training faces. Here the plan is drawn from train records alone and every
+synthetic image is a new file; `plan_synthetic` is the only place crops are chosen,
+which is what the leak test checks.
+
+Planning is sequential and cheap (driver side); rendering is one pure function per
+synthetic image (`render_synthetic`), seeded per image, so the Ray and local engines
+produce byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from facemask.classes import CLASS_NAMES, MINORITY_CLASSES
+from facemask.voc import Box, Record
+
+BLEND_MODES = ("overlay", "feather", "poisson")
+JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """How many objects to paste, of which classes, and how to blend them.
+
+    Either `pastes_per_class` (explicit counts) or `balance_ratio` (raise each chosen
+    class to that fraction of the majority class's train count) decides the amounts.
+    """
+
+    classes: tuple[str, ...] = MINORITY_CLASSES
+    balance_ratio: float | None = 0.5
+    pastes_per_class: tuple[tuple[str, int], ...] = ()
+    pastes_per_image: int = 4
+    blend: str = "feather"
+    min_crop_px: int = 8
+    max_attempts: int = 40
+
+    def validate(self) -> "AugmentConfig":
+        for name in self.classes + tuple(c for c, _ in self.pastes_per_class):
+            if name not in CLASS_NAMES:
+                raise ValueError(f"--synthetic-classes: unknown class {name!r}; valid: {', '.join(CLASS_NAMES)}")
+        if self.blend not in BLEND_MODES:
+            raise ValueError(f"--blend {self.blend!r}: choose one of {', '.join(BLEND_MODES)}")
+        if self.balance_ratio is not None and not 0 <= self.balance_ratio <= 1:
+            raise ValueError(f"--balance {self.balance_ratio}: must be between 0 and 1 (0 turns pasting off)")
+        if self.pastes_per_image < 1:
+            raise ValueError("--pastes-per-image must be at least 1")
+        return self
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["classes"] = list(self.classes)
+        data["pastes_per_class"] = dict(self.pastes_per_class)
+        return data
+
+
+@dataclass
+class SyntheticPlan:
+    """The jobs to render plus what they are meant to achieve, for the manifest."""
+
+    jobs: list[dict] = field(default_factory=list)
+    train_counts: dict[str, int] = field(default_factory=dict)
+    target_counts: dict[str, int] = field(default_factory=dict)
+    planned_pastes: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def paste_targets(train_counts: Counter, cfg: AugmentConfig) -> dict[str, int]:
+    """Objects to paste per class, from explicit counts or the balance ratio."""
+    if cfg.pastes_per_class:
+        return {c: int(n) for c, n in cfg.pastes_per_class}
+    if not cfg.balance_ratio:
+        return {}
+    majority = max((train_counts.get(c, 0) for c in CLASS_NAMES), default=0)
+    goal = math.ceil(cfg.balance_ratio * majority)
+    return {c: max(0, goal - train_counts.get(c, 0)) for c in cfg.classes}
+
+
+def plan_synthetic(train: list[Record], cfg: AugmentConfig, seed: int) -> SyntheticPlan:
+    """Choose, deterministically, which train crops go onto which train backgrounds."""
+    cfg.validate()
+    rng = random.Random(seed)
+    counts = Counter(b.label for r in train for b in r.boxes)
+    plan = SyntheticPlan(train_counts={c: counts.get(c, 0) for c in CLASS_NAMES})
+    wanted = paste_targets(counts, cfg)
+    plan.target_counts = {c: counts.get(c, 0) + n for c, n in wanted.items()}
+
+    pastes: list[dict] = []
+    for name, n in sorted(wanted.items()):
+        pool = [
+            (r, b)
+            for r in train
+            for b in r.boxes
+            if b.label == name and min(b.x2 - b.x1, b.y2 - b.y1) >= cfg.min_crop_px
+        ]
+        if n and not pool:
+            plan.notes.append(f"no train crop of {name} is at least {cfg.min_crop_px}px; pasted none")
+            continue
+        chosen: list[tuple[Record, Box]] = []
+        while len(chosen) < n:
+            batch = pool[:]
+            rng.shuffle(batch)
+            chosen.extend(batch[: n - len(chosen)])
+        pastes.extend(
+            {"label": b.label, "image": r.image, "box": [b.x1, b.y1, b.x2, b.y2]} for r, b in chosen
+        )
+        plan.planned_pastes[name] = len(chosen)
+    rng.shuffle(pastes)
+
+    backgrounds = sorted(train, key=lambda r: r.image)
+    for index in range(0, len(pastes), cfg.pastes_per_image):
+        background = rng.choice(backgrounds)
+        number = index // cfg.pastes_per_image
+        plan.jobs.append(
+            {
+                "index": number,
+                "name": f"synthetic_{number:05d}_{Path(background.image).stem}.jpg",
+                "background": background.to_json(),
+                "pastes": pastes[index : index + cfg.pastes_per_image],
+                "seed": rng.getrandbits(32),
+                "blend": cfg.blend,
+                "max_attempts": cfg.max_attempts,
+            }
+        )
+    return plan
+
+
+def transform_crop(crop: Image.Image, seed: int) -> Image.Image:
+    """Apply the torchvision crop transforms; return an RGBA crop whose alpha marks the object.
+
+    The crop is padded first so rotation, shear and translation never cut it off;
+    colour jitter runs on RGB because brightness on RGBA would also scale the alpha.
+    """
+    import torch
+    from torchvision import transforms as T
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        crop = T.ColorJitter(0.2, 0.2, 0.2, 0.05)(crop.convert("RGB"))
+        w, h = crop.size
+        pad = max(w, h) // 2 + 2
+        canvas = Image.new("RGBA", (w + 2 * pad, h + 2 * pad), (0, 0, 0, 0))
+        canvas.paste(crop.convert("RGBA"), (pad, pad))
+        bilinear = T.InterpolationMode.BILINEAR
+        canvas = T.RandomRotation(15, interpolation=bilinear)(canvas)
+        canvas = T.RandomHorizontalFlip(0.5)(canvas)
+        canvas = T.RandomAffine(0, translate=(0.1, 0.1), scale=(0.8, 1.2), shear=10, interpolation=bilinear)(canvas)
+    bbox = canvas.getchannel("A").point(lambda a: 255 if a >= 128 else 0).getbbox()
+    return canvas.crop(bbox) if bbox else canvas.crop((0, 0, 0, 0))
+
+
+def _overlaps(box: tuple[float, float, float, float], others: list[tuple[float, float, float, float]]) -> bool:
+    x1, y1, x2, y2 = box
+    return any(x1 < o[2] and o[0] < x2 and y1 < o[3] and o[1] < y2 for o in others)
+
+
+def _blend(background: Image.Image, sprite: Image.Image, xy: tuple[int, int], mode: str) -> bool:
+    """Blend `sprite` onto `background` in place; return False if Poisson had to fall back."""
+    alpha = sprite.getchannel("A")
+    rgb = sprite.convert("RGB")
+    if mode == "overlay":
+        background.paste(rgb, xy, alpha.point(lambda a: 255 if a >= 128 else 0))
+        return True
+    if mode == "poisson":
+        import cv2
+
+        cv2.setNumThreads(1)
+        mask = np.array(alpha.point(lambda a: 255 if a >= 128 else 0))
+        w, h = sprite.size
+        dst = np.array(background)
+        center = (xy[0] + w // 2, xy[1] + h // 2)
+        try:
+            out = cv2.seamlessClone(np.array(rgb), dst, mask, center, cv2.NORMAL_CLONE)
+        except cv2.error:
+            _blend(background, sprite, xy, "feather")
+            return False
+        background.paste(Image.fromarray(out))
+        return True
+    radius = max(1.0, min(sprite.size) * 0.06)
+    soft = alpha.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.GaussianBlur(radius))
+    background.paste(rgb, xy, soft)
+    return True
+
+
+def render_synthetic(job: dict) -> dict:
+    """Render one planned synthetic image. Pure: same job, same bytes.
+
+    Returns the JPEG bytes, every box of the new image (the background's originals
+    plus each pasted object's tight box from the transformed alpha) and provenance.
+    """
+    background_record = Record.from_json(job["background"])
+    rng = random.Random(job["seed"])
+    with Image.open(background_record.image) as img:
+        canvas = img.convert("RGB")
+    width, height = canvas.size
+    boxes: list[Box] = list(background_record.boxes)
+    taken = [(b.x1, b.y1, b.x2, b.y2) for b in boxes]
+    placed, unplaced, fallbacks = [], 0, 0
+    sources: dict[str, Image.Image] = {}
+    for paste in job["pastes"]:
+        if paste["image"] not in sources:
+            with Image.open(paste["image"]) as src:
+                sources[paste["image"]] = src.convert("RGB")
+        x1, y1, x2, y2 = paste["box"]
+        crop = sources[paste["image"]].crop((math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)))
+        sprite = transform_crop(crop, rng.getrandbits(32))
+        w, h = sprite.size
+        margin = 2  # Poisson cloning fails when the mask touches the image border.
+        spot = None
+        if w > 0 and h > 0 and w + 2 * margin < width and h + 2 * margin < height:
+            for _ in range(job["max_attempts"]):
+                x = rng.randint(margin, width - w - margin)
+                y = rng.randint(margin, height - h - margin)
+                if not _overlaps((x, y, x + w, y + h), taken):
+                    spot = (x, y)
+                    break
+        if spot is None:
+            unplaced += 1
+            continue
+        if not _blend(canvas, sprite, spot, job["blend"]):
+            fallbacks += 1
+        box = Box(paste["label"], float(spot[0]), float(spot[1]), float(spot[0] + w), float(spot[1] + h))
+        boxes.append(box)
+        taken.append((box.x1, box.y1, box.x2, box.y2))
+        placed.append({"label": paste["label"], "source_image": paste["image"], "source_box": paste["box"],
+                       "box": [box.x1, box.y1, box.x2, box.y2]})
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return {
+        "name": job["name"],
+        "jpeg": buffer.getvalue(),
+        "width": width,
+        "height": height,
+        "boxes": boxes,
+        "background": background_record.image,
+        "background_boxes": len(background_record.boxes),
+        "pasted": placed,
+        "unplaced": unplaced,
+        "poisson_fallbacks": fallbacks,
+    }

@@ -1,0 +1,21 @@
+"""The one class map of the project. Every other module imports it from here."""
+
+from __future__ import annotations
+
+CLASS_NAMES: tuple[str, ...] = ("with_mask", "without_mask", "mask_weared_incorrect")
+CLASS_IDS: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
+# The two rare classes of the Kaggle set; copy-paste balances these by default.
+MINORITY_CLASSES: tuple[str, ...] = ("without_mask", "mask_weared_incorrect")
+
+
+def class_id(name: str) -> int:
+    """Return the YOLO id of a class name, or raise KeyError naming the valid ones."""
+    try:
+        return CLASS_IDS[name]
+    except KeyError:
+        raise KeyError(f"unknown class {name!r}: valid classes are {', '.join(CLASS_NAMES)}") from None
+
+
+def yolo_names() -> dict[int, str]:
+    """The `names` mapping of a YOLO data.yaml."""
+    return dict(enumerate(CLASS_NAMES))

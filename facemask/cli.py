@@ -1,0 +1,155 @@
+"""The `facemask` command. Each command parses, sets up global state, calls one core function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+KAGGLE_DATASET = "andrewmvd/face-mask-detection"
+
+
+def init_ray() -> None:
+    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or None,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log progress at INFO level.")
+def main(verbose: bool) -> None:
+    """Train, tune, track and serve a YOLO26 face-mask detector on Ray."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("facemask").setLevel(logging.INFO)
+
+
+@main.group()
+def data() -> None:
+    """Get, generate and prepare datasets."""
+
+
+@data.command("synth")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write images/ and annotations/.")
+@click.option("--images", default=120, show_default=True, help="Number of images.")
+@click.option("--seed", default=0, show_default=True)
+def data_synth(out: Path, images: int, seed: int) -> None:
+    """Generate a procedural face-mask dataset in the Kaggle VOC layout."""
+    from facemask.synth import synthesize
+
+    try:
+        counts = synthesize(out, images=images, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    click.echo(f"wrote {images} images to {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@data.command("fetch")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for images/ and annotations/.")
+def data_fetch(out: Path) -> None:
+    """Download the Kaggle Face Mask Detection dataset (needs network and kagglehub)."""
+    hint = f"use `facemask data synth --out {out}` for demo data, or pass --source DIR to prepare a local copy"
+    try:
+        import kagglehub
+    except ImportError:
+        _fail(f"kagglehub is not installed (pip install 'facemask[fetch]'); or {hint}")
+    try:
+        downloaded = Path(kagglehub.dataset_download(KAGGLE_DATASET))
+    except Exception as exc:  # kagglehub raises many network error types
+        _fail(f"could not download {KAGGLE_DATASET} ({type(exc).__name__}); offline? {hint}")
+    for part in ("annotations", "images"):
+        if not (downloaded / part).is_dir():
+            _fail(f"{downloaded} has no {part}/ folder; the Kaggle layout changed?")
+        shutil.copytree(downloaded / part, out / part, dirs_exist_ok=True)
+    click.echo(f"fetched {KAGGLE_DATASET} to {out}")
+
+
+def _parse_split(value: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected three numbers like 0.7,0.2,0.1") from None
+    if len(parts) != 3:
+        raise click.BadParameter(f"{value!r}: expected three numbers like 0.7,0.2,0.1")
+    return parts  # type: ignore[return-value]
+
+
+def _parse_pastes(values: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    out = []
+    for value in values:
+        name, _, count = value.partition("=")
+        if not count.isdigit():
+            raise click.BadParameter(f"{value!r}: expected CLASS=COUNT, e.g. mask_weared_incorrect=300")
+        out.append((name, int(count)))
+    return tuple(out)
+
+
+@data.command("prepare")
+@click.option("--source", type=click.Path(path_type=Path), required=True, help="VOC folder with annotations/ and images/.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder for the YOLO dataset.")
+@click.option("--engine", type=click.Choice(["ray", "local"]), default="ray", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--split", "split_", default="0.7,0.2,0.1", show_default=True, help="train,val,test fractions.")
+@click.option("--synthetic-classes", default="without_mask,mask_weared_incorrect", show_default=True,
+              help="Classes to paste, comma-separated.")
+@click.option("--balance", type=float, default=0.5, show_default=True,
+              help="Paste until each chosen class reaches this fraction of the majority class (0: no pasting).")
+@click.option("--pastes", multiple=True, help="Explicit CLASS=COUNT pastes; overrides --balance. Repeatable.")
+@click.option("--pastes-per-image", default=4, show_default=True)
+@click.option("--blend", type=click.Choice(["overlay", "feather", "poisson"]), default="feather", show_default=True)
+@click.option("--no-plots", is_flag=True, help="Skip class_distribution.png and synthetic_samples.jpg.")
+def data_prepare(source, out, engine, seed, split_, synthetic_classes, balance, pastes, pastes_per_image, blend, no_plots):
+    """Parse VOC, split stratified, copy-paste on train only, write YOLO data.yaml + manifest.json."""
+    from facemask.augment import AugmentConfig
+    from facemask.pipeline import PrepareConfig, prepare
+    from facemask.voc import EmptyDatasetError
+
+    try:
+        cfg = PrepareConfig(
+            source=source,
+            out=out,
+            engine=engine,
+            seed=seed,
+            split=_parse_split(split_),
+            augment=AugmentConfig(
+                classes=tuple(c for c in synthetic_classes.split(",") if c),
+                balance_ratio=balance,
+                pastes_per_class=_parse_pastes(pastes),
+                pastes_per_image=pastes_per_image,
+                blend=blend,
+            ),
+            plots=not no_plots,
+        ).validate()
+    except (ValueError, click.BadParameter) as exc:
+        _fail(str(exc))
+    if engine == "ray":
+        init_ray()
+    try:
+        result = prepare(cfg)
+    except (FileNotFoundError, EmptyDatasetError) as exc:
+        _fail(str(exc))
+    m = result.manifest
+    click.echo(f"data.yaml: {result.data_yaml}")
+    click.echo(f"manifest:  {result.manifest_path}  fingerprint {m['fingerprint'][:12]}")
+    for split, c in m["counts"].items():
+        objects = ", ".join(f"{k}={v['original']}+{v['pasted']}" for k, v in c["objects"].items())
+        click.echo(f"  {split:5s} images {c['images']['original']}+{c['images']['synthetic']} synthetic; objects (original+pasted) {objects}")
+    problems = m["problems"]
+    if problems["items"]:
+        click.echo(f"  problems: {json.dumps(problems['counts'])} (details in manifest.json)")

@@ -1,0 +1,337 @@
+"""`prepare(cfg)`: raw VOC folder -> leak-free YOLO dataset, on Ray Data or in one process.
+
+Parse, render and write are per-item pure functions run by `run_map`; split and
+planning are cheap global steps done by the driver. Both engines call the same
+functions with the same per-item seeds, so they write byte-identical files.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from facemask import __version__
+from facemask.augment import AugmentConfig, SyntheticPlan, plan_synthetic, render_synthetic
+from facemask.classes import CLASS_NAMES
+from facemask.convert import make_tree, tree_sha256, write_data_yaml, write_manifest, write_original, write_synthetic
+from facemask.split import SPLITS, stratified_split, validate_fractions
+from facemask.voc import (
+    EmptyDatasetError,
+    ParseResult,
+    Problem,
+    Record,
+    find_source_files,
+    orphan_image_problems,
+    parse_annotation,
+)
+
+log = logging.getLogger("facemask.prepare")
+ENGINES = ("ray", "local")
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything that decides the prepared dataset. `engine` decides only how it runs."""
+
+    source: Path
+    out: Path
+    engine: str = "ray"
+    seed: int = 0
+    split: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    plots: bool = True
+
+    def validate(self) -> "PrepareConfig":
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
+        validate_fractions(self.split)
+        self.augment.validate()
+        return self
+
+    def fingerprinted(self) -> dict:
+        """The part of the config that changes the output (not where or how it runs)."""
+        return {"seed": self.seed, "split": list(self.split), "augment": self.augment.to_dict()}
+
+
+@dataclass
+class PrepareResult:
+    manifest: dict
+    data_yaml: Path
+    manifest_path: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def images(self) -> int:
+        return sum(s["images"]["original"] + s["images"]["synthetic"] for s in self.manifest["counts"].values())
+
+
+def run_map(fn: Callable[[dict], dict], rows: list[dict], engine: str, stage: str) -> list[dict]:
+    """Apply `fn` to every row, in this process or as a Ray Data `map`; keep row order."""
+    if not rows:
+        return []
+    if engine == "local":
+        results, step = [], max(1, len(rows) // 10)
+        for i, row in enumerate(rows, 1):
+            results.append(fn(row))
+            if i % step == 0 or i == len(rows):
+                log.info("%s: %d/%d", stage, i, len(rows))
+        return results
+    import ray
+
+    indexed = [{"_order": i, **row} for i, row in enumerate(rows)]
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # A few blocks per CPU keeps both cores busy to the end without drowning in tasks.
+    blocks = min(len(rows), cpus * 4)
+    dataset = ray.data.from_items(indexed, override_num_blocks=blocks).map(
+        functools.partial(_keep_order, fn), num_cpus=1
+    )
+    out = sorted(dataset.take_all(), key=lambda r: r["_order"])
+    return [{k: v for k, v in r.items() if k != "_order"} for r in out]
+
+
+def _keep_order(fn: Callable[[dict], dict], row: dict) -> dict:
+    order = row.pop("_order")
+    return {"_order": order, **fn(row)}
+
+
+def _limit_threads() -> None:
+    """One thread per worker: Ray already runs one worker per core."""
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+def _parse_row(row: dict) -> dict:
+    result = parse_annotation(row["annotation"], row["images_dir"])
+    return {
+        "json": json.dumps(
+            {
+                "annotation": result.annotation,
+                "record": result.record.to_json() if result.record else None,
+                "problems": [asdict(p) for p in result.problems],
+                "image": result.image,
+                "annotation_sha256": result.annotation_sha256,
+            }
+        )
+    }
+
+
+def _load_parse(row: dict) -> ParseResult:
+    data = json.loads(row["json"])
+    return ParseResult(
+        annotation=data["annotation"],
+        record=Record.from_json(data["record"]) if data["record"] else None,
+        problems=[Problem(**p) for p in data["problems"]],
+        image=data["image"],
+        annotation_sha256=data["annotation_sha256"],
+    )
+
+
+def _write_row(out: str, row: dict) -> dict:
+    if row["kind"] == "original":
+        entry = write_original(Record.from_json(row["record"]), row["split"], Path(out))
+        return {"json": json.dumps({"entry": entry})}
+    _limit_threads()
+    rendered = render_synthetic(json.loads(row["job"]))
+    entry = write_synthetic(rendered, Path(out))
+    summary = {k: rendered[k] for k in ("background", "pasted", "unplaced", "poisson_fallbacks")}
+    summary["boxes"] = [b.label for b in rendered["boxes"]]
+    return {"json": json.dumps({"entry": entry, "synthetic": summary})}
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def collect_records(
+    results: list[ParseResult], images: list[Path], source: Path
+) -> tuple[list[Record], list[Problem], dict[str, str]]:
+    """Turn parse results into unique records, every problem, and a sha256 per input file."""
+    problems: list[Problem] = []
+    hashes: dict[str, str] = {}
+    records: list[Record] = []
+    claimed: set[str] = set()
+    stems: set[str] = set()
+    for result in sorted(results, key=lambda r: r.annotation):
+        hashes[result.annotation] = result.annotation_sha256
+        problems.extend(result.problems)
+        if result.image:
+            claimed.add(result.image)
+        record = result.record
+        if record is None:
+            continue
+        hashes[record.image] = record.image_sha256
+        stem = Path(record.image).stem
+        if stem in stems:
+            problems.append(
+                Problem(
+                    result.annotation,
+                    "duplicate_image",
+                    "skipped_file",
+                    f"another annotation already uses an image with stem {stem!r}; keep one annotation per image",
+                )
+            )
+            continue
+        stems.add(stem)
+        records.append(record)
+    problems.extend(orphan_image_problems(images, claimed))
+    for path in images:
+        if str(path) not in hashes:
+            hashes[str(path)] = _sha256_file(path)
+    return records, problems, hashes
+
+
+def summarise_problems(problems: list[Problem], source: Path) -> dict:
+    """Counts by action and kind, and every problem with a source-relative path."""
+
+    def rel(path: str) -> str:
+        try:
+            return str(Path(path.split(" object #")[0]).relative_to(source)) + (
+                " object #" + path.split(" object #")[1] if " object #" in path else ""
+            )
+        except ValueError:
+            return path
+
+    by_action: dict[str, Counter] = {}
+    for p in problems:
+        by_action.setdefault(p.action, Counter())[p.kind] += 1
+    return {
+        "counts": {action: dict(sorted(c.items())) for action, c in sorted(by_action.items())},
+        "skipped_files": sum(1 for p in problems if p.action == "skipped_file"),
+        "items": sorted(
+            ({"path": rel(p.path), "kind": p.kind, "action": p.action, "reason": p.reason} for p in problems),
+            key=lambda d: (d["path"], d["kind"]),
+        ),
+    }
+
+
+def _counts(split: dict[str, list[Record]], synthetic: list[dict]) -> dict:
+    counts: dict = {}
+    for name in SPLITS:
+        objects = {c: {"original": 0, "synthetic": 0, "pasted": 0} for c in CLASS_NAMES}
+        for record in split[name]:
+            for box in record.boxes:
+                objects[box.label]["original"] += 1
+        synthetic_here = synthetic if name == "train" else []
+        for item in synthetic_here:
+            for label in item["boxes"]:
+                objects[label]["synthetic"] += 1
+            for paste in item["pasted"]:
+                objects[paste["label"]]["pasted"] += 1
+        counts[name] = {
+            "images": {"original": len(split[name]), "synthetic": len(synthetic_here)},
+            "objects": objects,
+            "difficult": sum(1 for r in split[name] for b in r.boxes if b.difficult),
+        }
+    return counts
+
+
+def prepare(cfg: PrepareConfig) -> PrepareResult:
+    """Build the YOLO dataset described by `cfg` and return its manifest.
+
+    Raises FileNotFoundError for a missing source and EmptyDatasetError when no image
+    is usable; every other bad input is skipped, counted and listed in the manifest.
+    """
+    cfg.validate()
+    source, out = Path(cfg.source).resolve(), Path(cfg.out).resolve()
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+
+    annotations, images, images_dir = find_source_files(source)
+    rows = [{"annotation": str(a), "images_dir": str(images_dir)} for a in annotations]
+    parsed = [_load_parse(r) for r in run_map(_parse_row, rows, cfg.engine, "parse")]
+    records, problems, hashes = collect_records(parsed, images, source)
+    seconds["parse"] = time.perf_counter() - started
+    if not records:
+        summary = summarise_problems(problems, source)
+        raise EmptyDatasetError(
+            f"{source}: no usable image ({len(annotations)} annotations, {len(images)} images; "
+            f"problems: {summary['counts'] or 'none'}); check --source points at a VOC dataset"
+        )
+
+    split = stratified_split(records, cfg.split, cfg.seed)
+    plan: SyntheticPlan = plan_synthetic(split["train"], cfg.augment, cfg.seed)
+
+    out.mkdir(parents=True, exist_ok=True)
+    make_tree(out, SPLITS)
+    write_rows = [
+        {"kind": "synthetic", "job": json.dumps(job)} for job in plan.jobs
+    ] + [{"kind": "original", "split": name, "record": r.to_json()} for name in SPLITS for r in split[name]]
+    mark = time.perf_counter()
+    written = [json.loads(r["json"]) for r in run_map(functools.partial(_write_row, str(out)), write_rows, cfg.engine, "write")]
+    seconds["write"] = time.perf_counter() - mark
+
+    entries = [w["entry"] for w in written]
+    synthetic = [dict(w["synthetic"], image=w["entry"]["image"]) for w in written if "synthetic" in w]
+    inputs = hashlib.sha256(
+        "".join(f"{Path(p).relative_to(source)}\0{h}\n" for p, h in sorted(hashes.items())).encode()
+    ).hexdigest()
+    config = cfg.fingerprinted()
+    fingerprint = hashlib.sha256(
+        json.dumps({"inputs": inputs, "config": config, "version": __version__}, sort_keys=True).encode()
+    ).hexdigest()
+    pasted = Counter(p["label"] for s in synthetic for p in s["pasted"])
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "fingerprint": fingerprint,
+        "package_version": __version__,
+        "source": str(source),
+        "inputs": {"annotations": len(annotations), "images": len(images), "sha256": inputs},
+        "config": config,
+        "counts": _counts(split, synthetic),
+        "problems": summarise_problems(problems, source),
+        "augment": {
+            "train_counts": plan.train_counts,
+            "target_counts": plan.target_counts,
+            "planned": plan.planned_pastes,
+            "pasted": dict(sorted(pasted.items())),
+            "unplaced": sum(s["unplaced"] for s in synthetic),
+            "poisson_fallbacks": sum(s["poisson_fallbacks"] for s in synthetic),
+            "notes": plan.notes,
+        },
+        "outputs": {"files": len(entries), "sha256": tree_sha256(out, entries)},
+    }
+    provenance = out / "synthetic.jsonl"
+    provenance.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "image": s["image"],
+                    "background": str(Path(s["background"]).relative_to(source)),
+                    "pasted": [dict(p, source_image=str(Path(p["source_image"]).relative_to(source))) for p in s["pasted"]],
+                },
+                sort_keys=True,
+            )
+            + "\n"
+            for s in sorted(synthetic, key=lambda s: s["image"])
+        )
+    )
+    split_lists = {name: sorted(str(Path(r.image).relative_to(source)) for r in split[name]) for name in SPLITS}
+    (out / "splits.json").write_text(json.dumps(split_lists, indent=1) + "\n")
+    data_yaml = write_data_yaml(out, SPLITS)
+    manifest_path = write_manifest(out, manifest)
+    if cfg.plots:
+        from facemask.plots import class_distribution, synthetic_samples
+
+        class_distribution(manifest["counts"], out / "class_distribution.png")
+        synthetic_samples(out, [s["image"] for s in sorted(synthetic, key=lambda s: s["image"])], out / "synthetic_samples.jpg")
+    seconds["total"] = time.perf_counter() - started
+    log.info("prepared %s in %.1fs: %s", out, seconds["total"], {k: v["images"] for k, v in manifest["counts"].items()})
+    return PrepareResult(manifest, data_yaml, manifest_path, seconds)

@@ -1,0 +1,79 @@
+"""The two pictures of a prepared dataset: class balance, and synthetic samples with boxes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from facemask.classes import CLASS_NAMES
+
+# One colour per class id, shared by every picture the project draws (BGR-free RGB).
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((46, 204, 113), (231, 76, 60), (241, 196, 15))
+
+
+def class_distribution(counts: dict, path: Path) -> Path:
+    """Bar chart of objects per class and split, original against synthetic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(counts)
+    fig, axes = plt.subplots(1, len(splits), figsize=(4 * len(splits), 3.6), sharey=False)
+    for ax, split in zip(axes, splits):
+        objects = counts[split]["objects"]
+        original = [objects[c]["original"] for c in CLASS_NAMES]
+        synthetic = [objects[c]["synthetic"] for c in CLASS_NAMES]
+        xs = range(len(CLASS_NAMES))
+        ax.bar(xs, original, color=[tuple(v / 255 for v in c) for c in CLASS_COLORS], label="original")
+        ax.bar(xs, synthetic, bottom=original, color="none", edgecolor="black", hatch="//", label="synthetic")
+        ax.set_xticks(list(xs), [c.replace("_", "\n") for c in CLASS_NAMES], fontsize=8)
+        ax.set_title(f"{split}: {counts[split]['images']['original']} + {counts[split]['images']['synthetic']} synthetic images", fontsize=9)
+        for x, (o, s) in enumerate(zip(original, synthetic)):
+            ax.text(x, o + s, f"{o}" + (f"+{s}" if s else ""), ha="center", va="bottom", fontsize=7)
+    axes[0].set_ylabel("objects")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def draw_boxes(image: Image.Image, boxes: list[tuple[int, float, float, float, float]], width: int = 2) -> Image.Image:
+    """Draw (class_id, x1, y1, x2, y2) boxes in class colours with their labels."""
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    for cls, x1, y1, x2, y2 in boxes:
+        color = CLASS_COLORS[int(cls) % len(CLASS_COLORS)]
+        draw.rectangle((x1, y1, x2, y2), outline=color, width=width)
+        draw.text((x1 + 2, max(0, y1 - 11)), CLASS_NAMES[int(cls)], fill=color)
+    return out
+
+
+def read_yolo_boxes(label: Path, width: int, height: int) -> list[tuple[int, float, float, float, float]]:
+    boxes = []
+    for line in label.read_text().splitlines():
+        cls, cx, cy, w, h = line.split()
+        cx, cy, w, h = float(cx) * width, float(cy) * height, float(w) * width, float(h) * height
+        boxes.append((int(cls), cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+    return boxes
+
+
+def synthetic_samples(out: Path, images: list[str], path: Path, count: int = 9, tile: int = 256) -> Path | None:
+    """A 3x3 grid of synthetic train images with their YOLO boxes drawn."""
+    if not images:
+        return None
+    step = max(1, len(images) // count)
+    chosen = images[::step][:count]
+    cols = 3
+    rows = (len(chosen) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * tile, rows * tile), (255, 255, 255))
+    for i, rel in enumerate(chosen):
+        with Image.open(out / rel) as img:
+            label = (out / rel.replace("images/", "labels/", 1)).with_suffix(".txt")
+            drawn = draw_boxes(img, read_yolo_boxes(label, *img.size))
+        drawn.thumbnail((tile, tile))
+        grid.paste(drawn, ((i % cols) * tile, (i // cols) * tile))
+    grid.save(path, quality=90)
+    return path
