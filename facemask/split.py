@@ -40,9 +40,9 @@ def stratified_split(
     """Split records so every split holds every class where the counts allow it.
 
     Each image is put in the stratum of its rarest class, so the few images holding the
-    minority class are spread across splits first. Within a stratum, items go to the
-    split furthest below its share (ties: the one furthest below its global share),
-    which gives exact proportions per stratum and deterministic output per seed.
+    minority class are spread across splits first. Each item goes to the split furthest
+    below its share, weighing the stratum's gap fully and the whole split's gap by half:
+    the first keeps classes spread, the second keeps split sizes on target.
     """
     fractions = validate_fractions(fractions)
     rarity = Counter(name for r in records for name in r.class_names())
@@ -60,9 +60,11 @@ def stratified_split(
         rng.shuffle(items)
         local = Counter()
         for k, record in enumerate(items):
-            def deficit(i: int) -> tuple[float, float, int]:
+            def deficit(i: int) -> tuple[float, int]:
                 name = SPLITS[i]
-                return (fractions[i] * (k + 1) - local[name], fractions[i] * (total + 1) - len(out[name]), -i)
+                local_gap = fractions[i] * (k + 1) - local[name]
+                global_gap = fractions[i] * (total + 1) - len(out[name])
+                return (local_gap + 0.5 * global_gap, -i)
 
             choice = SPLITS[max(range(3), key=deficit)]
             local[choice] += 1
