@@ -27,6 +27,20 @@ def init_ray() -> None:
         )
 
 
+def configure_runtime() -> None:
+    """Process-wide settings for commands that train or track.
+
+    MLflow's client retries a dead server for minutes by default; a training must not
+    stall that long on logging, so retries are bounded unless the user set them.
+    """
+    from facemask.train import ultralytics_env
+
+    ultralytics_env()
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
@@ -153,3 +167,90 @@ def data_prepare(source, out, engine, seed, split_, synthetic_classes, balance, 
     problems = m["problems"]
     if problems["items"]:
         click.echo(f"  problems: {json.dumps(problems['counts'])} (details in manifest.json)")
+
+
+def _parse_overrides(values: tuple[str, ...]) -> dict:
+    """Ultralytics train args given as key=value; values parsed as YAML (0.01, true, [1,2])."""
+    import yaml
+
+    out = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r}: expected key=value, e.g. lr0=0.005 or mosaic=0.5")
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
+@main.command("train", context_settings={"ignore_unknown_options": True})
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="data.yaml from `facemask data prepare`.")
+@click.option("--model", default="yolo26s.pt", show_default=True, help="yolo26s.pt (pretrained), yolo26n.yaml (scratch) or a path.")
+@click.option("--epochs", default=50, show_default=True)
+@click.option("--imgsz", default=640, show_default=True)
+@click.option("--batch", default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, 0 or 0,1 (several GPUs of one node).")
+@click.option("--experiment", default="facemask", show_default=True)
+@click.option("--name", "run_name", default=None, help="MLflow run name (and output folder).")
+@click.option("--project", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="Dataloader workers.")
+@click.option("--register", is_flag=True, help="Register best.pt as a new version of facemask-detector.")
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+def train_command(data, model, epochs, imgsz, batch, device, experiment, run_name, project, seed, workers, register, overrides):
+    """Train one YOLO26 model, tracked in MLflow. Extra Ultralytics args as key=value."""
+    configure_runtime()
+    from facemask.train import PretrainedUnavailableError, TrainConfig, train
+
+    try:
+        cfg = TrainConfig(data=data, model=model, epochs=epochs, imgsz=imgsz, batch=batch, device=device,
+                          experiment=experiment, run_name=run_name, register=register, project=project, seed=seed,
+                          overrides=_parse_overrides(overrides), workers=workers)
+        result = train(cfg)
+    except (FileNotFoundError, PretrainedUnavailableError, ValueError, click.BadParameter) as exc:
+        _fail(str(exc))
+    click.echo(f"run {result.run_id}: {result.epochs_run} epochs in {result.seconds:.0f}s, weights {result.best}")
+    click.echo("  " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k.startswith("val/")))
+    if result.version:
+        click.echo(f"  registered models:/facemask-detector/{result.version}")
+    if result.logging_failures:
+        click.echo(f"  warning: {result.logging_failures} MLflow calls failed; see the log above", err=True)
+
+
+@main.command("evaluate")
+@click.option("--model-uri", required=True, help="models:/facemask-detector@champion, models:/NAME/N, runs:/ID/..., or a .pt")
+@click.option("--data", type=click.Path(path_type=Path), required=True)
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@click.option("--imgsz", default=640, show_default=True)
+@click.option("--batch", default=16, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def evaluate_command(model_uri, data, split, imgsz, batch, device, as_json):
+    """Measure a model on the clean test split; log it to the model's run and version."""
+    configure_runtime()
+    from facemask.detector import ModelNotFoundError
+    from facemask.evaluate import evaluate
+
+    try:
+        result = evaluate(model_uri, data, split=split, imgsz=imgsz, batch=batch, device=device)
+    except (FileNotFoundError, ModelNotFoundError) as exc:
+        _fail(str(exc))
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())
+
+
+@main.command("promote")
+@click.option("--model-uri", required=True, help="models:/facemask-detector/N")
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--force", is_flag=True, help="Move the alias without comparing scores.")
+def promote_command(model_uri, alias, force):
+    """Move an alias to a version only if its test mAP50-95 beats the current holder's."""
+    configure_runtime()
+    from facemask.detector import ModelNotFoundError
+    from facemask.evaluate import promote
+
+    try:
+        decision = promote(model_uri, alias=alias, force=force)
+    except (ValueError, ModelNotFoundError) as exc:
+        _fail(str(exc))
+    verb = "promoted" if decision.promoted else "kept"
+    subject = decision.candidate if decision.promoted else (decision.champion or "none")
+    click.echo(f"{verb} version {subject} @{alias}: {decision.reason}")

@@ -1,0 +1,439 @@
+"""Everything that talks to MLflow lives here: runs, metrics, artifacts, the registry.
+
+Logging is best-effort by design: a tracking server that stalls or disappears must never
+kill a training that has cost hours. `RunLogger` warns once, keeps metrics it could not
+send in a bounded buffer, retries after a cool-down, and always tries to close its run
+as FINISHED or FAILED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger("facemask.tracking")
+
+REGISTERED_MODEL = "facemask-detector"
+DEFAULT_EXPERIMENT = "facemask"
+# MLflow limits a param value to 6000 characters and a batch to 100 params / 1000 metrics.
+_PARAM_LIMIT = 6000
+_FAILED = object()  # what a guarded call returns when MLflow did not take it
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else `sqlite:///mlflow.db` in the current folder.
+
+    The sqlite path is made absolute so Ray workers and Tune trials, whose working
+    directories differ, all write to the same file.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def client(uri: str | None = None):
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def using_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at `uri` for a block, then restore what was there.
+
+    Only model logging needs the fluent API; everything else goes through a client.
+    """
+    import mlflow
+
+    previous = mlflow.get_tracking_uri() if mlflow.tracking._tracking_service.utils.is_tracking_uri_set() else None
+    previous_registry = os.environ.get("MLFLOW_REGISTRY_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        if previous is None:
+            mlflow.tracking._tracking_service.utils._tracking_uri = None
+        else:
+            mlflow.set_tracking_uri(previous)
+        mlflow.set_registry_uri(previous_registry or previous or "")
+
+
+def experiment_id(name: str, uri: str | None = None) -> str:
+    """The id of experiment `name`, created if missing (safe against a concurrent creator)."""
+    c = client(uri)
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return c.create_experiment(name)
+    except Exception:
+        found = c.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts to dotted keys, values to strings MLflow accepts."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:_PARAM_LIMIT]
+    return out
+
+
+def metric_key(name: str) -> str:
+    """Ultralytics names like `metrics/mAP50-95(B)` to `val/mAP50-95`: readable, and valid in MLflow."""
+    name = name.replace("metrics/", "val/").replace("(B)", "")
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
+
+
+class RunLogger:
+    """One MLflow run, logged best-effort. Use as a context manager or call `end()`.
+
+    Every call is guarded: the first failure warns (once), later ones are silent; while
+    the server is unreachable calls are skipped for `cooldown_s`, and metrics are kept
+    (up to `buffer`) to be sent when it answers again.
+    """
+
+    def __init__(
+        self,
+        experiment: str = DEFAULT_EXPERIMENT,
+        run_name: str | None = None,
+        tags: dict[str, str] | None = None,
+        parent_run_id: str | None = None,
+        uri: str | None = None,
+        run_id: str | None = None,
+        system_metrics: bool = True,
+        cooldown_s: float = 5.0,
+        buffer: int = 10_000,
+    ) -> None:
+        self.uri = uri or tracking_uri()
+        self.run_id: str | None = run_id
+        self.failures = 0
+        self._warned = False
+        self._down_until = 0.0
+        self._pending: deque = deque(maxlen=buffer)
+        self._lock = threading.Lock()
+        self._monitor = None
+        self._cooldown = cooldown_s
+        self._client = None
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        if run_name:
+            tags["mlflow.runName"] = run_name
+        if self.run_id is None:
+            started = self._call(self._start, experiment, tags)
+            self.run_id = None if started is _FAILED else started
+        elif tags:
+            self._call(lambda: [self._c.set_tag(self.run_id, k, v) for k, v in tags.items()])
+        if self.run_id and system_metrics:
+            self._call(self._start_monitor)
+
+    @property
+    def _c(self):
+        if self._client is None:
+            self._client = client(self.uri)
+        return self._client
+
+    @property
+    def active(self) -> bool:
+        return self.run_id is not None
+
+    def _start(self, experiment: str, tags: dict[str, str]) -> str:
+        run = self._c.create_run(experiment_id(experiment, self.uri), tags=tags)
+        return run.info.run_id
+
+    def _start_monitor(self) -> None:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=5, samples_before_logging=1,
+                                             tracking_uri=self.uri)
+        self._monitor.start()
+
+    def _call(self, fn, *args, **kwargs):
+        """Run one MLflow call; on failure warn once, back off, return `_FAILED`."""
+        if time.monotonic() < self._down_until:
+            return _FAILED
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # any client, network or store error: logging must not kill training
+            self.failures += 1
+            self._down_until = time.monotonic() + self._cooldown
+            if not self._warned:
+                self._warned = True
+                log.warning("MLflow logging failed (%s: %s); training goes on, will retry", type(exc).__name__, exc)
+            return _FAILED
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self._call(self._c.log_batch, self.run_id, params=items[i : i + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import RunTag
+
+        self._call(self._c.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log numeric metrics; ones that cannot be sent now are kept and sent later."""
+        if not self.active:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        with self._lock:
+            for key, value in metrics.items():
+                try:
+                    number = float(value)
+                except (TypeError, ValueError):
+                    continue
+                self._pending.append(Metric(key, number, now, step or 0))
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._pending:
+            batch = [self._pending[i] for i in range(min(len(self._pending), 1000))]
+            if self._call(self._c.log_batch, self.run_id, metrics=batch) is _FAILED:
+                return
+            for _ in batch:
+                self._pending.popleft()
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        if self.active and Path(path).exists():
+            self._call(self._c.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: Any, name: str) -> None:
+        if self.active:
+            self._call(self._c.log_dict, self.run_id, data, name)
+
+    def log_figure(self, figure, name: str) -> None:
+        if self.active:
+            self._call(self._c.log_figure, self.run_id, figure, name)
+
+    def log_dataset(self, name: str, source: str, digest: str, context: str = "training") -> None:
+        """Record the prepared dataset as an MLflow dataset input of this run."""
+        if not self.active:
+            return
+
+        def send() -> None:
+            import warnings
+
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+            from mlflow.data.meta_dataset import MetaDataset
+            from mlflow.entities import DatasetInput, InputTag
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": both are local files
+                dataset = MetaDataset(resolve_dataset_source(source), name=name, digest=digest[:36])
+            entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+            self._c.log_inputs(self.run_id, datasets=[entity])
+
+        self._call(send)
+
+    def end(self, status: str = "FINISHED", attempts: int = 3) -> bool:
+        """Close the run as FINISHED/FAILED/KILLED, retrying past a short outage."""
+        if not self.active:
+            return False
+        if self._monitor is not None:
+            with contextlib.suppress(Exception):
+                self._monitor.finish()
+            self._monitor = None
+        for attempt in range(attempts):
+            self._down_until = 0.0
+            with self._lock:
+                self._flush()
+            if self._call(self._c.set_terminated, self.run_id, status) is not _FAILED:
+                return True
+            time.sleep(min(2.0 * (attempt + 1), 5.0))
+        log.warning("could not mark MLflow run %s as %s: the tracking server at %s did not answer", self.run_id, status, self.uri)
+        return False
+
+    def __enter__(self) -> "RunLogger":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+        else:
+            self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+
+
+# ---------------------------------------------------------------- registry
+
+
+def log_and_register(
+    run_id: str,
+    weights: Path,
+    tags: dict[str, Any],
+    uri: str | None = None,
+    name: str = REGISTERED_MODEL,
+) -> str:
+    """Log `weights` as a pyfunc MLflow model of run `run_id` and register a new version.
+
+    Returns the new version number. The version is tagged with `tags` (metrics, data
+    fingerprint) so promotion and serving never need the run itself.
+    """
+    import mlflow
+
+    from facemask import __version__
+
+    uri = uri or tracking_uri()
+    with using_tracking_uri(uri):
+        # Resuming the run is the only way to attach a logged model to it; the caller ends it.
+        with mlflow.start_run(run_id=run_id):
+            logged = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(__file__).with_name("mlflow_model.py")),
+                artifacts={"weights": str(weights)},
+                pip_requirements=[f"facemask=={__version__}", "ultralytics", "torch", "pillow", "pandas"],
+                signature=_pyfunc_signature(),
+            )
+        version = mlflow.register_model(logged.model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    c = client(uri)
+    c.set_model_version_tag(name, version.version, "run_id", run_id)
+    return str(version.version)
+
+
+def _pyfunc_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image")]),
+        outputs=Schema([ColSpec("long", "image"), ColSpec("string", "label"), ColSpec("long", "class_id"),
+                        ColSpec("double", "confidence"), ColSpec("double", "x1"), ColSpec("double", "y1"),
+                        ColSpec("double", "x2"), ColSpec("double", "y2")]),
+        params=ParamSchema([ParamSpec("conf", "double", 0.25)]),
+    )
+
+
+def parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
+    """`models:/name@alias` or `models:/name/3` to (name, version, alias)."""
+    body = model_uri[len("models:/"):]
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, None, alias
+    name, _, version = body.partition("/")
+    if not version.isdigit():
+        from facemask.detector import ModelNotFoundError
+
+        raise ModelNotFoundError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    return name, version, None
+
+
+def model_version(model_uri: str, uri: str | None = None):
+    """The registry ModelVersion a `models:/` URI points to, or ModelNotFoundError naming what is missing."""
+    from facemask.detector import ModelNotFoundError
+
+    name, version, alias = parse_models_uri(model_uri)
+    c = client(uri)
+    try:
+        c.get_registered_model(name)
+    except Exception:
+        raise ModelNotFoundError(
+            f"{model_uri}: no registered model {name!r} at {uri or tracking_uri()}; "
+            "train with --register first, or set MLFLOW_TRACKING_URI"
+        ) from None
+    try:
+        return c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
+    except Exception:
+        versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{name}'"))
+        what = f"alias {alias!r}" if alias else f"version {version}"
+        hint = "promote one with `facemask promote`" if alias else "pick an existing version"
+        raise ModelNotFoundError(f"{model_uri}: {name!r} has no {what} (versions: {versions or 'none'}); {hint}") from None
+
+
+def version_metrics(mv) -> dict[str, float]:
+    out = {}
+    for key, value in (mv.tags or {}).items():
+        try:
+            out[key] = float(value)
+        except ValueError:
+            pass
+    return out
+
+
+def fetch_model(model_uri: str, uri: str | None = None):
+    """Download what a `models:/` or `runs:/` URI names; return a detector ModelInfo."""
+    import mlflow
+
+    from facemask.detector import ModelInfo, ModelNotFoundError, find_weights
+
+    uri = uri or tracking_uri()
+    name = version = run_id = None
+    metrics: dict[str, float] = {}
+    source = model_uri
+    if model_uri.startswith("models:/"):
+        mv = model_version(model_uri, uri)
+        name, version, run_id = mv.name, str(mv.version), mv.run_id
+        metrics = version_metrics(mv)
+        source = f"models:/{name}/{version}"
+    else:
+        run_id = model_uri[len("runs:/"):].split("/", 1)[0]
+    try:
+        with using_tracking_uri(uri):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+    except Exception as exc:
+        raise ModelNotFoundError(f"{model_uri}: could not download its artifacts from {uri} ({exc})") from None
+    weights = local if local.is_file() else find_weights(local)
+    return ModelInfo(uri=model_uri, weights=str(weights), name=name, version=version, run_id=run_id, metrics=metrics)
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, Any], uri: str | None = None) -> None:
+    c = client(uri)
+    for key, value in tags.items():
+        c.set_model_version_tag(name, version, key, str(value))
+
+
+def alias_version(name: str, alias: str, uri: str | None = None):
+    """The version holding `alias`, or None."""
+    try:
+        return client(uri).get_model_version_by_alias(name, alias)
+    except Exception:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str, uri: str | None = None) -> None:
+    client(uri).set_registered_model_alias(name, alias, version)
+
+
+def list_versions(name: str = REGISTERED_MODEL, uri: str | None = None) -> list[dict[str, Any]]:
+    """Every registered version with its aliases and metric tags, newest first."""
+    c = client(uri)
+    try:
+        versions = c.search_model_versions(f"name='{name}'")
+    except Exception:
+        return []
+    out = []
+    for mv in sorted(versions, key=lambda v: -int(v.version)):
+        out.append({"name": mv.name, "version": str(mv.version), "run_id": mv.run_id,
+                    "aliases": list(getattr(mv, "aliases", []) or []), "metrics": version_metrics(mv)})
+    return out
+
+
+def log_to_run(run_id: str, metrics: dict[str, float], artifacts: list[tuple[Path, str]], uri: str | None = None) -> None:
+    """Add metrics and artifacts to an existing (possibly finished) run, without reopening it."""
+    logger = RunLogger(run_id=run_id, uri=uri, system_metrics=False)
+    logger.log_metrics(metrics)
+    for path, folder in artifacts:
+        logger.log_artifact(path, folder)

@@ -1,0 +1,292 @@
+"""`train(cfg)`: one Ultralytics YOLO26 training, tracked in MLflow by our own callbacks.
+
+Ultralytics' built-in integrations (mlflow, raytune, ...) are stripped from each trainer
+rather than switched off in its settings file, so nothing is logged twice and a user's
+global Ultralytics settings are never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from facemask import __version__
+from facemask.tracking import RunLogger, log_and_register, metric_key
+
+log = logging.getLogger("facemask.train")
+
+INTEGRATION_MODULES = (
+    "ultralytics.utils.callbacks.mlflow",
+    "ultralytics.utils.callbacks.raytune",
+    "ultralytics.utils.callbacks.comet",
+    "ultralytics.utils.callbacks.clearml",
+    "ultralytics.utils.callbacks.dvc",
+    "ultralytics.utils.callbacks.tensorboard",
+    "ultralytics.utils.callbacks.wb",
+    "ultralytics.utils.callbacks.platform",
+    "ultralytics.utils.events",
+)
+TRAIN_ARTIFACTS = ("results.csv", "args.yaml")
+PLOT_PATTERNS = ("confusion_matrix*.png", "*PR_curve.png", "*F1_curve.png", "*P_curve.png", "*R_curve.png", "results.png")
+
+
+class PretrainedUnavailableError(RuntimeError):
+    """A pretrained weights name that cannot be had: not cached and no network."""
+
+
+def ultralytics_env() -> Path:
+    """Make Ultralytics safe offline and keep its settings in a folder of ours.
+
+    Sets (only where unset) YOLO_CONFIG_DIR, YOLO_OFFLINE when there is no network,
+    and YOLO_AUTOINSTALL=false; puts a local font where Ultralytics looks for Arial so
+    plots never try a download. Must run before `import ultralytics` to take effect.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "facemask" / "ultralytics"
+    config = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(cache)))
+    config.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    try:
+        import matplotlib
+
+        font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+            if font.is_file() and not (config / name).exists():
+                shutil.copyfile(font, config / name)
+    except ImportError:
+        pass
+    return config
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults are the original notebook's: yolo26s, 50 epochs, batch 8, 640."""
+
+    data: Path
+    model: str = "yolo26s.pt"
+    epochs: int = 50
+    imgsz: int = 640
+    batch: int = 8
+    device: str = "auto"
+    experiment: str = "facemask"
+    run_name: str | None = None
+    register: bool = False
+    project: Path = Path("runs/train")
+    seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    plots: bool = True
+    workers: int = 2
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    save_dir: Path
+    best: Path
+    last: Path
+    metrics: dict[str, float]
+    epochs_run: int
+    seconds: float
+    fingerprint: str
+    version: str | None = None
+    logging_failures: int = 0
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `0` when CUDA is present, else `cpu`; anything else passes through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_model_source(model: str) -> str:
+    """Check a --model value before training so a bad one fails in one clear line."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        return str(path.resolve())
+    if path.suffix in (".yaml", ".yml"):
+        if path.parent != Path("."):
+            raise FileNotFoundError(f"--model {model}: no such file")
+        return model  # an Ultralytics built-in config such as yolo26n.yaml
+    if path.suffix == ".pt":
+        if path.parent != Path("."):
+            raise FileNotFoundError(f"--model {model}: no such file; pass a path to a .pt, or a yaml like yolo26n.yaml")
+        ultralytics_env()
+        from ultralytics.utils import SETTINGS, is_online
+
+        cached = Path(SETTINGS["weights_dir"]) / path.name
+        if cached.is_file():
+            return str(cached)
+        if not is_online():
+            raise PretrainedUnavailableError(
+                f"{model} is not on this machine and there is no network: pass --model {path.stem}.yaml "
+                "to train from scratch, or a path to a .pt"
+            )
+        return model
+    raise ValueError(f"--model {model}: expected a .pt weights file or a .yaml model config")
+
+
+def read_manifest(data_yaml: Path) -> dict:
+    """The manifest written by `facemask data prepare` next to data.yaml (empty if absent)."""
+    manifest = data_yaml.parent / "manifest.json"
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+
+
+def data_fingerprint(data_yaml: Path) -> str:
+    import hashlib
+
+    manifest = read_manifest(data_yaml)
+    return manifest.get("fingerprint") or hashlib.sha256(data_yaml.read_bytes()).hexdigest()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def strip_integrations(trainer) -> None:
+    """Remove Ultralytics' own logging callbacks; ours run instead."""
+    for event, functions in trainer.callbacks.items():
+        trainer.callbacks[event] = [f for f in functions if getattr(f, "__module__", "") not in INTEGRATION_MODULES]
+
+
+def epoch_metrics(trainer) -> dict[str, float]:
+    """Train losses, val losses and metrics, and learning rates of the epoch just ended."""
+    out: dict[str, float] = {}
+    if getattr(trainer, "tloss", None) is not None:
+        out.update(trainer.label_loss_items(trainer.tloss, prefix="train"))
+    out.update(trainer.metrics or {})
+    out.update(getattr(trainer, "lr", {}) or {})
+    return {metric_key(k): float(v) for k, v in out.items()}
+
+
+def _read_results_csv(path: Path) -> list[dict[str, float]]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with path.open() as fh:
+        return [{k.strip(): float(v) for k, v in row.items() if k and v not in (None, "")} for row in csv.DictReader(fh)]
+
+
+def train(cfg: TrainConfig, callbacks: dict[str, list[Callable]] | None = None) -> TrainResult:
+    """Run one training; log params, per-epoch metrics, artifacts and the dataset to MLflow.
+
+    `callbacks` maps Ultralytics events to extra functions (Tune uses this to report
+    each epoch). The MLflow run always ends FINISHED, FAILED or KILLED.
+    """
+    data = Path(cfg.data).expanduser().resolve()
+    if not data.is_file():
+        raise FileNotFoundError(f"--data {cfg.data}: no such file; create it with `facemask data prepare`")
+    source = resolve_model_source(cfg.model)
+    ultralytics_env()
+    from ultralytics import YOLO
+
+    fingerprint = data_fingerprint(data)
+    device = resolve_device(cfg.device)
+    project = Path(cfg.project).expanduser().resolve()
+    tags = {"facemask.version": __version__, "data.fingerprint": fingerprint, **cfg.tags}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    logger = RunLogger(cfg.experiment, cfg.run_name, tags, parent_run_id=cfg.parent_run_id)
+    name = cfg.run_name or (logger.run_id[:12] if logger.run_id else time.strftime("run-%Y%m%d-%H%M%S"))
+    started = time.perf_counter()
+    logged_epochs: set[int] = set()
+    params_logged = False
+
+    def log_params(args: dict[str, Any]) -> None:
+        nonlocal params_logged
+        params_logged = True
+        args = {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}
+        logger.log_params({**args, "data_fingerprint": fingerprint, "facemask_version": __version__,
+                           "git_commit": commit or "none"})
+        logger.log_dataset(data.parent.name, str(data), fingerprint)
+
+    def on_start(trainer) -> None:
+        strip_integrations(trainer)
+        log_params(vars(trainer.args))
+
+    def on_epoch(trainer) -> None:
+        # Ultralytics fires this once more after validating best.pt; that one is logged as final/*.
+        if trainer.epoch + 1 in logged_epochs:
+            return
+        logged_epochs.add(trainer.epoch + 1)
+        logger.log_metrics(epoch_metrics(trainer), step=trainer.epoch + 1)
+
+    model = YOLO(source)
+    model.add_callback("on_pretrain_routine_start", on_start)
+    model.add_callback("on_fit_epoch_end", on_epoch)
+    for event, functions in (callbacks or {}).items():
+        for fn in functions:
+            model.add_callback(event, fn)
+    train_args = {
+        "data": str(data), "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch, "device": device,
+        "project": str(project), "name": name, "exist_ok": True, "seed": cfg.seed, "plots": cfg.plots,
+        "workers": cfg.workers, "verbose": False, **cfg.overrides,
+    }
+    status = "FAILED"
+    try:
+        model.train(**train_args)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        trainer = getattr(model, "trainer", None)
+        save_dir = Path(trainer.save_dir) if trainer is not None else project / name
+        # Under multi-GPU DDP our callbacks run in another process; fill the epochs in from results.csv.
+        if not params_logged and (save_dir / "args.yaml").is_file():
+            log_params(yaml.safe_load((save_dir / "args.yaml").read_text()) or {})
+        for row in _read_results_csv(save_dir / "results.csv"):
+            epoch = int(row.get("epoch", 0))
+            if epoch not in logged_epochs:
+                logger.log_metrics({metric_key(k): v for k, v in row.items() if k != "epoch"}, step=epoch)
+        for artifact in TRAIN_ARTIFACTS:
+            logger.log_artifact(save_dir / artifact)
+        for pattern in PLOT_PATTERNS:
+            for plot in sorted(save_dir.glob(pattern)):
+                logger.log_artifact(plot, "plots")
+        for weights in ("best.pt", "last.pt"):
+            logger.log_artifact(save_dir / "weights" / weights, "weights")
+        manifest = data.parent / "manifest.json"
+        logger.log_artifact(manifest, "data")
+        if status != "FINISHED":
+            logger.end(status)
+
+    final = {metric_key(k): float(v) for k, v in (trainer.metrics or {}).items()}
+    best = save_dir / "weights" / "best.pt"
+    version = None
+    try:
+        logger.log_metrics({f"final/{k.split('/', 1)[-1]}": v for k, v in final.items() if k.startswith("val/")})
+        if cfg.register and logger.run_id:
+            version = log_and_register(logger.run_id, best, {**version_tags(final), "data.fingerprint": fingerprint},
+                                       uri=logger.uri)
+    finally:
+        logger.end("FINISHED")
+    return TrainResult(
+        run_id=logger.run_id, save_dir=save_dir, best=best, last=save_dir / "weights" / "last.pt", metrics=final,
+        epochs_run=(trainer.epoch + 1) if trainer is not None else 0, seconds=time.perf_counter() - started,
+        fingerprint=fingerprint, version=version, logging_failures=logger.failures,
+    )
+
+
+def version_tags(metrics: dict[str, float]) -> dict[str, float]:
+    """Validation metrics as registry tags (`val_mAP50-95`, ...)."""
+    return {k.replace("/", "_"): round(v, 5) for k, v in metrics.items() if k.startswith("val/")}
