@@ -250,21 +250,28 @@ class RunLogger:
 
         self._call(send)
 
-    def end(self, status: str = "FINISHED", attempts: int = 3) -> bool:
-        """Close the run as FINISHED/FAILED/KILLED, retrying past a short outage."""
+    def end(self, status: str = "FINISHED", wait_s: float = 45.0) -> bool:
+        """Close the run as FINISHED/FAILED/KILLED, retrying for up to `wait_s` past an outage.
+
+        Metrics kept during an outage are sent first, so a server that comes back (a
+        restart, a network blip) ends up with the whole run.
+        """
         if not self.active:
             return False
         if self._monitor is not None:
             with contextlib.suppress(Exception):
                 self._monitor.finish()
             self._monitor = None
-        for attempt in range(attempts):
+        deadline = time.monotonic() + wait_s
+        while True:
             self._down_until = 0.0
             with self._lock:
                 self._flush()
-            if self._call(self._c.set_terminated, self.run_id, status) is not _FAILED:
+            if not self._pending and self._call(self._c.set_terminated, self.run_id, status) is not _FAILED:
                 return True
-            time.sleep(min(2.0 * (attempt + 1), 5.0))
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(2.0)
         log.warning("could not mark MLflow run %s as %s: the tracking server at %s did not answer", self.run_id, status, self.uri)
         return False
 

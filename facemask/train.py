@@ -79,6 +79,7 @@ class TrainConfig:
     experiment: str = "facemask"
     run_name: str | None = None
     register: bool = False
+    registered_model: str = "facemask-detector"
     project: Path = Path("runs/train")
     seed: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -166,6 +167,26 @@ def strip_integrations(trainer) -> None:
         trainer.callbacks[event] = [f for f in functions if getattr(f, "__module__", "") not in INTEGRATION_MODULES]
 
 
+def per_epoch(fn: Callable) -> Callable:
+    """Wrap an `on_fit_epoch_end` callback so it sees training epochs only.
+
+    Ultralytics fires that event once more after validating best.pt (at step epochs+1);
+    the wrapped callback skips it. The last real epoch is the first one seen with
+    `trainer.stop` set, so early stopping is handled too.
+    """
+    done = False
+
+    def wrapper(trainer) -> None:
+        nonlocal done
+        if done:
+            return
+        done = bool(getattr(trainer, "stop", False))
+        fn(trainer)
+
+    wrapper.__name__ = getattr(fn, "__name__", "per_epoch")
+    return wrapper
+
+
 def epoch_metrics(trainer) -> dict[str, float]:
     """Train losses, val losses and metrics, and learning rates of the epoch just ended."""
     out: dict[str, float] = {}
@@ -223,10 +244,8 @@ def train(cfg: TrainConfig, callbacks: dict[str, list[Callable]] | None = None) 
         strip_integrations(trainer)
         log_params(vars(trainer.args))
 
+    @per_epoch
     def on_epoch(trainer) -> None:
-        # Ultralytics fires this once more after validating best.pt; that one is logged as final/*.
-        if trainer.epoch + 1 in logged_epochs:
-            return
         logged_epochs.add(trainer.epoch + 1)
         logger.log_metrics(epoch_metrics(trainer), step=trainer.epoch + 1)
 
@@ -277,7 +296,7 @@ def train(cfg: TrainConfig, callbacks: dict[str, list[Callable]] | None = None) 
         logger.log_metrics({f"final/{k.split('/', 1)[-1]}": v for k, v in final.items() if k.startswith("val/")})
         if cfg.register and logger.run_id:
             version = log_and_register(logger.run_id, best, {**version_tags(final), "data.fingerprint": fingerprint},
-                                       uri=logger.uri)
+                                       uri=logger.uri, name=cfg.registered_model)
     finally:
         logger.end("FINISHED")
     return TrainResult(

@@ -45,3 +45,31 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real `mlflow server` on loopback for the whole session."""
+    from tests.services import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def tracking(mlflow_server, monkeypatch, request):
+    """Point MLflow at the session server, with an experiment name unique to this test."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    return {"uri": mlflow_server.uri, "experiment": f"test-{request.node.name}-{os.getpid()}"}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(synth_source, tmp_path_factory) -> Path:
+    """A prepared YOLO dataset from the session's synthesised images: data.yaml path."""
+    from facemask.pipeline import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("tiny-yolo")
+    return prepare(PrepareConfig(source=synth_source, out=out, engine="local", plots=False)).data_yaml

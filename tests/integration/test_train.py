@@ -1,0 +1,151 @@
+"""Real trainings on tiny generated data, tracked by a real `mlflow server` on loopback."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from facemask.cli import main
+from facemask.detector import ModelNotFoundError, load_detector
+from facemask.evaluate import evaluate, promote
+from facemask.tracking import set_version_tags
+from facemask.train import TrainConfig, train
+
+pytestmark = pytest.mark.integration
+
+
+def tiny(data, tracking, tmp_path, **kw) -> TrainConfig:
+    base = dict(data=data, model="yolo26n.yaml", epochs=2, imgsz=160, batch=8, device="cpu", workers=0,
+                experiment=tracking["experiment"], project=tmp_path / "runs", plots=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_run_has_params_metrics_artifacts_and_registers(tiny_data, tracking, tmp_path):
+    name = f"det-{tracking['experiment']}"
+    result = train(tiny(tiny_data, tracking, tmp_path, register=True, registered_model=name, plots=True))
+    client = MlflowClient(tracking["uri"])
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["epochs"] == "2" and params["imgsz"] == "160"
+    assert params["data_fingerprint"] == result.fingerprint
+    assert "facemask_version" in params and "git_commit" in params
+    history = client.get_metric_history(result.run_id, "val/mAP50-95")
+    assert sorted(m.step for m in history) == [1, 2]
+    for key in ("train/box_loss", "val/box_loss", "val/precision", "val/recall", "val/mAP50", "lr/pg0"):
+        assert len(client.get_metric_history(result.run_id, key)) == 2, key
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "weights")}
+    assert {"weights/best.pt", "weights/last.pt"} <= artifacts
+    top = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"results.csv", "args.yaml", "data", "plots"} <= top
+    plots = {a.path.split("/")[-1] for a in client.list_artifacts(result.run_id, "plots")}
+    assert "confusion_matrix.png" in plots and "BoxPR_curve.png" in plots and "BoxF1_curve.png" in plots
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest == result.fingerprint[:36]
+    assert any(k.startswith("system/") for k in run.data.metrics), "no MLflow system metrics"
+
+    version = client.get_model_version(name, result.version)
+    assert version.tags["data.fingerprint"] == result.fingerprint
+    assert "val_mAP50-95" in version.tags
+    by_version = load_detector(f"models:/{name}/{result.version}")
+    assert by_version.info.run_id == result.run_id and by_version.info.version == result.version
+
+    # evaluation on the clean test split is logged to the run and to the version
+    evaluation = evaluate(f"models:/{name}/{result.version}", tiny_data, imgsz=160, device="cpu")
+    assert set(evaluation.overall) == {"precision", "recall", "mAP50", "mAP50-95"}
+    assert len(evaluation.confusion_matrix) == 4
+    assert "test_mAP50-95" in client.get_model_version(name, result.version).tags
+    assert "test/mAP50-95" in client.get_run(result.run_id).data.metrics
+    assert decision_for(name, result.version).promoted  # first one takes the empty alias
+    champion = load_detector(f"models:/{name}@champion")
+    assert champion.info.version == result.version
+    detections = champion.predict([str(next((tiny_data.parent / "images" / "test").iterdir()))], imgsz=160, conf=0.0001)
+    assert len(detections) == 1
+
+
+def decision_for(name: str, version: str, force: bool = False):
+    return promote(f"models:/{name}/{version}", force=force)
+
+
+def test_promotion_gate_both_ways(tiny_data, tracking, tmp_path):
+    name = f"gate-{tracking['experiment']}"
+    first = train(tiny(tiny_data, tracking, tmp_path, epochs=1, register=True, registered_model=name, run_name="a"))
+    second = train(tiny(tiny_data, tracking, tmp_path, epochs=1, register=True, registered_model=name, run_name="b"))
+    with pytest.raises(ValueError, match="facemask evaluate"):
+        decision_for(name, first.version)
+    # The gate reads what `evaluate` writes; scores are set here so both outcomes are certain.
+    set_version_tags(name, first.version, {"test_mAP50-95": 0.40, "test.data.fingerprint": "fp"})
+    set_version_tags(name, second.version, {"test_mAP50-95": 0.30, "test.data.fingerprint": "fp"})
+    assert decision_for(name, first.version).promoted
+    worse = decision_for(name, second.version)
+    assert not worse.promoted and "does not beat" in worse.reason
+    assert load_detector(f"models:/{name}@champion").info.version == first.version
+    set_version_tags(name, second.version, {"test_mAP50-95": 0.55})
+    better = decision_for(name, second.version)
+    assert better.promoted and load_detector(f"models:/{name}@champion").info.version == second.version
+    forced = decision_for(name, first.version, force=True)
+    assert forced.promoted and load_detector(f"models:/{name}@champion").info.version == first.version
+    run = CliRunner().invoke(main, ["promote", "--model-uri", f"models:/{name}/{second.version}"])
+    assert run.exit_code == 0 and "promoted version 2" in run.output
+
+
+def test_loader_says_what_is_missing(tracking):
+    with pytest.raises(ModelNotFoundError, match="no registered model 'nobody'"):
+        load_detector("models:/nobody@champion")
+    with pytest.raises(ModelNotFoundError, match="no such weights file"):
+        load_detector("/nowhere/best.pt")
+
+
+def test_failed_training_ends_failed(tiny_data, tracking, tmp_path):
+    with pytest.raises(Exception):
+        train(tiny(tiny_data, tracking, tmp_path, overrides={"optimizer": "NoSuchOptimizer"}))
+    client = MlflowClient(tracking["uri"])
+    experiment = client.get_experiment_by_name(tracking["experiment"])
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_server_that_disappears_mid_run(tiny_data, tmp_path, monkeypatch):
+    """The server dies after epoch 1 and restarts: training finishes, the run ends FINISHED, no epoch is lost."""
+    from tests.services import MlflowServer
+
+    server = MlflowServer(tmp_path / "flaky").start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    restarted = threading.Event()
+
+    def kill_after_first_epoch(trainer):
+        if trainer.epoch == 0 and not restarted.is_set():
+            server.stop(signal.SIGKILL)
+            restarted.set()
+            threading.Thread(target=server.start, daemon=True).start()
+
+    try:
+        cfg = TrainConfig(data=tiny_data, model="yolo26n.yaml", epochs=3, imgsz=160, batch=8, device="cpu", workers=0,
+                          experiment="flaky", project=tmp_path / "runs", plots=False)
+        result = train(cfg, callbacks={"on_fit_epoch_end": [kill_after_first_epoch]})
+        assert restarted.is_set()
+        assert result.epochs_run == 3
+        assert result.logging_failures > 0
+        server.wait()
+        client = MlflowClient(server.uri)
+        assert client.get_run(result.run_id).info.status == "FINISHED"
+        steps = sorted(m.step for m in client.get_metric_history(result.run_id, "val/mAP50-95"))
+        assert steps == [1, 2, 3]
+    finally:
+        server.stop()
+
+
+def test_offline_pretrained_name_is_one_clear_line(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    run = CliRunner().invoke(main, ["train", "--data", str(tiny_data), "--model", "yolo26s.pt", "--epochs", "1"])
+    assert run.exit_code == 2
+    assert run.output.strip() == (
+        "error: yolo26s.pt is not on this machine and there is no network: pass --model yolo26s.yaml "
+        "to train from scratch, or a path to a .pt"
+    )
