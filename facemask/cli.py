@@ -254,3 +254,62 @@ def promote_command(model_uri, alias, force):
     verb = "promoted" if decision.promoted else "kept"
     subject = decision.candidate if decision.promoted else (decision.champion or "none")
     click.echo(f"{verb} version {subject} @{alias}: {decision.reason}")
+
+
+@main.command("tune")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="data.yaml from `facemask data prepare`.")
+@click.option("--model", default="yolo26s.pt", show_default=True)
+@click.option("--trials", default=20, show_default=True)
+@click.option("--epochs", default=10, show_default=True, help="Epochs per trial (ASHA's max_t).")
+@click.option("--imgsz", default=640, show_default=True)
+@click.option("--batch", default=8, show_default=True)
+@click.option("--search-space", type=click.Path(path_type=Path, exists=True), default=None,
+              help="YAML search space; default: the packaged one.")
+@click.option("--cpus-per-trial", default=2.0, show_default=True)
+@click.option("--gpus-per-trial", type=float, default=None, help="1, 0.5 or 0; default: 1 if the cluster has GPUs, else 0.")
+@click.option("--max-concurrent", type=int, default=None, help="Cap on trials at once (never more than fit).")
+@click.option("--time-budget-s", type=float, default=None)
+@click.option("--storage", default="runs/tune", show_default=True, help="Local path or s3://bucket/prefix.")
+@click.option("--name", default="facemask-study", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted study of this --storage/--name.")
+@click.option("--final-epochs", default=0, show_default=True, help="Retrain the best config this long (0: keep the trial's weights).")
+@click.option("--grace-period", default=1, show_default=True)
+@click.option("--reduction-factor", default=2.0, show_default=True)
+@click.option("--max-failures", default=2, show_default=True)
+@click.option("--metric", default="mAP50-95", show_default=True, help="Reported metric to optimise (val).")
+@click.option("--mode", type=click.Choice(["max", "min"]), default="max", show_default=True)
+@click.option("--experiment", default="facemask-tune", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-promote", is_flag=True, help="Register but do not move @champion.")
+def tune_command(**kw):
+    """Search hyperparameters with Ray Tune (Optuna TPE + ASHA); register and gate the best."""
+    configure_runtime()
+    init_ray()
+    import ray
+
+    from facemask.tune import StudyConfig, tune
+
+    gpus = kw.pop("gpus_per_trial")
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    promote_flag = not kw.pop("no_promote")
+    try:
+        result = tune(StudyConfig(gpus_per_trial=gpus, promote=promote_flag, **kw))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(study_table(result))
+
+
+def study_table(result) -> str:
+    lines = [
+        f"study {result.storage_path}  (MLflow parent run {result.parent_run_id})",
+        f"  trials: {result.counts['finished']} finished, {result.counts['stopped_early']} stopped early by ASHA, "
+        f"{result.counts['failed']} failed; {result.trial_epochs} trial-epochs in {result.seconds:.0f}s",
+        f"  best trial {result.best_trial}: val " + ", ".join(f"{k}={v:.4f}" for k, v in result.best_val.items()),
+        "  test (clean split): " + ", ".join(f"{k}={v:.4f}" for k, v in result.test.items()),
+        f"  registered version {result.version}; "
+        + (f"promoted to @champion ({result.promote_reason})" if result.promoted else f"not promoted ({result.promote_reason or 'skipped'})"),
+        "  best params:",
+    ]
+    lines += [f"    {k:15s} {v:.5g}" if isinstance(v, float) else f"    {k:15s} {v}" for k, v in sorted(result.best_config.items())]
+    return "\n".join(lines)

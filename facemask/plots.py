@@ -77,3 +77,48 @@ def synthetic_samples(out: Path, images: list[str], path: Path, count: int = 9, 
         grid.paste(drawn, ((i % cols) * tile, (i // cols) * tile))
     grid.save(path, quality=90)
     return path
+
+
+def study_plots(rows: list[dict], metric: str, out: Path) -> list[Path]:
+    """The search as pictures: objective per trial, and objective against each parameter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"finished": "#2e86de", "stopped_early": "#f39c12", "failed": "#c0392b"}
+    done = [r for r in rows if r["objective"] == r["objective"]]  # NaN: never reported
+    paths = []
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(rows) + 2), 3.5))
+    ax.bar(range(len(done)), [r["objective"] for r in done], color=[colors[r["status"]] for r in done])
+    ax.set_xticks(range(len(done)), [str(r["trial_id"])[-5:] for r in done], rotation=60, fontsize=7)
+    ax.set_ylabel(f"best {metric}")
+    ax.set_title("objective per trial (blue finished, orange stopped early, red failed)", fontsize=9)
+    fig.tight_layout()
+    paths.append(out / "objective_per_trial.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    params = sorted({k for r in done for k in r["config"]})
+    if params:
+        cols = 4
+        nrows = (len(params) + cols - 1) // cols
+        fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+        for ax, name in zip(axes.flat, params):
+            xs = [r["config"].get(name) for r in done]
+            numeric = all(isinstance(x, (int, float)) for x in xs)
+            positions = xs if numeric else [sorted(set(map(str, xs))).index(str(x)) for x in xs]
+            ax.scatter(positions, [r["objective"] for r in done], c=[colors[r["status"]] for r in done], s=18)
+            if not numeric:
+                labels = sorted(set(map(str, xs)))
+                ax.set_xticks(range(len(labels)), labels, fontsize=7)
+            ax.set_title(name, fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(params):]:
+            ax.axis("off")
+        fig.suptitle(f"{metric} against each parameter", fontsize=9)
+        fig.tight_layout()
+        paths.append(out / "objective_vs_params.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths

@@ -47,24 +47,25 @@ def client(uri: str | None = None):
 
 @contextlib.contextmanager
 def using_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API at `uri` for a block, then restore what was there.
-
-    Only model logging needs the fluent API; everything else goes through a client.
-    """
+    """Point MLflow (fluent API, registry, and `tracking_uri()`) at `uri` for a block, then restore."""
     import mlflow
 
-    previous = mlflow.get_tracking_uri() if mlflow.tracking._tracking_service.utils.is_tracking_uri_set() else None
-    previous_registry = os.environ.get("MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ["MLFLOW_REGISTRY_URI"] = uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        if previous is None:
-            mlflow.tracking._tracking_service.utils._tracking_uri = None
-        else:
-            mlflow.set_tracking_uri(previous)
-        mlflow.set_registry_uri(previous_registry or previous or "")
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        # Back to "not set": MLflow then reads the environment again.
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"] or tracking_uri())
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"] or saved["MLFLOW_TRACKING_URI"] or tracking_uri())
 
 
 def experiment_id(name: str, uri: str | None = None) -> str:
@@ -116,6 +117,7 @@ class RunLogger:
         parent_run_id: str | None = None,
         uri: str | None = None,
         run_id: str | None = None,
+        reopen: bool = False,
         system_metrics: bool = True,
         cooldown_s: float = 5.0,
         buffer: int = 10_000,
@@ -138,8 +140,12 @@ class RunLogger:
         if self.run_id is None:
             started = self._call(self._start, experiment, tags)
             self.run_id = None if started is _FAILED else started
-        elif tags:
-            self._call(lambda: [self._c.set_tag(self.run_id, k, v) for k, v in tags.items()])
+        elif reopen:
+            # A retried trial or resumed study: the run is RUNNING again until ended again.
+            self._call(self._c.update_run, self.run_id, "RUNNING")
+            tags.pop("mlflow.runName", None)
+            if tags:
+                self.set_tags(tags)
         if self.run_id and system_metrics:
             self._call(self._start_monitor)
 
@@ -444,3 +450,59 @@ def log_to_run(run_id: str, metrics: dict[str, float], artifacts: list[tuple[Pat
     logger.log_metrics(metrics)
     for path, folder in artifacts:
         logger.log_artifact(path, folder)
+
+
+@contextlib.contextmanager
+def study_tracking_uri(uri: str | None = None) -> Iterator[str]:
+    """A tracking URI that many concurrent trials can write to.
+
+    A sqlite file takes one writer at a time, and parallel trials would meet
+    "database is locked". For a sqlite URI this starts an `mlflow server` on loopback
+    over that same file for the length of the study (the server is the only writer),
+    and stops it, by its own process group, afterwards. Other URIs pass through.
+    """
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    uri = uri or tracking_uri()
+    if not uri.startswith("sqlite:"):
+        yield uri
+        return
+    db = Path(uri[len("sqlite:///"):])
+    artifacts = db.parent / "mlruns"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_file = open(db.parent / f".mlflow-server-{port}.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", uri, "--default-artifact-root", str(artifacts), "--no-serve-artifacts"],
+        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    served = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server for {uri} exited with {proc.returncode}; see {log_file.name}")
+            try:
+                with urllib.request.urlopen(f"{served}/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"mlflow server for {uri} did not start in 120s; see {log_file.name}")
+                time.sleep(0.5)
+        log.info("study logs through %s (a server over %s)", served, uri)
+        yield served
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log_file.close()

@@ -87,6 +87,10 @@ class TrainConfig:
     tags: dict[str, str] = field(default_factory=dict)
     plots: bool = True
     workers: int = 2
+    # Continue an existing MLflow run (a Tune trial restarted after a crash) ...
+    run_id: str | None = None
+    # ... from this Ultralytics last.pt, with its optimizer state and epoch counter.
+    resume_from: Path | None = None
 
 
 @dataclass
@@ -206,16 +210,21 @@ def _read_results_csv(path: Path) -> list[dict[str, float]]:
         return [{k.strip(): float(v) for k, v in row.items() if k and v not in (None, "")} for row in csv.DictReader(fh)]
 
 
-def train(cfg: TrainConfig, callbacks: dict[str, list[Callable]] | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    callbacks: dict[str, list[Callable]] | None = None,
+    on_run: Callable[[str | None], None] | None = None,
+) -> TrainResult:
     """Run one training; log params, per-epoch metrics, artifacts and the dataset to MLflow.
 
     `callbacks` maps Ultralytics events to extra functions (Tune uses this to report
-    each epoch). The MLflow run always ends FINISHED, FAILED or KILLED.
+    each epoch); `on_run` is told the MLflow run id before training starts. The MLflow
+    run always ends FINISHED, FAILED or KILLED.
     """
     data = Path(cfg.data).expanduser().resolve()
     if not data.is_file():
         raise FileNotFoundError(f"--data {cfg.data}: no such file; create it with `facemask data prepare`")
-    source = resolve_model_source(cfg.model)
+    source = str(cfg.resume_from) if cfg.resume_from else resolve_model_source(cfg.model)
     ultralytics_env()
     from ultralytics import YOLO
 
@@ -226,7 +235,10 @@ def train(cfg: TrainConfig, callbacks: dict[str, list[Callable]] | None = None) 
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    logger = RunLogger(cfg.experiment, cfg.run_name, tags, parent_run_id=cfg.parent_run_id)
+    logger = RunLogger(cfg.experiment, cfg.run_name, tags, parent_run_id=cfg.parent_run_id, run_id=cfg.run_id,
+                       reopen=cfg.run_id is not None)
+    if on_run is not None:
+        on_run(logger.run_id)
     name = cfg.run_name or (logger.run_id[:12] if logger.run_id else time.strftime("run-%Y%m%d-%H%M%S"))
     started = time.perf_counter()
     logged_epochs: set[int] = set()
@@ -260,11 +272,15 @@ def train(cfg: TrainConfig, callbacks: dict[str, list[Callable]] | None = None) 
         "project": str(project), "name": name, "exist_ok": True, "seed": cfg.seed, "plots": cfg.plots,
         "workers": cfg.workers, "verbose": False, **cfg.overrides,
     }
+    if cfg.resume_from:
+        # Ultralytics takes every other argument from the checkpoint when resuming.
+        train_args = {"resume": str(cfg.resume_from), "device": device, "workers": cfg.workers, "data": str(data)}
     status = "FAILED"
     try:
         model.train(**train_args)
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
+        # SystemExit is how Ray Tune stops a trial (ASHA); either way the run was cut short.
         status = "KILLED"
         raise
     finally:

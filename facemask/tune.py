@@ -1,0 +1,367 @@
+"""`tune(cfg)`: a Ray Tune study of YOLO26 hyperparameters with Optuna (TPE) and ASHA.
+
+One MLflow parent run per study, one nested child run per trial. Each trial reports
+every epoch through `ray.tune.report` with its weights as a checkpoint, so ASHA can stop
+it and a crashed trial resumes from its last epoch. Library code here never calls
+`ray.init()` or `ray.shutdown()`: the caller owns the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from facemask.evaluate import evaluate, promote
+from facemask.tracking import RunLogger, client, log_and_register, study_tracking_uri, using_tracking_uri
+from facemask.train import TrainConfig, data_fingerprint, epoch_metrics, per_epoch, train
+
+log = logging.getLogger("facemask.tune")
+
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
+# Ultralytics train arguments that make sense to search; anything else is a typo or not a hyperparameter.
+TUNABLE = (
+    "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr", "optimizer",
+    "box", "cls", "dfl", "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective",
+    "flipud", "fliplr", "bgr", "mosaic", "mixup", "cutmix", "copy_paste", "close_mosaic", "erasing", "cos_lr",
+    "nbs", "dropout",
+)
+STUDY_FILE = "facemask_study.json"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    data: Path
+    model: str = "yolo26s.pt"
+    trials: int = 20
+    epochs: int = 10
+    imgsz: int = 640
+    batch: int = 8
+    search_space: Path | None = None
+    cpus_per_trial: float = 2
+    gpus_per_trial: float = 0
+    max_concurrent: int | None = None
+    time_budget_s: float | None = None
+    storage: str = "runs/tune"
+    name: str = "facemask-study"
+    resume: bool = False
+    final_epochs: int = 0
+    grace_period: int = 1
+    reduction_factor: float = 2
+    max_failures: int = 2
+    metric: str = "mAP50-95"
+    mode: str = "max"
+    seed: int = 0
+    experiment: str = "facemask-tune"
+    registered_model: str = "facemask-detector"
+    promote: bool = True
+    workers: int = 0
+
+
+@dataclass
+class StudyResult:
+    parent_run_id: str | None
+    best_config: dict[str, Any]
+    best_trial: str
+    best_val: dict[str, float]
+    counts: dict[str, int]
+    trial_epochs: int
+    seconds: float
+    storage_path: str
+    test: dict[str, float] = field(default_factory=dict)
+    version: str | None = None
+    promoted: bool = False
+    promote_reason: str = ""
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_search_space(path: Path | None = None) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Read and validate a search-space YAML: (space, baseline). Unknown keys name the valid ones."""
+    text = Path(path).read_text() if path else resources.files("facemask").joinpath("configs/search_space.yaml").read_text()
+    where = str(path or "the packaged search_space.yaml")
+    doc = yaml.safe_load(text) or {}
+    space, baseline = doc.get("space") or {}, doc.get("baseline") or {}
+    if not space:
+        raise ValueError(f"{where}: no `space:` mapping of parameter -> distribution")
+    for key in list(space) + list(baseline):
+        if key not in TUNABLE:
+            raise ValueError(f"{where}: unknown hyperparameter {key!r}; valid: {', '.join(TUNABLE)}")
+    for key, spec in space.items():
+        kind = (spec or {}).get("type")
+        if kind not in DISTRIBUTIONS:
+            raise ValueError(f"{where}: {key}: type must be one of {', '.join(DISTRIBUTIONS)}, got {kind!r}")
+        if kind == "choice" and not spec.get("values"):
+            raise ValueError(f"{where}: {key}: a choice needs `values: [...]`")
+        if kind != "choice" and not (isinstance(spec.get("low"), (int, float)) and isinstance(spec.get("high"), (int, float))
+                                     and spec["low"] < spec["high"]):
+            raise ValueError(f"{where}: {key}: needs numeric low < high")
+    missing = set(baseline) - set(space)
+    if missing:
+        raise ValueError(f"{where}: baseline sets {sorted(missing)} which are not in `space`")
+    return space, baseline
+
+
+def to_tune_space(space: dict[str, dict]) -> dict[str, Any]:
+    from ray import tune
+
+    out = {}
+    for key, spec in space.items():
+        kind = spec["type"]
+        if kind == "choice":
+            out[key] = tune.choice(list(spec["values"]))
+        elif kind == "randint":
+            out[key] = tune.randint(int(spec["low"]), int(spec["high"]))
+        else:
+            out[key] = getattr(tune, kind)(float(spec["low"]), float(spec["high"]))
+    return out
+
+
+def max_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
+    """Trials that fit the cluster at once; never more than asked or than there are trials."""
+    cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
+    if cfg.cpus_per_trial <= 0:
+        raise ValueError("--cpus-per-trial must be > 0")
+    if cfg.gpus_per_trial > 0 and gpus < cfg.gpus_per_trial:
+        raise ValueError(f"--gpus-per-trial {cfg.gpus_per_trial}: the cluster has {gpus:g} GPUs; use 0 to train on CPU")
+    fits = math.floor(cpus / cfg.cpus_per_trial + 1e-9)
+    if cfg.gpus_per_trial > 0:
+        fits = min(fits, math.floor(gpus / cfg.gpus_per_trial + 1e-9))
+    if fits < 1:
+        raise ValueError(f"--cpus-per-trial {cfg.cpus_per_trial}: the cluster has only {cpus:g} CPUs")
+    return max(1, min(fits, cfg.max_concurrent or fits, cfg.trials))
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
+    """The Tune trainable: one YOLO training that reports each epoch with a checkpoint."""
+    import os
+
+    from ray import tune
+
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    os.environ["MLFLOW_TRACKING_URI"] = base["tracking_uri"]
+    workdir = Path.cwd() / "yolo"
+    run_id, resume_from = find_trial_run(base["tracking_uri"], base["parent_run_id"], trial_id), None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = json.loads((Path(folder) / "trial.json").read_text())
+            run_id = state.get("run_id") or run_id
+            resume_from = workdir / "resume" / "last.pt"
+            resume_from.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(folder) / "last.pt", resume_from)
+    holder: dict[str, Any] = {"run_id": run_id}
+
+    @per_epoch
+    def report(trainer) -> None:
+        metrics = epoch_metrics(trainer)
+        payload = {"epoch": trainer.epoch + 1, **{k.replace("val/", "").replace("/", "_"): v for k, v in metrics.items()}}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("last", "best"):
+                source = Path(getattr(trainer, name))
+                if source.is_file():
+                    shutil.copyfile(source, Path(tmp) / f"{name}.pt")
+            (Path(tmp) / "trial.json").write_text(json.dumps({"run_id": holder["run_id"], "epoch": trainer.epoch + 1}))
+            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    callbacks: dict[str, list[Callable]] = {"on_fit_epoch_end": [report]}
+    for event, fns in (base.get("trial_callbacks") or {}).items():
+        callbacks.setdefault(event, []).extend(fns)
+    cfg = TrainConfig(
+        data=Path(base["data"]), model=base["model"], epochs=base["epochs"], imgsz=base["imgsz"], batch=base["batch"],
+        device="0" if base["gpus_per_trial"] > 0 else "cpu", experiment=base["experiment"],
+        run_name=f"trial-{trial_id}", project=workdir, seed=base["seed"], overrides=dict(config),
+        parent_run_id=base["parent_run_id"], tags={"facemask.trial_id": trial_id, "facemask.study": base["study"]},
+        plots=False, workers=base["workers"], run_id=run_id, resume_from=resume_from,
+    )
+    train(cfg, callbacks=callbacks, on_run=lambda rid: holder.update(run_id=holder["run_id"] or rid))
+
+
+def find_trial_run(uri: str, parent_run_id: str, trial_id: str) -> str | None:
+    """The child run already made for this trial (a retry, a resumed study), if any."""
+    try:
+        c = client(uri)
+        parent = c.get_run(parent_run_id)
+        runs = c.search_runs(
+            [parent.info.experiment_id],
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`facemask.trial_id` = '{trial_id}'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+    except Exception:  # logging is best-effort; a new run is the fallback
+        return None
+
+
+def find_study_run(uri: str, experiment: str, path: str) -> str | None:
+    c = client(uri)
+    found = c.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = c.search_runs([found.experiment_id], f"tags.`facemask.study_path` = '{path}'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def trial_status(result, epochs: int) -> str:
+    """finished, stopped_early (ASHA or the time budget) or failed, from a Tune result."""
+    if result.error is not None:
+        return "failed"
+    reached = (result.metrics or {}).get("epoch", 0)
+    return "finished" if reached >= epochs else "stopped_early"
+
+
+MLFLOW_STATUS = {"finished": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
+
+
+def reconcile_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]]) -> None:
+    """Give each trial's child run its final status and tag, whatever its worker managed to do."""
+    c = client(uri)
+    for row in rows:
+        run_id = find_trial_run(uri, parent_run_id, row["trial_id"])
+        if run_id is None:
+            continue
+        row["run_id"] = run_id
+        c.set_tag(run_id, "facemask.trial_status", row["status"])
+        c.set_terminated(run_id, MLFLOW_STATUS[row["status"]])
+
+
+def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = None) -> StudyResult:
+    """Run (or with cfg.resume, continue) a study; register and gate its best model.
+
+    `trial_callbacks` are extra Ultralytics callbacks run inside every trial (used to
+    inject faults in tests). Expects a connected Ray cluster (`ray.init()` by the caller).
+    """
+    import optuna
+    import ray
+    from ray import tune as rt
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    space, baseline = load_search_space(cfg.search_space)
+    data = Path(cfg.data).expanduser().resolve()
+    if not data.is_file():
+        raise FileNotFoundError(f"--data {cfg.data}: no such file; create it with `facemask data prepare`")
+    storage = cfg.storage if "://" in cfg.storage else str(Path(cfg.storage).expanduser().resolve())
+    path = f"{storage.rstrip('/')}/{cfg.name}"
+    if cfg.resume and not rt.Tuner.can_restore(path):
+        raise ValueError(f"--resume: no study to restore at {path}; check --storage and --name")
+    concurrency = max_concurrency(cfg, ray.cluster_resources())
+    fingerprint = data_fingerprint(data)
+    started = time.perf_counter()
+    with study_tracking_uri() as uri:
+        previous = find_study_run(uri, cfg.experiment, path) if cfg.resume else None
+        parent = RunLogger(cfg.experiment, cfg.name, {"facemask.study_path": path, "data.fingerprint": fingerprint},
+                           uri=uri, run_id=previous, reopen=previous is not None)
+        if previous is None:
+            parent.log_params({"study": {k: str(v) for k, v in asdict(cfg).items()}, "data_fingerprint": fingerprint,
+                               "scheduler": {"type": "ASHA", "time_attr": "epoch", "max_t": cfg.epochs,
+                                             "grace_period": cfg.grace_period, "reduction_factor": cfg.reduction_factor},
+                               "searcher": {"type": "Optuna TPE", "seed": cfg.seed, "points_to_evaluate": 1 if baseline else 0},
+                               "max_concurrent": concurrency})
+            parent.log_dict({"space": space, "baseline": baseline}, "search_space.yaml")
+        base = {
+            "data": str(data), "model": cfg.model, "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch,
+            "gpus_per_trial": cfg.gpus_per_trial, "experiment": cfg.experiment, "seed": cfg.seed,
+            "tracking_uri": uri, "parent_run_id": parent.run_id, "study": cfg.name, "workers": cfg.workers,
+            "trial_callbacks": trial_callbacks or {},
+        }
+        trainable = rt.with_resources(rt.with_parameters(run_trial, base=base),
+                                      {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+        try:
+            if cfg.resume:
+                tuner = rt.Tuner.restore(path, trainable, resume_errored=True)
+            else:
+                searcher = OptunaSearch(points_to_evaluate=[baseline] if baseline else None,
+                                        sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+                scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=cfg.grace_period,
+                                          reduction_factor=cfg.reduction_factor)
+                tuner = rt.Tuner(
+                    trainable,
+                    param_space=to_tune_space(space),
+                    tune_config=rt.TuneConfig(metric=cfg.metric, mode=cfg.mode, search_alg=searcher, scheduler=scheduler,
+                                              num_samples=cfg.trials, max_concurrent_trials=concurrency,
+                                              time_budget_s=cfg.time_budget_s),
+                    run_config=rt.RunConfig(name=cfg.name, storage_path=storage, verbose=1,
+                                            failure_config=rt.FailureConfig(max_failures=cfg.max_failures),
+                                            checkpoint_config=rt.CheckpointConfig(num_to_keep=1)),
+                )
+            grid = tuner.fit()
+        except BaseException:
+            parent.end("KILLED")
+            raise
+        result = summarise(cfg, grid, parent, uri, started, path)
+        try:
+            finalise(cfg, grid, result, parent, uri, data)
+        finally:
+            result.seconds = time.perf_counter() - started
+            parent.log_metrics({"study/seconds": result.seconds})
+            parent.end("FINISHED")
+    return result
+
+
+def summarise(cfg: StudyConfig, grid, parent: RunLogger, uri: str, started: float, path: str) -> StudyResult:
+    """Per-trial rows, final child-run statuses, plots and the best trial on the parent run."""
+    from facemask.plots import study_plots
+
+    rows = []
+    for r in grid:
+        history = r.metrics_dataframe
+        values = history[cfg.metric].tolist() if history is not None and cfg.metric in history else []
+        best_value = (max(values) if cfg.mode == "max" else min(values)) if values else float("nan")
+        rows.append({"trial_id": (r.metrics or {}).get("trial_id", ""), "status": trial_status(r, cfg.epochs),
+                     "epochs": int((r.metrics or {}).get("epoch", 0)), "objective": best_value, "config": r.config})
+    reconcile_trials(uri, parent.run_id, rows)
+    counts = {s: sum(1 for row in rows if row["status"] == s) for s in ("finished", "stopped_early", "failed")}
+    best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
+    best_row = next(row for row in rows if row["config"] == best.config)
+    best_val = {k: float(v) for k, v in best.metrics.items() if k in ("mAP50-95", "mAP50", "precision", "recall")}
+    with tempfile.TemporaryDirectory() as tmp:
+        for plot in study_plots(rows, cfg.metric, Path(tmp)):
+            parent.log_artifact(plot, "plots")
+    parent.log_dict(rows, "trials.json")
+    parent.log_params({f"best.{k}": v for k, v in best.config.items()} | {"best.trial_id": best_row["trial_id"]})
+    parent.log_metrics({f"best/{k}": v for k, v in best_val.items()}
+                       | {f"trials/{k}": v for k, v in counts.items()}
+                       | {"trials/epochs": sum(row["epochs"] for row in rows)})
+    return StudyResult(parent.run_id, dict(best.config), best_row["trial_id"], best_val, counts,
+                       sum(row["epochs"] for row in rows), time.perf_counter() - started, path, trials=rows)
+
+
+def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri: str, data: Path) -> None:
+    """Retrain (optional), register, evaluate on the clean test split, and gate the promotion."""
+    with using_tracking_uri(uri):
+        _finalise(cfg, grid, result, parent, uri, data)
+
+
+def _finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri: str, data: Path) -> None:
+    if cfg.final_epochs:
+        final = train(TrainConfig(
+            data=data, model=cfg.model, epochs=cfg.final_epochs, imgsz=cfg.imgsz, batch=cfg.batch,
+            device="0" if cfg.gpus_per_trial > 0 else "cpu", experiment=cfg.experiment, run_name=f"{cfg.name}-final",
+            parent_run_id=parent.run_id, overrides=dict(result.best_config), register=True,
+            registered_model=cfg.registered_model, seed=cfg.seed, workers=cfg.workers,
+        ))
+        result.version = final.version
+    else:
+        best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
+        run_id = next(row.get("run_id") for row in result.trials if row["trial_id"] == result.best_trial)
+        with best.checkpoint.as_directory() as folder:
+            weights = Path(tempfile.mkdtemp(prefix="facemask-best-")) / "best.pt"
+            shutil.copyfile(Path(folder) / "best.pt", weights)
+        tags = {f"val_{k}": round(v, 5) for k, v in result.best_val.items()} | {"data.fingerprint": data_fingerprint(data)}
+        result.version = log_and_register(run_id, weights, tags, uri=uri, name=cfg.registered_model)
+    model_uri = f"models:/{cfg.registered_model}/{result.version}"
+    result.test = evaluate(model_uri, data, imgsz=cfg.imgsz, device="0" if cfg.gpus_per_trial > 0 else "cpu").overall
+    parent.log_metrics({f"test/{k}": v for k, v in result.test.items()})
+    parent.set_tags({"facemask.registered_version": result.version})
+    if cfg.promote:
+        decision = promote(model_uri)
+        result.promoted, result.promote_reason = decision.promoted, decision.reason
