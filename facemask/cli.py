@@ -39,6 +39,8 @@ def configure_runtime() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # Tune warns on every snapshot of short trials; the snapshots are wanted (resume), the warning is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def _fail(message: str) -> None:
@@ -287,7 +289,7 @@ def tune_command(**kw):
     init_ray()
     import ray
 
-    from facemask.tune import StudyConfig, tune
+    from facemask.tune import StudyConfig, StudyInterrupted, tune
 
     gpus = kw.pop("gpus_per_trial")
     if gpus is None:
@@ -297,6 +299,9 @@ def tune_command(**kw):
         result = tune(StudyConfig(gpus_per_trial=gpus, promote=promote_flag, **kw))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+    except StudyInterrupted as exc:
+        click.echo(f"interrupted: {exc}", err=True)
+        sys.exit(130)
     click.echo(study_table(result))
 
 

@@ -254,7 +254,13 @@ def train(
 
     def on_start(trainer) -> None:
         strip_integrations(trainer)
-        log_params(vars(trainer.args))
+        if cfg.run_id is None:
+            log_params(vars(trainer.args))
+        else:
+            # A resumed run has its params already; MLflow refuses to change them (model, resume).
+            nonlocal params_logged
+            params_logged = True
+            logger.set_tags({"facemask.resumed_from": str(cfg.resume_from or "scratch")})
 
     @per_epoch
     def on_epoch(trainer) -> None:
@@ -289,9 +295,11 @@ def train(
         # Under multi-GPU DDP our callbacks run in another process; fill the epochs in from results.csv.
         if not params_logged and (save_dir / "args.yaml").is_file():
             log_params(yaml.safe_load((save_dir / "args.yaml").read_text()) or {})
+        # Epochs up to a resume point were logged by the attempt that trained them.
+        first_epoch = int(getattr(trainer, "start_epoch", 0) or 0) + 1 if trainer is not None else 1
         for row in _read_results_csv(save_dir / "results.csv"):
             epoch = int(row.get("epoch", 0))
-            if epoch not in logged_epochs:
+            if epoch >= first_epoch and epoch not in logged_epochs:
                 logger.log_metrics({metric_key(k): v for k, v in row.items() if k != "epoch"}, step=epoch)
         for artifact in TRAIN_ARTIFACTS:
             logger.log_artifact(save_dir / artifact)

@@ -35,7 +35,10 @@ TUNABLE = (
     "flipud", "fliplr", "bgr", "mosaic", "mixup", "cutmix", "copy_paste", "close_mosaic", "erasing", "cos_lr",
     "nbs", "dropout",
 )
-STUDY_FILE = "facemask_study.json"
+
+
+class StudyInterrupted(RuntimeError):
+    """The study stopped before its trials did (Ctrl-C, `ray job stop`); it can be resumed."""
 
 
 @dataclass(frozen=True)
@@ -84,15 +87,19 @@ class StudyResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
 
 
-def load_search_space(path: Path | None = None) -> tuple[dict[str, dict], dict[str, Any]]:
-    """Read and validate a search-space YAML: (space, baseline). Unknown keys name the valid ones."""
+def load_search_space(path: Path | None = None) -> tuple[dict[str, dict], list[dict[str, Any]]]:
+    """Read and validate a search-space YAML: (space, points to evaluate first).
+
+    `baseline` is one point or a list of points. Unknown keys name the valid ones.
+    """
     text = Path(path).read_text() if path else resources.files("facemask").joinpath("configs/search_space.yaml").read_text()
     where = str(path or "the packaged search_space.yaml")
     doc = yaml.safe_load(text) or {}
-    space, baseline = doc.get("space") or {}, doc.get("baseline") or {}
+    space, baseline = doc.get("space") or {}, doc.get("baseline") or []
+    points = [baseline] if isinstance(baseline, dict) else list(baseline)
     if not space:
         raise ValueError(f"{where}: no `space:` mapping of parameter -> distribution")
-    for key in list(space) + list(baseline):
+    for key in list(space) + [k for point in points for k in point]:
         if key not in TUNABLE:
             raise ValueError(f"{where}: unknown hyperparameter {key!r}; valid: {', '.join(TUNABLE)}")
     for key, spec in space.items():
@@ -104,10 +111,11 @@ def load_search_space(path: Path | None = None) -> tuple[dict[str, dict], dict[s
         if kind != "choice" and not (isinstance(spec.get("low"), (int, float)) and isinstance(spec.get("high"), (int, float))
                                      and spec["low"] < spec["high"]):
             raise ValueError(f"{where}: {key}: needs numeric low < high")
-    missing = set(baseline) - set(space)
-    if missing:
-        raise ValueError(f"{where}: baseline sets {sorted(missing)} which are not in `space`")
-    return space, baseline
+    for point in points:
+        missing = set(point) - set(space)
+        if missing:
+            raise ValueError(f"{where}: baseline sets {sorted(missing)} which are not in `space`")
+    return space, points
 
 
 def to_tune_space(space: dict[str, dict]) -> dict[str, Any]:
@@ -159,6 +167,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
             resume_from = workdir / "resume" / "last.pt"
             resume_from.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(folder) / "last.pt", resume_from)
+            log.warning("trial %s resumes after epoch %s from its checkpoint", trial_id, state.get("epoch"))
     holder: dict[str, Any] = {"run_id": run_id}
 
     @per_epoch
@@ -208,6 +217,13 @@ def find_study_run(uri: str, experiment: str, path: str) -> str | None:
         return None
     runs = c.search_runs([found.experiment_id], f"tags.`facemask.study_path` = '{path}'", max_results=1)
     return runs[0].info.run_id if runs else None
+
+
+def interrupted(grid, cfg: StudyConfig, elapsed: float) -> bool:
+    """Tune returns normally after SIGINT; tell that apart from a study that ran its course."""
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    budget_spent = cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s
+    return unfinished > 0 and not budget_spent or (len(grid) < cfg.trials and not budget_spent)
 
 
 def trial_status(result, epochs: int) -> str:
@@ -264,9 +280,11 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
             parent.log_params({"study": {k: str(v) for k, v in asdict(cfg).items()}, "data_fingerprint": fingerprint,
                                "scheduler": {"type": "ASHA", "time_attr": "epoch", "max_t": cfg.epochs,
                                              "grace_period": cfg.grace_period, "reduction_factor": cfg.reduction_factor},
-                               "searcher": {"type": "Optuna TPE", "seed": cfg.seed, "points_to_evaluate": 1 if baseline else 0},
+                               "searcher": {"type": "Optuna TPE", "seed": cfg.seed, "points_to_evaluate": len(baseline)},
                                "max_concurrent": concurrency})
             parent.log_dict({"space": space, "baseline": baseline}, "search_space.yaml")
+            # Logged once here so concurrent trials find the dataset instead of racing to create it.
+            parent.log_dataset(data.parent.name, str(data), fingerprint)
         base = {
             "data": str(data), "model": cfg.model, "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch,
             "gpus_per_trial": cfg.gpus_per_trial, "experiment": cfg.experiment, "seed": cfg.seed,
@@ -279,10 +297,12 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
             if cfg.resume:
                 tuner = rt.Tuner.restore(path, trainable, resume_errored=True)
             else:
-                searcher = OptunaSearch(points_to_evaluate=[baseline] if baseline else None,
+                searcher = OptunaSearch(points_to_evaluate=baseline or None,
                                         sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+                # stop_last_trials=False: a trial that reaches max_t ends by itself, so it still
+                # validates best.pt and closes its run, instead of being cut off at its last report.
                 scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=cfg.grace_period,
-                                          reduction_factor=cfg.reduction_factor)
+                                          reduction_factor=cfg.reduction_factor, stop_last_trials=False)
                 tuner = rt.Tuner(
                     trainable,
                     param_space=to_tune_space(space),
@@ -297,6 +317,12 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
         except BaseException:
             parent.end("KILLED")
             raise
+        if interrupted(grid, cfg, time.perf_counter() - started):
+            parent.set_tags({"facemask.study_status": "interrupted"})
+            parent.end("KILLED")
+            raise StudyInterrupted(
+                f"study {path} was interrupted; its state is saved: run the same command with --resume to continue"
+            )
         result = summarise(cfg, grid, parent, uri, started, path)
         try:
             finalise(cfg, grid, result, parent, uri, data)

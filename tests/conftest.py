@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,13 @@ def _isolated_settings(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep Ultralytics' per-user settings and any MLflow default store out of the user's home."""
     config = tmp_path_factory.mktemp("ultralytics-config")
     os.environ["YOLO_CONFIG_DIR"] = str(config)
+    # Ray 2.60 turns token auth on and would write ~/.ray/auth_token; keep the token in the session instead.
+    token = tmp_path_factory.mktemp("ray-auth") / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "false"
 
