@@ -16,6 +16,9 @@ KAGGLE_DATASET = "andrewmvd/face-mask-detection"
 
 def init_ray() -> None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local one."""
+    # Seen under `ray job submit` here: once ray.init() has run, importing torch can abort
+    # with "oneMKL FATAL ERROR: Cannot load libtorch_cpu.so". Loading torch first avoids it.
+    import torch  # noqa: F401
     import ray
 
     if not ray.is_initialized():
@@ -44,6 +47,10 @@ def configure_runtime() -> None:
 
 
 def _fail(message: str) -> None:
+    if os.environ.get("FACEMASK_DEBUG"):
+        import traceback
+
+        traceback.print_exc()
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
 
@@ -269,6 +276,7 @@ def promote_command(model_uri, alias, force):
               help="YAML search space; default: the packaged one.")
 @click.option("--cpus-per-trial", default=2.0, show_default=True)
 @click.option("--gpus-per-trial", type=float, default=None, help="1, 0.5 or 0; default: 1 if the cluster has GPUs, else 0.")
+@click.option("--trial-resources", multiple=True, help="Custom Ray resource per trial as NAME=AMOUNT (pins trials to nodes).")
 @click.option("--max-concurrent", type=int, default=None, help="Cap on trials at once (never more than fit).")
 @click.option("--time-budget-s", type=float, default=None)
 @click.option("--storage", default="runs/tune", show_default=True, help="Local path or s3://bucket/prefix.")
@@ -295,8 +303,15 @@ def tune_command(**kw):
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     promote_flag = not kw.pop("no_promote")
+    resources = {}
+    for item in kw.pop("trial_resources"):
+        name, _, amount = item.partition("=")
+        try:
+            resources[name] = float(amount)
+        except ValueError:
+            _fail(f"--trial-resources {item!r}: expected NAME=AMOUNT, e.g. trainer=1")
     try:
-        result = tune(StudyConfig(gpus_per_trial=gpus, promote=promote_flag, **kw))
+        result = tune(StudyConfig(gpus_per_trial=gpus, promote=promote_flag, trial_resources=resources, **kw))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     except StudyInterrupted as exc:

@@ -52,6 +52,8 @@ class StudyConfig:
     search_space: Path | None = None
     cpus_per_trial: float = 2
     gpus_per_trial: float = 0
+    # Custom Ray resources each trial needs, e.g. {"trainer": 1} to pin trials to nodes started with it.
+    trial_resources: dict[str, float] = field(default_factory=dict)
     max_concurrent: int | None = None
     time_budget_s: float | None = None
     storage: str = "runs/tune"
@@ -143,6 +145,11 @@ def max_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
     fits = math.floor(cpus / cfg.cpus_per_trial + 1e-9)
     if cfg.gpus_per_trial > 0:
         fits = min(fits, math.floor(gpus / cfg.gpus_per_trial + 1e-9))
+    for name, amount in cfg.trial_resources.items():
+        have = cluster.get(name, 0)
+        if have < amount:
+            raise ValueError(f"--trial-resources {name}={amount:g}: the cluster has {have:g} of {name!r}")
+        fits = min(fits, math.floor(have / amount + 1e-9))
     if fits < 1:
         raise ValueError(f"--cpus-per-trial {cfg.cpus_per_trial}: the cluster has only {cpus:g} CPUs")
     return max(1, min(fits, cfg.max_concurrent or fits, cfg.trials))
@@ -152,6 +159,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     """The Tune trainable: one YOLO training that reports each epoch with a checkpoint."""
     import os
 
+    import ray
     from ray import tune
 
     ctx = tune.get_context()
@@ -189,7 +197,10 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
         data=Path(base["data"]), model=base["model"], epochs=base["epochs"], imgsz=base["imgsz"], batch=base["batch"],
         device="0" if base["gpus_per_trial"] > 0 else "cpu", experiment=base["experiment"],
         run_name=f"trial-{trial_id}", project=workdir, seed=base["seed"], overrides=dict(config),
-        parent_run_id=base["parent_run_id"], tags={"facemask.trial_id": trial_id, "facemask.study": base["study"]},
+        parent_run_id=base["parent_run_id"],
+        tags={"facemask.trial_id": trial_id, "facemask.study": base["study"],
+              "facemask.node_id": ray.get_runtime_context().get_node_id(),
+              "facemask.resources": json.dumps(ctx.get_trial_resources().required_resources, sort_keys=True)},
         plots=False, workers=base["workers"], run_id=run_id, resume_from=resume_from,
     )
     train(cfg, callbacks=callbacks, on_run=lambda rid: holder.update(run_id=holder["run_id"] or rid))
@@ -237,14 +248,24 @@ def trial_status(result, epochs: int) -> str:
 MLFLOW_STATUS = {"finished": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
 
 
-def reconcile_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]]) -> None:
-    """Give each trial's child run its final status and tag, whatever its worker managed to do."""
+def reconcile_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]], grid) -> None:
+    """Give each trial's child run its final status, tag and weights, whatever its worker managed.
+
+    A trial stopped by the scheduler is torn down soon after its last report, maybe
+    before its own upload of best.pt finished; its Tune checkpoint always has it.
+    """
     c = client(uri)
+    checkpoints = {(r.metrics or {}).get("trial_id"): r.checkpoint for r in grid}
     for row in rows:
         run_id = find_trial_run(uri, parent_run_id, row["trial_id"])
         if run_id is None:
             continue
         row["run_id"] = run_id
+        checkpoint = checkpoints.get(row["trial_id"])
+        if checkpoint is not None and "weights/best.pt" not in {a.path for a in c.list_artifacts(run_id, "weights")}:
+            with checkpoint.as_directory() as folder:
+                if (Path(folder) / "best.pt").is_file():
+                    c.log_artifact(run_id, str(Path(folder) / "best.pt"), "weights")
         c.set_tag(run_id, "facemask.trial_status", row["status"])
         c.set_terminated(run_id, MLFLOW_STATUS[row["status"]])
 
@@ -292,7 +313,7 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
             "trial_callbacks": trial_callbacks or {},
         }
         trainable = rt.with_resources(rt.with_parameters(run_trial, base=base),
-                                      {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+                                      {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **cfg.trial_resources})
         try:
             if cfg.resume:
                 tuner = rt.Tuner.restore(path, trainable, resume_errored=True)
@@ -344,7 +365,7 @@ def summarise(cfg: StudyConfig, grid, parent: RunLogger, uri: str, started: floa
         best_value = (max(values) if cfg.mode == "max" else min(values)) if values else float("nan")
         rows.append({"trial_id": (r.metrics or {}).get("trial_id", ""), "status": trial_status(r, cfg.epochs),
                      "epochs": int((r.metrics or {}).get("epoch", 0)), "objective": best_value, "config": r.config})
-    reconcile_trials(uri, parent.run_id, rows)
+    reconcile_trials(uri, parent.run_id, rows, grid)
     counts = {s: sum(1 for row in rows if row["status"] == s) for s in ("finished", "stopped_early", "failed")}
     best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
     best_row = next(row for row in rows if row["config"] == best.config)

@@ -75,3 +75,84 @@ class MlflowServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+
+class RayCluster:
+    """A Ray cluster of real `ray start` nodes on loopback, token auth on, stopped by process group."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root = Path(root)
+        self.env = env
+        self.port = free_port()
+        self.dashboard_port = free_port()
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _start(self, args: list[str], name: str) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "ab")
+        ray = str(Path(sys.executable).with_name("ray"))
+        # A small object store per node: several nodes share this machine's memory.
+        proc = subprocess.Popen([ray, "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+                                 "--object-store-memory", str(300 * 2**20), *args],
+                                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def start_head(self, num_cpus: int, resources: dict[str, float]) -> None:
+        import json
+
+        proc = self._start(["--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
+                            "--resources", json.dumps(resources), "--include-dashboard", "true",
+                            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                            "--temp-dir", str(self.root / "head")], "head")
+        wait_port(self.dashboard_port, proc=proc)
+
+    def add_node(self, num_cpus: int, resources: dict[str, float]) -> None:
+        import json
+
+        self._start(["--address", self.address, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources)],
+                    f"node{len(self.procs)}")
+
+    def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
+        ray = str(Path(sys.executable).with_name("ray"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = subprocess.run([ray, "list", "nodes", "--address", self.address, "--format", "json",
+                                  "--filter", "state=ALIVE"], env=self.env, capture_output=True, text=True)
+            if out.returncode == 0 and out.stdout.count('"node_id"') >= count:
+                return
+            time.sleep(2)
+        raise TimeoutError(f"fewer than {count} Ray nodes came up")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def wait_port(port: int, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for port {port} exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
