@@ -44,6 +44,8 @@ def configure_runtime() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     # Tune warns on every snapshot of short trials; the snapshots are wanted (resume), the warning is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # MLflow prints a "View run at <server>" line per run; a study's server is gone after it, so the links mislead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _fail(message: str) -> None:

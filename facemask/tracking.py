@@ -118,6 +118,7 @@ class RunLogger:
         uri: str | None = None,
         run_id: str | None = None,
         reopen: bool = False,
+        enabled: bool = True,
         system_metrics: bool = True,
         cooldown_s: float = 5.0,
         buffer: int = 10_000,
@@ -137,6 +138,9 @@ class RunLogger:
             tags["mlflow.parentRunId"] = parent_run_id
         if run_name:
             tags["mlflow.runName"] = run_name
+        if not enabled:
+            self.run_id = None
+            return
         if self.run_id is None:
             started = self._call(self._start, experiment, tags)
             self.run_id = None if started is _FAILED else started

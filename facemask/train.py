@@ -87,6 +87,8 @@ class TrainConfig:
     tags: dict[str, str] = field(default_factory=dict)
     plots: bool = True
     workers: int = 2
+    # False trains without MLflow (the baseline the logging overhead is measured against).
+    tracking: bool = True
     # Continue an existing MLflow run (a Tune trial restarted after a crash) ...
     run_id: str | None = None
     # ... from this Ultralytics last.pt, with its optimizer state and epoch counter.
@@ -236,7 +238,7 @@ def train(
     if commit:
         tags["mlflow.source.git.commit"] = commit
     logger = RunLogger(cfg.experiment, cfg.run_name, tags, parent_run_id=cfg.parent_run_id, run_id=cfg.run_id,
-                       reopen=cfg.run_id is not None)
+                       reopen=cfg.run_id is not None, enabled=cfg.tracking)
     if on_run is not None:
         on_run(logger.run_id)
     name = cfg.run_name or (logger.run_id[:12] if logger.run_id else time.strftime("run-%Y%m%d-%H%M%S"))

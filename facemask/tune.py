@@ -70,6 +70,10 @@ class StudyConfig:
     registered_model: str = "facemask-detector"
     promote: bool = True
     workers: int = 0
+    # False runs every trial to the end (the baseline ASHA is measured against).
+    asha: bool = True
+    # False skips registering, evaluating and promoting the best trial.
+    register: bool = True
 
 
 @dataclass
@@ -323,7 +327,7 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
                 # stop_last_trials=False: a trial that reaches max_t ends by itself, so it still
                 # validates best.pt and closes its run, instead of being cut off at its last report.
                 scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=cfg.grace_period,
-                                          reduction_factor=cfg.reduction_factor, stop_last_trials=False)
+                                          reduction_factor=cfg.reduction_factor, stop_last_trials=False) if cfg.asha else None
                 tuner = rt.Tuner(
                     trainable,
                     param_space=to_tune_space(space),
@@ -346,7 +350,8 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
             )
         result = summarise(cfg, grid, parent, uri, started, path)
         try:
-            finalise(cfg, grid, result, parent, uri, data)
+            if cfg.register:
+                finalise(cfg, grid, result, parent, uri, data)
         finally:
             result.seconds = time.perf_counter() - started
             parent.log_metrics({"study/seconds": result.seconds})
