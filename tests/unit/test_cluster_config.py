@@ -1,0 +1,57 @@
+"""cluster.yaml: valid against the schema shipped in the `ray` package, and safe by default."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict:
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def test_valid_against_ray_schema(cluster):
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(cluster, schema)
+
+
+def test_token_auth_on_every_node(cluster):
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in cluster[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), key
+    assert any("auth_token" in target for target in cluster["file_mounts"]), "the token must reach every node"
+
+
+def test_dashboard_never_public(cluster):
+    commands = " ".join(cluster["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in commands
+    assert "0.0.0.0" not in yaml.safe_dump(cluster)
+
+
+def test_setup_installs_this_package(cluster):
+    assert any(re.search(r"pip install -e '?/home/ray/facemask", c) for c in cluster["setup_commands"])
+    assert cluster["file_mounts"]["/home/ray/facemask"] == "."
+
+
+def test_gpu_workers_declare_gpus(cluster):
+    head = cluster["head_node_type"]
+    workers = {k: v for k, v in cluster["available_node_types"].items() if k != head}
+    assert workers
+    for name, node in workers.items():
+        assert node["resources"].get("GPU", 0) >= 1, name
+        assert node["max_workers"] >= node["min_workers"]
+    assert "GPU" not in cluster["available_node_types"][head]["resources"]
+
+
+def test_image_matches_pinned_ray(cluster):
+    assert cluster["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}-")
+    assert "gpu" in cluster["docker"]["image"]
