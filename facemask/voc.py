@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from facemask.classes import CLASS_IDS
 
@@ -162,8 +162,10 @@ def read_image_size(path: Path) -> tuple[int, int, str]:
         with Image.open(path) as img:
             img.load()
             width, height = img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"unreadable image: {exc}") from None
+    except Exception as exc:
+        # Not just PIL's own errors: once Ultralytics is imported it patches Image.open, and an
+        # unidentified file then raises ImportError (it reaches for an optional HEIF plugin).
+        raise ValueError(f"unreadable image: {type(exc).__name__}: {exc}") from None
     if width <= 0 or height <= 0:
         raise ValueError(f"image has zero size {width}x{height}")
     return width, height, _sha256(data)

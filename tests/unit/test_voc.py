@@ -73,8 +73,13 @@ def test_xml_without_image(tmp_path):
     assert "ghost" in result.problems[0].reason
 
 
+@pytest.mark.parametrize("with_ultralytics", [False, True])
 @pytest.mark.parametrize("damage", ["truncated", "not_an_image"])
-def test_unreadable_image_is_skipped(tmp_path, damage):
+def test_unreadable_image_is_skipped(tmp_path, damage, with_ultralytics, monkeypatch):
+    if with_ultralytics:  # it patches PIL's Image.open, which changes what a bad file raises
+        from ultralytics.utils import patches
+
+        monkeypatch.setattr(Image, "open", patches.image_open)
     src = make_source(tmp_path)
     path = add_image(src, "a.jpg", size=(300, 300), fmt="JPEG")
     data = path.read_bytes()
