@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,6 +40,12 @@ def configure_runtime() -> None:
     from facemask.train import ultralytics_env
 
     ultralytics_env()
+    # Ultralytics logs to stdout; keep stdout for our results (evaluate --json must parse).
+    from ultralytics.utils import LOGGER
+
+    for handler in LOGGER.handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stdout:
+            handler.setStream(sys.stderr)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -242,7 +249,9 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, as_json):
     from facemask.evaluate import evaluate
 
     try:
-        result = evaluate(model_uri, data, split=split, imgsz=imgsz, batch=batch, device=device)
+        # Ultralytics' progress bars write to stdout too; stdout carries only the result.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = evaluate(model_uri, data, split=split, imgsz=imgsz, batch=batch, device=device)
     except (FileNotFoundError, ModelNotFoundError) as exc:
         _fail(str(exc))
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 
@@ -90,6 +91,11 @@ def test_promotion_gate_both_ways(tiny_data, tracking, tmp_path):
     assert forced.promoted and load_detector(f"models:/{name}@champion").info.version == first.version
     run = CliRunner().invoke(main, ["promote", "--model-uri", f"models:/{name}/{second.version}"])
     assert run.exit_code == 0 and "promoted version 2" in run.output
+    # `evaluate --json` prints only the JSON on stdout (Ultralytics' chatter goes to stderr)
+    run = CliRunner().invoke(main, ["evaluate", "--model-uri", f"models:/{name}/{second.version}",
+                                   "--data", str(tiny_data), "--imgsz", "160", "--json"])
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.stdout)["overall"].keys() == {"precision", "recall", "mAP50", "mAP50-95"}
 
 
 def test_loader_says_what_is_missing(tracking):
