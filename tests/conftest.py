@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,16 +14,33 @@ ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
 
 
+_RAY_AUTH_DIR = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ray 2.60 turns token auth on and would write ~/.ray/auth_token; keep a token for this run instead.
+
+    Set before collection: Ray reads RAY_AUTH_MODE once per process, at its first import,
+    and some test modules import ray at module level.
+    """
+    global _RAY_AUTH_DIR
+    _RAY_AUTH_DIR = tempfile.mkdtemp(prefix="facemask-ray-auth-")
+    token = Path(_RAY_AUTH_DIR) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _RAY_AUTH_DIR:
+        shutil.rmtree(_RAY_AUTH_DIR, ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_settings(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep Ultralytics' per-user settings and any MLflow default store out of the user's home."""
     config = tmp_path_factory.mktemp("ultralytics-config")
     os.environ["YOLO_CONFIG_DIR"] = str(config)
-    # Ray 2.60 turns token auth on and would write ~/.ray/auth_token; keep the token in the session instead.
-    token = tmp_path_factory.mktemp("ray-auth") / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["YOLO_OFFLINE"] = "1"
@@ -50,7 +69,8 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # "local": a fresh instance, never a `ray start` cluster another test left behind.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
