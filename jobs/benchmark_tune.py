@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--imgsz", type=int, default=160)
     parser.add_argument("--cpus-per-trial", type=float, default=1)
+    parser.add_argument("--reduction-factor", type=float, default=2)
     args = parser.parse_args()
 
     from facemask.cli import configure_runtime, init_ray
@@ -46,7 +47,8 @@ def main() -> None:
             result = tune(StudyConfig(
                 data=data, model="yolo26n.yaml", trials=args.trials, epochs=args.epochs, imgsz=args.imgsz, batch=16,
                 cpus_per_trial=args.cpus_per_trial, storage=str(Path(tmp) / "studies"), name=label.replace(" ", "-"),
-                asha=asha, register=False, experiment="benchmark-tune", grace_period=1, reduction_factor=2))
+                asha=asha, register=False, experiment="benchmark-tune", grace_period=1,
+                reduction_factor=args.reduction_factor))
             rows[label] = (result.trial_epochs, time.perf_counter() - started, result.best_val.get("mAP50-95", float("nan")),
                            result.counts)
     print(f"{args.trials} trials x up to {args.epochs} epochs, yolo26n.yaml at {args.imgsz}, {args.images} generated images")
