@@ -8,6 +8,7 @@ becomes a `Problem` with its path and reason, and the pipeline counts and report
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
@@ -159,7 +160,8 @@ def read_image_size(path: Path) -> tuple[int, int, str]:
     """
     data = path.read_bytes()
     try:
-        with Image.open(path) as img:
+        # Decode the bytes already read for the fingerprint instead of reading the file twice.
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
             width, height = img.size
     except Exception as exc:
