@@ -224,10 +224,10 @@ def summarise_problems(problems: list[Problem], source: Path) -> dict:
     """Counts by action and kind, and every problem with a source-relative path."""
 
     def rel(path: str) -> str:
+        # Box problems are "FILE object #N": make FILE relative, keep the object suffix.
+        file, sep, index = path.partition(" object #")
         try:
-            return str(Path(path.split(" object #")[0]).relative_to(source)) + (
-                " object #" + path.split(" object #")[1] if " object #" in path else ""
-            )
+            return str(Path(file).relative_to(source)) + sep + index
         except ValueError:
             return path
 

@@ -139,6 +139,11 @@ def to_tune_space(space: dict[str, dict]) -> dict[str, Any]:
     return out
 
 
+def gpu_device(gpus_per_trial: float) -> str:
+    """The Ultralytics device for a process Ray gave GPUs to (it sees them renumbered from 0)."""
+    return "0" if gpus_per_trial > 0 else "cpu"
+
+
 def max_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
     """Trials that fit the cluster at once; never more than asked or than there are trials."""
     cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
@@ -199,7 +204,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
         callbacks.setdefault(event, []).extend(fns)
     cfg = TrainConfig(
         data=Path(base["data"]), model=base["model"], epochs=base["epochs"], imgsz=base["imgsz"], batch=base["batch"],
-        device="0" if base["gpus_per_trial"] > 0 else "cpu", experiment=base["experiment"],
+        device=gpu_device(base["gpus_per_trial"]), experiment=base["experiment"],
         run_name=f"trial-{trial_id}", project=workdir, seed=base["seed"], overrides=dict(config),
         parent_run_id=base["parent_run_id"],
         tags={"facemask.trial_id": trial_id, "facemask.study": base["study"],
@@ -397,7 +402,7 @@ def _finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, ur
     if cfg.final_epochs:
         final = train(TrainConfig(
             data=data, model=cfg.model, epochs=cfg.final_epochs, imgsz=cfg.imgsz, batch=cfg.batch,
-            device="0" if cfg.gpus_per_trial > 0 else "cpu", experiment=cfg.experiment, run_name=f"{cfg.name}-final",
+            device=gpu_device(cfg.gpus_per_trial), experiment=cfg.experiment, run_name=f"{cfg.name}-final",
             parent_run_id=parent.run_id, overrides=dict(result.best_config), register=True,
             registered_model=cfg.registered_model, seed=cfg.seed, workers=cfg.workers,
         ))
@@ -411,7 +416,7 @@ def _finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, ur
         tags = {f"val_{k}": round(v, 5) for k, v in result.best_val.items()} | {"data.fingerprint": data_fingerprint(data)}
         result.version = log_and_register(run_id, weights, tags, uri=uri, name=cfg.registered_model)
     model_uri = f"models:/{cfg.registered_model}/{result.version}"
-    result.test = evaluate(model_uri, data, imgsz=cfg.imgsz, device="0" if cfg.gpus_per_trial > 0 else "cpu").overall
+    result.test = evaluate(model_uri, data, imgsz=cfg.imgsz, device=gpu_device(cfg.gpus_per_trial)).overall
     parent.log_metrics({f"test/{k}": v for k, v in result.test.items()})
     parent.set_tags({"facemask.registered_version": result.version})
     if cfg.promote:
