@@ -344,3 +344,124 @@ def study_table(result) -> str:
     ]
     lines += [f"    {k:15s} {v:.5g}" if isinstance(v, float) else f"    {k:15s} {v}" for k, v in sorted(result.best_config.items())]
     return "\n".join(lines)
+
+
+@main.command("serve")
+@click.option("--model-uri", default="models:/facemask-detector@champion", show_default=True,
+              help="models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx (air-gapped).")
+@click.option("--backend", type=click.Choice(["pt", "onnx"]), default="pt", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda:N.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Proxy address; 0.0.0.0 exposes it (set FACEMASK_API_KEY).")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--replicas", default=1, show_default=True, help="Detector replicas.")
+@click.option("--num-cpus", default=1.0, show_default=True, help="CPUs per detector replica.")
+@click.option("--num-gpus", default=0.0, show_default=True, help="GPUs per detector replica (0.25: four share one).")
+@click.option("--max-batch-size", default=8, show_default=True)
+@click.option("--torch-threads", type=int, default=None, help="Threads per replica (default: its CPUs).")
+def serve_command(model_uri, backend, device, host, port, replicas, num_cpus, num_gpus, max_batch_size, torch_threads):
+    """Serve the detector, its API and page on this machine's Ray (Ctrl-C stops it)."""
+    configure_runtime()
+    from facemask.detector import ModelNotFoundError, resolve_model
+    from facemask.serving import AppArgs
+
+    try:
+        resolve_model(model_uri, backend=backend)  # fail here, in one line, rather than in a replica's retries
+        args = AppArgs(model_uri=model_uri, backend=backend, device=device, max_batch_size=max_batch_size,
+                       torch_threads=torch_threads,
+                       detector_options={"num_replicas": replicas,
+                                         "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}})
+    except (ModelNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    init_ray()
+    url = start_serving(args, host=host, port=port)
+    click.echo(f"serving {model_uri} ({backend}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+
+
+def start_serving(args, host: str = "127.0.0.1", port: int = 8000, name: str = "facemask") -> str:
+    """Start Serve's proxy on host:port and deploy the app; returns its URL once it answers."""
+    from ray import serve
+
+    from facemask.serving import build_app
+
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(args), name=name, route_prefix="/")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}"
+
+
+@main.command("query")
+@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--url", default=lambda: os.environ.get("FACEMASK_URL", "http://127.0.0.1:8000"), show_default="FACEMASK_URL or http://127.0.0.1:8000")
+@click.option("--model", "model_id", default=None, help="A registered version or alias (default: the server's).")
+@click.option("--conf", type=float, default=None)
+@click.option("--iou", type=float, default=None)
+@click.option("--imgsz", type=int, default=None)
+@click.option("--max-det", type=int, default=None)
+@click.option("--save", type=click.Path(path_type=Path), default=None, help="Also write the annotated image here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full JSON answer.")
+def query_command(image, url, model_id, conf, iou, imgsz, max_det, save, as_json):
+    """Send IMAGE to a running endpoint and print its detections (API key from FACEMASK_API_KEY)."""
+    from facemask.client import Client, EndpointError
+
+    client = Client(url)
+    params = {"conf": conf, "iou": iou, "imgsz": imgsz, "max_det": max_det}
+    try:
+        result = client.predict(image, model=model_id, **params)
+        if save:
+            save.write_bytes(client.predict_image(image, model=model_id, **params))
+    except EndpointError as exc:
+        _fail(f"{url}: {exc}")
+    except OSError as exc:
+        _fail(f"{url}: no endpoint answered ({getattr(exc, 'reason', exc)}); start one with `facemask serve`")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(detections_table(result))
+    if save:
+        click.echo(f"annotated image: {save}")
+
+
+def detections_table(result: dict) -> str:
+    m, t, size = result["model"], result["timings"], result["image"]
+    lines = [f"{len(result['detections'])} detections in {size['width']}x{size['height']} by "
+             f"{m['name'] or m['uri']} v{m['version'] or '-'} ({m['backend']}), "
+             f"inference {t['inference_ms']:.0f} ms, total {t['total_ms']:.0f} ms",
+             "  counts: " + ", ".join(f"{k}={v}" for k, v in result["counts"].items())]
+    for d in result["detections"]:
+        b = d["box"]
+        lines.append(f"  {d['label']:22s} {d['confidence']:.3f}  ({b['x1']:.0f}, {b['y1']:.0f}, {b['x2']:.0f}, {b['y2']:.0f})")
+    return "\n".join(lines)
+
+
+@main.command("export")
+@click.option("--model-uri", required=True, help="models:/facemask-detector/N, @alias, runs:/..., or a local .pt")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--imgsz", default=640, show_default=True, help="Trace size; the export takes any size and batch.")
+@click.option("--opset", type=int, default=None)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also copy the file here.")
+def export_command(model_uri, fmt, imgsz, opset, out):
+    """Export to ONNX and log it beside the .pt (serve it with --backend onnx)."""
+    configure_runtime()
+    from facemask.detector import ModelNotFoundError
+    from facemask.export import export_onnx
+
+    try:
+        result = export_onnx(model_uri, imgsz=imgsz, opset=opset, out=out)
+    except ModelNotFoundError as exc:
+        _fail(str(exc))
+    click.echo(f"exported {result.path}")
+    if result.artifact_uri:
+        click.echo(f"  logged as {result.artifact_uri}" + (f"; version {result.version} tagged onnx_artifact" if result.version else ""))

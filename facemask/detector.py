@@ -95,22 +95,29 @@ class Detector:
         return out
 
 
-def load_detector(model_uri: str, device: str = "cpu") -> Detector:
+def load_detector(model_uri: str, device: str = "cpu", backend: str = "pt") -> Detector:
     """Load a detector from a registry/run URI or a local weights file.
 
+    backend "onnx" serves the ONNX export of that model (see `facemask export`) with onnxruntime.
     Raises ModelNotFoundError saying which model, version, alias, run or file is missing.
     """
-    return Detector(resolve_model(model_uri), device=device)
+    return Detector(resolve_model(model_uri, backend=backend), device=device if backend == "pt" else "cpu")
 
 
-def resolve_model(model_uri: str) -> ModelInfo:
-    """Turn a model URI into local weights plus its registry/run metadata."""
+def resolve_model(model_uri: str, backend: str = "pt") -> ModelInfo:
+    """Turn a model URI into local weights (PyTorch, or its ONNX export) plus its registry/run metadata."""
+    if backend not in ("pt", "onnx"):
+        raise ValueError(f"backend {backend!r}: expected pt or onnx")
     if model_uri.startswith(("models:/", "runs:/")):
         from facemask.tracking import fetch_model
 
-        return fetch_model(model_uri)
+        return fetch_model(model_uri, backend=backend)
     path = Path(model_uri).expanduser()
     if path.is_file() and path.suffix in (".pt", ".onnx"):
+        if backend == "onnx" and path.suffix == ".pt":
+            path = path.with_suffix(".onnx")
+            if not path.is_file():
+                raise ModelNotFoundError(f"{model_uri}: no ONNX export beside it; run `facemask export --model-uri {model_uri}`")
         return ModelInfo(uri=model_uri, weights=str(path.resolve()))
     if path.is_dir() and (path / "artifacts").is_dir():
         weights = find_weights(path)

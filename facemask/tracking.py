@@ -20,6 +20,8 @@ from typing import Any, Iterator
 log = logging.getLogger("facemask.tracking")
 
 REGISTERED_MODEL = "facemask-detector"
+# Version tag holding the runs:/ URI of a version's ONNX export.
+ONNX_TAG = "onnx_artifact"
 DEFAULT_EXPERIMENT = "facemask"
 # MLflow limits a param value to 6000 characters and a batch to 100 params / 1000 metrics.
 _PARAM_LIMIT = 6000
@@ -390,8 +392,11 @@ def version_metrics(mv) -> dict[str, float]:
     return out
 
 
-def fetch_model(model_uri: str, uri: str | None = None):
-    """Download what a `models:/` or `runs:/` URI names; return a detector ModelInfo."""
+def fetch_model(model_uri: str, uri: str | None = None, backend: str = "pt"):
+    """Download what a `models:/` or `runs:/` URI names; return a detector ModelInfo.
+
+    backend "onnx" downloads the version's ONNX export (the `onnx_artifact` tag `facemask export` sets).
+    """
     import mlflow
 
     from facemask.detector import ModelInfo, ModelNotFoundError, find_weights
@@ -405,6 +410,12 @@ def fetch_model(model_uri: str, uri: str | None = None):
         name, version, run_id = mv.name, str(mv.version), mv.run_id
         metrics = version_metrics(mv)
         source = f"models:/{name}/{version}"
+        if backend == "onnx":
+            source = (mv.tags or {}).get(ONNX_TAG)
+            if not source:
+                raise ModelNotFoundError(
+                    f"{model_uri}: version {version} has no ONNX export; run `facemask export --model-uri {model_uri}`"
+                )
     else:
         run_id = model_uri[len("runs:/"):].split("/", 1)[0]
     try:
@@ -412,7 +423,9 @@ def fetch_model(model_uri: str, uri: str | None = None):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
     except Exception as exc:
         raise ModelNotFoundError(f"{model_uri}: could not download its artifacts from {uri} ({exc})") from None
-    weights = local if local.is_file() else find_weights(local)
+    weights = local if local.is_file() else find_weights(local, prefer=f".{backend}")
+    if weights.suffix != f".{backend}":
+        raise ModelNotFoundError(f"{model_uri}: no .{backend} weights in {source}; for ONNX run `facemask export` first")
     return ModelInfo(uri=model_uri, weights=str(weights), name=name, version=version, run_id=run_id, metrics=metrics)
 
 

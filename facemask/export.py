@@ -1,0 +1,57 @@
+"""Export a trained detector to ONNX, beside its PyTorch weights in MLflow.
+
+The export has dynamic batch and image axes, so one file serves any `imgsz` and the
+batches that Serve forms. For a registered version it is logged to the version's run under
+`onnx/` and the version is tagged `onnx_artifact=runs:/<run>/onnx/<file>`, which is where
+`load_detector(uri, backend="onnx")` and `facemask serve --backend onnx` look for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    artifact_uri: str | None  # runs:/... where it was logged, when the model came from MLflow
+    version: str | None
+
+
+def export_onnx(model_uri: str, imgsz: int = 640, opset: int | None = None, out: Path | None = None) -> ExportResult:
+    """Write `<weights>.onnx` (or `out`) for `model_uri`; log and tag it when the model is registered."""
+    import shutil
+
+    from facemask.detector import resolve_model
+    from facemask.tracking import ONNX_TAG, client, parse_models_uri, set_version_tags
+    from facemask.train import ultralytics_env
+
+    ultralytics_env()
+    from ultralytics import YOLO
+
+    info = resolve_model(model_uri)
+    options = {"format": "onnx", "imgsz": imgsz, "dynamic": True, "simplify": False, "device": "cpu"}
+    if opset:
+        options["opset"] = opset
+    # Ultralytics prints its export report on stdout; stdout is for our result.
+    with contextlib.redirect_stdout(sys.stderr):
+        exported = Path(YOLO(info.weights, task="detect").export(**options))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(exported, out)
+        exported = out
+    artifact_uri = None
+    if info.run_id:
+        client().log_artifact(info.run_id, str(exported), "onnx")
+        artifact_uri = f"runs:/{info.run_id}/onnx/{exported.name}"
+        if info.version:
+            name = info.name or parse_models_uri(model_uri)[0]
+            set_version_tags(name, info.version, {ONNX_TAG: artifact_uri, "onnx_imgsz": imgsz})
+        log.info("logged %s to run %s", exported.name, info.run_id)
+    return ExportResult(path=exported, artifact_uri=artifact_uri, version=info.version)

@@ -1,0 +1,539 @@
+"""The Ray Serve application: a hardened FastAPI ingress in front of a batched, multiplexed detector.
+
+    serve run serve.app:app model_uri=models:/facemask-detector@champion
+    serve deploy serve/config.yaml
+    facemask serve --model-uri models:/facemask-detector@champion
+
+The ingress checks every request (API key, body size, format, pixel count, parameters) and
+decodes the image once, so nothing malformed reaches the model. The detector deployment
+gathers concurrent requests into one model call (`@serve.batch`) and keeps up to three
+registry versions loaded per replica (`@serve.multiplexed`), chosen per request with the
+`serve_multiplexed_model_id` header (a version number or an alias; default: the app's model).
+"""
+
+
+import asyncio
+import hmac
+import io
+import logging
+import os
+import re
+import time
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from ray import serve
+
+from facemask import __version__
+from facemask.classes import CLASS_NAMES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_URI = "models:/facemask-detector@champion"
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "MPO")
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MULTIPLEX_HEADER = "serve_multiplexed_model_id"
+
+
+class AppArgs(BaseModel):
+    """What `serve run serve.app:app key=value ...` and serve/config.yaml's `args` accept."""
+
+    model_config = {"extra": "forbid"}
+
+    model_uri: str = Field(DEFAULT_MODEL_URI, description="models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx")
+    backend: str = Field("pt", pattern="^(pt|onnx)$", description="pt (PyTorch) or onnx (onnxruntime, CPU)")
+    device: str = Field("auto", description="auto, cpu or cuda:N")
+    tracking_uri: str | None = Field(None, description="MLflow server of the registry; default MLFLOW_TRACKING_URI")
+    max_body_mb: float = Field(10.0, gt=0, description="Larger bodies get 413")
+    max_pixels: int = Field(40_000_000, gt=0, description="Larger images (decompression bombs) get 413")
+    max_batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
+    torch_threads: int | None = Field(None, ge=1, description="Threads per detector replica; default: its num_cpus")
+    # Replica counts and resources of each deployment are set in serve/config.yaml (or by `facemask serve`).
+    detector_options: dict[str, Any] = Field(default_factory=dict)
+    ingress_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class APIError(Exception):
+    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message, self.headers = status, error, message, headers
+
+
+# ---------------------------------------------------------------- API schema
+
+
+class Box(BaseModel):
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class DetectionOut(BaseModel):
+    label: str = Field(description=" | ".join(CLASS_NAMES))
+    class_id: int
+    confidence: float
+    box: Box = Field(description="Corners in source-image pixels")
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class ModelRef(BaseModel):
+    name: str | None
+    version: str | None
+    run_id: str | None
+    uri: str
+    backend: str
+
+
+class Timings(BaseModel):
+    decode_ms: float = Field(description="Reading and checking the upload (ingress)")
+    queue_ms: float = Field(description="Waiting for a batch to form and a model call to start")
+    inference_ms: float = Field(description="The model call of the batch this request was in")
+    total_ms: float = Field(description="From the ingress receiving the request to the answer")
+    batch_size: int = Field(description="Requests served by that one model call")
+
+
+class PredictResponse(BaseModel):
+    detections: list[DetectionOut]
+    counts: dict[str, int] = Field(description="Detections per class; every class present")
+    image: ImageSize
+    model: ModelRef
+    timings: Timings
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="A stable code, e.g. not_an_image, body_too_large")
+    message: str = Field(description="What was wrong and how to fix it")
+
+
+class ModelInfoResponse(BaseModel):
+    name: str | None
+    version: str | None
+    run_id: str | None
+    uri: str
+    backend: str
+    device: str
+    classes: list[str]
+    metrics: dict[str, float]
+
+
+class VersionInfo(BaseModel):
+    name: str
+    version: str
+    run_id: str | None
+    aliases: list[str]
+    metrics: dict[str, float]
+
+
+class ModelsResponse(BaseModel):
+    default: str = Field(description="The model served without a serve_multiplexed_model_id header")
+    versions: list[VersionInfo]
+    registry_error: str | None = None
+
+
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "Empty body, not an image, truncated or zero-size image, bad model id"},
+    401: {"model": ErrorResponse, "description": "FACEMASK_API_KEY is set and the bearer token is missing or wrong"},
+    404: {"model": ErrorResponse, "description": "The requested model version or alias does not exist"},
+    413: {"model": ErrorResponse, "description": "Body over max_body_mb, or image over max_pixels"},
+    415: {"model": ErrorResponse, "description": "An image format other than " + ", ".join(SUPPORTED_FORMATS)},
+    422: {"model": ErrorResponse, "description": "A query parameter out of range"},
+    503: {"model": ErrorResponse, "description": "Overloaded: retry after the Retry-After seconds"},
+}
+
+IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {"type": "object", "required": ["file"],
+                       "properties": {"file": {"type": "string", "format": "binary"}}},
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+api = FastAPI(
+    title="facemask",
+    version=__version__,
+    description="Face-mask detection (YOLO26): with_mask, without_mask, mask_weared_incorrect. "
+    f"Send `{MULTIPLEX_HEADER}: <version or alias>` to pick a registered model.",
+)
+bearer = HTTPBearer(auto_error=False, description="Required when the server has FACEMASK_API_KEY set")
+
+
+@api.exception_handler(APIError)
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return JSONResponse({"error": exc.error, "message": exc.message}, status_code=exc.status, headers=exc.headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors())
+    return JSONResponse({"error": "invalid_parameter", "message": problems}, status_code=422)
+
+
+# ---------------------------------------------------------------- input checks
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    too_large = APIError(413, "body_too_large", f"the body is over the {limit / 1e6:g} MB limit; send a smaller image")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def image_bytes(request: Request, limit: int) -> bytes:
+    """The uploaded image: multipart field `file`, or the raw body."""
+    body = await read_body(request, limit)
+    if not body:
+        raise APIError(400, "empty_body", "the request has no image: send it as multipart field 'file' or as the raw body")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return body
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, receive).form(max_files=1, max_fields=10)
+    except Exception as exc:  # malformed multipart: several parser error types
+        raise APIError(400, "bad_multipart", f"the multipart body could not be parsed ({exc})") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise APIError(400, "empty_body", "multipart upload has no file field named 'file'")
+    data = await upload.read()
+    if not data:
+        raise APIError(400, "empty_body", f"the uploaded file {upload.filename!r} is empty")
+    return data
+
+
+def decode_image(data: bytes, max_pixels: int):
+    """Bytes to an RGB PIL image, or an APIError saying exactly what is wrong with them."""
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise APIError(413, "too_many_pixels", f"the image has more than {max_pixels} pixels; downscale it") from None
+    except Exception:  # Ultralytics patches Image.open, which then raises other types than PIL's
+        raise APIError(400, "not_an_image", "the body is not an image Pillow can read (send JPEG, PNG, WebP or BMP)") from None
+    if image.format not in SUPPORTED_FORMATS:
+        raise APIError(415, "unsupported_format",
+                       f"{image.format} images are not supported; send one of {', '.join(SUPPORTED_FORMATS)}")
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise APIError(400, "zero_size_image", f"the image is {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise APIError(413, "too_many_pixels",
+                       f"the image is {width}x{height} = {width * height} pixels, over the {max_pixels} limit; downscale it")
+    try:
+        image.load()
+        # Browsers show photos turned by their EXIF orientation; boxes must match what people see.
+        return ImageOps.exif_transpose(image).convert("RGB")
+    except Exception as exc:
+        raise APIError(400, "truncated_image", f"the {image.format} image could not be decoded ({exc}); is the file complete?") from None
+
+
+def check_model_id(model_id: str) -> str:
+    if model_id and not MODEL_ID.match(model_id):
+        raise APIError(400, "bad_model_id",
+                       f"{MULTIPLEX_HEADER} {model_id[:70]!r}: expected a version number (3) or an alias (champion)")
+    return model_id
+
+
+def model_uri_for(model_id: str, default_uri: str) -> str:
+    """A header value (`3`, `champion`) to a registry URI of the default model's registered name."""
+    name = default_uri[len("models:/"):].split("@")[0].split("/")[0] if default_uri.startswith("models:/") else "facemask-detector"
+    return f"models:/{name}/{model_id}" if model_id.isdigit() else f"models:/{name}@{model_id}"
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def _use_registry(tracking_uri: str | None) -> None:
+    """Point this replica's MLflow at the registry, with bounded retries (a dead server must not hang requests)."""
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+def page_html() -> str:
+    import json
+
+    from facemask.plots import CLASS_COLORS
+
+    html = resources.files("facemask").joinpath("web/index.html").read_text()
+    classes = [{"name": n, "color": "#%02x%02x%02x" % c} for n, c in zip(CLASS_NAMES, CLASS_COLORS)]
+    return html.replace("/*CLASSES*/[]", json.dumps(classes)).replace("{{HEADER}}", MULTIPLEX_HEADER)
+
+
+def model_ref(detector) -> dict:
+    info = detector.info
+    return {"name": info.name, "version": info.version, "run_id": info.run_id, "uri": info.uri,
+            "backend": "onnx" if info.weights.endswith(".onnx") else "pt"}
+
+
+# ---------------------------------------------------------------- deployments
+
+
+@serve.deployment(
+    name="Detector",
+    ray_actor_options={"num_cpus": 1},
+    # Room for two full batches; more waits in the caller's queue, beyond that a quick 503.
+    max_ongoing_requests=16,
+    max_queued_requests=64,
+    health_check_period_s=10,
+)
+class DetectorDeployment:
+    """Runs the model: one call per batch of concurrent requests, per model version."""
+
+    def __init__(self, args: dict) -> None:
+        from facemask.detector import load_detector
+
+        self.args = AppArgs.model_validate(args)
+        _use_registry(self.args.tracking_uri)
+        if self.args.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.args.torch_threads)
+        self.device = resolve_device(self.args.device) if self.args.backend == "pt" else "cpu"
+        self.default = load_detector(self.args.model_uri, device=self.device, backend=self.args.backend)
+        self.predict_batch.set_max_batch_size(self.args.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        log.info("serving %s (version %s) on %s", self.default.info.uri, self.default.info.version, self.device)
+
+    @serve.multiplexed(max_num_models_per_replica=3)
+    async def load_version(self, model_id: str):
+        from facemask.detector import load_detector
+        from facemask.tracking import model_version
+
+        uri = model_uri_for(model_id, self.args.model_uri)
+        # An alias or number naming the default version reuses the loaded default.
+        mv = await asyncio.to_thread(model_version, uri)
+        if self.default.info.name == mv.name and self.default.info.version == str(mv.version):
+            return self.default
+        return await asyncio.to_thread(
+            load_detector, f"models:/{mv.name}/{mv.version}", self.device, self.args.backend
+        )
+
+    async def model_for_request(self):
+        model_id = serve.get_multiplexed_model_id()
+        return self.default if not model_id else await self.load_version(model_id)
+
+    async def __call__(self, payload: dict) -> dict:
+        from facemask.detector import ModelNotFoundError
+
+        try:
+            detector = await self.model_for_request()
+        except ModelNotFoundError as exc:
+            return {"error": "model_not_found", "status": 404, "message": str(exc)}
+        payload["queued_at"] = time.perf_counter()
+        return await self.predict_batch((detector, payload))
+
+    async def info(self) -> dict:
+        from facemask.detector import ModelNotFoundError
+
+        try:
+            detector = await self.model_for_request()
+        except ModelNotFoundError as exc:
+            return {"error": "model_not_found", "status": 404, "message": str(exc)}
+        return {**model_ref(detector), "device": self.device, "classes": list(CLASS_NAMES),
+                "metrics": detector.info.metrics}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def predict_batch(self, items: list[tuple[Any, dict]]) -> list[dict]:
+        # One model call per (model, parameters) group; a batch mixes versions and settings.
+        groups: dict[tuple, list[int]] = {}
+        for i, (detector, p) in enumerate(items):
+            groups.setdefault((id(detector), p["conf"], p["iou"], p["imgsz"], p["max_det"]), []).append(i)
+        out: list[dict] = [{} for _ in items]
+        for (_, conf, iou, imgsz, max_det), indexes in groups.items():
+            detector = items[indexes[0]][0]
+            started = time.perf_counter()
+            found = await asyncio.to_thread(
+                detector.predict, [items[i][1]["image"] for i in indexes], conf, iou, imgsz, max_det
+            )
+            inference_ms = (time.perf_counter() - started) * 1000
+            for i, detections in zip(indexes, found):
+                out[i] = {
+                    "detections": [d.to_dict() for d in detections],
+                    "model": model_ref(detector),
+                    "inference_ms": round(inference_ms, 2),
+                    "queue_ms": round((started - items[i][1]["queued_at"]) * 1000, 2),
+                    "batch_size": len(indexes),
+                }
+        return out
+
+    def check_health(self) -> None:
+        if self.default is None:
+            raise RuntimeError("no model loaded")
+
+
+@serve.deployment(
+    name="Ingress",
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=64,
+    max_queued_requests=128,
+)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, detector, args: dict, api_key: str | None = None) -> None:
+        from PIL import Image
+
+        self.detector = detector
+        self.args = AppArgs.model_validate(args)
+        _use_registry(self.args.tracking_uri)
+        self.api_key = api_key or None
+        self.limit = int(self.args.max_body_mb * 1e6)
+        Image.MAX_IMAGE_PIXELS = self.args.max_pixels
+
+    def authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
+        if self.api_key is None:
+            return
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), self.api_key.encode()):
+            raise APIError(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    async def call_detector(self, method: str, request: Request, payload: Any = None) -> dict:
+        from ray.serve.exceptions import BackPressureError
+
+        model_id = check_model_id(request.headers.get(MULTIPLEX_HEADER, "").strip())
+        handle = self.detector.options(multiplexed_model_id=model_id, method_name=method)
+        try:
+            result = await (handle.remote(payload) if payload is not None else handle.remote())
+        except BackPressureError:
+            raise APIError(503, "overloaded", "the detector's queue is full; retry shortly", headers={"Retry-After": "1"}) from None
+        if "error" in result:
+            raise APIError(result["status"], result["error"], result["message"])
+        return result
+
+    async def detect(self, request: Request, conf: float, iou: float, imgsz: int, max_det: int):
+        started = time.perf_counter()
+        image = decode_image(await image_bytes(request, self.limit), self.args.max_pixels)
+        decoded = time.perf_counter()
+        result = await self.call_detector(
+            "__call__", request, {"image": np.asarray(image), "conf": conf, "iou": iou, "imgsz": imgsz, "max_det": max_det}
+        )
+        counts = {name: 0 for name in CLASS_NAMES}
+        for d in result["detections"]:
+            counts[d["label"]] += 1
+        timings = {"decode_ms": round((decoded - started) * 1000, 2), "queue_ms": result["queue_ms"],
+                   "inference_ms": result["inference_ms"], "total_ms": round((time.perf_counter() - started) * 1000, 2),
+                   "batch_size": result["batch_size"]}
+        response = {"detections": result["detections"], "counts": counts,
+                    "image": {"width": image.width, "height": image.height}, "model": result["model"], "timings": timings}
+        return image, response
+
+    @api.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY},
+              summary="Detect faces and their mask state in one image")
+    async def predict(
+        self,
+        request: Request,
+        conf: float = Query(0.25, ge=0.0, le=1.0, description="Minimum confidence"),
+        iou: float = Query(0.7, ge=0.0, le=1.0, description="IoU threshold of duplicate suppression"),
+        imgsz: int = Query(640, ge=32, le=2048, description="Inference size in pixels (rounded to a multiple of 32)"),
+        max_det: int = Query(300, ge=1, le=1000, description="Most detections returned"),
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> dict:
+        self.authorize(credentials)
+        return (await self.detect(request, conf, iou, imgsz, max_det))[1]
+
+    @api.post("/predict/image", responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "The image with boxes drawn"}},
+              response_class=Response, openapi_extra={"requestBody": IMAGE_BODY},
+              summary="The uploaded image with the detections drawn (JPEG)")
+    async def predict_image(
+        self,
+        request: Request,
+        conf: float = Query(0.25, ge=0.0, le=1.0),
+        iou: float = Query(0.7, ge=0.0, le=1.0),
+        imgsz: int = Query(640, ge=32, le=2048),
+        max_det: int = Query(300, ge=1, le=1000),
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> Response:
+        from facemask.plots import draw_boxes
+
+        self.authorize(credentials)
+        image, result = await self.detect(request, conf, iou, imgsz, max_det)
+        boxes = [(d["class_id"], *d["box"].values()) for d in result["detections"]]
+        buffer = io.BytesIO()
+        draw_boxes(image, boxes, width=max(2, round(max(image.size) / 300))).save(buffer, format="JPEG", quality=90)
+        return Response(buffer.getvalue(), media_type="image/jpeg",
+                        headers={"X-Detections": str(len(boxes)), "X-Model-Version": str(result["model"]["version"])})
+
+    @api.get("/healthz", summary="Liveness: always open, no model call")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/model", response_model=ModelInfoResponse, responses=ERRORS, summary="The served model's metadata and metrics")
+    async def model(self, request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
+        self.authorize(credentials)
+        return await self.call_detector("info", request)
+
+    @api.get("/models", response_model=ModelsResponse, responses=ERRORS,
+             summary=f"Registered versions with their metrics; pick one with the {MULTIPLEX_HEADER} header")
+    async def models(self, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
+        from facemask.tracking import list_versions, parse_models_uri
+
+        self.authorize(credentials)
+        uri = self.args.model_uri
+        if not uri.startswith("models:/"):
+            return {"default": uri, "versions": [], "registry_error": "serving a local file, not a registry model"}
+        try:
+            name = parse_models_uri(uri)[0]
+            versions = await asyncio.to_thread(list_versions, name)
+        except Exception as exc:  # an unreachable registry must not break the page
+            return {"default": uri, "versions": [], "registry_error": f"{type(exc).__name__}: {exc}"}
+        return {"default": uri, "versions": versions}
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(page_html())
+
+
+def build_app(args: dict | AppArgs | None = None):
+    """The Serve application for `args` (see AppArgs); used by serve/app.py and `facemask serve`."""
+    from facemask.tracking import tracking_uri
+
+    parsed = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
+    if parsed.tracking_uri is None:
+        uri = tracking_uri()
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"  # replicas run in other folders
+        parsed = parsed.model_copy(update={"tracking_uri": uri})
+    plain = parsed.model_dump(exclude={"detector_options", "ingress_options"})
+    detector = DetectorDeployment.options(**parsed.detector_options).bind(plain)
+    return Ingress.options(**parsed.ingress_options).bind(detector, plain, os.environ.get("FACEMASK_API_KEY"))
+
+
+def app(args: dict):
+    """Serve's application builder for `import_path: facemask.serving:app` (see serve/config.yaml)."""
+    return build_app(AppArgs.model_validate(args))
