@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import re
+import struct
 import time
 import warnings
 from importlib import resources
@@ -239,6 +240,9 @@ def decode_image(data: bytes, max_pixels: int):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise APIError(413, "too_many_pixels", f"the image has more than {max_pixels} pixels; downscale it") from None
     except Exception:  # Ultralytics patches Image.open, which then raises other types than PIL's
+        width, height = declared_size(data)
+        if width == 0 or height == 0:
+            raise APIError(400, "zero_size_image", f"the image header declares {width}x{height} pixels") from None
         raise APIError(400, "not_an_image", "the body is not an image Pillow can read (send JPEG, PNG, WebP or BMP)") from None
     if image.format not in SUPPORTED_FORMATS:
         raise APIError(415, "unsupported_format",
@@ -255,6 +259,16 @@ def decode_image(data: bytes, max_pixels: int):
         return ImageOps.exif_transpose(image).convert("RGB")
     except Exception as exc:
         raise APIError(400, "truncated_image", f"the {image.format} image could not be decoded ({exc}); is the file complete?") from None
+
+
+def declared_size(data: bytes) -> tuple[int | None, int | None]:
+    """Width and height from a PNG or BMP header; Pillow refuses zero-size files without saying why."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        return width, abs(height)
+    return None, None
 
 
 def check_model_id(model_id: str) -> str:

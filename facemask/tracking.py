@@ -454,10 +454,15 @@ def list_versions(name: str = REGISTERED_MODEL, uri: str | None = None) -> list[
         versions = c.search_model_versions(f"name='{name}'")
     except Exception:
         return []
+    # Searches leave ModelVersion.aliases empty; the registered model has the alias map.
+    aliases: dict[str, list[str]] = {}
+    with contextlib.suppress(Exception):
+        for alias, version in (c.get_registered_model(name).aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
     out = []
     for mv in sorted(versions, key=lambda v: -int(v.version)):
         out.append({"name": mv.name, "version": str(mv.version), "run_id": mv.run_id,
-                    "aliases": list(getattr(mv, "aliases", []) or []), "metrics": version_metrics(mv)})
+                    "aliases": sorted(aliases.get(str(mv.version), [])), "metrics": version_metrics(mv)})
     return out
 
 

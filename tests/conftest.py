@@ -101,3 +101,31 @@ def tiny_data(synth_source, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-yolo")
     return prepare(PrepareConfig(source=synth_source, out=out, engine="local", plots=False)).data_yaml
+
+
+@pytest.fixture(scope="session")
+def registered_detector(tiny_data, mlflow_server, tmp_path_factory) -> dict:
+    """A 1-epoch yolo26n registered twice under its own name: v1 holds @champion, v2 is the other.
+
+    Untrained enough that its scores are tiny, so tests that need boxes ask for conf=0.
+    """
+    from facemask.tracking import log_and_register, set_alias
+    from facemask.train import TrainConfig, train
+
+    name = "serve-test-detector"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+        result = train(TrainConfig(
+            data=tiny_data, model="yolo26n.yaml", epochs=1, imgsz=160, batch=8, device="cpu", workers=0,
+            experiment="serve-tests", project=tmp_path_factory.mktemp("serve-train"), plots=False,
+            register=True, registered_model=name,
+        ))
+        other = log_and_register(result.run_id, result.last, {"note": "second version"}, name=name)
+        set_alias(name, "champion", result.version)
+    return {"name": name, "weights": result.best, "run_id": result.run_id, "champion": result.version,
+            "other": other, "tracking_uri": mlflow_server.uri}
+
+
+@pytest.fixture(scope="session")
+def known_image(synth_source) -> Path:
+    return sorted((synth_source / "images").iterdir())[0]

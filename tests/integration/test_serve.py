@@ -1,0 +1,338 @@
+"""The Serve application over real HTTP: a local Ray cluster, Serve's proxy on loopback, a real MLflow registry."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import struct
+import zlib
+
+import httpx
+import pytest
+from PIL import Image
+
+from facemask.client import Client, EndpointError
+from tests.services import free_port
+
+pytestmark = pytest.mark.integration
+
+LIMITS = {"max_body_mb": 1.0, "max_pixels": 4_000_000}
+# Small queues so that the overload test can fill them with a few dozen requests.
+DETECTOR = {"max_ongoing_requests": 4, "max_queued_requests": 4, "ray_actor_options": {"num_cpus": 0.5}}
+API_KEY = "test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_local, registered_detector):
+    """Two apps on one Serve proxy: `/` open, `/secured` with FACEMASK_API_KEY set at build time."""
+    from ray import serve
+
+    from facemask.serving import build_app
+
+    port = free_port()
+    args = {"model_uri": f"models:/{registered_detector['name']}@champion", "max_batch_size": 4,
+            "tracking_uri": registered_detector["tracking_uri"], "detector_options": DETECTOR,
+            "ingress_options": {"ray_actor_options": {"num_cpus": 0.1}}, **LIMITS}
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(args), name="facemask", route_prefix="/")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("FACEMASK_API_KEY", API_KEY)
+            serve.run(build_app(args), name="secured", route_prefix="/secured")
+        yield {"url": f"http://127.0.0.1:{port}", **registered_detector}
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def http(endpoint):
+    with httpx.Client(base_url=endpoint["url"], timeout=60) as client:
+        yield client
+
+
+def png_bytes(size=(64, 48), color=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def assert_serves(http, known_image) -> None:
+    response = http.post("/predict", params={"conf": 0, "imgsz": 160, "max_det": 3}, content=known_image.read_bytes())
+    assert response.status_code == 200, response.text
+    assert len(response.json()["detections"]) == 3
+
+
+def test_predict_matches_the_model_called_in_process(http, endpoint, known_image):
+    from facemask.detector import load_detector
+
+    params = {"conf": 0.0, "iou": 0.6, "imgsz": 160, "max_det": 20}
+    with known_image.open("rb") as f:
+        response = http.post("/predict", params=params, files={"file": (known_image.name, f, "image/png")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", endpoint["tracking_uri"])
+        detector = load_detector(f"models:/{endpoint['name']}/{endpoint['champion']}")
+    expected = [d.to_dict() for d in detector.predict([Image.open(known_image)], **params)[0]]
+    assert len(expected) == 20
+    assert [d["label"] for d in body["detections"]] == [d["label"] for d in expected]
+    for got, want in zip(body["detections"], expected):
+        assert got["class_id"] == want["class_id"]
+        assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-3)
+        for k in ("x1", "y1", "x2", "y2"):
+            assert got["box"][k] == pytest.approx(want["box"][k], abs=0.5)
+    with Image.open(known_image) as image:
+        assert body["image"] == {"width": image.width, "height": image.height}
+    assert sum(body["counts"].values()) == 20 and set(body["counts"]) == {"with_mask", "without_mask", "mask_weared_incorrect"}
+    assert body["model"] == {"name": endpoint["name"], "version": endpoint["champion"], "run_id": endpoint["run_id"],
+                             "uri": f"models:/{endpoint['name']}@champion", "backend": "pt"}
+    assert body["timings"]["inference_ms"] > 0 and body["timings"]["total_ms"] >= body["timings"]["inference_ms"]
+
+    raw = http.post("/predict", params=params, content=known_image.read_bytes(), headers={"content-type": "image/png"})
+    assert raw.json()["detections"] == body["detections"]
+
+
+def test_annotated_image_and_metadata(http, endpoint, known_image):
+    response = http.post("/predict/image", params={"conf": 0, "imgsz": 160, "max_det": 5}, content=known_image.read_bytes())
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    assert response.headers["x-detections"] == "5"
+    with Image.open(known_image) as original, Image.open(io.BytesIO(response.content)) as annotated:
+        assert annotated.size == original.size
+    assert http.get("/healthz").json() == {"status": "ok"}
+    model = http.get("/model").json()
+    assert model["version"] == endpoint["champion"] and model["run_id"] == endpoint["run_id"]
+    assert model["classes"] == ["with_mask", "without_mask", "mask_weared_incorrect"]
+    assert "val_mAP50-95" in model["metrics"]
+
+
+def test_openapi_schema_describes_the_real_endpoints(http, known_image):
+    schema = http.get("/openapi.json").json()
+    predict = schema["paths"]["/predict"]["post"]
+    assert set(predict["requestBody"]["content"]) >= {"multipart/form-data", "image/*"}
+    assert {p["name"] for p in predict["parameters"] if p["in"] == "query"} == {"conf", "iou", "imgsz", "max_det"}
+    assert {"400", "401", "413", "415", "422", "503"} <= set(predict["responses"])
+    ref = predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    declared = set(schema["components"]["schemas"][ref]["properties"])
+    real = http.post("/predict", params={"conf": 0.5, "imgsz": 160}, content=known_image.read_bytes()).json()
+    assert declared == set(real)
+    assert {"/predict/image", "/healthz", "/model", "/models"} <= set(schema["paths"])
+
+
+def zero_width_png() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 0, 16, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def gif_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (0, 128, 0)).save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
+def bomb_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (5000, 5000)).save(buffer, format="PNG")  # 25 Mpx in a few kB
+    assert len(buffer.getvalue()) < 100_000
+    return buffer.getvalue()
+
+
+BAD_INPUTS = {
+    "not_an_image": (lambda img: {"content": b"this is not an image at all"}, 400),
+    "truncated_image": (lambda img: {"content": img.read_bytes()[: len(img.read_bytes()) // 2]}, 400),
+    "too_many_pixels": (lambda img: {"content": bomb_png()}, 413),
+    "unsupported_format": (lambda img: {"content": gif_bytes()}, 415),
+    "empty_body": (lambda img: {"content": b""}, 400),
+    "zero_size_image": (lambda img: {"content": zero_width_png()}, 400),
+    "body_too_large": (lambda img: {"content": os.urandom(1_200_000)}, 413),
+    "bad_multipart": (lambda img: {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=y"}}, 400),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gets_its_4xx_and_the_replica_keeps_serving(http, known_image, case):
+    make, status = BAD_INPUTS[case]
+    response = http.post("/predict", **make(known_image))
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == case or (case == "bad_multipart" and body["error"] in ("bad_multipart", "empty_body"))
+    assert body["message"]
+    assert_serves(http, known_image)
+
+
+@pytest.mark.parametrize("params", [{"conf": 2}, {"conf": "high"}, {"iou": -0.1}, {"imgsz": 0}, {"imgsz": "big"}, {"max_det": 0}])
+def test_bad_query_values_get_422(http, known_image, params):
+    response = http.post("/predict", params=params, content=known_image.read_bytes())
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_parameter" and next(iter(params)) in response.json()["message"]
+    assert_serves(http, known_image)
+
+
+def test_multiplexed_requests_are_served_by_the_version_they_name(http, endpoint, known_image):
+    def served_by(model_id: str | None) -> httpx.Response:
+        headers = {"serve_multiplexed_model_id": model_id} if model_id else {}
+        return http.post("/predict", params={"imgsz": 160}, content=known_image.read_bytes(), headers=headers)
+
+    assert served_by(None).json()["model"]["version"] == endpoint["champion"]
+    assert served_by(endpoint["other"]).json()["model"]["version"] == endpoint["other"]
+    assert served_by("champion").json()["model"]["version"] == endpoint["champion"]
+    assert served_by(endpoint["champion"]).json()["model"]["version"] == endpoint["champion"]
+    missing = served_by("999")
+    assert missing.status_code == 404 and "999" in missing.json()["message"]
+    assert served_by("../../etc/passwd").status_code == 400
+    listed = http.get("/models").json()
+    versions = {v["version"]: v for v in listed["versions"]}
+    assert {endpoint["champion"], endpoint["other"]} <= set(versions)
+    assert versions[endpoint["champion"]]["aliases"] == ["champion"]
+    assert "val_mAP50-95" in versions[endpoint["champion"]]["metrics"]
+
+
+def test_concurrent_requests_are_batched(endpoint, known_image):
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=endpoint["url"], timeout=60) as client:
+            data = known_image.read_bytes()
+            return await asyncio.gather(*[client.post("/predict", params={"imgsz": 160}, content=data) for _ in range(4)])
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    assert max(r.json()["timings"]["batch_size"] for r in responses) >= 2
+
+
+def test_overload_gets_quick_503s_not_hangs(endpoint, known_image):
+    big = io.BytesIO()
+    Image.open(known_image).resize((640, 480)).save(big, format="JPEG")
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=endpoint["url"], timeout=httpx.Timeout(60),
+                                     limits=httpx.Limits(max_connections=60)) as client:
+            return await asyncio.gather(*[client.post("/predict", params={"imgsz": 320}, content=big.getvalue())
+                                          for _ in range(40)])
+
+    responses = asyncio.run(asyncio.wait_for(flood(), timeout=90))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(503) >= 10 and codes.count(200) >= 4, codes
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert rejected.json()["error"] == "overloaded" and rejected.headers["retry-after"]
+    assert_serves(httpx.Client(base_url=endpoint["url"], timeout=60), known_image)
+
+
+def test_api_key_on_and_off(endpoint, known_image):
+    secured = f"{endpoint['url']}/secured"
+    data = known_image.read_bytes()
+    assert httpx.get(f"{secured}/healthz").status_code == 200
+    for path in ("/predict", "/predict/image"):
+        denied = httpx.post(f"{secured}{path}", content=data, timeout=60)
+        assert denied.status_code == 401 and denied.json()["error"] == "unauthorized"
+        wrong = httpx.post(f"{secured}{path}", content=data, headers={"Authorization": "Bearer nope"}, timeout=60)
+        assert wrong.status_code == 401
+    assert httpx.get(f"{secured}/models").status_code == 401
+    ok = httpx.post(f"{secured}/predict", content=data, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["model"]["version"] == endpoint["champion"]
+    # The open app ignores keys entirely.
+    assert httpx.post(f"{endpoint['url']}/predict", content=data, timeout=60).status_code == 200
+    # The client sends FACEMASK_API_KEY.
+    assert Client(secured, api_key=API_KEY).predict(known_image)["model"]["version"] == endpoint["champion"]
+    with pytest.raises(EndpointError) as denied_client:
+        Client(secured, api_key="").predict(known_image)
+    assert denied_client.value.status == 401
+
+
+def test_client_and_query_command(endpoint, known_image, tmp_path):
+    from click.testing import CliRunner
+
+    from facemask.cli import main
+
+    client = Client(endpoint["url"])
+    assert client.health() == {"status": "ok"}
+    assert client.predict(known_image, conf=0, imgsz=160, max_det=2)["counts"]["with_mask"] >= 0
+    assert client.models()["default"].endswith("@champion")
+    saved = tmp_path / "annotated.jpg"
+    result = CliRunner().invoke(main, ["query", str(known_image), "--url", endpoint["url"], "--conf", "0", "--imgsz", "160",
+                                       "--max-det", "4", "--save", str(saved)])
+    assert result.exit_code == 0, result.output
+    assert "4 detections" in result.stdout and f"v{endpoint['champion']}" in result.stdout
+    assert Image.open(saved).format == "JPEG"
+    offline = CliRunner().invoke(main, ["query", str(known_image), "--url", f"http://127.0.0.1:{free_port()}"])
+    assert offline.exit_code == 2 and "facemask serve" in offline.stderr
+
+
+def test_client_retries_503_with_backoff(known_image):
+    """A real HTTP server that answers 503 twice, then 200: the client waits and gets the answer."""
+    import http.server
+    import json
+    import threading
+
+    calls = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            calls.append(self.path)
+            status, body = (503, {"error": "overloaded", "message": "busy"}) if len(calls) < 3 else (200, {"ok": True})
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert Client(url, backoff_s=0.05).predict(known_image) == {"ok": True}
+        assert len(calls) == 3
+        calls.clear()
+        with pytest.raises(EndpointError) as err:
+            Client(url, retries=1, backoff_s=0.05).predict(known_image)
+        assert err.value.status == 503 and len(calls) == 2
+    finally:
+        server.shutdown()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_page_in_chromium_draws_boxes(endpoint, known_image):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(endpoint["url"] + "/")
+            page.wait_for_function("document.querySelectorAll('#model option').length >= 3", timeout=30_000)
+            options = page.locator("#model option").all_inner_texts()
+            assert any("@champion" in o for o in options), options
+            page.select_option("#model", endpoint["other"])
+            page.eval_on_selector("#conf", "el => { el.value = '0'; el.dispatchEvent(new Event('input')); }")
+            page.set_input_files("#file", str(known_image))
+            page.wait_for_function("document.body.dataset.state === 'done'", timeout=60_000)
+            drawn = int(page.get_attribute("#canvas", "data-boxes"))
+            assert drawn > 0
+            counts = [int(t) for t in page.locator("#counts td[data-class]").all_inner_texts()]
+            assert sum(counts) == drawn
+            assert f"v{endpoint['other']}" in page.inner_text("#status")
+            # The pixel on the first box's top edge has its class colour.
+            pixel, color = page.evaluate("""() => {
+                const b = window.lastDrawn[0], ctx = document.getElementById('canvas').getContext('2d');
+                const x = Math.round((b.x1 + b.x2) / 2), y = Math.round(b.y1);
+                return [Array.from(ctx.getImageData(x, Math.max(0, y), 1, 1).data.slice(0, 3)), b.color];
+            }""")
+            want = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+            assert max(abs(a - b) for a, b in zip(pixel, want)) <= 40, (pixel, want)
+            assert not errors, errors
+        finally:
+            browser.close()
