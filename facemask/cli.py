@@ -350,7 +350,7 @@ def study_table(result) -> str:
 @click.option("--model-uri", default="models:/facemask-detector@champion", show_default=True,
               help="models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx (air-gapped).")
 @click.option("--backend", type=click.Choice(["pt", "onnx"]), default="pt", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda:N.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or a GPU index.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Proxy address; 0.0.0.0 exposes it (set FACEMASK_API_KEY).")
 @click.option("--port", default=8000, show_default=True)
 @click.option("--replicas", default=1, show_default=True, help="Detector replicas.")
@@ -465,3 +465,39 @@ def export_command(model_uri, fmt, imgsz, opset, out):
     click.echo(f"exported {result.path}")
     if result.artifact_uri:
         click.echo(f"  logged as {result.artifact_uri}" + (f"; version {result.version} tagged onnx_artifact" if result.version else ""))
+
+
+@main.command("predict")
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@click.option("--model-uri", default="models:/facemask-detector@champion", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for annotated output and detections.jsonl.")
+@click.option("--conf", default=0.25, show_default=True)
+@click.option("--iou", default=0.7, show_default=True)
+@click.option("--imgsz", default=640, show_default=True)
+@click.option("--max-det", default=300, show_default=True)
+@click.option("--backend", type=click.Choice(["pt", "onnx"]), default="pt", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--concurrency", type=int, default=None, help="Model actors (default: one per CPU).")
+@click.option("--engine", type=click.Choice(["ray", "local"]), default="ray", show_default=True)
+def predict_command(source, model_uri, out, conf, iou, imgsz, max_det, backend, device, batch_size, concurrency, engine):
+    """Annotate a folder of images or a video with Ray Data; write annotated files and detections.jsonl."""
+    configure_runtime()
+    from facemask.batch_predict import PredictConfig, predict
+    from facemask.detector import ModelNotFoundError
+
+    try:
+        cfg = PredictConfig(source=source, model_uri=model_uri, out=out, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det,
+                            backend=backend, device=device, batch_size=batch_size, concurrency=concurrency,
+                            engine=engine).validate()
+        if engine == "ray":
+            init_ray()
+        with contextlib.redirect_stdout(sys.stderr):
+            result = predict(cfg)
+    except (FileNotFoundError, ValueError, ModelNotFoundError) as exc:
+        _fail(str(exc))
+    noun = "frames" if result.kind == "video" else "images"
+    click.echo(f"{result.items} {noun} in {result.seconds:.1f}s: " + ", ".join(f"{k}={v}" for k, v in result.detections.items()))
+    click.echo(f"  annotated: {result.annotated}\n  detections: {result.jsonl}")
+    if result.skipped:
+        click.echo(f"  skipped {len(result.skipped)} unreadable files (listed in {out / 'summary.json'})", err=True)

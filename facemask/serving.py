@@ -51,7 +51,7 @@ class AppArgs(BaseModel):
 
     model_uri: str = Field(DEFAULT_MODEL_URI, description="models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx")
     backend: str = Field("pt", pattern="^(pt|onnx)$", description="pt (PyTorch) or onnx (onnxruntime, CPU)")
-    device: str = Field("auto", description="auto, cpu or cuda:N")
+    device: str = Field("auto", description="auto (the GPU if the replica has one), cpu, or a GPU index")
     tracking_uri: str | None = Field(None, description="MLflow server of the registry; default MLFLOW_TRACKING_URI")
     max_body_mb: float = Field(10.0, gt=0, description="Larger bodies get 413")
     max_pixels: int = Field(40_000_000, gt=0, description="Larger images (decompression bombs) get 413")
@@ -284,14 +284,6 @@ def model_uri_for(model_id: str, default_uri: str) -> str:
     return f"models:/{name}/{model_id}" if model_id.isdigit() else f"models:/{name}@{model_id}"
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
 def _use_registry(tracking_uri: str | None) -> None:
     """Point this replica's MLflow at the registry, with bounded retries (a dead server must not hang requests)."""
     if tracking_uri:
@@ -339,6 +331,8 @@ class DetectorDeployment:
             import torch
 
             torch.set_num_threads(self.args.torch_threads)
+        from facemask.train import resolve_device
+
         self.device = resolve_device(self.args.device) if self.args.backend == "pt" else "cpu"
         self.default = load_detector(self.args.model_uri, device=self.device, backend=self.args.backend)
         self.predict_batch.set_max_batch_size(self.args.max_batch_size)

@@ -1,0 +1,250 @@
+"""Batch inference with Ray Data over a folder of images or a video file.
+
+    facemask predict SOURCE --model-uri models:/facemask-detector@champion --out DIR
+
+A pool of Ray Data actors each loads the model once and takes batches of images (or
+chunks of video frames). Outputs in DIR:
+- `annotated/<same relative path>.jpg` for images, or `annotated.mp4` for a video;
+- `detections.jsonl`: one line per image or frame, with its detections and counts;
+  an image that cannot be read gets a line with its `error` instead (counted, never dropped);
+- `summary.json`: counts, skipped files, model, timings.
+On a cluster, DIR must be on storage every node can write (NFS), as the actors write it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from facemask.classes import CLASS_NAMES
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    source: Path
+    model_uri: str
+    out: Path
+    conf: float = 0.25
+    iou: float = 0.7
+    imgsz: int = 640
+    max_det: int = 300
+    backend: str = "pt"
+    device: str = "auto"
+    batch_size: int = 8
+    concurrency: int | None = None  # model actors; default: one per CPU of the cluster
+    engine: str = "ray"
+    frames_per_task: int = 32
+
+    def validate(self) -> "PredictConfig":
+        if not self.source.exists():
+            raise FileNotFoundError(f"{self.source}: no such folder or video file")
+        if self.source.is_file() and self.source.suffix.lower() not in VIDEO_SUFFIXES:
+            raise ValueError(f"{self.source}: expected a folder of images or a video ({', '.join(VIDEO_SUFFIXES)})")
+        if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
+            raise ValueError("--conf and --iou must be between 0 and 1")
+        if self.engine not in ("ray", "local"):
+            raise ValueError(f"--engine {self.engine!r}: expected ray or local")
+        return self
+
+
+@dataclass
+class PredictResult:
+    kind: str  # images | video
+    items: int
+    detections: dict[str, int]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    jsonl: Path | None = None
+    annotated: Path | None = None
+    seconds: float = 0.0
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+class Annotator:
+    """A Ray Data actor (or a plain object for engine=local): one model, many batches."""
+
+    def __init__(self, cfg: PredictConfig) -> None:
+        from facemask.detector import load_detector
+        from facemask.train import resolve_device
+
+        self.cfg = cfg
+        self.detector = load_detector(cfg.model_uri, device=resolve_device(cfg.device), backend=cfg.backend)
+
+    def detect(self, images: list) -> list[list[dict]]:
+        found = self.detector.predict(images, conf=self.cfg.conf, iou=self.cfg.iou, imgsz=self.cfg.imgsz,
+                                      max_det=self.cfg.max_det)
+        return [[d.to_dict() for d in detections] for detections in found]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        return self.frames(batch) if "start" in batch else self.images(batch)
+
+    def images(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        from PIL import Image, ImageOps
+
+        records: list[dict] = [{} for _ in batch["rel"]]
+        loaded, where = [], []
+        for i, (path, rel) in enumerate(zip(batch["path"], batch["rel"])):
+            try:
+                with Image.open(path) as image:
+                    loaded.append(ImageOps.exif_transpose(image).convert("RGB"))
+                where.append(i)
+            except Exception as exc:  # Ultralytics patches Image.open; any failure is this file's problem
+                records[i] = {"source": str(rel), "error": f"unreadable image ({type(exc).__name__}: {exc})"}
+        for i, image, detections in zip(where, loaded, self.detect(loaded) if loaded else []):
+            rel = str(batch["rel"][i])
+            target = (self.cfg.out / "annotated" / rel).with_suffix(".jpg")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            annotate(image, detections).save(target, quality=90)
+            records[i] = record(detections, {"source": rel, "width": image.width, "height": image.height})
+        return {"record": [json.dumps(r) for r in records]}
+
+    def frames(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        import cv2
+        from PIL import Image
+
+        out: dict[str, list] = {"frame": [], "record": [], "jpeg": []}
+        for start, end in zip(batch["start"], batch["end"]):
+            capture = cv2.VideoCapture(str(self.cfg.source))
+            fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+            capture.set(cv2.CAP_PROP_POS_FRAMES, int(start))
+            frames = []
+            for index in range(int(start), int(end)):
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                frames.append((index, Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))))
+            capture.release()
+            for offset in range(0, len(frames), self.cfg.batch_size):
+                chunk = frames[offset:offset + self.cfg.batch_size]
+                for (index, image), detections in zip(chunk, self.detect([f for _, f in chunk])):
+                    drawn = cv2.cvtColor(np.asarray(annotate(image, detections)), cv2.COLOR_RGB2BGR)
+                    out["frame"].append(index)
+                    out["record"].append(json.dumps(record(detections, {"frame": index, "time_s": round(index / fps, 3)})))
+                    out["jpeg"].append(cv2.imencode(".jpg", drawn, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+        return out
+
+
+def record(detections: list[dict], head: dict) -> dict:
+    counts = {name: 0 for name in CLASS_NAMES}
+    for d in detections:
+        counts[d["label"]] += 1
+    return {**head, "detections": detections, "counts": counts}
+
+
+def annotate(image, detections: list[dict]):
+    from facemask.plots import draw_boxes
+
+    boxes = [(d["class_id"], d["box"]["x1"], d["box"]["y1"], d["box"]["x2"], d["box"]["y2"]) for d in detections]
+    return draw_boxes(image, boxes, width=max(2, round(max(image.size) / 300)))
+
+
+def list_images(folder: Path) -> list[dict[str, str]]:
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [{"path": str(p), "rel": str(p.relative_to(folder))} for p in paths]
+
+
+def frame_ranges(video: Path, per_task: int) -> tuple[list[dict[str, int]], float, tuple[int, int]]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        raise ValueError(f"{video}: OpenCV cannot open this video")
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    size = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    capture.release()
+    if total <= 0:
+        raise ValueError(f"{video}: no frames could be counted")
+    return [{"start": s, "end": min(total, s + per_task)} for s in range(0, total, per_task)], fps, size
+
+
+def run_batches(cfg: PredictConfig, rows: list[dict], batch_size: int) -> Iterator[dict[str, list]]:
+    """Annotator's outputs batch by batch, in the input order, on Ray Data or in this process."""
+    if cfg.engine == "local":
+        annotator = Annotator(cfg)
+        for offset in range(0, len(rows), batch_size):
+            chunk = rows[offset:offset + batch_size]
+            yield annotator({key: np.array([r[key] for r in chunk]) for key in chunk[0]})
+        return
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    # The video is written frame by frame and the JSONL line by line, in the source's order.
+    context.execution_options.preserve_order = True
+    actors = cfg.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    gpus = 1 if cfg.device != "cpu" and cfg.backend == "pt" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), actors * 4)).map_batches(
+        Annotator, fn_constructor_kwargs={"cfg": cfg}, batch_size=batch_size, concurrency=actors,
+        num_cpus=1, num_gpus=gpus, batch_format="numpy",
+    )
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        yield {key: list(values) for key, values in batch.items()}
+
+
+def predict(cfg: PredictConfig) -> PredictResult:
+    """Annotate every image of a folder, or every frame of a video; write DIR as the module says."""
+    from facemask.detector import resolve_model
+
+    cfg.validate()
+    info = resolve_model(cfg.model_uri, backend=cfg.backend)  # a missing model fails here, once, clearly
+    started = time.perf_counter()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    jsonl = cfg.out / "detections.jsonl"
+    totals = {name: 0 for name in CLASS_NAMES}
+    skipped: list[dict[str, str]] = []
+    items = 0
+    if cfg.source.is_dir():
+        rows = list_images(cfg.source)
+        if not rows:
+            raise ValueError(f"{cfg.source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        kind, annotated = "images", cfg.out / "annotated"
+        with jsonl.open("w") as f:
+            for batch in run_batches(cfg, rows, cfg.batch_size):
+                for line in batch["record"]:
+                    f.write(line + "\n")
+                    entry = json.loads(line)
+                    items += 1
+                    if "error" in entry:
+                        skipped.append({"file": entry["source"], "reason": entry["error"]})
+                        continue
+                    for name, n in entry["counts"].items():
+                        totals[name] += n
+    else:
+        import cv2
+
+        rows, fps, size = frame_ranges(cfg.source, cfg.frames_per_task)
+        kind, annotated = "video", cfg.out / "annotated.mp4"
+        writer = cv2.VideoWriter(str(annotated), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        try:
+            with jsonl.open("w") as f:
+                for batch in run_batches(cfg, rows, 1):
+                    for line, jpeg in zip(batch["record"], batch["jpeg"]):
+                        f.write(line + "\n")
+                        frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+                        writer.write(frame)
+                        items += 1
+                        for name, n in json.loads(line)["counts"].items():
+                            totals[name] += n
+        finally:
+            writer.release()
+    for problem in skipped:
+        log.warning("skipped %s: %s", problem["file"], problem["reason"])
+    result = PredictResult(kind=kind, items=items, detections=totals, skipped=skipped, jsonl=jsonl, annotated=annotated,
+                           seconds=round(time.perf_counter() - started, 2),
+                           model={"uri": info.uri, "name": info.name, "version": info.version, "run_id": info.run_id,
+                                  "backend": cfg.backend})
+    (cfg.out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result
