@@ -15,8 +15,17 @@ import click
 KAGGLE_DATASET = "andrewmvd/face-mask-detection"
 
 
-def init_ray() -> None:
-    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local one."""
+def init_ray(serving: bool = False) -> None:
+    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local one.
+
+    serving: a local cluster started here also gets Serve's throughput settings (its proxy
+    inherits them; replicas get them from the deployments either way).
+    """
+    if serving:
+        from facemask.serving import SERVE_ENV
+
+        for key, value in SERVE_ENV.items():
+            os.environ.setdefault(key, value)
     # Seen under `ray job submit` here: once ray.init() has run, importing torch can abort
     # with "oneMKL FATAL ERROR: Cannot load libtorch_cpu.so". Loading torch first avoids it.
     import torch  # noqa: F401
@@ -372,7 +381,7 @@ def serve_command(model_uri, backend, device, host, port, replicas, num_cpus, nu
                                          "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}})
     except (ModelNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    init_ray()
+    init_ray(serving=True)
     url = start_serving(args, host=host, port=port)
     click.echo(f"serving {model_uri} ({backend}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
     import signal

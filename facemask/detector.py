@@ -15,6 +15,10 @@ import numpy as np
 from facemask.classes import CLASS_NAMES
 
 
+# Padding granularity: 64 px puts the Kaggle photos at 320 into 4 shapes instead of 12.
+PAD_MULTIPLE = 64
+
+
 class ModelNotFoundError(LookupError):
     """A model URI that names nothing loadable; the message says what was missing."""
 
@@ -73,26 +77,65 @@ class Detector:
         imgsz: int = 640,
         max_det: int = 300,
     ) -> list[list[Detection]]:
-        """Detect faces in each image (path, PIL image or HxWx3 RGB array); one list per image."""
+        """Detect faces in each image (path, PIL image or HxWx3 RGB array); one list per image.
+
+        Each image is resized so its long side is `imgsz` (as Ultralytics does) and padded at
+        the bottom and right up to a multiple of PAD_MULTIPLE; images that land on the same
+        padded shape go through the model as one batch. A result never depends on which other
+        images shared its call, and a batch of mixed photo sizes runs as a few same-shape
+        batches instead of one padded to squares (on CPU, same-shape batches of 8 cost a third
+        of the time per image of single calls; mixed ones cost more than single calls).
+        """
         if not images:
             return []
-        sources = [np.asarray(img.convert("RGB"))[:, :, ::-1] if hasattr(img, "convert") else img for img in images]
-        results = self.model.predict(
-            sources, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det, device=self.device, verbose=False
-        )
-        out = []
-        for result in results:
-            boxes = result.boxes
-            xyxy = boxes.xyxy.cpu().numpy() if len(boxes) else np.zeros((0, 4))
-            cls = boxes.cls.cpu().numpy().astype(int) if len(boxes) else []
-            scores = boxes.conf.cpu().numpy() if len(boxes) else []
-            out.append(
-                [
-                    Detection(CLASS_NAMES[c], int(c), float(s), tuple(float(v) for v in b))
-                    for b, c, s in zip(xyxy, cls, scores)
+        import cv2
+
+        stride = int(max(getattr(self.model.model, "stride", [32]))) if hasattr(self.model, "model") else 32
+        size = max(stride, int(np.ceil(imgsz / stride) * stride))
+        prepared, groups = [], {}
+        for i, image in enumerate(images):
+            bgr = to_bgr(image)
+            h, w = bgr.shape[:2]
+            ratio = size / max(h, w)
+            nh, nw = max(1, round(h * ratio)), max(1, round(w * ratio))
+            resized = bgr if (nh, nw) == (h, w) else cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            step = max(stride, PAD_MULTIPLE)
+            ph, pw = min(size, int(np.ceil(nh / step) * step)), min(size, int(np.ceil(nw / step) * step))
+            canvas = np.full((ph, pw, 3), 114, dtype=np.uint8)
+            canvas[:nh, :nw] = resized
+            prepared.append((canvas, w / nw, h / nh, w, h))
+            groups.setdefault((ph, pw), []).append(i)
+        out: list[list[Detection]] = [[] for _ in images]
+        for shape, indexes in groups.items():
+            results = self.model.predict([prepared[i][0] for i in indexes], conf=conf, iou=iou, imgsz=list(shape),
+                                         max_det=max_det, device=self.device, verbose=False)
+            for i, result in zip(indexes, results):
+                _, sx, sy, w, h = prepared[i]
+                boxes = result.boxes
+                if not len(boxes):
+                    continue
+                xyxy = boxes.xyxy.cpu().numpy() * np.array([sx, sy, sx, sy])
+                xyxy = np.clip(xyxy, 0, [w, h, w, h])
+                out[i] = [
+                    Detection(CLASS_NAMES[c], int(c), float(score), tuple(float(v) for v in box))
+                    for box, c, score in zip(xyxy, boxes.cls.cpu().numpy().astype(int), boxes.conf.cpu().numpy())
                 ]
-            )
         return out
+
+
+def to_bgr(image: Any) -> np.ndarray:
+    """A path, PIL image or RGB array as the BGR uint8 array Ultralytics models take."""
+    if isinstance(image, (str, Path)):
+        from PIL import Image, ImageOps
+
+        with Image.open(image) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+    if hasattr(image, "convert"):
+        image = np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(array[:, :, 2::-1], dtype=np.uint8)
 
 
 def load_detector(model_uri: str, device: str = "cpu", backend: str = "pt") -> Detector:
