@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-facemask
 DEMO_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo serve test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python jobs/demo.py $(DEMO_ARGS)
+
+# The demo's champion behind Ray Serve, with its page at http://127.0.0.1:8000/ (Ctrl-C stops).
+serve: $(STAMP)
+	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/demo/mlflow.db $(BIN)/facemask serve --model-uri models:/facemask-detector@champion
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -399,14 +399,15 @@ def serve_command(model_uri, backend, device, host, port, replicas, num_cpus, nu
         serve.shutdown()
 
 
-def start_serving(args, host: str = "127.0.0.1", port: int = 8000, name: str = "facemask") -> str:
+def start_serving(args, host: str = "127.0.0.1", port: int = 8000, name: str = "facemask", log_level: str = "INFO") -> str:
     """Start Serve's proxy on host:port and deploy the app; returns its URL once it answers."""
     from ray import serve
 
     from facemask.serving import build_app
 
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(args), name=name, route_prefix="/")
+    logging_config = {"log_level": log_level}
+    serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
+    serve.run(build_app(args), name=name, route_prefix="/", logging_config=logging_config)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{shown}:{port}"
 

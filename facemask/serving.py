@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -357,6 +358,8 @@ class DetectorDeployment:
 
         self.device = resolve_device(self.args.device) if self.args.backend == "pt" else "cpu"
         self.default = load_detector(self.args.model_uri, device=self.device, backend=self.args.backend)
+        # Ultralytics builds its predictor on the first call (over a second); pay it before traffic.
+        self.default.predict([np.zeros((64, 64, 3), dtype=np.uint8)], imgsz=64)
         self.predict_batch.set_max_batch_size(self.args.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         log.info("serving %s (version %s) on %s", self.default.info.uri, self.default.info.version, self.device)

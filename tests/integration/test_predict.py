@@ -106,3 +106,17 @@ def test_export_onnx_logs_it_and_the_onnx_backend_agrees(registered_detector, kn
     missing = CliRunner().invoke(main, ["predict", str(known_image.parent), "--model-uri", f"models:/{name}/999",
                                         "--out", str(tmp_path / "x"), "--engine", "local"])
     assert missing.exit_code == 2 and "999" in missing.stderr
+
+
+def test_a_result_does_not_depend_on_its_batch_mates(registered_detector, synth_source):
+    """Mixed photo sizes in one call give each image exactly what it gets alone (Serve batches strangers)."""
+    detector = load_detector(str(registered_detector["weights"]))
+    images = [Image.open(p).convert("RGB") for p in sorted((synth_source / "images").iterdir())[:5]]
+    images.append(images[0].resize((images[0].width // 2, images[0].height)))  # another aspect ratio
+    together = detector.predict(images, conf=0, imgsz=160, max_det=8)
+    for image, batched in zip(images, together):
+        alone = detector.predict([image], conf=0, imgsz=160, max_det=8)[0]
+        assert [d.class_id for d in batched] == [d.class_id for d in alone]
+        assert np.allclose([d.box for d in batched], [d.box for d in alone], atol=0.05)
+        assert np.allclose([d.confidence for d in batched], [d.confidence for d in alone], atol=1e-4)
+        assert all(0 <= d.box[0] <= d.box[2] <= image.width and 0 <= d.box[1] <= d.box[3] <= image.height for d in alone)
