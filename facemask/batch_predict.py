@@ -81,7 +81,9 @@ class Annotator:
         from facemask.train import resolve_device
 
         self.cfg = cfg
-        self.detector = load_detector(cfg.model_uri, device=resolve_device(cfg.device), backend=cfg.backend)
+        # A Ray Data actor holds one CPU: one inference thread each, so actors do not oversubscribe the node.
+        threads = 1 if cfg.engine == "ray" else None
+        self.detector = load_detector(cfg.model_uri, device=resolve_device(cfg.device), backend=cfg.backend, threads=threads)
 
     def detect(self, images: list) -> list[list[dict]]:
         found = self.detector.predict(images, conf=self.cfg.conf, iou=self.cfg.iou, imgsz=self.cfg.imgsz,

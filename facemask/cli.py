@@ -366,8 +366,8 @@ def study_table(result) -> str:
 @click.option("--num-cpus", default=1.0, show_default=True, help="CPUs per detector replica.")
 @click.option("--num-gpus", default=0.0, show_default=True, help="GPUs per detector replica (0.25: four share one).")
 @click.option("--max-batch-size", default=8, show_default=True)
-@click.option("--torch-threads", type=int, default=None, help="Threads per replica (default: its CPUs).")
-def serve_command(model_uri, backend, device, host, port, replicas, num_cpus, num_gpus, max_batch_size, torch_threads):
+@click.option("--threads", type=int, default=None, help="CPU inference threads per replica (on CPU: replicas x threads = cores).")
+def serve_command(model_uri, backend, device, host, port, replicas, num_cpus, num_gpus, max_batch_size, threads):
     """Serve the detector, its API and page on this machine's Ray (Ctrl-C stops it)."""
     configure_runtime()
     from facemask.detector import ModelNotFoundError, resolve_model
@@ -376,7 +376,7 @@ def serve_command(model_uri, backend, device, host, port, replicas, num_cpus, nu
     try:
         resolve_model(model_uri, backend=backend)  # fail here, in one line, rather than in a replica's retries
         args = AppArgs(model_uri=model_uri, backend=backend, device=device, max_batch_size=max_batch_size,
-                       torch_threads=torch_threads,
+                       threads=threads,
                        detector_options={"num_replicas": replicas,
                                          "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}})
     except (ModelNotFoundError, ValueError) as exc:

@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -54,7 +55,8 @@ class ModelInfo:
 class Detector:
     """A YOLO model (PyTorch `.pt` or ONNX) behind one `predict` call."""
 
-    def __init__(self, info: ModelInfo, device: str = "cpu") -> None:
+    def __init__(self, info: ModelInfo, device: str = "cpu", threads: int | None = None) -> None:
+        """threads: CPU threads for inference (torch's for the process, onnxruntime's for this model)."""
         from facemask.train import ultralytics_env
 
         ultralytics_env()
@@ -62,12 +64,19 @@ class Detector:
 
         self.info = info
         self.device = device
-        self.model = YOLO(info.weights, task="detect")
-        names = getattr(self.model, "names", None) or {}
-        if names and list(names.values()) != list(CLASS_NAMES):
-            raise ModelNotFoundError(
-                f"{info.uri}: model classes {list(names.values())} are not facemask's {list(CLASS_NAMES)}"
-            )
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        with onnx_session_options(threads if info.weights.endswith(".onnx") else None):
+            self.model = YOLO(info.weights, task="detect")
+            names = getattr(self.model, "names", None) or {}
+            if names and list(names.values()) != list(CLASS_NAMES):
+                raise ModelNotFoundError(
+                    f"{info.uri}: model classes {list(names.values())} are not facemask's {list(CLASS_NAMES)}"
+                )
+            # Ultralytics builds its predictor (and the ONNX session) on the first call; pay that here.
+            self.predict([np.zeros((64, 64, 3), dtype=np.uint8)], imgsz=64)
 
     def predict(
         self,
@@ -123,6 +132,33 @@ class Detector:
         return out
 
 
+@contextlib.contextmanager
+def onnx_session_options(threads: int | None) -> Iterator[None]:
+    """While Ultralytics creates ONNX Runtime sessions: `threads` intra-op threads, and no spinning.
+
+    ONNX Runtime's threads busy-wait between runs by default, which takes the CPU from the
+    HTTP proxy and from other replicas on the same node; Ultralytics exposes neither setting.
+    """
+    if threads is None:
+        yield
+        return
+    import onnxruntime
+
+    original = onnxruntime.SessionOptions
+
+    def limited(*args, **kwargs):
+        options = original(*args, **kwargs)
+        options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
+
+    onnxruntime.SessionOptions = limited
+    try:
+        yield
+    finally:
+        onnxruntime.SessionOptions = original
+
+
 def to_bgr(image: Any) -> np.ndarray:
     """A path, PIL image or RGB array as the BGR uint8 array Ultralytics models take."""
     if isinstance(image, (str, Path)):
@@ -138,13 +174,14 @@ def to_bgr(image: Any) -> np.ndarray:
     return np.ascontiguousarray(array[:, :, 2::-1], dtype=np.uint8)
 
 
-def load_detector(model_uri: str, device: str = "cpu", backend: str = "pt") -> Detector:
+def load_detector(model_uri: str, device: str = "cpu", backend: str = "pt", threads: int | None = None) -> Detector:
     """Load a detector from a registry/run URI or a local weights file.
 
     backend "onnx" serves the ONNX export of that model (see `facemask export`) with onnxruntime.
     Raises ModelNotFoundError saying which model, version, alias, run or file is missing.
     """
-    return Detector(resolve_model(model_uri, backend=backend), device=device if backend == "pt" else "cpu")
+    return Detector(resolve_model(model_uri, backend=backend), device=device if backend == "pt" else "cpu",
+                    threads=threads)
 
 
 def resolve_model(model_uri: str, backend: str = "pt") -> ModelInfo:

@@ -25,7 +25,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -65,7 +64,8 @@ class AppArgs(BaseModel):
     max_pixels: int = Field(40_000_000, gt=0, description="Larger images (decompression bombs) get 413")
     max_batch_size: int = Field(8, ge=1, le=256)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
-    torch_threads: int | None = Field(None, ge=1, description="Threads per detector replica; default: its num_cpus")
+    threads: int | None = Field(None, ge=1, description="CPU inference threads per detector replica (torch or onnxruntime); "
+                                "default: torch's under Ray (the replica's num_cpus), all cores for onnxruntime")
     # Replica counts and resources of each deployment are set in serve/config.yaml (or by `facemask serve`).
     detector_options: dict[str, Any] = Field(default_factory=dict)
     ingress_options: dict[str, Any] = Field(default_factory=dict)
@@ -350,16 +350,11 @@ class DetectorDeployment:
         self.args = AppArgs.model_validate(args)
         _use_registry(self.args.tracking_uri)
         Image.MAX_IMAGE_PIXELS = self.args.max_pixels
-        if self.args.torch_threads:
-            import torch
-
-            torch.set_num_threads(self.args.torch_threads)
         from facemask.train import resolve_device
 
         self.device = resolve_device(self.args.device) if self.args.backend == "pt" else "cpu"
-        self.default = load_detector(self.args.model_uri, device=self.device, backend=self.args.backend)
-        # Ultralytics builds its predictor on the first call (over a second); pay it before traffic.
-        self.default.predict([np.zeros((64, 64, 3), dtype=np.uint8)], imgsz=64)
+        self.default = load_detector(self.args.model_uri, device=self.device, backend=self.args.backend,
+                                     threads=self.args.threads)
         self.predict_batch.set_max_batch_size(self.args.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         log.info("serving %s (version %s) on %s", self.default.info.uri, self.default.info.version, self.device)
@@ -375,7 +370,7 @@ class DetectorDeployment:
         if self.default.info.name == mv.name and self.default.info.version == str(mv.version):
             return self.default
         return await asyncio.to_thread(
-            load_detector, f"models:/{mv.name}/{mv.version}", self.device, self.args.backend
+            load_detector, f"models:/{mv.name}/{mv.version}", self.device, self.args.backend, self.args.threads
         )
 
     async def model_for_request(self):

@@ -133,9 +133,9 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=60, help="Time bound per level.")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--device", default="cpu", help="cpu, or a GPU index for the PyTorch backend.")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="Torch threads of the raw baseline.")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="Inference threads of the raw baseline.")
     parser.add_argument("--replicas", type=int, default=1, help="Detector replicas.")
-    parser.add_argument("--replica-threads", type=int, default=None, help="Torch threads per replica (default: threads / replicas).")
+    parser.add_argument("--replica-threads", type=int, default=None, help="Inference threads per replica (default: threads / replicas).")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait-s", type=float, default=0.0)
     parser.add_argument("--backends", default="pt,onnx")
@@ -149,7 +149,6 @@ def main() -> None:
     configure_runtime()
     import torch
 
-    torch.set_num_threads(args.threads)
     from facemask.detector import load_detector
     from facemask.export import export_onnx
 
@@ -164,7 +163,7 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     for backend in backends:
-        detector = load_detector(model_uri, device=args.device, backend=backend)
+        detector = load_detector(model_uri, device=args.device, backend=backend, threads=args.threads)
         results[f"{backend} raw"] = raw(detector, images, args.imgsz, args.requests, args.max_seconds)
         del detector
         print(f"  {backend} raw done", flush=True)
@@ -182,7 +181,7 @@ def main() -> None:
             gpus = 1 if backend == "pt" and args.device != "cpu" else 0
             serve.run(build_app(AppArgs(
                 model_uri=model_uri, backend=backend, device=args.device,
-                torch_threads=args.replica_threads or max(1, args.threads // args.replicas),
+                threads=args.replica_threads or max(1, args.threads // args.replicas),
                 max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_s,
                 detector_options={"num_replicas": args.replicas, "ray_actor_options": {"num_cpus": 0.5, "num_gpus": gpus / args.replicas},
                                   "max_ongoing_requests": 2 * args.max_batch_size, "max_queued_requests": 256},
