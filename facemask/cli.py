@@ -381,21 +381,21 @@ def serve_command(model_uri, backend, device, host, port, replicas, num_cpus, nu
                                          "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}})
     except (ModelNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    init_ray(serving=True)
-    url = start_serving(args, host=host, port=port)
-    click.echo(f"serving {model_uri} ({backend}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
     import signal
     import threading
 
+    from ray import serve
+
+    init_ray(serving=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        url = start_serving(args, host=host, port=port)
+        click.echo(f"serving {model_uri} ({backend}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
         stop.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or ray.init's own SIGTERM handler (sys.exit)
         pass
     finally:
-        from ray import serve
-
         serve.shutdown()
 
 
@@ -511,3 +511,7 @@ def predict_command(source, model_uri, out, conf, iou, imgsz, max_det, backend, 
     click.echo(f"  annotated: {result.annotated}\n  detections: {result.jsonl}")
     if result.skipped:
         click.echo(f"  skipped {len(result.skipped)} unreadable files (listed in {out / 'summary.json'})", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -99,7 +99,7 @@ def main() -> None:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
             stop.wait()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or ray.init's own SIGTERM handler (sys.exit)
             pass
         serve.shutdown()
 

@@ -336,3 +336,49 @@ def test_page_in_chromium_draws_boxes(endpoint, known_image):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(registered_detector, known_image, tmp_path):
+    """The user-facing command in its own process (its own local Ray), air-gapped: a local .pt, no registry."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.services import wait_http
+
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "facemask.cli", "serve", "--model-uri", str(registered_detector["weights"]),
+                             "--port", str(port), "--num-cpus", "0.5"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=180, proc=proc)
+        import time
+
+        deadline = time.monotonic() + 60  # the command says where it serves once Serve reports the app running
+        while "serving " not in (tmp_path / "serve.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        answer = Client(f"http://127.0.0.1:{port}").predict(known_image, conf=0, imgsz=160, max_det=2)
+        assert len(answer["detections"]) == 2 and answer["model"]["uri"] == str(registered_detector["weights"])
+        assert answer["model"]["version"] is None
+        models = httpx.get(f"http://127.0.0.1:{port}/models").json()
+        assert models["versions"] == [] and "local file" in models["registry_error"]
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: Serve is shut down, then Ray
+        assert proc.wait(timeout=60) == 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # nothing of its process group outlives it
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("processes of `facemask serve` outlived it")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    assert f"serving {registered_detector['weights']}" in (tmp_path / "serve.log").read_text()
