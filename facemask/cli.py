@@ -381,22 +381,30 @@ def serve_command(model_uri, backend, device, host, port, replicas, num_cpus, nu
                                          "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}})
     except (ModelNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    import signal
-    import threading
-
     from ray import serve
 
     init_ray(serving=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         url = start_serving(args, host=host, port=port)
         click.echo(f"serving {model_uri} ({backend}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
-        stop.wait()
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or ray.init's own SIGTERM handler (sys.exit)
+        wait_for_stop()
+    except (KeyboardInterrupt, SystemExit):  # stopped while still starting
         pass
     finally:
         serve.shutdown()
+
+
+def wait_for_stop() -> None:
+    """Block until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: ray.init's own SIGTERM handler calls sys.exit
+        pass
 
 
 def start_serving(args, host: str = "127.0.0.1", port: int = 8000, name: str = "facemask", log_level: str = "INFO") -> str:

@@ -90,17 +90,11 @@ def main() -> None:
         print(f"  the page:    {url}/ while `make serve` runs (or rerun with DEMO_ARGS=--keep-serving)")
     print(f"\n[5/5] {query}", flush=True)
     if args.keep_serving:
-        import signal
-        import threading
-
         from ray import serve
 
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            stop.wait()
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or ray.init's own SIGTERM handler (sys.exit)
-            pass
+        from facemask.cli import wait_for_stop
+
+        wait_for_stop()
         serve.shutdown()
 
 def serve_and_query(model_uri: str, test_images: Path, port: int, imgsz: int) -> tuple[str, str]:
