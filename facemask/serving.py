@@ -343,15 +343,14 @@ class DetectorDeployment:
     """Runs the model: one call per batch of concurrent requests, per model version."""
 
     def __init__(self, args: dict) -> None:
-        from facemask.detector import load_detector
-
         from PIL import Image
+
+        from facemask.detector import load_detector
+        from facemask.train import resolve_device
 
         self.args = AppArgs.model_validate(args)
         _use_registry(self.args.tracking_uri)
         Image.MAX_IMAGE_PIXELS = self.args.max_pixels
-        from facemask.train import resolve_device
-
         self.device = resolve_device(self.args.device) if self.args.backend == "pt" else "cpu"
         self.default = load_detector(self.args.model_uri, device=self.device, backend=self.args.backend,
                                      threads=self.args.threads)
