@@ -62,6 +62,8 @@ class AppArgs(BaseModel):
     tracking_uri: str | None = Field(None, description="MLflow server of the registry; default MLFLOW_TRACKING_URI")
     max_body_mb: float = Field(10.0, gt=0, description="Larger bodies get 413")
     max_pixels: int = Field(40_000_000, gt=0, description="Larger images (decompression bombs) get 413")
+    refresh_s: float = Field(30.0, ge=0, description="How often an alias (the default @champion, or one named in "
+                             "the header) is looked up again, so a promotion is served without a redeploy; 0: never")
     max_batch_size: int = Field(8, ge=1, le=256)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
     threads: int | None = Field(None, ge=1, description="CPU inference threads per detector replica (torch or onnxruntime); "
@@ -356,6 +358,9 @@ class DetectorDeployment:
                                      threads=self.args.threads)
         self.predict_batch.set_max_batch_size(self.args.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self.aliases: dict[str, tuple[float, str]] = {}  # alias -> (looked up at, version)
+        self.default_checked = time.monotonic()
+        self.refreshing: asyncio.Task | None = None
         log.info("serving %s (version %s) on %s", self.default.info.uri, self.default.info.version, self.device)
 
     @serve.multiplexed(max_num_models_per_replica=3)
@@ -374,7 +379,52 @@ class DetectorDeployment:
 
     async def model_for_request(self):
         model_id = serve.get_multiplexed_model_id()
-        return self.default if not model_id else await self.load_version(model_id)
+        if not model_id:
+            self.follow_default_alias()
+            return self.default
+        if not model_id.isdigit():
+            model_id = await self.alias_version(model_id)
+        return await self.load_version(model_id)
+
+    async def alias_version(self, alias: str) -> str:
+        """The version an alias names, looked up at most every refresh_s (the registry is a network call)."""
+        from facemask.tracking import model_version
+
+        looked_up, version = self.aliases.get(alias, (0.0, ""))
+        if not version or (self.args.refresh_s and time.monotonic() - looked_up > self.args.refresh_s):
+            mv = await asyncio.to_thread(model_version, model_uri_for(alias, self.args.model_uri))
+            version = str(mv.version)
+            self.aliases[alias] = (time.monotonic(), version)
+        return version
+
+    def follow_default_alias(self) -> None:
+        """Every refresh_s, in the background: if the app's alias moved, load the new version and swap it in."""
+        if (not self.args.refresh_s or "@" not in self.args.model_uri or not self.args.model_uri.startswith("models:/")
+                or self.refreshing is not None or time.monotonic() - self.default_checked < self.args.refresh_s):
+            return
+
+        async def refresh() -> None:
+            from facemask.detector import load_detector
+
+            try:
+                alias = self.args.model_uri.split("@", 1)[1]
+                self.aliases.pop(alias, None)
+                version = await self.alias_version(alias)
+                if version != self.default.info.version:
+                    name = self.default.info.name
+                    loaded = await asyncio.to_thread(load_detector, f"models:/{name}/{version}", self.device,
+                                                     self.args.backend, self.args.threads)
+                    log.info("%s moved from version %s to %s; now serving %s", self.args.model_uri,
+                             self.default.info.version, version, version)
+                    self.default = loaded
+            except Exception as exc:  # a registry outage must not stop serving the loaded model
+                log.warning("could not look up %s (%s); still serving version %s", self.args.model_uri, exc,
+                            self.default.info.version)
+            finally:
+                self.default_checked = time.monotonic()
+                self.refreshing = None
+
+        self.refreshing = asyncio.get_running_loop().create_task(refresh())
 
     async def __call__(self, payload: dict) -> dict:
         from facemask.detector import ModelNotFoundError

@@ -33,7 +33,7 @@ def endpoint(ray_local, registered_detector):
 
     port = free_port()
     args = {"model_uri": f"models:/{registered_detector['name']}@champion", "max_batch_size": 4,
-            "tracking_uri": registered_detector["tracking_uri"], "detector_options": DETECTOR,
+            "tracking_uri": registered_detector["tracking_uri"], "detector_options": DETECTOR, "refresh_s": 1.0,
             "ingress_options": {"ray_actor_options": {"num_cpus": 0.1}}, **LIMITS}
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -189,6 +189,35 @@ def test_multiplexed_requests_are_served_by_the_version_they_name(http, endpoint
     assert {endpoint["champion"], endpoint["other"]} <= set(versions)
     assert versions[endpoint["champion"]]["aliases"] == ["champion"]
     assert "val_mAP50-95" in versions[endpoint["champion"]]["metrics"]
+
+
+def test_a_promotion_is_served_without_a_redeploy(http, endpoint, known_image):
+    """Moving @champion in the registry moves the default model and the `champion` header within refresh_s."""
+    import time
+
+    from facemask.tracking import set_alias
+
+    def versions() -> tuple[str, str]:
+        data = known_image.read_bytes()
+        default = http.post("/predict", params={"imgsz": 160}, content=data).json()["model"]["version"]
+        named = http.post("/predict", params={"imgsz": 160}, content=data,
+                          headers={"serve_multiplexed_model_id": "champion"}).json()["model"]["version"]
+        return default, named
+
+    def converge(target: str) -> None:
+        deadline = time.monotonic() + 60
+        while versions() != (target, target):
+            assert time.monotonic() < deadline, f"still {versions()} after moving @champion to {target}"
+            time.sleep(0.5)
+
+    name, champion, other = endpoint["name"], endpoint["champion"], endpoint["other"]
+    assert versions() == (champion, champion)
+    try:
+        set_alias(name, "champion", other, uri=endpoint["tracking_uri"])
+        converge(other)
+    finally:
+        set_alias(name, "champion", champion, uri=endpoint["tracking_uri"])
+    converge(champion)
 
 
 def test_concurrent_requests_are_batched(endpoint, known_image):
