@@ -83,7 +83,8 @@ class Annotator:
         self.cfg = cfg
         # A Ray Data actor holds one CPU: one inference thread each, so actors do not oversubscribe the node.
         threads = 1 if cfg.engine == "ray" else None
-        self.detector = load_detector(cfg.model_uri, device=resolve_device(cfg.device), backend=cfg.backend, threads=threads)
+        self.detector = load_detector(cfg.model_uri, device=resolve_device(cfg.device), backend=cfg.backend, threads=threads,
+                                      warm=True)
 
     def detect(self, images: list) -> list[list[dict]]:
         found = self.detector.predict(images, conf=self.cfg.conf, iou=self.cfg.iou, imgsz=self.cfg.imgsz,
@@ -94,14 +95,16 @@ class Annotator:
         return self.frames(batch) if "start" in batch else self.images(batch)
 
     def images(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        from PIL import Image, ImageOps
+        from PIL import Image
+
+        from facemask.detector import upright_rgb
 
         records: list[dict] = [{} for _ in batch["rel"]]
         loaded, where = [], []
         for i, (path, rel) in enumerate(zip(batch["path"], batch["rel"])):
             try:
                 with Image.open(path) as image:
-                    loaded.append(ImageOps.exif_transpose(image).convert("RGB"))
+                    loaded.append(upright_rgb(image))
                 where.append(i)
             except Exception as exc:  # Ultralytics patches Image.open; any failure is this file's problem
                 records[i] = {"source": str(rel), "error": f"unreadable image ({type(exc).__name__}: {exc})"}

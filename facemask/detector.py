@@ -55,8 +55,11 @@ class ModelInfo:
 class Detector:
     """A YOLO model (PyTorch `.pt` or ONNX) behind one `predict` call."""
 
-    def __init__(self, info: ModelInfo, device: str = "cpu", threads: int | None = None) -> None:
-        """threads: CPU threads for inference (torch's for the process, onnxruntime's for this model)."""
+    def __init__(self, info: ModelInfo, device: str = "cpu", threads: int | None = None, warm: bool = False) -> None:
+        """threads: CPU threads for inference (torch's for the process, onnxruntime's for this model).
+
+        warm: run one tiny prediction now, so the first real one does not pay Ultralytics' set-up.
+        """
         from facemask.train import ultralytics_env
 
         ultralytics_env()
@@ -68,15 +71,18 @@ class Detector:
             import torch
 
             torch.set_num_threads(threads)
-        with onnx_session_options(threads if info.weights.endswith(".onnx") else None):
+        onnx_threads = threads if info.weights.endswith(".onnx") else None
+        with onnx_session_options(onnx_threads):
             self.model = YOLO(info.weights, task="detect")
             names = getattr(self.model, "names", None) or {}
             if names and list(names.values()) != list(CLASS_NAMES):
                 raise ModelNotFoundError(
                     f"{info.uri}: model classes {list(names.values())} are not facemask's {list(CLASS_NAMES)}"
                 )
-            # Ultralytics builds its predictor (and the ONNX session) on the first call; pay that here.
-            self.predict([np.zeros((64, 64, 3), dtype=np.uint8)], imgsz=64)
+            # Ultralytics builds its predictor, and the ONNX session, on the first call: the session
+            # must be made inside this block to get the thread options.
+            if warm or onnx_threads is not None:
+                self.predict([np.zeros((64, 64, 3), dtype=np.uint8)], imgsz=64)
 
     def predict(
         self,
@@ -159,13 +165,20 @@ def onnx_session_options(threads: int | None) -> Iterator[None]:
         onnxruntime.SessionOptions = original
 
 
+def upright_rgb(image):
+    """A PIL image turned by its EXIF orientation, in RGB: what browsers and viewers show, so boxes match it."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image).convert("RGB")
+
+
 def to_bgr(image: Any) -> np.ndarray:
     """A path, PIL image or RGB array as the BGR uint8 array Ultralytics models take."""
     if isinstance(image, (str, Path)):
-        from PIL import Image, ImageOps
+        from PIL import Image
 
         with Image.open(image) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")
+            image = upright_rgb(opened)
     if hasattr(image, "convert"):
         image = np.asarray(image.convert("RGB"))
     array = np.asarray(image)
@@ -174,14 +187,16 @@ def to_bgr(image: Any) -> np.ndarray:
     return np.ascontiguousarray(array[:, :, 2::-1], dtype=np.uint8)
 
 
-def load_detector(model_uri: str, device: str = "cpu", backend: str = "pt", threads: int | None = None) -> Detector:
+def load_detector(
+    model_uri: str, device: str = "cpu", backend: str = "pt", threads: int | None = None, warm: bool = False
+) -> Detector:
     """Load a detector from a registry/run URI or a local weights file.
 
     backend "onnx" serves the ONNX export of that model (see `facemask export`) with onnxruntime.
     Raises ModelNotFoundError saying which model, version, alias, run or file is missing.
     """
     return Detector(resolve_model(model_uri, backend=backend), device=device if backend == "pt" else "cpu",
-                    threads=threads)
+                    threads=threads, warm=warm)
 
 
 def resolve_model(model_uri: str, backend: str = "pt") -> ModelInfo:

@@ -273,12 +273,11 @@ def inspect_image(data: bytes, max_pixels: int):
 
 def load_rgb(image):
     """Decode an inspected image; a truncated or corrupt body is an APIError, not a crash."""
-    from PIL import ImageOps
+    from facemask.detector import upright_rgb
 
     try:
         image.load()
-        # Browsers show photos turned by their EXIF orientation; boxes must match what people see.
-        return ImageOps.exif_transpose(image).convert("RGB")
+        return upright_rgb(image)
     except Exception as exc:
         raise APIError(400, "truncated_image", f"the {image.format} image could not be decoded ({exc}); is the file complete?") from None
 
@@ -302,7 +301,9 @@ def check_model_id(model_id: str) -> str:
 
 def model_uri_for(model_id: str, default_uri: str) -> str:
     """A header value (`3`, `champion`) to a registry URI of the default model's registered name."""
-    name = default_uri[len("models:/"):].split("@")[0].split("/")[0] if default_uri.startswith("models:/") else "facemask-detector"
+    from facemask.tracking import REGISTERED_MODEL, parse_models_uri
+
+    name = parse_models_uri(default_uri)[0] if default_uri.startswith("models:/") else REGISTERED_MODEL
     return f"models:/{name}/{model_id}" if model_id.isdigit() else f"models:/{name}@{model_id}"
 
 
@@ -355,7 +356,7 @@ class DetectorDeployment:
         Image.MAX_IMAGE_PIXELS = self.args.max_pixels
         self.device = resolve_device(self.args.device) if self.args.backend == "pt" else "cpu"
         self.default = load_detector(self.args.model_uri, device=self.device, backend=self.args.backend,
-                                     threads=self.args.threads)
+                                     threads=self.args.threads, warm=True)
         self.predict_batch.set_max_batch_size(self.args.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self.aliases: dict[str, tuple[float, str]] = {}  # alias -> (looked up at, version)
@@ -374,7 +375,8 @@ class DetectorDeployment:
         if self.default.info.name == mv.name and self.default.info.version == str(mv.version):
             return self.default
         return await asyncio.to_thread(
-            load_detector, f"models:/{mv.name}/{mv.version}", self.device, self.args.backend, self.args.threads
+            load_detector, f"models:/{mv.name}/{mv.version}", self.device, self.args.backend, self.args.threads,
+            warm=True,
         )
 
     async def model_for_request(self):
@@ -413,7 +415,7 @@ class DetectorDeployment:
                 if version != self.default.info.version:
                     name = self.default.info.name
                     loaded = await asyncio.to_thread(load_detector, f"models:/{name}/{version}", self.device,
-                                                     self.args.backend, self.args.threads)
+                                                     self.args.backend, self.args.threads, warm=True)
                     log.info("%s moved from version %s to %s; now serving %s", self.args.model_uri,
                              self.default.info.version, version, version)
                     self.default = loaded
@@ -479,10 +481,6 @@ class DetectorDeployment:
                     "batch_size": len(indexes),
                 }
         return out
-
-    def check_health(self) -> None:
-        if self.default is None:
-            raise RuntimeError("no model loaded")
 
 
 @serve.deployment(
