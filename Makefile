@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-facemask
 DEMO_ARGS ?=
 
-.PHONY: install demo serve test clean
+.PHONY: install demo serve test test-fast clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The pure helpers and the import graph only: seconds, no services.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
 
 clean:
 	rm -rf demo .pytest_cache

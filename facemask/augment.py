@@ -16,52 +16,17 @@ import io
 import math
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from facemask.classes import CLASS_NAMES, MINORITY_CLASSES
+from facemask.classes import CLASS_NAMES
+from facemask.settings import AugmentConfig
 from facemask.voc import Box, Record
 
-BLEND_MODES = ("overlay", "feather", "poisson")
 JPEG_QUALITY = 95
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """How many objects to paste, of which classes, and how to blend them.
-
-    Either `pastes_per_class` (explicit counts) or `balance_ratio` (raise each chosen
-    class to that fraction of the majority class's train count) decides the amounts.
-    """
-
-    classes: tuple[str, ...] = MINORITY_CLASSES
-    balance_ratio: float | None = 0.5
-    pastes_per_class: tuple[tuple[str, int], ...] = ()
-    pastes_per_image: int = 4
-    blend: str = "feather"
-    min_crop_px: int = 8
-    max_attempts: int = 40
-
-    def validate(self) -> "AugmentConfig":
-        for name in self.classes + tuple(c for c, _ in self.pastes_per_class):
-            if name not in CLASS_NAMES:
-                raise ValueError(f"--synthetic-classes: unknown class {name!r}; valid: {', '.join(CLASS_NAMES)}")
-        if self.blend not in BLEND_MODES:
-            raise ValueError(f"--blend {self.blend!r}: choose one of {', '.join(BLEND_MODES)}")
-        if self.balance_ratio is not None and not 0 <= self.balance_ratio <= 1:
-            raise ValueError(f"--balance {self.balance_ratio}: must be between 0 and 1 (0 turns pasting off)")
-        if self.pastes_per_image < 1:
-            raise ValueError("--pastes-per-image must be at least 1")
-        return self
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["classes"] = list(self.classes)
-        data["pastes_per_class"] = dict(self.pastes_per_class)
-        return data
 
 
 @dataclass

@@ -23,40 +23,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from facemask.classes import CLASS_NAMES
+from facemask.detector import load_detector, resolve_model, upright_rgb
+from facemask.errors import ConfigError
+from facemask.plots import draw_boxes
+from facemask.runtime import resolve_device
+from facemask.settings import IMAGE_SUFFIXES, PredictConfig
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    source: Path
-    model_uri: str
-    out: Path
-    conf: float = 0.25
-    iou: float = 0.7
-    imgsz: int = 640
-    max_det: int = 300
-    backend: str = "pt"
-    device: str = "auto"
-    batch_size: int = 8
-    concurrency: int | None = None  # model actors; default: one per CPU of the cluster
-    engine: str = "ray"
-    frames_per_task: int = 32
-
-    def validate(self) -> "PredictConfig":
-        if not self.source.exists():
-            raise FileNotFoundError(f"{self.source}: no such folder or video file")
-        if self.source.is_file() and self.source.suffix.lower() not in VIDEO_SUFFIXES:
-            raise ValueError(f"{self.source}: expected a folder of images or a video ({', '.join(VIDEO_SUFFIXES)})")
-        if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
-            raise ValueError("--conf and --iou must be between 0 and 1")
-        if self.engine not in ("ray", "local"):
-            raise ValueError(f"--engine {self.engine!r}: expected ray or local")
-        return self
-
 
 @dataclass
 class PredictResult:
@@ -77,9 +50,6 @@ class Annotator:
     """A Ray Data actor (or a plain object for engine=local): one model, many batches."""
 
     def __init__(self, cfg: PredictConfig) -> None:
-        from facemask.detector import load_detector
-        from facemask.train import resolve_device
-
         self.cfg = cfg
         # A Ray Data actor holds one CPU: one inference thread each, so actors do not oversubscribe the node.
         threads = 1 if cfg.engine == "ray" else None
@@ -96,8 +66,6 @@ class Annotator:
 
     def images(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from PIL import Image
-
-        from facemask.detector import upright_rgb
 
         records: list[dict] = [{} for _ in batch["rel"]]
         loaded, where = [], []
@@ -150,8 +118,6 @@ def record(detections: list[dict], head: dict) -> dict:
 
 
 def annotate(image, detections: list[dict]):
-    from facemask.plots import draw_boxes
-
     boxes = [(d["class_id"], d["box"]["x1"], d["box"]["y1"], d["box"]["x2"], d["box"]["y2"]) for d in detections]
     return draw_boxes(image, boxes, width=max(2, round(max(image.size) / 300)))
 
@@ -166,13 +132,13 @@ def frame_ranges(video: Path, per_task: int) -> tuple[list[dict[str, int]], floa
 
     capture = cv2.VideoCapture(str(video))
     if not capture.isOpened():
-        raise ValueError(f"{video}: OpenCV cannot open this video")
+        raise ConfigError(f"{video}: OpenCV cannot open this video")
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     size = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     capture.release()
     if total <= 0:
-        raise ValueError(f"{video}: no frames could be counted")
+        raise ConfigError(f"{video}: no frames could be counted")
     return [{"start": s, "end": min(total, s + per_task)} for s in range(0, total, per_task)], fps, size
 
 
@@ -187,22 +153,25 @@ def run_batches(cfg: PredictConfig, rows: list[dict], batch_size: int) -> Iterat
     import ray
 
     context = ray.data.DataContext.get_current()
-    # The video is written frame by frame and the JSONL line by line, in the source's order.
+    saved = context.execution_options.preserve_order
+    # The video is written frame by frame and the JSONL line by line, in the source's order;
+    # the caller's own datasets keep their setting once this one is done.
     context.execution_options.preserve_order = True
-    actors = cfg.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    gpus = 1 if cfg.device != "cpu" and cfg.backend == "pt" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), actors * 4)).map_batches(
-        Annotator, fn_constructor_kwargs={"cfg": cfg}, batch_size=batch_size, concurrency=actors,
-        num_cpus=1, num_gpus=gpus, batch_format="numpy",
-    )
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        yield {key: list(values) for key, values in batch.items()}
+    try:
+        actors = cfg.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        gpus = 1 if cfg.device != "cpu" and cfg.backend == "pt" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), actors * 4)).map_batches(
+            Annotator, fn_constructor_kwargs={"cfg": cfg}, batch_size=batch_size, concurrency=actors,
+            num_cpus=1, num_gpus=gpus, batch_format="numpy",
+        )
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            yield {key: list(values) for key, values in batch.items()}
+    finally:
+        context.execution_options.preserve_order = saved
 
 
 def predict(cfg: PredictConfig) -> PredictResult:
     """Annotate every image of a folder, or every frame of a video; write DIR as the module says."""
-    from facemask.detector import resolve_model
-
     cfg.validate()
     info = resolve_model(cfg.model_uri, backend=cfg.backend)  # a missing model fails here, once, clearly
     started = time.perf_counter()
@@ -214,7 +183,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     if cfg.source.is_dir():
         rows = list_images(cfg.source)
         if not rows:
-            raise ValueError(f"{cfg.source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            raise ConfigError(f"{cfg.source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
         kind, annotated = "images", cfg.out / "annotated"
         with jsonl.open("w") as f:
             for batch in run_batches(cfg, rows, cfg.batch_size):

@@ -21,13 +21,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from facemask.errors import EndpointError
+
 MULTIPLEX_HEADER = "serve_multiplexed_model_id"
-
-
-class EndpointError(RuntimeError):
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(f"{status} {error}: {message}")
-        self.status, self.error, self.message = status, error, message
 
 
 class Client:

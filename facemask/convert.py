@@ -7,7 +7,6 @@ bytes); the dataset-level files are written once by the driver.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -77,9 +76,3 @@ def tree_sha256(out: Path, entries: list[dict]) -> str:
         digest.update(f"{entry['image']}\0{entry['sha256']}\0".encode())
         digest.update(hashlib.sha256((out / label).read_bytes()).digest())
     return digest.hexdigest()
-
-
-def write_manifest(out: Path, manifest: dict) -> Path:
-    path = out / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return path

@@ -7,21 +7,21 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from facemask.classes import CLASS_NAMES
+from facemask.errors import ModelNotFoundError
+from facemask.modelref import ModelInfo, check_backend, find_weights
+from facemask.runtime import ultralytics_env
+from facemask.tracking.registry import fetch_model
 
 
 # Padding granularity: 64 px puts the Kaggle photos at 320 into 4 shapes instead of 12.
 PAD_MULTIPLE = 64
-
-
-class ModelNotFoundError(LookupError):
-    """A model URI that names nothing loadable; the message says what was missing."""
 
 
 @dataclass(frozen=True)
@@ -37,21 +37,6 @@ class Detection:
                 "box": {"x1": round(x1, 1), "y1": round(y1, 1), "x2": round(x2, 1), "y2": round(y2, 1)}}
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """Where a loaded model came from: enough to trace any prediction back to its run."""
-
-    uri: str
-    weights: str
-    name: str | None = None
-    version: str | None = None
-    run_id: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class Detector:
     """A YOLO model (PyTorch `.pt` or ONNX) behind one `predict` call."""
 
@@ -60,8 +45,6 @@ class Detector:
 
         warm: run one tiny prediction now, so the first real one does not pay Ultralytics' set-up.
         """
-        from facemask.train import ultralytics_env
-
         ultralytics_env()
         from ultralytics import YOLO
 
@@ -201,11 +184,8 @@ def load_detector(
 
 def resolve_model(model_uri: str, backend: str = "pt") -> ModelInfo:
     """Turn a model URI into local weights (PyTorch, or its ONNX export) plus its registry/run metadata."""
-    if backend not in ("pt", "onnx"):
-        raise ValueError(f"backend {backend!r}: expected pt or onnx")
+    check_backend(backend)
     if model_uri.startswith(("models:/", "runs:/")):
-        from facemask.tracking import fetch_model
-
         return fetch_model(model_uri, backend=backend)
     path = Path(model_uri).expanduser()
     if path.is_file() and path.suffix in (".pt", ".onnx"):
@@ -221,12 +201,3 @@ def resolve_model(model_uri: str, backend: str = "pt") -> ModelInfo:
         f"{model_uri}: no such weights file; pass a local .pt/.onnx, models:/facemask-detector@champion, "
         "models:/facemask-detector/<version> or runs:/<run_id>/<path>"
     )
-
-
-def find_weights(folder: Path, prefer: str = ".pt") -> Path:
-    """The weights file inside a downloaded MLflow model folder (or any folder)."""
-    candidates = sorted(folder.rglob(f"*{prefer}")) or sorted(folder.rglob("*.pt")) or sorted(folder.rglob("*.onnx"))
-    if not candidates:
-        raise ModelNotFoundError(f"{folder}: no .pt or .onnx weights inside")
-    best = [c for c in candidates if c.stem == "best"]
-    return (best or candidates)[0]

@@ -15,17 +15,11 @@ from typing import Any
 
 from facemask.classes import CLASS_NAMES
 from facemask.detector import load_detector
-from facemask.tracking import (
-    REGISTERED_MODEL,
-    alias_version,
-    log_to_run,
-    model_version,
-    parse_models_uri,
-    set_alias,
-    set_version_tags,
-    version_metrics,
-)
-from facemask.train import data_fingerprint, resolve_device, ultralytics_env
+from facemask.errors import ConfigError, InputNotFoundError
+from facemask.manifest import data_fingerprint
+from facemask.modelref import REGISTERED_MODEL, parse_models_uri
+from facemask.runtime import resolve_device, ultralytics_env
+from facemask.tracking import alias_version, log_to_run, model_version, set_alias, set_version_tags, version_metrics
 
 log = logging.getLogger("facemask.evaluate")
 GATE_METRIC = "test_mAP50-95"
@@ -65,7 +59,7 @@ def evaluate(
     """Measure a model on one split of a prepared dataset; log it to the model's run and version."""
     data = Path(data).expanduser().resolve()
     if not data.is_file():
-        raise FileNotFoundError(f"--data {data}: no such file; create it with `facemask data prepare`")
+        raise InputNotFoundError(f"--data {data}: no such file; create it with `facemask data prepare`")
     ultralytics_env()
     detector = load_detector(model_uri, device=resolve_device(device))
     with tempfile.TemporaryDirectory(prefix="facemask-eval-") as tmp:
@@ -117,6 +111,38 @@ class PromoteDecision:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def promotion_decision(
+    candidate: str,
+    score: float | None,
+    holder: str | None,
+    holder_score: float | None,
+    same_data: bool,
+    alias: str = "champion",
+    force: bool = False,
+    metric: str = GATE_METRIC,
+) -> tuple[bool, str]:
+    """Whether `candidate` takes `alias` from `holder`, and why: the gate, with no registry calls.
+
+    Raises ConfigError when the candidate was never evaluated (the fix is to evaluate it).
+    """
+    if holder == candidate:
+        return False, f"version {candidate} already holds @{alias}"
+    if force:
+        return True, "forced"
+    if score is None:
+        raise ConfigError(f"version {candidate} has no {metric} yet: run `facemask evaluate --model-uri "
+                          f"models:/NAME/{candidate} --data DATA_YAML` first")
+    if holder is None:
+        return True, f"no version held @{alias}"
+    if holder_score is None:
+        return True, f"current @{alias} (version {holder}) was never evaluated"
+    if not same_data:
+        return False, "evaluated on different data (the test.data.fingerprint tags differ): not comparable; use --force"
+    if score > holder_score:
+        return True, f"{metric} {score:.4f} > {holder_score:.4f}"
+    return False, f"{metric} {score:.4f} does not beat {holder_score:.4f} of version {holder}"
+
+
 def promote(model_uri: str, alias: str = "champion", force: bool = False, metric: str = GATE_METRIC) -> PromoteDecision:
     """Move `alias` to the candidate only if its test score beats the current holder's.
 
@@ -124,40 +150,22 @@ def promote(model_uri: str, alias: str = "champion", force: bool = False, metric
     `force` skips every check.
     """
     if not model_uri.startswith("models:/"):
-        raise ValueError(f"{model_uri}: promote takes a registry URI such as models:/{REGISTERED_MODEL}/3")
+        raise ConfigError(f"{model_uri}: promote takes a registry URI such as models:/{REGISTERED_MODEL}/3")
     name, _, _ = parse_models_uri(model_uri)
     candidate = model_version(model_uri)
     version = str(candidate.version)
     current = alias_version(name, alias)
-
-    def decide(promoted: bool, reason: str) -> PromoteDecision:
-        if promoted:
-            set_alias(name, alias, version)
-        return PromoteDecision(
-            promoted, reason, name, alias, version,
-            champion=str(current.version) if current else None,
-            candidate_score=version_metrics(candidate).get(metric),
-            champion_score=version_metrics(current).get(metric) if current else None,
-        )
-
-    if current is not None and str(current.version) == version:
-        return decide(False, f"version {version} already holds @{alias}")
-    if force:
-        return decide(True, "forced")
     score = version_metrics(candidate).get(metric)
-    if score is None:
-        raise ValueError(
-            f"{model_uri} has no {metric} yet: run `facemask evaluate --model-uri {model_uri} --data DATA_YAML` first"
-        )
-    if current is None:
-        return decide(True, f"no version held @{alias}")
-    best = version_metrics(current).get(metric)
-    if best is None:
-        return decide(True, f"current @{alias} (version {current.version}) was never evaluated")
+    best = version_metrics(current).get(metric) if current else None
     fingerprint_key = "test.data.fingerprint"
-    ours, theirs = (candidate.tags or {}).get(fingerprint_key), (current.tags or {}).get(fingerprint_key)
-    if ours != theirs:
-        return decide(False, f"evaluated on different data ({ours} vs {theirs}): not comparable; use --force")
-    if score > best:
-        return decide(True, f"{metric} {score:.4f} > {best:.4f}")
-    return decide(False, f"{metric} {score:.4f} does not beat {best:.4f} of version {current.version}")
+    same_data = current is not None and (candidate.tags or {}).get(fingerprint_key) == (current.tags or {}).get(fingerprint_key)
+    try:
+        promoted, reason = promotion_decision(version, score, str(current.version) if current else None, best, same_data,
+                                              alias=alias, force=force, metric=metric)
+    except ConfigError:
+        raise ConfigError(f"{model_uri} has no {metric} yet: run `facemask evaluate --model-uri {model_uri} "
+                          "--data DATA_YAML` first") from None
+    if promoted:
+        set_alias(name, alias, version)
+    return PromoteDecision(promoted, reason, name, alias, version, champion=str(current.version) if current else None,
+                           candidate_score=score, champion_score=best)

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from facemask.detector import resolve_model
+from facemask.errors import TrackingUnavailableError
+from facemask.modelref import ONNX_TAG, parse_models_uri
+from facemask.runtime import ultralytics_env
+from facemask.tracking import log_to_run, set_version_tags
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +33,6 @@ class ExportResult:
 
 def export_onnx(model_uri: str, imgsz: int = 640, opset: int | None = None, out: Path | None = None) -> ExportResult:
     """Write `<weights>.onnx` (or `out`) for `model_uri`; log and tag it when the model is registered."""
-    import shutil
-
-    from facemask.detector import resolve_model
-    from facemask.tracking import ONNX_TAG, client, parse_models_uri, set_version_tags
-    from facemask.train import ultralytics_env
-
     ultralytics_env()
     from ultralytics import YOLO
 
@@ -48,7 +49,9 @@ def export_onnx(model_uri: str, imgsz: int = 640, opset: int | None = None, out:
         exported = out
     artifact_uri = None
     if info.run_id:
-        client().log_artifact(info.run_id, str(exported), "onnx")
+        if not log_to_run(info.run_id, {}, [(exported, "onnx")]):
+            raise TrackingUnavailableError(f"{model_uri}: could not log {exported.name} to run {info.run_id}; "
+                                     "is the tracking server up? The export is at " + str(exported))
         artifact_uri = f"runs:/{info.run_id}/onnx/{exported.name}"
         if info.version:
             name = info.name or parse_models_uri(model_uri)[0]

@@ -9,13 +9,14 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from facemask.detector import Detector
+from facemask.modelref import ModelInfo
+
 COLUMNS = ["image", "label", "class_id", "confidence", "x1", "y1", "x2", "y2"]
 
 
 class FacemaskModel(PythonModel):
     def load_context(self, context) -> None:
-        from facemask.detector import Detector, ModelInfo
-
         weights = context.artifacts["weights"]
         self.detector = Detector(ModelInfo(uri=weights, weights=weights))
 

@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Callable
 
 from facemask import __version__
-from facemask.augment import AugmentConfig, SyntheticPlan, plan_synthetic, render_synthetic
+from facemask.augment import SyntheticPlan, plan_synthetic, render_synthetic
 from facemask.classes import CLASS_NAMES
-from facemask.convert import make_tree, tree_sha256, write_data_yaml, write_manifest, write_original, write_synthetic
-from facemask.split import SPLITS, stratified_split, validate_fractions
+from facemask.convert import make_tree, tree_sha256, write_data_yaml, write_original, write_synthetic
+from facemask.errors import EmptyDatasetError
+from facemask.manifest import write_manifest
+from facemask.plots import class_distribution, synthetic_samples
+from facemask.settings import PrepareConfig
+from facemask.split import SPLITS, stratified_split
 from facemask.voc import (
-    EmptyDatasetError,
     ParseResult,
     Problem,
     Record,
@@ -33,32 +36,7 @@ from facemask.voc import (
 )
 
 log = logging.getLogger("facemask.prepare")
-ENGINES = ("ray", "local")
 MANIFEST_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    """Everything that decides the prepared dataset. `engine` decides only how it runs."""
-
-    source: Path
-    out: Path
-    engine: str = "ray"
-    seed: int = 0
-    split: tuple[float, float, float] = (0.7, 0.2, 0.1)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    plots: bool = True
-
-    def validate(self) -> "PrepareConfig":
-        if self.engine not in ENGINES:
-            raise ValueError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
-        validate_fractions(self.split)
-        self.augment.validate()
-        return self
-
-    def fingerprinted(self) -> dict:
-        """The part of the config that changes the output (not where or how it runs)."""
-        return {"seed": self.seed, "split": list(self.split), "augment": self.augment.to_dict()}
 
 
 @dataclass
@@ -268,7 +246,7 @@ def _counts(split: dict[str, list[Record]], synthetic: list[dict]) -> dict:
 def prepare(cfg: PrepareConfig) -> PrepareResult:
     """Build the YOLO dataset described by `cfg` and return its manifest.
 
-    Raises FileNotFoundError for a missing source and EmptyDatasetError when no image
+    Raises InputNotFoundError for a missing source and EmptyDatasetError when no image
     is usable; every other bad input is skipped, counted and listed in the manifest.
     """
     cfg.validate()
@@ -350,8 +328,6 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     data_yaml = write_data_yaml(out, SPLITS)
     manifest_path = write_manifest(out, manifest)
     if cfg.plots:
-        from facemask.plots import class_distribution, synthetic_samples
-
         class_distribution(manifest["counts"], out / "class_distribution.png")
         synthetic_samples(out, [s["image"] for s in sorted(synthetic, key=lambda s: s["image"])], out / "synthetic_samples.jpg")
     seconds["total"] = time.perf_counter() - started

@@ -4,8 +4,8 @@
     serve deploy serve/config.yaml
     facemask serve --model-uri models:/facemask-detector@champion
 
-The ingress checks every request (API key, body size, format, pixel count, parameters) and
-decodes the image once, so nothing malformed reaches the model. The detector deployment
+The ingress checks every request (API key, body size, format, pixel count, parameters; see
+`request_checks`), so nothing malformed reaches the model; answers follow `api_schema`. The detector deployment
 gathers concurrent requests into one model call (`@serve.batch`) and keeps up to three
 registry versions loaded per replica (`@serve.multiplexed`), chosen per request with the
 `serve_multiplexed_model_id` header (a version number or an alias; default: the app's model).
@@ -15,12 +15,10 @@ registry versions loaded per replica (`@serve.multiplexed`), chosen per request 
 import asyncio
 import hmac
 import io
+import json
 import logging
 import os
-import re
-import struct
 import time
-import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,22 +31,27 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from facemask import __version__
+from facemask.api_schema import (
+    ERRORS,
+    IMAGE_BODY,
+    MULTIPLEX_HEADER,
+    APIError,
+    ModelInfoResponse,
+    ModelsResponse,
+    PredictResponse,
+)
 from facemask.classes import CLASS_NAMES
+from facemask.detector import load_detector
+from facemask.errors import ModelNotFoundError
+from facemask.modelref import model_uri_for, parse_models_uri
+from facemask.plots import CLASS_COLORS, draw_boxes
+from facemask.request_checks import check_model_id, decode_image, image_bytes, inspect_image
+from facemask.runtime import SERVE_ENV, resolve_device
+from facemask.settings import ServeConfig
+from facemask.tracking import list_versions, model_version, tracking_uri
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL_URI = "models:/facemask-detector@champion"
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "MPO")
-MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MULTIPLEX_HEADER = "serve_multiplexed_model_id"
-# Ray Serve's throughput settings: user code and router on the replica's own event loop
-# (no thread hops per request) and buffered request logs. On 2 cores they raised
-# small-image requests/s by about 30%. Set for our replicas; the CLI sets them for the proxy.
-SERVE_ENV = {
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-}
+_DEFAULT = ServeConfig()
 
 
 class AppArgs(BaseModel):
@@ -56,126 +59,22 @@ class AppArgs(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    model_uri: str = Field(DEFAULT_MODEL_URI, description="models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx")
-    backend: str = Field("pt", pattern="^(pt|onnx)$", description="pt (PyTorch) or onnx (onnxruntime, CPU)")
-    device: str = Field("auto", description="auto (the GPU if the replica has one), cpu, or a GPU index")
+    model_uri: str = Field(_DEFAULT.model_uri, description="models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx")
+    backend: str = Field(_DEFAULT.backend, pattern="^(pt|onnx)$", description="pt (PyTorch) or onnx (onnxruntime, CPU)")
+    device: str = Field(_DEFAULT.device, description="auto (the GPU if the replica has one), cpu, or a GPU index")
     tracking_uri: str | None = Field(None, description="MLflow server of the registry; default MLFLOW_TRACKING_URI")
-    max_body_mb: float = Field(10.0, gt=0, description="Larger bodies get 413")
-    max_pixels: int = Field(40_000_000, gt=0, description="Larger images (decompression bombs) get 413")
-    refresh_s: float = Field(30.0, ge=0, description="How often an alias (the default @champion, or one named in "
+    max_body_mb: float = Field(_DEFAULT.max_body_mb, gt=0, description="Larger bodies get 413")
+    max_pixels: int = Field(_DEFAULT.max_pixels, gt=0, description="Larger images (decompression bombs) get 413")
+    refresh_s: float = Field(_DEFAULT.refresh_s, ge=0, description="How often an alias (the default @champion, or one named in "
                              "the header) is looked up again, so a promotion is served without a redeploy; 0: never")
-    max_batch_size: int = Field(8, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
-    threads: int | None = Field(None, ge=1, description="CPU inference threads per detector replica (torch or onnxruntime); "
+    max_batch_size: int = Field(_DEFAULT.max_batch_size, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(_DEFAULT.batch_wait_timeout_s, ge=0, le=1)
+    threads: int | None = Field(_DEFAULT.threads, ge=1, description="CPU inference threads per detector replica (torch or onnxruntime); "
                                 "default: torch's under Ray (the replica's num_cpus), all cores for onnxruntime")
     # Replica counts and resources of each deployment are set in serve/config.yaml (or by `facemask serve`).
     detector_options: dict[str, Any] = Field(default_factory=dict)
     ingress_options: dict[str, Any] = Field(default_factory=dict)
 
-
-class APIError(Exception):
-    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.error, self.message, self.headers = status, error, message, headers
-
-
-# ---------------------------------------------------------------- API schema
-
-
-class Box(BaseModel):
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-
-
-class DetectionOut(BaseModel):
-    label: str = Field(description=" | ".join(CLASS_NAMES))
-    class_id: int
-    confidence: float
-    box: Box = Field(description="Corners in source-image pixels")
-
-
-class ImageSize(BaseModel):
-    width: int
-    height: int
-
-
-class ModelRef(BaseModel):
-    name: str | None
-    version: str | None
-    run_id: str | None
-    uri: str
-    backend: str
-
-
-class Timings(BaseModel):
-    decode_ms: float = Field(description="Decoding the image (detector replica)")
-    queue_ms: float = Field(description="Waiting for a batch to form and a model call to start")
-    inference_ms: float = Field(description="The model call of the batch this request was in")
-    total_ms: float = Field(description="From the ingress receiving the request to the answer")
-    batch_size: int = Field(description="Requests served by that one model call")
-
-
-class PredictResponse(BaseModel):
-    detections: list[DetectionOut]
-    counts: dict[str, int] = Field(description="Detections per class; every class present")
-    image: ImageSize
-    model: ModelRef
-    timings: Timings
-
-
-class ErrorResponse(BaseModel):
-    error: str = Field(description="A stable code, e.g. not_an_image, body_too_large")
-    message: str = Field(description="What was wrong and how to fix it")
-
-
-class ModelInfoResponse(BaseModel):
-    name: str | None
-    version: str | None
-    run_id: str | None
-    uri: str
-    backend: str
-    device: str
-    classes: list[str]
-    metrics: dict[str, float]
-
-
-class VersionInfo(BaseModel):
-    name: str
-    version: str
-    run_id: str | None
-    aliases: list[str]
-    metrics: dict[str, float]
-
-
-class ModelsResponse(BaseModel):
-    default: str = Field(description="The model served without a serve_multiplexed_model_id header")
-    versions: list[VersionInfo]
-    registry_error: str | None = None
-
-
-ERRORS = {
-    400: {"model": ErrorResponse, "description": "Empty body, not an image, truncated or zero-size image, bad model id"},
-    401: {"model": ErrorResponse, "description": "FACEMASK_API_KEY is set and the bearer token is missing or wrong"},
-    404: {"model": ErrorResponse, "description": "The requested model version or alias does not exist"},
-    413: {"model": ErrorResponse, "description": "Body over max_body_mb, or image over max_pixels"},
-    415: {"model": ErrorResponse, "description": "An image format other than " + ", ".join(SUPPORTED_FORMATS)},
-    422: {"model": ErrorResponse, "description": "A query parameter out of range"},
-    503: {"model": ErrorResponse, "description": "Overloaded: retry after the Retry-After seconds"},
-}
-
-IMAGE_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {"type": "object", "required": ["file"],
-                       "properties": {"file": {"type": "string", "format": "binary"}}},
-        },
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    },
-}
 
 api = FastAPI(
     title="facemask",
@@ -197,116 +96,6 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse({"error": "invalid_parameter", "message": problems}, status_code=422)
 
 
-# ---------------------------------------------------------------- input checks
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
-    too_large = APIError(413, "body_too_large", f"the body is over the {limit / 1e6:g} MB limit; send a smaller image")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def image_bytes(request: Request, limit: int) -> bytes:
-    """The uploaded image: multipart field `file`, or the raw body."""
-    body = await read_body(request, limit)
-    if not body:
-        raise APIError(400, "empty_body", "the request has no image: send it as multipart field 'file' or as the raw body")
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return body
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, receive).form(max_files=1, max_fields=10)
-    except Exception as exc:  # malformed multipart: several parser error types
-        raise APIError(400, "bad_multipart", f"the multipart body could not be parsed ({exc})") from None
-    upload = form.get("file")
-    if upload is None or isinstance(upload, str):
-        raise APIError(400, "empty_body", "multipart upload has no file field named 'file'")
-    data = await upload.read()
-    if not data:
-        raise APIError(400, "empty_body", f"the uploaded file {upload.filename!r} is empty")
-    return data
-
-
-def decode_image(data: bytes, max_pixels: int):
-    """Bytes to an RGB PIL image, or an APIError saying exactly what is wrong with them."""
-    return load_rgb(inspect_image(data, max_pixels))
-
-
-def inspect_image(data: bytes, max_pixels: int):
-    """Check format, size and pixel count from the header alone (cheap); the pixels are not decoded yet."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise APIError(413, "too_many_pixels", f"the image has more than {max_pixels} pixels; downscale it") from None
-    except Exception:  # Ultralytics patches Image.open, which then raises other types than PIL's
-        width, height = declared_size(data)
-        if width == 0 or height == 0:
-            raise APIError(400, "zero_size_image", f"the image header declares {width}x{height} pixels") from None
-        raise APIError(400, "not_an_image", "the body is not an image Pillow can read (send JPEG, PNG, WebP or BMP)") from None
-    if image.format not in SUPPORTED_FORMATS:
-        raise APIError(415, "unsupported_format",
-                       f"{image.format} images are not supported; send one of {', '.join(SUPPORTED_FORMATS)}")
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        raise APIError(400, "zero_size_image", f"the image is {width}x{height} pixels")
-    if width * height > max_pixels:
-        raise APIError(413, "too_many_pixels",
-                       f"the image is {width}x{height} = {width * height} pixels, over the {max_pixels} limit; downscale it")
-    return image
-
-
-def load_rgb(image):
-    """Decode an inspected image; a truncated or corrupt body is an APIError, not a crash."""
-    from facemask.detector import upright_rgb
-
-    try:
-        image.load()
-        return upright_rgb(image)
-    except Exception as exc:
-        raise APIError(400, "truncated_image", f"the {image.format} image could not be decoded ({exc}); is the file complete?") from None
-
-
-def declared_size(data: bytes) -> tuple[int | None, int | None]:
-    """Width and height from a PNG or BMP header; Pillow refuses zero-size files without saying why."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data[:2] == b"BM" and len(data) >= 26:
-        width, height = struct.unpack("<ii", data[18:26])
-        return width, abs(height)
-    return None, None
-
-
-def check_model_id(model_id: str) -> str:
-    if model_id and not MODEL_ID.match(model_id):
-        raise APIError(400, "bad_model_id",
-                       f"{MULTIPLEX_HEADER} {model_id[:70]!r}: expected a version number (3) or an alias (champion)")
-    return model_id
-
-
-def model_uri_for(model_id: str, default_uri: str) -> str:
-    """A header value (`3`, `champion`) to a registry URI of the default model's registered name."""
-    from facemask.tracking import REGISTERED_MODEL, parse_models_uri
-
-    name = parse_models_uri(default_uri)[0] if default_uri.startswith("models:/") else REGISTERED_MODEL
-    return f"models:/{name}/{model_id}" if model_id.isdigit() else f"models:/{name}@{model_id}"
-
-
 def _use_registry(tracking_uri: str | None) -> None:
     """Point this replica's MLflow at the registry, with bounded retries (a dead server must not hang requests)."""
     if tracking_uri:
@@ -316,10 +105,6 @@ def _use_registry(tracking_uri: str | None) -> None:
 
 
 def page_html() -> str:
-    import json
-
-    from facemask.plots import CLASS_COLORS
-
     html = resources.files("facemask").joinpath("web/index.html").read_text()
     classes = [{"name": n, "color": "#%02x%02x%02x" % c} for n, c in zip(CLASS_NAMES, CLASS_COLORS)]
     return html.replace("/*CLASSES*/[]", json.dumps(classes)).replace("{{HEADER}}", MULTIPLEX_HEADER)
@@ -348,9 +133,6 @@ class DetectorDeployment:
     def __init__(self, args: dict) -> None:
         from PIL import Image
 
-        from facemask.detector import load_detector
-        from facemask.train import resolve_device
-
         self.args = AppArgs.model_validate(args)
         _use_registry(self.args.tracking_uri)
         Image.MAX_IMAGE_PIXELS = self.args.max_pixels
@@ -366,9 +148,6 @@ class DetectorDeployment:
 
     @serve.multiplexed(max_num_models_per_replica=3)
     async def load_version(self, model_id: str):
-        from facemask.detector import load_detector
-        from facemask.tracking import model_version
-
         uri = model_uri_for(model_id, self.args.model_uri)
         # An alias or number naming the default version reuses the loaded default.
         mv = await asyncio.to_thread(model_version, uri)
@@ -390,8 +169,6 @@ class DetectorDeployment:
 
     async def alias_version(self, alias: str) -> str:
         """The version an alias names, looked up at most every refresh_s (the registry is a network call)."""
-        from facemask.tracking import model_version
-
         looked_up, version = self.aliases.get(alias, (0.0, ""))
         if not version or (self.args.refresh_s and time.monotonic() - looked_up > self.args.refresh_s):
             mv = await asyncio.to_thread(model_version, model_uri_for(alias, self.args.model_uri))
@@ -406,8 +183,6 @@ class DetectorDeployment:
             return
 
         async def refresh() -> None:
-            from facemask.detector import load_detector
-
             try:
                 alias = self.args.model_uri.split("@", 1)[1]
                 self.aliases.pop(alias, None)
@@ -429,8 +204,6 @@ class DetectorDeployment:
         self.refreshing = asyncio.get_running_loop().create_task(refresh())
 
     async def __call__(self, payload: dict) -> dict:
-        from facemask.detector import ModelNotFoundError
-
         try:
             detector = await self.model_for_request()
         except ModelNotFoundError as exc:
@@ -449,8 +222,6 @@ class DetectorDeployment:
                 "image": {"width": width, "height": height}}
 
     async def info(self) -> dict:
-        from facemask.detector import ModelNotFoundError
-
         try:
             detector = await self.model_for_request()
         except ModelNotFoundError as exc:
@@ -570,8 +341,6 @@ class Ingress:
         max_det: int = Query(300, ge=1, le=1000),
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     ) -> Response:
-        from facemask.plots import draw_boxes
-
         self.authorize(credentials)
         data, result = await self.detect(request, conf, iou, imgsz, max_det)
         image = decode_image(data, self.args.max_pixels)
@@ -593,8 +362,6 @@ class Ingress:
     @api.get("/models", response_model=ModelsResponse, responses=ERRORS,
              summary=f"Registered versions with their metrics; pick one with the {MULTIPLEX_HEADER} header")
     async def models(self, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
-        from facemask.tracking import list_versions, parse_models_uri
-
         self.authorize(credentials)
         uri = self.args.model_uri
         if not uri.startswith("models:/"):
@@ -611,24 +378,8 @@ class Ingress:
         return HTMLResponse(page_html())
 
 
-def free_port(preferred: int | None = None) -> int:
-    """`preferred` if nothing listens on it on loopback, else any free port."""
-    import socket
-
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise OSError("no free port on 127.0.0.1")
-
-
 def build_app(args: dict | AppArgs | None = None):
     """The Serve application for `args` (see AppArgs); used by serve/app.py and `facemask serve`."""
-    from facemask.tracking import tracking_uri
-
     parsed = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     if parsed.tracking_uri is None:
         uri = tracking_uri()

@@ -10,20 +10,10 @@ import random
 from collections import Counter
 
 from facemask.classes import CLASS_NAMES
+from facemask.settings import validate_fractions
 from facemask.voc import Record
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-
-def validate_fractions(fractions: tuple[float, float, float]) -> tuple[float, float, float]:
-    """Check a (train, val, test) triple; raise ValueError that says how to fix it."""
-    if len(fractions) != 3:
-        raise ValueError(f"--split needs three fractions train,val,test; got {fractions}")
-    if any(f < 0 for f in fractions) or fractions[0] <= 0 or fractions[1] <= 0:
-        raise ValueError(f"--split {fractions}: train and val must be > 0 and test >= 0")
-    if abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"--split {fractions} sums to {sum(fractions):.3f}; the fractions must sum to 1")
-    return tuple(float(f) for f in fractions)  # type: ignore[return-value]
 
 
 def stratum_of(record: Record, rarity: dict[str, int]) -> str:

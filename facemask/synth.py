@@ -16,6 +16,7 @@ from xml.sax.saxutils import escape
 from PIL import Image, ImageDraw, ImageFilter
 
 from facemask.classes import CLASS_NAMES
+from facemask.errors import ConfigError
 
 SKIN = [(255, 224, 196), (234, 192, 134), (198, 134, 66), (141, 85, 36), (224, 172, 105), (255, 205, 148)]
 HAIR = [(20, 20, 20), (70, 40, 20), (120, 80, 40), (200, 170, 90), (90, 90, 90)]
@@ -139,7 +140,7 @@ def synthesize(out: Path, images: int = 120, seed: int = 0) -> dict[str, int]:
     `seed`, so any image can be regenerated alone and the output never depends on order.
     """
     if images < 1:
-        raise ValueError(f"--images {images}: need at least 1")
+        raise ConfigError(f"--images {images}: need at least 1")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)

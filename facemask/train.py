@@ -7,19 +7,19 @@ global Ultralytics settings are never rewritten.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from facemask import __version__
+from facemask.errors import ConfigError, InputNotFoundError, PretrainedUnavailableError
+from facemask.manifest import data_fingerprint
+from facemask.runtime import git_commit, resolve_device, ultralytics_env
+from facemask.settings import TrainConfig
 from facemask.tracking import RunLogger, log_and_register, metric_key
 
 log = logging.getLogger("facemask.train")
@@ -39,62 +39,6 @@ TRAIN_ARTIFACTS = ("results.csv", "args.yaml")
 PLOT_PATTERNS = ("confusion_matrix*.png", "*PR_curve.png", "*F1_curve.png", "*P_curve.png", "*R_curve.png", "results.png")
 
 
-class PretrainedUnavailableError(RuntimeError):
-    """A pretrained weights name that cannot be had: not cached and no network."""
-
-
-def ultralytics_env() -> Path:
-    """Make Ultralytics safe offline and keep its settings in a folder of ours.
-
-    Sets (only where unset) YOLO_CONFIG_DIR, YOLO_OFFLINE when there is no network,
-    and YOLO_AUTOINSTALL=false; puts a local font where Ultralytics looks for Arial so
-    plots never try a download. Must run before `import ultralytics` to take effect.
-    """
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "facemask" / "ultralytics"
-    config = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(cache)))
-    config.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-    try:
-        import matplotlib
-
-        font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-        for name in ("Arial.ttf", "Arial.Unicode.ttf"):
-            if font.is_file() and not (config / name).exists():
-                shutil.copyfile(font, config / name)
-    except ImportError:
-        pass
-    return config
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. Defaults are the original notebook's: yolo26s, 50 epochs, batch 8, 640."""
-
-    data: Path
-    model: str = "yolo26s.pt"
-    epochs: int = 50
-    imgsz: int = 640
-    batch: int = 8
-    device: str = "auto"
-    experiment: str = "facemask"
-    run_name: str | None = None
-    register: bool = False
-    registered_model: str = "facemask-detector"
-    project: Path = Path("runs/train")
-    seed: int = 0
-    overrides: dict[str, Any] = field(default_factory=dict)
-    parent_run_id: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    plots: bool = True
-    workers: int = 2
-    # False trains without MLflow (the baseline the logging overhead is measured against).
-    tracking: bool = True
-    # Continue an existing MLflow run (a Tune trial restarted after a crash) ...
-    run_id: str | None = None
-    # ... from this Ultralytics last.pt, with its optimizer state and epoch counter.
-    resume_from: Path | None = None
-
-
 @dataclass
 class TrainResult:
     run_id: str | None
@@ -109,15 +53,6 @@ class TrainResult:
     logging_failures: int = 0
 
 
-def resolve_device(device: str) -> str:
-    """`auto` -> `0` when CUDA is present, else `cpu`; anything else passes through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "0" if torch.cuda.is_available() else "cpu"
-
-
 def resolve_model_source(model: str) -> str:
     """Check a --model value before training so a bad one fails in one clear line."""
     path = Path(model).expanduser()
@@ -125,11 +60,11 @@ def resolve_model_source(model: str) -> str:
         return str(path.resolve())
     if path.suffix in (".yaml", ".yml"):
         if path.parent != Path("."):
-            raise FileNotFoundError(f"--model {model}: no such file")
+            raise InputNotFoundError(f"--model {model}: no such file; pass a path to a .yaml, or a built-in name like yolo26n.yaml")
         return model  # an Ultralytics built-in config such as yolo26n.yaml
     if path.suffix == ".pt":
         if path.parent != Path("."):
-            raise FileNotFoundError(f"--model {model}: no such file; pass a path to a .pt, or a yaml like yolo26n.yaml")
+            raise InputNotFoundError(f"--model {model}: no such file; pass a path to a .pt, or a yaml like yolo26n.yaml")
         ultralytics_env()
         from ultralytics.utils import SETTINGS, is_online
 
@@ -142,29 +77,7 @@ def resolve_model_source(model: str) -> str:
                 "to train from scratch, or a path to a .pt"
             )
         return model
-    raise ValueError(f"--model {model}: expected a .pt weights file or a .yaml model config")
-
-
-def read_manifest(data_yaml: Path) -> dict:
-    """The manifest written by `facemask data prepare` next to data.yaml (empty if absent)."""
-    manifest = data_yaml.parent / "manifest.json"
-    return json.loads(manifest.read_text()) if manifest.is_file() else {}
-
-
-def data_fingerprint(data_yaml: Path) -> str:
-    import hashlib
-
-    manifest = read_manifest(data_yaml)
-    return manifest.get("fingerprint") or hashlib.sha256(data_yaml.read_bytes()).hexdigest()
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    raise ConfigError(f"--model {model}: expected a .pt weights file or a .yaml model config")
 
 
 def strip_integrations(trainer) -> None:
@@ -225,7 +138,7 @@ def train(
     """
     data = Path(cfg.data).expanduser().resolve()
     if not data.is_file():
-        raise FileNotFoundError(f"--data {cfg.data}: no such file; create it with `facemask data prepare`")
+        raise InputNotFoundError(f"--data {cfg.data}: no such file; create it with `facemask data prepare`")
     source = str(cfg.resume_from) if cfg.resume_from else resolve_model_source(cfg.model)
     ultralytics_env()
     from ultralytics import YOLO

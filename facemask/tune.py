@@ -21,9 +21,21 @@ from typing import Any, Callable
 
 import yaml
 
+from facemask.errors import ConfigError, InputNotFoundError, StudyInterrupted
 from facemask.evaluate import evaluate, promote
-from facemask.tracking import RunLogger, client, log_and_register, study_tracking_uri, using_tracking_uri
-from facemask.train import TrainConfig, data_fingerprint, epoch_metrics, per_epoch, train
+from facemask.manifest import data_fingerprint
+from facemask.plots import study_plots
+from facemask.settings import StudyConfig
+from facemask.tracking import (
+    RunLogger,
+    close_run,
+    find_child_run,
+    find_tagged_run,
+    log_and_register,
+    study_tracking_uri,
+    using_tracking_uri,
+)
+from facemask.train import TrainConfig, epoch_metrics, per_epoch, train
 
 log = logging.getLogger("facemask.tune")
 
@@ -35,45 +47,6 @@ TUNABLE = (
     "flipud", "fliplr", "bgr", "mosaic", "mixup", "cutmix", "copy_paste", "close_mosaic", "erasing", "cos_lr",
     "nbs", "dropout",
 )
-
-
-class StudyInterrupted(RuntimeError):
-    """The study stopped before its trials did (Ctrl-C, `ray job stop`); it can be resumed."""
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    data: Path
-    model: str = "yolo26s.pt"
-    trials: int = 20
-    epochs: int = 10
-    imgsz: int = 640
-    batch: int = 8
-    search_space: Path | None = None
-    cpus_per_trial: float = 2
-    gpus_per_trial: float = 0
-    # Custom Ray resources each trial needs, e.g. {"trainer": 1} to pin trials to nodes started with it.
-    trial_resources: dict[str, float] = field(default_factory=dict)
-    max_concurrent: int | None = None
-    time_budget_s: float | None = None
-    storage: str = "runs/tune"
-    name: str = "facemask-study"
-    resume: bool = False
-    final_epochs: int = 0
-    grace_period: int = 1
-    reduction_factor: float = 2
-    max_failures: int = 2
-    metric: str = "mAP50-95"
-    mode: str = "max"
-    seed: int = 0
-    experiment: str = "facemask-tune"
-    registered_model: str = "facemask-detector"
-    promote: bool = True
-    workers: int = 0
-    # False runs every trial to the end (the baseline ASHA is measured against).
-    asha: bool = True
-    # False skips registering, evaluating and promoting the best trial.
-    register: bool = True
 
 
 @dataclass
@@ -104,23 +77,23 @@ def load_search_space(path: Path | None = None) -> tuple[dict[str, dict], list[d
     space, baseline = doc.get("space") or {}, doc.get("baseline") or []
     points = [baseline] if isinstance(baseline, dict) else list(baseline)
     if not space:
-        raise ValueError(f"{where}: no `space:` mapping of parameter -> distribution")
+        raise ConfigError(f"{where}: no `space:` mapping of parameter -> distribution")
     for key in list(space) + [k for point in points for k in point]:
         if key not in TUNABLE:
-            raise ValueError(f"{where}: unknown hyperparameter {key!r}; valid: {', '.join(TUNABLE)}")
+            raise ConfigError(f"{where}: unknown hyperparameter {key!r}; valid: {', '.join(TUNABLE)}")
     for key, spec in space.items():
         kind = (spec or {}).get("type")
         if kind not in DISTRIBUTIONS:
-            raise ValueError(f"{where}: {key}: type must be one of {', '.join(DISTRIBUTIONS)}, got {kind!r}")
+            raise ConfigError(f"{where}: {key}: type must be one of {', '.join(DISTRIBUTIONS)}, got {kind!r}")
         if kind == "choice" and not spec.get("values"):
-            raise ValueError(f"{where}: {key}: a choice needs `values: [...]`")
+            raise ConfigError(f"{where}: {key}: a choice needs `values: [...]`")
         if kind != "choice" and not (isinstance(spec.get("low"), (int, float)) and isinstance(spec.get("high"), (int, float))
                                      and spec["low"] < spec["high"]):
-            raise ValueError(f"{where}: {key}: needs numeric low < high")
+            raise ConfigError(f"{where}: {key}: needs numeric low < high")
     for point in points:
         missing = set(point) - set(space)
         if missing:
-            raise ValueError(f"{where}: baseline sets {sorted(missing)} which are not in `space`")
+            raise ConfigError(f"{where}: baseline sets {sorted(missing)} which are not in `space`")
     return space, points
 
 
@@ -148,19 +121,19 @@ def max_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
     """Trials that fit the cluster at once; never more than asked or than there are trials."""
     cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
     if cfg.cpus_per_trial <= 0:
-        raise ValueError("--cpus-per-trial must be > 0")
+        raise ConfigError("--cpus-per-trial must be > 0")
     if cfg.gpus_per_trial > 0 and gpus < cfg.gpus_per_trial:
-        raise ValueError(f"--gpus-per-trial {cfg.gpus_per_trial}: the cluster has {gpus:g} GPUs; use 0 to train on CPU")
+        raise ConfigError(f"--gpus-per-trial {cfg.gpus_per_trial}: the cluster has {gpus:g} GPUs; use 0 to train on CPU")
     fits = math.floor(cpus / cfg.cpus_per_trial + 1e-9)
     if cfg.gpus_per_trial > 0:
         fits = min(fits, math.floor(gpus / cfg.gpus_per_trial + 1e-9))
     for name, amount in cfg.trial_resources.items():
         have = cluster.get(name, 0)
         if have < amount:
-            raise ValueError(f"--trial-resources {name}={amount:g}: the cluster has {have:g} of {name!r}")
+            raise ConfigError(f"--trial-resources {name}={amount:g}: the cluster has {have:g} of {name!r}")
         fits = min(fits, math.floor(have / amount + 1e-9))
     if fits < 1:
-        raise ValueError(f"--cpus-per-trial {cfg.cpus_per_trial}: the cluster has only {cpus:g} CPUs")
+        raise ConfigError(f"--cpus-per-trial {cfg.cpus_per_trial}: the cluster has only {cpus:g} CPUs")
     return max(1, min(fits, cfg.max_concurrent or fits, cfg.trials))
 
 
@@ -217,26 +190,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
 
 def find_trial_run(uri: str, parent_run_id: str, trial_id: str) -> str | None:
     """The child run already made for this trial (a retry, a resumed study), if any."""
-    try:
-        c = client(uri)
-        parent = c.get_run(parent_run_id)
-        runs = c.search_runs(
-            [parent.info.experiment_id],
-            f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`facemask.trial_id` = '{trial_id}'",
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
-    except Exception:  # logging is best-effort; a new run is the fallback
-        return None
-
-
-def find_study_run(uri: str, experiment: str, path: str) -> str | None:
-    c = client(uri)
-    found = c.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    runs = c.search_runs([found.experiment_id], f"tags.`facemask.study_path` = '{path}'", max_results=1)
-    return runs[0].info.run_id if runs else None
+    return find_child_run(parent_run_id, "facemask.trial_id", trial_id, uri=uri)
 
 
 def interrupted(grid, cfg: StudyConfig, elapsed: float) -> bool:
@@ -263,7 +217,6 @@ def reconcile_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]], g
     A trial stopped by the scheduler is torn down soon after its last report, maybe
     before its own upload of best.pt finished; its Tune checkpoint always has it.
     """
-    c = client(uri)
     checkpoints = {(r.metrics or {}).get("trial_id"): r.checkpoint for r in grid}
     for row in rows:
         run_id = find_trial_run(uri, parent_run_id, row["trial_id"])
@@ -271,12 +224,12 @@ def reconcile_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]], g
             continue
         row["run_id"] = run_id
         checkpoint = checkpoints.get(row["trial_id"])
-        if checkpoint is not None and "weights/best.pt" not in {a.path for a in c.list_artifacts(run_id, "weights")}:
-            with checkpoint.as_directory() as folder:
-                if (Path(folder) / "best.pt").is_file():
-                    c.log_artifact(run_id, str(Path(folder) / "best.pt"), "weights")
-        c.set_tag(run_id, "facemask.trial_status", row["status"])
-        c.set_terminated(run_id, MLFLOW_STATUS[row["status"]])
+        tags = {"facemask.trial_status": row["status"]}
+        if checkpoint is None:
+            close_run(run_id, MLFLOW_STATUS[row["status"]], tags, uri=uri)
+            continue
+        with checkpoint.as_directory() as folder:
+            close_run(run_id, MLFLOW_STATUS[row["status"]], tags, weights=Path(folder) / "best.pt", uri=uri)
 
 
 def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = None) -> StudyResult:
@@ -294,16 +247,16 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
     space, baseline = load_search_space(cfg.search_space)
     data = Path(cfg.data).expanduser().resolve()
     if not data.is_file():
-        raise FileNotFoundError(f"--data {cfg.data}: no such file; create it with `facemask data prepare`")
+        raise InputNotFoundError(f"--data {cfg.data}: no such file; create it with `facemask data prepare`")
     storage = cfg.storage if "://" in cfg.storage else str(Path(cfg.storage).expanduser().resolve())
     path = f"{storage.rstrip('/')}/{cfg.name}"
     if cfg.resume and not rt.Tuner.can_restore(path):
-        raise ValueError(f"--resume: no study to restore at {path}; check --storage and --name")
+        raise ConfigError(f"--resume: no study to restore at {path}; check --storage and --name")
     concurrency = max_concurrency(cfg, ray.cluster_resources())
     fingerprint = data_fingerprint(data)
     started = time.perf_counter()
     with study_tracking_uri() as uri:
-        previous = find_study_run(uri, cfg.experiment, path) if cfg.resume else None
+        previous = find_tagged_run(cfg.experiment, "facemask.study_path", path, uri=uri) if cfg.resume else None
         parent = RunLogger(cfg.experiment, cfg.name, {"facemask.study_path": path, "data.fingerprint": fingerprint},
                            uri=uri, run_id=previous, reopen=previous is not None)
         if previous is None:
@@ -366,8 +319,6 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
 
 def summarise(cfg: StudyConfig, grid, parent: RunLogger, uri: str, started: float, path: str) -> StudyResult:
     """Per-trial rows, final child-run statuses, plots and the best trial on the parent run."""
-    from facemask.plots import study_plots
-
     rows = []
     for r in grid:
         history = r.metrics_dataframe

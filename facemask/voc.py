@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from facemask.classes import CLASS_IDS
+from facemask.errors import InputNotFoundError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -84,10 +85,6 @@ class ParseResult:
     annotation_sha256: str = ""
 
 
-class EmptyDatasetError(ValueError):
-    """Raised when a source holds no usable image at all."""
-
-
 def find_source_files(source: Path) -> tuple[list[Path], list[Path], Path]:
     """List the annotation and image files of a VOC source folder.
 
@@ -97,9 +94,9 @@ def find_source_files(source: Path) -> tuple[list[Path], list[Path], Path]:
     source = Path(source)
     ann_dir, img_dir = source / "annotations", source / "images"
     if not source.is_dir():
-        raise FileNotFoundError(f"{source}: no such folder; pass --source DIR with annotations/ and images/ inside")
+        raise InputNotFoundError(f"{source}: no such folder; pass --source DIR with annotations/ and images/ inside")
     if not ann_dir.is_dir() or not img_dir.is_dir():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{source}: expected the Kaggle VOC layout with annotations/*.xml and images/*; "
             f"found {sorted(p.name for p in source.iterdir())[:10]}"
         )

@@ -144,7 +144,7 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     backends = args.backends.split(",")
 
-    from facemask.cli import configure_runtime, init_ray
+    from facemask.runtime import configure_runtime, init_ray
 
     configure_runtime()
     import torch
@@ -171,7 +171,8 @@ def main() -> None:
     init_ray(serving=True)
     from ray import serve
 
-    from facemask.serving import AppArgs, build_app, free_port
+    from facemask.runtime import free_port
+    from facemask.serving import AppArgs, build_app
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

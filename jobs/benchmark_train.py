@@ -58,7 +58,7 @@ def main() -> None:
     if not (args.source / "annotations").is_dir():
         raise SystemExit(f"{args.source}: no VOC dataset there; pass --source DIR")
     from facemask.pipeline import PrepareConfig, prepare
-    from facemask.train import ultralytics_env
+    from facemask.runtime import ultralytics_env
 
     ultralytics_env()
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--reduction-factor", type=float, default=2)
     args = parser.parse_args()
 
-    from facemask.cli import configure_runtime, init_ray
+    from facemask.runtime import configure_runtime, init_ray
     from facemask.pipeline import PrepareConfig, prepare
     from facemask.synth import synthesize
     from facemask.tune import StudyConfig, tune

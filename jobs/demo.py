@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facemask.cli import configure_runtime, init_ray, study_table  # noqa: E402
+from facemask.cli import study_table  # noqa: E402
+from facemask.runtime import configure_runtime, free_port, init_ray  # noqa: E402
 
 
 def main() -> None:
@@ -101,7 +102,7 @@ def serve_and_query(model_uri: str, test_images: Path, port: int, imgsz: int) ->
     """Start Serve with the model and send one held-out test image over HTTP: (URL, the answer as text)."""
     from facemask.cli import detections_table, start_serving
     from facemask.client import Client
-    from facemask.serving import AppArgs, free_port
+    from facemask.serving import AppArgs
 
     args = AppArgs(model_uri=model_uri, detector_options={"ray_actor_options": {"num_cpus": 1}},
                    ingress_options={"ray_actor_options": {"num_cpus": 0.1}})

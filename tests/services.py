@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from facemask.serving import free_port  # noqa: F401  (the tests take their ports from here)
+from facemask.runtime import free_port
 
 
 def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:

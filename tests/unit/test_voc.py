@@ -11,7 +11,8 @@ from PIL import Image
 from facemask.cli import main
 from facemask.pipeline import PrepareConfig, prepare
 from facemask.synth import SynthFace, voc_xml
-from facemask.voc import EmptyDatasetError, parse_annotation
+from facemask.errors import EmptyDatasetError
+from facemask.voc import parse_annotation
 
 from facemask.augment import AugmentConfig
 

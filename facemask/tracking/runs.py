@@ -1,4 +1,4 @@
-"""Everything that talks to MLflow lives here: runs, metrics, artifacts, the registry.
+"""MLflow runs: the tracking URI, experiments, and `RunLogger` for params, metrics and artifacts.
 
 Logging is best-effort by design: a tracking server that stalls or disappears must never
 kill a training that has cost hours. `RunLogger` warns once, keeps metrics it could not
@@ -19,9 +19,6 @@ from typing import Any, Iterator
 
 log = logging.getLogger("facemask.tracking")
 
-REGISTERED_MODEL = "facemask-detector"
-# Version tag holding the runs:/ URI of a version's ONNX export.
-ONNX_TAG = "onnx_artifact"
 DEFAULT_EXPERIMENT = "facemask"
 # MLflow limits a param value to 6000 characters and a batch to 100 params / 1000 metrics.
 _PARAM_LIMIT = 6000
@@ -297,234 +294,52 @@ class RunLogger:
             self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
 
 
-# ---------------------------------------------------------------- registry
+def log_to_run(run_id: str, metrics: dict[str, float], artifacts: list[tuple[Path, str]], uri: str | None = None) -> bool:
+    """Add metrics and artifacts to an existing (possibly finished) run, without reopening it.
 
-
-def log_and_register(
-    run_id: str,
-    weights: Path,
-    tags: dict[str, Any],
-    uri: str | None = None,
-    name: str = REGISTERED_MODEL,
-) -> str:
-    """Log `weights` as a pyfunc MLflow model of run `run_id` and register a new version.
-
-    Returns the new version number. The version is tagged with `tags` (metrics, data
-    fingerprint) so promotion and serving never need the run itself.
+    Best-effort like every RunLogger call; returns False if MLflow did not take all of it.
     """
-    import mlflow
-
-    from facemask import __version__
-
-    uri = uri or tracking_uri()
-    with using_tracking_uri(uri):
-        # Resuming the run is the only way to attach a logged model to it; the caller ends it.
-        with mlflow.start_run(run_id=run_id):
-            logged = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(Path(__file__).with_name("mlflow_model.py")),
-                artifacts={"weights": str(weights)},
-                pip_requirements=[f"facemask=={__version__}", "ultralytics", "torch", "pillow", "pandas"],
-                signature=_pyfunc_signature(),
-            )
-        version = mlflow.register_model(logged.model_uri, name, tags={k: str(v) for k, v in tags.items()})
-    c = client(uri)
-    c.set_model_version_tag(name, version.version, "run_id", run_id)
-    return str(version.version)
+    logger = RunLogger(run_id=run_id, uri=uri, system_metrics=False)
+    if metrics:
+        logger.log_metrics(metrics)
+    for path, folder in artifacts:
+        logger.log_artifact(path, folder)
+    return logger.failures == 0 and not logger._pending
 
 
-def _pyfunc_signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+def find_child_run(parent_run_id: str, tag: str, value: str, uri: str | None = None) -> str | None:
+    """The child run of `parent_run_id` tagged `tag=value` (a retried trial's run), or None.
 
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", "image")]),
-        outputs=Schema([ColSpec("long", "image"), ColSpec("string", "label"), ColSpec("long", "class_id"),
-                        ColSpec("double", "confidence"), ColSpec("double", "x1"), ColSpec("double", "y1"),
-                        ColSpec("double", "x2"), ColSpec("double", "y2")]),
-        params=ParamSchema([ParamSpec("conf", "double", 0.25)]),
-    )
-
-
-def parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
-    """`models:/name@alias` or `models:/name/3` to (name, version, alias)."""
-    body = model_uri[len("models:/"):]
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        return name, None, alias
-    name, _, version = body.partition("/")
-    if not version.isdigit():
-        from facemask.detector import ModelNotFoundError
-
-        raise ModelNotFoundError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-    return name, version, None
-
-
-def model_version(model_uri: str, uri: str | None = None):
-    """The registry ModelVersion a `models:/` URI points to, or ModelNotFoundError naming what is missing."""
-    from facemask.detector import ModelNotFoundError
-
-    name, version, alias = parse_models_uri(model_uri)
-    c = client(uri)
-    try:
-        c.get_registered_model(name)
-    except Exception:
-        raise ModelNotFoundError(
-            f"{model_uri}: no registered model {name!r} at {uri or tracking_uri()}; "
-            "train with --register first, or set MLFLOW_TRACKING_URI"
-        ) from None
-    try:
-        return c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
-    except Exception:
-        versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{name}'"))
-        what = f"alias {alias!r}" if alias else f"version {version}"
-        hint = "promote one with `facemask promote`" if alias else "pick an existing version"
-        raise ModelNotFoundError(f"{model_uri}: {name!r} has no {what} (versions: {versions or 'none'}); {hint}") from None
-
-
-def version_metrics(mv) -> dict[str, float]:
-    out = {}
-    for key, value in (mv.tags or {}).items():
-        try:
-            out[key] = float(value)
-        except ValueError:
-            pass
-    return out
-
-
-def fetch_model(model_uri: str, uri: str | None = None, backend: str = "pt"):
-    """Download what a `models:/` or `runs:/` URI names; return a detector ModelInfo.
-
-    backend "onnx" downloads the version's ONNX export (the `onnx_artifact` tag `facemask export` sets).
+    Best-effort: an unreachable server gives None, and the caller makes a new run.
     """
-    import mlflow
-
-    from facemask.detector import ModelInfo, ModelNotFoundError, find_weights
-
-    uri = uri or tracking_uri()
-    name = version = run_id = None
-    metrics: dict[str, float] = {}
-    source = model_uri
-    if model_uri.startswith("models:/"):
-        mv = model_version(model_uri, uri)
-        name, version, run_id = mv.name, str(mv.version), mv.run_id
-        metrics = version_metrics(mv)
-        source = f"models:/{name}/{version}"
-        if backend == "onnx":
-            source = (mv.tags or {}).get(ONNX_TAG)
-            if not source:
-                raise ModelNotFoundError(
-                    f"{model_uri}: version {version} has no ONNX export; run `facemask export --model-uri {model_uri}`"
-                )
-    else:
-        run_id = model_uri[len("runs:/"):].split("/", 1)[0]
     try:
-        with using_tracking_uri(uri):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
-    except Exception as exc:
-        raise ModelNotFoundError(f"{model_uri}: could not download its artifacts from {uri} ({exc})") from None
-    weights = local if local.is_file() else find_weights(local, prefer=f".{backend}")
-    if weights.suffix != f".{backend}":
-        raise ModelNotFoundError(f"{model_uri}: no .{backend} weights in {source}; for ONNX run `facemask export` first")
-    return ModelInfo(uri=model_uri, weights=str(weights), name=name, version=version, run_id=run_id, metrics=metrics)
-
-
-def set_version_tags(name: str, version: str, tags: dict[str, Any], uri: str | None = None) -> None:
-    c = client(uri)
-    for key, value in tags.items():
-        c.set_model_version_tag(name, version, key, str(value))
-
-
-def alias_version(name: str, alias: str, uri: str | None = None):
-    """The version holding `alias`, or None."""
-    try:
-        return client(uri).get_model_version_by_alias(name, alias)
-    except Exception:
+        c = client(uri)
+        parent = c.get_run(parent_run_id)
+        runs = c.search_runs([parent.info.experiment_id],
+                             f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{tag}` = '{value}'", max_results=1)
+        return runs[0].info.run_id if runs else None
+    except Exception:  # logging is best-effort; a new run is the fallback
         return None
 
 
-def set_alias(name: str, alias: str, version: str, uri: str | None = None) -> None:
-    client(uri).set_registered_model_alias(name, alias, version)
-
-
-def list_versions(name: str = REGISTERED_MODEL, uri: str | None = None) -> list[dict[str, Any]]:
-    """Every registered version with its aliases and metric tags, newest first."""
+def find_tagged_run(experiment: str, tag: str, value: str, uri: str | None = None) -> str | None:
+    """The run of `experiment` tagged `tag=value` (a study's parent run), or None."""
     c = client(uri)
-    try:
-        versions = c.search_model_versions(f"name='{name}'")
-    except Exception:
-        return []
-    # Searches leave ModelVersion.aliases empty; the registered model has the alias map.
-    aliases: dict[str, list[str]] = {}
-    with contextlib.suppress(Exception):
-        for alias, version in (c.get_registered_model(name).aliases or {}).items():
-            aliases.setdefault(str(version), []).append(alias)
-    out = []
-    for mv in sorted(versions, key=lambda v: -int(v.version)):
-        out.append({"name": mv.name, "version": str(mv.version), "run_id": mv.run_id,
-                    "aliases": sorted(aliases.get(str(mv.version), [])), "metrics": version_metrics(mv)})
-    return out
+    found = c.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = c.search_runs([found.experiment_id], f"tags.`{tag}` = '{value}'", max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
-def log_to_run(run_id: str, metrics: dict[str, float], artifacts: list[tuple[Path, str]], uri: str | None = None) -> None:
-    """Add metrics and artifacts to an existing (possibly finished) run, without reopening it."""
-    logger = RunLogger(run_id=run_id, uri=uri, system_metrics=False)
-    logger.log_metrics(metrics)
-    for path, folder in artifacts:
-        logger.log_artifact(path, folder)
-
-
-@contextlib.contextmanager
-def study_tracking_uri(uri: str | None = None) -> Iterator[str]:
-    """A tracking URI that many concurrent trials can write to.
-
-    A sqlite file takes one writer at a time, and parallel trials would meet
-    "database is locked". For a sqlite URI this starts an `mlflow server` on loopback
-    over that same file for the length of the study (the server is the only writer),
-    and stops it, by its own process group, afterwards. Other URIs pass through.
-    """
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import urllib.request
-
-    uri = uri or tracking_uri()
-    if not uri.startswith("sqlite:"):
-        yield uri
-        return
-    db = Path(uri[len("sqlite:///"):])
-    artifacts = db.parent / "mlruns"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log_file = open(db.parent / f".mlflow-server-{port}.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", uri, "--default-artifact-root", str(artifacts), "--no-serve-artifacts"],
-        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    served = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server for {uri} exited with {proc.returncode}; see {log_file.name}")
-            try:
-                with urllib.request.urlopen(f"{served}/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"mlflow server for {uri} did not start in 120s; see {log_file.name}")
-                time.sleep(0.5)
-        log.info("study logs through %s (a server over %s)", served, uri)
-        yield served
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log_file.close()
+def close_run(run_id: str, status: str, tags: dict[str, str], weights: Path | None = None,
+              uri: str | None = None) -> None:
+    """End a run as `status` with `tags`; upload `weights` as weights/<name> unless the run has it already."""
+    c = client(uri)
+    if weights is not None and weights.is_file():
+        present = {a.path for a in c.list_artifacts(run_id, "weights")}
+        if f"weights/{weights.name}" not in present:
+            c.log_artifact(run_id, str(weights), "weights")
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
+    c.set_terminated(run_id, status)

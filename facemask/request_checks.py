@@ -1,0 +1,116 @@
+"""Checks on an incoming request, cheapest first: body size, multipart, image header, pixels, model id.
+
+Pure functions of the request or its bytes, each raising `APIError` with the status and
+code a client sees; the deployments call them before anything reaches the model.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import warnings
+
+from fastapi import Request
+
+from facemask.api_schema import MULTIPLEX_HEADER, SUPPORTED_FORMATS, APIError
+from facemask.detector import upright_rgb
+
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    too_large = APIError(413, "body_too_large", f"the body is over the {limit / 1e6:g} MB limit; send a smaller image")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def image_bytes(request: Request, limit: int) -> bytes:
+    """The uploaded image: multipart field `file`, or the raw body."""
+    body = await read_body(request, limit)
+    if not body:
+        raise APIError(400, "empty_body", "the request has no image: send it as multipart field 'file' or as the raw body")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return body
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, receive).form(max_files=1, max_fields=10)
+    except Exception as exc:  # malformed multipart: several parser error types
+        raise APIError(400, "bad_multipart", f"the multipart body could not be parsed ({exc})") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise APIError(400, "empty_body", "multipart upload has no file field named 'file'")
+    data = await upload.read()
+    if not data:
+        raise APIError(400, "empty_body", f"the uploaded file {upload.filename!r} is empty")
+    return data
+
+
+def decode_image(data: bytes, max_pixels: int):
+    """Bytes to an RGB PIL image, or an APIError saying exactly what is wrong with them."""
+    return load_rgb(inspect_image(data, max_pixels))
+
+
+def inspect_image(data: bytes, max_pixels: int):
+    """Check format, size and pixel count from the header alone (cheap); the pixels are not decoded yet."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise APIError(413, "too_many_pixels", f"the image has more than {max_pixels} pixels; downscale it") from None
+    except Exception:  # Ultralytics patches Image.open, which then raises other types than PIL's
+        width, height = declared_size(data)
+        if width == 0 or height == 0:
+            raise APIError(400, "zero_size_image", f"the image header declares {width}x{height} pixels") from None
+        raise APIError(400, "not_an_image", "the body is not an image Pillow can read (send JPEG, PNG, WebP or BMP)") from None
+    if image.format not in SUPPORTED_FORMATS:
+        raise APIError(415, "unsupported_format",
+                       f"{image.format} images are not supported; send one of {', '.join(SUPPORTED_FORMATS)}")
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise APIError(400, "zero_size_image", f"the image is {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise APIError(413, "too_many_pixels",
+                       f"the image is {width}x{height} = {width * height} pixels, over the {max_pixels} limit; downscale it")
+    return image
+
+
+def load_rgb(image):
+    """Decode an inspected image; a truncated or corrupt body is an APIError, not a crash."""
+    try:
+        image.load()
+        return upright_rgb(image)
+    except Exception as exc:
+        raise APIError(400, "truncated_image", f"the {image.format} image could not be decoded ({exc}); is the file complete?") from None
+
+
+def declared_size(data: bytes) -> tuple[int | None, int | None]:
+    """Width and height from a PNG or BMP header; Pillow refuses zero-size files without saying why."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        return width, abs(height)
+    return None, None
+
+
+def check_model_id(model_id: str) -> str:
+    if model_id and not MODEL_ID.match(model_id):
+        raise APIError(400, "bad_model_id",
+                       f"{MULTIPLEX_HEADER} {model_id[:70]!r}: expected a version number (3) or an alias (champion)")
+    return model_id

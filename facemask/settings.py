@@ -1,0 +1,212 @@
+"""Every stage's typed config: frozen dataclasses with their defaults and checks, in one leaf.
+
+The CLI builds its options' defaults from these fields, so each default is written once,
+and `facemask --help` reads them without importing the stages (numpy, Ray, Ultralytics).
+Every run records its resolved config (the manifest, MLflow params).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from facemask.classes import CLASS_NAMES, MINORITY_CLASSES
+from facemask.errors import ConfigError, InputNotFoundError
+from facemask.modelref import DEFAULT_MODEL_URI
+
+BLEND_MODES = ("overlay", "feather", "poisson")
+ENGINES = ("ray", "local")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+
+def default(config: type, name: str) -> Any:
+    """The default of field `name` of a config dataclass (for CLI options)."""
+    for f in fields(config):
+        if f.name == name:
+            return f.default_factory() if f.default is MISSING else f.default
+    raise KeyError(f"{config.__name__} has no field {name!r}")
+
+
+def validate_fractions(fractions: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Check a (train, val, test) triple; raise ConfigError that says how to fix it."""
+    if len(fractions) != 3:
+        raise ConfigError(f"--split needs three fractions train,val,test; got {fractions}")
+    if any(f < 0 for f in fractions) or fractions[0] <= 0 or fractions[1] <= 0:
+        raise ConfigError(f"--split {fractions}: train and val must be > 0 and test >= 0")
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"--split {fractions} sums to {sum(fractions):.3f}; the fractions must sum to 1")
+    return tuple(float(f) for f in fractions)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """How many objects to paste, of which classes, and how to blend them.
+
+    Either `pastes_per_class` (explicit counts) or `balance_ratio` (raise each chosen
+    class to that fraction of the majority class's train count) decides the amounts.
+    """
+
+    classes: tuple[str, ...] = MINORITY_CLASSES
+    balance_ratio: float | None = 0.5
+    pastes_per_class: tuple[tuple[str, int], ...] = ()
+    pastes_per_image: int = 4
+    blend: str = "feather"
+    min_crop_px: int = 8
+    max_attempts: int = 40
+
+    def validate(self) -> "AugmentConfig":
+        for name in self.classes + tuple(c for c, _ in self.pastes_per_class):
+            if name not in CLASS_NAMES:
+                raise ConfigError(f"--synthetic-classes: unknown class {name!r}; valid: {', '.join(CLASS_NAMES)}")
+        if self.blend not in BLEND_MODES:
+            raise ConfigError(f"--blend {self.blend!r}: choose one of {', '.join(BLEND_MODES)}")
+        if self.balance_ratio is not None and not 0 <= self.balance_ratio <= 1:
+            raise ConfigError(f"--balance {self.balance_ratio}: must be between 0 and 1 (0 turns pasting off)")
+        if self.pastes_per_image < 1:
+            raise ConfigError("--pastes-per-image must be at least 1")
+        return self
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["classes"] = list(self.classes)
+        data["pastes_per_class"] = dict(self.pastes_per_class)
+        return data
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything that decides the prepared dataset. `engine` decides only how it runs."""
+
+    source: Path
+    out: Path
+    engine: str = "ray"
+    seed: int = 0
+    split: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    plots: bool = True
+
+    def validate(self) -> "PrepareConfig":
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
+        validate_fractions(self.split)
+        self.augment.validate()
+        return self
+
+    def fingerprinted(self) -> dict:
+        """The part of the config that changes the output (not where or how it runs)."""
+        return {"seed": self.seed, "split": list(self.split), "augment": self.augment.to_dict()}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults are the original notebook's: yolo26s, 50 epochs, batch 8, 640."""
+
+    data: Path
+    model: str = "yolo26s.pt"
+    epochs: int = 50
+    imgsz: int = 640
+    batch: int = 8
+    device: str = "auto"
+    experiment: str = "facemask"
+    run_name: str | None = None
+    register: bool = False
+    registered_model: str = "facemask-detector"
+    project: Path = Path("runs/train")
+    seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    plots: bool = True
+    workers: int = 2
+    # False trains without MLflow (the baseline the logging overhead is measured against).
+    tracking: bool = True
+    # Continue an existing MLflow run (a Tune trial restarted after a crash) ...
+    run_id: str | None = None
+    # ... from this Ultralytics last.pt, with its optimizer state and epoch counter.
+    resume_from: Path | None = None
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    data: Path
+    model: str = "yolo26s.pt"
+    trials: int = 20
+    epochs: int = 10
+    imgsz: int = 640
+    batch: int = 8
+    search_space: Path | None = None
+    cpus_per_trial: float = 2
+    gpus_per_trial: float = 0
+    # Custom Ray resources each trial needs, e.g. {"trainer": 1} to pin trials to nodes started with it.
+    trial_resources: dict[str, float] = field(default_factory=dict)
+    max_concurrent: int | None = None
+    time_budget_s: float | None = None
+    storage: str = "runs/tune"
+    name: str = "facemask-study"
+    resume: bool = False
+    final_epochs: int = 0
+    grace_period: int = 1
+    reduction_factor: float = 2
+    max_failures: int = 2
+    metric: str = "mAP50-95"
+    mode: str = "max"
+    seed: int = 0
+    experiment: str = "facemask-tune"
+    registered_model: str = "facemask-detector"
+    promote: bool = True
+    workers: int = 0
+    # False runs every trial to the end (the baseline ASHA is measured against).
+    asha: bool = True
+    # False skips registering, evaluating and promoting the best trial.
+    register: bool = True
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    source: Path
+    out: Path
+    model_uri: str = DEFAULT_MODEL_URI
+    conf: float = 0.25
+    iou: float = 0.7
+    imgsz: int = 640
+    max_det: int = 300
+    backend: str = "pt"
+    device: str = "auto"
+    batch_size: int = 8
+    concurrency: int | None = None  # model actors; default: one per CPU of the cluster
+    engine: str = "ray"
+    frames_per_task: int = 32
+
+    def validate(self) -> "PredictConfig":
+        if not self.source.exists():
+            raise InputNotFoundError(f"{self.source}: no such folder or video file")
+        if self.source.is_file() and self.source.suffix.lower() not in VIDEO_SUFFIXES:
+            raise ConfigError(f"{self.source}: expected a folder of images or a video ({', '.join(VIDEO_SUFFIXES)})")
+        if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
+            raise ConfigError("--conf and --iou must be between 0 and 1")
+        if self.engine not in ("ray", "local"):
+            raise ConfigError(f"--engine {self.engine!r}: expected ray or local")
+        return self
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Defaults of the Serve application (`serving.AppArgs`) and of `facemask serve`."""
+
+    model_uri: str = DEFAULT_MODEL_URI
+    backend: str = "pt"
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_body_mb: float = 10.0
+    max_pixels: int = 40_000_000
+    refresh_s: float = 30.0
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.005
+    threads: int | None = None

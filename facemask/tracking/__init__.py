@@ -1,0 +1,39 @@
+"""The tracking layer: the only code that talks to MLflow.
+
+- `runs`: the tracking URI, experiments, `RunLogger` (best-effort run logging) and run look-ups;
+- `registry`: registered versions, aliases, downloading a version's weights;
+- `server`: a local `mlflow server` for studies whose trials log concurrently.
+"""
+
+from facemask.tracking.registry import (
+    alias_version,
+    fetch_model,
+    list_versions,
+    log_and_register,
+    model_version,
+    set_alias,
+    set_version_tags,
+    version_metrics,
+)
+from facemask.tracking.runs import (
+    DEFAULT_EXPERIMENT,
+    RunLogger,
+    client,
+    close_run,
+    experiment_id,
+    find_child_run,
+    find_tagged_run,
+    flatten,
+    log_to_run,
+    metric_key,
+    tracking_uri,
+    using_tracking_uri,
+)
+from facemask.tracking.server import study_tracking_uri
+
+__all__ = [
+    "DEFAULT_EXPERIMENT", "RunLogger", "alias_version", "client", "close_run", "experiment_id", "fetch_model",
+    "find_child_run", "find_tagged_run", "flatten", "list_versions", "log_and_register", "log_to_run", "metric_key",
+    "model_version", "set_alias", "set_version_tags", "study_tracking_uri", "tracking_uri", "using_tracking_uri",
+    "version_metrics",
+]

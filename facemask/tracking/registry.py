@@ -1,0 +1,164 @@
+"""The MLflow model registry: register a version, look one up, download its weights, move aliases.
+
+Model URIs and `ModelInfo` are defined in `facemask.modelref`; this module only talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from facemask import __version__
+from facemask.errors import ModelNotFoundError
+from facemask.modelref import ONNX_TAG, REGISTERED_MODEL, ModelInfo, find_weights, parse_models_uri
+from facemask.tracking.runs import client, tracking_uri, using_tracking_uri
+
+# The pyfunc wrapper logged with every version (MLflow's models-from-code).
+PYFUNC_MODULE = Path(__file__).resolve().parent.parent / "mlflow_model.py"
+
+
+def log_and_register(
+    run_id: str,
+    weights: Path,
+    tags: dict[str, Any],
+    uri: str | None = None,
+    name: str = REGISTERED_MODEL,
+) -> str:
+    """Log `weights` as a pyfunc MLflow model of run `run_id` and register a new version.
+
+    Returns the new version number. The version is tagged with `tags` (metrics, data
+    fingerprint) so promotion and serving never need the run itself.
+    """
+    import mlflow
+
+    uri = uri or tracking_uri()
+    with using_tracking_uri(uri):
+        # Resuming the run is the only way to attach a logged model to it; the caller ends it.
+        with mlflow.start_run(run_id=run_id):
+            logged = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(PYFUNC_MODULE),
+                artifacts={"weights": str(weights)},
+                pip_requirements=[f"facemask=={__version__}", "ultralytics", "torch", "pillow", "pandas"],
+                signature=_pyfunc_signature(),
+            )
+        version = mlflow.register_model(logged.model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    c = client(uri)
+    c.set_model_version_tag(name, version.version, "run_id", run_id)
+    return str(version.version)
+
+
+def _pyfunc_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image")]),
+        outputs=Schema([ColSpec("long", "image"), ColSpec("string", "label"), ColSpec("long", "class_id"),
+                        ColSpec("double", "confidence"), ColSpec("double", "x1"), ColSpec("double", "y1"),
+                        ColSpec("double", "x2"), ColSpec("double", "y2")]),
+        params=ParamSchema([ParamSpec("conf", "double", 0.25)]),
+    )
+
+
+def model_version(model_uri: str, uri: str | None = None):
+    """The registry ModelVersion a `models:/` URI points to, or ModelNotFoundError naming what is missing."""
+    name, version, alias = parse_models_uri(model_uri)
+    c = client(uri)
+    try:
+        c.get_registered_model(name)
+    except Exception:
+        raise ModelNotFoundError(
+            f"{model_uri}: no registered model {name!r} at {uri or tracking_uri()}; "
+            "train with --register first, or set MLFLOW_TRACKING_URI"
+        ) from None
+    try:
+        return c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
+    except Exception:
+        versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{name}'"))
+        what = f"alias {alias!r}" if alias else f"version {version}"
+        hint = "promote one with `facemask promote`" if alias else "pick an existing version"
+        raise ModelNotFoundError(f"{model_uri}: {name!r} has no {what} (versions: {versions or 'none'}); {hint}") from None
+
+
+def version_metrics(mv) -> dict[str, float]:
+    out = {}
+    for key, value in (mv.tags or {}).items():
+        try:
+            out[key] = float(value)
+        except ValueError:
+            pass
+    return out
+
+
+def fetch_model(model_uri: str, uri: str | None = None, backend: str = "pt") -> ModelInfo:
+    """Download what a `models:/` or `runs:/` URI names; return a detector ModelInfo.
+
+    backend "onnx" downloads the version's ONNX export (the `onnx_artifact` tag `facemask export` sets).
+    """
+    import mlflow
+
+    uri = uri or tracking_uri()
+    name = version = run_id = None
+    metrics: dict[str, float] = {}
+    source = model_uri
+    if model_uri.startswith("models:/"):
+        mv = model_version(model_uri, uri)
+        name, version, run_id = mv.name, str(mv.version), mv.run_id
+        metrics = version_metrics(mv)
+        source = f"models:/{name}/{version}"
+        if backend == "onnx":
+            source = (mv.tags or {}).get(ONNX_TAG)
+            if not source:
+                raise ModelNotFoundError(
+                    f"{model_uri}: version {version} has no ONNX export; run `facemask export --model-uri {model_uri}`"
+                )
+    else:
+        run_id = model_uri[len("runs:/"):].split("/", 1)[0]
+    try:
+        with using_tracking_uri(uri):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+    except Exception as exc:
+        raise ModelNotFoundError(f"{model_uri}: could not download its artifacts from {uri} ({exc})") from None
+    weights = local if local.is_file() else find_weights(local, prefer=f".{backend}")
+    if weights.suffix != f".{backend}":
+        raise ModelNotFoundError(f"{model_uri}: no .{backend} weights in {source}; for ONNX run `facemask export` first")
+    return ModelInfo(uri=model_uri, weights=str(weights), name=name, version=version, run_id=run_id, metrics=metrics)
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, Any], uri: str | None = None) -> None:
+    c = client(uri)
+    for key, value in tags.items():
+        c.set_model_version_tag(name, version, key, str(value))
+
+
+def alias_version(name: str, alias: str, uri: str | None = None):
+    """The version holding `alias`, or None."""
+    try:
+        return client(uri).get_model_version_by_alias(name, alias)
+    except Exception:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str, uri: str | None = None) -> None:
+    client(uri).set_registered_model_alias(name, alias, version)
+
+
+def list_versions(name: str = REGISTERED_MODEL, uri: str | None = None) -> list[dict[str, Any]]:
+    """Every registered version with its aliases and metric tags, newest first."""
+    c = client(uri)
+    try:
+        versions = c.search_model_versions(f"name='{name}'")
+    except Exception:
+        return []
+    # Searches leave ModelVersion.aliases empty; the registered model has the alias map.
+    aliases: dict[str, list[str]] = {}
+    with contextlib.suppress(Exception):
+        for alias, version in (c.get_registered_model(name).aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+    out = []
+    for mv in sorted(versions, key=lambda v: -int(v.version)):
+        out.append({"name": mv.name, "version": str(mv.version), "run_id": mv.run_id,
+                    "aliases": sorted(aliases.get(str(mv.version), [])), "metrics": version_metrics(mv)})
+    return out

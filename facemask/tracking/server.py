@@ -1,0 +1,68 @@
+"""A local `mlflow server` over a sqlite store, for studies whose trials write concurrently."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from facemask.runtime import free_port
+from facemask.tracking.runs import tracking_uri
+
+log = logging.getLogger("facemask.tracking")
+
+
+@contextlib.contextmanager
+def study_tracking_uri(uri: str | None = None) -> Iterator[str]:
+    """A tracking URI that many concurrent trials can write to.
+
+    A sqlite file takes one writer at a time, and parallel trials would meet
+    "database is locked". For a sqlite URI this starts an `mlflow server` on loopback
+    over that same file for the length of the study (the server is the only writer),
+    and stops it, by its own process group, afterwards. Other URIs pass through.
+    """
+
+    uri = uri or tracking_uri()
+    if not uri.startswith("sqlite:"):
+        yield uri
+        return
+    db = Path(uri[len("sqlite:///"):])
+    artifacts = db.parent / "mlruns"
+    port = free_port()
+    log_file = open(db.parent / f".mlflow-server-{port}.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", uri, "--default-artifact-root", str(artifacts), "--no-serve-artifacts"],
+        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    served = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server for {uri} exited with {proc.returncode}; see {log_file.name}")
+            try:
+                with urllib.request.urlopen(f"{served}/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"mlflow server for {uri} did not start in 120s; see {log_file.name}")
+                time.sleep(0.5)
+        log.info("study logs through %s (a server over %s)", served, uri)
+        yield served
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log_file.close()

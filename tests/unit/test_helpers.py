@@ -1,0 +1,372 @@
+"""Pure helpers, each checked against known answers (the fast tier: `make test-fast`)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from types import SimpleNamespace
+
+import click
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from facemask.api_schema import APIError
+from facemask.cli import FacemaskGroup
+from facemask.errors import ConfigError, FacemaskError, ModelNotFoundError
+from facemask.evaluate import promotion_decision
+from facemask.modelref import find_weights, model_uri_for, parse_models_uri
+from facemask.request_checks import check_model_id, declared_size, decode_image, inspect_image
+from facemask.settings import AugmentConfig, PrepareConfig, StudyConfig, TrainConfig, default, validate_fractions
+from facemask.tracking.runs import RunLogger, flatten, metric_key
+from facemask.tune import load_search_space, max_concurrency, trial_status
+
+
+# ---------------------------------------------------------------- tune
+
+
+def study(**kw) -> StudyConfig:
+    return StudyConfig(data="data.yaml", **kw)
+
+
+@pytest.mark.parametrize("kw, cluster, expected", [
+    ({"cpus_per_trial": 1, "trials": 8}, {"CPU": 4}, 4),
+    ({"cpus_per_trial": 2, "trials": 8}, {"CPU": 5}, 2),
+    ({"cpus_per_trial": 1, "trials": 3}, {"CPU": 16}, 3),
+    ({"cpus_per_trial": 1, "trials": 8, "max_concurrent": 2}, {"CPU": 16}, 2),
+    ({"cpus_per_trial": 1, "gpus_per_trial": 0.5, "trials": 8}, {"CPU": 16, "GPU": 2}, 4),
+    ({"cpus_per_trial": 1, "gpus_per_trial": 1, "trials": 8}, {"CPU": 2, "GPU": 4}, 2),
+    ({"cpus_per_trial": 1, "trials": 8, "trial_resources": {"trainer": 1}}, {"CPU": 8, "trainer": 3}, 3),
+    ({"cpus_per_trial": 0.5, "trials": 8}, {"CPU": 2}, 4),
+])
+def test_max_concurrency(kw, cluster, expected):
+    assert max_concurrency(study(**kw), cluster) == expected
+
+
+@pytest.mark.parametrize("kw, cluster, message", [
+    ({"cpus_per_trial": 0}, {"CPU": 4}, "must be > 0"),
+    ({"cpus_per_trial": 4}, {"CPU": 2}, "only 2 CPUs"),
+    ({"cpus_per_trial": 1, "gpus_per_trial": 1}, {"CPU": 4}, "has 0 GPUs; use 0"),
+    ({"cpus_per_trial": 1, "trial_resources": {"trainer": 1}}, {"CPU": 4}, "0 of 'trainer'"),
+])
+def test_max_concurrency_refuses_what_cannot_fit(kw, cluster, message):
+    with pytest.raises(ConfigError, match=message):
+        max_concurrency(study(**kw), cluster)
+
+
+@pytest.mark.parametrize("error, metrics, epochs, expected", [
+    (None, {"epoch": 5}, 5, "finished"),
+    (None, {"epoch": 6}, 5, "finished"),
+    (None, {"epoch": 2}, 5, "stopped_early"),
+    (None, {}, 5, "stopped_early"),
+    (RuntimeError("boom"), {"epoch": 5}, 5, "failed"),
+])
+def test_trial_status(error, metrics, epochs, expected):
+    assert trial_status(SimpleNamespace(error=error, metrics=metrics), epochs) == expected
+
+
+def test_packaged_search_space_is_valid():
+    space, baseline = load_search_space()
+    assert "lr0" in space and space["lr0"]["type"] == "loguniform"
+    assert baseline and set(baseline[0]) <= set(space)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("baseline: {}\n", "no `space:`"),
+    ("space: {lr00: {type: uniform, low: 0, high: 1}}\n", "unknown hyperparameter 'lr00'"),
+    ("space: {lr0: {type: normal, low: 0, high: 1}}\n", "type must be one of"),
+    ("space: {lr0: {type: uniform, low: 1, high: 0}}\n", "numeric low < high"),
+    ("space: {optimizer: {type: choice}}\n", "needs `values"),
+    ("space: {lr0: {type: uniform, low: 0, high: 1}}\nbaseline: {lrf: 0.1}\n", "not in `space`"),
+])
+def test_search_space_errors_name_file_and_fix(tmp_path, text, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_search_space(path)
+    assert str(path) in str(err.value)
+
+
+# ---------------------------------------------------------------- tracking
+
+
+@pytest.mark.parametrize("name, key", [
+    ("metrics/mAP50-95(B)", "val/mAP50-95"),
+    ("metrics/precision(B)", "val/precision"),
+    ("train/box_loss", "train/box_loss"),
+    ("lr/pg0", "lr/pg0"),
+    ("weird:key*", "weird_key_"),
+])
+def test_metric_key(name, key):
+    assert metric_key(name) == key
+
+
+def test_flatten_nests_dots_and_truncates():
+    out = flatten({"a": {"b": 1, "c": {"d": None}}, "long": "x" * 7000})
+    assert out == {"a.b": "1", "a.c.d": "None", "long": "x" * 6000}
+
+
+class FlakyClient:
+    """An MLflow client stand-in whose log_batch fails `failures` times, then records what it gets."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.metrics: list = []
+        self.terminated: str | None = None
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        self.calls += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("server down")
+        self.metrics.extend(metrics)
+
+    def set_terminated(self, run_id, status):
+        self.terminated = status
+
+
+def flaky_logger(failures: int, cooldown_s: float) -> tuple[RunLogger, FlakyClient]:
+    logger = RunLogger(run_id="run", uri="http://127.0.0.1:9", system_metrics=False, cooldown_s=cooldown_s)
+    fake = FlakyClient(failures)
+    logger._client = fake
+    return logger, fake
+
+
+def test_run_logger_backs_off_and_keeps_metrics_during_an_outage(caplog):
+    logger, fake = flaky_logger(failures=1, cooldown_s=60)
+    logger.log_metrics({"loss": 1.0}, step=1)
+    logger.log_metrics({"loss": 0.5}, step=2)  # inside the cool-down: not even tried
+    assert fake.calls == 1 and logger.failures == 1 and fake.metrics == []
+    assert sum("MLflow logging failed" in r.message for r in caplog.records) == 1
+    assert logger.end("FINISHED", wait_s=0) is True  # ending retries at once and sends what was kept
+    assert [(m.key, m.value, m.step) for m in fake.metrics] == [("loss", 1.0, 1), ("loss", 0.5, 2)]
+    assert fake.terminated == "FINISHED"
+
+
+def test_run_logger_retries_after_the_cooldown():
+    logger, fake = flaky_logger(failures=1, cooldown_s=0)
+    logger.log_metrics({"a": 1}, step=1)
+    logger.log_metrics({"a": 2, "b": "not a number"}, step=2)
+    assert [(m.key, m.value) for m in fake.metrics] == [("a", 1.0), ("a", 2.0)]
+
+
+def test_run_logger_gives_up_on_end_when_the_server_never_answers():
+    logger, fake = flaky_logger(failures=10**6, cooldown_s=0)
+    logger.log_metrics({"a": 1}, step=1)
+    assert logger.end("FINISHED", wait_s=0) is False and fake.terminated is None
+
+
+# ---------------------------------------------------------------- model references
+
+
+@pytest.mark.parametrize("uri, parsed", [
+    ("models:/facemask-detector/3", ("facemask-detector", "3", None)),
+    ("models:/facemask-detector@champion", ("facemask-detector", None, "champion")),
+    ("models:/other@a@b", ("other", None, "a@b")),
+])
+def test_parse_models_uri(uri, parsed):
+    assert parse_models_uri(uri) == parsed
+
+
+@pytest.mark.parametrize("uri", ["models:/facemask-detector", "models:/facemask-detector/latest", "models:/@champion",
+                                 "models:/name@", "runs:/abc/model"])
+def test_parse_models_uri_refuses_malformed(uri):
+    with pytest.raises(ModelNotFoundError, match="expected models:/NAME/VERSION or models:/NAME@ALIAS"):
+        parse_models_uri(uri)
+
+
+@pytest.mark.parametrize("model_id, default_uri, expected", [
+    ("3", "models:/mine@champion", "models:/mine/3"),
+    ("staging", "models:/mine/2", "models:/mine@staging"),
+    ("4", "/weights/best.pt", "models:/facemask-detector/4"),
+])
+def test_model_uri_for(model_id, default_uri, expected):
+    assert model_uri_for(model_id, default_uri) == expected
+
+
+def test_find_weights_prefers_best_and_the_backend(tmp_path):
+    for name in ("artifacts/last.pt", "artifacts/best.pt", "artifacts/best.onnx"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert find_weights(tmp_path).name == "best.pt"
+    assert find_weights(tmp_path, prefer=".onnx").name == "best.onnx"
+    with pytest.raises(ModelNotFoundError, match="no .pt or .onnx"):
+        find_weights(tmp_path / "artifacts" / "missing")
+
+
+# ---------------------------------------------------------------- promotion gate
+
+
+@pytest.mark.parametrize("args, promoted, reason", [
+    (("2", 0.5, "2", 0.4, True), False, "already holds"),
+    (("3", None, "2", 0.4, False), True, "forced"),
+    (("3", 0.5, None, None, False), True, "no version held"),
+    (("3", 0.5, "2", None, True), True, "never evaluated"),
+    (("3", 0.5, "2", 0.4, False), False, "different data"),
+    (("3", 0.5, "2", 0.4, True), True, "0.5000 > 0.4000"),
+    (("3", 0.4, "2", 0.4, True), False, "does not beat 0.4000 of version 2"),
+])
+def test_promotion_decision(args, promoted, reason):
+    force = reason == "forced"
+    decided, why = promotion_decision(*args, force=force)
+    assert decided is promoted and reason in why
+
+
+def test_promotion_refuses_an_unevaluated_candidate():
+    with pytest.raises(ConfigError, match="facemask evaluate"):
+        promotion_decision("3", None, "2", 0.4, True)
+
+
+# ---------------------------------------------------------------- request checks
+
+
+def png_bytes(width: int, height: int, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def zero_size_png() -> bytes:
+    ihdr = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def test_declared_size_reads_png_and_bmp_headers():
+    assert declared_size(png_bytes(7, 5)) == (7, 5)
+    bmp = io.BytesIO()
+    Image.new("RGB", (9, 4)).save(bmp, format="BMP")
+    assert declared_size(bmp.getvalue()) == (9, 4)
+    assert declared_size(b"GIF89a....") == (None, None)
+
+
+@pytest.mark.parametrize("make, status, error", [
+    (lambda: b"not an image at all", 400, "not_an_image"),
+    (zero_size_png, 400, "zero_size_image"),
+    (lambda: png_bytes(300, 300), 413, "too_many_pixels"),
+    (lambda: _gif(), 415, "unsupported_format"),
+])
+def test_inspect_image_refuses_with_status_and_code(make, status, error):
+    with pytest.raises(APIError) as err:
+        inspect_image(make(), max_pixels=200 * 200)
+    assert (err.value.status, err.value.error) == (status, error)
+
+
+def _gif() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("P", (4, 4)).save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
+def test_inspect_accepts_and_decode_refuses_a_truncated_image():
+    data = png_bytes(64, 64)
+    image = inspect_image(data, max_pixels=10**6)
+    assert image.size == (64, 64) and image.format == "PNG"
+    jpeg = io.BytesIO()
+    Image.effect_noise((256, 256), 50).convert("RGB").save(jpeg, format="JPEG")
+    truncated = jpeg.getvalue()[: len(jpeg.getvalue()) // 3]
+    with pytest.raises(APIError) as err:
+        decode_image(truncated, max_pixels=10**6)
+    assert err.value.error == "truncated_image"
+
+
+@pytest.mark.parametrize("model_id, ok", [("3", True), ("champion", True), ("v1.2_rc-1", True), ("", True),
+                                          ("../etc", False), ("a b", False), ("x" * 65, False), ("-lead", False)])
+def test_check_model_id(model_id, ok):
+    if ok:
+        assert check_model_id(model_id) == model_id
+    else:
+        with pytest.raises(APIError) as err:
+            check_model_id(model_id)
+        assert err.value.status == 400
+
+
+# ---------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("fractions, message", [
+    ((0.7, 0.2), "three fractions"),
+    ((0.7, 0.0, 0.3), "train and val must be > 0"),
+    ((0.7, 0.2, 0.2), "sums to 1.100"),
+])
+def test_validate_fractions(fractions, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_fractions(fractions)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"classes": ("no_such_class",)}, "unknown class 'no_such_class'"),
+    ({"blend": "smudge"}, "--blend 'smudge'"),
+    ({"balance_ratio": 1.5}, "between 0 and 1"),
+    ({"pastes_per_image": 0}, "at least 1"),
+])
+def test_augment_config_errors(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        AugmentConfig(**kw).validate()
+
+
+def test_prepare_config_refuses_an_unknown_engine():
+    with pytest.raises(ConfigError, match="--engine 'spark'"):
+        PrepareConfig(source="in", out="out", engine="spark").validate()
+
+
+@pytest.mark.parametrize("config, name, value", [
+    (TrainConfig, "epochs", 50), (TrainConfig, "model", "yolo26s.pt"), (StudyConfig, "trials", 20),
+    (StudyConfig, "trial_resources", {}), (AugmentConfig, "blend", "feather"),
+])
+def test_default_reads_the_dataclass(config, name, value):
+    assert default(config, name) == value
+
+
+def test_cli_defaults_are_the_dataclass_defaults():
+    from facemask.cli import main
+
+    def option(command, name):
+        return next(p for p in command.params if p.name == name)
+
+    train = main.commands["train"]
+    for name in ("model", "epochs", "imgsz", "batch", "device", "experiment", "seed", "workers", "project"):
+        assert option(train, name).default == default(TrainConfig, name), name
+    tune = main.commands["tune"]
+    for name in ("trials", "epochs", "storage", "grace_period", "reduction_factor", "max_failures", "metric"):
+        assert option(tune, name).default == default(StudyConfig, name), name
+
+
+# ---------------------------------------------------------------- the CLI's error wrapper
+
+
+def wrapped(exc: BaseException) -> click.Group:
+    @click.group(cls=FacemaskGroup)
+    def cli() -> None:
+        pass
+
+    @cli.command()
+    def go() -> None:
+        raise exc
+
+    return cli
+
+
+def test_a_user_error_is_one_line_and_exit_2():
+    result = CliRunner().invoke(wrapped(ConfigError("--epochs -1: must be positive; pass --epochs 10")), ["go"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --epochs -1: must be positive; pass --epochs 10"
+
+
+def test_a_bug_says_it_is_one_and_shows_the_traceback_under_debug(monkeypatch):
+    result = CliRunner().invoke(wrapped(KeyError("oops")), ["go"])
+    assert result.exit_code == 1
+    assert "internal error: KeyError" in result.stderr and "FACEMASK_DEBUG=1" in result.stderr
+    assert "Traceback" not in result.stderr
+    monkeypatch.setenv("FACEMASK_DEBUG", "1")
+    debug = CliRunner().invoke(wrapped(KeyError("oops")), ["go"])
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr
+
+
+def test_every_user_error_shares_one_base():
+    from facemask import errors
+
+    user_errors = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, Exception)]
+    assert len(user_errors) >= 8 and all(issubclass(e, FacemaskError) for e in user_errors)
