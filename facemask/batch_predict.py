@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,7 +26,7 @@ from facemask.classes import CLASS_NAMES
 from facemask.detector import load_detector, resolve_model, upright_rgb
 from facemask.errors import ConfigError
 from facemask.plots import draw_boxes
-from facemask.runtime import resolve_device
+from facemask.runtime import resolve_device, resolve_path
 from facemask.settings import IMAGE_SUFFIXES, PredictConfig
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,8 @@ def run_batches(cfg: PredictConfig, rows: list[dict], batch_size: int) -> Iterat
 
 def predict(cfg: PredictConfig) -> PredictResult:
     """Annotate every image of a folder, or every frame of a video; write DIR as the module says."""
-    cfg.validate()
+    # Relative paths resolve once, here: actors on other nodes or folders see the same absolute paths.
+    cfg = replace(cfg, source=resolve_path(cfg.source), out=resolve_path(cfg.out)).validate()
     info = resolve_model(cfg.model_uri, backend=cfg.backend)  # a missing model fails here, once, clearly
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)

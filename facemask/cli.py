@@ -73,6 +73,34 @@ class FacemaskGroup(click.Group):
             sys.exit(1)
 
 
+def results_footer(tracking: str | None = None, experiment: str | None = None, run_id: str | None = None,
+                   model: str | None = None, paths: dict[str, Path | str] | None = None) -> str:
+    """The closing lines of a command: where its results are, and the commands that open them.
+
+    Under `ray job submit` these are the last lines of the job's log, so a user finds the
+    results without knowing where Ray ran the job.
+    """
+    import shlex
+
+    lines = ["results:"]
+    if tracking:
+        where = ", ".join(([f"experiment {experiment!r}"] if experiment else []) + ([f"run {run_id}"] if run_id else []))
+        lines.append(f"  MLflow:     {tracking}" + (f"  ({where})" if where else ""))
+    if model:
+        lines.append(f"  model:      {model}")
+    for name, path in (paths or {}).items():
+        lines.append(f"  {name + ':':11s} {path}")
+    if tracking:
+        env = f"MLFLOW_TRACKING_URI={shlex.quote(tracking)}"
+        if tracking.startswith(("http://", "https://")):
+            lines.append(f"  open:       {tracking} in a browser (the MLflow UI)")
+        else:
+            lines.append(f"  open:       mlflow ui --backend-store-uri {shlex.quote(tracking)}")
+        if model:
+            lines.append(f"  serve:      {env} facemask serve --model-uri {model}")
+    return "\n".join(lines)
+
+
 def _options(config: type, *specs: tuple) -> callable:
     """Click options whose defaults are `config`'s field defaults: (flag, field, kwargs) each."""
 
@@ -190,6 +218,7 @@ def data_prepare(source, out, engine, seed, split_, synthetic_classes, balance_r
     problems = m["problems"]
     if problems["items"]:
         click.echo(f"  problems: {json.dumps(problems['counts'])} (details in manifest.json)")
+    click.echo(results_footer(paths={"data.yaml": result.data_yaml, "manifest": result.manifest_path}))
 
 
 def _parse_overrides(values: tuple[str, ...]) -> dict:
@@ -220,15 +249,20 @@ def _parse_overrides(values: tuple[str, ...]) -> dict:
 def train_command(data, overrides, **kw):
     """Train one YOLO26 model, tracked in MLflow. Extra Ultralytics args as key=value."""
     configure_runtime()
+    from facemask.tracking import tracking_uri
     from facemask.train import train
 
-    result = train(TrainConfig(data=data, overrides=_parse_overrides(overrides), **kw))
+    cfg = TrainConfig(data=data, overrides=_parse_overrides(overrides), **kw)
+    result = train(cfg)
     click.echo(f"run {result.run_id}: {result.epochs_run} epochs in {result.seconds:.0f}s, weights {result.best}")
     click.echo("  " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k.startswith("val/")))
     if result.version:
         click.echo(f"  registered models:/facemask-detector/{result.version}")
     if result.logging_failures:
         click.echo(f"  warning: {result.logging_failures} MLflow calls failed; see the log above", err=True)
+    click.echo(results_footer(tracking_uri(), cfg.experiment, result.run_id,
+                              f"models:/{cfg.registered_model}/{result.version}" if result.version else None,
+                              {"weights": result.best}))
 
 
 @main.command("evaluate")
@@ -243,11 +277,15 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, as_json):
     """Measure a model on the clean test split; log it to the model's run and version."""
     configure_runtime()
     from facemask.evaluate import evaluate
+    from facemask.tracking import tracking_uri
 
     # Ultralytics' progress bars write to stdout too; stdout carries only the result.
     with contextlib.redirect_stdout(sys.stderr):
         result = evaluate(model_uri, data, split=split, imgsz=imgsz, batch=batch, device=device)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())
+    if not as_json and result.run_id:
+        click.echo(results_footer(tracking_uri(), run_id=result.run_id, experiment=None, model=model_uri
+                                  if model_uri.startswith("models:/") else None))
 
 
 @main.command("promote")
@@ -308,12 +346,19 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, **kw):
     init_ray()
     import ray
 
+    from facemask.tracking import tracking_uri
     from facemask.tune import tune
 
     if gpus_per_trial is None:
         gpus_per_trial = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    result = tune(StudyConfig(gpus_per_trial=gpus_per_trial, promote=not no_promote, trial_resources=trial_resources, **kw))
+    cfg = StudyConfig(gpus_per_trial=gpus_per_trial, promote=not no_promote, trial_resources=trial_resources, **kw)
+    result = tune(cfg)
     click.echo(study_table(result))
+    model = None
+    if result.version:
+        model = f"models:/{cfg.registered_model}" + ("@champion" if result.promoted else f"/{result.version}")
+    click.echo(results_footer(tracking_uri(), cfg.experiment, result.parent_run_id, model,
+                              {"study": result.storage_path}))
 
 
 def study_table(result) -> str:
@@ -483,7 +528,10 @@ def predict_command(source, out, **kw):
     click.echo(f"{result.items} {noun} in {result.seconds:.1f}s: " + ", ".join(f"{k}={v}" for k, v in result.detections.items()))
     click.echo(f"  annotated: {result.annotated}\n  detections: {result.jsonl}")
     if result.skipped:
-        click.echo(f"  skipped {len(result.skipped)} unreadable files (listed in {out / 'summary.json'})", err=True)
+        click.echo(f"  skipped {len(result.skipped)} unreadable files (listed in {result.jsonl.parent / 'summary.json'})",
+                   err=True)
+    click.echo(results_footer(paths={"annotated": result.annotated, "detections": result.jsonl,
+                                     "summary": result.jsonl.parent / "summary.json"}))
 
 
 if __name__ == "__main__":

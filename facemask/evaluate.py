@@ -18,7 +18,7 @@ from facemask.detector import load_detector
 from facemask.errors import ConfigError, InputNotFoundError
 from facemask.manifest import data_fingerprint
 from facemask.modelref import REGISTERED_MODEL, parse_models_uri
-from facemask.runtime import resolve_device, ultralytics_env
+from facemask.runtime import resolve_device, resolve_path, ultralytics_env, where_relative
 from facemask.tracking import alias_version, log_to_run, model_version, set_alias, set_version_tags, version_metrics
 
 log = logging.getLogger("facemask.evaluate")
@@ -57,9 +57,9 @@ def evaluate(
     log_results: bool = True,
 ) -> EvalResult:
     """Measure a model on one split of a prepared dataset; log it to the model's run and version."""
-    data = Path(data).expanduser().resolve()
+    given, data = data, resolve_path(data)
     if not data.is_file():
-        raise InputNotFoundError(f"--data {data}: no such file; create it with `facemask data prepare`")
+        raise InputNotFoundError(f"--data {data}: no such file{where_relative(given)}; create it with `facemask data prepare`")
     ultralytics_env()
     detector = load_detector(model_uri, device=resolve_device(device))
     with tempfile.TemporaryDirectory(prefix="facemask-eval-") as tmp:

@@ -18,7 +18,7 @@ from pathlib import Path
 from facemask.detector import resolve_model
 from facemask.errors import TrackingUnavailableError
 from facemask.modelref import ONNX_TAG, parse_models_uri
-from facemask.runtime import ultralytics_env
+from facemask.runtime import resolve_path, ultralytics_env
 from facemask.tracking import log_to_run, set_version_tags
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def export_onnx(model_uri: str, imgsz: int = 640, opset: int | None = None, out:
     with contextlib.redirect_stdout(sys.stderr):
         exported = Path(YOLO(info.weights, task="detect").export(**options))
     if out is not None:
+        out = resolve_path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(exported, out)
         exported = out

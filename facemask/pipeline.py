@@ -21,9 +21,10 @@ from facemask import __version__
 from facemask.augment import SyntheticPlan, plan_synthetic, render_synthetic
 from facemask.classes import CLASS_NAMES
 from facemask.convert import make_tree, tree_sha256, write_data_yaml, write_original, write_synthetic
-from facemask.errors import EmptyDatasetError
+from facemask.errors import EmptyDatasetError, InputNotFoundError
 from facemask.manifest import write_manifest
 from facemask.plots import class_distribution, synthetic_samples
+from facemask.runtime import resolve_path, where_relative
 from facemask.settings import PrepareConfig
 from facemask.split import SPLITS, stratified_split
 from facemask.voc import (
@@ -250,10 +251,13 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     is usable; every other bad input is skipped, counted and listed in the manifest.
     """
     cfg.validate()
-    source, out = Path(cfg.source).resolve(), Path(cfg.out).resolve()
+    source, out = resolve_path(cfg.source), resolve_path(cfg.out)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
+    if not source.is_dir():
+        raise InputNotFoundError(f"--source {source}: no such folder{where_relative(cfg.source)}; "
+                                 "pass --source DIR with annotations/ and images/ inside")
     annotations, images, images_dir = find_source_files(source)
     rows = [{"annotation": str(a), "images_dir": str(images_dir)} for a in annotations]
     parsed = [_load_parse(r) for r in run_map(_parse_row, rows, cfg.engine, "parse")]

@@ -14,6 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+HOME_ENV = "FACEMASK_HOME"
+# Set by Ray in the driver process of `ray job submit` (the job's config: runtime env, metadata).
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
 # Ray Serve's throughput settings: user code and router on the replica's own event loop
 # (no thread hops per request) and buffered request logs. On 2 cores they raised
 # small-image requests/s by about 30%. Set for our replicas; `init_ray(serving=True)` sets them for the proxy.
@@ -47,6 +51,42 @@ def ultralytics_env() -> Path:
     except ImportError:
         pass
     return config
+
+
+def in_ray_job() -> bool:
+    """True in the driver of `ray job submit`, whose working directory is Ray's temporary copy of --working-dir."""
+    return RAY_JOB_ENV in os.environ or "/runtime_resources/working_dir_files/" in f"{Path.cwd()}/"
+
+
+def results_home() -> Path:
+    """FACEMASK_HOME if set, else ~/facemask: where jobs keep their results."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / "facemask").expanduser().resolve()
+
+
+def results_base() -> Path:
+    """What relative paths and the default MLflow store resolve against.
+
+    The working directory, except inside a Ray job: there it is Ray's temporary copy of
+    --working-dir, deleted with the job's package, so results go to `results_home()` instead.
+    Setting FACEMASK_HOME makes it the base everywhere.
+    """
+    if os.environ.get(HOME_ENV) or in_ray_job():
+        return results_home()
+    return Path.cwd().resolve()
+
+
+def resolve_path(path: str | Path) -> Path:
+    """An absolute path as given; a relative one against `results_base()`."""
+    path = Path(path).expanduser()
+    return path.resolve() if path.is_absolute() else (results_base() / path).resolve()
+
+
+def where_relative(path: str | Path) -> str:
+    """For error messages: how a relative `path` was resolved, when that is not the working directory."""
+    if Path(path).expanduser().is_absolute() or results_base() == Path.cwd().resolve():
+        return ""
+    return (f" (relative paths resolve against {results_base()}: {HOME_ENV}, or ~/facemask inside a Ray job; "
+            "pass an absolute path to read elsewhere)")
 
 
 def resolve_device(device: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 from facemask.classes import CLASS_NAMES, MINORITY_CLASSES
 from facemask.errors import ConfigError, InputNotFoundError
 from facemask.modelref import DEFAULT_MODEL_URI
+from facemask.runtime import where_relative
 
 BLEND_MODES = ("overlay", "feather", "poisson")
 ENGINES = ("ray", "local")
@@ -182,7 +183,7 @@ class PredictConfig:
 
     def validate(self) -> "PredictConfig":
         if not self.source.exists():
-            raise InputNotFoundError(f"{self.source}: no such folder or video file")
+            raise InputNotFoundError(f"{self.source}: no such folder or video file{where_relative(self.source)}")
         if self.source.is_file() and self.source.suffix.lower() not in VIDEO_SUFFIXES:
             raise ConfigError(f"{self.source}: expected a folder of images or a video ({', '.join(VIDEO_SUFFIXES)})")
         if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:

@@ -18,7 +18,7 @@ import yaml
 from facemask import __version__
 from facemask.errors import ConfigError, InputNotFoundError, PretrainedUnavailableError
 from facemask.manifest import data_fingerprint
-from facemask.runtime import git_commit, resolve_device, ultralytics_env
+from facemask.runtime import git_commit, resolve_device, resolve_path, ultralytics_env, where_relative
 from facemask.settings import TrainConfig
 from facemask.tracking import RunLogger, log_and_register, metric_key
 
@@ -136,16 +136,16 @@ def train(
     each epoch); `on_run` is told the MLflow run id before training starts. The MLflow
     run always ends FINISHED, FAILED or KILLED.
     """
-    data = Path(cfg.data).expanduser().resolve()
+    data = resolve_path(cfg.data)
     if not data.is_file():
-        raise InputNotFoundError(f"--data {cfg.data}: no such file; create it with `facemask data prepare`")
+        raise InputNotFoundError(f"--data {data}: no such file{where_relative(cfg.data)}; create it with `facemask data prepare`")
     source = str(cfg.resume_from) if cfg.resume_from else resolve_model_source(cfg.model)
     ultralytics_env()
     from ultralytics import YOLO
 
     fingerprint = data_fingerprint(data)
     device = resolve_device(cfg.device)
-    project = Path(cfg.project).expanduser().resolve()
+    project = resolve_path(cfg.project)
     tags = {"facemask.version": __version__, "data.fingerprint": fingerprint, **cfg.tags}
     commit = git_commit()
     if commit:

@@ -25,6 +25,7 @@ from facemask.errors import ConfigError, InputNotFoundError, StudyInterrupted
 from facemask.evaluate import evaluate, promote
 from facemask.manifest import data_fingerprint
 from facemask.plots import study_plots
+from facemask.runtime import results_base, resolve_path, where_relative
 from facemask.settings import StudyConfig
 from facemask.tracking import (
     RunLogger,
@@ -33,6 +34,7 @@ from facemask.tracking import (
     find_tagged_run,
     log_and_register,
     study_tracking_uri,
+    tracking_uri,
     using_tracking_uri,
 )
 from facemask.train import TrainConfig, epoch_metrics, per_epoch, train
@@ -137,6 +139,24 @@ def max_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
     return max(1, min(fits, cfg.max_concurrent or fits, cfg.trials))
 
 
+def hosts_elsewhere(nodes: list[dict[str, Any]], here: str) -> list[str]:
+    """Addresses of the alive Ray nodes that are not this machine (from `ray.nodes()`)."""
+    return sorted({n["NodeManagerAddress"] for n in nodes if n.get("Alive") and n.get("NodeManagerAddress") != here})
+
+
+def check_tracking_reachable(uri: str, nodes: list[dict[str, Any]], here: str) -> None:
+    """Refuse a study whose trials could not log: a sqlite store is served on this node's loopback only."""
+    if not uri.startswith("sqlite:"):
+        return
+    elsewhere = hosts_elsewhere(nodes, here)
+    if elsewhere:
+        raise ConfigError(
+            f"the cluster has nodes on other machines ({', '.join(elsewhere[:5])}), and the study would log through "
+            f"an MLflow server on this node's loopback ({uri}), which their trials cannot reach; set "
+            "MLFLOW_TRACKING_URI to a tracking server every node reaches (README: Run on a cluster)"
+        )
+
+
 def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     """The Tune trainable: one YOLO training that reports each epoch with a checkpoint."""
     import os
@@ -147,7 +167,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     os.environ["MLFLOW_TRACKING_URI"] = base["tracking_uri"]
-    workdir = Path.cwd() / "yolo"
+    workdir = Path(base["workdir"]) / trial_id
     run_id, resume_from = find_trial_run(base["tracking_uri"], base["parent_run_id"], trial_id), None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -245,14 +265,15 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
     from ray.tune.search.optuna import OptunaSearch
 
     space, baseline = load_search_space(cfg.search_space)
-    data = Path(cfg.data).expanduser().resolve()
+    data = resolve_path(cfg.data)
     if not data.is_file():
-        raise InputNotFoundError(f"--data {cfg.data}: no such file; create it with `facemask data prepare`")
-    storage = cfg.storage if "://" in cfg.storage else str(Path(cfg.storage).expanduser().resolve())
+        raise InputNotFoundError(f"--data {data}: no such file{where_relative(cfg.data)}; create it with `facemask data prepare`")
+    storage = cfg.storage if "://" in cfg.storage else str(resolve_path(cfg.storage))
     path = f"{storage.rstrip('/')}/{cfg.name}"
     if cfg.resume and not rt.Tuner.can_restore(path):
         raise ConfigError(f"--resume: no study to restore at {path}; check --storage and --name")
     concurrency = max_concurrency(cfg, ray.cluster_resources())
+    check_tracking_reachable(tracking_uri(), ray.nodes(), ray.util.get_node_ip_address())
     fingerprint = data_fingerprint(data)
     started = time.perf_counter()
     with study_tracking_uri() as uri:
@@ -268,8 +289,11 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
             parent.log_dict({"space": space, "baseline": baseline}, "search_space.yaml")
             # Logged once here so concurrent trials find the dataset instead of racing to create it.
             parent.log_dataset(data.parent.name, str(data), fingerprint)
+        # Each trial's Ultralytics folder (plots, results.csv, weights) lives beside the study,
+        # not in the trial's working directory, which is a temporary one under `ray job submit`.
+        workdir = f"{path}-yolo" if "://" not in path else str(results_base() / "runs" / "tune-trials" / cfg.name)
         base = {
-            "data": str(data), "model": cfg.model, "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch,
+            "workdir": workdir, "data": str(data), "model": cfg.model, "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch,
             "gpus_per_trial": cfg.gpus_per_trial, "experiment": cfg.experiment, "seed": cfg.seed,
             "tracking_uri": uri, "parent_run_id": parent.run_id, "study": cfg.name, "workers": cfg.workers,
             "trial_callbacks": trial_callbacks or {},

@@ -104,6 +104,9 @@ class RayCluster:
     def start_head(self, num_cpus: int, resources: dict[str, float]) -> None:
         import json
 
+        # Ray starts a head without authentication when no token exists; never start one like that.
+        if self.env.get("RAY_AUTH_MODE") != "token":
+            raise RuntimeError("refusing to start a Ray head without token auth: set RAY_AUTH_MODE=token")
         proc = self._start(["--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
                             "--resources", json.dumps(resources), "--include-dashboard", "true",
                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),

@@ -17,6 +17,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
 
+from facemask.runtime import results_base
+
 log = logging.getLogger("facemask.tracking")
 
 DEFAULT_EXPERIMENT = "facemask"
@@ -26,15 +28,31 @@ _FAILED = object()  # what a guarded call returns when MLflow did not take it
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else `sqlite:///mlflow.db` in the current folder.
+    """MLFLOW_TRACKING_URI if set, else `mlflow.db` (sqlite) in `runtime.results_base()`.
 
-    The sqlite path is made absolute so Ray workers and Tune trials, whose working
-    directories differ, all write to the same file.
+    That is the current folder, or FACEMASK_HOME (~/facemask) inside a Ray job, whose working
+    directory is a temporary copy. The path is absolute so Ray workers and Tune trials, whose
+    working directories differ, all write to the same file.
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    return f"sqlite:///{results_base() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment of a sqlite store keeps artifacts: `mlruns/` beside the database.
+
+    MLflow's own default is `./mlruns` in the working directory at the time, which under
+    `ray job submit` is Ray's temporary copy: the weights would vanish with it.
+    """
+    db = sqlite_path(uri)
+    return str(db.parent / "mlruns") if db is not None else None
 
 
 def client(uri: str | None = None):
@@ -74,7 +92,7 @@ def experiment_id(name: str, uri: str | None = None) -> str:
     if found is not None:
         return found.experiment_id
     try:
-        return c.create_experiment(name)
+        return c.create_experiment(name, artifact_location=artifact_root(uri or tracking_uri()))
     except Exception:
         found = c.get_experiment_by_name(name)
         if found is None:

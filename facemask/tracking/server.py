@@ -10,11 +10,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Iterator
 
 from facemask.runtime import free_port
-from facemask.tracking.runs import tracking_uri
+from facemask.tracking.runs import artifact_root, sqlite_path, tracking_uri
 
 log = logging.getLogger("facemask.tracking")
 
@@ -28,13 +27,12 @@ def study_tracking_uri(uri: str | None = None) -> Iterator[str]:
     over that same file for the length of the study (the server is the only writer),
     and stops it, by its own process group, afterwards. Other URIs pass through.
     """
-
     uri = uri or tracking_uri()
     if not uri.startswith("sqlite:"):
         yield uri
         return
-    db = Path(uri[len("sqlite:///"):])
-    artifacts = db.parent / "mlruns"
+    db = sqlite_path(uri)
+    artifacts = artifact_root(uri)
     port = free_port()
     log_file = open(db.parent / f".mlflow-server-{port}.log", "ab")
     proc = subprocess.Popen(

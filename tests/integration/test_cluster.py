@@ -78,10 +78,80 @@ def submit_study(cluster, entrypoint: list[str], extra: list[str], tiny_data, ml
     return trials
 
 
-def test_job_submit_with_working_dir(make_cluster, tiny_data, mlflow_server, tmp_path):
-    """The README's command: `ray job submit --working-dir . -- python jobs/tune.py ...` to a token-auth head."""
-    cluster = make_cluster(worker=False)
-    submit_study(cluster, ["python", "jobs/tune.py"], [], tiny_data, mlflow_server, tmp_path, working_dir=True)
+def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tmp_path):
+    """The README's local recipe, from a HOME with no Ray token and no MLflow setting.
+
+    `ray get-auth-token --generate`, `ray start --head`, then `ray job submit --working-dir .` of
+    jobs/prepare.py with a relative --out and jobs/tune.py with the defaults: the results must
+    outlive Ray's temporary copy of the working dir, under ~/facemask, and be found from a
+    fresh process as the job's last lines say.
+    """
+    from tests.services import RayCluster
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI", "FACEMASK_HOME"):
+        env.pop(key, None)
+    ray = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
+    assert (home / ".ray" / "auth_token").is_file()
+    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="fm-ray-", dir="/tmp")), env)
+    try:
+        cluster.start_head(num_cpus=2, resources={"head": 1})
+        runtime_env = json.dumps({"env_vars": {"YOLO_CONFIG_DIR": os.environ["YOLO_CONFIG_DIR"], "YOLO_OFFLINE": "1"}})
+
+        def submit(*args: str) -> str:
+            run = subprocess.run([ray, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(ROOT),
+                                  "--runtime-env-json", runtime_env, "--", "python", *args],
+                                 env=env, capture_output=True, text=True, timeout=900)
+            assert run.returncode == 0 and "succeeded" in run.stdout + run.stderr, run.stdout[-6000:] + run.stderr[-2000:]
+            return run.stdout
+
+        results = home / "facemask"
+        prepared = submit("jobs/prepare.py", "--source", str(synth_source), "--out", "data/yolo", "--engine", "local",
+                          "--no-plots")
+        data_yaml = results / "data" / "yolo" / "data.yaml"
+        assert data_yaml.is_file()
+        assert f"data.yaml:  {data_yaml}" in prepared.split("results:")[-1]
+
+        space = tmp_path / "space.yaml"
+        space.write_text(yaml.safe_dump({"space": SPACE["space"], "baseline": SPACE["baseline"][:2]}))
+        studied = submit("jobs/tune.py", "--data", "data/yolo/data.yaml", "--model", "yolo26n.yaml", "--trials", "2",
+                         "--epochs", "1", "--imgsz", "160", "--cpus-per-trial", "1", "--search-space", str(space),
+                         "--metric", "cls_loss", "--mode", "min", "--name", "study", "--experiment", "jobs")
+        db = results / "mlflow.db"
+        footer = studied.split("results:")[-1]
+        assert f"MLflow:     sqlite:///{db}  (experiment 'jobs', run " in footer
+        assert f"study:      {results / 'runs' / 'tune' / 'study'}" in footer
+        assert f"mlflow ui --backend-store-uri sqlite:///{db}" in footer
+        assert f"MLFLOW_TRACKING_URI=sqlite:///{db} facemask serve --model-uri models:/facemask-detector@champion" in footer
+        assert (results / "runs" / "tune" / "study").is_dir()
+        assert not list(Path(cluster.root).rglob("mlflow.db")), "a store was written inside Ray's session folder"
+
+        # A fresh process outside the job, pointed where the footer says, finds the study and the champion.
+        code = (
+            "import json, sys, mlflow\n"
+            "from mlflow import MlflowClient\n"
+            "c = MlflowClient(sys.argv[1])\n"
+            "runs = c.search_runs([c.get_experiment_by_name('jobs').experiment_id])\n"
+            "champion = c.get_model_version_by_alias('facemask-detector', 'champion')\n"
+            "path = mlflow.artifacts.download_artifacts(f'models:/facemask-detector/{champion.version}', tracking_uri=sys.argv[1])\n"
+            "trials = [r for r in runs if 'facemask.trial_id' in r.data.tags]\n"
+            "print(json.dumps({'trials': len(trials), 'finished': sum(r.info.status == 'FINISHED' for r in trials),\n"
+            "  'weights': [a.path for r in trials for a in c.list_artifacts(r.info.run_id, 'weights')],\n"
+            "  'champion': champion.version, 'model_files': sorted(p.name for p in __import__('pathlib').Path(path).rglob('*.pt'))}))\n"
+        )
+        found = subprocess.run([sys.executable, "-c", code, f"sqlite:///{db}"], cwd=tmp_path, capture_output=True,
+                               text=True, timeout=300, env={**env, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"})
+        assert found.returncode == 0, found.stderr[-3000:]
+        seen = json.loads(found.stdout.strip().splitlines()[-1])
+        assert seen["trials"] == 2 and seen["finished"] == 2
+        assert seen["weights"].count("weights/best.pt") == 2
+        assert seen["champion"] == "1" and "best.pt" in seen["model_files"]
+    finally:
+        cluster.stop()
 
 
 def test_trials_pinned_to_the_second_node(make_cluster, tiny_data, mlflow_server, tmp_path):

@@ -20,7 +20,7 @@ from facemask.modelref import find_weights, model_uri_for, parse_models_uri
 from facemask.request_checks import check_model_id, declared_size, decode_image, inspect_image
 from facemask.settings import AugmentConfig, PrepareConfig, StudyConfig, TrainConfig, default, validate_fractions
 from facemask.tracking.runs import RunLogger, flatten, metric_key
-from facemask.tune import load_search_space, max_concurrency, trial_status
+from facemask.tune import check_tracking_reachable, hosts_elsewhere, load_search_space, max_concurrency, trial_status
 
 
 # ---------------------------------------------------------------- tune
@@ -370,3 +370,67 @@ def test_every_user_error_shares_one_base():
 
     user_errors = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, Exception)]
     assert len(user_errors) >= 8 and all(issubclass(e, FacemaskError) for e in user_errors)
+
+
+# ---------------------------------------------------------------- where results go
+
+
+def test_relative_paths_resolve_against_the_results_base(tmp_path, monkeypatch):
+    """Outside a job: the working directory. Inside `ray job submit`: ~/facemask. FACEMASK_HOME wins."""
+    from pathlib import Path
+
+    from facemask.runtime import RAY_JOB_ENV, resolve_path, results_base, where_relative
+    from facemask.tracking import tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACEMASK_HOME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(RAY_JOB_ENV, raising=False)
+    here = tmp_path.resolve()
+    assert resolve_path("data/yolo") == here / "data" / "yolo" and where_relative("data/yolo") == ""
+    assert tracking_uri() == f"sqlite:///{here / 'mlflow.db'}"
+    monkeypatch.setenv(RAY_JOB_ENV, "{}")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert results_base() == here / "home" / "facemask"
+    assert resolve_path("data/yolo") == here / "home" / "facemask" / "data" / "yolo"
+    assert resolve_path("/abs/out") == Path("/abs/out")
+    assert "FACEMASK_HOME" in where_relative("data/yolo") and where_relative("/abs") == ""
+    assert tracking_uri() == f"sqlite:///{here / 'home' / 'facemask' / 'mlflow.db'}"
+    monkeypatch.setenv("FACEMASK_HOME", str(tmp_path / "results"))
+    assert resolve_path("runs/tune") == here / "results" / "runs" / "tune"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert tracking_uri() == "http://tracking:5000"
+
+
+NODES = [{"Alive": True, "NodeManagerAddress": "10.0.0.1"}, {"Alive": True, "NodeManagerAddress": "10.0.0.2"},
+         {"Alive": False, "NodeManagerAddress": "10.0.0.3"}]
+
+
+def test_hosts_elsewhere_counts_alive_nodes_on_other_machines():
+    assert hosts_elsewhere(NODES, "10.0.0.1") == ["10.0.0.2"]
+    assert hosts_elsewhere(NODES[:1], "10.0.0.1") == []
+    # A test cluster: every node on loopback, one machine.
+    assert hosts_elsewhere([{"Alive": True, "NodeManagerAddress": "127.0.0.1"}] * 2, "127.0.0.1") == []
+
+
+def test_a_multi_machine_study_needs_a_reachable_tracking_server():
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI") as err:
+        check_tracking_reachable("sqlite:////home/u/facemask/mlflow.db", NODES, "10.0.0.1")
+    assert "10.0.0.2" in str(err.value)
+    check_tracking_reachable("http://10.0.0.1:5000", NODES, "10.0.0.1")
+    check_tracking_reachable("sqlite:////home/u/facemask/mlflow.db", NODES[:1], "10.0.0.1")
+
+
+def test_the_results_footer_names_the_store_and_the_commands():
+    from facemask.cli import results_footer
+
+    footer = results_footer("sqlite:////home/u/facemask/mlflow.db", "facemask-tune", "abc123",
+                            "models:/facemask-detector@champion", {"study": "/home/u/facemask/runs/tune/s"})
+    lines = footer.splitlines()
+    assert lines[0] == "results:"
+    assert "experiment 'facemask-tune', run abc123" in lines[1]
+    assert "mlflow ui --backend-store-uri sqlite:////home/u/facemask/mlflow.db" in footer
+    assert lines[-1].strip() == ("serve:      MLFLOW_TRACKING_URI=sqlite:////home/u/facemask/mlflow.db facemask serve "
+                                 "--model-uri models:/facemask-detector@champion")
+    remote = results_footer("http://mlflow:5000", run_id="r1")
+    assert "http://mlflow:5000 in a browser" in remote and "mlflow ui" not in remote
