@@ -383,9 +383,9 @@ def study_table(result) -> str:
           ("--device", "device", {"help": "auto, cpu or a GPU index."}),
           ("--host", "host", {"help": "Proxy address; 0.0.0.0 exposes it (set FACEMASK_API_KEY)."}),
           ("--port", "port", {}),
-          ("--replicas", "replicas", {"help": "Detector replicas."}),
-          ("--num-cpus", "num_cpus", {"help": "CPUs per detector replica."}),
-          ("--num-gpus", "num_gpus", {"help": "GPUs per detector replica (0.25: four share one)."}),
+          ("--replicas", "replicas", {"help": "Serve replicas (each holds the model)."}),
+          ("--num-cpus", "num_cpus", {"help": "CPUs per replica."}),
+          ("--num-gpus", "num_gpus", {"help": "GPUs per replica (0.25: four share one)."}),
           ("--max-batch-size", "max_batch_size", {}),
           ("--threads", "threads", {"type": int, "help": "CPU inference threads per replica (on CPU: replicas x threads = cores)."}))
 def serve_command(model_uri, backend, device, host, port, replicas, num_cpus, num_gpus, max_batch_size, threads):
@@ -402,7 +402,7 @@ def serve_command(model_uri, backend, device, host, port, replicas, num_cpus, nu
     try:
         args = AppArgs(model_uri=model_uri, backend=backend, device=device, max_batch_size=max_batch_size,
                        threads=threads,
-                       detector_options={"num_replicas": replicas,
+                       deployment_options={"num_replicas": replicas,
                                          "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}})
     except ValueError as exc:  # pydantic's ValidationError: an option out of range
         raise ConfigError(str(exc)) from None

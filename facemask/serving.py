@@ -45,7 +45,7 @@ from facemask.detector import load_detector
 from facemask.errors import ModelNotFoundError
 from facemask.modelref import model_uri_for, parse_models_uri
 from facemask.plots import CLASS_COLORS, draw_boxes
-from facemask.request_checks import check_model_id, decode_image, image_bytes, inspect_image
+from facemask.request_checks import check_model_id, decode_image, image_bytes
 from facemask.runtime import SERVE_ENV, resolve_device
 from facemask.settings import ServeConfig
 from facemask.tracking import list_versions, model_version, tracking_uri
@@ -67,13 +67,15 @@ class AppArgs(BaseModel):
     max_pixels: int = Field(_DEFAULT.max_pixels, gt=0, description="Larger images (decompression bombs) get 413")
     refresh_s: float = Field(_DEFAULT.refresh_s, ge=0, description="How often an alias (the default @champion, or one named in "
                              "the header) is looked up again, so a promotion is served without a redeploy; 0: never")
+    max_pending: int = Field(_DEFAULT.max_pending, ge=1, description="Requests a replica holds (reading, decoding, "
+                             "waiting for or in the model); more get a JSON 503 with Retry-After at once")
     max_batch_size: int = Field(_DEFAULT.max_batch_size, ge=1, le=256)
     batch_wait_timeout_s: float = Field(_DEFAULT.batch_wait_timeout_s, ge=0, le=1)
     threads: int | None = Field(_DEFAULT.threads, ge=1, description="CPU inference threads per detector replica (torch or onnxruntime); "
                                 "default: torch's under Ray (the replica's num_cpus), all cores for onnxruntime")
-    # Replica counts and resources of each deployment are set in serve/config.yaml (or by `facemask serve`).
-    detector_options: dict[str, Any] = Field(default_factory=dict)
-    ingress_options: dict[str, Any] = Field(default_factory=dict)
+    # Replica count, resources and queue limits of the deployment: serve/config.yaml sets them
+    # (its `deployments:` entry wins), `facemask serve` and `build_app` pass them here.
+    deployment_options: dict[str, Any] = Field(default_factory=dict)
 
 
 api = FastAPI(
@@ -116,26 +118,44 @@ def model_ref(detector) -> dict:
             "backend": "onnx" if info.weights.endswith(".onnx") else "pt"}
 
 
-# ---------------------------------------------------------------- deployments
+def annotated_jpeg(image, boxes: list[tuple]) -> bytes:
+    """The image with its boxes drawn, as JPEG bytes."""
+    buffer = io.BytesIO()
+    draw_boxes(image, boxes, width=max(2, round(max(image.size) / 300))).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- the deployment
+# Serve pickles the deployment class where it is defined: every module-level name its
+# methods use must be defined above it.
 
 
 @serve.deployment(
-    name="Detector",
+    name="Facemask",
     ray_actor_options={"num_cpus": 1},
-    # Room for two full batches; more waits in the caller's queue, beyond that a quick 503.
-    max_ongoing_requests=16,
+    # Two full batches in flight per replica; more wait in the proxy's queue, beyond that a quick 503.
+    max_ongoing_requests=32,
     max_queued_requests=64,
     health_check_period_s=10,
 )
-class DetectorDeployment:
-    """Runs the model: one call per batch of concurrent requests, per model version."""
+@serve.ingress(api)
+class FacemaskServer:
+    """The whole endpoint in one replica: checks, decoding, the batched model call, the answer.
 
-    def __init__(self, args: dict) -> None:
+    One deployment, so a request makes one hop from the proxy (or none, with direct ingress)
+    instead of two: the ingress -> detector hop cost 6-8 ms of CPU per request on 2 cores.
+    Serve's router sends a request with a `serve_multiplexed_model_id` header to a replica
+    that already holds that version.
+    """
+
+    def __init__(self, args: dict, api_key: str | None = None) -> None:
         from PIL import Image
 
         self.args = AppArgs.model_validate(args)
         _use_registry(self.args.tracking_uri)
         Image.MAX_IMAGE_PIXELS = self.args.max_pixels
+        self.api_key = api_key or None
+        self.limit = int(self.args.max_body_mb * 1e6)
         self.device = resolve_device(self.args.device) if self.args.backend == "pt" else "cpu"
         self.default = load_detector(self.args.model_uri, device=self.device, backend=self.args.backend,
                                      threads=self.args.threads, warm=True)
@@ -144,7 +164,10 @@ class DetectorDeployment:
         self.aliases: dict[str, tuple[float, str]] = {}  # alias -> (looked up at, version)
         self.default_checked = time.monotonic()
         self.refreshing: asyncio.Task | None = None
+        self.pending = 0
         log.info("serving %s (version %s) on %s", self.default.info.uri, self.default.info.version, self.device)
+
+    # ------------------------------------------------------------ which model
 
     @serve.multiplexed(max_num_models_per_replica=3)
     async def load_version(self, model_id: str):
@@ -158,14 +181,18 @@ class DetectorDeployment:
             warm=True,
         )
 
-    async def model_for_request(self):
-        model_id = serve.get_multiplexed_model_id()
-        if not model_id:
-            self.follow_default_alias()
-            return self.default
-        if not model_id.isdigit():
-            model_id = await self.alias_version(model_id)
-        return await self.load_version(model_id)
+    async def model_for_request(self, request: Request):
+        """The model a request asked for with its header (checked), else the app's default."""
+        model_id = check_model_id(request.headers.get(MULTIPLEX_HEADER, "").strip())
+        try:
+            if not model_id:
+                self.follow_default_alias()
+                return self.default
+            if not model_id.isdigit():
+                model_id = await self.alias_version(model_id)
+            return await self.load_version(model_id)
+        except ModelNotFoundError as exc:
+            raise APIError(404, "model_not_found", str(exc)) from None
 
     async def alias_version(self, alias: str) -> str:
         """The version an alias names, looked up at most every refresh_s (the registry is a network call)."""
@@ -203,75 +230,59 @@ class DetectorDeployment:
 
         self.refreshing = asyncio.get_running_loop().create_task(refresh())
 
-    async def __call__(self, payload: dict) -> dict:
-        try:
-            detector = await self.model_for_request()
-        except ModelNotFoundError as exc:
-            return {"error": "model_not_found", "status": 404, "message": str(exc)}
-        started = time.perf_counter()
-        try:
-            # Decoding here, off the event loop, overlaps it with the running batch and keeps
-            # the ingress light: it ships the compressed bytes, not a decoded array.
-            payload["image"] = await asyncio.to_thread(decode_image, payload.pop("image"), self.args.max_pixels)
-        except APIError as exc:
-            return {"error": exc.error, "status": exc.status, "message": exc.message}
-        payload["queued_at"] = time.perf_counter()
-        result = await self.predict_batch((detector, payload))
-        width, height = payload["image"].size
-        return {**result, "decode_ms": round((payload["queued_at"] - started) * 1000, 2),
-                "image": {"width": width, "height": height}}
+    # ------------------------------------------------------------ the model call
 
-    async def info(self) -> dict:
-        try:
-            detector = await self.model_for_request()
-        except ModelNotFoundError as exc:
-            return {"error": "model_not_found", "status": 404, "message": str(exc)}
-        return {**model_ref(detector), "device": self.device, "classes": list(CLASS_NAMES),
-                "metrics": detector.info.metrics}
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def predict_batch(self, items: list[tuple[Any, dict]]) -> list[dict]:
-        # One model call per (model, parameters) group; a batch mixes versions and settings.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    async def predict_batch(self, items: list[tuple[Any, Any, tuple, float]]) -> list[dict]:
+        """One model call per (model, parameters) group of the requests that queued together."""
         groups: dict[tuple, list[int]] = {}
-        for i, (detector, p) in enumerate(items):
-            groups.setdefault((id(detector), p["conf"], p["iou"], p["imgsz"], p["max_det"]), []).append(i)
+        for i, (detector, _, params, _) in enumerate(items):
+            groups.setdefault((id(detector), params), []).append(i)
         out: list[dict] = [{} for _ in items]
-        for (_, conf, iou, imgsz, max_det), indexes in groups.items():
+        for (_, params), indexes in groups.items():
             detector = items[indexes[0]][0]
             started = time.perf_counter()
-            found = await asyncio.to_thread(
-                detector.predict, [items[i][1]["image"] for i in indexes], conf, iou, imgsz, max_det
-            )
+            found = await asyncio.to_thread(detector.predict, [items[i][1] for i in indexes], *params)
             inference_ms = (time.perf_counter() - started) * 1000
             for i, detections in zip(indexes, found):
-                out[i] = {
-                    "detections": [d.to_dict() for d in detections],
-                    "model": model_ref(detector),
-                    "inference_ms": round(inference_ms, 2),
-                    "queue_ms": round((started - items[i][1]["queued_at"]) * 1000, 2),
-                    "batch_size": len(indexes),
-                }
+                out[i] = {"detections": detections, "inference_ms": inference_ms,
+                          "queue_ms": (started - items[i][3]) * 1000, "batch_size": len(indexes)}
         return out
 
+    async def detect(self, request: Request, conf: float, iou: float, imgsz: int, max_det: int):
+        """Read, check and decode the image, run it through the batch, and build the answer."""
+        if self.pending >= self.args.max_pending:
+            raise APIError(503, "overloaded", f"the server holds {self.pending} requests already; retry shortly",
+                           headers={"Retry-After": "1"})
+        self.pending += 1
+        try:
+            return await self._detect(request, conf, iou, imgsz, max_det)
+        finally:
+            self.pending -= 1
 
-@serve.deployment(
-    name="Ingress",
-    ray_actor_options={"num_cpus": 0.25},
-    max_ongoing_requests=64,
-    max_queued_requests=128,
-)
-@serve.ingress(api)
-class Ingress:
-    def __init__(self, detector, args: dict, api_key: str | None = None) -> None:
-        from PIL import Image
+    async def _detect(self, request: Request, conf: float, iou: float, imgsz: int, max_det: int):
+        started = time.perf_counter()
+        detector = await self.model_for_request(request)
+        data = await image_bytes(request, self.limit)
+        # Header checks and decoding off the event loop: a large image must not stall other requests.
+        image = await asyncio.to_thread(decode_image, data, self.args.max_pixels)
+        queued = time.perf_counter()
+        result = await self.predict_batch((detector, image, (conf, iou, imgsz, max_det), queued))
+        detections = [d.to_dict() for d in result["detections"]]
+        counts = dict.fromkeys(CLASS_NAMES, 0)
+        for d in detections:
+            counts[d["label"]] += 1
+        answer = {
+            "detections": detections, "counts": counts, "image": {"width": image.width, "height": image.height},
+            "model": model_ref(detector),
+            "timings": {"decode_ms": round((queued - started) * 1000, 2), "queue_ms": round(result["queue_ms"], 2),
+                        "inference_ms": round(result["inference_ms"], 2),
+                        "total_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "batch_size": result["batch_size"]},
+        }
+        return image, answer
 
-        self.detector = detector
-        self.handles: dict[tuple[str, str], Any] = {}
-        self.args = AppArgs.model_validate(args)
-        _use_registry(self.args.tracking_uri)
-        self.api_key = api_key or None
-        self.limit = int(self.args.max_body_mb * 1e6)
-        Image.MAX_IMAGE_PIXELS = self.args.max_pixels
+    # ------------------------------------------------------------ routes
 
     def authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
         if self.api_key is None:
@@ -279,41 +290,6 @@ class Ingress:
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), self.api_key.encode()):
             raise APIError(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'",
                            headers={"WWW-Authenticate": "Bearer"})
-
-    async def call_detector(self, method: str, request: Request, payload: Any = None) -> dict:
-        from ray.serve.exceptions import BackPressureError
-
-        model_id = check_model_id(request.headers.get(MULTIPLEX_HEADER, "").strip())
-        key = (model_id, method)
-        if key not in self.handles:  # .options() per request costs a measurable share of a small request
-            if len(self.handles) > 64:
-                self.handles.clear()
-            self.handles[key] = self.detector.options(multiplexed_model_id=model_id, method_name=method)
-        handle = self.handles[key]
-        try:
-            result = await (handle.remote(payload) if payload is not None else handle.remote())
-        except BackPressureError:
-            raise APIError(503, "overloaded", "the detector's queue is full; retry shortly", headers={"Retry-After": "1"}) from None
-        if "error" in result:
-            raise APIError(result["status"], result["error"], result["message"])
-        return result
-
-    async def detect(self, request: Request, conf: float, iou: float, imgsz: int, max_det: int) -> tuple[bytes, dict]:
-        started = time.perf_counter()
-        data = await image_bytes(request, self.limit)
-        inspect_image(data, self.args.max_pixels)  # refuse bad input here; the detector decodes
-        result = await self.call_detector(
-            "__call__", request, {"image": data, "conf": conf, "iou": iou, "imgsz": imgsz, "max_det": max_det}
-        )
-        counts = {name: 0 for name in CLASS_NAMES}
-        for d in result["detections"]:
-            counts[d["label"]] += 1
-        timings = {"decode_ms": result["decode_ms"], "queue_ms": result["queue_ms"],
-                   "inference_ms": result["inference_ms"], "total_ms": round((time.perf_counter() - started) * 1000, 2),
-                   "batch_size": result["batch_size"]}
-        response = {"detections": result["detections"], "counts": counts, "image": result["image"],
-                    "model": result["model"], "timings": timings}
-        return data, response
 
     @api.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY},
               summary="Detect faces and their mask state in one image")
@@ -325,9 +301,11 @@ class Ingress:
         imgsz: int = Query(640, ge=32, le=2048, description="Inference size in pixels (rounded to a multiple of 32)"),
         max_det: int = Query(300, ge=1, le=1000, description="Most detections returned"),
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-    ) -> dict:
+    ) -> Response:
         self.authorize(credentials)
-        return (await self.detect(request, conf, iou, imgsz, max_det))[1]
+        _, answer = await self.detect(request, conf, iou, imgsz, max_det)
+        # The answer is built to the schema already: serialised directly, without a pydantic round-trip.
+        return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
 
     @api.post("/predict/image", responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "The image with boxes drawn"}},
               response_class=Response, openapi_extra={"requestBody": IMAGE_BODY},
@@ -342,13 +320,11 @@ class Ingress:
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     ) -> Response:
         self.authorize(credentials)
-        data, result = await self.detect(request, conf, iou, imgsz, max_det)
-        image = decode_image(data, self.args.max_pixels)
-        boxes = [(d["class_id"], *d["box"].values()) for d in result["detections"]]
-        buffer = io.BytesIO()
-        draw_boxes(image, boxes, width=max(2, round(max(image.size) / 300))).save(buffer, format="JPEG", quality=90)
-        return Response(buffer.getvalue(), media_type="image/jpeg",
-                        headers={"X-Detections": str(len(boxes)), "X-Model-Version": str(result["model"]["version"])})
+        image, answer = await self.detect(request, conf, iou, imgsz, max_det)
+        boxes = [(d["class_id"], *d["box"].values()) for d in answer["detections"]]
+        jpeg = await asyncio.to_thread(annotated_jpeg, image, boxes)
+        return Response(jpeg, media_type="image/jpeg",
+                        headers={"X-Detections": str(len(boxes)), "X-Model-Version": str(answer["model"]["version"])})
 
     @api.get("/healthz", summary="Liveness: always open, no model call")
     async def healthz(self) -> dict:
@@ -357,7 +333,9 @@ class Ingress:
     @api.get("/model", response_model=ModelInfoResponse, responses=ERRORS, summary="The served model's metadata and metrics")
     async def model(self, request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
         self.authorize(credentials)
-        return await self.call_detector("info", request)
+        detector = await self.model_for_request(request)
+        return {**model_ref(detector), "device": self.device, "classes": list(CLASS_NAMES),
+                "metrics": detector.info.metrics}
 
     @api.get("/models", response_model=ModelsResponse, responses=ERRORS,
              summary=f"Registered versions with their metrics; pick one with the {MULTIPLEX_HEADER} header")
@@ -386,10 +364,9 @@ def build_app(args: dict | AppArgs | None = None):
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"  # replicas run in other folders
         parsed = parsed.model_copy(update={"tracking_uri": uri})
-    plain = parsed.model_dump(exclude={"detector_options", "ingress_options"})
-    detector = DetectorDeployment.options(**with_serve_env(parsed.detector_options, DetectorDeployment)).bind(plain)
-    ingress = Ingress.options(**with_serve_env(parsed.ingress_options, Ingress))
-    return ingress.bind(detector, plain, os.environ.get("FACEMASK_API_KEY"))
+    plain = parsed.model_dump(exclude={"deployment_options"})
+    server = FacemaskServer.options(**with_serve_env(parsed.deployment_options, FacemaskServer))
+    return server.bind(plain, os.environ.get("FACEMASK_API_KEY"))
 
 
 def with_serve_env(options: dict, deployment) -> dict:

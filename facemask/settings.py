@@ -208,6 +208,7 @@ class ServeConfig:
     max_body_mb: float = 10.0
     max_pixels: int = 40_000_000
     refresh_s: float = 30.0
+    max_pending: int = 32
     max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.005
+    batch_wait_timeout_s: float = 0.0
     threads: int | None = None

@@ -104,8 +104,7 @@ def serve_and_query(model_uri: str, test_images: Path, port: int, imgsz: int) ->
     from facemask.client import Client
     from facemask.serving import AppArgs
 
-    args = AppArgs(model_uri=model_uri, detector_options={"ray_actor_options": {"num_cpus": 1}},
-                   ingress_options={"ray_actor_options": {"num_cpus": 0.1}})
+    args = AppArgs(model_uri=model_uri, deployment_options={"ray_actor_options": {"num_cpus": 1}})
     url = start_serving(args, port=free_port(port), log_level="WARNING")
     image = sorted(test_images.iterdir())[0]
     # A few epochs from scratch leave confidences low; 0.1 shows what the model found.

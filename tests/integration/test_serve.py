@@ -18,9 +18,9 @@ from tests.services import free_port
 
 pytestmark = pytest.mark.integration
 
-LIMITS = {"max_body_mb": 1.0, "max_pixels": 4_000_000}
-# Small queues so that the overload test can fill them with a few dozen requests.
-DETECTOR = {"max_ongoing_requests": 4, "max_queued_requests": 4, "ray_actor_options": {"num_cpus": 0.5}}
+LIMITS = {"max_body_mb": 1.0, "max_pixels": 4_000_000, "max_pending": 6}
+# A small max_pending so that the overload test can fill it with a few dozen requests.
+DEPLOYMENT = {"max_ongoing_requests": 64, "max_queued_requests": 64, "ray_actor_options": {"num_cpus": 0.5}}
 API_KEY = "test-key-0123456789"
 
 
@@ -33,8 +33,8 @@ def endpoint(ray_local, registered_detector):
 
     port = free_port()
     args = {"model_uri": f"models:/{registered_detector['name']}@champion", "max_batch_size": 4,
-            "tracking_uri": registered_detector["tracking_uri"], "detector_options": DETECTOR, "refresh_s": 1.0,
-            "ingress_options": {"ray_actor_options": {"num_cpus": 0.1}}, **LIMITS}
+            "tracking_uri": registered_detector["tracking_uri"], "deployment_options": DEPLOYMENT, "refresh_s": 1.0,
+            **LIMITS}
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(args), name="facemask", route_prefix="/")

@@ -22,14 +22,14 @@ def test_valid_against_serve_schema(config):
 
 
 def test_args_and_deployments_match_the_app(config):
-    from facemask.serving import AppArgs, DetectorDeployment, Ingress
+    from facemask.serving import AppArgs, FacemaskServer
 
     (app,) = config["applications"]
     assert app["import_path"] == "facemask.serving:app"
     AppArgs.model_validate(app["args"])  # unknown keys are refused
     names = {d["name"] for d in app["deployments"]}
-    assert names == {DetectorDeployment.name, Ingress.name}
-    detector = next(d for d in app["deployments"] if d["name"] == DetectorDeployment.name)
+    assert names == {FacemaskServer.name}
+    detector = app["deployments"][0]
     assert 0 < detector["ray_actor_options"]["num_gpus"] < 1, "fractional GPUs per replica"
     assert detector["max_queued_requests"] > 0 and detector["max_ongoing_requests"] > 0
     scaling = detector["autoscaling_config"]
@@ -37,7 +37,7 @@ def test_args_and_deployments_match_the_app(config):
     assert config["http_options"]["host"] == "127.0.0.1", "exposing the proxy is an explicit choice"
 
 
-def test_builder_of_serve_run_makes_both_deployments(tmp_path):
+def test_builder_of_serve_run_makes_the_deployment(tmp_path):
     from ray.serve import Application
 
     from serve.app import app
