@@ -382,13 +382,15 @@ def study_table(result) -> str:
           ("--backend", "backend", {"type": click.Choice(["pt", "onnx"])}),
           ("--device", "device", {"help": "auto, cpu or a GPU index."}),
           ("--host", "host", {"help": "Proxy address; 0.0.0.0 exposes it (set FACEMASK_API_KEY)."}),
+          ("--ingress", "ingress", {"type": click.Choice(["proxy", "haproxy"]),
+                                    "help": "Serve's proxy, or HAProxy straight to the replicas (faster; README: Serving)."}),
           ("--port", "port", {}),
           ("--replicas", "replicas", {"help": "Serve replicas (each holds the model)."}),
           ("--num-cpus", "num_cpus", {"help": "CPUs per replica."}),
           ("--num-gpus", "num_gpus", {"help": "GPUs per replica (0.25: four share one)."}),
           ("--max-batch-size", "max_batch_size", {}),
           ("--threads", "threads", {"type": int, "help": "CPU inference threads per replica (on CPU: replicas x threads = cores)."}))
-def serve_command(model_uri, backend, device, host, port, replicas, num_cpus, num_gpus, max_batch_size, threads):
+def serve_command(model_uri, backend, device, host, ingress, port, replicas, num_cpus, num_gpus, max_batch_size, threads):
     """Serve the detector, its API and page on this machine's Ray (Ctrl-C stops it)."""
     configure_runtime()
     from facemask.detector import resolve_model
@@ -406,10 +408,13 @@ def serve_command(model_uri, backend, device, host, port, replicas, num_cpus, nu
                                          "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}})
     except ValueError as exc:  # pydantic's ValidationError: an option out of range
         raise ConfigError(str(exc)) from None
-    init_ray(serving=True)
+    if ingress == "haproxy" and os.environ.get("RAY_ADDRESS"):
+        click.echo("note: --ingress haproxy takes effect only if that cluster was started with "
+                   "RAY_SERVE_ENABLE_HA_PROXY=1", err=True)
+    init_ray(serving=True, ingress=ingress)
     try:
         url = start_serving(args, host=host, port=port)
-        click.echo(f"serving {model_uri} ({backend}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
+        click.echo(f"serving {model_uri} ({backend}, {ingress}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
         wait_for_stop()
     except (KeyboardInterrupt, SystemExit):  # stopped while still starting
         pass

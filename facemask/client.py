@@ -6,12 +6,15 @@
         print(d["label"], d["confidence"], d["box"])
 
 A 503 (the server is overloaded or a replica is starting) is retried with exponential
-backoff, honouring Retry-After; any other error raises `EndpointError` with the
-server's own message.
+backoff, honouring Retry-After. So is a request lost with the replica that held it: a
+dropped connection, or the proxy's bare "Internal Server Error" (the app's own errors are
+JSON): inference has no side effects, so sending it again is safe. Any other error raises
+`EndpointError` with the server's own message.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -74,9 +77,15 @@ class Client:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     return response.read()
+            except (ConnectionResetError, http.client.RemoteDisconnected):
+                if attempt < self.retries:  # the replica died mid-request
+                    time.sleep(self.backoff_s * 2**attempt)
+                    continue
+                raise
             except urllib.error.HTTPError as exc:
                 body = exc.read()
-                if exc.code == 503 and attempt < self.retries:
+                lost = exc.code == 500 and not body.lstrip().startswith(b"{")
+                if (exc.code == 503 or lost) and attempt < self.retries:
                     retry_after = exc.headers.get("Retry-After", "")
                     wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 0.0
                     time.sleep(max(wait, self.backoff_s * 2**attempt))

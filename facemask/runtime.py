@@ -130,15 +130,20 @@ def configure_runtime() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
-def init_ray(serving: bool = False) -> None:
+def init_ray(serving: bool = False, ingress: str = "proxy") -> None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local one.
 
     serving: a local cluster started here also gets Serve's throughput settings (its proxy
-    inherits them; replicas get them from the deployments either way).
+    inherits them; replicas get them from the deployments either way). ingress "haproxy":
+    Serve puts HAProxy in front of the replicas' own HTTP servers instead of its Python
+    proxy; Serve reads that when it starts, so a cluster must be started with
+    RAY_SERVE_ENABLE_HA_PROXY=1 already.
     """
     if serving:
         for key, value in SERVE_ENV.items():
             os.environ.setdefault(key, value)
+        if ingress == "haproxy":
+            os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     # Seen under `ray job submit` here: once ray.init() has run, importing torch can abort
     # with "oneMKL FATAL ERROR: Cannot load libtorch_cpu.so". Loading torch first avoids it.
     import torch  # noqa: F401

@@ -202,6 +202,9 @@ class ServeConfig:
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
+    # proxy: Serve's own HTTP proxy; haproxy: HAProxy straight to each replica's HTTP server
+    # (Serve's direct ingress), faster on few cores; see the README's serving figures.
+    ingress: str = "proxy"
     replicas: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0

@@ -297,13 +297,17 @@ def test_client_retries_503_with_backoff(known_image):
     import threading
 
     calls = []
+    script: list[tuple[int, bytes]] = []  # answers to give before the 200s
 
     class Flaky(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
             calls.append(self.path)
-            status, body = (503, {"error": "overloaded", "message": "busy"}) if len(calls) < 3 else (200, {"ok": True})
-            payload = json.dumps(body).encode()
+            if script:
+                status, payload = script.pop(0)
+            else:
+                status, body = (503, {"error": "overloaded", "message": "busy"}) if len(calls) < 3 else (200, {"ok": True})
+                payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -322,8 +326,108 @@ def test_client_retries_503_with_backoff(known_image):
         with pytest.raises(EndpointError) as err:
             Client(url, retries=1, backoff_s=0.05).predict(known_image)
         assert err.value.status == 503 and len(calls) == 2
+        # The proxy's bare 500 for a request lost with its replica is sent again; the app's JSON 500 is not.
+        calls.clear()
+        script.extend([(500, b"Internal Server Error"), (200, b'{"ok": true}')])
+        assert Client(url, backoff_s=0.05).predict(known_image) == {"ok": True} and len(calls) == 2
+        calls.clear()
+        script.append((500, b'{"error": "bug", "message": "boom"}'))
+        with pytest.raises(EndpointError) as err:
+            Client(url, backoff_s=0.05).predict(known_image)
+        assert err.value.status == 500 and err.value.error == "bug" and len(calls) == 1
     finally:
         server.shutdown()
+
+
+def replica_pids(app: str) -> dict[str, int]:
+    """Name -> PID of every live replica of `app` (Serve names its replica actors after the app)."""
+    import ray
+
+    out = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if f"::{app}#" in actor["name"]:
+            try:
+                handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
+                out[actor["name"]] = ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+            except Exception:  # a replica that is going away
+                continue
+    return out
+
+
+def test_a_killed_replica_is_replaced_and_no_request_hangs(endpoint, known_image):
+    """kill -9 of one of two replicas during a bounded load: answers keep coming, Serve replaces it.
+
+    Requests the dead replica held are lost with it: Ray's proxy answers them 500 (plain
+    text), and Client sends them again (inference has no side effects).
+    """
+    import signal
+    import threading
+    import time
+    from collections import Counter
+
+    from ray import serve
+
+    from facemask.serving import build_app
+
+    args = {"model_uri": str(endpoint["weights"]), "threads": 1, "max_batch_size": 4, **LIMITS,
+            "deployment_options": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}}}
+    serve.run(build_app(args), name="killable", route_prefix="/killable")
+    url = f"{endpoint['url']}/killable"
+    try:
+        before = replica_pids("killable")
+        assert len(before) == 2
+        victim, survivor = list(before.values())
+        data = known_image.read_bytes()
+        seen: list[tuple[float, float, object]] = []  # (sent at, seconds, status or exception)
+
+        async def load() -> float:
+            started = time.perf_counter()
+
+            async def worker(client: httpx.AsyncClient) -> None:
+                while time.perf_counter() - started < 10:
+                    sent = time.perf_counter()
+                    try:
+                        status = (await client.post("/predict", params={"imgsz": 160}, content=data)).status_code
+                    except httpx.HTTPError as exc:
+                        status = type(exc).__name__
+                    seen.append((sent - started, time.perf_counter() - sent, status))
+
+            async def kill() -> float:
+                await asyncio.sleep(3)
+                os.kill(victim, signal.SIGKILL)
+                return time.perf_counter() - started
+
+            async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=6)) as client:
+                killed_at, *_ = await asyncio.gather(kill(), *[worker(client) for _ in range(6)])
+            return killed_at
+
+        killed_at = asyncio.run(asyncio.wait_for(load(), timeout=60))
+        codes = Counter(status for _, _, status in seen)
+        assert set(codes) <= {200, 500}, codes
+        assert codes[200] >= 30, codes
+        assert codes[500] <= 6, f"more failures than requests in flight: {codes}"
+        assert max(seconds for _, seconds, _ in seen) < 10, "a request hung"
+        late = [status for sent, _, status in seen if sent > killed_at + 1]
+        assert late and all(status == 200 for status in late), Counter(late)
+
+        # Serve starts a replacement; meanwhile Client rides over the kill of the other replica.
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            now = replica_pids("killable")
+            if len(now) == 2 and victim not in now.values():
+                break
+            time.sleep(1)
+        assert len(now) == 2 and victim not in now.values(), now
+        answers: list[dict] = []
+        client = Client(url, retries=5, backoff_s=0.2)
+        calls = threading.Thread(target=lambda: answers.extend(client.predict(data, imgsz=160) for _ in range(30)))
+        calls.start()
+        time.sleep(1)
+        os.kill(survivor, signal.SIGKILL)
+        calls.join(timeout=120)
+        assert not calls.is_alive() and len(answers) == 30
+    finally:
+        serve.delete("killable")
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -367,7 +471,9 @@ def test_page_in_chromium_draws_boxes(endpoint, known_image):
             browser.close()
 
 
-def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(registered_detector, known_image, tmp_path):
+@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
+def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(registered_detector, known_image, tmp_path,
+                                                                        ingress):
     """The user-facing command in its own process (its own local Ray), air-gapped: a local .pt, no registry."""
     import signal
     import subprocess
@@ -380,7 +486,7 @@ def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(register
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "facemask.cli", "serve", "--model-uri", str(registered_detector["weights"]),
-                             "--port", str(port), "--num-cpus", "0.5"],
+                             "--port", str(port), "--num-cpus", "0.5", "--ingress", ingress],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=180, proc=proc)
@@ -410,4 +516,4 @@ def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(register
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-    assert f"serving {registered_detector['weights']}" in (tmp_path / "serve.log").read_text()
+    assert f"serving {registered_detector['weights']} (pt, {ingress})" in (tmp_path / "serve.log").read_text()
