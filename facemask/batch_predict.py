@@ -75,7 +75,7 @@ class Annotator:
                     loaded.append(upright_rgb(image))
                 where.append(i)
             except Exception as exc:  # Ultralytics patches Image.open; any failure is this file's problem
-                records[i] = {"source": str(rel), "error": f"unreadable image ({type(exc).__name__}: {exc})"}
+                records[i] = {"source": str(rel), "error": unreadable_reason(Path(path), exc)}
         for i, image, detections in zip(where, loaded, self.detect(loaded) if loaded else []):
             rel = str(batch["rel"][i])
             target = (self.cfg.out / "annotated" / rel).with_suffix(".jpg")
@@ -110,6 +110,21 @@ class Annotator:
         return out
 
 
+def unreadable_reason(path: Path, exc: Exception) -> str:
+    """Why an image file could not be used, in words a user acts on (not the decoder's import errors)."""
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        return f"cannot read the file ({err.strerror or type(err).__name__}); a broken or looping link?"
+    if path.is_dir():
+        return "a folder named like an image"
+    if size == 0:
+        return "empty file (0 bytes)"
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and "cannot identify" not in str(exc):
+        return f"truncated or corrupt image ({exc})"
+    return "not an image Pillow can read (JPEG, PNG, WebP, BMP are)"
+
+
 def record(detections: list[dict], head: dict) -> dict:
     counts = {name: 0 for name in CLASS_NAMES}
     for d in detections:
@@ -123,7 +138,8 @@ def annotate(image, detections: list[dict]):
 
 
 def list_images(folder: Path) -> list[dict[str, str]]:
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Every path named like an image, readable or not: a broken link or a folder is reported, not skipped."""
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     return [{"path": str(p), "rel": str(p.relative_to(folder))} for p in paths]
 
 

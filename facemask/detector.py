@@ -149,10 +149,19 @@ def onnx_session_options(threads: int | None) -> Iterator[None]:
 
 
 def upright_rgb(image):
-    """A PIL image turned by its EXIF orientation, in RGB: what browsers and viewers show, so boxes match it."""
-    from PIL import ImageOps
+    """A PIL image turned by its EXIF orientation, in RGB: what browsers and viewers show, so boxes match it.
 
-    return ImageOps.exif_transpose(image).convert("RGB")
+    16- and 32-bit grey images (PNG mode I;16, I) are scaled to 8 bits first: Pillow's own
+    conversion clips them, and a 16-bit photo would come out all white.
+    """
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        wide = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode != "F" and wide.max(initial=0) > 255 else max(255.0, float(wide.max(initial=0)))
+        image = Image.fromarray(np.clip(wide * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def to_bgr(image: Any) -> np.ndarray:

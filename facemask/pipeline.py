@@ -158,7 +158,16 @@ def _write_row(out: str, row: dict) -> dict:
 
 
 def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """A file's hash for the input fingerprint, read in chunks (an orphan may be any size).
+
+    What cannot be read (a folder, a broken or looping link) hashes as its error, so the
+    fingerprint still changes when the file does.
+    """
+    try:
+        with path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:
+        return hashlib.sha256(f"unreadable: {type(exc).__name__}".encode()).hexdigest()
 
 
 def collect_records(

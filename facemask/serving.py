@@ -27,6 +27,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, Field
 from ray import serve
 
@@ -90,6 +91,16 @@ bearer = HTTPBearer(auto_error=False, description="Required when the server has 
 @api.exception_handler(APIError)
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     return JSONResponse({"error": exc.error, "message": exc.message}, status_code=exc.status, headers=exc.headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown routes and methods answer in the API's one error shape too."""
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    message = {404: f"no route {request.url.path}; see /docs",
+               405: f"{request.method} is not allowed on {request.url.path}; see /docs"}.get(exc.status_code, str(exc.detail))
+    return JSONResponse({"error": codes.get(exc.status_code, "http_error"), "message": message},
+                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 @api.exception_handler(RequestValidationError)
@@ -192,7 +203,9 @@ class FacemaskServer:
                 model_id = await self.alias_version(model_id)
             return await self.load_version(model_id)
         except ModelNotFoundError as exc:
-            raise APIError(404, "model_not_found", str(exc)) from None
+            # The registry's address (a server, or a database path) is for the operator's logs, not for clients.
+            message = str(exc).replace(self.args.tracking_uri, "the registry") if self.args.tracking_uri else str(exc)
+            raise APIError(404, "model_not_found", message) from None
 
     async def alias_version(self, alias: str) -> str:
         """The version an alias names, looked up at most every refresh_s (the registry is a network call)."""

@@ -20,6 +20,10 @@ from facemask.classes import CLASS_IDS
 from facemask.errors import InputNotFoundError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# Larger files are reported as too large without being read: a photo of the set is ~100 KB,
+# and a multi-GB file named .jpg must not take the worker's memory.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_XML_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -149,13 +153,26 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def read_capped(path: Path, limit: int) -> bytes:
+    """A file's bytes, or ValueError saying why not: a broken or looping link, a folder, too large."""
+    try:
+        if path.is_dir():
+            raise ValueError("a folder, not a file")
+        size = path.stat().st_size
+        if size > limit:
+            raise ValueError(f"{size / 2**20:.0f} MB, over the {limit / 2**20:.0f} MB limit; not read")
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read it ({exc.strerror or type(exc).__name__}); a broken or looping link?") from None
+
+
 def read_image_size(path: Path) -> tuple[int, int, str]:
     """Decode an image fully and return (width, height, sha256 of its bytes).
 
     A full decode, not just the header, is what catches truncated files. Raises
     ValueError with the reason when the image cannot be used.
     """
-    data = path.read_bytes()
+    data = read_capped(path, MAX_FILE_BYTES)
     try:
         # Decode the bytes already read for the fingerprint instead of reading the file twice.
         with Image.open(io.BytesIO(data)) as img:
@@ -174,12 +191,16 @@ def parse_annotation(xml_path: Path | str, images_dir: Path | str) -> ParseResul
     """Parse one VOC XML file against its real image. Never raises for bad input."""
     xml_path, images_dir = Path(xml_path), Path(images_dir)
     result = ParseResult(annotation=str(xml_path), record=None)
-    raw = xml_path.read_bytes()
-    result.annotation_sha256 = _sha256(raw)
 
     def skip(kind: str, reason: str) -> ParseResult:
         result.problems.append(Problem(str(xml_path), kind, "skipped_file", reason))
         return result
+
+    try:
+        raw = read_capped(xml_path, MAX_XML_BYTES)
+    except ValueError as exc:
+        return skip("unreadable_annotation", f"{exc}; fix or remove the file")
+    result.annotation_sha256 = _sha256(raw)
 
     try:
         root = ET.fromstring(raw)

@@ -95,8 +95,10 @@ class RayCluster:
         log = open(self.root / f"{name}.log", "ab")
         ray = str(Path(sys.executable).with_name("ray"))
         # A small object store per node: several nodes share this machine's memory.
+        # Ports of our own: Ray's fixed defaults (the job agent's 52365) clash with any other Ray on the machine.
+        ports = ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
         proc = subprocess.Popen([ray, "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
-                                 "--object-store-memory", str(300 * 2**20), *args],
+                                 "--object-store-memory", str(300 * 2**20), *ports, *args],
                                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc

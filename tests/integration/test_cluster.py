@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -103,9 +104,13 @@ def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tmp_pat
         runtime_env = json.dumps({"env_vars": {"YOLO_CONFIG_DIR": os.environ["YOLO_CONFIG_DIR"], "YOLO_OFFLINE": "1"}})
 
         def submit(*args: str) -> str:
-            run = subprocess.run([ray, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(ROOT),
-                                  "--runtime-env-json", runtime_env, "--", "python", *args],
-                                 env=env, capture_output=True, text=True, timeout=900)
+            for _ in range(30):  # a head that has just started may not have its job agent yet
+                run = subprocess.run([ray, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(ROOT),
+                                      "--runtime-env-json", runtime_env, "--", "python", *args],
+                                     env=env, capture_output=True, text=True, timeout=900)
+                if "No available agent to submit job" not in run.stderr:
+                    break
+                time.sleep(2)
             assert run.returncode == 0 and "succeeded" in run.stdout + run.stderr, run.stdout[-6000:] + run.stderr[-2000:]
             return run.stdout
 
@@ -130,21 +135,24 @@ def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tmp_pat
         assert (results / "runs" / "tune" / "study").is_dir()
         assert not list(Path(cluster.root).rglob("mlflow.db")), "a store was written inside Ray's session folder"
 
-        # A fresh process outside the job, pointed where the footer says, finds the study and the champion.
+        # A fresh process outside the job, pointed where the footer says, finds the study and the champion
+        # the way `facemask serve` does (resolve_model downloads the version's weights).
         code = (
-            "import json, sys, mlflow\n"
+            "import json\n"
             "from mlflow import MlflowClient\n"
-            "c = MlflowClient(sys.argv[1])\n"
+            "from facemask.detector import resolve_model\n"
+            "from facemask.tracking import tracking_uri\n"
+            "c = MlflowClient(tracking_uri())\n"
             "runs = c.search_runs([c.get_experiment_by_name('jobs').experiment_id])\n"
-            "champion = c.get_model_version_by_alias('facemask-detector', 'champion')\n"
-            "path = mlflow.artifacts.download_artifacts(f'models:/facemask-detector/{champion.version}', tracking_uri=sys.argv[1])\n"
             "trials = [r for r in runs if 'facemask.trial_id' in r.data.tags]\n"
+            "info = resolve_model('models:/facemask-detector@champion')\n"
             "print(json.dumps({'trials': len(trials), 'finished': sum(r.info.status == 'FINISHED' for r in trials),\n"
             "  'weights': [a.path for r in trials for a in c.list_artifacts(r.info.run_id, 'weights')],\n"
-            "  'champion': champion.version, 'model_files': sorted(p.name for p in __import__('pathlib').Path(path).rglob('*.pt'))}))\n"
+            "  'champion': info.version, 'model_files': [info.weights.rsplit('/', 1)[-1]]}))\n"
         )
-        found = subprocess.run([sys.executable, "-c", code, f"sqlite:///{db}"], cwd=tmp_path, capture_output=True,
-                               text=True, timeout=300, env={**env, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"})
+        found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                               env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
+                                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"})
         assert found.returncode == 0, found.stderr[-3000:]
         seen = json.loads(found.stdout.strip().splitlines()[-1])
         assert seen["trials"] == 2 and seen["finished"] == 2

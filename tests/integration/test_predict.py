@@ -24,16 +24,22 @@ def test_predict_folder_with_ray_data(ray_local, registered_detector, synth_sour
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(image, target)
     (source / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (source / "dangling.jpg").symlink_to(source / "gone.jpg")
+    (source / "looping.png").symlink_to(source / "looping.png")
+    (source / "folder.jpg").mkdir()
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["predict", str(source), "--model-uri", str(registered_detector["weights"]),
                                        "--out", str(out), "--conf", "0", "--imgsz", "160", "--max-det", "5",
                                        "--batch-size", "3", "--concurrency", "2"])
     assert result.exit_code == 0, result.output
-    assert "9 images" in result.stdout and "skipped 1 unreadable" in result.stderr
+    assert "12 images" in result.stdout and "skipped 4 unreadable" in result.stderr
     lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
     assert [line["source"] for line in lines] == sorted(str(p.relative_to(source)) for p in source.rglob("*.*"))
-    broken = [line for line in lines if "error" in line]
-    assert [b["source"] for b in broken] == ["broken.jpg"]
+    broken = {line["source"]: line["error"] for line in lines if "error" in line}
+    assert set(broken) == {"broken.jpg", "dangling.jpg", "looping.png", "folder.jpg"}
+    assert "truncated or corrupt" in broken["broken.jpg"] and "folder" in broken["folder.jpg"]
+    assert "broken or looping link" in broken["dangling.jpg"] and "broken or looping link" in broken["looping.png"]
+    assert not any("pi_heif" in reason or "No module" in reason for reason in broken.values())
     good = [line for line in lines if "error" not in line]
     assert len(good) == 8 and all(len(line["detections"]) == 5 for line in good)
     for line in good:
@@ -41,7 +47,7 @@ def test_predict_folder_with_ray_data(ray_local, registered_detector, synth_sour
         with Image.open(source / line["source"]) as original, Image.open(annotated) as drawn:
             assert drawn.size == original.size == (line["width"], line["height"])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["items"] == 9 and summary["skipped"][0]["file"] == "broken.jpg"
+    assert summary["items"] == 12 and {s["file"] for s in summary["skipped"]} == set(broken)
     assert sum(summary["detections"].values()) == 40
 
     detector = load_detector(str(registered_detector["weights"]))

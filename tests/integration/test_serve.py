@@ -164,6 +164,21 @@ def test_bad_input_gets_its_4xx_and_the_replica_keeps_serving(http, known_image,
     assert_serves(http, known_image)
 
 
+def test_unknown_routes_methods_and_16_bit_images(http, endpoint):
+    import numpy as np
+
+    for method, path, status, error in (("GET", "/nowhere", 404, "not_found"), ("GET", "/predict", 405, "method_not_allowed")):
+        answer = http.request(method, path)
+        assert answer.status_code == status and answer.json()["error"] == error, answer.text
+        assert "/docs" in answer.json()["message"]
+    deep = io.BytesIO()
+    Image.fromarray(np.tile(np.linspace(0, 65535, 96, dtype=np.uint16), (64, 1))).save(deep, format="PNG")
+    answer = http.post("/predict", params={"imgsz": 160}, content=deep.getvalue())
+    assert answer.status_code == 200 and answer.json()["image"] == {"width": 96, "height": 64}
+    missing = http.get("/model", headers={"serve_multiplexed_model_id": "nobody-alias"})
+    assert missing.status_code == 404 and endpoint["tracking_uri"] not in missing.text
+
+
 @pytest.mark.parametrize("params", [{"conf": 2}, {"conf": "high"}, {"iou": -0.1}, {"imgsz": 0}, {"imgsz": "big"}, {"max_det": 0}])
 def test_bad_query_values_get_422(http, known_image, params):
     response = http.post("/predict", params=params, content=known_image.read_bytes())

@@ -434,3 +434,40 @@ def test_the_results_footer_names_the_store_and_the_commands():
                                  "--model-uri models:/facemask-detector@champion")
     remote = results_footer("http://mlflow:5000", run_id="r1")
     assert "http://mlflow:5000 in a browser" in remote and "mlflow ui" not in remote
+
+
+# ---------------------------------------------------------------- unusual image files
+
+
+def test_a_16_bit_grey_png_is_scaled_not_clipped_to_white(tmp_path):
+    import numpy as np
+
+    from facemask.detector import upright_rgb
+
+    ramp = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (16, 1))
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as opened:
+        assert opened.mode.startswith("I")
+        rgb = np.asarray(upright_rgb(opened))
+    assert rgb.shape == (16, 64, 3)
+    assert rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255 and 100 < rgb.mean() < 155
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.mkdir(), "a folder named like an image"),
+    (lambda p: p.symlink_to(p.parent / "nowhere.jpg"), "broken or looping link"),
+    (lambda p: p.symlink_to(p), "broken or looping link"),
+    (lambda p: p.write_bytes(b"garbage, not a JPEG"), "not an image Pillow can read"),
+])
+def test_unreadable_files_get_a_reason_a_user_can_act_on(tmp_path, make, reason):
+    from facemask.batch_predict import unreadable_reason
+
+    path = tmp_path / "photo.jpg"
+    make(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+        pytest.fail("Pillow read it")
+    except Exception as exc:
+        assert reason in unreadable_reason(path, exc)

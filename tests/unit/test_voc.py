@@ -176,3 +176,33 @@ def test_missing_source_layout_is_a_clear_error(tmp_path):
     run = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path), "--out", str(tmp_path / "o"), "--engine", "local"])
     assert run.exit_code == 2
     assert "annotations/" in run.output
+
+
+def test_links_folders_and_huge_files_are_counted_not_fatal(tmp_path, monkeypatch):
+    """A looping link, dangling links, a folder named like an image, an oversized file: one problem each."""
+    import facemask.voc as voc
+
+    src = make_source(tmp_path / "src")
+    for i in range(10):
+        add_image(src, f"ok{i}.png")
+        add_xml(src, f"ok{i}", ok_xml(f"ok{i}.png"))
+    (src / "images" / "loop.png").symlink_to(src / "images" / "loop.png")
+    add_xml(src, "loop", ok_xml("loop.png"))
+    (src / "annotations" / "dangling.xml").symlink_to(src / "annotations" / "gone.xml")
+    (src / "images" / "folder.jpg").mkdir()
+    Image.effect_noise((200, 150), 80).convert("RGB").save(src / "images" / "huge.png")  # ~90 KB, the others < 1 KB
+    add_xml(src, "huge", ok_xml("huge.png"))
+    monkeypatch.setattr(voc, "MAX_FILE_BYTES", 20_000)
+    result = parse_annotation(src / "annotations" / "huge.xml", src / "images")
+    assert kinds(result) == [("unreadable_image", "skipped_file")] and "over the" in result.problems[0].reason
+    monkeypatch.undo()
+    prepared = prepare(PrepareConfig(source=src, out=tmp_path / "out", engine="local", plots=False,
+                                     augment=AugmentConfig(balance_ratio=0)))
+    problems = prepared.manifest["problems"]
+    by_path = {p["path"]: p for p in problems["items"]}
+    assert by_path["annotations/dangling.xml"]["kind"] == "unreadable_annotation"
+    assert "broken or looping link" in by_path["annotations/dangling.xml"]["reason"]
+    assert by_path["annotations/loop.xml"]["kind"] == "annotation_without_image"
+    assert "images/folder.jpg" in by_path and "images/loop.png" in by_path
+    total = sum(c["images"]["original"] for c in prepared.manifest["counts"].values())
+    assert total == 11  # the ten good images and huge.png (under the real limit): nothing valid lost
