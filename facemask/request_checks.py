@@ -6,6 +6,7 @@ code a client sees; the deployments call them before anything reaches the model.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import struct
@@ -19,14 +20,26 @@ from facemask.detector import upright_rgb
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it passes `limit` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The request body, refusing (413) as soon as it passes `limit` bytes, or (408) when it
+    has not all arrived `timeout_s` after the first byte was awaited: a client that declares
+    more than it sends must not hold a connection and a request slot."""
     declared = request.headers.get("content-length")
     too_large = APIError(413, "body_too_large", f"the body is over the {limit / 1e6:g} MB limit; send a smaller image")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise APIError(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s "
+                           f"({size} bytes came{f' of {declared}' if declared else ''}); send it again") from None
         size += len(chunk)
         if size > limit:
             raise too_large
@@ -34,9 +47,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def image_bytes(request: Request, limit: int) -> bytes:
+async def image_bytes(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
     """The uploaded image: multipart field `file`, or the raw body."""
-    body = await read_body(request, limit)
+    body = await read_body(request, limit, timeout_s)
     if not body:
         raise APIError(400, "empty_body", "the request has no image: send it as multipart field 'file' or as the raw body")
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):

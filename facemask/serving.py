@@ -65,6 +65,7 @@ class AppArgs(BaseModel):
     device: str = Field(_DEFAULT.device, description="auto (the GPU if the replica has one), cpu, or a GPU index")
     tracking_uri: str | None = Field(None, description="MLflow server of the registry; default MLFLOW_TRACKING_URI")
     max_body_mb: float = Field(_DEFAULT.max_body_mb, gt=0, description="Larger bodies get 413")
+    body_timeout_s: float = Field(_DEFAULT.body_timeout_s, gt=0, description="A body not all arrived after this gets 408")
     max_pixels: int = Field(_DEFAULT.max_pixels, gt=0, description="Larger images (decompression bombs) get 413")
     refresh_s: float = Field(_DEFAULT.refresh_s, ge=0, description="How often an alias (the default @champion, or one named in "
                              "the header) is looked up again, so a promotion is served without a redeploy; 0: never")
@@ -107,6 +108,20 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors())
     return JSONResponse({"error": "invalid_parameter", "message": problems}, status_code=422)
+
+
+async def require_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    """The API key check of protected routes, as a dependency.
+
+    FastAPI runs dependencies before it validates query parameters, so a caller without the
+    key gets 401 and learns nothing about the parameters (422 would come first otherwise).
+    """
+    key = getattr(request.app.state, "api_key", None)
+    if key is None:
+        return
+    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), key.encode()):
+        raise APIError(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'",
+                       headers={"WWW-Authenticate": "Bearer"})
 
 
 def _use_registry(tracking_uri: str | None) -> None:
@@ -166,6 +181,8 @@ class FacemaskServer:
         _use_registry(self.args.tracking_uri)
         Image.MAX_IMAGE_PIXELS = self.args.max_pixels
         self.api_key = api_key or None
+        # Read by `require_key`, which runs before FastAPI validates a route's parameters.
+        api.state.api_key = self.api_key
         self.limit = int(self.args.max_body_mb * 1e6)
         self.device = resolve_device(self.args.device) if self.args.backend == "pt" else "cpu"
         self.default = load_detector(self.args.model_uri, device=self.device, backend=self.args.backend,
@@ -276,7 +293,7 @@ class FacemaskServer:
     async def _detect(self, request: Request, conf: float, iou: float, imgsz: int, max_det: int):
         started = time.perf_counter()
         detector = await self.model_for_request(request)
-        data = await image_bytes(request, self.limit)
+        data = await image_bytes(request, self.limit, self.args.body_timeout_s)
         # Header checks and decoding off the event loop: a large image must not stall other requests.
         image = await asyncio.to_thread(decode_image, data, self.args.max_pixels)
         queued = time.perf_counter()
@@ -297,13 +314,6 @@ class FacemaskServer:
 
     # ------------------------------------------------------------ routes
 
-    def authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
-        if self.api_key is None:
-            return
-        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), self.api_key.encode()):
-            raise APIError(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'",
-                           headers={"WWW-Authenticate": "Bearer"})
-
     @api.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY},
               summary="Detect faces and their mask state in one image")
     async def predict(
@@ -313,9 +323,8 @@ class FacemaskServer:
         iou: float = Query(0.7, ge=0.0, le=1.0, description="IoU threshold of duplicate suppression"),
         imgsz: int = Query(640, ge=32, le=2048, description="Inference size in pixels (rounded to a multiple of 32)"),
         max_det: int = Query(300, ge=1, le=1000, description="Most detections returned"),
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+        _: None = Depends(require_key),
     ) -> Response:
-        self.authorize(credentials)
         _, answer = await self.detect(request, conf, iou, imgsz, max_det)
         # The answer is built to the schema already: serialised directly, without a pydantic round-trip.
         return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
@@ -330,9 +339,8 @@ class FacemaskServer:
         iou: float = Query(0.7, ge=0.0, le=1.0),
         imgsz: int = Query(640, ge=32, le=2048),
         max_det: int = Query(300, ge=1, le=1000),
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+        _: None = Depends(require_key),
     ) -> Response:
-        self.authorize(credentials)
         image, answer = await self.detect(request, conf, iou, imgsz, max_det)
         boxes = [(d["class_id"], *d["box"].values()) for d in answer["detections"]]
         jpeg = await asyncio.to_thread(annotated_jpeg, image, boxes)
@@ -344,16 +352,14 @@ class FacemaskServer:
         return {"status": "ok"}
 
     @api.get("/model", response_model=ModelInfoResponse, responses=ERRORS, summary="The served model's metadata and metrics")
-    async def model(self, request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
-        self.authorize(credentials)
+    async def model(self, request: Request, _: None = Depends(require_key)) -> dict:
         detector = await self.model_for_request(request)
         return {**model_ref(detector), "device": self.device, "classes": list(CLASS_NAMES),
                 "metrics": detector.info.metrics}
 
     @api.get("/models", response_model=ModelsResponse, responses=ERRORS,
              summary=f"Registered versions with their metrics; pick one with the {MULTIPLEX_HEADER} header")
-    async def models(self, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
-        self.authorize(credentials)
+    async def models(self, _: None = Depends(require_key)) -> dict:
         uri = self.args.model_uri
         if not uri.startswith("models:/"):
             return {"default": uri, "versions": [], "registry_error": "serving a local file, not a registry model"}

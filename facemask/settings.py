@@ -209,6 +209,7 @@ class ServeConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_body_mb: float = 10.0
+    body_timeout_s: float = 30.0
     max_pixels: int = 40_000_000
     refresh_s: float = 30.0
     max_pending: int = 32

@@ -18,7 +18,7 @@ from tests.services import free_port
 
 pytestmark = pytest.mark.integration
 
-LIMITS = {"max_body_mb": 1.0, "max_pixels": 4_000_000, "max_pending": 6}
+LIMITS = {"max_body_mb": 1.0, "max_pixels": 4_000_000, "max_pending": 6, "body_timeout_s": 2.0}
 # A small max_pending so that the overload test can fill it with a few dozen requests.
 DEPLOYMENT = {"max_ongoing_requests": 64, "max_queued_requests": 64, "ray_actor_options": {"num_cpus": 0.5}}
 API_KEY = "test-key-0123456789"
@@ -236,14 +236,25 @@ def test_a_promotion_is_served_without_a_redeploy(http, endpoint, known_image):
 
 
 def test_concurrent_requests_are_batched(endpoint, known_image):
+    """Requests that queue during a model call go into the next one together.
+
+    With no batch wait, whether a burst forms a batch depends on arrival times: of three
+    bursts of six, at least one must.
+    """
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=endpoint["url"], timeout=60) as client:
             data = known_image.read_bytes()
-            return await asyncio.gather(*[client.post("/predict", params={"imgsz": 160}, content=data) for _ in range(4)])
+            # imgsz 640: a model call long enough (~50 ms here) for the others to queue behind it.
+            return await asyncio.gather(*[client.post("/predict", params={"imgsz": 640}, content=data) for _ in range(6)])
 
-    responses = asyncio.run(burst())
-    assert all(r.status_code == 200 for r in responses)
-    assert max(r.json()["timings"]["batch_size"] for r in responses) >= 2
+    sizes = []
+    for _ in range(3):
+        responses = asyncio.run(burst())
+        assert all(r.status_code == 200 for r in responses), [r.status_code for r in responses]
+        sizes.append(max(r.json()["timings"]["batch_size"] for r in responses))
+        if sizes[-1] >= 2:
+            break
+    assert max(sizes) >= 2, sizes
 
 
 def test_overload_gets_quick_503s_not_hangs(endpoint, known_image):
@@ -275,6 +286,11 @@ def test_api_key_on_and_off(endpoint, known_image):
         wrong = httpx.post(f"{secured}{path}", content=data, headers={"Authorization": "Bearer nope"}, timeout=60)
         assert wrong.status_code == 401
     assert httpx.get(f"{secured}/models").status_code == 401
+    # The key is checked before the parameters: a caller without it learns nothing about them.
+    assert httpx.post(f"{secured}/predict", params={"conf": 5}, content=data, timeout=60).status_code == 401
+    keyed = httpx.post(f"{secured}/predict", params={"conf": 5}, content=data, timeout=60,
+                       headers={"Authorization": f"Bearer {API_KEY}"})
+    assert keyed.status_code == 422
     ok = httpx.post(f"{secured}/predict", content=data, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
     assert ok.status_code == 200 and ok.json()["model"]["version"] == endpoint["champion"]
     # The open app ignores keys entirely.
@@ -284,6 +300,30 @@ def test_api_key_on_and_off(endpoint, known_image):
     with pytest.raises(EndpointError) as denied_client:
         Client(secured, api_key="").predict(known_image)
     assert denied_client.value.status == 401
+
+
+def test_a_body_that_never_arrives_gets_408_and_frees_the_connection(endpoint, known_image):
+    """A client that declares 100 kB and sends 10 bytes: 408 after body_timeout_s, not a held connection."""
+    import json
+    import socket
+    import time
+
+    port = int(endpoint["url"].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
+                  b"Content-Length: 100000\r\n\r\n" + b"\xff\xd8" * 5)
+        started = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "body_timeout"
+    assert LIMITS["body_timeout_s"] - 0.5 < waited < LIMITS["body_timeout_s"] + 10
+    assert_serves(httpx.Client(base_url=endpoint["url"], timeout=60), known_image)
 
 
 def test_client_and_query_command(endpoint, known_image, tmp_path):
