@@ -124,6 +124,12 @@ def max_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
     cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
     if cfg.cpus_per_trial <= 0:
         raise ConfigError("--cpus-per-trial must be > 0")
+    if cfg.gpus_per_trial > 1:
+        # A trial is one Ultralytics training in one process: it would use one GPU and idle the rest.
+        idle = math.ceil(cfg.gpus_per_trial) - 1
+        raise ConfigError(f"--gpus-per-trial {cfg.gpus_per_trial:g}: a trial trains on one GPU, so {idle} reserved GPU"
+                          f"{'s' if idle > 1 else ''} would sit idle; use --gpus-per-trial 1 (or 0.5, two trials per "
+                          "GPU): more trials then run at once")
     if cfg.gpus_per_trial > 0 and gpus < cfg.gpus_per_trial:
         raise ConfigError(f"--gpus-per-trial {cfg.gpus_per_trial}: the cluster has {gpus:g} GPUs; use 0 to train on CPU")
     fits = math.floor(cpus / cfg.cpus_per_trial + 1e-9)

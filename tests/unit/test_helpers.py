@@ -49,6 +49,8 @@ def test_max_concurrency(kw, cluster, expected):
     ({"cpus_per_trial": 4}, {"CPU": 2}, "only 2 CPUs"),
     ({"cpus_per_trial": 1, "gpus_per_trial": 1}, {"CPU": 4}, "has 0 GPUs; use 0"),
     ({"cpus_per_trial": 1, "trial_resources": {"trainer": 1}}, {"CPU": 4}, "0 of 'trainer'"),
+    ({"cpus_per_trial": 1, "gpus_per_trial": 2}, {"CPU": 8, "GPU": 4}, "1 reserved GPU would sit idle"),
+    ({"cpus_per_trial": 1, "gpus_per_trial": 4}, {"CPU": 8, "GPU": 8}, "3 reserved GPUs would sit idle"),
 ])
 def test_max_concurrency_refuses_what_cannot_fit(kw, cluster, message):
     with pytest.raises(ConfigError, match=message):
