@@ -7,6 +7,8 @@ code a client sees; the deployments call them before anything reaches the model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import io
 import re
 import struct
@@ -110,6 +112,67 @@ def load_rgb(image):
         return upright_rgb(image)
     except Exception as exc:
         raise APIError(400, "truncated_image", f"the {image.format} image could not be decoded ({exc}); is the file complete?") from None
+
+
+def decode_for_model(image, imgsz: int):
+    """Decode at no more than twice the model's input where the format allows it.
+
+    A JPEG larger than that is decoded by Pillow's `draft` at 1/2, 1/4 or 1/8 scale straight
+    from its DCT, so a 12-megapixel phone photo costs a few hundred kilopixels of memory, not
+    twelve million. Returns (image, scale): multiply the image's pixel coordinates by `scale`
+    for the source's (after EXIF rotation), which is what answers report. `image` is what
+    `inspect_image` returned (header read, pixels not yet decoded).
+    """
+    long_side = max(image.size)
+    if image.format in ("JPEG", "MPO") and long_side > 2 * imgsz:
+        ratio = 2 * imgsz / long_side
+        image.draft("RGB", (max(1, round(image.size[0] * ratio)), max(1, round(image.size[1] * ratio))))
+    decoded = load_rgb(image)
+    return decoded, long_side / max(decoded.size)
+
+
+def decode_cost(image, imgsz: int) -> int:
+    """Pixels `decode_for_model` will hold for an inspected image (a JPEG is drafted down)."""
+    width, height = image.size
+    if image.format in ("JPEG", "MPO") and max(width, height) > 2 * imgsz:
+        # draft picks the largest 1/2^k scale that is still at least the size asked for: under 4x its area.
+        return min(width * height, 4 * (2 * imgsz) ** 2)
+    return width * height
+
+
+class PixelBudget:
+    """At most `limit` decoded pixels at once in this process; a request waits for its share.
+
+    Decoded images are what grows a replica's memory with concurrent large inputs; holding
+    a share from decoding to the answer bounds it. One image larger than the whole budget
+    still runs, alone.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, pixels: int):
+        pixels = min(pixels, self.limit)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used + pixels <= self.limit)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= pixels
+                self._changed.notify_all()
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise): a replica shrinks after a burst."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def declared_size(data: bytes) -> tuple[int | None, int | None]:

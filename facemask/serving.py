@@ -46,13 +46,23 @@ from facemask.detector import load_detector
 from facemask.errors import ModelNotFoundError
 from facemask.modelref import model_uri_for, parse_models_uri
 from facemask.plots import CLASS_COLORS, draw_boxes
-from facemask.request_checks import check_model_id, decode_image, image_bytes
+from facemask.request_checks import (
+    PixelBudget,
+    check_model_id,
+    decode_cost,
+    decode_for_model,
+    image_bytes,
+    inspect_image,
+    release_memory,
+)
 from facemask.runtime import SERVE_ENV, resolve_device
 from facemask.settings import ServeConfig
 from facemask.tracking import list_versions, model_version, tracking_uri
 
 log = logging.getLogger(__name__)
 _DEFAULT = ServeConfig()
+# After a request this large, the replica hands freed memory back to the OS.
+LARGE_IMAGE_PIXELS = 4_000_000
 
 
 class AppArgs(BaseModel):
@@ -67,6 +77,8 @@ class AppArgs(BaseModel):
     max_body_mb: float = Field(_DEFAULT.max_body_mb, gt=0, description="Larger bodies get 413")
     body_timeout_s: float = Field(_DEFAULT.body_timeout_s, gt=0, description="A body not all arrived after this gets 408")
     max_pixels: int = Field(_DEFAULT.max_pixels, gt=0, description="Larger images (decompression bombs) get 413")
+    decode_budget_mp: float = Field(_DEFAULT.decode_budget_mp, gt=0, description="Megapixels a replica holds decoded "
+                                    "at once; more requests wait for their share (bounds memory under large images)")
     refresh_s: float = Field(_DEFAULT.refresh_s, ge=0, description="How often an alias (the default @champion, or one named in "
                              "the header) is looked up again, so a promotion is served without a redeploy; 0: never")
     max_pending: int = Field(_DEFAULT.max_pending, ge=1, description="Requests a replica holds (reading, decoding, "
@@ -144,6 +156,15 @@ def model_ref(detector) -> dict:
             "backend": "onnx" if info.weights.endswith(".onnx") else "pt"}
 
 
+def scaled(detection: dict, scale: float, width: int, height: int) -> dict:
+    """A detection's box from the decoded image's pixels to the source's."""
+    if scale != 1:
+        box = detection["box"]
+        detection["box"] = {"x1": round(min(box["x1"] * scale, width), 1), "y1": round(min(box["y1"] * scale, height), 1),
+                            "x2": round(min(box["x2"] * scale, width), 1), "y2": round(min(box["y2"] * scale, height), 1)}
+    return detection
+
+
 def annotated_jpeg(image, boxes: list[tuple]) -> bytes:
     """The image with its boxes drawn, as JPEG bytes."""
     buffer = io.BytesIO()
@@ -193,6 +214,8 @@ class FacemaskServer:
         self.default_checked = time.monotonic()
         self.refreshing: asyncio.Task | None = None
         self.pending = 0
+        self.budget = PixelBudget(int(self.args.decode_budget_mp * 1e6))
+        self.releasing: asyncio.TimerHandle | None = None
         log.info("serving %s (version %s) on %s", self.default.info.uri, self.default.info.version, self.device)
 
     # ------------------------------------------------------------ which model
@@ -294,23 +317,42 @@ class FacemaskServer:
         started = time.perf_counter()
         detector = await self.model_for_request(request)
         data = await image_bytes(request, self.limit, self.args.body_timeout_s)
-        # Header checks and decoding off the event loop: a large image must not stall other requests.
-        image = await asyncio.to_thread(decode_image, data, self.args.max_pixels)
-        queued = time.perf_counter()
-        result = await self.predict_batch((detector, image, (conf, iou, imgsz, max_det), queued))
-        detections = [d.to_dict() for d in result["detections"]]
+        header = inspect_image(data, self.args.max_pixels)  # the header only: format, size, pixel count
+        pixels = decode_cost(header, imgsz)
+        async with self.budget.hold(pixels):
+            # Decoding off the event loop: a large image must not stall other requests.
+            image, scale = await asyncio.to_thread(decode_for_model, header, imgsz)
+            queued = time.perf_counter()
+            result = await self.predict_batch((detector, image, (conf, iou, imgsz, max_det), queued))
+        if pixels > LARGE_IMAGE_PIXELS:
+            self.schedule_release()
+        width, height = header.size  # the source's size, turned as its EXIF orientation says
+        if image.width != image.height and (image.width > image.height) != (width > height):
+            width, height = height, width
+        detections = [scaled(d.to_dict(), scale, width, height) for d in result["detections"]]
         counts = dict.fromkeys(CLASS_NAMES, 0)
         for d in detections:
             counts[d["label"]] += 1
         answer = {
-            "detections": detections, "counts": counts, "image": {"width": image.width, "height": image.height},
+            "detections": detections, "counts": counts, "image": {"width": width, "height": height},
             "model": model_ref(detector),
             "timings": {"decode_ms": round((queued - started) * 1000, 2), "queue_ms": round(result["queue_ms"], 2),
                         "inference_ms": round(result["inference_ms"], 2),
                         "total_ms": round((time.perf_counter() - started) * 1000, 2),
                         "batch_size": result["batch_size"]},
         }
-        return image, answer
+        return image, scale, answer
+
+    def schedule_release(self) -> None:
+        """Return freed memory to the OS once a burst of large images is over (at most once a second)."""
+        if self.releasing is None:
+            loop = asyncio.get_running_loop()
+
+            def release() -> None:
+                self.releasing = None
+                loop.run_in_executor(None, release_memory)
+
+            self.releasing = loop.call_later(1.0, release)
 
     # ------------------------------------------------------------ routes
 
@@ -325,7 +367,7 @@ class FacemaskServer:
         max_det: int = Query(300, ge=1, le=1000, description="Most detections returned"),
         _: None = Depends(require_key),
     ) -> Response:
-        _, answer = await self.detect(request, conf, iou, imgsz, max_det)
+        _, _, answer = await self.detect(request, conf, iou, imgsz, max_det)
         # The answer is built to the schema already: serialised directly, without a pydantic round-trip.
         return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
 
@@ -341,8 +383,9 @@ class FacemaskServer:
         max_det: int = Query(300, ge=1, le=1000),
         _: None = Depends(require_key),
     ) -> Response:
-        image, answer = await self.detect(request, conf, iou, imgsz, max_det)
-        boxes = [(d["class_id"], *d["box"].values()) for d in answer["detections"]]
+        image, scale, answer = await self.detect(request, conf, iou, imgsz, max_det)
+        # Drawn on the image as decoded: a large JPEG comes back at up to twice imgsz.
+        boxes = [(d["class_id"], *(v / scale for v in d["box"].values())) for d in answer["detections"]]
         jpeg = await asyncio.to_thread(annotated_jpeg, image, boxes)
         return Response(jpeg, media_type="image/jpeg",
                         headers={"X-Detections": str(len(boxes)), "X-Model-Version": str(answer["model"]["version"])})

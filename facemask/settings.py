@@ -211,6 +211,7 @@ class ServeConfig:
     max_body_mb: float = 10.0
     body_timeout_s: float = 30.0
     max_pixels: int = 40_000_000
+    decode_budget_mp: float = 64.0
     refresh_s: float = 30.0
     max_pending: int = 32
     max_batch_size: int = 8

@@ -485,6 +485,66 @@ def test_a_killed_replica_is_replaced_and_no_request_hangs(endpoint, known_image
         serve.delete("killable")
 
 
+def test_memory_stays_bounded_under_concurrent_huge_images(endpoint):
+    """Eight 36-megapixel PNGs at once: the replica decodes them within its pixel budget, stays
+    responsive, and hands the memory back afterwards."""
+    import threading
+    import time
+
+    import psutil
+    from ray import serve
+
+    from facemask.serving import build_app
+
+    args = {"model_uri": str(endpoint["weights"]), "threads": 1, "max_body_mb": 5.0, "max_pixels": 40_000_000,
+            "decode_budget_mp": 40.0, "deployment_options": {"ray_actor_options": {"num_cpus": 0.25}}}
+    serve.run(build_app(args), name="huge", route_prefix="/huge")
+    url = f"{endpoint['url']}/huge"
+    try:
+        (pid,) = replica_pids("huge").values()
+        replica = psutil.Process(pid)
+        big = io.BytesIO()
+        Image.new("RGB", (6000, 6000), (90, 120, 150)).save(big, format="PNG")
+        assert httpx.post(f"{url}/predict", params={"imgsz": 160}, content=png_bytes(), timeout=60).status_code == 200
+        baseline = replica.memory_info().rss
+        peak, health, done = [baseline], [], threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                peak.append(replica.memory_info().rss)
+                started = time.perf_counter()
+                assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+                health.append(time.perf_counter() - started)
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(timeout=120) as client:
+                answers = await asyncio.gather(*[client.post(f"{url}/predict", params={"imgsz": 160},
+                                                             content=big.getvalue()) for _ in range(8)])
+            return [a.status_code for a in answers]
+
+        try:
+            codes = asyncio.run(asyncio.wait_for(burst(), timeout=300))
+        finally:
+            done.set()
+            watcher.join(timeout=60)
+        assert codes == [200] * 8, codes
+        grew = (max(peak) - baseline) / 2**20
+        # One 36 MP image decoded at a time costs ~0.6 GB; eight at once would cost several GB.
+        assert grew < 1500, f"the replica grew by {grew:.0f} MB"
+        time.sleep(3)
+        after = (replica.memory_info().rss - baseline) / 2**20
+        assert after < 400, f"the replica still holds {after:.0f} MB more than before the burst"
+        assert sorted(health)[len(health) // 2] < 0.25, f"/healthz p50 {sorted(health)[len(health) // 2]:.3f} s"
+        print(f"huge burst: grew {grew:.0f} MB at peak, {after:.0f} MB after; /healthz p50 "
+              f"{sorted(health)[len(health) // 2] * 1000:.0f} ms, max {max(health) * 1000:.0f} ms over {len(health)}")
+    finally:
+        serve.delete("huge")
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
