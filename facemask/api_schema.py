@@ -50,10 +50,10 @@ class ModelRef(BaseModel):
 
 
 class Timings(BaseModel):
-    decode_ms: float = Field(description="Decoding the image (detector replica)")
+    decode_ms: float = Field(description="Reading the body and decoding the image")
     queue_ms: float = Field(description="Waiting for a batch to form and a model call to start")
     inference_ms: float = Field(description="The model call of the batch this request was in")
-    total_ms: float = Field(description="From the ingress receiving the request to the answer")
+    total_ms: float = Field(description="From the replica receiving the request to the answer")
     batch_size: int = Field(description="Requests served by that one model call")
 
 

@@ -120,18 +120,19 @@ def promotion_decision(
     alias: str = "champion",
     force: bool = False,
     metric: str = GATE_METRIC,
+    uri: str | None = None,
 ) -> tuple[bool, str]:
     """Whether `candidate` takes `alias` from `holder`, and why: the gate, with no registry calls.
 
-    Raises ConfigError when the candidate was never evaluated (the fix is to evaluate it).
+    Raises ConfigError when the candidate (`uri`, for the message) was never evaluated.
     """
     if holder == candidate:
         return False, f"version {candidate} already holds @{alias}"
     if force:
         return True, "forced"
     if score is None:
-        raise ConfigError(f"version {candidate} has no {metric} yet: run `facemask evaluate --model-uri "
-                          f"models:/NAME/{candidate} --data DATA_YAML` first")
+        uri = uri or f"models:/{REGISTERED_MODEL}/{candidate}"
+        raise ConfigError(f"{uri} has no {metric} yet: run `facemask evaluate --model-uri {uri} --data DATA_YAML` first")
     if holder is None:
         return True, f"no version held @{alias}"
     if holder_score is None:
@@ -159,12 +160,8 @@ def promote(model_uri: str, alias: str = "champion", force: bool = False, metric
     best = version_metrics(current).get(metric) if current else None
     fingerprint_key = "test.data.fingerprint"
     same_data = current is not None and (candidate.tags or {}).get(fingerprint_key) == (current.tags or {}).get(fingerprint_key)
-    try:
-        promoted, reason = promotion_decision(version, score, str(current.version) if current else None, best, same_data,
-                                              alias=alias, force=force, metric=metric)
-    except ConfigError:
-        raise ConfigError(f"{model_uri} has no {metric} yet: run `facemask evaluate --model-uri {model_uri} "
-                          "--data DATA_YAML` first") from None
+    promoted, reason = promotion_decision(version, score, str(current.version) if current else None, best, same_data,
+                                          alias=alias, force=force, metric=metric, uri=model_uri)
     if promoted:
         set_alias(name, alias, version)
     return PromoteDecision(promoted, reason, name, alias, version, champion=str(current.version) if current else None,

@@ -1,11 +1,11 @@
-"""The Ray Serve application: a hardened FastAPI ingress in front of a batched, multiplexed detector.
+"""The Ray Serve application: one deployment, a hardened FastAPI ingress that holds a batched, multiplexed model.
 
     serve run serve.app:app model_uri=models:/facemask-detector@champion
     serve deploy serve/config.yaml
     facemask serve --model-uri models:/facemask-detector@champion
 
-The ingress checks every request (API key, body size, format, pixel count, parameters; see
-`request_checks`), so nothing malformed reaches the model; answers follow `api_schema`. The detector deployment
+Each replica checks every request (API key, body size, format, pixel count, parameters; see
+`request_checks`), so nothing malformed reaches the model; answers follow `api_schema`. It
 gathers concurrent requests into one model call (`@serve.batch`) and keeps up to three
 registry versions loaded per replica (`@serve.multiplexed`), chosen per request with the
 `serve_multiplexed_model_id` header (a version number or an alias; default: the app's model).
