@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter
 
 from facemask.classes import CLASS_NAMES
 from facemask.settings import AugmentConfig
@@ -100,26 +100,65 @@ def plan_synthetic(train: list[Record], cfg: AugmentConfig, seed: int) -> Synthe
     return plan
 
 
+def _jitter_colour(img: Image.Image, rng: random.Random) -> Image.Image:
+    """Brightness, contrast and saturation by up to 20%, hue by up to 5%, in a random order."""
+    steps = [
+        lambda im: ImageEnhance.Brightness(im).enhance(rng.uniform(0.8, 1.2)),
+        lambda im: ImageEnhance.Contrast(im).enhance(rng.uniform(0.8, 1.2)),
+        lambda im: ImageEnhance.Color(im).enhance(rng.uniform(0.8, 1.2)),
+        lambda im: _shift_hue(im, rng.uniform(-0.05, 0.05)),
+    ]
+    rng.shuffle(steps)
+    for step in steps:
+        img = step(img)
+    return img
+
+
+def _shift_hue(img: Image.Image, shift: float) -> Image.Image:
+    h, s, v = img.convert("HSV").split()
+    h = Image.fromarray((np.asarray(h, dtype=np.uint8) + np.uint8(round(shift * 255) % 256)).astype(np.uint8), "L")
+    return Image.merge("HSV", (h, s, v)).convert("RGB")
+
+
+def _inverse_affine(size: tuple[int, int], angle: float, translate: tuple[float, float], scale: float,
+                    shear: float) -> list[float]:
+    """PIL's AFFINE data (output pixel -> input pixel) for a rotation, shear and scale about
+    the centre followed by a translation; the same matrix torchvision's affine builds."""
+    cx, cy = size[0] * 0.5, size[1] * 0.5
+    rot, sx = math.radians(angle), math.radians(shear)
+    a, b = math.cos(rot), -math.cos(rot) * math.tan(sx) - math.sin(rot)
+    c, d = math.sin(rot), -math.sin(rot) * math.tan(sx) + math.cos(rot)
+    m = [v / scale for v in (d, -b, 0.0, -c, a, 0.0)]
+    tx, ty = translate
+    m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty) + cx
+    m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty) + cy
+    return m
+
+
 def transform_crop(crop: Image.Image, seed: int) -> Image.Image:
-    """Apply the torchvision crop transforms; return an RGBA crop whose alpha marks the object.
+    """Jitter colour, rotate by up to 15 degrees, flip, then shift, scale and shear a crop;
+    return an RGBA crop whose alpha marks the object.
 
     The crop is padded first so rotation, shear and translation never cut it off;
     colour jitter runs on RGB because brightness on RGBA would also scale the alpha.
+    Plain Pillow with its own seeded generator: the same crop and seed give the same bytes
+    on every engine and worker, and no worker pays for importing torch.
     """
-    import torch
-    from torchvision import transforms as T
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        crop = T.ColorJitter(0.2, 0.2, 0.2, 0.05)(crop.convert("RGB"))
-        w, h = crop.size
-        pad = max(w, h) // 2 + 2
-        canvas = Image.new("RGBA", (w + 2 * pad, h + 2 * pad), (0, 0, 0, 0))
-        canvas.paste(crop.convert("RGBA"), (pad, pad))
-        bilinear = T.InterpolationMode.BILINEAR
-        canvas = T.RandomRotation(15, interpolation=bilinear)(canvas)
-        canvas = T.RandomHorizontalFlip(0.5)(canvas)
-        canvas = T.RandomAffine(0, translate=(0.1, 0.1), scale=(0.8, 1.2), shear=10, interpolation=bilinear)(canvas)
+    rng = random.Random(seed)
+    crop = _jitter_colour(crop.convert("RGB"), rng)
+    w, h = crop.size
+    pad = max(w, h) // 2 + 2
+    canvas = Image.new("RGBA", (w + 2 * pad, h + 2 * pad), (0, 0, 0, 0))
+    canvas.paste(crop.convert("RGBA"), (pad, pad))
+    clear = (0, 0, 0, 0)
+    canvas = canvas.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR, fillcolor=clear)
+    if rng.random() < 0.5:
+        canvas = canvas.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    size = canvas.size
+    translate = (round(rng.uniform(-0.1, 0.1) * size[0]), round(rng.uniform(-0.1, 0.1) * size[1]))
+    matrix = _inverse_affine(size, 0.0, translate, rng.uniform(0.8, 1.2), rng.uniform(-10, 10))
+    canvas = canvas.transform(size, Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR,
+                              fillcolor=clear)
     bbox = canvas.getchannel("A").point(lambda a: 255 if a >= 128 else 0).getbbox()
     return canvas.crop(bbox) if bbox else canvas.crop((0, 0, 0, 0))
 

@@ -1,20 +1,27 @@
-"""Batch inference with Ray Data over a folder of images or a video file.
+"""Batch inference with Ray Data over a folder of images or a video file; live camera streams.
 
     facemask predict SOURCE --model-uri models:/facemask-detector@champion --out DIR
 
 A pool of Ray Data actors each loads the model once and takes batches of images (or
 chunks of video frames). Outputs in DIR:
 - `annotated/<same relative path>.jpg` for images, or `annotated.mp4` for a video;
-- `detections.jsonl`: one line per image or frame, with its detections and counts;
-  an image that cannot be read gets a line with its `error` instead (counted, never dropped);
-- `summary.json`: counts, skipped files, model, timings.
+- `detections.jsonl`: one line per image or frame, with its detections and counts (a
+  video's frames also get a `track_id` per face); an image that cannot be read gets a
+  line with its `error` instead (counted, never dropped);
+- `summary.json`: counts, skipped files, model, timings; for a video or stream, people
+  seen per mask state.
 On a cluster, DIR must be on storage every node can write (NFS), as the actors write it.
+
+A camera index (`0`) or a stream URL (`rtsp://`, `http://` MJPEG, ...) runs in this
+process instead, as it arrives: a reader thread keeps only the newest frame (the ones the
+model had no time for are dropped and counted), until --max-frames or --max-seconds.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,10 +31,11 @@ import numpy as np
 
 from facemask.classes import CLASS_NAMES
 from facemask.detector import load_detector, resolve_model, upright_rgb
-from facemask.errors import ConfigError
+from facemask.errors import ConfigError, InputNotFoundError
+from facemask.live import LatestFrame, PeopleTracker
 from facemask.plots import draw_boxes
 from facemask.runtime import resolve_device, resolve_path
-from facemask.settings import IMAGE_SUFFIXES, PredictConfig
+from facemask.settings import IMAGE_SUFFIXES, PredictConfig, is_stream
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,8 @@ class PredictResult:
     annotated: Path | None = None
     seconds: float = 0.0
     model: dict[str, Any] = field(default_factory=dict)
+    people: dict[str, Any] | None = None  # video and stream: people seen per mask state (tracked)
+    frames: dict[str, int] | None = None  # stream: frames read, processed and dropped
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -189,14 +199,17 @@ def run_batches(cfg: PredictConfig, rows: list[dict], batch_size: int) -> Iterat
 def predict(cfg: PredictConfig) -> PredictResult:
     """Annotate every image of a folder, or every frame of a video; write DIR as the module says."""
     # Relative paths resolve once, here: actors on other nodes or folders see the same absolute paths.
-    cfg = replace(cfg, source=resolve_path(cfg.source), out=resolve_path(cfg.out)).validate()
+    source = cfg.source if is_stream(cfg.source) else resolve_path(cfg.source)
+    cfg = replace(cfg, source=source, out=resolve_path(cfg.out)).validate()
     info = resolve_model(cfg.model_uri, backend=cfg.backend)  # a missing model fails here, once, clearly
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
+    if is_stream(cfg.source):
+        return predict_stream(cfg, info, started)
     jsonl = cfg.out / "detections.jsonl"
     totals = {name: 0 for name in CLASS_NAMES}
     skipped: list[dict[str, str]] = []
-    items = 0
+    items, people = 0, None
     if cfg.source.is_dir():
         rows = list_images(cfg.source)
         if not rows:
@@ -219,23 +232,122 @@ def predict(cfg: PredictConfig) -> PredictResult:
         rows, fps, size = frame_ranges(cfg.source, cfg.frames_per_task)
         kind, annotated = "video", cfg.out / "annotated.mp4"
         writer = cv2.VideoWriter(str(annotated), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        # Frames come back in order, so one tracker here follows each face across the actors' chunks.
+        tracker = PeopleTracker(frame_rate=fps)
         try:
             with jsonl.open("w") as f:
                 for batch in run_batches(cfg, rows, 1):
                     for line, jpeg in zip(batch["record"], batch["jpeg"]):
-                        f.write(line + "\n")
+                        entry = json.loads(line)
+                        entry["detections"] = tracker.update(entry["detections"])
+                        f.write(json.dumps(entry) + "\n")
                         frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
                         writer.write(frame)
                         items += 1
-                        for name, n in json.loads(line)["counts"].items():
+                        for name, n in entry["counts"].items():
                             totals[name] += n
         finally:
             writer.release()
+        people = tracker.summary()
     for problem in skipped:
         log.warning("skipped %s: %s", problem["file"], problem["reason"])
     result = PredictResult(kind=kind, items=items, detections=totals, skipped=skipped, jsonl=jsonl, annotated=annotated,
-                           seconds=round(time.perf_counter() - started, 2),
-                           model={"uri": info.uri, "name": info.name, "version": info.version, "run_id": info.run_id,
-                                  "backend": cfg.backend})
+                           seconds=round(time.perf_counter() - started, 2), model=model_summary(info, cfg),
+                           people=people)
     (cfg.out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def model_summary(info, cfg: PredictConfig) -> dict[str, Any]:
+    return {"uri": info.uri, "name": info.name, "version": info.version, "run_id": info.run_id, "backend": cfg.backend}
+
+
+def open_stream(source: str):
+    """An OpenCV capture of a camera index or stream URL; InputNotFoundError naming it if it cannot open."""
+    import cv2
+
+    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not capture.isOpened():
+        capture.release()
+        what = f"camera {source}" if source.isdigit() else source
+        raise InputNotFoundError(f"{what}: OpenCV could not open it; check the camera index or the URL, "
+                                 "and that the stream is up")
+    return capture
+
+
+def predict_stream(cfg: PredictConfig, info, started: float) -> PredictResult:
+    """Detect and track faces on a live camera or stream until it ends or a limit is reached."""
+    import cv2
+
+    source = str(cfg.source)
+    capture = open_stream(source)
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    fps = fps if 1 <= fps <= 120 else 25.0  # cameras and MJPEG streams often report 0 or nonsense
+    slot, stop = LatestFrame(), threading.Event()
+    read = {"frames": 0, "ended": False}
+
+    def reader() -> None:
+        # Reads as fast as the source delivers, so the model always gets the newest frame.
+        try:
+            while not stop.is_set():
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                slot.put((read["frames"], time.perf_counter() - started, frame))
+                read["frames"] += 1
+        finally:
+            read["ended"] = True
+
+    annotator = Annotator(replace(cfg, engine="local"))
+    tracker = PeopleTracker(frame_rate=fps)
+    totals = {name: 0 for name in CLASS_NAMES}
+    jsonl, annotated = cfg.out / "detections.jsonl", (cfg.out / "annotated.mp4" if cfg.save else None)
+    writer, processed = None, 0
+    thread = threading.Thread(target=reader, name="stream-reader", daemon=True)
+    thread.start()
+    try:
+        with jsonl.open("w") as f:
+            while cfg.max_frames is None or processed < cfg.max_frames:
+                if cfg.max_seconds is not None and time.perf_counter() - started >= cfg.max_seconds:
+                    break
+                item = slot.take()
+                if item is None:
+                    if read["ended"]:
+                        break
+                    time.sleep(0.002)
+                    continue
+                index, at, frame = item
+                image = rgb_image(frame)
+                found = tracker.update(annotator.detect([image])[0])
+                entry = record(found, {"frame": index, "time_s": round(at, 3)})
+                f.write(json.dumps(entry) + "\n")
+                processed += 1
+                for name, n in entry["counts"].items():
+                    totals[name] += n
+                if annotated is not None:
+                    drawn = cv2.cvtColor(np.asarray(annotate(image, found)), cv2.COLOR_RGB2BGR)
+                    if writer is None:
+                        writer = cv2.VideoWriter(str(annotated), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                                 (drawn.shape[1], drawn.shape[0]))
+                    writer.write(drawn)
+    except KeyboardInterrupt:
+        log.warning("stopped by Ctrl-C after %d frames; writing what was seen", processed)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        capture.release()
+        if writer is not None:
+            writer.release()
+    frames = {"read": read["frames"], "processed": processed, "dropped": slot.dropped}
+    result = PredictResult(kind="stream", items=processed, detections=totals, jsonl=jsonl, annotated=annotated,
+                           seconds=round(time.perf_counter() - started, 2), model=model_summary(info, cfg),
+                           people=tracker.summary(), frames=frames)
+    (cfg.out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def rgb_image(frame: np.ndarray):
+    import cv2
+    from PIL import Image
+
+    return Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))

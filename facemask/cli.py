@@ -9,6 +9,7 @@ mistake the user can fix) prints one line and exits 2; anything else is a bug an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from facemask.settings import (
     StudyConfig,
     TrainConfig,
     default,
+    is_stream,
 )
 
 KAGGLE_DATASET = "andrewmvd/face-mask-detection"
@@ -117,7 +119,8 @@ def _options(config: type, *specs: tuple) -> callable:
 def main(verbose: bool) -> None:
     """Train, tune, track and serve a YOLO26 face-mask detector on Ray."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("facemask").setLevel(logging.INFO)
+    # FACEMASK_DEBUG also shows what only a developer reads, such as Ray Data's per-stage stats.
+    logging.getLogger("facemask").setLevel(logging.DEBUG if os.environ.get(DEBUG_ENV) else logging.INFO)
 
 
 @main.group()
@@ -184,7 +187,10 @@ def _csv(values) -> str:
 @data.command("prepare")
 @click.option("--source", type=click.Path(path_type=Path), required=True, help="VOC folder with annotations/ and images/.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder for the YOLO dataset.")
-@_options(PrepareConfig, ("--engine", "engine", {"type": click.Choice(["ray", "local"])}), ("--seed", "seed", {}))
+@_options(PrepareConfig, ("--engine", "engine", {"type": click.Choice(["auto", "ray", "local"]),
+                                                  "help": "auto: Ray on a connected cluster or above "
+                                                          "the measured input size (README: Data), else one process."}),
+          ("--seed", "seed", {}))
 @click.option("--split", "split_", default=_csv(default(PrepareConfig, "split")), show_default=True,
               callback=_parse_split, help="train,val,test fractions.")
 @click.option("--synthetic-classes", default=_csv(default(AugmentConfig, "classes")), show_default=True,
@@ -199,16 +205,18 @@ def _csv(values) -> str:
 def data_prepare(source, out, engine, seed, split_, synthetic_classes, balance_ratio, pastes_per_image, blend, pastes,
                  no_plots):
     """Parse VOC, split stratified, copy-paste on train only, write YOLO data.yaml + manifest.json."""
-    from facemask.pipeline import prepare
+    from facemask.pipeline import choose_engine, prepare
 
     cfg = PrepareConfig(
         source=source, out=out, engine=engine, seed=seed, split=split_, plots=not no_plots,
         augment=AugmentConfig(classes=tuple(c for c in synthetic_classes.split(",") if c), balance_ratio=balance_ratio,
                               pastes_per_class=pastes, pastes_per_image=pastes_per_image, blend=blend),
     ).validate()
+    engine, why = choose_engine(cfg)
+    click.echo(f"engine: {engine} ({why})", err=True)
     if engine == "ray":
-        init_ray()
-    result = prepare(cfg)
+        init_ray(torch=False)
+    result = prepare(dataclasses.replace(cfg, engine=engine))
     m = result.manifest
     click.echo(f"data.yaml: {result.data_yaml}")
     click.echo(f"manifest:  {result.manifest_path}  fingerprint {m['fingerprint'][:12]}")
@@ -510,7 +518,7 @@ def export_command(model_uri, fmt, imgsz, opset, out):
 
 
 @main.command("predict")
-@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@click.argument("source")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for annotated output and detections.jsonl.")
 @_options(PredictConfig,
           ("--model-uri", "model_uri", {}), ("--conf", "conf", {}), ("--iou", "iou", {}), ("--imgsz", "imgsz", {}),
@@ -518,25 +526,32 @@ def export_command(model_uri, fmt, imgsz, opset, out):
           ("--backend", "backend", {"type": click.Choice(["pt", "onnx"])}),
           ("--device", "device", {}), ("--batch-size", "batch_size", {}),
           ("--concurrency", "concurrency", {"type": int, "help": "Model actors (default: one per CPU)."}),
-          ("--engine", "engine", {"type": click.Choice(["ray", "local"])}))
+          ("--engine", "engine", {"type": click.Choice(["ray", "local"])}),
+          ("--max-frames", "max_frames", {"type": int, "help": "Camera/stream: stop after this many processed frames."}),
+          ("--max-seconds", "max_seconds", {"type": float, "help": "Camera/stream: stop after this many seconds."}))
+@click.option("--save", is_flag=True, help="Camera/stream: also write annotated.mp4.")
 def predict_command(source, out, **kw):
-    """Annotate a folder of images or a video with Ray Data; write annotated files and detections.jsonl."""
+    """Annotate a folder of images or a video with Ray Data, or track faces live on a camera index (0)
+    or stream URL (rtsp://, http://); write annotated files, detections.jsonl and summary.json."""
     configure_runtime()
     from facemask.batch_predict import predict
 
-    cfg = PredictConfig(source=source, out=out, **kw).validate()
-    if cfg.engine == "ray":
+    cfg = PredictConfig(source=source if is_stream(source) else Path(source), out=out, **kw).validate()
+    if cfg.engine == "ray" and not is_stream(source):
         init_ray()
     with contextlib.redirect_stdout(sys.stderr):
         result = predict(cfg)
-    noun = "frames" if result.kind == "video" else "images"
+    noun = "images" if result.kind == "images" else "frames"
     click.echo(f"{result.items} {noun} in {result.seconds:.1f}s: " + ", ".join(f"{k}={v}" for k, v in result.detections.items()))
-    click.echo(f"  annotated: {result.annotated}\n  detections: {result.jsonl}")
+    click.echo((f"  annotated: {result.annotated}\n" if result.annotated else "") + f"  detections: {result.jsonl}")
+    if result.people is not None:
+        click.echo(f"  people: {result.people['people']} (" + ", ".join(f"{k}={v}" for k, v in result.people["by_class"].items())
+                   + ")" + (f"; frames dropped while the model was busy: {result.frames['dropped']}" if result.frames else ""))
     if result.skipped:
         click.echo(f"  skipped {len(result.skipped)} unreadable files (listed in {result.jsonl.parent / 'summary.json'})",
                    err=True)
-    click.echo(results_footer(paths={"annotated": result.annotated, "detections": result.jsonl,
-                                     "summary": result.jsonl.parent / "summary.json"}))
+    paths = {"annotated": result.annotated, "detections": result.jsonl, "summary": result.jsonl.parent / "summary.json"}
+    click.echo(results_footer(paths={k: v for k, v in paths.items() if v is not None}))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +25,7 @@ from facemask.convert import make_tree, tree_sha256, write_data_yaml, write_orig
 from facemask.errors import EmptyDatasetError, InputNotFoundError
 from facemask.manifest import write_manifest
 from facemask.plots import class_distribution, synthetic_samples
-from facemask.runtime import resolve_path, where_relative
+from facemask.runtime import cluster_connected, resolve_path, where_relative
 from facemask.settings import PrepareConfig
 from facemask.split import SPLITS, stratified_split
 from facemask.voc import (
@@ -38,6 +39,10 @@ from facemask.voc import (
 
 log = logging.getLogger("facemask.prepare")
 MANIFEST_FORMAT = 1
+# Below this many annotations, starting a local Ray cluster and Ray Data's first dataset
+# (about 6 s on a 2-core machine) costs more than the second core saves;
+# `jobs/benchmark_prepare.py` measures the crossover (README: Data).
+RAY_MIN_ITEMS = 3000
 
 
 @dataclass
@@ -50,6 +55,28 @@ class PrepareResult:
     @property
     def images(self) -> int:
         return sum(s["images"]["original"] + s["images"]["synthetic"] for s in self.manifest["counts"].values())
+
+
+def choose_engine(cfg: PrepareConfig, local_cluster_ok: bool = True) -> tuple[str, str]:
+    """The engine `cfg.engine` stands for, and why, in words for the log.
+
+    auto picks Ray when a cluster is already connected (nothing to start), or when the input
+    is large enough that a local cluster pays for its start-up and there is a second core
+    to use; else one process. local_cluster_ok=False (library callers, which never start
+    Ray themselves) picks Ray only for a connected cluster.
+    """
+    if cfg.engine != "auto":
+        return cfg.engine, "asked for"
+    if cluster_connected():
+        return "ray", "a Ray cluster is connected"
+    folder = resolve_path(cfg.source) / "annotations"
+    # Only counted here; a missing or odd layout is prepare's to report.
+    items = sum(1 for p in folder.iterdir() if p.suffix.lower() == ".xml") if folder.is_dir() else 0
+    cpus = os.cpu_count() or 1
+    if local_cluster_ok and cpus > 1 and items >= RAY_MIN_ITEMS:
+        return "ray", f"{items} annotations >= {RAY_MIN_ITEMS}, {cpus} CPUs: a local Ray cluster pays for its start-up"
+    why = f"{items} annotations < {RAY_MIN_ITEMS}" if cpus > 1 else "one CPU"
+    return "local", f"{why}, no Ray cluster connected: one process is faster"
 
 
 def run_map(fn: Callable[[dict], dict], rows: list[dict], engine: str, stage: str) -> list[dict]:
@@ -79,6 +106,7 @@ def run_map(fn: Callable[[dict], dict], rows: list[dict], engine: str, stage: st
             functools.partial(_keep_order, fn), num_cpus=1
         )
         out = sorted(dataset.take_all(), key=lambda r: r["_order"])
+        log.debug("%s stage, Ray Data stats:\n%s", stage, dataset.stats())
     finally:
         context.op_resource_reservation_enabled = reservation
     return [{k: v for k, v in r.items() if k != "_order"} for r in out]
@@ -104,17 +132,11 @@ def _keep_order(fn: Callable[[dict], dict], row: dict) -> dict:
 
 
 def _limit_threads() -> None:
-    """One thread per worker: Ray already runs one worker per core."""
+    """One OpenCV thread per worker: Ray already runs one worker per core."""
     try:
         import cv2
 
         cv2.setNumThreads(1)
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        torch.set_num_threads(1)
     except ImportError:
         pass
 
@@ -260,6 +282,8 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     is usable; every other bad input is skipped, counted and listed in the manifest.
     """
     cfg.validate()
+    if cfg.engine == "auto":
+        cfg = replace(cfg, engine=choose_engine(cfg, local_cluster_ok=False)[0])
     source, out = resolve_path(cfg.source), resolve_path(cfg.out)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -344,5 +368,6 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         class_distribution(manifest["counts"], out / "class_distribution.png")
         synthetic_samples(out, [s["image"] for s in sorted(synthetic, key=lambda s: s["image"])], out / "synthetic_samples.jpg")
     seconds["total"] = time.perf_counter() - started
-    log.info("prepared %s in %.1fs: %s", out, seconds["total"], {k: v["images"] for k, v in manifest["counts"].items()})
+    log.info("prepared %s in %.1fs (engine %s; parse %.2fs, write %.2fs): %s", out, seconds["total"], cfg.engine,
+             seconds["parse"], seconds["write"], {k: v["images"] for k, v in manifest["counts"].items()})
     return PrepareResult(manifest, data_yaml, manifest_path, seconds)

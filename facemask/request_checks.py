@@ -190,3 +190,38 @@ def check_model_id(model_id: str) -> str:
         raise APIError(400, "bad_model_id",
                        f"{MULTIPLEX_HEADER} {model_id[:70]!r}: expected a version number (3) or an alias (champion)")
     return model_id
+
+
+# The settings a live stream starts with; its first message and later text messages change them.
+LIVE_DEFAULTS = {"conf": 0.25, "iou": 0.7, "imgsz": 320, "max_det": 100, "model": "", "fps": 30.0}
+_LIVE_LIMITS = {"conf": (0.0, 1.0), "iou": (0.0, 1.0), "imgsz": (32, 2048), "max_det": (1, 1000), "fps": (1.0, 120.0)}
+
+
+def live_settings(message: dict, current: dict) -> dict:
+    """`current` updated with a stream message's settings, each checked as /predict checks its query.
+
+    Unknown fields and out-of-range values raise APIError 422 naming the field and its range.
+    """
+    if not isinstance(message, dict):
+        raise APIError(422, "invalid_parameter", "a text message must be a JSON object of settings")
+    unknown = sorted(set(message) - set(LIVE_DEFAULTS) - {"key"})
+    if unknown:
+        raise APIError(422, "invalid_parameter",
+                       f"unknown setting {unknown[0]!r}; known: key, {', '.join(LIVE_DEFAULTS)}")
+    out = dict(current)
+    for name, value in message.items():
+        if name == "key":
+            continue
+        if name == "model":
+            if not isinstance(value, str):
+                raise APIError(422, "invalid_parameter", "model: a version number or an alias, as a string")
+            out[name] = check_model_id(value.strip())
+            continue
+        low, high = _LIVE_LIMITS[name]
+        kind = int if isinstance(LIVE_DEFAULTS[name], int) else float
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
+                or (kind is int and value != int(value)):
+            raise APIError(422, "invalid_parameter", f"{name}: expected {'an integer' if kind is int else 'a number'} "
+                           f"from {low:g} to {high:g}, got {value!r}")
+        out[name] = kind(value)
+    return out

@@ -58,6 +58,16 @@ def in_ray_job() -> bool:
     return RAY_JOB_ENV in os.environ or "/runtime_resources/working_dir_files/" in f"{Path.cwd()}/"
 
 
+def cluster_connected() -> bool:
+    """True when a Ray cluster is already there to use: this process joined one, RAY_ADDRESS
+    names one, or this runs inside `ray job submit`. Starting a local cluster is not free
+    (about 4 s here), so `--engine auto` counts it against a small input."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return True
+    return bool(os.environ.get("RAY_ADDRESS")) or in_ray_job()
+
+
 def results_home() -> Path:
     """FACEMASK_HOME if set, else ~/facemask: where jobs keep their results."""
     return Path(os.environ.get(HOME_ENV) or Path.home() / "facemask").expanduser().resolve()
@@ -130,14 +140,16 @@ def configure_runtime() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
-def init_ray(serving: bool = False, ingress: str = "proxy") -> None:
+def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) -> None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local one.
 
     serving: a local cluster started here also gets Serve's throughput settings (its proxy
     inherits them; replicas get them from the deployments either way). ingress "haproxy":
     Serve puts HAProxy in front of the replicas' own HTTP servers instead of its Python
     proxy; Serve reads that when it starts, so a cluster must be started with
-    RAY_SERVE_ENABLE_HA_PROXY=1 already.
+    RAY_SERVE_ENABLE_HA_PROXY=1 already. torch=False: this process will not run a model
+    (data preparation), so it skips the two-second torch import that guards against the
+    fault below.
     """
     if serving:
         for key, value in SERVE_ENV.items():
@@ -146,7 +158,8 @@ def init_ray(serving: bool = False, ingress: str = "proxy") -> None:
             os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     # Seen under `ray job submit` here: once ray.init() has run, importing torch can abort
     # with "oneMKL FATAL ERROR: Cannot load libtorch_cpu.so". Loading torch first avoids it.
-    import torch  # noqa: F401
+    if torch:
+        import torch  # noqa: F401
     import ray
 
     if not ray.is_initialized():

@@ -17,9 +17,16 @@ from facemask.modelref import DEFAULT_MODEL_URI
 from facemask.runtime import where_relative
 
 BLEND_MODES = ("overlay", "feather", "poisson")
-ENGINES = ("ray", "local")
+ENGINES = ("auto", "ray", "local")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+def is_stream(source: str | Path) -> bool:
+    """A camera index (0, 1, ...) or a stream URL, as opposed to a folder or video file."""
+    text = str(source)
+    return text.isdigit() or text.lower().startswith(STREAM_SCHEMES)
 
 
 
@@ -83,7 +90,7 @@ class PrepareConfig:
 
     source: Path
     out: Path
-    engine: str = "ray"
+    engine: str = "auto"  # auto: Ray on a connected cluster or a large input, else one process
     seed: int = 0
     split: tuple[float, float, float] = (0.7, 0.2, 0.1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -180,8 +187,18 @@ class PredictConfig:
     concurrency: int | None = None  # model actors; default: one per CPU of the cluster
     engine: str = "ray"
     frames_per_task: int = 32
+    # Camera and stream sources (a camera index or an rtsp:// / http:// URL) only:
+    max_frames: int | None = None  # stop after this many processed frames
+    max_seconds: float | None = None  # stop after this long
+    save: bool = False  # also write annotated.mp4
 
     def validate(self) -> "PredictConfig":
+        if (self.max_frames is not None and self.max_frames < 1) or (self.max_seconds is not None and self.max_seconds <= 0):
+            raise ConfigError("--max-frames and --max-seconds must be positive")
+        if is_stream(self.source):
+            if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
+                raise ConfigError("--conf and --iou must be between 0 and 1")
+            return self
         if not self.source.exists():
             raise InputNotFoundError(f"{self.source}: no such folder or video file{where_relative(self.source)}")
         if self.source.is_file() and self.source.suffix.lower() not in VIDEO_SUFFIXES:

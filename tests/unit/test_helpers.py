@@ -473,3 +473,62 @@ def test_unreadable_files_get_a_reason_a_user_can_act_on(tmp_path, make, reason)
         pytest.fail("Pillow read it")
     except Exception as exc:
         assert reason in unreadable_reason(path, exc)
+
+
+# ---------------------------------------------------------------- prepare: which engine auto picks
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """No Ray joined in this process, no RAY_ADDRESS, not inside `ray job submit`."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(is_initialized=lambda: False))
+    for key in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir("/")
+
+
+def voc_folder(tmp_path, annotations: int):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    for i in range(annotations):
+        (tmp_path / "annotations" / f"a{i}.xml").write_text("<annotation/>")
+    (tmp_path / "annotations" / "notes.txt").write_text("not an annotation")
+    return tmp_path
+
+
+@pytest.mark.parametrize("annotations, cpus, local_cluster_ok, expected", [
+    (4, 2, True, "local"),   # small: starting Ray costs more than it saves
+    (5, 2, True, "ray"),     # at the threshold, with a second core
+    (50, 1, True, "local"),  # one core: nothing to run in parallel
+    (50, 2, False, "local"), # a library caller never has a cluster started for it
+])
+def test_auto_engine_weighs_input_size_and_cores(no_cluster, tmp_path, monkeypatch, annotations, cpus,
+                                                 local_cluster_ok, expected):
+    from facemask import pipeline
+
+    monkeypatch.setattr(pipeline, "RAY_MIN_ITEMS", 5)
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: cpus)
+    cfg = PrepareConfig(source=voc_folder(tmp_path, annotations), out=tmp_path / "out")
+    assert cfg.engine == "auto"
+    engine, why = pipeline.choose_engine(cfg, local_cluster_ok=local_cluster_ok)
+    assert engine == expected
+    assert str(annotations) in why or cpus == 1
+
+
+@pytest.mark.parametrize("env", [{"RAY_ADDRESS": "127.0.0.1:6379"}, {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}])
+def test_auto_engine_uses_a_connected_cluster_even_for_a_small_input(no_cluster, tmp_path, monkeypatch, env):
+    from facemask.pipeline import choose_engine
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    cfg = PrepareConfig(source=voc_folder(tmp_path, 1), out=tmp_path / "out")
+    assert choose_engine(cfg, local_cluster_ok=False) == ("ray", "a Ray cluster is connected")
+
+
+def test_explicit_engine_and_a_missing_source_are_left_to_prepare(no_cluster, tmp_path):
+    from facemask.pipeline import choose_engine
+
+    assert choose_engine(PrepareConfig(source=tmp_path, out=tmp_path / "o", engine="ray"))[0] == "ray"
+    assert choose_engine(PrepareConfig(source=tmp_path / "missing", out=tmp_path / "o"))[0] == "local"

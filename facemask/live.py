@@ -1,0 +1,124 @@
+"""Live streams: newest-frame-wins intake, one tracked identity per person, and the compliance count.
+
+Shared by the endpoint's `/live` WebSocket and by `facemask predict` on a camera or stream URL.
+A person who stands in view for ten seconds is one person, not three hundred detections:
+ByteTrack (Ultralytics' implementation) gives each face a stable id across frames, and each
+person's mask state is the class seen most often on their track.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from facemask.classes import CLASS_NAMES, class_id
+
+# A track seen on fewer frames than this is not yet a person (one-frame false positives).
+MIN_FRAMES = 3
+
+
+class LatestFrame:
+    """A one-slot mailbox: a frame not yet taken when a newer one arrives is dropped, and counted.
+
+    The server and the stream reader never queue frames: when the model is busy, the newest
+    frame wins, so latency stays one frame deep however fast the source sends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._item: Any = None
+        self.received = 0
+        self.dropped = 0
+
+    def put(self, item: Any) -> None:
+        with self._lock:
+            if self._item is not None:
+                self.dropped += 1
+            self._item = item
+            self.received += 1
+
+    def take(self) -> Any:
+        """The newest frame not yet taken, or None."""
+        with self._lock:
+            item, self._item = self._item, None
+            return item
+
+
+class _Detections:
+    """The Results-like view ByteTrack reads: xywh, conf and cls arrays, boolean-indexable."""
+
+    def __init__(self, xywh: np.ndarray, conf: np.ndarray, cls: np.ndarray) -> None:
+        self.xywh, self.conf, self.cls = xywh, conf, cls
+
+    def __len__(self) -> int:
+        return len(self.conf)
+
+    def __getitem__(self, index) -> "_Detections":
+        return _Detections(self.xywh[index], self.conf[index], self.cls[index])
+
+
+def tracker_settings(frame_rate: float) -> SimpleNamespace:
+    """ByteTrack's defaults (Ultralytics' bytetrack.yaml), with a lost face kept for one second."""
+    return SimpleNamespace(tracker_type="bytetrack", track_high_thresh=0.25, track_low_thresh=0.1,
+                           new_track_thresh=0.25, track_buffer=max(1, round(frame_rate)), match_thresh=0.8,
+                           fuse_score=True)
+
+
+class PeopleTracker:
+    """One stream's tracker: detections in, the same detections with a `track_id` out.
+
+    Its state (the Kalman tracks, each person's class counts) lives with the stream and
+    goes when the stream's tracker is dropped.
+    """
+
+    def __init__(self, frame_rate: float = 30.0, min_frames: int = MIN_FRAMES) -> None:
+        from ultralytics.trackers.byte_tracker import BYTETracker
+
+        self.tracker = BYTETracker(tracker_settings(frame_rate))
+        self.min_frames = min_frames
+        self.frames = 0
+        self.people: dict[int, Counter] = {}
+
+    def update(self, detections: list[dict]) -> list[dict]:
+        """Give each detection (`box` x1..y2, `confidence`, `label`) a `track_id`; None while unconfirmed."""
+        self.frames += 1
+        if detections:
+            boxes = np.array([[d["box"]["x1"], d["box"]["y1"], d["box"]["x2"], d["box"]["y2"]] for d in detections],
+                             dtype=np.float32)
+            xywh = np.column_stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
+                                    boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]])
+            found = _Detections(xywh, np.array([d["confidence"] for d in detections], dtype=np.float32),
+                                np.array([class_id(d["label"]) for d in detections], dtype=np.float32))
+        else:
+            found = _Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
+        tracked = self.tracker.update(found)
+        out = [dict(d, track_id=None) for d in detections]
+        for row in tracked:
+            track_id, index = int(row[4]), int(row[-1])
+            out[index]["track_id"] = track_id
+            self.people.setdefault(track_id, Counter())[out[index]["label"]] += 1
+        return out
+
+    def state(self, track_id: int) -> str | None:
+        """A person's mask state: the class seen most often on their track (ties: the more severe)."""
+        seen = self.people.get(track_id)
+        if not seen:
+            return None
+        # Severity order breaks ties: without_mask, then worn incorrectly, then with_mask.
+        order = {"without_mask": 0, "mask_weared_incorrect": 1, "with_mask": 2}
+        return min(seen, key=lambda label: (-seen[label], order.get(label, 3)))
+
+    def summary(self) -> dict:
+        """People seen (tracks on at least min_frames frames) by mask state, and each state's share."""
+        counts = dict.fromkeys(CLASS_NAMES, 0)
+        for track_id, seen in self.people.items():
+            if sum(seen.values()) >= self.min_frames:
+                counts[self.state(track_id)] += 1
+        total = sum(counts.values())
+        return {"people": total, "by_class": counts,
+                "share": {name: round(n / total, 3) if total else 0.0 for name, n in counts.items()},
+                "frames": self.frames}

@@ -1,0 +1,271 @@
+"""Live video over real HTTP: the /live WebSocket on real Serve, the page's camera mode in real
+Chromium with a fake camera, and `facemask predict` on an MJPEG stream served on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from facemask.classes import CLASS_NAMES
+from tests.integration.test_serve import API_KEY, CHROMIUM, endpoint  # noqa: F401  (endpoint: the fixture)
+from tests.services import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def ws_url(endpoint, path: str = "/live") -> str:
+    return endpoint["url"].replace("http://", "ws://") + path
+
+
+def receive(ws, timeout: float = 60) -> dict:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def streams(endpoint) -> dict:
+    return httpx.get(endpoint["url"] + "/live/streams", timeout=30).json()
+
+
+def test_live_stream_answers_every_frame_with_tracked_detections_and_survives_bad_input(endpoint, known_image):
+    from websockets.sync.client import connect
+
+    frame = known_image.read_bytes()
+    with connect(ws_url(endpoint)) as ws:
+        ws.send(json.dumps({"conf": 0, "imgsz": 160, "max_det": 3, "fps": 120}))
+        ready = receive(ws)
+        assert ready["type"] == "ready" and ready["settings"]["imgsz"] == 160 and ready["model"]["version"]
+        for i in range(4):
+            ws.send(frame)
+            answer = receive(ws)
+            assert answer["type"] == "result" and answer["frame"] == i, answer
+            assert len(answer["detections"]) == 3 and all("track_id" in d for d in answer["detections"])
+            assert set(answer["people"]["by_class"]) == set(CLASS_NAMES) and answer["people"]["frames"] == i + 1
+            assert answer["timings"]["inference_ms"] > 0 and answer["stream"]["processed"] == i + 1
+        assert streams(endpoint)["open"] == 1
+        ws.send(b"this is not an image")
+        error = receive(ws)
+        assert (error["type"], error["error"], error["frame"]) == ("error", "not_an_image", 4), error
+        ws.send(b"")
+        assert receive(ws)["error"] == "empty_body"
+        ws.send(json.dumps({"imgsz": 99999}))
+        error = receive(ws)
+        assert error["error"] == "invalid_parameter" and "imgsz" in error["message"]
+        ws.send(frame)  # the stream is still up, with its settings unchanged
+        answer = receive(ws)
+        assert answer["type"] == "result" and answer["frame"] == 6 and len(answer["detections"]) == 3
+    # Closing the stream frees its tracker.
+    deadline = time.monotonic() + 20
+    while (now := streams(endpoint)) != {"open": 0, "trackers": 0, "dropped": 0} and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert now == {"open": 0, "trackers": 0, "dropped": 0}
+
+
+def test_live_stream_refuses_a_wrong_key_and_a_bad_hello_with_a_reason(endpoint):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    for hello, error, code in [({"key": "wrong"}, "unauthorized", 4401), ({}, "unauthorized", 4401)]:
+        with connect(ws_url(endpoint, "/secured/live")) as ws:
+            ws.send(json.dumps(hello))
+            answer = receive(ws)
+            assert (answer["type"], answer["error"]) == ("error", error) and "key" in answer["message"]
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd.code == code
+    with connect(ws_url(endpoint, "/secured/live")) as ws:
+        ws.send("not json")
+        assert receive(ws)["error"] == "bad_hello"
+    with connect(ws_url(endpoint, "/secured/live")) as ws:
+        ws.send(json.dumps({"key": API_KEY, "conf": 0.5}))
+        assert receive(ws)["type"] == "ready"
+    assert httpx.get(endpoint["url"] + "/secured/live/streams", timeout=30).status_code == 401
+
+
+def test_a_burst_faster_than_the_model_gets_newest_frame_wins_not_a_queue(endpoint, known_image):
+    """40 frames at 100/s, at imgsz 640 (several times slower than that): most are dropped and
+    counted, the last one sent is answered, and soon after the burst: nothing was queued."""
+    from websockets.sync.client import connect
+
+    frame, sent = known_image.read_bytes(), 40
+    with connect(ws_url(endpoint)) as ws:
+        ws.send(json.dumps({"conf": 0, "imgsz": 640, "max_det": 3, "fps": 120}))
+        assert receive(ws)["type"] == "ready"
+        for _ in range(sent):
+            ws.send(frame)
+            time.sleep(0.01)
+        burst_ended = time.monotonic()
+        results = []
+        while not results or results[-1]["frame"] != sent - 1:
+            message = receive(ws)
+            assert message["type"] == "result", message
+            results.append(message)
+        waited = time.monotonic() - burst_ended
+    final = results[-1]["stream"]
+    assert final["received"] == sent
+    assert final["dropped"] > sent // 2, final
+    assert len(results) + final["dropped"] + final["rate_limited"] == sent
+    assert [r["frame"] for r in results] == sorted(r["frame"] for r in results)
+    per_frame = max(r["timings"]["total_ms"] for r in results) / 1000
+    assert waited < 3 * per_frame + 2, f"{waited:.1f}s to answer the last frame: frames were queued"
+    print(f"burst: {sent} sent, {len(results)} answered, {final['dropped']} dropped, "
+          f"{final['rate_limited']} over the fps limit; last answered {waited:.2f}s after the burst")
+
+
+def write_y4m(path, frames: list[Image.Image], fps: int = 15) -> None:
+    """A YUV4MPEG2 (4:2:0) clip, the format Chromium's fake camera reads."""
+    width, height = frames[0].size
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for image in frames:
+            ycbcr = np.asarray(image.convert("YCbCr"), dtype=np.uint8)
+            f.write(b"FRAME\n")
+            f.write(ycbcr[:, :, 0].tobytes())
+            for channel in (1, 2):
+                plane = ycbcr[:, :, channel].reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
+                f.write(plane.round().astype(np.uint8).tobytes())
+
+
+def moving_clip(known_image, count: int = 30, size=(640, 480)) -> list[Image.Image]:
+    """The known photo sliding across a grey frame."""
+    with Image.open(known_image) as photo:
+        photo = photo.convert("RGB")
+        photo.thumbnail((size[0] // 2, size[1] // 2))
+    frames = []
+    for t in range(count):
+        frame = Image.new("RGB", size, (120, 120, 120))
+        frame.paste(photo, (20 + t * (size[0] - photo.width - 40) // count, (size[1] - photo.height) // 2))
+        frames.append(frame)
+    return frames
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_page_camera_mode_streams_frames_and_draws_tracked_boxes(endpoint, known_image, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    clip = tmp_path / "camera.y4m"
+    write_y4m(clip, moving_clip(known_image))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={clip}"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(endpoint["url"] + "/")
+            page.eval_on_selector("#conf", "el => { el.value = '0'; el.dispatchEvent(new Event('input')); }")
+            page.click("#camera")
+            page.wait_for_function("window.liveStats.results >= 5", timeout=90_000)
+            stats = page.evaluate("window.liveStats")
+            assert stats["sent"] >= stats["results"] >= 5 and stats["latency_ms"] > 0 and stats["fps"] > 0, stats
+            assert int(page.get_attribute("#canvas", "data-boxes")) > 0
+            assert page.get_attribute("body", "data-live") == "on"
+            assert "frames/s" in page.inner_text("#live-stats")
+            people = page.locator("#people td[data-people]").all_inner_texts()
+            assert len(people) == len(CLASS_NAMES) and all("%" in p for p in people), people
+            assert int(page.inner_text("#people-total")) >= 0
+            pixel, color = page.evaluate("""() => {
+                const b = window.lastDrawn[0], ctx = document.getElementById('canvas').getContext('2d');
+                const x = Math.round((b.x1 + b.x2) / 2), y = Math.round(b.y1);
+                return [Array.from(ctx.getImageData(x, Math.max(0, y), 1, 1).data.slice(0, 3)), b.color];
+            }""")
+            want = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+            assert max(abs(a - b) for a, b in zip(pixel, want)) <= 40, (pixel, want)
+            page.click("#camera")  # stop: the page closes its stream
+            page.wait_for_function("document.body.dataset.live === 'off'", timeout=10_000)
+            assert not errors, errors
+        finally:
+            browser.close()
+    deadline = time.monotonic() + 20
+    while streams(endpoint)["open"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert streams(endpoint)["open"] == 0
+
+
+class MJPEGCamera:
+    """A camera stand-in on loopback: an HTTP multipart/x-mixed-replace stream of JPEG frames, bounded."""
+
+    def __init__(self, frames: list[bytes], fps: float = 20, repeat: int = 20) -> None:
+        camera = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    for _ in range(repeat):
+                        for jpeg in frames:
+                            if camera.stopping.is_set():
+                                return
+                            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                             + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
+                            time.sleep(1 / fps)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.stopping = threading.Event()
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def test_predict_on_a_live_mjpeg_stream_tracks_and_stops_at_max_frames(registered_detector, known_image, tmp_path):
+    frames = [jpeg(f) for f in moving_clip(known_image, count=10, size=(320, 240))]
+    out = tmp_path / "live"
+    with MJPEGCamera(frames) as camera:
+        done = subprocess.run([sys.executable, "-c", "from facemask.cli import main; main()", "predict", camera.url,
+                               "--model-uri", str(registered_detector["weights"]), "--out", str(out), "--conf", "0",
+                               "--imgsz", "160", "--max-det", "3", "--max-frames", "6", "--save"],
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "6 frames" in done.stdout and "people:" in done.stdout
+    lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    assert len(lines) == 6
+    assert [line["frame"] for line in lines] == sorted({line["frame"] for line in lines})
+    assert all(len(line["detections"]) == 3 and all("track_id" in d for d in line["detections"]) for line in lines)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "stream" and summary["frames"]["processed"] == 6
+    assert summary["frames"]["read"] >= 6 and set(summary["people"]["by_class"]) == set(CLASS_NAMES)
+    import cv2
+
+    video = cv2.VideoCapture(str(out / "annotated.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 6 and int(video.get(cv2.CAP_PROP_FRAME_WIDTH)) == 320
+    video.release()
+
+
+def test_predict_names_a_camera_or_stream_it_cannot_open(registered_detector, tmp_path):
+    port = free_port()  # nothing listens there
+    done = subprocess.run([sys.executable, "-c", "from facemask.cli import main; main()", "predict",
+                           f"http://127.0.0.1:{port}/none.mjpg", "--model-uri", str(registered_detector["weights"]),
+                           "--out", str(tmp_path / "o"), "--max-frames", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "could not open it" in done.stderr and "Traceback" not in done.stderr
