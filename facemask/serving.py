@@ -511,8 +511,12 @@ class FacemaskServer:
         await ws.close(code=code, reason=error)
 
     async def live_receive(self, ws: WebSocket, slot: LatestFrame, wake: asyncio.Event, state: dict) -> None:
-        """Read the socket as fast as it sends: frames into the one slot, settings applied at once."""
-        last = 0.0
+        """Read the socket as fast as it sends: frames into the one slot, settings applied at once.
+
+        A token bucket holds the stream to its `fps` on average (bursts of up to one second's
+        worth pass); frames over it are not even kept, and counted as rate_limited.
+        """
+        tokens, refilled = 1.0, time.perf_counter()
         try:
             while True:
                 message = await ws.receive()
@@ -526,9 +530,10 @@ class FacemaskServer:
                     except APIError as exc:
                         await self.live_error(ws, None, exc.error, exc.message)
                     continue
-                now = time.perf_counter()
+                now, fps = time.perf_counter(), state["settings"]["fps"]
+                tokens, refilled = min(fps, tokens + (now - refilled) * fps), now
                 index = slot.received + state["rate_limited"]
-                if now - last < 1.0 / state["settings"]["fps"]:
+                if tokens < 1:
                     state["rate_limited"] += 1  # faster than the stream's fps: not even kept
                     if now - state["notified"] > 5:
                         state["notified"] = now
@@ -536,7 +541,7 @@ class FacemaskServer:
                                               f"frames arrive faster than fps={state['settings']['fps']:g}; "
                                               "the extra ones are dropped")
                     continue
-                last = now
+                tokens -= 1
                 slot.put((index, message.get("bytes") or b"", now))
                 wake.set()
         except (WebSocketDisconnect, RuntimeError):

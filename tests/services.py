@@ -6,6 +6,7 @@ Each service runs in its own process group and is stopped by that group's id onl
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,12 @@ import urllib.request
 from pathlib import Path
 
 from facemask.runtime import free_port
+
+# The test endpoint's limits: a small max_pending so that the overload test can fill it with a few dozen requests.
+LIMITS = {"max_body_mb": 1.0, "max_pixels": 4_000_000, "max_pending": 6, "body_timeout_s": 2.0}
+DEPLOYMENT = {"max_ongoing_requests": 64, "max_queued_requests": 64, "ray_actor_options": {"num_cpus": 0.5}}
+API_KEY = "test-key-0123456789"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:

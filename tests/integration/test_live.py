@@ -17,8 +17,7 @@ import pytest
 from PIL import Image
 
 from facemask.classes import CLASS_NAMES
-from tests.integration.test_serve import API_KEY, CHROMIUM, endpoint  # noqa: F401  (endpoint: the fixture)
-from tests.services import free_port
+from tests.services import API_KEY, CHROMIUM, free_port
 
 pytestmark = pytest.mark.integration
 

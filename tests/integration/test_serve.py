@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import shutil
 import struct
 import zlib
 
@@ -14,37 +13,9 @@ import pytest
 from PIL import Image
 
 from facemask.client import Client, EndpointError
-from tests.services import free_port
+from tests.services import API_KEY, CHROMIUM, LIMITS, free_port
 
 pytestmark = pytest.mark.integration
-
-LIMITS = {"max_body_mb": 1.0, "max_pixels": 4_000_000, "max_pending": 6, "body_timeout_s": 2.0}
-# A small max_pending so that the overload test can fill it with a few dozen requests.
-DEPLOYMENT = {"max_ongoing_requests": 64, "max_queued_requests": 64, "ray_actor_options": {"num_cpus": 0.5}}
-API_KEY = "test-key-0123456789"
-
-
-@pytest.fixture(scope="module")
-def endpoint(ray_local, registered_detector):
-    """Two apps on one Serve proxy: `/` open, `/secured` with FACEMASK_API_KEY set at build time."""
-    from ray import serve
-
-    from facemask.serving import build_app
-
-    port = free_port()
-    args = {"model_uri": f"models:/{registered_detector['name']}@champion", "max_batch_size": 4,
-            "tracking_uri": registered_detector["tracking_uri"], "deployment_options": DEPLOYMENT, "refresh_s": 1.0,
-            **LIMITS}
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(build_app(args), name="facemask", route_prefix="/")
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("FACEMASK_API_KEY", API_KEY)
-            serve.run(build_app(args), name="secured", route_prefix="/secured")
-        yield {"url": f"http://127.0.0.1:{port}", **registered_detector}
-    finally:
-        serve.shutdown()
-
 
 @pytest.fixture(scope="module")
 def http(endpoint):
@@ -543,9 +514,6 @@ def test_memory_stays_bounded_under_concurrent_huge_images(endpoint):
               f"{sorted(health)[len(health) // 2] * 1000:.0f} ms, max {max(health) * 1000:.0f} ms over {len(health)}")
     finally:
         serve.delete("huge")
-
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
