@@ -24,6 +24,7 @@ from facemask.errors import ConfigError, EndpointError, FacemaskError, StudyInte
 from facemask.runtime import configure_runtime, init_ray
 from facemask.settings import (
     AugmentConfig,
+    DistributedConfig,
     PrepareConfig,
     PredictConfig,
     ServeConfig,
@@ -252,16 +253,33 @@ def _parse_overrides(values: tuple[str, ...]) -> dict:
           ("--name", "run_name", {"help": "MLflow run name (and output folder)."}),
           ("--project", "project", {"type": click.Path(path_type=Path)}),
           ("--seed", "seed", {}), ("--workers", "workers", {"help": "Dataloader workers."}))
+@_options(DistributedConfig,
+          ("--ray-workers", "workers", {"help": "Ray Train workers training one model together (DDP; "
+                                        "1: one process). README: Training across nodes."}),
+          ("--gpus-per-worker", "gpus_per_worker", {"type": float}),
+          ("--cpus-per-worker", "cpus_per_worker", {"type": float}),
+          ("--storage", "storage", {"help": "Checkpoints of a --ray-workers run: a path every node sees, or "
+                                    "s3://... (default: PROJECT/ray-train)."}),
+          ("--max-failures", "max_failures", {"help": "Restarts of the worker group from its newest checkpoint."}))
 @click.option("--register", is_flag=True, help="Register best.pt as a new version of facemask-detector.")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-def train_command(data, overrides, **kw):
+def train_command(data, overrides, workers, gpus_per_worker, cpus_per_worker, storage, max_failures, **kw):
     """Train one YOLO26 model, tracked in MLflow. Extra Ultralytics args as key=value."""
     configure_runtime()
     from facemask.tracking import tracking_uri
     from facemask.train import train
 
     cfg = TrainConfig(data=data, overrides=_parse_overrides(overrides), **kw)
-    result = train(cfg)
+    ray_cfg = DistributedConfig(workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                                storage=storage, max_failures=max_failures)
+    if ray_cfg.workers > 1:
+        from facemask.distributed import check_distributed, train_distributed
+
+        check_distributed(cfg, ray_cfg)
+        init_ray()
+        result = train_distributed(cfg, ray_cfg)
+    else:
+        result = train(cfg)
     click.echo(f"run {result.run_id}: {result.epochs_run} epochs in {result.seconds:.0f}s, weights {result.best}")
     click.echo("  " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k.startswith("val/")))
     if result.version:
@@ -330,8 +348,12 @@ def _parse_resources(ctx, param, values: tuple[str, ...]) -> dict[str, float]:
           ("--imgsz", "imgsz", {}), ("--batch", "batch", {}),
           ("--search-space", "search_space", {"type": click.Path(path_type=Path, exists=True),
                                               "help": "YAML search space; default: the packaged one."}),
-          ("--cpus-per-trial", "cpus_per_trial", {"type": float}))
-@click.option("--gpus-per-trial", type=float, default=None, help="1, 0.5 or 0; default: 1 if the cluster has GPUs, else 0.")
+          ("--cpus-per-trial", "cpus_per_trial", {"type": float}),
+          ("--ray-workers-per-trial", "ray_workers_per_trial", {"help": "Ray Train workers per trial (and the final "
+                                                                "retrain), sharing its CPUs and GPUs: one model "
+                                                                "trained data-parallel."}))
+@click.option("--gpus-per-trial", type=float, default=None, help="1, 0.5 or 0 (N with --ray-workers-per-trial N); "
+              "default: 1 if the cluster has GPUs, else 0.")
 @click.option("--trial-resources", multiple=True, callback=_parse_resources,
               help="Custom Ray resource per trial as NAME=AMOUNT (pins trials to nodes).")
 @_options(StudyConfig,
@@ -357,8 +379,8 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, **kw):
     from facemask.tracking import tracking_uri
     from facemask.tune import tune
 
-    if gpus_per_trial is None:
-        gpus_per_trial = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    if gpus_per_trial is None:  # one GPU per training process, when there are GPUs
+        gpus_per_trial = float(kw["ray_workers_per_trial"]) if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     cfg = StudyConfig(gpus_per_trial=gpus_per_trial, promote=not no_promote, trial_resources=trial_resources, **kw)
     result = tune(cfg)
     click.echo(study_table(result))

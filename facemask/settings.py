@@ -138,6 +138,17 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """How one training is spread over Ray Train workers (`facemask train --ray-workers N`)."""
+
+    workers: int = 1  # 1: the plain single-process training
+    gpus_per_worker: float = 0
+    cpus_per_worker: float = 1
+    storage: str | None = None  # checkpoints: a shared path or s3://...; default PROJECT/ray-train
+    max_failures: int = 2  # restarts of the worker group from the newest checkpoint
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     data: Path
     model: str = "yolo26s.pt"
@@ -166,6 +177,9 @@ class StudyConfig:
     registered_model: str = "facemask-detector"
     promote: bool = True
     workers: int = 0
+    # >1: each trial (and the final retrain) is one model trained by this many Ray Train
+    # workers, which share the trial's CPUs and GPUs equally.
+    ray_workers_per_trial: int = 1
     # False runs every trial to the end (the baseline ASHA is measured against).
     asha: bool = True
     # False skips registering, evaluating and promoting the best trial.

@@ -129,12 +129,14 @@ def train(
     cfg: TrainConfig,
     callbacks: dict[str, list[Callable]] | None = None,
     on_run: Callable[[str | None], None] | None = None,
+    trainer: type | None = None,
 ) -> TrainResult:
     """Run one training; log params, per-epoch metrics, artifacts and the dataset to MLflow.
 
     `callbacks` maps Ultralytics events to extra functions (Tune uses this to report
-    each epoch); `on_run` is told the MLflow run id before training starts. The MLflow
-    run always ends FINISHED, FAILED or KILLED.
+    each epoch); `on_run` is told the MLflow run id before training starts; `trainer` is
+    an Ultralytics trainer class to use instead of the default (`facemask.distributed`'s,
+    for a Ray Train worker). The MLflow run always ends FINISHED, FAILED or KILLED.
     """
     data = resolve_path(cfg.data)
     if not data.is_file():
@@ -198,7 +200,7 @@ def train(
         train_args = {"resume": str(cfg.resume_from), "device": device, "workers": cfg.workers, "data": str(data)}
     status = "FAILED"
     try:
-        model.train(**train_args)
+        model.train(trainer=trainer, **train_args)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
         # SystemExit is how Ray Tune stops a trial (ASHA); either way the run was cut short.

@@ -14,19 +14,20 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from facemask.distributed import train_distributed
 from facemask.errors import ConfigError, InputNotFoundError, StudyInterrupted
 from facemask.evaluate import evaluate, promote
 from facemask.manifest import data_fingerprint
 from facemask.plots import study_plots
 from facemask.runtime import results_base, resolve_path, where_relative
-from facemask.settings import StudyConfig
+from facemask.settings import DistributedConfig, StudyConfig
 from facemask.tracking import (
     RunLogger,
     close_run,
@@ -124,12 +125,21 @@ def max_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
     cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
     if cfg.cpus_per_trial <= 0:
         raise ConfigError("--cpus-per-trial must be > 0")
-    if cfg.gpus_per_trial > 1:
-        # A trial is one Ultralytics training in one process: it would use one GPU and idle the rest.
-        idle = math.ceil(cfg.gpus_per_trial) - 1
-        raise ConfigError(f"--gpus-per-trial {cfg.gpus_per_trial:g}: a trial trains on one GPU, so {idle} reserved GPU"
-                          f"{'s' if idle > 1 else ''} would sit idle; use --gpus-per-trial 1 (or 0.5, two trials per "
-                          "GPU): more trials then run at once")
+    workers = cfg.ray_workers_per_trial
+    if workers < 1:
+        raise ConfigError("--ray-workers-per-trial must be at least 1")
+    if cfg.gpus_per_trial > 1 and workers == 1:
+        # One training process drives one GPU: the rest would sit idle.
+        gpus = math.ceil(cfg.gpus_per_trial)
+        raise ConfigError(f"--gpus-per-trial {cfg.gpus_per_trial:g}: one training process uses one GPU; add "
+                          f"--ray-workers-per-trial {gpus} to train each trial on {gpus} GPUs (one Ray Train worker "
+                          "each), or use --gpus-per-trial 1 to run more trials at once")
+    if workers > 1 and cfg.gpus_per_trial / workers not in (0, 1):
+        raise ConfigError(f"--gpus-per-trial {cfg.gpus_per_trial:g} over {workers} workers: each worker needs 0 or 1 "
+                          f"whole GPU; use --gpus-per-trial {workers} or 0")
+    if workers > 1 and cfg.trial_resources:
+        raise ConfigError("--trial-resources pins a one-process trial to a node; a trial of several Ray Train "
+                          "workers is placed by Ray Train: drop --trial-resources")
     if cfg.gpus_per_trial > 0 and gpus < cfg.gpus_per_trial:
         raise ConfigError(f"--gpus-per-trial {cfg.gpus_per_trial}: the cluster has {gpus:g} GPUs; use 0 to train on CPU")
     fits = math.floor(cpus / cfg.cpus_per_trial + 1e-9)
@@ -201,6 +211,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     callbacks: dict[str, list[Callable]] = {"on_fit_epoch_end": [report]}
     for event, fns in (base.get("trial_callbacks") or {}).items():
         callbacks.setdefault(event, []).extend(fns)
+    workers = base.get("ray_workers_per_trial", 1)
     cfg = TrainConfig(
         data=Path(base["data"]), model=base["model"], epochs=base["epochs"], imgsz=base["imgsz"], batch=base["batch"],
         device=gpu_device(base["gpus_per_trial"]), experiment=base["experiment"],
@@ -211,7 +222,21 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
               "facemask.resources": json.dumps(ctx.get_trial_resources().required_resources, sort_keys=True)},
         plots=False, workers=base["workers"], run_id=run_id, resume_from=resume_from,
     )
+    if workers > 1:
+        # The trial drives a Ray Train run: its rank 0 reports each epoch to Tune, and a
+        # retried trial resumes from that run's own newest checkpoint.
+        train_distributed(replace(cfg, run_id=None, resume_from=None, device="auto"),
+                          trial_workers(base["cpus_per_trial"], base["gpus_per_trial"], workers, workdir),
+                          report_to_tune=True)
+        return
     train(cfg, callbacks=callbacks, on_run=lambda rid: holder.update(run_id=holder["run_id"] or rid))
+
+
+def trial_workers(cpus_per_trial: float, gpus_per_trial: float, workers: int, workdir: Path | str) -> DistributedConfig:
+    """A trial's CPUs and GPUs shared equally by its Ray Train workers."""
+    return DistributedConfig(workers=workers, cpus_per_worker=cpus_per_trial / workers,
+                             gpus_per_worker=gpus_per_trial / workers, storage=str(Path(workdir) / "ray-train"),
+                             max_failures=1)
 
 
 def find_trial_run(uri: str, parent_run_id: str, trial_id: str) -> str | None:
@@ -302,10 +327,13 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
             "workdir": workdir, "data": str(data), "model": cfg.model, "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch,
             "gpus_per_trial": cfg.gpus_per_trial, "experiment": cfg.experiment, "seed": cfg.seed,
             "tracking_uri": uri, "parent_run_id": parent.run_id, "study": cfg.name, "workers": cfg.workers,
-            "trial_callbacks": trial_callbacks or {},
+            "trial_callbacks": trial_callbacks or {}, "ray_workers_per_trial": cfg.ray_workers_per_trial,
+            "cpus_per_trial": cfg.cpus_per_trial,
         }
-        trainable = rt.with_resources(rt.with_parameters(run_trial, base=base),
-                                      {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **cfg.trial_resources})
+        # A distributed trial's function only drives its Ray Train run: the workers hold the resources.
+        resources = ({"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **cfg.trial_resources}
+                     if cfg.ray_workers_per_trial == 1 else {"cpu": 0})
+        trainable = rt.with_resources(rt.with_parameters(run_trial, base=base), resources)
         try:
             if cfg.resume:
                 tuner = rt.Tuner.restore(path, trainable, resume_errored=True)
@@ -381,17 +409,32 @@ def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri
 
 def _finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri: str, data: Path) -> None:
     if cfg.final_epochs:
-        final = train(TrainConfig(
+        final_cfg = TrainConfig(
             data=data, model=cfg.model, epochs=cfg.final_epochs, imgsz=cfg.imgsz, batch=cfg.batch,
             device=gpu_device(cfg.gpus_per_trial), experiment=cfg.experiment, run_name=f"{cfg.name}-final",
             parent_run_id=parent.run_id, overrides=dict(result.best_config), register=True,
             registered_model=cfg.registered_model, seed=cfg.seed, workers=cfg.workers,
-        ))
+        )
+        if cfg.ray_workers_per_trial > 1:  # the final retrain is trained the way the trials were
+            workdir = Path(tempfile.mkdtemp(prefix="facemask-final-"))
+            final = train_distributed(replace(final_cfg, device="auto", project=workdir),
+                                      trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial,
+                                                    workdir))
+        else:
+            final = train(final_cfg)
         result.version = final.version
     else:
         best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
         run_id = next(row.get("run_id") for row in result.trials if row["trial_id"] == result.best_trial)
-        with best.checkpoint.as_directory() as folder:
+        checkpoint = best.checkpoint
+        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+        if checkpoint is None and best.metrics.get(CHECKPOINT_PATH_KEY):
+            # A distributed trial reports its Ray Train run's checkpoint by path.
+            from ray.train import Checkpoint
+
+            checkpoint = Checkpoint(best.metrics[CHECKPOINT_PATH_KEY])
+        with checkpoint.as_directory() as folder:
             weights = Path(tempfile.mkdtemp(prefix="facemask-best-")) / "best.pt"
             shutil.copyfile(Path(folder) / "best.pt", weights)
         tags = {f"val_{k}": round(v, 5) for k, v in result.best_val.items()} | {"data.fingerprint": data_fingerprint(data)}

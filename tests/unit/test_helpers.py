@@ -39,6 +39,9 @@ def study(**kw) -> StudyConfig:
     ({"cpus_per_trial": 1, "gpus_per_trial": 1, "trials": 8}, {"CPU": 2, "GPU": 4}, 2),
     ({"cpus_per_trial": 1, "trials": 8, "trial_resources": {"trainer": 1}}, {"CPU": 8, "trainer": 3}, 3),
     ({"cpus_per_trial": 0.5, "trials": 8}, {"CPU": 2}, 4),
+    # Two Ray Train workers of one GPU each per trial: 8 GPUs hold 4 trials, none idle.
+    ({"cpus_per_trial": 2, "gpus_per_trial": 2, "ray_workers_per_trial": 2, "trials": 8}, {"CPU": 16, "GPU": 8}, 4),
+    ({"cpus_per_trial": 2, "ray_workers_per_trial": 2, "trials": 2}, {"CPU": 4}, 2),
 ])
 def test_max_concurrency(kw, cluster, expected):
     assert max_concurrency(study(**kw), cluster) == expected
@@ -49,8 +52,11 @@ def test_max_concurrency(kw, cluster, expected):
     ({"cpus_per_trial": 4}, {"CPU": 2}, "only 2 CPUs"),
     ({"cpus_per_trial": 1, "gpus_per_trial": 1}, {"CPU": 4}, "has 0 GPUs; use 0"),
     ({"cpus_per_trial": 1, "trial_resources": {"trainer": 1}}, {"CPU": 4}, "0 of 'trainer'"),
-    ({"cpus_per_trial": 1, "gpus_per_trial": 2}, {"CPU": 8, "GPU": 4}, "1 reserved GPU would sit idle"),
-    ({"cpus_per_trial": 1, "gpus_per_trial": 4}, {"CPU": 8, "GPU": 8}, "3 reserved GPUs would sit idle"),
+    ({"cpus_per_trial": 1, "gpus_per_trial": 2}, {"CPU": 8, "GPU": 4}, "--ray-workers-per-trial 2"),
+    ({"cpus_per_trial": 1, "gpus_per_trial": 4}, {"CPU": 8, "GPU": 8}, "--ray-workers-per-trial 4"),
+    ({"cpus_per_trial": 1, "gpus_per_trial": 1, "ray_workers_per_trial": 2}, {"CPU": 8, "GPU": 8}, "0 or 1 whole GPU"),
+    ({"cpus_per_trial": 2, "ray_workers_per_trial": 2, "trial_resources": {"t": 1}}, {"CPU": 8, "t": 2},
+     "drop --trial-resources"),
 ])
 def test_max_concurrency_refuses_what_cannot_fit(kw, cluster, message):
     with pytest.raises(ConfigError, match=message):

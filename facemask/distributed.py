@@ -1,0 +1,303 @@
+"""`train_distributed(cfg, ray_cfg)`: one YOLO26 model trained data-parallel by Ray Train workers.
+
+Ultralytics trains on one machine only: its DDP launcher spawns `torch.distributed.run`
+on a temporary script and assumes CUDA. Here Ray Train starts one worker per process of
+the job, on any node, and sets up the process group (NCCL on GPUs, gloo on CPUs); each
+worker runs the same `train()` as a single-process training, with `RayDDPTrainer`, a
+small subclass of Ultralytics' detection trainer that joins Ray's process group instead
+of making its own. Each rank trains on its shard of every epoch (Ultralytics' distributed
+sampler) and DDP all-reduces the gradients. Rank 0 alone logs to MLflow, saves weights
+and registers; every epoch, every rank reports through `ray.train.report` and rank 0
+attaches last.pt and best.pt as the checkpoint. When a worker dies, Ray Train restarts
+the group from the newest checkpoint (FailureConfig) and rank 0 reopens the same MLflow
+run, so each epoch is logged once.
+
+`ranks.jsonl` in the run's folder (beside the checkpoints, or under --project for remote
+storage) records, per epoch and rank, the images that
+rank trained on and a hash of its weights (identical on every rank after each epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from facemask.errors import ConfigError
+from facemask.runtime import resolve_path
+from facemask.settings import DistributedConfig, TrainConfig
+from facemask.train import TrainResult, epoch_metrics, train
+
+log = logging.getLogger("facemask.distributed")
+STATE_FILE = "facemask.json"  # in every checkpoint: the MLflow run and the epoch it holds
+RANKS_FILE = "ranks.jsonl"
+RESULT_FILE = "result.json"  # in the final checkpoint: what train() returned on rank 0
+
+
+def ddp_trainer_class():
+    """Ultralytics' DetectionTrainer, made to train inside a Ray Train worker group.
+
+    Relies on these Ultralytics internals (checked by tests/unit/test_distributed.py):
+    `BaseTrainer._setup_ddp` (replaced: Ray owns the process group and the device),
+    `BaseTrainer._setup_train` wrapping the model in `nn.parallel.DistributedDataParallel`
+    with `device_ids=[device.index]` (which a CPU module refuses), `world_size` and `ddp`
+    set in `__init__`, `preprocess_batch` called once per training batch, `validate`
+    returning (metrics, fitness), and `final_eval` (replaced: it assumes CUDA under DDP).
+    """
+    import torch
+    import torch.distributed as dist
+    from torch.nn import parallel
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class RayDDPTrainer(DetectionTrainer):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            # Ultralytics counts devices in --device; the group is Ray's, whatever the device.
+            self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+            self.ddp = False  # never spawn Ultralytics' own launcher: this process is already a rank
+            self.images_seen = 0
+
+        def _setup_ddp(self) -> None:
+            import ray.train.torch
+
+            self.device = ray.train.torch.get_device()
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            try:
+                from ultralytics.utils.torch_utils import get_torch_device_backend
+
+                self.accelerator = get_torch_device_backend(self.device)
+            except ImportError:  # older Ultralytics without accelerator backends
+                pass
+
+        def _setup_train(self) -> None:
+            original = parallel.DistributedDataParallel
+            cpu = self.device.type == "cpu"
+
+            class DDP(original):
+                def __init__(self, module, device_ids=None, **kwargs) -> None:
+                    super().__init__(module, device_ids=None if cpu else device_ids, **kwargs)
+
+            parallel.DistributedDataParallel = DDP
+            try:
+                super()._setup_train()
+            finally:
+                parallel.DistributedDataParallel = original
+
+        def preprocess_batch(self, batch: dict) -> dict:
+            self.images_seen += len(batch["img"])
+            return super().preprocess_batch(batch)
+
+        def validate(self):
+            metrics, fitness = super().validate()
+            if metrics is not None and fitness is not None and fitness == self.best_fitness:
+                self.best_metrics = dict(metrics)  # the epoch that best.pt holds
+            return metrics, fitness
+
+        def final_eval(self) -> None:
+            # Ultralytics validates best.pt again here, on every rank and on CUDA only. Its
+            # metrics are those of the epoch that saved it, which all ranks validated
+            # together (each its shard, gathered on rank 0), so keep those instead.
+            from ultralytics.utils.torch_utils import strip_optimizer
+
+            if dist.get_rank() == 0 and self.last.exists():
+                ckpt = strip_optimizer(self.last)
+                if self.best.exists():
+                    strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
+            dist.barrier()
+            if getattr(self, "best_metrics", None):
+                self.metrics = dict(self.best_metrics)
+
+    return RayDDPTrainer
+
+
+def weights_sha256(model) -> str:
+    """A hash of a model's parameters and buffers (unwrapped from DDP), the same on every rank."""
+    module = getattr(model, "module", model)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _checkpoint_dir(trainer, state: dict) -> Path:
+    """A folder with this epoch's last.pt and best.pt and the state to resume from."""
+    folder = Path(tempfile.mkdtemp(prefix="facemask-ckpt-"))
+    for weights in (trainer.last, trainer.best):
+        if Path(weights).is_file():
+            shutil.copy2(weights, folder / Path(weights).name)
+    (folder / STATE_FILE).write_text(json.dumps(state))
+    return folder
+
+
+def worker_loop(config: dict) -> None:
+    """One Ray Train worker: the usual `train()`, with this rank's share of the data."""
+    import ray.train
+
+    cfg: TrainConfig = config["cfg"]
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    checkpoint = ray.train.get_checkpoint()
+    local = Path(tempfile.mkdtemp(prefix="facemask-resume-"))
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = json.loads((Path(folder) / STATE_FILE).read_text())
+            shutil.copy2(Path(folder) / "last.pt", local / "last.pt")
+        # Ray restarted the group after a failure: every rank goes on from the same epoch.
+        cfg = replace(cfg, resume_from=local / "last.pt", run_id=state["run_id"])
+        log.warning("rank %d resumes from epoch %d of run %s", rank, state["epoch"], state["run_id"])
+    if rank != 0:
+        cfg = replace(cfg, tracking=False, register=False, plots=False)
+    import ray.train.torch
+
+    device = ray.train.torch.get_device()
+    cfg = replace(cfg, device="cpu" if device.type == "cpu" else str(device.index or 0))
+    run: dict[str, Any] = {"id": cfg.run_id}
+    epoch_started = time.perf_counter()
+    reported: set[int] = set()
+
+    def report(trainer) -> None:
+        # Once per trained epoch on every rank: reports are a barrier, so all ranks must agree.
+        nonlocal epoch_started
+        if trainer.epoch + 1 in reported:
+            return
+        reported.add(trainer.epoch + 1)
+        metrics = {"epoch": trainer.epoch + 1, "rank": rank, "pid": os.getpid(), "images": trainer.images_seen,
+                   "seconds": time.perf_counter() - epoch_started, "weights_sha256": weights_sha256(trainer.model)}
+        trainer.images_seen = 0
+        epoch_started = time.perf_counter()
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        metrics.update(epoch_metrics(trainer))
+        if config.get("tune"):
+            # The names a Tune study ranks trials by (see tune.run_trial): mAP50-95, box_loss, ...
+            metrics.update({k.replace("val/", "").replace("/", "_"): v for k, v in epoch_metrics(trainer).items()})
+        metrics["run_id"] = run["id"] or ""
+        folder = _checkpoint_dir(trainer, {"run_id": run["id"], "epoch": trainer.epoch + 1})
+        try:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def on_run(run_id: str | None) -> None:
+        run["id"] = run_id
+
+    result = train(cfg, callbacks={"on_fit_epoch_end": [report]}, on_run=on_run, trainer=ddp_trainer_class())
+    shutil.rmtree(local, ignore_errors=True)
+    if config.get("tune"):
+        return  # Tune has every epoch; an extra report would count as one more
+    # One last report from every rank (reports are a barrier): rank 0's carries the outcome,
+    # with best.pt, to the driver through storage, wherever rank 0 ran.
+    final = {"epoch": result.epochs_run, "rank": rank, "final": True}
+    if rank != 0:
+        ray.train.report(final)
+        return
+    summary = {"run_id": result.run_id, "version": result.version, "metrics": result.metrics,
+               "epochs_run": result.epochs_run, "save_dir": str(result.save_dir), "fingerprint": result.fingerprint,
+               "logging_failures": result.logging_failures}
+    folder = Path(tempfile.mkdtemp(prefix="facemask-result-"))
+    for weights in (result.best, result.last):
+        if weights.is_file():
+            shutil.copy2(weights, folder / weights.name)
+    (folder / RESULT_FILE).write_text(json.dumps(summary, indent=1))
+    (folder / STATE_FILE).write_text(json.dumps({"run_id": result.run_id, "epoch": result.epochs_run, "final": True}))
+    try:
+        ray.train.report({**final, **result.metrics}, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def rank_log_callback(path: Path):
+    """A Ray Train callback that appends every report's per-rank figures to `path`."""
+    from ray.train import UserCallback
+
+    class RankLog(UserCallback):
+        def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+            ranks = [{k: m.get(k) for k in ("rank", "pid", "images", "seconds", "weights_sha256")} for m in metrics]
+            first = metrics[0] if metrics else {}
+            with path.open("a") as f:
+                f.write(json.dumps({"epoch": first.get("epoch"), "final": bool(first.get("final")), "ranks": ranks,
+                                    "checkpoint": checkpoint.path if checkpoint is not None else None}) + "\n")
+
+    return RankLog()
+
+
+def check_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig) -> None:
+    """Refuse settings that cannot work, in one line each, before any worker starts."""
+    if ray_cfg.workers < 1:
+        raise ConfigError("--ray-workers must be at least 1")
+    if ray_cfg.gpus_per_worker not in (0, 1):
+        raise ConfigError("--gpus-per-worker: 0 or 1 (one process drives one GPU; use more workers for more GPUs)")
+    if cfg.batch < ray_cfg.workers:
+        raise ConfigError(f"--batch {cfg.batch} is the global batch, split across {ray_cfg.workers} workers: "
+                          f"use at least {ray_cfg.workers}")
+    if cfg.device not in ("auto", "cpu") and ray_cfg.workers > 1:
+        raise ConfigError("--device picks devices for one process; with --ray-workers, use --gpus-per-worker")
+
+
+def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tune: bool = False) -> TrainResult | None:
+    """Train one model with `ray_cfg.workers` Ray Train workers; the same result as `train()`.
+
+    report_to_tune: inside a Tune trial, rank 0's epochs go to Tune as the trial's results
+    (ASHA stops the trial between epochs) and this returns None.
+
+    Needs a connected Ray cluster (the CLI and jobs/train.py join or start one). The
+    storage folder (`ray_cfg.storage`, default `ray-train/` under the project) holds the
+    checkpoints, `ranks.jsonl` and `result.json`; on several nodes it must be shared
+    (NFS, or an s3:// URI for the checkpoints).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    check_distributed(cfg, ray_cfg)
+    started = time.perf_counter()
+    data = resolve_path(cfg.data)
+    project = resolve_path(cfg.project)
+    name = cfg.run_name or time.strftime("ddp-%Y%m%d-%H%M%S")
+    storage = ray_cfg.storage or str(project / "ray-train")
+    # ranks.jsonl is written by the controller, which runs beside this driver.
+    run_dir = Path(storage) / name if "://" not in storage else project / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = replace(cfg, data=data, project=project, run_name=name)
+    tune_callback = []
+    if report_to_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        tune_callback = [TuneReportCallback()]
+    resources = {"CPU": ray_cfg.cpus_per_worker, **({"GPU": ray_cfg.gpus_per_worker} if ray_cfg.gpus_per_worker else {})}
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"cfg": cfg, "tune": report_to_tune},
+        scaling_config=ScalingConfig(num_workers=ray_cfg.workers, use_gpu=bool(ray_cfg.gpus_per_worker),
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=[rank_log_callback(run_dir / RANKS_FILE), *tune_callback]),
+    )
+    result = trainer.fit()
+    if report_to_tune:
+        return None
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train finished without a checkpoint; see {run_dir}")
+    with result.checkpoint.as_directory() as folder:
+        summary = json.loads((Path(folder) / RESULT_FILE).read_text())
+        kept = run_dir / "weights"
+        kept.mkdir(exist_ok=True)
+        for weights in ("best.pt", "last.pt"):
+            if (Path(folder) / weights).is_file():
+                shutil.copy2(Path(folder) / weights, kept / weights)
+    return TrainResult(
+        run_id=summary["run_id"], save_dir=Path(summary["save_dir"]), best=kept / "best.pt", last=kept / "last.pt",
+        metrics=summary["metrics"], epochs_run=summary["epochs_run"], seconds=time.perf_counter() - started,
+        fingerprint=summary["fingerprint"], version=summary["version"], logging_failures=summary["logging_failures"],
+    )

@@ -1,0 +1,96 @@
+"""One model trained by two Ray Train workers (gloo on CPU): the same weights on both ranks,
+half the data each, one MLflow run, a checkpoint per epoch, and a restart after a worker dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from facemask.distributed import RANKS_FILE, train_distributed
+from facemask.settings import DistributedConfig, TrainConfig
+
+pytestmark = pytest.mark.integration
+
+
+def config(data, tracking, tmp_path, name: str, epochs: int = 2) -> TrainConfig:
+    return TrainConfig(data=data, model="yolo26n.yaml", epochs=epochs, imgsz=160, batch=8, device="cpu", workers=0,
+                       experiment=tracking["experiment"], project=tmp_path / "runs", plots=False, run_name=name)
+
+
+def rank_log(storage, name: str) -> list[dict]:
+    path = storage / name / RANKS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def the_one_run(tracking) -> str:
+    client = MlflowClient(tracking["uri"])
+    experiment = client.get_experiment_by_name(tracking["experiment"])
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0].info.run_id
+
+
+def test_two_workers_train_one_model_each_on_half_the_data(ray_local, tiny_data, tracking, tmp_path):
+    storage = tmp_path / "storage"
+    result = train_distributed(config(tiny_data, tracking, tmp_path, "ddp"),
+                               DistributedConfig(workers=2, cpus_per_worker=1, storage=str(storage)))
+    train_images = len(list((tiny_data.parent / "images" / "train").iterdir()))
+    epochs = [entry for entry in rank_log(storage, "ddp") if not entry["final"]]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for entry in epochs:
+        first, second = entry["ranks"]
+        assert (first["rank"], second["rank"]) == (0, 1)
+        assert first["weights_sha256"] == second["weights_sha256"], "the ranks' weights diverged"
+        # A distributed sampler: each rank gets its half, padded by at most one image.
+        assert {first["images"], second["images"]} <= {train_images // 2, (train_images + 1) // 2}, entry
+        assert entry["checkpoint"], "every epoch reports a checkpoint"
+    assert epochs[0]["ranks"][0]["weights_sha256"] != epochs[1]["ranks"][0]["weights_sha256"]
+
+    run_id = the_one_run(tracking)
+    assert result.run_id == run_id and result.epochs_run == 2
+    client = MlflowClient(tracking["uri"])
+    for key in ("train/box_loss", "val/mAP50-95", "lr/pg0"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
+    assert client.get_run(run_id).data.params["epochs"] == "2"
+    assert {a.path for a in client.list_artifacts(run_id, "weights")} == {"weights/best.pt", "weights/last.pt"}
+    assert result.best.is_file() and set(result.metrics) >= {"val/mAP50-95", "val/precision"}
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint_in_the_same_run(ray_local, tiny_data, tracking, tmp_path):
+    storage, outcome = tmp_path / "storage", {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = train_distributed(config(tiny_data, tracking, tmp_path, "fault", epochs=3),
+                                                  DistributedConfig(workers=2, storage=str(storage), max_failures=2))
+        except BaseException as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 600
+    while not rank_log(storage, "fault") and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.2)
+    first = rank_log(storage, "fault")
+    assert first and first[0]["epoch"] == 1, first
+    time.sleep(1.0)  # into epoch 2
+    victim = first[0]["ranks"][1]["pid"]
+    os.kill(victim, signal.SIGKILL)  # a process of this test's own Ray instance
+    thread.join(timeout=900)
+    assert not thread.is_alive(), "training did not finish after the restart"
+    assert "error" not in outcome, outcome.get("error")
+    epochs = [e["epoch"] for e in rank_log(storage, "fault") if not e["final"]]
+    assert epochs == [1, 2, 3], epochs  # epoch 2 restarted from epoch 1's checkpoint, reported once
+    pids = {r["pid"] for e in rank_log(storage, "fault") for r in e["ranks"] if e["epoch"] and e["epoch"] >= 2}
+    assert victim not in pids, "the killed worker cannot have reported after its death"
+    run_id = the_one_run(tracking)
+    client = MlflowClient(tracking["uri"])
+    assert [m.step for m in client.get_metric_history(run_id, "val/mAP50-95")] == [1, 2, 3]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert outcome["result"].run_id == run_id and outcome["result"].epochs_run == 3
