@@ -8,7 +8,8 @@ small subclass of Ultralytics' detection trainer that joins Ray's process group 
 of making its own. Each rank trains on its shard of every epoch (Ultralytics' distributed
 sampler) and DDP all-reduces the gradients. Rank 0 alone logs to MLflow, saves weights
 and registers; every epoch, every rank reports through `ray.train.report` and rank 0
-attaches last.pt and best.pt as the checkpoint. When a worker dies, Ray Train restarts
+attaches last.pt and best.pt as the checkpoint; Ray Train's controller logs that epoch's
+metrics to the run once every rank has reported. When a worker dies, Ray Train restarts
 the group from the newest checkpoint (FailureConfig) and rank 0 reopens the same MLflow
 run, so each epoch is logged once.
 
@@ -33,12 +34,14 @@ from typing import Any
 from facemask.errors import ConfigError
 from facemask.runtime import resolve_path
 from facemask.settings import DistributedConfig, TrainConfig
+from facemask.tracking import RunLogger, check_tracking_reachable, tracking_uri
 from facemask.train import TrainResult, epoch_metrics, train
 
 log = logging.getLogger("facemask.distributed")
 STATE_FILE = "facemask.json"  # in every checkpoint: the MLflow run and the epoch it holds
 RANKS_FILE = "ranks.jsonl"
 RESULT_FILE = "result.json"  # in the final checkpoint: what train() returned on rank 0
+EPOCH_GROUPS = ("train", "val", "lr")  # the per-epoch metrics rank 0 reports (see train.epoch_metrics)
 
 
 def ddp_trainer_class():
@@ -119,10 +122,15 @@ def ddp_trainer_class():
 
 
 def weights_sha256(model) -> str:
-    """A hash of a model's parameters and buffers (unwrapped from DDP), the same on every rank."""
+    """A hash of a model's trained parameters (unwrapped from DDP): the same on every rank.
+
+    Buffers are left out: DDP here does not sync BatchNorm's running statistics (Ultralytics
+    turns buffer broadcasting off), so each rank keeps its own shard's; the saved model is
+    rank 0's EMA, whose buffers Ultralytics broadcasts before each validation.
+    """
     module = getattr(model, "module", model)
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(module.named_parameters()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -143,6 +151,8 @@ def worker_loop(config: dict) -> None:
     import ray.train
 
     cfg: TrainConfig = config["cfg"]
+    # Workers start with their node's environment, not the driver's: log where the driver does.
+    os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
     context = ray.train.get_context()
     rank = context.get_world_rank()
     checkpoint = ray.train.get_checkpoint()
@@ -191,7 +201,8 @@ def worker_loop(config: dict) -> None:
     def on_run(run_id: str | None) -> None:
         run["id"] = run_id
 
-    result = train(cfg, callbacks={"on_fit_epoch_end": [report]}, on_run=on_run, trainer=ddp_trainer_class())
+    result = train(cfg, callbacks={"on_fit_epoch_end": [report]}, on_run=on_run, trainer=ddp_trainer_class(),
+                   epoch_logging=False)
     shutil.rmtree(local, ignore_errors=True)
     if config.get("tune"):
         return  # Tune has every epoch; an extra report would count as one more
@@ -216,19 +227,34 @@ def worker_loop(config: dict) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def rank_log_callback(path: Path):
-    """A Ray Train callback that appends every report's per-rank figures to `path`."""
+def epoch_callback(path: Path, uri: str, tracking: bool):
+    """A Ray Train controller callback, run once all ranks have reported an epoch (and its
+    checkpoint is saved): it logs rank 0's metrics for that epoch to MLflow and appends
+    every rank's figures to `path` (ranks.jsonl).
+
+    Logging here rather than in rank 0 means an epoch that a failure rolls back is never
+    logged: the restarted group trains it again and it is logged once, when it completes.
+    """
     from ray.train import UserCallback
 
-    class RankLog(UserCallback):
+    class EpochLog(UserCallback):
+        def __init__(self) -> None:
+            self.loggers: dict[str, RunLogger] = {}
+
         def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
             ranks = [{k: m.get(k) for k in ("rank", "pid", "images", "seconds", "weights_sha256")} for m in metrics]
             first = metrics[0] if metrics else {}
             with path.open("a") as f:
                 f.write(json.dumps({"epoch": first.get("epoch"), "final": bool(first.get("final")), "ranks": ranks,
                                     "checkpoint": checkpoint.path if checkpoint is not None else None}) + "\n")
+            run_id = first.get("run_id")
+            if tracking and run_id and not first.get("final"):
+                if run_id not in self.loggers:
+                    self.loggers[run_id] = RunLogger(run_id=run_id, uri=uri, system_metrics=False)
+                self.loggers[run_id].log_metrics({k: v for k, v in first.items() if k.split("/")[0] in EPOCH_GROUPS},
+                                                 step=first["epoch"])
 
-    return RankLog()
+    return EpochLog()
 
 
 def check_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig) -> None:
@@ -258,7 +284,12 @@ def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tu
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    import ray
+
     check_distributed(cfg, ray_cfg)
+    uri = tracking_uri()
+    if cfg.tracking:
+        check_tracking_reachable(uri, ray.nodes(), ray.util.get_node_ip_address(), who="rank 0")
     started = time.perf_counter()
     data = resolve_path(cfg.data)
     project = resolve_path(cfg.project)
@@ -276,13 +307,13 @@ def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tu
     resources = {"CPU": ray_cfg.cpus_per_worker, **({"GPU": ray_cfg.gpus_per_worker} if ray_cfg.gpus_per_worker else {})}
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"cfg": cfg, "tune": report_to_tune},
+        train_loop_config={"cfg": cfg, "tune": report_to_tune, "tracking_uri": uri},
         scaling_config=ScalingConfig(num_workers=ray_cfg.workers, use_gpu=bool(ray_cfg.gpus_per_worker),
                                      resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             callbacks=[rank_log_callback(run_dir / RANKS_FILE), *tune_callback]),
+                             callbacks=[epoch_callback(run_dir / RANKS_FILE, uri, cfg.tracking), *tune_callback]),
     )
     result = trainer.fit()
     if report_to_tune:

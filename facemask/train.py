@@ -130,13 +130,16 @@ def train(
     callbacks: dict[str, list[Callable]] | None = None,
     on_run: Callable[[str | None], None] | None = None,
     trainer: type | None = None,
+    epoch_logging: bool = True,
 ) -> TrainResult:
     """Run one training; log params, per-epoch metrics, artifacts and the dataset to MLflow.
 
     `callbacks` maps Ultralytics events to extra functions (Tune uses this to report
     each epoch); `on_run` is told the MLflow run id before training starts; `trainer` is
     an Ultralytics trainer class to use instead of the default (`facemask.distributed`'s,
-    for a Ray Train worker). The MLflow run always ends FINISHED, FAILED or KILLED.
+    for a Ray Train worker); epoch_logging=False leaves the per-epoch metrics to the caller
+    (Ray Train's controller logs them once an epoch's checkpoint is safe, so a restart
+    never logs an epoch twice). The MLflow run always ends FINISHED, FAILED or KILLED.
     """
     data = resolve_path(cfg.data)
     if not data.is_file():
@@ -186,7 +189,8 @@ def train(
 
     model = YOLO(source)
     model.add_callback("on_pretrain_routine_start", on_start)
-    model.add_callback("on_fit_epoch_end", on_epoch)
+    if epoch_logging:
+        model.add_callback("on_fit_epoch_end", on_epoch)
     for event, functions in (callbacks or {}).items():
         for fn in functions:
             model.add_callback(event, fn)
@@ -214,7 +218,7 @@ def train(
             log_params(yaml.safe_load((save_dir / "args.yaml").read_text()) or {})
         # Epochs up to a resume point were logged by the attempt that trained them.
         first_epoch = int(getattr(trainer, "start_epoch", 0) or 0) + 1 if trainer is not None else 1
-        for row in _read_results_csv(save_dir / "results.csv"):
+        for row in _read_results_csv(save_dir / "results.csv") if epoch_logging else []:
             epoch = int(row.get("epoch", 0))
             if epoch >= first_epoch and epoch not in logged_epochs:
                 logger.log_metrics({metric_key(k): v for k, v in row.items() if k != "epoch"}, step=epoch)

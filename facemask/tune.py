@@ -30,6 +30,7 @@ from facemask.runtime import results_base, resolve_path, where_relative
 from facemask.settings import DistributedConfig, StudyConfig
 from facemask.tracking import (
     RunLogger,
+    check_tracking_reachable,
     close_run,
     find_child_run,
     find_tagged_run,
@@ -153,24 +154,6 @@ def max_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
     if fits < 1:
         raise ConfigError(f"--cpus-per-trial {cfg.cpus_per_trial}: the cluster has only {cpus:g} CPUs")
     return max(1, min(fits, cfg.max_concurrent or fits, cfg.trials))
-
-
-def hosts_elsewhere(nodes: list[dict[str, Any]], here: str) -> list[str]:
-    """Addresses of the alive Ray nodes that are not this machine (from `ray.nodes()`)."""
-    return sorted({n["NodeManagerAddress"] for n in nodes if n.get("Alive") and n.get("NodeManagerAddress") != here})
-
-
-def check_tracking_reachable(uri: str, nodes: list[dict[str, Any]], here: str) -> None:
-    """Refuse a study whose trials could not log: a sqlite store is served on this node's loopback only."""
-    if not uri.startswith("sqlite:"):
-        return
-    elsewhere = hosts_elsewhere(nodes, here)
-    if elsewhere:
-        raise ConfigError(
-            f"the cluster has nodes on other machines ({', '.join(elsewhere[:5])}), and the study would log through "
-            f"an MLflow server on this node's loopback ({uri}), which their trials cannot reach; set "
-            "MLFLOW_TRACKING_URI to a tracking server every node reaches (README: Run on a cluster)"
-        )
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:

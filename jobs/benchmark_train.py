@@ -1,10 +1,18 @@
-"""Benchmark: seconds per epoch and peak RSS of one training, and our MLflow logging's overhead.
+"""Benchmark: seconds per epoch and peak RSS of one training, and our MLflow logging's overhead;
+or, with --ray-workers, one model trained by 1, 2, ... Ray Train workers.
 
 Trains yolo26n (from yolo26n.yaml) at 320 on CPU on the prepared shared real set twice in
 this run: with our MLflow tracking (sqlite in a temp folder) and with tracking off. Each
 training runs in its own process so peak RSS is its own.
 
+With `--ray-workers 1,2`: the same training (same data, seed, epochs and global batch 16)
+once as the plain one-process training with torch on every core, and once per worker
+count as `train --ray-workers N` with the cores split between the workers (one torch
+thread each on 2 cores). It reports seconds per epoch, training images per second and
+val mAP50-95 after the same epochs. On a GPU cluster, add `--gpus-per-worker 1`.
+
     python jobs/benchmark_train.py [--source ../shared/datasets/face-mask-detection] [--epochs 2]
+    python jobs/benchmark_train.py --ray-workers 1,2 --epochs 4 [--gpus-per-worker 1]
 """
 
 from __future__ import annotations
@@ -40,6 +48,68 @@ print("RESULT " + json.dumps({"epochs": durations, "peak_rss": resource.getrusag
 """
 
 
+SCALING = r"""
+import json, logging, os, sys, time
+from pathlib import Path
+from facemask.settings import DistributedConfig, TrainConfig
+data, project, epochs, imgsz, workers, gpus = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+cfg = TrainConfig(data=Path(data), model="yolo26n.yaml", epochs=epochs, imgsz=imgsz, batch=16,
+                  device="cpu" if not gpus else "auto", workers=0, project=project, run_name=f"w{workers}",
+                  plots=False, tracking=False, seed=0, experiment="benchmark-train")
+start = time.perf_counter()
+if workers == 1:
+    from facemask.train import train
+    stamps = []
+    result = train(cfg, callbacks={"on_fit_epoch_end": [lambda t: stamps.append(time.perf_counter())]})
+    durations = [b - a for a, b in zip([start] + stamps, stamps)][:epochs]
+else:
+    import ray
+    from facemask.distributed import RANKS_FILE, train_distributed
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+    cpus = os.cpu_count() / workers if not gpus else 1
+    result = train_distributed(cfg, DistributedConfig(workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
+                                                      storage=str(project / "storage")))
+    lines = [json.loads(l) for l in (project / "storage" / f"w{workers}" / RANKS_FILE).read_text().splitlines()]
+    durations = [l["ranks"][0]["seconds"] for l in lines if not l["final"]]
+wall = time.perf_counter() - start
+print("RESULT " + json.dumps({"epochs": durations, "wall": wall, "map": result.metrics.get("val/mAP50-95")}))
+"""
+
+
+def scaling(data: Path, tmp: Path, epochs: int, imgsz: int, workers: list[int], gpus: float) -> None:
+    images = len(list((data.parent / "images" / "train").iterdir()))
+    rows = {}
+    for n in workers:
+        project = tmp / f"w{n}"
+        project.mkdir()
+        out = subprocess.run([sys.executable, "-c", SCALING, str(data), str(project), str(epochs), str(imgsz), str(n),
+                              str(gpus)], capture_output=True, text=True, cwd=project)
+        if out.returncode != 0:
+            raise SystemExit(f"training with {n} workers failed:\n{out.stderr[-3000:]}")
+        rows[n] = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    print(f"yolo26n.yaml, imgsz {imgsz}, global batch 16, {epochs} epochs, {images} training images, "
+          f"{'GPU' if gpus else f'CPU ({os.cpu_count()} cores)'}")
+    print(f"{'workers':>7s} {'s/epoch (each)':>34s} {'steady s/epoch':>15s} {'images/s':>9s} {'vs 1':>6s} "
+          f"{'val mAP50-95':>13s} {'wall s':>7s}")
+    base = None
+    for n, r in rows.items():
+        steady = r["epochs"][1:] or r["epochs"]
+        per_epoch = sum(steady) / len(steady)
+        base = base or per_epoch
+        each = " ".join(f"{d:6.1f}" for d in r["epochs"])
+        print(f"{n:7d} {each:>34s} {per_epoch:15.1f} {images / per_epoch:9.1f} {base / per_epoch:5.2f}x "
+              f"{r['map'] or 0:13.4f} {r['wall']:7.1f}")
+    print("(steady: epochs after the first, which also pays start-up; each epoch includes its validation)")
+    if 1 in rows and len(rows) > 1:
+        top = max(rows)
+        steady = lambda n: sum(rows[n]["epochs"][1:] or rows[n]["epochs"]) / len(rows[n]["epochs"][1:] or rows[n]["epochs"])
+        ratio = steady(1) / steady(top)
+        gap = abs((rows[top]["map"] or 0) - (rows[1]["map"] or 0))
+        print(f"target: {top} workers at least 1.0x the one-process rate: {ratio:.2f}x "
+              f"({'met' if ratio >= 1.0 else 'MISSED'}); val mAP50-95 within 0.02: {gap:.4f} "
+              f"({'met' if gap <= 0.02 else 'MISSED'})")
+
+
 def run(data: Path, project: Path, epochs: int, imgsz: int, tracking: str) -> dict:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
     out = subprocess.run([sys.executable, "-c", CHILD, str(data), str(project), str(epochs), str(imgsz), tracking],
@@ -54,6 +124,8 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--ray-workers", default=None, help="Compare these worker counts instead, e.g. 1,2.")
+    parser.add_argument("--gpus-per-worker", type=float, default=0)
     args = parser.parse_args()
     if not (args.source / "annotations").is_dir():
         raise SystemExit(f"{args.source}: no VOC dataset there; pass --source DIR")
@@ -63,6 +135,10 @@ def main() -> None:
     ultralytics_env()
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare(PrepareConfig(source=args.source, out=Path(tmp) / "data", engine="local", plots=False)).data_yaml
+        if args.ray_workers:
+            scaling(data, Path(tmp), args.epochs, args.imgsz, [int(n) for n in args.ray_workers.split(",")],
+                    args.gpus_per_worker)
+            return
         results = {}
         for tracking in ("off", "on"):
             project = Path(tmp) / tracking

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Iterator
+from typing import Any, Iterator
 
+from facemask.errors import ConfigError
 from facemask.runtime import free_port
 from facemask.tracking.runs import artifact_root, sqlite_path, tracking_uri
 
@@ -64,3 +65,22 @@ def study_tracking_uri(uri: str | None = None) -> Iterator[str]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log_file.close()
+
+
+def hosts_elsewhere(nodes: list[dict[str, Any]], here: str) -> list[str]:
+    """Addresses of the alive Ray nodes that are not this machine (from `ray.nodes()`)."""
+    return sorted({n["NodeManagerAddress"] for n in nodes if n.get("Alive") and n.get("NodeManagerAddress") != here})
+
+
+def check_tracking_reachable(uri: str, nodes: list[dict[str, Any]], here: str, who: str = "trials") -> None:
+    """Refuse a run whose remote processes could not log: a sqlite store is on this machine only
+    (a study even serves it on this node's loopback)."""
+    if not uri.startswith("sqlite:"):
+        return
+    elsewhere = hosts_elsewhere(nodes, here)
+    if elsewhere:
+        raise ConfigError(
+            f"the cluster has nodes on other machines ({', '.join(elsewhere[:5])}), and the tracking store is on this "
+            f"machine ({uri}), which {who} there cannot reach; set "
+            "MLFLOW_TRACKING_URI to a tracking server every node reaches (README: Run on a cluster)"
+        )

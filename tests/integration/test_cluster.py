@@ -47,7 +47,8 @@ def make_cluster():
         c.stop()
 
 
-def submit_study(cluster, entrypoint: list[str], extra: list[str], tiny_data, mlflow_server, tmp_path, working_dir: bool):
+def submit_study(cluster, entrypoint: list[str], extra: list[str], tiny_data, mlflow_server, tmp_path, working_dir: bool,
+                 checkpoints: str = "study/run_trial_*/checkpoint_*/last.pt"):
     space = tmp_path / "space.yaml"
     good = SPACE["baseline"][0]
     space.write_text(yaml.safe_dump({"space": SPACE["space"], "baseline": [good, {**good, "lr0": 0.01}]}))
@@ -75,7 +76,7 @@ def submit_study(cluster, entrypoint: list[str], extra: list[str], tiny_data, ml
     for run in trials:
         assert run.info.status == "FINISHED"
         assert {a.path for a in client.list_artifacts(run.info.run_id, "weights")} >= {"weights/best.pt"}
-    assert len(list((tmp_path / "studies" / "study").glob("run_trial_*/checkpoint_*/last.pt"))) >= 2
+    assert len(list((tmp_path / "studies").glob(checkpoints))) >= 2
     return trials
 
 
@@ -175,6 +176,23 @@ def test_trials_pinned_to_the_second_node(make_cluster, tiny_data, mlflow_server
     for run in trials:
         assert json.loads(run.data.tags["facemask.resources"]).get("trainer") == 1
     assert len({r.data.tags["facemask.node_id"] for r in trials}) == 1
+
+
+def test_a_study_whose_trials_are_each_trained_by_two_ray_train_workers(make_cluster, tiny_data, mlflow_server, tmp_path):
+    """Head (1 CPU) + worker node (2 CPUs): each trial is one model trained by two workers,
+    placed by Ray Train wherever the CPUs are, reporting every epoch to Tune through rank 0."""
+    cluster = make_cluster(worker=True)
+    trials = submit_study(cluster, ["python", str(ROOT / "jobs" / "tune.py")],
+                          ["--cpus-per-trial", "2", "--ray-workers-per-trial", "2"], tiny_data, mlflow_server, tmp_path,
+                          working_dir=False, checkpoints="study-yolo/*/ray-train/*/checkpoint_*/last.pt")
+    client = MlflowClient(mlflow_server.uri)
+    for run in trials:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/cls_loss")] == [1, 2]
+        log = tmp_path / "studies" / "study-yolo" / run.data.tags["facemask.trial_id"] / "ray-train" / run.info.run_name
+        epochs = [json.loads(line) for line in (log / "ranks.jsonl").read_text().splitlines()]
+        assert [e["epoch"] for e in epochs] == [1, 2]
+        for entry in epochs:
+            assert len(entry["ranks"]) == 2 and len({r["weights_sha256"] for r in entry["ranks"]}) == 1
 
 
 def test_job_submit_needs_the_token(make_cluster):

@@ -19,8 +19,11 @@ pytestmark = pytest.mark.integration
 
 
 def config(data, tracking, tmp_path, name: str, epochs: int = 2) -> TrainConfig:
+    # nbs=8: an optimizer step every global batch of 8 (Ultralytics would otherwise accumulate
+    # to 64 images, more than this tiny set's epoch holds, and the weights would not move).
     return TrainConfig(data=data, model="yolo26n.yaml", epochs=epochs, imgsz=160, batch=8, device="cpu", workers=0,
-                       experiment=tracking["experiment"], project=tmp_path / "runs", plots=False, run_name=name)
+                       experiment=tracking["experiment"], project=tmp_path / "runs", plots=False, run_name=name,
+                       overrides={"nbs": 8})
 
 
 def rank_log(storage, name: str) -> list[dict]:

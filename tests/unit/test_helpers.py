@@ -20,7 +20,8 @@ from facemask.modelref import find_weights, model_uri_for, parse_models_uri
 from facemask.request_checks import check_model_id, declared_size, decode_image, inspect_image
 from facemask.settings import AugmentConfig, PrepareConfig, StudyConfig, TrainConfig, default, validate_fractions
 from facemask.tracking.runs import RunLogger, flatten, metric_key
-from facemask.tune import check_tracking_reachable, hosts_elsewhere, load_search_space, max_concurrency, trial_status
+from facemask.tracking import check_tracking_reachable, hosts_elsewhere
+from facemask.tune import load_search_space, max_concurrency, trial_status
 
 
 # ---------------------------------------------------------------- tune
