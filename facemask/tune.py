@@ -313,9 +313,10 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
             "trial_callbacks": trial_callbacks or {}, "ray_workers_per_trial": cfg.ray_workers_per_trial,
             "cpus_per_trial": cfg.cpus_per_trial,
         }
-        # A distributed trial's function only drives its Ray Train run: the workers hold the resources.
+        # A distributed trial's function only drives its Ray Train run: the workers hold the
+        # resources (Tune needs some request, so a token one).
         resources = ({"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **cfg.trial_resources}
-                     if cfg.ray_workers_per_trial == 1 else {"cpu": 0})
+                     if cfg.ray_workers_per_trial == 1 else {"cpu": 0.01})
         trainable = rt.with_resources(rt.with_parameters(run_trial, base=base), resources)
         try:
             if cfg.resume:
