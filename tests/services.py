@@ -164,3 +164,23 @@ def wait_port(port: int, timeout: float = 120, proc: subprocess.Popen | None = N
                 return
         time.sleep(0.5)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def launch_chromium(playwright, *extra: str):
+    """Debian's chromium through Playwright, offline-friendly (no background network)."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra])
+
+
+def assert_first_box_in_its_class_colour(page) -> None:
+    """The pixel on the top edge of the first box the page drew has that box's class colour."""
+    pixel, color = page.evaluate("""() => {
+        const b = window.lastDrawn[0], ctx = document.getElementById('canvas').getContext('2d');
+        const x = Math.round((b.x1 + b.x2) / 2), y = Math.round(b.y1);
+        return [Array.from(ctx.getImageData(x, Math.max(0, y), 1, 1).data.slice(0, 3)), b.color];
+    }""")
+    want = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    assert max(abs(a - b) for a, b in zip(pixel, want)) <= 40, (pixel, want)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from facemask.client import Client, EndpointError
-from tests.services import API_KEY, CHROMIUM, LIMITS, free_port
+from tests.services import API_KEY, CHROMIUM, LIMITS, assert_first_box_in_its_class_colour, free_port, launch_chromium
 
 pytestmark = pytest.mark.integration
 
@@ -521,9 +521,7 @@ def test_page_in_chromium_draws_boxes(endpoint, known_image):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page()
             errors = []
@@ -541,14 +539,7 @@ def test_page_in_chromium_draws_boxes(endpoint, known_image):
             counts = [int(t) for t in page.locator("#counts td[data-class]").all_inner_texts()]
             assert sum(counts) == drawn
             assert f"v{endpoint['other']}" in page.inner_text("#status")
-            # The pixel on the first box's top edge has its class colour.
-            pixel, color = page.evaluate("""() => {
-                const b = window.lastDrawn[0], ctx = document.getElementById('canvas').getContext('2d');
-                const x = Math.round((b.x1 + b.x2) / 2), y = Math.round(b.y1);
-                return [Array.from(ctx.getImageData(x, Math.max(0, y), 1, 1).data.slice(0, 3)), b.color];
-            }""")
-            want = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
-            assert max(abs(a - b) for a, b in zip(pixel, want)) <= 40, (pixel, want)
+            assert_first_box_in_its_class_colour(page)
             assert not errors, errors
         finally:
             browser.close()
