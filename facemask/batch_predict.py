@@ -32,7 +32,7 @@ import numpy as np
 from facemask.classes import CLASS_NAMES
 from facemask.detector import load_detector, resolve_model, upright_rgb
 from facemask.errors import ConfigError, InputNotFoundError
-from facemask.live import LatestFrame, PeopleTracker
+from facemask.live import TRACK_CONF, LatestFrame, PeopleTracker
 from facemask.plots import draw_boxes
 from facemask.runtime import resolve_device, resolve_path
 from facemask.settings import IMAGE_SUFFIXES, PredictConfig, is_stream
@@ -66,9 +66,9 @@ class Annotator:
         self.detector = load_detector(cfg.model_uri, device=resolve_device(cfg.device), backend=cfg.backend, threads=threads,
                                       warm=True)
 
-    def detect(self, images: list) -> list[list[dict]]:
-        found = self.detector.predict(images, conf=self.cfg.conf, iou=self.cfg.iou, imgsz=self.cfg.imgsz,
-                                      max_det=self.cfg.max_det)
+    def detect(self, images: list, conf: float | None = None) -> list[list[dict]]:
+        found = self.detector.predict(images, conf=self.cfg.conf if conf is None else conf, iou=self.cfg.iou,
+                                      imgsz=self.cfg.imgsz, max_det=self.cfg.max_det)
         return [[d.to_dict() for d in detections] for detections in found]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -239,7 +239,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
                 for batch in run_batches(cfg, rows, 1):
                     for line, jpeg in zip(batch["record"], batch["jpeg"]):
                         entry = json.loads(line)
-                        entry["detections"] = tracker.update(entry["detections"])
+                        entry = record(tracker.update(entry["detections"]), {k: entry[k] for k in ("frame", "time_s")})
                         f.write(json.dumps(entry) + "\n")
                         frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
                         writer.write(frame)
@@ -318,7 +318,7 @@ def predict_stream(cfg: PredictConfig, info, started: float) -> PredictResult:
                     continue
                 index, at, frame = item
                 image = rgb_image(frame)
-                found = tracker.update(annotator.detect([image])[0])
+                found = tracker.update(annotator.detect([image], conf=min(cfg.conf, TRACK_CONF))[0], show_conf=cfg.conf)
                 entry = record(found, {"frame": index, "time_s": round(at, 3)})
                 f.write(json.dumps(entry) + "\n")
                 processed += 1

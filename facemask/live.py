@@ -19,6 +19,11 @@ from facemask.classes import CLASS_NAMES, class_id
 
 # A track seen on fewer frames than this is not yet a person (one-frame false positives).
 MIN_FRAMES = 3
+# ByteTrack's second association uses detections down to this score (bytetrack.yaml's
+# track_low_thresh): a stream's model runs at most this strict, whatever is shown.
+TRACK_CONF = 0.1
+# Boxes overlapping more than this are one face (YOLO26 can score one face as two classes).
+SAME_FACE_IOU = 0.7
 
 
 class LatestFrame:
@@ -61,6 +66,23 @@ class _Detections:
         return _Detections(self.xywh[index], self.conf[index], self.cls[index])
 
 
+def iou(a: dict, b: dict) -> float:
+    x1, y1 = max(a["x1"], b["x1"]), max(a["y1"], b["y1"])
+    x2, y2 = min(a["x2"], b["x2"]), min(a["y2"], b["y2"])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a["x2"] - a["x1"]) * (a["y2"] - a["y1"]) + (b["x2"] - b["x1"]) * (b["y2"] - b["y1"]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def one_per_face(detections: list[dict]) -> list[dict]:
+    """The most confident of each group of boxes on the same face, whatever their classes."""
+    kept: list[dict] = []
+    for d in sorted(detections, key=lambda d: -d["confidence"]):
+        if all(iou(d["box"], k["box"]) <= SAME_FACE_IOU for k in kept):
+            kept.append(d)
+    return kept
+
+
 def tracker_settings(frame_rate: float) -> SimpleNamespace:
     """ByteTrack's defaults (Ultralytics' bytetrack.yaml), with a lost face kept for one second."""
     return SimpleNamespace(tracker_type="bytetrack", track_high_thresh=0.25, track_low_thresh=0.1,
@@ -83,8 +105,14 @@ class PeopleTracker:
         self.frames = 0
         self.people: dict[int, Counter] = {}
 
-    def update(self, detections: list[dict]) -> list[dict]:
-        """Give each detection (`box` x1..y2, `confidence`, `label`) a `track_id`; None while unconfirmed."""
+    def update(self, detections: list[dict], show_conf: float = 0.0) -> list[dict]:
+        """Give each detection (`box` x1..y2, `confidence`, `label`) a `track_id`; None while unconfirmed.
+
+        Every detection helps tracking (ByteTrack matches weak ones to existing tracks);
+        those under `show_conf` are then left out of the answer, and of all boxes on one face
+        (more than SAME_FACE_IOU overlap) only the most confident is kept.
+        """
+        detections = one_per_face(detections)
         self.frames += 1
         if detections:
             boxes = np.array([[d["box"]["x1"], d["box"]["y1"], d["box"]["x2"], d["box"]["y2"]] for d in detections],
@@ -100,8 +128,9 @@ class PeopleTracker:
         for row in tracked:
             track_id, index = int(row[4]), int(row[-1])
             out[index]["track_id"] = track_id
-            self.people.setdefault(track_id, Counter())[out[index]["label"]] += 1
-        return out
+            if out[index]["confidence"] >= show_conf:
+                self.people.setdefault(track_id, Counter())[out[index]["label"]] += 1
+        return [d for d in out if d["confidence"] >= show_conf]
 
     def state(self, track_id: int) -> str | None:
         """A person's mask state: the class seen most often on their track (ties: the more severe)."""

@@ -48,7 +48,7 @@ from facemask.detector import load_detector
 from facemask.errors import ModelNotFoundError
 from facemask.modelref import model_uri_for, parse_models_uri
 from facemask.plots import CLASS_COLORS, draw_boxes
-from facemask.live import LatestFrame, PeopleTracker
+from facemask.live import TRACK_CONF, LatestFrame, PeopleTracker
 from facemask.request_checks import (
     LIVE_DEFAULTS,
     PixelBudget,
@@ -570,14 +570,18 @@ class FacemaskServer:
             self.pending += 1
             try:
                 detector = await self.model_for_id(settings["model"])
-                params = (settings["conf"], settings["iou"], settings["imgsz"], settings["max_det"])
+                # The tracker also wants the weak detections (see live.TRACK_CONF); the answer shows conf and up.
+                params = (min(settings["conf"], TRACK_CONF), settings["iou"], settings["imgsz"], settings["max_det"])
                 _, _, answer = await self.detect_bytes(detector, data, params, received)
             finally:
                 self.pending -= 1
         except APIError as exc:
             return {"type": "error", "frame": index, "error": exc.error, "message": exc.message, "stream": stream}
         tracked_at = time.perf_counter()
-        answer["detections"] = tracker.update(answer["detections"])
+        answer["detections"] = tracker.update(answer["detections"], show_conf=settings["conf"])
+        answer["counts"] = dict.fromkeys(CLASS_NAMES, 0)
+        for d in answer["detections"]:
+            answer["counts"][d["label"]] += 1
         state["processed"] += 1
         answer["timings"]["track_ms"] = round((time.perf_counter() - tracked_at) * 1000, 2)
         answer["timings"]["total_ms"] = round((time.perf_counter() - received) * 1000, 2)

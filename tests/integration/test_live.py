@@ -46,7 +46,9 @@ def test_live_stream_answers_every_frame_with_tracked_detections_and_survives_ba
             ws.send(frame)
             answer = receive(ws)
             assert answer["type"] == "result" and answer["frame"] == i, answer
-            assert len(answer["detections"]) == 3 and all("track_id" in d for d in answer["detections"])
+            # max_det 3, less the boxes that fall on one face (one box per face in a stream)
+            assert 1 <= len(answer["detections"]) <= 3 and all("track_id" in d for d in answer["detections"])
+            assert sum(answer["counts"].values()) == len(answer["detections"])
             assert set(answer["people"]["by_class"]) == set(CLASS_NAMES) and answer["people"]["frames"] == i + 1
             assert answer["timings"]["inference_ms"] > 0 and answer["stream"]["processed"] == i + 1
         assert streams(endpoint)["open"] == 1
@@ -60,7 +62,7 @@ def test_live_stream_answers_every_frame_with_tracked_detections_and_survives_ba
         assert error["error"] == "invalid_parameter" and "imgsz" in error["message"]
         ws.send(frame)  # the stream is still up, with its settings unchanged
         answer = receive(ws)
-        assert answer["type"] == "result" and answer["frame"] == 6 and len(answer["detections"]) == 3
+        assert answer["type"] == "result" and answer["frame"] == 6 and len(answer["detections"]) >= 1
     # Closing the stream frees its tracker.
     deadline = time.monotonic() + 20
     while (now := streams(endpoint)) != {"open": 0, "trackers": 0, "dropped": 0} and time.monotonic() < deadline:
@@ -242,7 +244,7 @@ def test_predict_on_a_live_mjpeg_stream_tracks_and_stops_at_max_frames(registere
     lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
     assert len(lines) == 6
     assert [line["frame"] for line in lines] == sorted({line["frame"] for line in lines})
-    assert all(len(line["detections"]) == 3 and all("track_id" in d for d in line["detections"]) for line in lines)
+    assert all(1 <= len(line["detections"]) <= 3 and all("track_id" in d for d in line["detections"]) for line in lines)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["kind"] == "stream" and summary["frames"]["processed"] == 6
     assert summary["frames"]["read"] >= 6 and set(summary["people"]["by_class"]) == set(CLASS_NAMES)

@@ -87,3 +87,18 @@ def test_live_settings_are_checked_like_query_parameters():
         with pytest.raises(APIError) as caught:
             live_settings(bad, LIVE_DEFAULTS)
         assert caught.value.status in (400, 422) and field in caught.value.message
+
+
+def test_one_face_scored_as_two_classes_is_one_person_and_weak_boxes_only_help_tracking():
+    tracker = PeopleTracker(frame_rate=30)
+    for t in range(6):
+        box = {"x1": 100 + 3 * t, "y1": 80, "x2": 160 + 3 * t, "y2": 150}
+        shifted = {k: v + 1 for k, v in box.items()}
+        found = [{"label": "without_mask", "class_id": 1, "confidence": 0.8, "box": box},
+                 {"label": "mask_weared_incorrect", "class_id": 2, "confidence": 0.3, "box": shifted},
+                 # a weak detection elsewhere: tracked, never shown, never a person
+                 {"label": "with_mask", "class_id": 0, "confidence": 0.15, "box": {"x1": 400, "y1": 50, "x2": 440, "y2": 90}}]
+        shown = tracker.update(found, show_conf=0.25)
+        assert [d["label"] for d in shown] == ["without_mask"], shown
+    assert tracker.summary()["people"] == 1
+    assert tracker.summary()["by_class"]["without_mask"] == 1
