@@ -47,7 +47,7 @@ EPOCH_GROUPS = ("train", "val", "lr")  # the per-epoch metrics rank 0 reports (s
 def ddp_trainer_class():
     """Ultralytics' DetectionTrainer, made to train inside a Ray Train worker group.
 
-    Relies on these Ultralytics internals (checked by tests/unit/test_distributed.py):
+    Relies on these Ultralytics internals (checked by tests/unit/test_ddp_internals.py):
     `BaseTrainer._setup_ddp` (replaced: Ray owns the process group and the device),
     `BaseTrainer._setup_train` wrapping the model in `nn.parallel.DistributedDataParallel`
     with `device_ids=[device.index]` (which a CPU module refuses), `world_size` and `ddp`
