@@ -175,12 +175,16 @@ def launch_chromium(playwright, *extra: str):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra])
 
 
-def assert_first_box_in_its_class_colour(page) -> None:
-    """The pixel on the top edge of the first box the page drew has that box's class colour."""
+def assert_last_box_in_its_class_colour(page) -> None:
+    """The pixel on the left edge of the last box the page drew has that box's class colour.
+
+    The last box, because nothing is drawn over it; its left edge, because its own label
+    sits on its top edge.
+    """
     pixel, color = page.evaluate("""() => {
-        const b = window.lastDrawn[0], ctx = document.getElementById('canvas').getContext('2d');
-        const x = Math.round((b.x1 + b.x2) / 2), y = Math.round(b.y1);
-        return [Array.from(ctx.getImageData(x, Math.max(0, y), 1, 1).data.slice(0, 3)), b.color];
+        const b = window.lastDrawn[window.lastDrawn.length - 1], ctx = document.getElementById('canvas').getContext('2d');
+        const x = Math.round(b.x1), y = Math.round((b.y1 + b.y2) / 2);
+        return [Array.from(ctx.getImageData(Math.max(0, x), y, 1, 1).data.slice(0, 3)), b.color];
     }""")
     want = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
     assert max(abs(a - b) for a, b in zip(pixel, want)) <= 40, (pixel, want)

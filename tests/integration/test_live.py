@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from facemask.classes import CLASS_NAMES
-from tests.services import API_KEY, CHROMIUM, assert_first_box_in_its_class_colour, free_port, launch_chromium
+from tests.services import API_KEY, CHROMIUM, assert_last_box_in_its_class_colour, free_port, launch_chromium
 
 pytestmark = pytest.mark.integration
 
@@ -173,7 +173,7 @@ def test_page_camera_mode_streams_frames_and_draws_tracked_boxes(endpoint, known
             people = page.locator("#people td[data-people]").all_inner_texts()
             assert len(people) == len(CLASS_NAMES) and all("%" in p for p in people), people
             assert int(page.inner_text("#people-total")) >= 0
-            assert_first_box_in_its_class_colour(page)
+            assert_last_box_in_its_class_colour(page)
             page.click("#camera")  # stop: the page closes its stream
             page.wait_for_function("document.body.dataset.live === 'off'", timeout=10_000)
             assert not errors, errors

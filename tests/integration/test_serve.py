@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from facemask.client import Client, EndpointError
-from tests.services import API_KEY, CHROMIUM, LIMITS, assert_first_box_in_its_class_colour, free_port, launch_chromium
+from tests.services import API_KEY, CHROMIUM, LIMITS, assert_last_box_in_its_class_colour, free_port, launch_chromium
 
 pytestmark = pytest.mark.integration
 
@@ -539,7 +539,7 @@ def test_page_in_chromium_draws_boxes(endpoint, known_image):
             counts = [int(t) for t in page.locator("#counts td[data-class]").all_inner_texts()]
             assert sum(counts) == drawn
             assert f"v{endpoint['other']}" in page.inner_text("#status")
-            assert_first_box_in_its_class_colour(page)
+            assert_last_box_in_its_class_colour(page)
             assert not errors, errors
         finally:
             browser.close()
