@@ -84,7 +84,8 @@ def one_per_face(detections: list[dict]) -> list[dict]:
 
 
 def tracker_settings(frame_rate: float) -> SimpleNamespace:
-    """ByteTrack's defaults (Ultralytics' bytetrack.yaml), with a lost face kept for one second."""
+    """ByteTrack's defaults (Ultralytics' bytetrack.yaml), with a lost face kept for `frame_rate`
+    updates: a second when every frame is processed."""
     return SimpleNamespace(tracker_type="bytetrack", track_high_thresh=0.25, track_low_thresh=0.1,
                            new_track_thresh=0.25, track_buffer=max(1, round(frame_rate)), match_thresh=0.8,
                            fuse_score=True)
