@@ -171,7 +171,9 @@ def worker_loop(config: dict) -> None:
         cfg = replace(cfg, resume_from=local / "last.pt", run_id=state["run_id"])
         log.warning("rank %d resumes from epoch %d of run %s", rank, state["epoch"], state["run_id"])
     if rank != 0:
-        cfg = replace(cfg, tracking=False, register=False, plots=False)
+        # Only logging differs: Ultralytics' collectives depend on its args (plots adds a
+        # confusion-matrix reduce), so every rank must run with the same ones.
+        cfg = replace(cfg, tracking=False, register=False)
     import ray.train.torch
 
     device = ray.train.torch.get_device()

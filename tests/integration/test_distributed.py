@@ -18,11 +18,11 @@ from facemask.settings import DistributedConfig, TrainConfig
 pytestmark = pytest.mark.integration
 
 
-def config(data, tracking, tmp_path, name: str, epochs: int = 2) -> TrainConfig:
+def config(data, tracking, tmp_path, name: str, epochs: int = 2, plots: bool = False) -> TrainConfig:
     # nbs=8: an optimizer step every global batch of 8 (Ultralytics would otherwise accumulate
     # to 64 images, more than this tiny set's epoch holds, and the weights would not move).
     return TrainConfig(data=data, model="yolo26n.yaml", epochs=epochs, imgsz=160, batch=8, device="cpu", workers=0,
-                       experiment=tracking["experiment"], project=tmp_path / "runs", plots=False, run_name=name,
+                       experiment=tracking["experiment"], project=tmp_path / "runs", plots=plots, run_name=name,
                        overrides={"nbs": 8})
 
 
@@ -41,7 +41,9 @@ def the_one_run(tracking) -> str:
 
 def test_two_workers_train_one_model_each_on_half_the_data(ray_local, tiny_data, tracking, tmp_path):
     storage = tmp_path / "storage"
-    result = train_distributed(config(tiny_data, tracking, tmp_path, "ddp"),
+    # plots=True, as `facemask train` runs: it adds a collective to each validation, which
+    # every rank must join.
+    result = train_distributed(config(tiny_data, tracking, tmp_path, "ddp", plots=True),
                                DistributedConfig(workers=2, cpus_per_worker=1, storage=str(storage)))
     train_images = len(list((tiny_data.parent / "images" / "train").iterdir()))
     epochs = [entry for entry in rank_log(storage, "ddp") if not entry["final"]]
