@@ -120,14 +120,12 @@ def _shift_hue(img: Image.Image, shift: float) -> Image.Image:
     return Image.merge("HSV", (h, s, v)).convert("RGB")
 
 
-def _inverse_affine(size: tuple[int, int], angle: float, translate: tuple[float, float], scale: float,
+def _inverse_affine(size: tuple[int, int], translate: tuple[float, float], scale: float,
                     shear: float) -> list[float]:
-    """PIL's AFFINE data (output pixel -> input pixel) for a rotation, shear and scale about
-    the centre followed by a translation; the same matrix torchvision's affine builds."""
+    """PIL's AFFINE data (output pixel -> input pixel) for a shear and scale about the centre
+    followed by a translation; torchvision's affine matrix at angle 0 (rotation is done first)."""
     cx, cy = size[0] * 0.5, size[1] * 0.5
-    rot, sx = math.radians(angle), math.radians(shear)
-    a, b = math.cos(rot), -math.cos(rot) * math.tan(sx) - math.sin(rot)
-    c, d = math.sin(rot), -math.sin(rot) * math.tan(sx) + math.cos(rot)
+    a, b, c, d = 1.0, -math.tan(math.radians(shear)), 0.0, 1.0
     m = [v / scale for v in (d, -b, 0.0, -c, a, 0.0)]
     tx, ty = translate
     m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty) + cx
@@ -156,7 +154,7 @@ def transform_crop(crop: Image.Image, seed: int) -> Image.Image:
         canvas = canvas.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     size = canvas.size
     translate = (round(rng.uniform(-0.1, 0.1) * size[0]), round(rng.uniform(-0.1, 0.1) * size[1]))
-    matrix = _inverse_affine(size, 0.0, translate, rng.uniform(0.8, 1.2), rng.uniform(-10, 10))
+    matrix = _inverse_affine(size, translate, rng.uniform(0.8, 1.2), rng.uniform(-10, 10))
     canvas = canvas.transform(size, Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR,
                               fillcolor=clear)
     bbox = canvas.getchannel("A").point(lambda a: 255 if a >= 128 else 0).getbbox()

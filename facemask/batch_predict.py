@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from facemask.classes import CLASS_NAMES
+from facemask.classes import CLASS_NAMES, class_counts
 from facemask.detector import load_detector, resolve_model, upright_rgb
 from facemask.errors import ConfigError, InputNotFoundError
 from facemask.live import TRACK_CONF, LatestFrame, PeopleTracker
@@ -136,10 +136,7 @@ def unreadable_reason(path: Path, exc: Exception) -> str:
 
 
 def record(detections: list[dict], head: dict) -> dict:
-    counts = {name: 0 for name in CLASS_NAMES}
-    for d in detections:
-        counts[d["label"]] += 1
-    return {**head, "detections": detections, "counts": counts}
+    return {**head, "detections": detections, "counts": class_counts(detections)}
 
 
 def annotate(image, detections: list[dict]):

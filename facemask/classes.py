@@ -16,6 +16,14 @@ def class_id(name: str) -> int:
         raise KeyError(f"unknown class {name!r}: valid classes are {', '.join(CLASS_NAMES)}") from None
 
 
+def class_counts(detections: list[dict]) -> dict[str, int]:
+    """Detections (dicts with a `label`) per class, every class present."""
+    counts = dict.fromkeys(CLASS_NAMES, 0)
+    for d in detections:
+        counts[d["label"]] += 1
+    return counts
+
+
 def yolo_names() -> dict[int, str]:
     """The `names` mapping of a YOLO data.yaml."""
     return dict(enumerate(CLASS_NAMES))

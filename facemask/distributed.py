@@ -35,7 +35,7 @@ from facemask.errors import ConfigError
 from facemask.runtime import resolve_path
 from facemask.settings import DistributedConfig, TrainConfig
 from facemask.tracking import RunLogger, check_tracking_reachable, tracking_uri
-from facemask.train import TrainResult, epoch_metrics, train
+from facemask.train import TrainResult, epoch_metrics, train, tune_metric_names
 
 log = logging.getLogger("facemask.distributed")
 STATE_FILE = "facemask.json"  # in every checkpoint: the MLflow run and the epoch it holds
@@ -142,13 +142,14 @@ def weights_sha256(model) -> str:
     return digest.hexdigest()
 
 
-def _checkpoint_dir(trainer, state: dict) -> Path:
-    """A folder with this epoch's last.pt and best.pt and the state to resume from."""
+def _checkpoint_dir(last: Path, best: Path, files: dict[str, dict]) -> Path:
+    """A temporary folder with last.pt, best.pt (those that exist) and `files` as JSON."""
     folder = Path(tempfile.mkdtemp(prefix="facemask-ckpt-"))
-    for weights in (trainer.last, trainer.best):
-        if Path(weights).is_file():
-            shutil.copy2(weights, folder / Path(weights).name)
-    (folder / STATE_FILE).write_text(json.dumps(state))
+    for weights in (Path(last), Path(best)):
+        if weights.is_file():
+            shutil.copy2(weights, folder / weights.name)
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content, indent=1))
     return folder
 
 
@@ -195,12 +196,13 @@ def worker_loop(config: dict) -> None:
         if rank != 0:
             ray.train.report(metrics)
             return
-        metrics.update(epoch_metrics(trainer))
+        epoch = epoch_metrics(trainer)
+        metrics.update(epoch)
         if config.get("tune"):
-            # The names a Tune study ranks trials by (see tune.run_trial): mAP50-95, box_loss, ...
-            metrics.update({k.replace("val/", "").replace("/", "_"): v for k, v in epoch_metrics(trainer).items()})
+            metrics.update(tune_metric_names(epoch))
         metrics["run_id"] = run["id"] or ""
-        folder = _checkpoint_dir(trainer, {"run_id": run["id"], "epoch": trainer.epoch + 1})
+        state = {"run_id": run["id"], "epoch": trainer.epoch + 1}
+        folder = _checkpoint_dir(trainer.last, trainer.best, {STATE_FILE: state})
         try:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
         finally:
@@ -223,12 +225,8 @@ def worker_loop(config: dict) -> None:
     summary = {"run_id": result.run_id, "version": result.version, "metrics": result.metrics,
                "epochs_run": result.epochs_run, "save_dir": str(result.save_dir), "fingerprint": result.fingerprint,
                "logging_failures": result.logging_failures}
-    folder = Path(tempfile.mkdtemp(prefix="facemask-result-"))
-    for weights in (result.best, result.last):
-        if weights.is_file():
-            shutil.copy2(weights, folder / weights.name)
-    (folder / RESULT_FILE).write_text(json.dumps(summary, indent=1))
-    (folder / STATE_FILE).write_text(json.dumps({"run_id": result.run_id, "epoch": result.epochs_run, "final": True}))
+    folder = _checkpoint_dir(result.last, result.best, {
+        RESULT_FILE: summary, STATE_FILE: {"run_id": result.run_id, "epoch": result.epochs_run, "final": True}})
     try:
         ray.train.report({**final, **result.metrics}, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
     finally:

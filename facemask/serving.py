@@ -43,7 +43,7 @@ from facemask.api_schema import (
     ModelsResponse,
     PredictResponse,
 )
-from facemask.classes import CLASS_NAMES
+from facemask.classes import CLASS_NAMES, class_counts
 from facemask.detector import load_detector
 from facemask.errors import ModelNotFoundError
 from facemask.modelref import model_uri_for, parse_models_uri
@@ -353,9 +353,7 @@ class FacemaskServer:
         if image.width != image.height and (image.width > image.height) != (width > height):
             width, height = height, width
         detections = [scaled(d.to_dict(), scale, width, height) for d in result["detections"]]
-        counts = dict.fromkeys(CLASS_NAMES, 0)
-        for d in detections:
-            counts[d["label"]] += 1
+        counts = class_counts(detections)
         answer = {
             "detections": detections, "counts": counts, "image": {"width": width, "height": height},
             "model": model_ref(detector),
@@ -460,7 +458,7 @@ class FacemaskServer:
         tracker = PeopleTracker(frame_rate=settings["fps"])
         self.streams[stream_id] = slot
         self.trackers.add(tracker)
-        state = {"settings": settings, "open": True, "processed": 0, "rate_limited": 0, "notified": 0.0}
+        state = {"settings": settings, "open": True, "processed": 0, "rate_limited": 0}
         receiver = asyncio.get_running_loop().create_task(self.live_receive(ws, slot, wake, state))
         try:
             while state["open"]:
@@ -507,7 +505,7 @@ class FacemaskServer:
         return settings
 
     async def live_refuse(self, ws: WebSocket, code: int, error: str, message: str) -> None:
-        await ws.send_text(json.dumps({"type": "error", "frame": None, "error": error, "message": message}))
+        await self.live_error(ws, None, error, message)
         await ws.close(code=code, reason=error)
 
     async def live_receive(self, ws: WebSocket, slot: LatestFrame, wake: asyncio.Event, state: dict) -> None:
@@ -516,7 +514,7 @@ class FacemaskServer:
         A token bucket holds the stream to its `fps` on average (bursts of up to one second's
         worth pass); frames over it are not even kept, and counted as rate_limited.
         """
-        tokens, refilled = 1.0, time.perf_counter()
+        tokens, refilled, notified = 1.0, time.perf_counter(), 0.0
         try:
             while True:
                 message = await ws.receive()
@@ -535,8 +533,8 @@ class FacemaskServer:
                 index = slot.received + state["rate_limited"]
                 if tokens < 1:
                     state["rate_limited"] += 1  # faster than the stream's fps: not even kept
-                    if now - state["notified"] > 5:
-                        state["notified"] = now
+                    if now - notified > 5:
+                        notified = now
                         await self.live_error(ws, index, "rate_limited",
                                               f"frames arrive faster than fps={state['settings']['fps']:g}; "
                                               "the extra ones are dropped")
@@ -579,9 +577,7 @@ class FacemaskServer:
             return {"type": "error", "frame": index, "error": exc.error, "message": exc.message, "stream": stream}
         tracked_at = time.perf_counter()
         answer["detections"] = tracker.update(answer["detections"], show_conf=settings["conf"])
-        answer["counts"] = dict.fromkeys(CLASS_NAMES, 0)
-        for d in answer["detections"]:
-            answer["counts"][d["label"]] += 1
+        answer["counts"] = class_counts(answer["detections"])
         state["processed"] += 1
         answer["timings"]["track_ms"] = round((time.perf_counter() - tracked_at) * 1000, 2)
         answer["timings"]["total_ms"] = round((time.perf_counter() - received) * 1000, 2)

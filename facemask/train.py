@@ -116,6 +116,12 @@ def epoch_metrics(trainer) -> dict[str, float]:
     return {metric_key(k): float(v) for k, v in out.items()}
 
 
+def tune_metric_names(metrics: dict[str, float]) -> dict[str, float]:
+    """Epoch metrics under the names a Tune study ranks trials by: `val/mAP50-95` -> `mAP50-95`,
+    `train/box_loss` -> `train_box_loss`."""
+    return {k.replace("val/", "").replace("/", "_"): v for k, v in metrics.items()}
+
+
 def _read_results_csv(path: Path) -> list[dict[str, float]]:
     import csv
 

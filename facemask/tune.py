@@ -39,7 +39,7 @@ from facemask.tracking import (
     tracking_uri,
     using_tracking_uri,
 )
-from facemask.train import TrainConfig, epoch_metrics, per_epoch, train
+from facemask.train import TrainConfig, epoch_metrics, per_epoch, train, tune_metric_names
 
 log = logging.getLogger("facemask.tune")
 
@@ -167,6 +167,24 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     trial_id = ctx.get_trial_id()
     os.environ["MLFLOW_TRACKING_URI"] = base["tracking_uri"]
     workdir = Path(base["workdir"]) / trial_id
+    cfg = TrainConfig(
+        data=Path(base["data"]), model=base["model"], epochs=base["epochs"], imgsz=base["imgsz"], batch=base["batch"],
+        device=gpu_device(base["gpus_per_trial"]), experiment=base["experiment"],
+        run_name=f"trial-{trial_id}", project=workdir, seed=base["seed"], overrides=dict(config),
+        parent_run_id=base["parent_run_id"],
+        tags={"facemask.trial_id": trial_id, "facemask.study": base["study"],
+              "facemask.node_id": ray.get_runtime_context().get_node_id(),
+              "facemask.resources": json.dumps(ctx.get_trial_resources().required_resources, sort_keys=True)},
+        plots=False, workers=base["workers"],
+    )
+    workers = base.get("ray_workers_per_trial", 1)
+    if workers > 1:
+        # The trial drives a Ray Train run: its rank 0 reports each epoch to Tune, and a
+        # retried trial resumes from that run's own newest checkpoint and MLflow run.
+        train_distributed(replace(cfg, device="auto"),
+                          trial_workers(base["cpus_per_trial"], base["gpus_per_trial"], workers, workdir),
+                          report_to_tune=True)
+        return
     run_id, resume_from = find_trial_run(base["tracking_uri"], base["parent_run_id"], trial_id), None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -182,7 +200,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     @per_epoch
     def report(trainer) -> None:
         metrics = epoch_metrics(trainer)
-        payload = {"epoch": trainer.epoch + 1, **{k.replace("val/", "").replace("/", "_"): v for k, v in metrics.items()}}
+        payload = {"epoch": trainer.epoch + 1, **tune_metric_names(metrics)}
         with tempfile.TemporaryDirectory() as tmp:
             for name in ("last", "best"):
                 source = Path(getattr(trainer, name))
@@ -194,25 +212,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     callbacks: dict[str, list[Callable]] = {"on_fit_epoch_end": [report]}
     for event, fns in (base.get("trial_callbacks") or {}).items():
         callbacks.setdefault(event, []).extend(fns)
-    workers = base.get("ray_workers_per_trial", 1)
-    cfg = TrainConfig(
-        data=Path(base["data"]), model=base["model"], epochs=base["epochs"], imgsz=base["imgsz"], batch=base["batch"],
-        device=gpu_device(base["gpus_per_trial"]), experiment=base["experiment"],
-        run_name=f"trial-{trial_id}", project=workdir, seed=base["seed"], overrides=dict(config),
-        parent_run_id=base["parent_run_id"],
-        tags={"facemask.trial_id": trial_id, "facemask.study": base["study"],
-              "facemask.node_id": ray.get_runtime_context().get_node_id(),
-              "facemask.resources": json.dumps(ctx.get_trial_resources().required_resources, sort_keys=True)},
-        plots=False, workers=base["workers"], run_id=run_id, resume_from=resume_from,
-    )
-    if workers > 1:
-        # The trial drives a Ray Train run: its rank 0 reports each epoch to Tune, and a
-        # retried trial resumes from that run's own newest checkpoint.
-        train_distributed(replace(cfg, run_id=None, resume_from=None, device="auto"),
-                          trial_workers(base["cpus_per_trial"], base["gpus_per_trial"], workers, workdir),
-                          report_to_tune=True)
-        return
-    train(cfg, callbacks=callbacks, on_run=lambda rid: holder.update(run_id=holder["run_id"] or rid))
+    train(replace(cfg, run_id=run_id, resume_from=resume_from), callbacks=callbacks,
+          on_run=lambda rid: holder.update(run_id=holder["run_id"] or rid))
 
 
 def trial_workers(cpus_per_trial: float, gpus_per_trial: float, workers: int, workdir: Path | str) -> DistributedConfig:
