@@ -26,6 +26,10 @@ SERVE_ENV = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
 }
+# Serve's proxy loads facemask.proxy_guard from this node setting: a request its replica died
+# holding is sent again, a JSON 503 when no replica runs, bounds on slow and large requests.
+# Read when a node starts; `init_ray(serving=True)` sets it for a cluster it starts.
+PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "facemask.proxy_guard.middlewares"}
 
 
 def ultralytics_env() -> Path:
@@ -143,8 +147,9 @@ def configure_runtime() -> None:
 def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) -> None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local one.
 
-    serving: a local cluster started here also gets Serve's throughput settings (its proxy
-    inherits them; replicas get them from the deployments either way). ingress "haproxy":
+    serving: a local cluster started here also gets Serve's throughput settings and the proxy
+    guard (PROXY_ENV; its proxy inherits them; replicas get SERVE_ENV from the deployments
+    either way). ingress "haproxy":
     Serve puts HAProxy in front of the replicas' own HTTP servers instead of its Python
     proxy; Serve reads that when it starts, so a cluster must be started with
     RAY_SERVE_ENABLE_HA_PROXY=1 already. torch=False: this process will not run a model
@@ -152,7 +157,7 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
     fault below.
     """
     if serving:
-        for key, value in SERVE_ENV.items():
+        for key, value in {**SERVE_ENV, **PROXY_ENV}.items():
             os.environ.setdefault(key, value)
         if ingress == "haproxy":
             os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"

@@ -5,8 +5,9 @@ In one run, on the same images and the same model:
 2. plain: what a user would write instead of Ray Serve: one FastAPI app under uvicorn, in
    its own process, with the same input checks, decoding and answer, the model called in a
    worker thread, no batching;
-3. serve: the Serve application (one deployment, `@serve.batch`), through Serve's proxy or,
-   with --ingress haproxy, through HAProxy straight to the replica (direct ingress);
+3. serve: the Serve application (one deployment, `@serve.batch`), through Serve's proxy with
+   facemask.proxy_guard or, with --ingress haproxy, through HAProxy straight to the replica
+   (direct ingress); serve-unguarded: the same through the bare proxy, on a fresh cluster;
 at concurrency 1, 4 and 16, for the PyTorch backend and for the ONNX export (onnxruntime).
 It prints requests/s and p50/p95/p99 latency, where a request's time goes (from the
 answers' own timings), then the ratios against their targets.
@@ -208,6 +209,8 @@ def main() -> None:
     parser.add_argument("--batch-wait-s", type=float, default=0.0)
     parser.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
                         help="Serve's proxy, or HAProxy in front of the replica's own HTTP server (direct ingress).")
+    parser.add_argument("--guard", choices=["both", "on", "off"], default="both",
+                        help="Serve's proxy with facemask.proxy_guard, without it, or both (on a fresh cluster each).")
     parser.add_argument("--backends", default="pt,onnx")
     parser.add_argument("--skip", default="", help="Modes to leave out, comma-separated: plain, serve.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
@@ -221,7 +224,7 @@ def main() -> None:
     backends = args.backends.split(",")
     skip = set(filter(None, args.skip.split(",")))
 
-    from facemask.runtime import SERVE_ENV, configure_runtime, free_port, init_ray
+    from facemask.runtime import PROXY_ENV, SERVE_ENV, configure_runtime, free_port, init_ray
 
     configure_runtime()
     import torch
@@ -264,31 +267,41 @@ def main() -> None:
             os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         for key, value in SERVE_ENV.items():
             os.environ.setdefault(key, value)
-        init_ray(serving=True)
-        from ray import serve
+        # Serve's proxy with facemask.proxy_guard (what `facemask serve` runs), then, on a fresh
+        # cluster, without it: what the guard costs. HAProxy ingress has no Python proxy to guard.
+        passes = {"serve": "on"} if args.ingress == "haproxy" or args.guard == "on" else \
+            {"serve": "on", "serve-unguarded": "off"} if args.guard == "both" else {"serve-unguarded": "off"}
+        for mode, guard in passes.items():
+            for key, value in PROXY_ENV.items():
+                os.environ[key] = value if guard == "on" else ""
+            init_ray(serving=True)
+            import ray
+            from ray import serve
 
-        from facemask.serving import AppArgs, build_app
+            from facemask.serving import AppArgs, build_app
 
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for backend in backends:
-                gpus = 1 if backend == "pt" and args.device != "cpu" else 0
-                serve.run(build_app(AppArgs(
-                    model_uri=model_uri, backend=backend, device=args.device,
-                    threads=args.replica_threads or max(1, args.threads // args.replicas),
-                    max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_s,
-                    deployment_options={"num_replicas": args.replicas,
-                                        "ray_actor_options": {"num_cpus": 0.5, "num_gpus": gpus / args.replicas},
-                                        "max_ongoing_requests": 64, "max_queued_requests": 256},
-                )), name="bench", route_prefix="/")
-                for c in levels:
-                    results[f"{backend} serve c={c}"] = asyncio.run(load(url, images, args.imgsz, c, args.requests, args.max_seconds))
-                print(f"  {backend} serve done", flush=True)
-                serve.delete("bench")
-        finally:
-            serve.shutdown()
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            url = f"http://127.0.0.1:{port}"
+            try:
+                for backend in backends:
+                    gpus = 1 if backend == "pt" and args.device != "cpu" else 0
+                    serve.run(build_app(AppArgs(
+                        model_uri=model_uri, backend=backend, device=args.device,
+                        threads=args.replica_threads or max(1, args.threads // args.replicas),
+                        max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_s,
+                        deployment_options={"num_replicas": args.replicas,
+                                            "ray_actor_options": {"num_cpus": 0.5, "num_gpus": gpus / args.replicas},
+                                            "max_ongoing_requests": 64, "max_queued_requests": 256},
+                    )), name="bench", route_prefix="/")
+                    for c in levels:
+                        results[f"{backend} {mode} c={c}"] = asyncio.run(
+                            load(url, images, args.imgsz, c, args.requests, args.max_seconds))
+                    print(f"  {backend} {mode} done", flush=True)
+                    serve.delete("bench")
+            finally:
+                serve.shutdown()
+                ray.shutdown()
 
     print(f"\n[{device_name}] {'backend / mode':20s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'batch':>6s} "
           f"{'decode':>7s} {'queue':>7s} {'model':>7s} {'outside':>8s} {'n':>5s}")
@@ -320,6 +333,14 @@ def main() -> None:
                 checks.append((f"{backend}: Serve / plain uvicorn req/s at c={top}", f"{ratio:.2f}x", ">= 0.95x", ratio >= 0.95))
             tail = serve_at[top]["p99"] / serve_at[top]["p50"]
             checks.append((f"{backend}: Serve p99 / p50 at c={top}", f"{tail:.2f}x", "<= 2x", tail <= 2))
+        bare = {c: results.get(f"{backend} serve-unguarded c={c}") for c in levels}
+        if serve_at.get(1) and bare.get(1):
+            over = serve_at[1]["p50"] - bare[1]["p50"]
+            checks.append((f"{backend}: proxy guard's p50 cost at c=1", f"{over:+.1f} ms", "<= +1 ms", over <= 1))
+        if serve_at.get(top) and bare.get(top):
+            ratio = serve_at[top]["rps"] / bare[top]["rps"]
+            checks.append((f"{backend}: Serve req/s with / without the guard, c={top}", f"{ratio:.2f}x", ">= 0.97x",
+                           ratio >= 0.97))
         plain1 = results.get(f"{backend} plain c=1")
         if plain1:
             checks.append((f"{backend}: plain uvicorn p50 at c=1 minus raw p50", f"{plain1['p50'] - base['p50']:+.1f} ms",

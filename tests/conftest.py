@@ -65,12 +65,18 @@ def synth_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray instance for the session: two CPUs, no dashboard."""
+    """A local Ray instance for the session: two CPUs, no dashboard, Serve's proxy with the guard."""
     import ray
 
+    from tests.services import PROXY_TEST_ENV
+
     if not ray.is_initialized():
-        # "local": a fresh instance, never a `ray start` cluster another test left behind.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # The node's processes (Serve's proxy among them) take their environment from here.
+        with pytest.MonkeyPatch.context() as env:
+            for key, value in PROXY_TEST_ENV.items():
+                env.setenv(key, value)
+            # "local": a fresh instance, never a `ray start` cluster another test left behind.
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -15,11 +15,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from facemask.runtime import free_port
+from facemask.runtime import PROXY_ENV, free_port
 
 # The test endpoint's limits: a small max_pending so that the overload test can fill it with a few dozen requests.
 LIMITS = {"max_body_mb": 1.0, "max_pixels": 4_000_000, "max_pending": 6, "body_timeout_s": 2.0}
 DEPLOYMENT = {"max_ongoing_requests": 64, "max_queued_requests": 64, "ray_actor_options": {"num_cpus": 0.5}}
+# The session cluster's Serve proxy runs the guard with short bounds, so tests reach them quickly.
+PROXY = {"body_timeout_s": 2.0, "header_timeout_s": 2.0, "max_header_kb": 16, "max_connections": 100}
+PROXY_TEST_ENV = {**PROXY_ENV, **{f"FACEMASK_PROXY_{key.upper()}": str(value) for key, value in PROXY.items()}}
 API_KEY = "test-key-0123456789"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
