@@ -67,8 +67,8 @@ class GuardSettings:
             try:
                 value = kind(environ[name])
             except ValueError:
-                raise ValueError(f"{name}={environ[name]!r} is not a {kind.__name__}; "
-                                 f"set a number like {field.default} or unset it") from None
+                raise ValueError(f"{name}={environ[name]!r} is not {'an integer' if kind is int else 'a number'}; "
+                                 f"set one like {field.default} or unset it") from None
             if value < 0 or (value == 0 and field.name not in ("retries",)):
                 raise ValueError(f"{name}={environ[name]!r} must be above 0; set a number like {field.default}")
             values[field.name] = value
@@ -108,19 +108,17 @@ class ReplicaWatch:
         return self.unready_since.get(app)
 
     def update(self, details: dict, alive: set[str], now: float) -> None:
-        prefixes = []
+        prefixes, unready = [], {}
         for app, info in (details.get("applications") or {}).items():
             if info.get("route_prefix"):
                 prefixes.append((info["route_prefix"], app))
             running = [replica for deployment in (info.get("deployments") or {}).values()
                        for replica in deployment.get("replicas") or []
                        if replica.get("state") == "RUNNING" and replica.get("actor_name") in alive]
-            if running:
-                self.unready_since.pop(app, None)
-            else:
-                self.unready_since.setdefault(app, now)
+            if not running:
+                unready[app] = self.unready_since.get(app, now)
         self.prefixes = sorted(prefixes, key=lambda item: len(item[0]), reverse=True)
-        self.updated_at = now
+        self.unready_since, self.updated_at = unready, now
 
     async def _run(self) -> None:
         import ray

@@ -20,7 +20,7 @@ def test_settings_come_from_the_environment_and_bad_values_name_the_variable():
     assert GuardSettings.from_env({}) == GuardSettings()
     assert GuardSettings.from_env({"FACEMASK_PROXY_READY_WAIT_S": "5", "FACEMASK_PROXY_RETRIES": "0"}) == \
         GuardSettings(ready_wait_s=5.0, retries=0)
-    with pytest.raises(ValueError, match="FACEMASK_PROXY_MAX_HEADER_KB='big' is not a int"):
+    with pytest.raises(ValueError, match="FACEMASK_PROXY_MAX_HEADER_KB='big' is not an integer"):
         GuardSettings.from_env({"FACEMASK_PROXY_MAX_HEADER_KB": "big"})
     with pytest.raises(ValueError, match="FACEMASK_PROXY_BODY_TIMEOUT_S='0' must be above 0"):
         GuardSettings.from_env({"FACEMASK_PROXY_BODY_TIMEOUT_S": "0"})
@@ -51,6 +51,9 @@ def test_the_watch_maps_paths_to_apps_and_counts_running_replicas_that_are_alive
     assert watch.waiting_since("secured", 200.0) is None, "an out-of-date watch holds nothing back"
     watch.update(details({"facemask": [("a1", "RUNNING")], "secured": [("s2", "RUNNING")]}), {"a1", "s2"}, 102.0)
     assert watch.waiting_since("secured", 102.1) is None
+    watch.update(details({"facemask": [("a1", "RUNNING")], "gone": []}), {"a1"}, 103.0)
+    watch.update(details({"facemask": [("a1", "RUNNING")]}), {"a1"}, 104.0)
+    assert watch.unready_since == {}, "a deleted app is forgotten"
 
 
 def guard_of(inner, settings: GuardSettings = FAST) -> ProxyGuard:
