@@ -191,3 +191,18 @@ def assert_last_box_in_its_class_colour(page) -> None:
     }""")
     want = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
     assert max(abs(a - b) for a, b in zip(pixel, want)) <= 40, (pixel, want)
+
+
+def replica_pids(app: str) -> dict[str, int]:
+    """Name -> PID of every live replica of `app` (Serve names its replica actors after the app)."""
+    import ray
+
+    out = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if f"::{app}#" in actor["name"]:
+            try:
+                handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
+                out[actor["name"]] = ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+            except Exception:  # a replica that is going away
+                continue
+    return out

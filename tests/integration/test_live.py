@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from facemask.classes import CLASS_NAMES
-from tests.services import API_KEY, CHROMIUM, assert_last_box_in_its_class_colour, free_port, launch_chromium
+from tests.services import (API_KEY, CHROMIUM, LIMITS, assert_last_box_in_its_class_colour, free_port, launch_chromium,
+                            replica_pids)
 
 pytestmark = pytest.mark.integration
 
@@ -183,6 +184,53 @@ def test_page_camera_mode_streams_frames_and_draws_tracked_boxes(endpoint, known
     while streams(endpoint)["open"] and time.monotonic() < deadline:
         time.sleep(0.5)
     assert streams(endpoint)["open"] == 0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_page_camera_reconnects_when_its_streams_replica_dies(endpoint, known_image, tmp_path):
+    """kill -9 of the replica that holds the page's stream: the page opens a new stream on its
+    own once Serve has replaced the replica, and answers resume, the camera never stopped."""
+    import os
+    import signal
+
+    from playwright.sync_api import sync_playwright
+    from ray import serve
+
+    from facemask.serving import build_app
+
+    clip = tmp_path / "camera.y4m"
+    write_y4m(clip, moving_clip(known_image))
+    serve.run(build_app({"model_uri": str(endpoint["weights"]), "threads": 1, **LIMITS,
+                         "deployment_options": {"ray_actor_options": {"num_cpus": 0.25}}}),
+              name="livekill", route_prefix="/livekill")
+    try:
+        (victim,) = replica_pids("livekill").values()
+        with sync_playwright() as p:
+            browser = launch_chromium(p, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                                      f"--use-file-for-fake-video-capture={clip}")
+            try:
+                page = browser.new_page()
+                errors = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(endpoint["url"] + "/livekill/")
+                page.click("#camera")
+                page.wait_for_function("window.liveStats.results >= 3", timeout=90_000)
+                os.kill(victim, signal.SIGKILL)
+                page.wait_for_function("window.liveStats.reconnects >= 1", timeout=30_000)
+                assert "reconnecting" in page.inner_text("#error")
+                before = page.evaluate("window.liveStats.results")
+                page.wait_for_function(f"window.liveStats.results >= {before + 3}", timeout=120_000)
+                assert page.get_attribute("body", "data-live") == "on"
+                assert page.inner_text("#error") == ""
+                (replacement,) = replica_pids("livekill").values()
+                assert replacement != victim
+                page.click("#camera")
+                page.wait_for_function("document.body.dataset.live === 'off'", timeout=10_000)
+                assert not errors, errors
+            finally:
+                browser.close()
+    finally:
+        serve.delete("livekill")
 
 
 class MJPEGCamera:

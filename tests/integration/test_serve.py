@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from facemask.client import Client, EndpointError
-from tests.services import API_KEY, CHROMIUM, LIMITS, assert_last_box_in_its_class_colour, free_port, launch_chromium
+from tests.services import (API_KEY, CHROMIUM, LIMITS, assert_last_box_in_its_class_colour, free_port,
+                            launch_chromium, replica_pids)
 
 pytestmark = pytest.mark.integration
 
@@ -366,21 +367,6 @@ def test_client_retries_503_with_backoff(known_image):
         assert err.value.status == 500 and err.value.error == "bug" and len(calls) == 1
     finally:
         server.shutdown()
-
-
-def replica_pids(app: str) -> dict[str, int]:
-    """Name -> PID of every live replica of `app` (Serve names its replica actors after the app)."""
-    import ray
-
-    out = {}
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if f"::{app}#" in actor["name"]:
-            try:
-                handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
-                out[actor["name"]] = ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
-            except Exception:  # a replica that is going away
-                continue
-    return out
 
 
 async def load_through_a_kill(url: str, data: bytes, victim: int, clients: int, seconds: float) -> tuple[float, list]:
