@@ -342,12 +342,16 @@ def bounded_protocol(base: type, settings: GuardSettings) -> type:
             super().on_headers_complete()
 
         def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self._header_timer is not None:
-                self._header_bytes += len(data)
-                if self._header_bytes > max_bytes:
+            if self._header_timer is not None:  # still reading a request line and headers
+                room = max_bytes - self._header_bytes
+                # Refused before parsing: the parser would take any amount, and dispatch a
+                # request whose oversized headers all came in one read.
+                if len(data) > room and data.find(b"\r\n\r\n", 0, max(room, 0) + 4) == -1:
                     self._refuse(431, b"Request Header Fields Too Large", "headers_too_large",
                                  f"the request line and headers exceed {settings.max_header_kb} KB")
+                    return
+                self._header_bytes += len(data)
+            super().data_received(data)
 
         def connection_lost(self, exc) -> None:
             if self._header_timer is not None:
