@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -149,37 +150,44 @@ def moving_clip(known_image, count: int = 30, size=(640, 480)) -> list[Image.Ima
     return frames
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_page_camera_mode_streams_frames_and_draws_tracked_boxes(endpoint, known_image, tmp_path):
+@contextmanager
+def camera_page(clip, url: str):
+    """The page at `url` in Chromium whose camera plays `clip`: (page, errors the page raised)."""
     from playwright.sync_api import sync_playwright
 
-    clip = tmp_path / "camera.y4m"
-    write_y4m(clip, moving_clip(known_image))
     with sync_playwright() as p:
         browser = launch_chromium(p, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
                                   f"--use-file-for-fake-video-capture={clip}")
         try:
             page = browser.new_page()
-            errors = []
+            errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(endpoint["url"] + "/")
-            page.eval_on_selector("#conf", "el => { el.value = '0'; el.dispatchEvent(new Event('input')); }")
-            page.click("#camera")
-            page.wait_for_function("window.liveStats.results >= 5", timeout=90_000)
-            stats = page.evaluate("window.liveStats")
-            assert stats["sent"] >= stats["results"] >= 5 and stats["latency_ms"] > 0 and stats["fps"] > 0, stats
-            assert int(page.get_attribute("#canvas", "data-boxes")) > 0
-            assert page.get_attribute("body", "data-live") == "on"
-            assert "frames/s" in page.inner_text("#live-stats")
-            people = page.locator("#people td[data-people]").all_inner_texts()
-            assert len(people) == len(CLASS_NAMES) and all("%" in p for p in people), people
-            assert int(page.inner_text("#people-total")) >= 0
-            assert_last_box_in_its_class_colour(page)
-            page.click("#camera")  # stop: the page closes its stream
-            page.wait_for_function("document.body.dataset.live === 'off'", timeout=10_000)
-            assert not errors, errors
+            page.goto(url)
+            yield page, errors
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_page_camera_mode_streams_frames_and_draws_tracked_boxes(endpoint, known_image, tmp_path):
+    clip = tmp_path / "camera.y4m"
+    write_y4m(clip, moving_clip(known_image))
+    with camera_page(clip, endpoint["url"] + "/") as (page, errors):
+        page.eval_on_selector("#conf", "el => { el.value = '0'; el.dispatchEvent(new Event('input')); }")
+        page.click("#camera")
+        page.wait_for_function("window.liveStats.results >= 5", timeout=90_000)
+        stats = page.evaluate("window.liveStats")
+        assert stats["sent"] >= stats["results"] >= 5 and stats["latency_ms"] > 0 and stats["fps"] > 0, stats
+        assert int(page.get_attribute("#canvas", "data-boxes")) > 0
+        assert page.get_attribute("body", "data-live") == "on"
+        assert "frames/s" in page.inner_text("#live-stats")
+        people = page.locator("#people td[data-people]").all_inner_texts()
+        assert len(people) == len(CLASS_NAMES) and all("%" in p for p in people), people
+        assert int(page.inner_text("#people-total")) >= 0
+        assert_last_box_in_its_class_colour(page)
+        page.click("#camera")  # stop: the page closes its stream
+        page.wait_for_function("document.body.dataset.live === 'off'", timeout=10_000)
+        assert not errors, errors
     deadline = time.monotonic() + 20
     while streams(endpoint)["open"] and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -193,7 +201,6 @@ def test_page_camera_reconnects_when_its_streams_replica_dies(endpoint, known_im
     import os
     import signal
 
-    from playwright.sync_api import sync_playwright
     from ray import serve
 
     from facemask.serving import build_app
@@ -208,29 +215,20 @@ def test_page_camera_reconnects_when_its_streams_replica_dies(endpoint, known_im
         while len(pids := replica_pids("livekill")) != 1 and time.monotonic() < deadline:
             time.sleep(0.5)
         (victim,) = pids.values()
-        with sync_playwright() as p:
-            browser = launch_chromium(p, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                                      f"--use-file-for-fake-video-capture={clip}")
-            try:
-                page = browser.new_page()
-                errors = []
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.goto(endpoint["url"] + "/livekill/")
-                page.click("#camera")
-                page.wait_for_function("window.liveStats.results >= 3", timeout=90_000)
-                os.kill(victim, signal.SIGKILL)
-                page.wait_for_function("window.liveStats.reconnects >= 1", timeout=60_000)
-                before = page.evaluate("window.liveStats.results")
-                page.wait_for_function(f"window.liveStats.results >= {before + 3}", timeout=120_000)
-                state = {"stats": page.evaluate("window.liveStats"), "error": page.inner_text("#error"),
-                         "live": page.get_attribute("body", "data-live")}
-                assert state["live"] == "on" and state["error"] == "", state
-                assert victim not in replica_pids("livekill").values()
-                page.click("#camera")
-                page.wait_for_function("document.body.dataset.live === 'off'", timeout=10_000)
-                assert not errors, errors
-            finally:
-                browser.close()
+        with camera_page(clip, endpoint["url"] + "/livekill/") as (page, errors):
+            page.click("#camera")
+            page.wait_for_function("window.liveStats.results >= 3", timeout=90_000)
+            os.kill(victim, signal.SIGKILL)
+            page.wait_for_function("window.liveStats.reconnects >= 1", timeout=60_000)
+            before = page.evaluate("window.liveStats.results")
+            page.wait_for_function(f"window.liveStats.results >= {before + 3}", timeout=120_000)
+            state = {"stats": page.evaluate("window.liveStats"), "error": page.inner_text("#error"),
+                     "live": page.get_attribute("body", "data-live")}
+            assert state["live"] == "on" and state["error"] == "", state
+            assert victim not in replica_pids("livekill").values()
+            page.click("#camera")
+            page.wait_for_function("document.body.dataset.live === 'off'", timeout=10_000)
+            assert not errors, errors
     finally:
         serve.delete("livekill")
 
