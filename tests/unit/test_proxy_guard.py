@@ -188,3 +188,15 @@ def test_uvicorns_protocol_has_the_hooks_the_header_bounds_use():
     import uvicorn
 
     assert "http" in uvicorn.Config.__init__.__code__.co_varnames
+
+
+def test_the_serve_internals_the_replica_watch_reads_exist():
+    """The watch reads Serve's controller by its actor name; a Ray that renames these must fail here."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    from ray.serve._private.controller import ServeController
+
+    assert SERVE_CONTROLLER_NAME and SERVE_NAMESPACE
+    assert callable(getattr(ServeController, "get_serve_instance_details", None))
+    from ray.serve.schema import ReplicaDetails
+
+    assert {"actor_name", "state"} <= set(ReplicaDetails.model_fields)
