@@ -146,14 +146,14 @@ class ReplicaWatch:
             await asyncio.sleep(self.poll_s)
 
 
-def error_body(status: int, error: str, message: str, retry_after: int | None = None) -> list[dict]:
-    """The ASGI messages of a JSON error answer in the API's shape."""
+async def send_error(send, status: int, error: str, message: str, retry_after: int | None = None) -> None:
+    """Answer with a JSON error in the API's shape."""
     body = json.dumps({"error": error, "message": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
-    return [{"type": "http.response.start", "status": status, "headers": headers},
-            {"type": "http.response.body", "body": body}]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class ProxyGuard:
@@ -193,9 +193,8 @@ class ProxyGuard:
             if outcome == "unrouted" and await self.ready_in_time(app, arrived):
                 continue
             break
-        for message in error_body(503, "unavailable", "no replica could answer: one stopped or none is running; "
-                                  "retry after the Retry-After seconds", retry_after=1):
-            await send(message)
+        await send_error(send, 503, "unavailable", "no replica could answer: one stopped or none is running; "
+                         "retry after the Retry-After seconds", retry_after=1)
 
     async def ready_in_time(self, app: str, arrived: float) -> bool:
         """Wait, until `ready_wait_s` after the request arrived, for `app` to have a running replica."""
@@ -213,9 +212,8 @@ class ProxyGuard:
         if declared is not None and declared.isdigit() and int(declared) > cap:
             return [], False  # over what the guard keeps: the replica reads (and refuses) it
         if self.reading >= self.settings.max_reading:
-            for message in error_body(503, "overloaded", f"{self.reading} requests are still sending their body; "
-                                      "retry after the Retry-After seconds", retry_after=1):
-                await send(message)
+            await send_error(send, 503, "overloaded", f"{self.reading} requests are still sending their body; "
+                             "retry after the Retry-After seconds", retry_after=1)
             return None
         self.reading += 1
         messages, size = [], 0
@@ -232,9 +230,8 @@ class ProxyGuard:
                     if size > cap:
                         return messages, False
         except TimeoutError:
-            for message in error_body(408, "body_timeout", f"the body did not arrive within "
-                                      f"{self.settings.body_timeout_s:g} s ({size} bytes came)"):
-                await send(message)
+            await send_error(send, 408, "body_timeout",
+                             f"the body did not arrive within {self.settings.body_timeout_s:g} s ({size} bytes came)")
             return None
         finally:
             self.reading -= 1
@@ -262,9 +259,8 @@ class ProxyGuard:
                     status = held[0]["status"]
                     text = b"".join(m.get("body", b"") for m in held[1:]).decode(errors="replace").strip()
                     retry = dict(held[0].get("headers") or []).get(b"retry-after")
-                    for out in error_body(status, PROXY_ERRORS.get(status, "http_error"), text or f"HTTP {status}",
-                                          int(retry) if retry and retry.isdigit() else None):
-                        await send(out)
+                    await send_error(send, status, PROXY_ERRORS.get(status, "http_error"), text or f"HTTP {status}",
+                                     int(retry) if retry and retry.isdigit() else None)
                 return
             await send(message)
 
@@ -336,9 +332,7 @@ def bounded_protocol(base: type, settings: GuardSettings) -> type:
             self._start_headers()
 
         def on_headers_complete(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+            self._stop_header_timer()
             super().on_headers_complete()
 
         def data_received(self, data: bytes) -> None:
@@ -354,10 +348,13 @@ def bounded_protocol(base: type, settings: GuardSettings) -> type:
             super().data_received(data)
 
         def connection_lost(self, exc) -> None:
+            self._stop_header_timer()
+            super().connection_lost(exc)
+
+        def _stop_header_timer(self) -> None:
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
-            super().connection_lost(exc)
 
         def _headers_late(self) -> None:
             self._header_timer = None
@@ -365,9 +362,7 @@ def bounded_protocol(base: type, settings: GuardSettings) -> type:
                          f"the headers did not arrive within {settings.header_timeout_s:g} s")
 
         def _refuse(self, status: int, reason: bytes, error: str, message: str) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+            self._stop_header_timer()
             if not self.transport.is_closing():
                 self.transport.write(raw_error(status, reason, error, message))
                 self.transport.close()

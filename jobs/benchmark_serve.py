@@ -157,12 +157,17 @@ def proxy_cpu_s() -> float | None:
 
 
 def mean_of_rounds(rounds: list[dict]) -> dict:
-    """One result from repeated passes: the mean of each figure, the rest from the first pass."""
+    """One result from repeated passes: the mean of each figure and of each part of a request's time."""
     merged = dict(rounds[0])
-    for key in ("rps", "p50", "p95", "p99", "proxy_ms"):
+    for key in ("rps", "p50", "p95", "p99", "batch", "proxy_ms"):
         if all(r.get(key) is not None for r in rounds):
             merged[key] = statistics.mean(r[key] for r in rounds)
+    merged["parts"] = {key: statistics.mean(r["parts"][key] for r in rounds) for key in rounds[0]["parts"]}
     merged["requests"] = sum(r["requests"] for r in rounds)
+    merged["errors"] = {}
+    for r in rounds:
+        for status, count in r["errors"].items():
+            merged["errors"][status] = merged["errors"].get(status, 0) + count
     return merged
 
 
@@ -249,7 +254,7 @@ def main() -> None:
     backends = args.backends.split(",")
     skip = set(filter(None, args.skip.split(",")))
 
-    from facemask.runtime import PROXY_ENV, SERVE_ENV, configure_runtime, free_port, init_ray
+    from facemask.runtime import PROXY_ENV, configure_runtime, free_port, init_ray
 
     configure_runtime()
     import torch
@@ -290,24 +295,22 @@ def main() -> None:
     if "serve" not in skip:
         if args.ingress == "haproxy":
             os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-        for key, value in SERVE_ENV.items():
-            os.environ.setdefault(key, value)
         # Serve's proxy with facemask.proxy_guard (what `facemask serve` runs), and the bare proxy,
         # each on a fresh cluster, alternating for --guard-rounds: a second cluster in one process
         # runs a few percent slower than the first, so one pass each would charge that to one side.
         # HAProxy ingress has no Python proxy to guard.
         modes = {"on": ["serve"], "off": ["serve-unguarded"], "both": ["serve-unguarded", "serve"]}[
             "on" if args.ingress == "haproxy" else args.guard]
+        import ray
+        from ray import serve
+
+        from facemask.serving import AppArgs, build_app
+
         rounds: dict[str, list[dict]] = {}
         for mode in modes * (args.guard_rounds if len(modes) > 1 else 1):
             for key, value in PROXY_ENV.items():
                 os.environ[key] = value if mode == "serve" else ""
-            init_ray(serving=True)
-            import ray
-            from ray import serve
-
-            from facemask.serving import AppArgs, build_app
-
+            init_ray(serving=True)  # also Serve's throughput settings (SERVE_ENV), for the proxy
             port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             url = f"http://127.0.0.1:{port}"

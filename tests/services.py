@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from facemask.proxy_guard import ENV_PREFIX
 from facemask.runtime import PROXY_ENV, free_port
 
 # The test endpoint's limits: a small max_pending so that the overload test can fill it with a few dozen requests.
@@ -22,7 +23,7 @@ LIMITS = {"max_body_mb": 1.0, "max_pixels": 4_000_000, "max_pending": 6, "body_t
 DEPLOYMENT = {"max_ongoing_requests": 64, "max_queued_requests": 64, "ray_actor_options": {"num_cpus": 0.5}}
 # The session cluster's Serve proxy runs the guard with short bounds, so tests reach them quickly.
 PROXY = {"body_timeout_s": 2.0, "header_timeout_s": 2.0, "max_header_kb": 16, "max_connections": 100}
-PROXY_TEST_ENV = {**PROXY_ENV, **{f"FACEMASK_PROXY_{key.upper()}": str(value) for key, value in PROXY.items()}}
+PROXY_TEST_ENV = {**PROXY_ENV, **{ENV_PREFIX + key.upper(): str(value) for key, value in PROXY.items()}}
 API_KEY = "test-key-0123456789"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -206,3 +207,14 @@ def replica_pids(app: str) -> dict[str, int]:
             except Exception:  # a replica that is going away
                 continue
     return out
+
+
+def wait_for_replicas(app: str, count: int, gone: int | None = None) -> dict[str, int]:
+    """Name -> PID of `app`'s replicas once there are `count` of them and none is the process `gone`."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        now = replica_pids(app)
+        if len(now) == count and gone not in now.values():
+            return now
+        time.sleep(1)
+    raise AssertionError(f"{app}: no {count} live replicas without {gone} after 90 s: {now}")

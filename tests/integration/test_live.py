@@ -19,7 +19,7 @@ from PIL import Image
 
 from facemask.classes import CLASS_NAMES
 from tests.services import (API_KEY, CHROMIUM, LIMITS, assert_last_box_in_its_class_colour, free_port, launch_chromium,
-                            replica_pids)
+                            replica_pids, wait_for_replicas)
 
 pytestmark = pytest.mark.integration
 
@@ -211,10 +211,7 @@ def test_page_camera_reconnects_when_its_streams_replica_dies(endpoint, known_im
                          "deployment_options": {"ray_actor_options": {"num_cpus": 0.25}}}),
               name="livekill", route_prefix="/livekill")
     try:
-        deadline = time.monotonic() + 60
-        while len(pids := replica_pids("livekill")) != 1 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        (victim,) = pids.values()
+        (victim,) = wait_for_replicas("livekill", 1).values()
         with camera_page(clip, endpoint["url"] + "/livekill/") as (page, errors):
             page.click("#camera")
             page.wait_for_function("window.liveStats.results >= 3", timeout=90_000)

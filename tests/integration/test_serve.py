@@ -14,7 +14,7 @@ from PIL import Image
 
 from facemask.client import Client, EndpointError
 from tests.services import (API_KEY, CHROMIUM, LIMITS, assert_last_box_in_its_class_colour, free_port,
-                            launch_chromium, replica_pids)
+                            launch_chromium, replica_pids, wait_for_replicas)
 
 pytestmark = pytest.mark.integration
 
@@ -401,18 +401,6 @@ async def load_through_a_kill(url: str, data: bytes, victim: int, clients: int, 
         killed_at, *_ = await asyncio.wait_for(asyncio.gather(kill(), *[worker(client) for _ in range(clients)]),
                                                timeout=seconds + 60)
     return killed_at, seen
-
-
-def wait_for_replicas(app: str, count: int, gone: int) -> dict[str, int]:
-    import time
-
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        now = replica_pids(app)
-        if len(now) == count and gone not in now.values():
-            return now
-        time.sleep(1)
-    raise AssertionError(f"{app}: no {count} live replicas without {gone} after 90 s: {now}")
 
 
 def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint, known_image):
