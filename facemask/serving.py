@@ -514,7 +514,9 @@ class FacemaskServer:
         A token bucket holds the stream to its `fps` on average (bursts of up to one second's
         worth pass); frames over it are not even kept, and counted as rate_limited.
         """
-        tokens, refilled, notified = 1.0, time.perf_counter(), 0.0
+        # Full from the start: a client's first two frames go out together, and a bucket that
+        # began at one token refused the second with an error on every new stream.
+        tokens, refilled, notified = float(state["settings"]["fps"]), time.perf_counter(), 0.0
         try:
             while True:
                 message = await ws.receive()

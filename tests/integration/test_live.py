@@ -123,6 +123,31 @@ def test_a_burst_faster_than_the_model_gets_newest_frame_wins_not_a_queue(endpoi
           f"{final['rate_limited']} over the fps limit; last answered {waited:.2f}s after the burst")
 
 
+def test_frames_over_the_streams_fps_are_refused_after_a_one_second_burst(endpoint, known_image):
+    """fps 5: a burst of 20 frames at once keeps the first 5 (a full bucket, so a new stream's
+    first frames never draw an error), refuses the rest with one error, and counts them."""
+    from websockets.sync.client import connect
+
+    frame, burst = known_image.read_bytes(), 20
+    with connect(ws_url(endpoint)) as ws:
+        ws.send(json.dumps({"conf": 0, "imgsz": 160, "fps": 5}))
+        assert receive(ws)["type"] == "ready"
+        for _ in range(burst):
+            ws.send(frame)
+        time.sleep(1.5)  # the bucket refills
+        ws.send(frame)
+        messages = [receive(ws)]
+        while messages[-1]["type"] != "result" or messages[-1]["frame"] != burst:
+            messages.append(receive(ws))
+    errors = [m for m in messages if m["type"] == "error"]
+    assert [e["error"] for e in errors] == ["rate_limited"] and errors[0]["frame"] >= 5, errors
+    stream = messages[-1]["stream"]
+    # The server reads the burst over a few ms, in which a token or two may come back.
+    assert burst - 7 <= stream["rate_limited"] <= burst - 5 and stream["received"] == burst + 1, stream
+    kept = [m for m in messages[:-1] if m["type"] == "result"]
+    assert 1 <= len(kept) <= burst - stream["rate_limited"], kept
+
+
 def write_y4m(path, frames: list[Image.Image], fps: int = 15) -> None:
     """A YUV4MPEG2 (4:2:0) clip, the format Chromium's fake camera reads."""
     width, height = frames[0].size
@@ -179,7 +204,7 @@ def test_page_camera_mode_streams_frames_and_draws_tracked_boxes(endpoint, known
         stats = page.evaluate("window.liveStats")
         assert stats["sent"] >= stats["results"] >= 5 and stats["latency_ms"] > 0 and stats["fps"] > 0, stats
         assert int(page.get_attribute("#canvas", "data-boxes")) > 0
-        assert page.get_attribute("body", "data-live") == "on"
+        assert page.get_attribute("body", "data-live") == "on" and page.inner_text("#error") == ""
         assert "frames/s" in page.inner_text("#live-stats")
         people = page.locator("#people td[data-people]").all_inner_texts()
         assert len(people) == len(CLASS_NAMES) and all("%" in p for p in people), people
