@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import httpx
@@ -512,6 +515,20 @@ def test_oversized_and_slow_headers_and_too_many_connections_are_refused(endpoin
             s.close()
     assert_serves(httpx.Client(base_url=endpoint["url"], timeout=60), known_image)
 
+# GET the URL every 50 ms until a line arrives on stdin, then print the latencies as JSON.
+HEALTH_PROBE = """
+import json, sys, threading, time
+import httpx
+stop, latencies = threading.Event(), []
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+with httpx.Client(timeout=30) as client:
+    while not stop.wait(0.05):
+        started = time.perf_counter()
+        assert client.get(sys.argv[1]).status_code == 200
+        latencies.append(time.perf_counter() - started)
+print(json.dumps(latencies))
+"""
+
 
 def test_memory_stays_bounded_under_concurrent_huge_images(endpoint):
     """Eight 36-megapixel PNGs at once: the replica decodes them within its pixel budget, stays
@@ -535,18 +552,19 @@ def test_memory_stays_bounded_under_concurrent_huge_images(endpoint):
         Image.new("RGB", (6000, 6000), (90, 120, 150)).save(big, format="PNG")
         assert httpx.post(f"{url}/predict", params={"imgsz": 160}, content=png_bytes(), timeout=60).status_code == 200
         baseline = replica.memory_info().rss
-        peak, health, done = [baseline], [], threading.Event()
+        peak, done = [baseline], threading.Event()
 
         def watch() -> None:
             while not done.is_set():
                 peak.append(replica.memory_info().rss)
-                started = time.perf_counter()
-                assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
-                health.append(time.perf_counter() - started)
                 time.sleep(0.05)
 
         watcher = threading.Thread(target=watch)
         watcher.start()
+        # /healthz is probed from a process of its own: a probe in this one would share its GIL
+        # with the burst's client, and measure that client more than the server.
+        probe = subprocess.Popen([sys.executable, "-c", HEALTH_PROBE, f"{url}/healthz"], stdout=subprocess.PIPE,
+                                 stdin=subprocess.PIPE, text=True)
 
         async def burst() -> list[int]:
             async with httpx.AsyncClient(timeout=120) as client:
@@ -559,6 +577,7 @@ def test_memory_stays_bounded_under_concurrent_huge_images(endpoint):
         finally:
             done.set()
             watcher.join(timeout=60)
+            health = json.loads(probe.communicate("stop\n", timeout=60)[0])
         assert codes == [200] * 8, codes
         grew = (max(peak) - baseline) / 2**20
         # One 36 MP image decoded at a time costs ~0.6 GB; eight at once would cost several GB.
@@ -566,9 +585,11 @@ def test_memory_stays_bounded_under_concurrent_huge_images(endpoint):
         time.sleep(3)
         after = (replica.memory_info().rss - baseline) / 2**20
         assert after < 400, f"the replica still holds {after:.0f} MB more than before the burst"
-        assert sorted(health)[len(health) // 2] < 0.25, f"/healthz p50 {sorted(health)[len(health) // 2]:.3f} s"
-        print(f"huge burst: grew {grew:.0f} MB at peak, {after:.0f} MB after; /healthz p50 "
-              f"{sorted(health)[len(health) // 2] * 1000:.0f} ms, max {max(health) * 1000:.0f} ms over {len(health)}")
+        health = sorted(health)
+        p50, p90, p99 = (health[int(len(health) * q)] * 1000 for q in (0.5, 0.9, 0.99))
+        assert len(health) >= 20 and p50 < 50, f"/healthz p50 {p50:.0f} ms over {len(health)} probes"
+        print(f"huge burst: grew {grew:.0f} MB at peak, {after:.0f} MB after; /healthz p50 {p50:.0f} ms, "
+              f"p90 {p90:.0f} ms, p99 {p99:.0f} ms, max {health[-1] * 1000:.0f} ms over {len(health)} probes")
     finally:
         serve.delete("huge")
 
