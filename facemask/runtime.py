@@ -30,6 +30,19 @@ SERVE_ENV = {
 # holding is sent again, a JSON 503 when no replica runs, bounds on slow and large requests.
 # Read when a node starts; `init_ray(serving=True)` sets it for a cluster it starts.
 PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "facemask.proxy_guard.middlewares"}
+# With HAProxy as the ingress the guard is not in the path, so HAProxy resends instead: a
+# request whose replica closed without an answer goes once more to another replica
+# (inference has no side effects). Ray's default resends only failed connects. HAProxy can
+# resend only a request still whole in its buffer: 256 KiB holds camera frames and the
+# dataset's photos (16 KiB, Ray's default, holds neither), and 1,024 connections keep the
+# worst case at 2 buffers x 1,024 = 512 MiB. Read when the node starts.
+HAPROXY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
+    "RAY_SERVE_HAPROXY_RETRIES": "1",
+    "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(256 * 1024),
+    "RAY_SERVE_HAPROXY_MAXCONN": "1024",
+}
 
 
 def ultralytics_env() -> Path:
@@ -151,8 +164,8 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
     guard (PROXY_ENV; its proxy inherits them; replicas get SERVE_ENV from the deployments
     either way). ingress "haproxy":
     Serve puts HAProxy in front of the replicas' own HTTP servers instead of its Python
-    proxy; Serve reads that when it starts, so a cluster must be started with
-    RAY_SERVE_ENABLE_HA_PROXY=1 already. torch=False: this process will not run a model
+    proxy (HAPROXY_ENV); Serve reads that when it starts, so a cluster must be started with
+    those settings already. torch=False: this process will not run a model
     (data preparation), so it skips the two-second torch import that guards against the
     fault below.
     """
@@ -160,6 +173,8 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
         for key, value in {**SERVE_ENV, **PROXY_ENV}.items():
             os.environ.setdefault(key, value)
         if ingress == "haproxy":
+            for key, value in HAPROXY_ENV.items():
+                os.environ.setdefault(key, value)
             os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     # Seen under `ray job submit` here: once ray.init() has run, importing torch can abort
     # with "oneMKL FATAL ERROR: Cannot load libtorch_cpu.so". Loading torch first avoids it.

@@ -293,8 +293,6 @@ def main() -> None:
             proc.wait(timeout=30)
 
     if "serve" not in skip:
-        if args.ingress == "haproxy":
-            os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         # Serve's proxy with facemask.proxy_guard (what `facemask serve` runs), and the bare proxy,
         # each on a fresh cluster, alternating for --guard-rounds: a second cluster in one process
         # runs a few percent slower than the first, so one pass each would charge that to one side.
@@ -310,7 +308,7 @@ def main() -> None:
         for mode in modes * (args.guard_rounds if len(modes) > 1 else 1):
             for key, value in PROXY_ENV.items():
                 os.environ[key] = value if mode == "serve" else ""
-            init_ray(serving=True)  # also Serve's throughput settings (SERVE_ENV), for the proxy
+            init_ray(serving=True, ingress=args.ingress)  # also Serve's throughput settings (SERVE_ENV)
             port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             url = f"http://127.0.0.1:{port}"

@@ -669,3 +669,57 @@ def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(register
             proc.wait()
         log.close()
     assert f"serving {registered_detector['weights']} (pt, {ingress})" in (tmp_path / "serve.log").read_text()
+
+
+def test_haproxy_ingress_resends_a_request_its_replica_died_holding(registered_detector, known_image, tmp_path):
+    """`facemask serve --ingress haproxy --replicas 2`, one replica kill -9'd under load: HAProxy
+    (no proxy guard in its path) sends the requests that replica held to the other, so every
+    client sees 200. The body is over Ray's default 16 KiB buffer, which could not resend it."""
+    import signal
+    import time
+    from collections import Counter
+
+    import psutil
+
+    from facemask.runtime import HAPROXY_ENV
+    from tests.services import wait_http
+
+    image = Image.open(known_image).convert("RGB").resize((480, 480))
+    body = io.BytesIO()
+    image.save(body, format="PNG")
+    data = body.getvalue()
+    assert 16 * 1024 < len(data) < int(HAPROXY_ENV["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]), len(data)
+
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "facemask.cli", "serve", "--model-uri", str(registered_detector["weights"]),
+                             "--port", str(port), "--num-cpus", "0.25", "--replicas", "2", "--threads", "1",
+                             "--ingress", "haproxy"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/healthz", timeout=180, proc=proc)
+
+        def replicas() -> list[int]:
+            return [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+                    if "ServeReplica" in " ".join(p.cmdline())]
+
+        deadline = time.monotonic() + 90
+        while len(replicas()) < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+        victim, _ = replicas()
+        killed_at, seen = asyncio.run(load_through_a_kill(url, data, victim, clients=6, seconds=10))
+        codes = Counter(status for _, _, status, _ in seen)
+        print("haproxy, two replicas, one killed:", dict(codes), f"slowest {max(s for _, s, _, _ in seen):.2f} s")
+        assert codes[200] >= 30 and set(codes) == {200}, codes
+        assert [status for sent, _, status, _ in seen if sent > killed_at], "no request was sent after the kill"
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: Serve, HAProxy and Ray stop
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

@@ -68,3 +68,18 @@ def test_every_node_starts_with_the_serve_settings_and_the_proxy_guard(cluster):
         for name, value in {**SERVE_ENV, **PROXY_ENV}.items():
             assert f"{name}={value}" in start, (key, name)
     assert callable(import_attr(PROXY_ENV["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]))
+
+
+def test_haproxy_settings_are_ray_knobs_and_cluster_yaml_lists_them():
+    """HAPROXY_ENV only works while Ray reads these names; cluster.yaml tells nodes the same values."""
+    import inspect
+
+    from ray.serve._private import constants
+
+    from facemask.runtime import HAPROXY_ENV
+
+    source = inspect.getsource(constants)
+    text = (ROOT / "cluster.yaml").read_text()
+    for name, value in HAPROXY_ENV.items():
+        assert f'"{name}"' in source, f"Ray no longer reads {name}"
+        assert f'{name}="{value}"' in text if " " in value else f"{name}={value}" in text, name
