@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -623,34 +624,51 @@ def test_page_in_chromium_draws_boxes(endpoint, known_image):
             browser.close()
 
 
+@contextmanager
+def facemask_serve(weights, tmp_path, *options: str):
+    """`facemask serve` in its own process and session, with its own local Ray, air-gapped:
+    (process, URL, log path) once /healthz answers; stopped with Ctrl-C unless it already was."""
+    import signal
+
+    from tests.services import wait_http
+
+    port, log_path = free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}
+    env.pop("RAY_ADDRESS", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "facemask.cli", "serve", "--model-uri", str(weights),
+                                 "--port", str(port), *options], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_http(f"{url}/healthz", timeout=180, proc=proc)
+            yield proc, url, log_path
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
 @pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
 def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(registered_detector, known_image, tmp_path,
                                                                         ingress):
     """The user-facing command in its own process (its own local Ray), air-gapped: a local .pt, no registry."""
     import signal
-    import subprocess
-    import sys
+    import time
 
-    from tests.services import wait_http
-
-    port = free_port()
-    log = open(tmp_path / "serve.log", "wb")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "facemask.cli", "serve", "--model-uri", str(registered_detector["weights"]),
-                             "--port", str(port), "--num-cpus", "0.5", "--ingress", ingress],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=180, proc=proc)
-        import time
-
+    weights = registered_detector["weights"]
+    with facemask_serve(weights, tmp_path, "--num-cpus", "0.5", "--ingress", ingress) as (proc, url, log):
         deadline = time.monotonic() + 60  # the command says where it serves once Serve reports the app running
-        while "serving " not in (tmp_path / "serve.log").read_text() and time.monotonic() < deadline:
+        while "serving " not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.5)
-        answer = Client(f"http://127.0.0.1:{port}").predict(known_image, conf=0, imgsz=160, max_det=2)
-        assert len(answer["detections"]) == 2 and answer["model"]["uri"] == str(registered_detector["weights"])
+        answer = Client(url).predict(known_image, conf=0, imgsz=160, max_det=2)
+        assert len(answer["detections"]) == 2 and answer["model"]["uri"] == str(weights)
         assert answer["model"]["version"] is None
-        models = httpx.get(f"http://127.0.0.1:{port}/models").json()
+        models = httpx.get(f"{url}/models").json()
         assert models["versions"] == [] and "local file" in models["registry_error"]
         proc.send_signal(signal.SIGINT)  # Ctrl-C: Serve is shut down, then Ray
         assert proc.wait(timeout=60) == 0
@@ -663,26 +681,20 @@ def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(register
             time.sleep(0.5)
         else:
             pytest.fail("processes of `facemask serve` outlived it")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-    assert f"serving {registered_detector['weights']} (pt, {ingress})" in (tmp_path / "serve.log").read_text()
+    assert f"serving {weights} (pt, {ingress})" in log.read_text()
 
 
 def test_haproxy_ingress_resends_a_request_its_replica_died_holding(registered_detector, known_image, tmp_path):
     """`facemask serve --ingress haproxy --replicas 2`, one replica kill -9'd under load: HAProxy
     (no proxy guard in its path) sends the requests that replica held to the other, so every
     client sees 200. The body is over Ray's default 16 KiB buffer, which could not resend it."""
-    import signal
+    import contextlib
     import time
     from collections import Counter
 
     import psutil
 
     from facemask.runtime import HAPROXY_ENV
-    from tests.services import wait_http
 
     image = Image.open(known_image).convert("RGB").resize((480, 480))
     body = io.BytesIO()
@@ -690,21 +702,16 @@ def test_haproxy_ingress_resends_a_request_its_replica_died_holding(registered_d
     data = body.getvalue()
     assert 16 * 1024 < len(data) < int(HAPROXY_ENV["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]), len(data)
 
-    port = free_port()
-    log = open(tmp_path / "serve.log", "wb")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "facemask.cli", "serve", "--model-uri", str(registered_detector["weights"]),
-                             "--port", str(port), "--num-cpus", "0.25", "--replicas", "2", "--threads", "1",
-                             "--ingress", "haproxy"], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/healthz", timeout=180, proc=proc)
+    with facemask_serve(registered_detector["weights"], tmp_path, "--num-cpus", "0.25", "--replicas", "2",
+                        "--threads", "1", "--ingress", "haproxy") as (proc, url, _):
 
         def replicas() -> list[int]:
-            return [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
-                    if "ServeReplica" in " ".join(p.cmdline())]
+            pids = []
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):  # a process that just ended
+                    if "ServeReplica" in " ".join(child.cmdline()):
+                        pids.append(child.pid)
+            return pids
 
         deadline = time.monotonic() + 90
         while len(replicas()) < 2 and time.monotonic() < deadline:
@@ -715,11 +722,3 @@ def test_haproxy_ingress_resends_a_request_its_replica_died_holding(registered_d
         print("haproxy, two replicas, one killed:", dict(codes), f"slowest {max(s for _, s, _, _ in seen):.2f} s")
         assert codes[200] >= 30 and set(codes) == {200}, codes
         assert [status for sent, _, status, _ in seen if sent > killed_at], "no request was sent after the kill"
-    finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: Serve, HAProxy and Ray stop
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
