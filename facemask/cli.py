@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from facemask.errors import ConfigError, EndpointError, FacemaskError, StudyInterrupted
-from facemask.runtime import configure_runtime, init_ray
+from facemask.runtime import configure_runtime, handle_stop_signals, init_ray, stop_exit_code, stop_signal
 from facemask.settings import (
     AugmentConfig,
     DistributedConfig,
@@ -50,22 +50,42 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+# What a stopped command leaves behind, in the one line it prints (tune says it in StudyInterrupted).
+STOP_HINTS = {
+    "data": "nothing was kept that a rerun needs: run the same command again",
+    "train": "its MLflow run is marked KILLED; run the same command again to train anew",
+    "predict": "the files written so far are in --out; run the same command again to redo the rest",
+    "serve": "the endpoint and its replicas are down; run the same command to serve again",
+    "evaluate": "nothing was logged; run the same command again",
+}
+
+
+def _stopped(ctx: click.Context, detail: str | None = None) -> None:
+    """One line saying what was stopped and how to go on, then exit 130 (Ctrl-C) or 143 (SIGTERM)."""
+    import signal
+
+    sig = signal.Signals(stop_signal() or signal.SIGINT).name
+    command = ctx.invoked_subcommand or "command"
+    hint = detail or STOP_HINTS.get(command, "run the same command again")
+    click.echo(f"stopped by {sig}: facemask {command}: {hint}", err=True)
+    sys.exit(stop_exit_code())
+
+
 class FacemaskGroup(click.Group):
-    """The one place errors become exit codes: FacemaskError 2, Ctrl-C 130, a bug 1."""
+    """The one place errors become exit codes: FacemaskError 2, Ctrl-C 130, SIGTERM 143, a bug 1."""
 
     def invoke(self, ctx: click.Context):
+        handle_stop_signals()
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except StudyInterrupted as exc:
-            click.echo(f"interrupted: {exc}", err=True)
-            sys.exit(130)
+            _stopped(ctx, str(exc))
         except FacemaskError as exc:
             _fail(str(exc))
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            _stopped(ctx, str(exc) or None)
         except Exception as exc:
             if _debug():
                 traceback.print_exc()
@@ -372,12 +392,14 @@ def _parse_resources(ctx, param, values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--no-promote", is_flag=True, help="Register but do not move @champion.")
 def tune_command(gpus_per_trial, trial_resources, no_promote, **kw):
     """Search hyperparameters with Ray Tune (Optuna TPE + ASHA); register and gate the best."""
+    from facemask.tracking import tracking_uri
+    from facemask.tune import check_trial_shape, tune
+
+    # What can be refused without a cluster is refused before one starts.
+    check_trial_shape(StudyConfig(gpus_per_trial=gpus_per_trial or 0, trial_resources=trial_resources, **kw))
     configure_runtime()
     init_ray()
     import ray
-
-    from facemask.tracking import tracking_uri
-    from facemask.tune import tune
 
     if gpus_per_trial is None:  # one GPU per training process, when there are GPUs
         gpus_per_trial = float(kw["ray_workers_per_trial"]) if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -446,23 +468,41 @@ def serve_command(model_uri, backend, device, host, ingress, port, replicas, num
         url = start_serving(args, host=host, port=port)
         click.echo(f"serving {model_uri} ({backend}, {ingress}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
         wait_for_stop()
-    except (KeyboardInterrupt, SystemExit):  # stopped while still starting
-        pass
     finally:
-        serve.shutdown()
+        stop_serving()
 
 
 def wait_for_stop() -> None:
-    """Block until Ctrl-C or SIGTERM."""
-    import signal
+    """Block until Ctrl-C or SIGTERM, which arrive as KeyboardInterrupt (`handle_stop_signals`)."""
     import threading
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except (KeyboardInterrupt, SystemExit):  # SystemExit: ray.init's own SIGTERM handler calls sys.exit
-        pass
+    threading.Event().wait()
+
+
+SHUTDOWN_TIMEOUT_S = 15.0
+
+
+def stop_serving(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """Delete the apps and stop Serve, but never wait past `timeout_s`.
+
+    When SIGTERM reaches the whole process group (`kill -- -PGID`, systemd), a local Ray
+    started here dies with this process, and `serve.shutdown()` would wait for its
+    controller for ever; the Ray processes are gone then, so there is nothing left to stop.
+    """
+    import threading
+
+    from ray import serve
+
+    done = threading.Event()
+
+    def shutdown() -> None:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        done.set()
+
+    threading.Thread(target=shutdown, name="serve-shutdown", daemon=True).start()
+    if not done.wait(timeout_s):
+        click.echo(f"warning: Serve did not shut down within {timeout_s:.0f}s (its cluster is gone?); exiting", err=True)
 
 
 def start_serving(args, host: str = "127.0.0.1", port: int = 8000, name: str = "facemask", log_level: str = "INFO") -> str:

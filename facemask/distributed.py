@@ -263,6 +263,35 @@ def epoch_callback(path: Path, uri: str, tracking: bool):
     return EpochLog()
 
 
+# How many times Ray Train may try to start a worker group that did not come up in its
+# start-up timeout (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) before the run fails. Its
+# default is without end: a group that cannot be placed waited for ever, silently.
+WORKER_GROUP_START_ATTEMPTS = 2
+
+
+def node_resources(nodes: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The resources of each alive node, from `ray.nodes()`."""
+    return [dict(n.get("Resources") or {}) for n in nodes if n.get("Alive")]
+
+
+def check_workers_fit(workers: int, cpus_per_worker: float, gpus_per_worker: float, nodes: list[dict[str, float]],
+                      driver_cpus: float = 0.0, flags: str = "--ray-workers N --cpus-per-worker C") -> None:
+    """Refuse, in one line, a worker group that no placement could hold: a worker bigger than
+    every node, or workers (plus a driver's `driver_cpus`) beyond the cluster's CPUs or GPUs.
+    Ray would otherwise wait for the resources without end."""
+    asked = f"{workers} workers x {cpus_per_worker:g} CPU" + (f" + {gpus_per_worker:g} GPU" if gpus_per_worker else "")
+    if driver_cpus:
+        asked += f", plus {driver_cpus:g} CPU for the trial's driver"
+    biggest_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+    biggest_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+    total_cpu, total_gpu = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
+    have = f"the cluster has {total_cpu:g} CPUs and {total_gpu:g} GPUs on {len(nodes)} nodes (the largest: {biggest_cpu:g} CPUs)"
+    if cpus_per_worker > biggest_cpu + 1e-9 or gpus_per_worker > biggest_gpu + 1e-9:
+        raise ConfigError(f"{asked}: no node can hold one worker; {have}; lower {flags}")
+    if workers * cpus_per_worker + driver_cpus > total_cpu + 1e-9 or workers * gpus_per_worker > total_gpu + 1e-9:
+        raise ConfigError(f"{asked}: more than the cluster holds; {have}; lower {flags}")
+
+
 def check_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig) -> None:
     """Refuse settings that cannot work, in one line each, before any worker starts."""
     if ray_cfg.workers < 1:
@@ -293,6 +322,9 @@ def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tu
     import ray
 
     check_distributed(cfg, ray_cfg)
+    if not report_to_tune:  # a Tune trial was checked against the cluster before the study started
+        check_workers_fit(ray_cfg.workers, ray_cfg.cpus_per_worker, ray_cfg.gpus_per_worker, node_resources(ray.nodes()),
+                          flags="--ray-workers or --cpus-per-worker/--gpus-per-worker")
     uri = tracking_uri()
     if cfg.tracking:
         check_tracking_reachable(uri, ray.nodes(), ray.util.get_node_ip_address(), who="rank 0")
@@ -317,7 +349,8 @@ def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tu
         scaling_config=ScalingConfig(num_workers=ray_cfg.workers, use_gpu=bool(ray_cfg.gpus_per_worker),
                                      resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=storage,
-                             failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
+                             failure_config=FailureConfig(max_failures=ray_cfg.max_failures,
+                                                          controller_failure_limit=WORKER_GROUP_START_ATTEMPTS),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              callbacks=[epoch_callback(run_dir / RANKS_FILE, uri, cfg.tracking), *tune_callback]),
     )

@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 HOME_ENV = "FACEMASK_HOME"
 # Set by Ray in the driver process of `ray job submit` (the job's config: runtime env, metadata).
@@ -103,6 +105,14 @@ def results_base() -> Path:
     return Path.cwd().resolve()
 
 
+def ensure_dir(path: str | Path) -> Path:
+    """`path`, created with its parents if missing: every first write into a folder that may
+    not exist yet (the results base on a fresh machine, a store's folder) goes through here."""
+    path = Path(path).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def resolve_path(path: str | Path) -> Path:
     """An absolute path as given; a relative one against `results_base()`."""
     path = Path(path).expanduser()
@@ -190,6 +200,18 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
             logging_level=logging.WARNING,
             log_to_driver=True,
         )
+        handle_stop_signals()
+
+
+def die_with_parent() -> None:
+    """For `subprocess.Popen(preexec_fn=...)`: the child gets SIGTERM when this process dies,
+    even by SIGKILL (what `ray job stop` sends after its grace period), so a helper server
+    never outlives the command that started it. Linux only; elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -202,3 +224,97 @@ def free_port(preferred: int | None = None) -> int:
                 continue
             return s.getsockname()[1]
     raise OSError("no free port on 127.0.0.1")
+
+
+# The signals that stop a command, and the exit status each ends it with (128 + the signal).
+STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+_stop_received: list[int] = []
+
+
+def stop_signal() -> int | None:
+    """The stop signal this process received (SIGINT or SIGTERM), or None."""
+    return _stop_received[-1] if _stop_received else None
+
+
+def stop_exit_code() -> int:
+    """The exit status of a stopped command: 143 after SIGTERM, else 130 (Ctrl-C)."""
+    return STOP_SIGNALS.get(stop_signal() or signal.SIGINT, 130)
+
+
+# A stopped command that is still alive this long after the signal is ended by force. When
+# the signal reaches the whole process group, the local Ray this process started dies at
+# once, and Ray's own shutdown (Tune's, Serve's) can wait on it for ever.
+STOP_DEADLINE_S = 25.0
+_forced_stop_actions: list = []
+
+
+def at_forced_stop(action: Callable[[], str | None]) -> Callable[[], None]:
+    """Run `action()` (it returns the line to print, or None) if a stop overruns STOP_DEADLINE_S,
+    just before the process exits by force; returns a function that unregisters it."""
+    _forced_stop_actions.append(action)
+    return lambda: _forced_stop_actions.remove(action) if action in _forced_stop_actions else None
+
+
+def _local_ray_gone() -> bool:
+    """True when this process started a local Ray and its raylet or GCS has died (a stop signal
+    sent to the whole process group reaches them too); then nothing Ray does will finish."""
+    ray = sys.modules.get("ray")
+    try:
+        node = ray._private.worker._global_node if ray is not None else None
+        processes = (node.all_processes or {}) if node is not None else {}
+        core = [info.process for kind in ("raylet", "gcs_server") for info in processes.get(kind, [])]
+        return any(proc.poll() is not None for proc in core)
+    except Exception:  # Ray's internals moved: fall back on the deadline alone
+        return False
+
+
+def _force_exit_after(deadline_s: float) -> None:
+    import threading
+    import time
+
+    def watch() -> None:
+        ends = time.monotonic() + deadline_s
+        while time.monotonic() < ends and not _local_ray_gone():
+            time.sleep(0.5)
+        message = None
+        for action in reversed(list(_forced_stop_actions)):
+            try:
+                message = action() or message
+            except Exception as exc:  # a last-resort cleanup: report it, never hang on it
+                print(f"warning: cleanup after a stop failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        name = signal.Signals(stop_signal() or signal.SIGINT).name
+        why = "its local Ray was stopped with it" if time.monotonic() < ends else f"shut-down overran {deadline_s:.0f}s"
+        print(f"stopped by {name}: {why}" + (f"; {message}" if message else ""), file=sys.stderr, flush=True)
+        os._exit(stop_exit_code())
+
+    threading.Thread(target=watch, name="facemask-stop-deadline", daemon=True).start()
+
+
+def _on_stop_signal(signum: int, frame) -> None:
+    if not _stop_received:
+        _force_exit_after(STOP_DEADLINE_S)
+    _stop_received.append(signum)
+    interrupt = signal.getsignal(signal.SIGINT)
+    if signum == signal.SIGTERM and callable(interrupt) and interrupt not in (signal.default_int_handler, _on_stop_signal):
+        # A graceful Ctrl-C handler is in place (Ray Tune's ends the study and saves its state):
+        # SIGTERM from `ray job stop`, Kubernetes or systemd gets the same treatment.
+        interrupt(signal.SIGINT, frame)
+        return
+    raise KeyboardInterrupt
+
+
+def handle_stop_signals() -> None:
+    """Make SIGTERM stop this process as Ctrl-C does: a KeyboardInterrupt in the main thread,
+    so runs end KILLED, services stop and state is saved, instead of dying where it stands.
+
+    Called by the CLI when a command starts and again after `ray.init()`, whose own SIGTERM
+    handler calls `sys.exit` in the middle of whatever runs (under Tune that aborted the
+    process). Only the main thread can set handlers; elsewhere this does nothing.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _on_stop_signal):
+        signal.signal(signal.SIGINT, _on_stop_signal)

@@ -21,17 +21,18 @@ from typing import Any, Callable
 
 import yaml
 
-from facemask.distributed import train_distributed
+from facemask.distributed import check_workers_fit, node_resources, train_distributed
 from facemask.errors import ConfigError, InputNotFoundError, StudyInterrupted
 from facemask.evaluate import evaluate, promote
 from facemask.manifest import data_fingerprint
 from facemask.plots import study_plots
-from facemask.runtime import results_base, resolve_path, where_relative
+from facemask.runtime import at_forced_stop, results_base, resolve_path, where_relative
 from facemask.settings import DistributedConfig, StudyConfig
 from facemask.tracking import (
     RunLogger,
     check_tracking_reachable,
     close_run,
+    end_open_runs,
     find_child_run,
     find_tagged_run,
     log_and_register,
@@ -121,9 +122,13 @@ def gpu_device(gpus_per_trial: float) -> str:
     return "0" if gpus_per_trial > 0 else "cpu"
 
 
-def max_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
-    """Trials that fit the cluster at once; never more than asked or than there are trials."""
-    cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
+# What a distributed trial's own function reserves: it only drives its Ray Train run, whose
+# controller reserves nothing and whose workers share the rest of the trial's CPUs.
+TRIAL_DRIVER_CPUS = 0.01
+
+
+def check_trial_shape(cfg: StudyConfig) -> None:
+    """Refuse, before any cluster is joined, a trial whose parts cannot work together."""
     if cfg.cpus_per_trial <= 0:
         raise ConfigError("--cpus-per-trial must be > 0")
     workers = cfg.ray_workers_per_trial
@@ -141,8 +146,35 @@ def max_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
     if workers > 1 and cfg.trial_resources:
         raise ConfigError("--trial-resources pins a one-process trial to a node; a trial of several Ray Train "
                           "workers is placed by Ray Train: drop --trial-resources")
+    if workers > 1 and cfg.cpus_per_trial < workers:
+        # A DDP rank with less than a core only slows its peers: every step waits for the slowest.
+        raise ConfigError(f"--ray-workers-per-trial {workers} needs one CPU per worker, and --cpus-per-trial is "
+                          f"{cfg.cpus_per_trial:g}: use --ray-workers-per-trial {max(1, math.floor(cfg.cpus_per_trial))}"
+                          f" or fewer, or --cpus-per-trial {workers} on a cluster with {workers}+ CPUs")
+
+
+def max_concurrency(cfg: StudyConfig, cluster: dict[str, float], nodes: list[dict[str, float]] | None = None) -> int:
+    """Trials that fit the cluster at once; never more than asked or than there are trials.
+
+    `nodes` (each alive node's resources) also refuses a trial that fits the cluster's sum
+    but no node: Ray would wait for it without end.
+    """
+    cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
+    check_trial_shape(cfg)
+    workers = cfg.ray_workers_per_trial
     if cfg.gpus_per_trial > 0 and gpus < cfg.gpus_per_trial:
         raise ConfigError(f"--gpus-per-trial {cfg.gpus_per_trial}: the cluster has {gpus:g} GPUs; use 0 to train on CPU")
+    if nodes is not None:
+        if workers > 1:
+            shares = trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, workers, "")
+            check_workers_fit(workers, shares.cpus_per_worker, shares.gpus_per_worker, nodes,
+                              driver_cpus=TRIAL_DRIVER_CPUS,
+                              flags="--ray-workers-per-trial, --cpus-per-trial or --gpus-per-trial")
+        elif not any(all(n.get(k, 0) + 1e-9 >= v for k, v in trial_request(cfg).items()) for n in nodes):
+            biggest = max((n.get("CPU", 0) for n in nodes), default=0)
+            raise ConfigError(f"a trial asks for {trial_request(cfg)} in one process, and no node has that much (the "
+                              f"largest has {biggest:g} CPUs): lower --cpus-per-trial, or train each trial across "
+                              "nodes with --ray-workers-per-trial N")
     fits = math.floor(cpus / cfg.cpus_per_trial + 1e-9)
     if cfg.gpus_per_trial > 0:
         fits = min(fits, math.floor(gpus / cfg.gpus_per_trial + 1e-9))
@@ -154,6 +186,14 @@ def max_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
     if fits < 1:
         raise ConfigError(f"--cpus-per-trial {cfg.cpus_per_trial}: the cluster has only {cpus:g} CPUs")
     return max(1, min(fits, cfg.max_concurrent or fits, cfg.trials))
+
+
+def trial_request(cfg: StudyConfig) -> dict[str, float]:
+    """What one trial's function reserves, in Ray's resource names."""
+    if cfg.ray_workers_per_trial > 1:
+        return {"CPU": TRIAL_DRIVER_CPUS}
+    return {"CPU": cfg.cpus_per_trial, **({"GPU": cfg.gpus_per_trial} if cfg.gpus_per_trial else {}),
+            **cfg.trial_resources}
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
@@ -217,8 +257,9 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
 
 
 def trial_workers(cpus_per_trial: float, gpus_per_trial: float, workers: int, workdir: Path | str) -> DistributedConfig:
-    """A trial's CPUs and GPUs shared equally by its Ray Train workers."""
-    return DistributedConfig(workers=workers, cpus_per_worker=cpus_per_trial / workers,
+    """A trial's CPUs and GPUs shared equally by its Ray Train workers, less what its driver
+    reserves, so that the whole trial takes exactly `cpus_per_trial`."""
+    return DistributedConfig(workers=workers, cpus_per_worker=(cpus_per_trial - TRIAL_DRIVER_CPUS) / workers,
                              gpus_per_worker=gpus_per_trial / workers, storage=str(Path(workdir) / "ray-train"),
                              max_failures=1)
 
@@ -273,11 +314,8 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
     `trial_callbacks` are extra Ultralytics callbacks run inside every trial (used to
     inject faults in tests). Expects a connected Ray cluster (`ray.init()` by the caller).
     """
-    import optuna
     import ray
     from ray import tune as rt
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     space, baseline = load_search_space(cfg.search_space)
     data = resolve_path(cfg.data)
@@ -287,76 +325,111 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
     path = f"{storage.rstrip('/')}/{cfg.name}"
     if cfg.resume and not rt.Tuner.can_restore(path):
         raise ConfigError(f"--resume: no study to restore at {path}; check --storage and --name")
-    concurrency = max_concurrency(cfg, ray.cluster_resources())
+    concurrency = max_concurrency(cfg, ray.cluster_resources(), node_resources(ray.nodes()))
     check_tracking_reachable(tracking_uri(), ray.nodes(), ray.util.get_node_ip_address())
     fingerprint = data_fingerprint(data)
     started = time.perf_counter()
-    with study_tracking_uri() as uri:
-        previous = find_tagged_run(cfg.experiment, "facemask.study_path", path, uri=uri) if cfg.resume else None
-        parent = RunLogger(cfg.experiment, cfg.name, {"facemask.study_path": path, "data.fingerprint": fingerprint},
-                           uri=uri, run_id=previous, reopen=previous is not None)
-        if previous is None:
-            parent.log_params({"study": {k: str(v) for k, v in asdict(cfg).items()}, "data_fingerprint": fingerprint,
-                               "scheduler": {"type": "ASHA", "time_attr": "epoch", "max_t": cfg.epochs,
-                                             "grace_period": cfg.grace_period, "reduction_factor": cfg.reduction_factor},
-                               "searcher": {"type": "Optuna TPE", "seed": cfg.seed, "points_to_evaluate": len(baseline)},
-                               "max_concurrent": concurrency})
-            parent.log_dict({"space": space, "baseline": baseline}, "search_space.yaml")
-            # Logged once here so concurrent trials find the dataset instead of racing to create it.
-            parent.log_dataset(data.parent.name, str(data), fingerprint)
-        # Each trial's Ultralytics folder (plots, results.csv, weights) lives beside the study,
-        # not in the trial's working directory, which is a temporary one under `ray job submit`.
-        workdir = f"{path}-yolo" if "://" not in path else str(results_base() / "runs" / "tune-trials" / cfg.name)
-        base = {
-            "workdir": workdir, "data": str(data), "model": cfg.model, "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch,
-            "gpus_per_trial": cfg.gpus_per_trial, "experiment": cfg.experiment, "seed": cfg.seed,
-            "tracking_uri": uri, "parent_run_id": parent.run_id, "study": cfg.name, "workers": cfg.workers,
-            "trial_callbacks": trial_callbacks or {}, "ray_workers_per_trial": cfg.ray_workers_per_trial,
-            "cpus_per_trial": cfg.cpus_per_trial,
-        }
-        # A distributed trial's function only drives its Ray Train run: the workers hold the
-        # resources (Tune needs some request, so a token one).
-        resources = ({"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **cfg.trial_resources}
-                     if cfg.ray_workers_per_trial == 1 else {"cpu": 0.01})
-        trainable = rt.with_resources(rt.with_parameters(run_trial, base=base), resources)
+    store = tracking_uri()
+    opened: list[str] = []  # the parent run's id, once there is one
+    resume = f"study {path} stopped; its state is saved and its MLflow runs are marked KILLED: run the same command " \
+             "with --resume to continue"
+
+    def close_runs(status: str) -> str:
+        # Straight to the store, not through the study's own server: `ray job stop` signals that server too.
+        # Interrupted trials' runs are reopened by --resume.
+        if opened:
+            end_open_runs(opened[0], status, uri=store,
+                          tags={"facemask.study_status": "interrupted" if status == "KILLED" else "failed"})
+        return resume
+
+    forget = at_forced_stop(lambda: close_runs("KILLED"))
+    try:
+        with study_tracking_uri(store) as uri:
+            return _run_study(cfg, uri, space, baseline, data, path, storage, concurrency, fingerprint, started,
+                              trial_callbacks, opened, resume)
+    except BaseException as exc:
         try:
-            if cfg.resume:
-                tuner = rt.Tuner.restore(path, trainable, resume_errored=True)
-            else:
-                searcher = OptunaSearch(points_to_evaluate=baseline or None,
-                                        sampler=optuna.samplers.TPESampler(seed=cfg.seed))
-                # stop_last_trials=False: a trial that reaches max_t ends by itself, so it still
-                # validates best.pt and closes its run, instead of being cut off at its last report.
-                scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=cfg.grace_period,
-                                          reduction_factor=cfg.reduction_factor, stop_last_trials=False) if cfg.asha else None
-                tuner = rt.Tuner(
-                    trainable,
-                    param_space=to_tune_space(space),
-                    tune_config=rt.TuneConfig(metric=cfg.metric, mode=cfg.mode, search_alg=searcher, scheduler=scheduler,
-                                              num_samples=cfg.trials, max_concurrent_trials=concurrency,
-                                              time_budget_s=cfg.time_budget_s),
-                    run_config=rt.RunConfig(name=cfg.name, storage_path=storage, verbose=1,
-                                            failure_config=rt.FailureConfig(max_failures=cfg.max_failures),
-                                            checkpoint_config=rt.CheckpointConfig(num_to_keep=1)),
-                )
-            grid = tuner.fit()
-        except BaseException:
-            parent.end("KILLED")
-            raise
-        if interrupted(grid, cfg, time.perf_counter() - started):
-            parent.set_tags({"facemask.study_status": "interrupted"})
-            parent.end("KILLED")
-            raise StudyInterrupted(
-                f"study {path} was interrupted; its state is saved: run the same command with --resume to continue"
+            close_runs("KILLED" if isinstance(exc, (KeyboardInterrupt, StudyInterrupted)) else "FAILED")
+        except Exception as close_error:  # the original error matters more than this one
+            log.warning("could not close the study's MLflow runs in %s: %s", store, close_error)
+        raise
+    finally:
+        forget()
+
+
+def _run_study(cfg: StudyConfig, uri: str, space: dict, baseline: list, data: Path, path: str, storage: str,
+               concurrency: int, fingerprint: str, started: float, trial_callbacks: dict | None,
+               opened: list[str], resume: str) -> StudyResult:
+    """The study itself, logging through `uri`; appends the parent run's id to `opened` as soon as it exists."""
+    import optuna
+    from ray import tune as rt
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    previous = find_tagged_run(cfg.experiment, "facemask.study_path", path, uri=uri) if cfg.resume else None
+    parent = RunLogger(cfg.experiment, cfg.name, {"facemask.study_path": path, "data.fingerprint": fingerprint},
+                       uri=uri, run_id=previous, reopen=previous is not None)
+    if parent.run_id:
+        opened.append(parent.run_id)
+    if previous is None:
+        parent.log_params({"study": {k: str(v) for k, v in asdict(cfg).items()}, "data_fingerprint": fingerprint,
+                           "scheduler": {"type": "ASHA", "time_attr": "epoch", "max_t": cfg.epochs,
+                                         "grace_period": cfg.grace_period, "reduction_factor": cfg.reduction_factor},
+                           "searcher": {"type": "Optuna TPE", "seed": cfg.seed, "points_to_evaluate": len(baseline)},
+                           "max_concurrent": concurrency})
+        parent.log_dict({"space": space, "baseline": baseline}, "search_space.yaml")
+        # Logged once here so concurrent trials find the dataset instead of racing to create it.
+        parent.log_dataset(data.parent.name, str(data), fingerprint)
+    # Each trial's Ultralytics folder (plots, results.csv, weights) lives beside the study,
+    # not in the trial's working directory, which is a temporary one under `ray job submit`.
+    workdir = f"{path}-yolo" if "://" not in path else str(results_base() / "runs" / "tune-trials" / cfg.name)
+    base = {
+        "workdir": workdir, "data": str(data), "model": cfg.model, "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch,
+        "gpus_per_trial": cfg.gpus_per_trial, "experiment": cfg.experiment, "seed": cfg.seed,
+        "tracking_uri": uri, "parent_run_id": parent.run_id, "study": cfg.name, "workers": cfg.workers,
+        "trial_callbacks": trial_callbacks or {}, "ray_workers_per_trial": cfg.ray_workers_per_trial,
+        "cpus_per_trial": cfg.cpus_per_trial,
+    }
+    # A distributed trial's function only drives its Ray Train run: the workers hold the
+    # resources (Tune needs some request, so a token one, which trial_workers leaves out).
+    resources = ({"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **cfg.trial_resources}
+                 if cfg.ray_workers_per_trial == 1 else {"cpu": TRIAL_DRIVER_CPUS})
+    trainable = rt.with_resources(rt.with_parameters(run_trial, base=base), resources)
+    try:
+        if cfg.resume:
+            tuner = rt.Tuner.restore(path, trainable, resume_errored=True)
+        else:
+            searcher = OptunaSearch(points_to_evaluate=baseline or None,
+                                    sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+            # stop_last_trials=False: a trial that reaches max_t ends by itself, so it still
+            # validates best.pt and closes its run, instead of being cut off at its last report.
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=cfg.grace_period,
+                                      reduction_factor=cfg.reduction_factor, stop_last_trials=False) if cfg.asha else None
+            tuner = rt.Tuner(
+                trainable,
+                param_space=to_tune_space(space),
+                tune_config=rt.TuneConfig(metric=cfg.metric, mode=cfg.mode, search_alg=searcher, scheduler=scheduler,
+                                          num_samples=cfg.trials, max_concurrent_trials=concurrency,
+                                          time_budget_s=cfg.time_budget_s),
+                run_config=rt.RunConfig(name=cfg.name, storage_path=storage, verbose=1,
+                                        failure_config=rt.FailureConfig(max_failures=cfg.max_failures),
+                                        checkpoint_config=rt.CheckpointConfig(num_to_keep=1)),
             )
-        result = summarise(cfg, grid, parent, uri, started, path)
-        try:
-            if cfg.register:
-                finalise(cfg, grid, result, parent, uri, data)
-        finally:
-            result.seconds = time.perf_counter() - started
-            parent.log_metrics({"study/seconds": result.seconds})
-            parent.end("FINISHED")
+        grid = tuner.fit()
+    except BaseException:
+        parent.stop_monitor()  # tune() closes the runs once the study's server is gone
+        raise
+    if interrupted(grid, cfg, time.perf_counter() - started):
+        parent.stop_monitor()
+        raise StudyInterrupted(resume)
+    result = summarise(cfg, grid, parent, uri, started, path)
+    try:
+        if cfg.register:
+            finalise(cfg, grid, result, parent, uri, data)
+    finally:
+        result.seconds = time.perf_counter() - started
+        parent.log_metrics({"study/seconds": result.seconds})
+        parent.end("FINISHED")
     return result
 
 

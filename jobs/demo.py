@@ -91,12 +91,14 @@ def main() -> None:
         print(f"  the page:    {url}/ while `make serve` runs (or rerun with DEMO_ARGS=--keep-serving)")
     print(f"\n[5/5] {query}", flush=True)
     if args.keep_serving:
-        from ray import serve
+        from facemask.cli import stop_serving, wait_for_stop
 
-        from facemask.cli import wait_for_stop
-
-        wait_for_stop()
-        serve.shutdown()
+        try:
+            wait_for_stop()
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (init_ray's handle_stop_signals)
+            pass
+        finally:
+            stop_serving()
 
 def serve_and_query(model_uri: str, test_images: Path, port: int, imgsz: int) -> tuple[str, str]:
     """Start Serve with the model and send one held-out test image over HTTP: (URL, the answer as text)."""

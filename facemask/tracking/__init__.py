@@ -20,6 +20,8 @@ from facemask.tracking.runs import (
     RunLogger,
     client,
     close_run,
+    end_open_runs,
+    ensure_store,
     experiment_id,
     find_child_run,
     find_tagged_run,
@@ -32,7 +34,7 @@ from facemask.tracking.runs import (
 from facemask.tracking.server import check_tracking_reachable, hosts_elsewhere, study_tracking_uri
 
 __all__ = [
-    "DEFAULT_EXPERIMENT", "RunLogger", "alias_version", "check_tracking_reachable", "client", "close_run", "experiment_id", "fetch_model",
+    "DEFAULT_EXPERIMENT", "RunLogger", "alias_version", "check_tracking_reachable", "client", "close_run", "end_open_runs", "ensure_store", "experiment_id", "fetch_model",
     "find_child_run", "find_tagged_run", "flatten", "hosts_elsewhere", "list_versions", "log_and_register", "log_to_run", "metric_key",
     "model_version", "set_alias", "set_version_tags", "study_tracking_uri", "tracking_uri", "using_tracking_uri",
     "version_metrics",

@@ -17,7 +17,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
 
-from facemask.runtime import results_base
+from facemask.runtime import ensure_dir, results_base
 
 log = logging.getLogger("facemask.tracking")
 
@@ -55,10 +55,19 @@ def artifact_root(uri: str) -> str | None:
     return str(db.parent / "mlruns") if db is not None else None
 
 
+def ensure_store(uri: str) -> str:
+    """`uri`, with the folder of a sqlite store created: MLflow cannot create the file in a
+    folder that does not exist (the results base on a fresh machine)."""
+    db = sqlite_path(uri)
+    if db is not None:
+        ensure_dir(db.parent)
+    return uri
+
+
 def client(uri: str | None = None):
     from mlflow import MlflowClient
 
-    uri = uri or tracking_uri()
+    uri = ensure_store(uri or tracking_uri())
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -277,6 +286,13 @@ class RunLogger:
 
         self._call(send)
 
+    def stop_monitor(self) -> None:
+        """Stop sampling system metrics, without writing anything (a stop that closes the run elsewhere)."""
+        if self._monitor is not None:
+            with contextlib.suppress(Exception):
+                self._monitor.finish()
+            self._monitor = None
+
     def end(self, status: str = "FINISHED", wait_s: float = 45.0) -> bool:
         """Close the run as FINISHED/FAILED/KILLED, retrying for up to `wait_s` past an outage.
 
@@ -285,10 +301,7 @@ class RunLogger:
         """
         if not self.active:
             return False
-        if self._monitor is not None:
-            with contextlib.suppress(Exception):
-                self._monitor.finish()
-            self._monitor = None
+        self.stop_monitor()
         deadline = time.monotonic() + wait_s
         while True:
             self._down_until = 0.0
@@ -348,6 +361,23 @@ def find_tagged_run(experiment: str, tag: str, value: str, uri: str | None = Non
         return None
     runs = c.search_runs([found.experiment_id], f"tags.`{tag}` = '{value}'", max_results=1)
     return runs[0].info.run_id if runs else None
+
+
+def end_open_runs(run_id: str, status: str, uri: str | None = None, tags: dict[str, str] | None = None) -> list[str]:
+    """Mark `run_id` and every child run of it still RUNNING as `status` (KILLED after a stop):
+    what a stopped study leaves open. Returns the ids it closed; `--resume` reopens them."""
+    c = client(uri)
+    parent = c.get_run(run_id)
+    children = c.search_runs([parent.info.experiment_id],
+                             f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'")
+    closed = []
+    for run in [parent, *children]:
+        if run.info.status == "RUNNING":
+            for key, value in (tags or {}).items():
+                c.set_tag(run.info.run_id, key, value)
+            c.set_terminated(run.info.run_id, status)
+            closed.append(run.info.run_id)
+    return closed
 
 
 def close_run(run_id: str, status: str, tags: dict[str, str], weights: Path | None = None,

@@ -13,8 +13,8 @@ import urllib.request
 from typing import Any, Iterator
 
 from facemask.errors import ConfigError
-from facemask.runtime import free_port
-from facemask.tracking.runs import artifact_root, sqlite_path, tracking_uri
+from facemask.runtime import die_with_parent, free_port
+from facemask.tracking.runs import artifact_root, ensure_store, sqlite_path, tracking_uri
 
 log = logging.getLogger("facemask.tracking")
 
@@ -32,14 +32,14 @@ def study_tracking_uri(uri: str | None = None) -> Iterator[str]:
     if not uri.startswith("sqlite:"):
         yield uri
         return
-    db = sqlite_path(uri)
+    db = sqlite_path(ensure_store(uri))
     artifacts = artifact_root(uri)
     port = free_port()
     log_file = open(db.parent / f".mlflow-server-{port}.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", uri, "--default-artifact-root", str(artifacts), "--no-serve-artifacts"],
-        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
     )
     served = f"http://127.0.0.1:{port}"
     try:
