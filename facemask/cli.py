@@ -125,11 +125,17 @@ def results_footer(tracking: str | None = None, experiment: str | None = None, r
 
 
 def _options(config: type, *specs: tuple) -> callable:
-    """Click options whose defaults are `config`'s field defaults: (flag, field, kwargs) each."""
+    """Click options whose defaults are `config`'s field defaults: (flag, field, kwargs) each.
+
+    kwargs["param"] names the function's parameter when the field's name is taken by
+    another config's option (both TrainConfig and DistributedConfig have `workers`).
+    """
 
     def decorate(fn):
         for flag, name, kwargs in reversed(specs):
-            fn = click.option(flag, name, default=default(config, name), show_default=True, **kwargs)(fn)
+            kwargs = dict(kwargs)
+            param = kwargs.pop("param", name)
+            fn = click.option(flag, param, default=default(config, name), show_default=True, **kwargs)(fn)
         return fn
 
     return decorate
@@ -222,14 +228,18 @@ def _csv(values) -> str:
           ("--pastes-per-image", "pastes_per_image", {}),
           ("--blend", "blend", {"type": click.Choice(["overlay", "feather", "poisson"])}))
 @click.option("--pastes", multiple=True, callback=_parse_pastes, help="Explicit CLASS=COUNT pastes; overrides --balance. Repeatable.")
+@click.option("--repeat-threshold", type=float, default=None,
+              help="Repeat-factor sampling: list each training image max(1, sqrt(T/f)) times, f being the fraction "
+                   "of training images holding its rarest class (train.txt; val and test untouched).")
 @click.option("--no-plots", is_flag=True, help="Skip class_distribution.png and synthetic_samples.jpg.")
 def data_prepare(source, out, engine, seed, split_, synthetic_classes, balance_ratio, pastes_per_image, blend, pastes,
-                 no_plots):
+                 repeat_threshold, no_plots):
     """Parse VOC, split stratified, copy-paste on train only, write YOLO data.yaml + manifest.json."""
     from facemask.pipeline import choose_engine, prepare
 
     cfg = PrepareConfig(
         source=source, out=out, engine=engine, seed=seed, split=split_, plots=not no_plots,
+        repeat_threshold=repeat_threshold,
         augment=AugmentConfig(classes=tuple(c for c in synthetic_classes.split(",") if c), balance_ratio=balance_ratio,
                               pastes_per_class=pastes, pastes_per_image=pastes_per_image, blend=blend),
     ).validate()
@@ -244,6 +254,11 @@ def data_prepare(source, out, engine, seed, split_, synthetic_classes, balance_r
     for split, c in m["counts"].items():
         objects = ", ".join(f"{k}={v['original']}+{v['pasted']}" for k, v in c["objects"].items())
         click.echo(f"  {split:5s} images {c['images']['original']}+{c['images']['synthetic']} synthetic; objects (original+pasted) {objects}")
+    if "repeat" in m:
+        r = m["repeat"]
+        click.echo(f"  repeat-factor sampling (threshold {r['threshold']:g}): {r['images']} training images listed "
+                   f"{r['listed']} times in {r['list']}; factor per class " +
+                   ", ".join(f"{k}={v:.2f}" for k, v in r["class_factor"].items()))
     problems = m["problems"]
     if problems["items"]:
         click.echo(f"  problems: {json.dumps(problems['counts'])} (details in manifest.json)")
@@ -274,7 +289,8 @@ def _parse_overrides(values: tuple[str, ...]) -> dict:
           ("--project", "project", {"type": click.Path(path_type=Path)}),
           ("--seed", "seed", {}), ("--workers", "workers", {"help": "Dataloader workers."}))
 @_options(DistributedConfig,
-          ("--ray-workers", "workers", {"help": "Ray Train workers training one model together (DDP; "
+          ("--ray-workers", "workers", {"param": "ray_workers",
+                                        "help": "Ray Train workers training one model together (DDP; "
                                         "1: one process). README: Training across nodes."}),
           ("--gpus-per-worker", "gpus_per_worker", {"type": float}),
           ("--cpus-per-worker", "cpus_per_worker", {"type": float}),
@@ -283,14 +299,14 @@ def _parse_overrides(values: tuple[str, ...]) -> dict:
           ("--max-failures", "max_failures", {"help": "Restarts of the worker group from its newest checkpoint."}))
 @click.option("--register", is_flag=True, help="Register best.pt as a new version of facemask-detector.")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-def train_command(data, overrides, workers, gpus_per_worker, cpus_per_worker, storage, max_failures, **kw):
+def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker, storage, max_failures, **kw):
     """Train one YOLO26 model, tracked in MLflow. Extra Ultralytics args as key=value."""
     configure_runtime()
     from facemask.tracking import tracking_uri
     from facemask.train import train
 
     cfg = TrainConfig(data=data, overrides=_parse_overrides(overrides), **kw)
-    ray_cfg = DistributedConfig(workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+    ray_cfg = DistributedConfig(workers=ray_workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                                 storage=storage, max_failures=max_failures)
     if ray_cfg.workers > 1:
         from facemask.distributed import check_distributed, train_distributed
@@ -318,17 +334,27 @@ def train_command(data, overrides, workers, gpus_per_worker, cpus_per_worker, st
 @click.option("--imgsz", default=default(TrainConfig, "imgsz"), show_default=True)
 @click.option("--batch", default=16, show_default=True)
 @click.option("--device", default=default(TrainConfig, "device"), show_default=True)
+@click.option("--resamples", default=1000, show_default=True, help="Bootstrap resamples of the images for the intervals.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap resampling.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
-def evaluate_command(model_uri, data, split, imgsz, batch, device, as_json):
-    """Measure a model on the clean test split; log it to the model's run and version."""
+def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, seed, as_json):
+    """Measure a model on the clean test split, with 95% bootstrap intervals over its images;
+    log it to the model's run and version."""
     configure_runtime()
     from facemask.evaluate import evaluate
     from facemask.tracking import tracking_uri
 
+    if resamples < 100:
+        raise ConfigError(f"--resamples {resamples}: at least 100 (1000 gives stable 95% intervals)")
     # Ultralytics' progress bars write to stdout too; stdout carries only the result.
     with contextlib.redirect_stdout(sys.stderr):
-        result = evaluate(model_uri, data, split=split, imgsz=imgsz, batch=batch, device=device)
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())
+        result = evaluate(model_uri, data, split=split, imgsz=imgsz, batch=batch, device=device, resamples=resamples,
+                          seed=seed)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(result.table())
+        click.echo("\n" + result.intervals.table(f"{split} split, with 95% bootstrap intervals:"))
     if not as_json and result.run_id:
         click.echo(results_footer(tracking_uri(), run_id=result.run_id, experiment=None, model=model_uri
                                   if model_uri.startswith("models:/") else None))
@@ -337,13 +363,16 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, as_json):
 @main.command("promote")
 @click.option("--model-uri", required=True, help="models:/facemask-detector/N")
 @click.option("--alias", default="champion", show_default=True)
+@click.option("--confidence", default=0.95, show_default=True,
+              help="Promote only if the paired bootstrap interval of the gain, at this level, lies above 0.")
 @click.option("--force", is_flag=True, help="Move the alias without comparing scores.")
-def promote_command(model_uri, alias, force):
-    """Move an alias to a version only if its test mAP50-95 beats the current holder's."""
+def promote_command(model_uri, alias, confidence, force):
+    """Move an alias to a version only if it beats the current holder beyond noise: a paired
+    bootstrap of their test predictions on the same images."""
     configure_runtime()
     from facemask.evaluate import promote
 
-    decision = promote(model_uri, alias=alias, force=force)
+    decision = promote(model_uri, alias=alias, force=force, confidence=confidence)
     verb = "promoted" if decision.promoted else "kept"
     subject = decision.candidate if decision.promoted else (decision.champion or "none")
     click.echo(f"{verb} version {subject} @{alias}: {decision.reason}")

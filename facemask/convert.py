@@ -60,9 +60,13 @@ def make_tree(out: Path, splits: tuple[str, ...]) -> None:
             (target / split).mkdir(parents=True)
 
 
-def write_data_yaml(out: Path, splits: tuple[str, ...]) -> Path:
-    """Write data.yaml with an absolute `path`, so it works from any working directory."""
-    data = {"path": str(out.resolve()), **{s: f"images/{s}" for s in splits}, "names": yolo_names()}
+def write_data_yaml(out: Path, splits: tuple[str, ...], lists: dict[str, str] | None = None) -> Path:
+    """Write data.yaml with an absolute `path`, so it works from any working directory.
+
+    `lists` names an image-list file for a split in place of its folder (train.txt, with repeats).
+    """
+    data = {"path": str(out.resolve()), **{s: (lists or {}).get(s, f"images/{s}") for s in splits},
+            "names": yolo_names()}
     path = out / "data.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -1,7 +1,10 @@
 """Evaluation on the clean test split, and the promotion gate that uses its result.
 
-The gate compares test mAP50-95 measured on the same prepared data (same fingerprint):
-numbers from different test sets are not comparable, so it refuses unless forced.
+Every evaluation keeps each image's matched predictions (`predictions.npz`, logged with the
+report), and reports AP50 and AP50-95 with 95% bootstrap intervals over the images
+(`facemask.bootstrap`). The gate compares a candidate with the holder of the alias by a
+paired bootstrap of those stored predictions, on the same prepared data (same fingerprint):
+it promotes only when the lower bound of the difference is above zero.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from facemask.bootstrap import DEFAULT_RESAMPLES, BootstrapResult, ImagePredictions, Interval, bootstrap, paired_bootstrap
 from facemask.classes import CLASS_NAMES
 from facemask.detector import load_detector
 from facemask.errors import ConfigError, InputNotFoundError
@@ -23,6 +27,7 @@ from facemask.tracking import alias_version, log_to_run, model_version, set_alia
 
 log = logging.getLogger("facemask.evaluate")
 GATE_METRIC = "test_mAP50-95"
+PREDICTIONS_FILE = "predictions.npz"
 
 
 @dataclass
@@ -35,9 +40,13 @@ class EvalResult:
     fingerprint: str
     run_id: str | None = None
     version: str | None = None
+    intervals: BootstrapResult | None = None
+    predictions: ImagePredictions | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {k: v for k, v in asdict(self).items() if k not in ("intervals", "predictions")}
+        out["intervals"] = self.intervals.to_dict() if self.intervals else None
+        return out
 
     def table(self) -> str:
         lines = [f"{'class':24s} {'P':>6s} {'R':>6s} {'AP50':>6s} {'AP50-95':>8s}"]
@@ -55,13 +64,17 @@ def evaluate(
     batch: int = 16,
     device: str = "auto",
     log_results: bool = True,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
 ) -> EvalResult:
-    """Measure a model on one split of a prepared dataset; log it to the model's run and version."""
+    """Measure a model on one split of a prepared dataset, with bootstrap intervals over its
+    images (`resamples`, seeded); log it, and the per-image predictions, to the model's run and version."""
     given, data = data, resolve_path(data)
     if not data.is_file():
         raise InputNotFoundError(f"--data {data}: no such file{where_relative(given)}; create it with `facemask data prepare`")
     ultralytics_env()
     detector = load_detector(model_uri, device=resolve_device(device))
+    kept = keep_image_predictions(detector.model)
     with tempfile.TemporaryDirectory(prefix="facemask-eval-") as tmp:
         metrics = detector.model.val(
             data=str(data), split=split, imgsz=imgsz, batch=batch, device=resolve_device(device), plots=True,
@@ -74,11 +87,40 @@ def evaluate(
             p, r, ap50, ap = box.class_result(i)
             per_class[CLASS_NAMES[int(class_index)]] = {"precision": float(p), "recall": float(r), "mAP50": float(ap50), "mAP50-95": float(ap)}
         matrix = metrics.confusion_matrix.matrix.tolist()
+        predictions = ImagePredictions.from_images(sorted(kept, key=lambda image: image["name"]))
         result = EvalResult(model_uri, split, overall, per_class, matrix, data_fingerprint(data),
-                            run_id=detector.info.run_id, version=detector.info.version)
+                            run_id=detector.info.run_id, version=detector.info.version,
+                            intervals=bootstrap(predictions, CLASS_NAMES, resamples=resamples, seed=seed),
+                            predictions=predictions)
         if log_results:
             _log(result, detector.info, Path(metrics.save_dir))
     return result
+
+
+def keep_image_predictions(model) -> list[dict[str, Any]]:
+    """A list that fills, during `model.val()`, with each image's matched predictions.
+
+    Ultralytics' validator matches every prediction to the ground truth at the ten IoU
+    thresholds and keeps the result per image, but only until it has computed its totals;
+    this copies each image's entry as it is made.
+    """
+    images: list[dict[str, Any]] = []
+
+    def wrap(validator) -> None:
+        metrics = validator.metrics
+        if getattr(metrics, "_facemask_kept", False):
+            return
+        update = metrics.update_stats
+
+        def update_stats(stat: dict[str, Any]) -> None:
+            images.append({"name": stat["im_name"], "tp": stat["tp"], "conf": stat["conf"],
+                           "pred_cls": stat["pred_cls"], "target_cls": stat["target_cls"]})
+            update(stat)
+
+        metrics.update_stats, metrics._facemask_kept = update_stats, True
+
+    model.add_callback("on_val_batch_start", wrap)
+    return images
 
 
 def _log(result: EvalResult, info, save_dir: Path) -> None:
@@ -86,15 +128,25 @@ def _log(result: EvalResult, info, save_dir: Path) -> None:
     flat = {f"{prefix}/{k}": v for k, v in result.overall.items()}
     for name, m in result.per_class.items():
         flat.update({f"{prefix}/{k}/{name}": v for k, v in m.items()})
+    if result.intervals is not None:
+        flat.update(result.intervals.metrics(f"{prefix}_bootstrap"))
     if info.run_id:
         report = save_dir / f"evaluation_{prefix}.json"
         report.write_text(json.dumps(result.to_dict(), indent=2))
         artifacts = [(report, f"evaluation/{prefix}")]
+        if result.predictions is not None:
+            result.predictions.save(save_dir / PREDICTIONS_FILE)
+            artifacts.append((save_dir / PREDICTIONS_FILE, f"evaluation/{prefix}"))
         artifacts += [(p, f"evaluation/{prefix}") for p in sorted(save_dir.glob("confusion_matrix*.png"))]
         log_to_run(info.run_id, flat, artifacts)
     if info.name and info.version:
         tags = {f"{prefix}_{k}": round(v, 5) for k, v in result.overall.items()}
         tags[f"{prefix}.data.fingerprint"] = result.fingerprint
+        if result.intervals is not None:
+            for k, i in result.intervals.overall.items():
+                tags[f"{prefix}_{k}_interval"] = f"[{i.low:.4f}, {i.high:.4f}]"
+            if info.run_id and result.predictions is not None:
+                tags[f"{prefix}.predictions"] = f"runs:/{info.run_id}/evaluation/{prefix}/{PREDICTIONS_FILE}"
         set_version_tags(info.name, info.version, tags)
 
 
@@ -121,9 +173,13 @@ def promotion_decision(
     force: bool = False,
     metric: str = GATE_METRIC,
     uri: str | None = None,
+    difference: Interval | None = None,
 ) -> tuple[bool, str]:
     """Whether `candidate` takes `alias` from `holder`, and why: the gate, with no registry calls.
 
+    `difference` is the paired bootstrap interval of candidate minus holder on `metric`: the
+    candidate is promoted only when its lower bound is above 0. Without it (a holder evaluated
+    before predictions were stored) nothing is promoted: a bare `>` promotes noise.
     Raises ConfigError when the candidate (`uri`, for the message) was never evaluated.
     """
     if holder == candidate:
@@ -139,19 +195,39 @@ def promotion_decision(
         return True, f"current @{alias} (version {holder}) was never evaluated"
     if not same_data:
         return False, "evaluated on different data (the test.data.fingerprint tags differ): not comparable; use --force"
-    if score > holder_score:
-        return True, f"{metric} {score:.4f} > {holder_score:.4f}"
-    return False, f"{metric} {score:.4f} does not beat {holder_score:.4f} of version {holder}"
+    name = metric.replace("test_", "")
+    if difference is None:
+        return False, (f"version {holder} has no stored per-image predictions to compare with ({name} {score:.4f} vs "
+                       f"{holder_score:.4f}): run `facemask evaluate` on it again, or use --force")
+    if difference.low > 0:
+        return True, f"better than version {holder}: Δ {name} {difference.signed()}"
+    return False, f"not distinguishable from version {holder}: Δ {name} {difference.signed()}"
 
 
-def promote(model_uri: str, alias: str = "champion", force: bool = False, metric: str = GATE_METRIC) -> PromoteDecision:
-    """Move `alias` to the candidate only if its test score beats the current holder's.
+def stored_predictions(mv, split: str = "test") -> ImagePredictions | None:
+    """The per-image predictions `facemask evaluate` logged for a registered version, or None."""
+    source = (mv.tags or {}).get(f"{split}.predictions")
+    if not source:
+        return None
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="facemask-preds-") as tmp:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
+        return ImagePredictions.load(path)
+
+
+def promote(model_uri: str, alias: str = "champion", force: bool = False, metric: str = GATE_METRIC,
+            confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES) -> PromoteDecision:
+    """Move `alias` to the candidate only if a paired bootstrap of their test predictions says it
+    is better than the current holder at `confidence` (the lower bound of the difference > 0).
 
     Both must have been evaluated (`facemask evaluate`) on the same prepared data;
     `force` skips every check.
     """
     if not model_uri.startswith("models:/"):
         raise ConfigError(f"{model_uri}: promote takes a registry URI such as models:/{REGISTERED_MODEL}/3")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"--confidence {confidence}: a level between 0 and 1, such as 0.95")
     name, _, _ = parse_models_uri(model_uri)
     candidate = model_version(model_uri)
     version = str(candidate.version)
@@ -160,9 +236,16 @@ def promote(model_uri: str, alias: str = "champion", force: bool = False, metric
     best = version_metrics(current).get(metric) if current else None
     fingerprint_key = "test.data.fingerprint"
     same_data = current is not None and (candidate.tags or {}).get(fingerprint_key) == (current.tags or {}).get(fingerprint_key)
+    difference, details = None, {}
+    if not force and same_data and score is not None and best is not None and str(current.version) != version:
+        mine, theirs = stored_predictions(candidate), stored_predictions(current)
+        if mine is not None and theirs is not None:
+            paired = paired_bootstrap(mine, theirs, CLASS_NAMES, resamples=resamples, confidence=confidence)
+            difference = paired.overall[metric.replace("test_", "")]
+            details = paired.to_dict()
     promoted, reason = promotion_decision(version, score, str(current.version) if current else None, best, same_data,
-                                          alias=alias, force=force, metric=metric, uri=model_uri)
+                                          alias=alias, force=force, metric=metric, uri=model_uri, difference=difference)
     if promoted:
         set_alias(name, alias, version)
     return PromoteDecision(promoted, reason, name, alias, version, champion=str(current.version) if current else None,
-                           candidate_score=score, champion_score=best)
+                           candidate_score=score, champion_score=best, details=details)

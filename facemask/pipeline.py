@@ -26,6 +26,7 @@ from facemask.errors import EmptyDatasetError, InputNotFoundError
 from facemask.manifest import write_manifest
 from facemask.plots import class_distribution, synthetic_samples
 from facemask.runtime import cluster_connected, resolve_path, where_relative
+from facemask.sampling import write_train_list
 from facemask.settings import PrepareConfig
 from facemask.split import SPLITS, stratified_split
 from facemask.voc import (
@@ -362,7 +363,11 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     )
     split_lists = {name: sorted(str(Path(r.image).relative_to(source)) for r in split[name]) for name in SPLITS}
     (out / "splits.json").write_text(json.dumps(split_lists, indent=1) + "\n")
-    data_yaml = write_data_yaml(out, SPLITS)
+    lists = {}
+    if cfg.repeat_threshold is not None:
+        manifest["repeat"] = write_train_list(out, cfg.repeat_threshold, cfg.seed, CLASS_NAMES)
+        lists["train"] = manifest["repeat"]["list"]
+    data_yaml = write_data_yaml(out, SPLITS, lists)
     manifest_path = write_manifest(out, manifest)
     if cfg.plots:
         class_distribution(manifest["counts"], out / "class_distribution.png")

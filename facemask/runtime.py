@@ -194,12 +194,19 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
     import ray
 
     if not ray.is_initialized():
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS") or None,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=True,
-        )
+        try:
+            ray.init(
+                address=os.environ.get("RAY_ADDRESS") or None,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+            )
+        except SystemExit as exc:
+            if exc.code != signal.SIGTERM:
+                raise
+            # SIGTERM while Ray was starting met Ray's own handler (`sys.exit(15)`): stop as from ours.
+            _stopped_by(signal.SIGTERM)
+            raise KeyboardInterrupt from None
         handle_stop_signals()
 
 
@@ -290,10 +297,15 @@ def _force_exit_after(deadline_s: float) -> None:
     threading.Thread(target=watch, name="facemask-stop-deadline", daemon=True).start()
 
 
-def _on_stop_signal(signum: int, frame) -> None:
+def _stopped_by(signum: int) -> None:
+    """Record a stop signal; the first one starts the deadline."""
     if not _stop_received:
         _force_exit_after(STOP_DEADLINE_S)
     _stop_received.append(signum)
+
+
+def _on_stop_signal(signum: int, frame) -> None:
+    _stopped_by(signum)
     interrupt = signal.getsignal(signal.SIGINT)
     if signum == signal.SIGTERM and callable(interrupt) and interrupt not in (signal.default_int_handler, _on_stop_signal):
         # A graceful Ctrl-C handler is in place (Ray Tune's ends the study and saves its state):

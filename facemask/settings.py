@@ -95,17 +95,26 @@ class PrepareConfig:
     split: tuple[float, float, float] = (0.7, 0.2, 0.1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     plots: bool = True
+    # Repeat-factor sampling (facemask.sampling): training images holding a class found in
+    # fewer than this fraction of them are listed more than once. None: every image once.
+    repeat_threshold: float | None = None
 
     def validate(self) -> "PrepareConfig":
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         validate_fractions(self.split)
         self.augment.validate()
+        if self.repeat_threshold is not None and not 0 < self.repeat_threshold <= 1:
+            raise ConfigError(f"--repeat-threshold {self.repeat_threshold}: a fraction of the training images in (0, 1], "
+                              "such as 0.3; leave it out to list every image once")
         return self
 
     def fingerprinted(self) -> dict:
         """The part of the config that changes the output (not where or how it runs)."""
-        return {"seed": self.seed, "split": list(self.split), "augment": self.augment.to_dict()}
+        out = {"seed": self.seed, "split": list(self.split), "augment": self.augment.to_dict()}
+        if self.repeat_threshold is not None:  # absent by default, so earlier fingerprints stay valid
+            out["repeat_threshold"] = self.repeat_threshold
+        return out
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,14 @@ from typing import Any, Callable
 
 import yaml
 
+from facemask.classes import CLASS_NAMES
 from facemask.distributed import check_workers_fit, node_resources, train_distributed
 from facemask.errors import ConfigError, InputNotFoundError, StudyInterrupted
 from facemask.evaluate import evaluate, promote
 from facemask.manifest import data_fingerprint
 from facemask.plots import study_plots
 from facemask.runtime import at_forced_stop, results_base, resolve_path, where_relative
+from facemask.sampling import data_with_repeats
 from facemask.settings import DistributedConfig, StudyConfig
 from facemask.tracking import (
     RunLogger,
@@ -50,7 +52,9 @@ TUNABLE = (
     "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr", "optimizer",
     "box", "cls", "dfl", "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective",
     "flipud", "fliplr", "bgr", "mosaic", "mixup", "cutmix", "copy_paste", "close_mosaic", "erasing", "cos_lr",
-    "nbs", "dropout",
+    "nbs", "dropout", "cls_pw",
+    # Not an Ultralytics argument: each trial trains on its own repeat-factor list (facemask.sampling).
+    "repeat_threshold",
 )
 
 
@@ -207,8 +211,13 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     trial_id = ctx.get_trial_id()
     os.environ["MLFLOW_TRACKING_URI"] = base["tracking_uri"]
     workdir = Path(base["workdir"]) / trial_id
+    config = dict(config)
+    data = Path(base["data"])
+    threshold = config.pop("repeat_threshold", None)
+    if threshold:
+        data, _ = data_with_repeats(data, float(threshold), base["seed"], workdir / "data", CLASS_NAMES)
     cfg = TrainConfig(
-        data=Path(base["data"]), model=base["model"], epochs=base["epochs"], imgsz=base["imgsz"], batch=base["batch"],
+        data=data, model=base["model"], epochs=base["epochs"], imgsz=base["imgsz"], batch=base["batch"],
         device=gpu_device(base["gpus_per_trial"]), experiment=base["experiment"],
         run_name=f"trial-{trial_id}", project=workdir, seed=base["seed"], overrides=dict(config),
         parent_run_id=base["parent_run_id"],
@@ -467,10 +476,16 @@ def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri
 
 def _finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri: str, data: Path) -> None:
     if cfg.final_epochs:
+        overrides = dict(result.best_config)
+        threshold = overrides.pop("repeat_threshold", None)
+        train_data = data
+        if threshold:
+            train_data, _ = data_with_repeats(data, float(threshold), cfg.seed,
+                                              Path(tempfile.mkdtemp(prefix="facemask-final-data-")), CLASS_NAMES)
         final_cfg = TrainConfig(
-            data=data, model=cfg.model, epochs=cfg.final_epochs, imgsz=cfg.imgsz, batch=cfg.batch,
+            data=train_data, model=cfg.model, epochs=cfg.final_epochs, imgsz=cfg.imgsz, batch=cfg.batch,
             device=gpu_device(cfg.gpus_per_trial), experiment=cfg.experiment, run_name=f"{cfg.name}-final",
-            parent_run_id=parent.run_id, overrides=dict(result.best_config), register=True,
+            parent_run_id=parent.run_id, overrides=overrides, register=True,
             registered_model=cfg.registered_model, seed=cfg.seed, workers=cfg.workers,
         )
         if cfg.ray_workers_per_trial > 1:  # the final retrain is trained the way the trials were

@@ -80,8 +80,11 @@ def submit_study(cluster, entrypoint: list[str], extra: list[str], tiny_data, ml
     return trials
 
 
-def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tmp_path):
+def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tiny_data, tmp_path):
     """The README's local recipe, from a HOME with no Ray token and no MLflow setting.
+
+    The first job is a study of data at an absolute path outside ~/facemask, which does not
+    exist yet: it must create it for its store.
 
     `ray get-auth-token --generate`, `ray start --head`, then `ray job submit --working-dir .` of
     jobs/prepare.py with a relative --out and jobs/tune.py with the defaults: the results must
@@ -116,15 +119,10 @@ def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tmp_pat
             return run.stdout
 
         results = home / "facemask"
-        prepared = submit("jobs/prepare.py", "--source", str(synth_source), "--out", "data/yolo", "--engine", "local",
-                          "--no-plots")
-        data_yaml = results / "data" / "yolo" / "data.yaml"
-        assert data_yaml.is_file()
-        assert f"data.yaml:  {data_yaml}" in prepared.split("results:")[-1]
-
+        assert not results.exists()
         space = tmp_path / "space.yaml"
         space.write_text(yaml.safe_dump({"space": SPACE["space"], "baseline": SPACE["baseline"][:2]}))
-        studied = submit("jobs/tune.py", "--data", "data/yolo/data.yaml", "--model", "yolo26n.yaml", "--trials", "2",
+        studied = submit("jobs/tune.py", "--data", str(tiny_data), "--model", "yolo26n.yaml", "--trials", "2",
                          "--epochs", "1", "--imgsz", "160", "--cpus-per-trial", "1", "--search-space", str(space),
                          "--metric", "cls_loss", "--mode", "min", "--name", "study", "--experiment", "jobs")
         db = results / "mlflow.db"
@@ -135,6 +133,12 @@ def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tmp_pat
         assert f"MLFLOW_TRACKING_URI=sqlite:///{db} facemask serve --model-uri models:/facemask-detector@champion" in footer
         assert (results / "runs" / "tune" / "study").is_dir()
         assert not list(Path(cluster.root).rglob("mlflow.db")), "a store was written inside Ray's session folder"
+
+        prepared = submit("jobs/prepare.py", "--source", str(synth_source), "--out", "data/yolo", "--engine", "local",
+                          "--no-plots")
+        data_yaml = results / "data" / "yolo" / "data.yaml"
+        assert data_yaml.is_file()
+        assert f"data.yaml:  {data_yaml}" in prepared.split("results:")[-1]
 
         # A fresh process outside the job, pointed where the footer says, finds the study and the champion
         # the way `facemask serve` does (resolve_model downloads the version's weights).

@@ -656,7 +656,11 @@ def facemask_serve(weights, tmp_path, *options: str):
 @pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
 def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(registered_detector, known_image, tmp_path,
                                                                         ingress):
-    """The user-facing command in its own process (its own local Ray), air-gapped: a local .pt, no registry."""
+    """The user-facing command in its own process (its own local Ray), air-gapped: a local .pt, no registry.
+
+    Stopped by Ctrl-C (proxy), or by SIGTERM to its whole process group (haproxy), as systemd
+    and `kill -- -PGID` do: that reaches the local Ray too, and the command must not wait on it.
+    """
     import signal
     import time
 
@@ -670,8 +674,13 @@ def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(register
         assert answer["model"]["version"] is None
         models = httpx.get(f"{url}/models").json()
         assert models["versions"] == [] and "local file" in models["registry_error"]
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: Serve is shut down, then Ray
-        assert proc.wait(timeout=60) == 0
+        stop_sent = time.monotonic()
+        if ingress == "proxy":
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: Serve is shut down, then Ray
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == (130 if ingress == "proxy" else 143)
+        assert time.monotonic() - stop_sent < 30
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # nothing of its process group outlives it
             try:
@@ -682,6 +691,7 @@ def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(register
         else:
             pytest.fail("processes of `facemask serve` outlived it")
     assert f"serving {weights} (pt, {ingress})" in log.read_text()
+    assert f"stopped by {'SIGINT' if ingress == 'proxy' else 'SIGTERM'}: facemask serve:" in log.read_text()
 
 
 def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_detector, known_image, tmp_path):

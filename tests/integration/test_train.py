@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 
@@ -72,30 +73,35 @@ def decision_for(name: str, version: str, force: bool = False):
 
 
 def test_promotion_gate_both_ways(tiny_data, tracking, tmp_path):
+    """The gate compares the stored per-image predictions of two real evaluations by a paired bootstrap:
+    two one-epoch models are within noise of each other, so the second is refused, with the interval."""
     name = f"gate-{tracking['experiment']}"
     first = train(tiny(tiny_data, tracking, tmp_path, epochs=1, register=True, registered_model=name, run_name="a"))
     second = train(tiny(tiny_data, tracking, tmp_path, epochs=1, register=True, registered_model=name, run_name="b"))
     with pytest.raises(ValueError, match="facemask evaluate"):
         decision_for(name, first.version)
-    # The gate reads what `evaluate` writes; scores are set here so both outcomes are certain.
-    set_version_tags(name, first.version, {"test_mAP50-95": 0.40, "test.data.fingerprint": "fp"})
-    set_version_tags(name, second.version, {"test_mAP50-95": 0.30, "test.data.fingerprint": "fp"})
+    for version in (first.version, second.version):
+        evaluated = evaluate(f"models:/{name}/{version}", tiny_data, imgsz=160, device="cpu", resamples=200)
+        assert evaluated.intervals.images == len(list((tiny_data.parent / "images" / "test").iterdir()))
     assert decision_for(name, first.version).promoted
-    worse = decision_for(name, second.version)
-    assert not worse.promoted and "does not beat" in worse.reason
+    within = decision_for(name, second.version)
+    assert not within.promoted and re.fullmatch(
+        r"not distinguishable from version 1: Δ mAP50-95 [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", within.reason), \
+        within.reason
+    assert within.details["resamples"] == 1000 and within.details["images"] > 0
     assert load_detector(f"models:/{name}@champion").info.version == first.version
-    set_version_tags(name, second.version, {"test_mAP50-95": 0.55})
-    better = decision_for(name, second.version)
-    assert better.promoted and load_detector(f"models:/{name}@champion").info.version == second.version
-    forced = decision_for(name, first.version, force=True)
-    assert forced.promoted and load_detector(f"models:/{name}@champion").info.version == first.version
-    run = CliRunner().invoke(main, ["promote", "--model-uri", f"models:/{name}/{second.version}"])
-    assert run.exit_code == 0 and "promoted version 2" in run.output
+    forced = decision_for(name, second.version, force=True)
+    assert forced.promoted and load_detector(f"models:/{name}@champion").info.version == second.version
+    run = CliRunner().invoke(main, ["promote", "--model-uri", f"models:/{name}/{first.version}"])
+    assert run.exit_code == 0 and "kept version 2 @champion: not distinguishable from version 2" in run.output
     # `evaluate --json` prints only the JSON on stdout (Ultralytics' chatter goes to stderr)
     run = CliRunner().invoke(main, ["evaluate", "--model-uri", f"models:/{name}/{second.version}",
                                    "--data", str(tiny_data), "--imgsz", "160", "--json"])
     assert run.exit_code == 0, run.output
-    assert json.loads(run.stdout)["overall"].keys() == {"precision", "recall", "mAP50", "mAP50-95"}
+    answer = json.loads(run.stdout)
+    assert answer["overall"].keys() == {"precision", "recall", "mAP50", "mAP50-95"}
+    low, high = answer["intervals"]["overall"]["mAP50"][1:]
+    assert 0 <= low <= high <= 1 and answer["intervals"]["resamples"] == 1000
 
 
 def test_loader_says_what_is_missing(tracking):

@@ -15,6 +15,7 @@ from PIL import Image
 from facemask.api_schema import APIError
 from facemask.cli import FacemaskGroup
 from facemask.errors import ConfigError, FacemaskError, ModelNotFoundError
+from facemask.bootstrap import Interval
 from facemask.evaluate import promotion_decision
 from facemask.modelref import find_weights, model_uri_for, parse_models_uri
 from facemask.request_checks import check_model_id, declared_size, decode_image, inspect_image
@@ -62,6 +63,28 @@ def test_max_concurrency(kw, cluster, expected):
 def test_max_concurrency_refuses_what_cannot_fit(kw, cluster, message):
     with pytest.raises(ConfigError, match=message):
         max_concurrency(study(**kw), cluster)
+
+
+@pytest.mark.parametrize("kw, nodes, message", [
+    # Three workers on two CPUs: each would get 0.66 of a core.
+    ({"cpus_per_trial": 2, "ray_workers_per_trial": 3}, [{"CPU": 2}], "needs one CPU per worker"),
+    # A one-process trial of 3 CPUs fits the cluster's 4, but no node of 2.
+    ({"cpus_per_trial": 3}, [{"CPU": 2}, {"CPU": 2}], "no node has that much"),
+    # Two workers of 2.995 CPUs: each fits no 2-CPU node.
+    ({"cpus_per_trial": 6, "ray_workers_per_trial": 2}, [{"CPU": 2}, {"CPU": 2}, {"CPU": 2}], "no node can hold one worker"),
+])
+def test_a_trial_that_fits_no_node_is_refused(kw, nodes, message):
+    cluster = {"CPU": sum(n["CPU"] for n in nodes)}
+    with pytest.raises(ConfigError, match=message):
+        max_concurrency(study(**kw), cluster, nodes)
+
+
+def test_two_workers_and_their_driver_fit_two_cpus_exactly():
+    from facemask.tune import TRIAL_DRIVER_CPUS, trial_workers
+
+    assert max_concurrency(study(cpus_per_trial=2, ray_workers_per_trial=2, trials=2), {"CPU": 2}, [{"CPU": 2}]) == 1
+    shares = trial_workers(2, 0, 2, "w")
+    assert shares.cpus_per_worker * 2 + TRIAL_DRIVER_CPUS == pytest.approx(2)
 
 
 @pytest.mark.parametrize("error, metrics, epochs, expected", [
@@ -214,12 +237,15 @@ def test_find_weights_prefers_best_and_the_backend(tmp_path):
     (("3", 0.5, None, None, False), True, "no version held"),
     (("3", 0.5, "2", None, True), True, "never evaluated"),
     (("3", 0.5, "2", 0.4, False), False, "different data"),
-    (("3", 0.5, "2", 0.4, True), True, "0.5000 > 0.4000"),
-    (("3", 0.4, "2", 0.4, True), False, "does not beat 0.4000 of version 2"),
+    (("3", 0.5, "2", 0.4, True), False, "no stored per-image predictions"),
+    (("3", 0.5, "2", 0.4, True, Interval(0.1, 0.02, 0.18)), True, "better than version 2: Δ mAP50-95 +0.100 [+0.020, +0.180]"),
+    (("3", 0.41, "2", 0.4, True, Interval(0.012, -0.018, 0.041)), False,
+     "not distinguishable from version 2: Δ mAP50-95 +0.012 [-0.018, +0.041]"),
 ])
 def test_promotion_decision(args, promoted, reason):
     force = reason == "forced"
-    decided, why = promotion_decision(*args, force=force)
+    difference = args[5] if len(args) > 5 else None
+    decided, why = promotion_decision(*args[:5], force=force, difference=difference)
     assert decided is promoted and reason in why
 
 
