@@ -329,8 +329,11 @@ def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker
 
 @main.command("evaluate")
 @click.option("--model-uri", required=True, help="models:/facemask-detector@champion, models:/NAME/N, runs:/ID/..., or a .pt")
-@click.option("--data", type=click.Path(path_type=Path), required=True)
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="data.yaml from `facemask data prepare`, or a plain Pascal VOC folder (images/ + annotations/) "
+                   "whose every image is scored.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]),
+              help="Split of a data.yaml (a VOC folder is scored whole).")
 @click.option("--imgsz", default=default(TrainConfig, "imgsz"), show_default=True)
 @click.option("--batch", default=16, show_default=True)
 @click.option("--device", default=default(TrainConfig, "device"), show_default=True)
@@ -354,10 +357,38 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, se
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         click.echo(result.table())
-        click.echo("\n" + result.intervals.table(f"{split} split, with 95% bootstrap intervals:"))
+        click.echo("\n" + result.intervals.table(f"{result.split}, with 95% bootstrap intervals:"))
+        if result.problems.get("items"):
+            click.echo(f"  not scored: {json.dumps(result.problems['counts'])} (unknown classes are dropped boxes; "
+                       "listed in the evaluation report)")
     if not as_json and result.run_id:
         click.echo(results_footer(tracking_uri(), run_id=result.run_id, experiment=None, model=model_uri
                                   if model_uri.startswith("models:/") else None))
+
+
+@main.command("compare")
+@click.argument("model_a")
+@click.argument("model_b")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="data.yaml from `facemask data prepare`, or a plain Pascal VOC folder.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@click.option("--imgsz", default=default(TrainConfig, "imgsz"), show_default=True)
+@click.option("--device", default=default(TrainConfig, "device"), show_default=True)
+@click.option("--resamples", default=1000, show_default=True)
+@click.option("--confidence", default=0.95, show_default=True)
+def compare_command(model_a, model_b, data, split, imgsz, device, resamples, confidence):
+    """Compare two models on the same images: per-class AP differences (A - B) with paired
+    bootstrap intervals. MODEL_A and MODEL_B are model URIs or .pt files."""
+    configure_runtime()
+    from facemask.evaluate import compare, difference_table
+
+    if not 0 < confidence < 1:
+        raise ConfigError(f"--confidence {confidence}: a level between 0 and 1, such as 0.95")
+    with contextlib.redirect_stdout(sys.stderr):
+        a, b, difference = compare(model_a, model_b, data, split=split, imgsz=imgsz, device=device,
+                                   resamples=resamples, confidence=confidence)
+    click.echo(a.intervals.table(f"A: {model_a}") + "\n\n" + b.intervals.table(f"B: {model_b}") + "\n")
+    click.echo(difference_table(difference, model_a, model_b))
 
 
 @main.command("promote")

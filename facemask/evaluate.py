@@ -22,12 +22,14 @@ from facemask.detector import load_detector
 from facemask.errors import ConfigError, InputNotFoundError
 from facemask.manifest import data_fingerprint
 from facemask.modelref import REGISTERED_MODEL, parse_models_uri
+from facemask.pipeline import prepare_evaluation_set
 from facemask.runtime import resolve_device, resolve_path, ultralytics_env, where_relative
 from facemask.tracking import alias_version, log_to_run, model_version, set_alias, set_version_tags, version_metrics
 
 log = logging.getLogger("facemask.evaluate")
 GATE_METRIC = "test_mAP50-95"
 PREDICTIONS_FILE = "predictions.npz"
+HELDOUT = "heldout"  # what an evaluation on a plain VOC folder is logged as
 
 
 @dataclass
@@ -42,6 +44,8 @@ class EvalResult:
     version: str | None = None
     intervals: BootstrapResult | None = None
     predictions: ImagePredictions | None = None
+    # For a VOC folder given as --data: what was skipped or dropped (unknown classes among them), counted.
+    problems: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("intervals", "predictions")}
@@ -68,33 +72,79 @@ def evaluate(
     seed: int = 0,
 ) -> EvalResult:
     """Measure a model on one split of a prepared dataset, with bootstrap intervals over its
-    images (`resamples`, seeded); log it, and the per-image predictions, to the model's run and version."""
+    images (`resamples`, seeded); log it, and the per-image predictions, to the model's run and version.
+
+    `data` may also be a plain Pascal VOC folder (images/ + annotations/): every usable image
+    is then the test set, and what could not be used is counted in `problems`.
+    """
     given, data = data, resolve_path(data)
-    if not data.is_file():
-        raise InputNotFoundError(f"--data {data}: no such file{where_relative(given)}; create it with `facemask data prepare`")
+    with tempfile.TemporaryDirectory(prefix="facemask-eval-") as tmp:
+        problems: dict[str, Any] = {}
+        report_as = split
+        if data.is_dir():  # a plain VOC folder: every usable image is the test set
+            data, problems = prepare_evaluation_set(data, Path(tmp) / "voc")
+            # Logged under its own name: the gate compares scores on the prepared test split only.
+            split, report_as = "test", HELDOUT
+            if problems.get("items"):
+                log.warning("%s: %s (counted; listed in the evaluation report)", given, json.dumps(problems["counts"]))
+        elif not data.is_file():
+            raise InputNotFoundError(f"--data {data}: no such file{where_relative(given)}; create it with "
+                                     "`facemask data prepare`, or pass a VOC folder (images/ + annotations/)")
+        return _evaluate(model_uri, data, split, report_as, problems, imgsz, batch, device, log_results, resamples, seed,
+                         Path(tmp))
+
+
+def _evaluate(model_uri: str, data: Path, split: str, report_as: str, problems: dict[str, Any], imgsz: int, batch: int,
+              device: str, log_results: bool, resamples: int, seed: int, tmp: Path) -> EvalResult:
     ultralytics_env()
     detector = load_detector(model_uri, device=resolve_device(device))
     kept = keep_image_predictions(detector.model)
-    with tempfile.TemporaryDirectory(prefix="facemask-eval-") as tmp:
-        metrics = detector.model.val(
-            data=str(data), split=split, imgsz=imgsz, batch=batch, device=resolve_device(device), plots=True,
-            project=tmp, name="eval", verbose=False, workers=0,
-        )
-        box = metrics.box
-        overall = {"precision": float(box.mp), "recall": float(box.mr), "mAP50": float(box.map50), "mAP50-95": float(box.map)}
-        per_class = {}
-        for i, class_index in enumerate(box.ap_class_index):
-            p, r, ap50, ap = box.class_result(i)
-            per_class[CLASS_NAMES[int(class_index)]] = {"precision": float(p), "recall": float(r), "mAP50": float(ap50), "mAP50-95": float(ap)}
-        matrix = metrics.confusion_matrix.matrix.tolist()
-        predictions = ImagePredictions.from_images(sorted(kept, key=lambda image: image["name"]))
-        result = EvalResult(model_uri, split, overall, per_class, matrix, data_fingerprint(data),
-                            run_id=detector.info.run_id, version=detector.info.version,
-                            intervals=bootstrap(predictions, CLASS_NAMES, resamples=resamples, seed=seed),
-                            predictions=predictions)
-        if log_results:
-            _log(result, detector.info, Path(metrics.save_dir))
+    metrics = detector.model.val(
+        data=str(data), split=split, imgsz=imgsz, batch=batch, device=resolve_device(device), plots=True,
+        project=tmp, name="eval", verbose=False, workers=0,
+    )
+    box = metrics.box
+    overall = {"precision": float(box.mp), "recall": float(box.mr), "mAP50": float(box.map50), "mAP50-95": float(box.map)}
+    per_class = {}
+    for i, class_index in enumerate(box.ap_class_index):
+        p, r, ap50, ap = box.class_result(i)
+        per_class[CLASS_NAMES[int(class_index)]] = {"precision": float(p), "recall": float(r), "mAP50": float(ap50), "mAP50-95": float(ap)}
+    matrix = metrics.confusion_matrix.matrix.tolist()
+    predictions = ImagePredictions.from_images(sorted(kept, key=lambda image: image["name"]))
+    result = EvalResult(model_uri, report_as, overall, per_class, matrix, data_fingerprint(data),
+                        run_id=detector.info.run_id, version=detector.info.version,
+                        intervals=bootstrap(predictions, CLASS_NAMES, resamples=resamples, seed=seed),
+                        predictions=predictions, problems=problems)
+    if log_results:
+        _log(result, detector.info, Path(metrics.save_dir))
     return result
+
+
+def compare(model_a: str, model_b: str, data: Path, split: str = "test", imgsz: int = 640, batch: int = 16,
+            device: str = "auto", resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+            confidence: float = 0.95) -> tuple[EvalResult, EvalResult, BootstrapResult]:
+    """Score two models on the same images and return (A, B, A minus B by a paired bootstrap).
+    Nothing is logged: a comparison is a question, not a result of either model."""
+    a = evaluate(model_a, data, split, imgsz, batch, device, log_results=False, resamples=resamples, seed=seed)
+    b = evaluate(model_b, data, split, imgsz, batch, device, log_results=False, resamples=resamples, seed=seed)
+    return a, b, paired_bootstrap(a.predictions, b.predictions, CLASS_NAMES, resamples=resamples, seed=seed,
+                                  confidence=confidence)
+
+
+def difference_table(difference: BootstrapResult, a: str, b: str) -> str:
+    """Per-class paired differences A - B, each with its interval and what it says."""
+    pct = round(difference.confidence * 100)
+    lines = [f"A = {a}", f"B = {b}", f"{'class':24s} {'objects':>7s}  {'Δ AP50 (A-B) [' + str(pct) + '%]':>26s}  "
+             f"{'Δ AP50-95 (A-B) [' + str(pct) + '%]':>28s}  verdict"]
+    rows = [("all", difference.overall, sum(difference.objects.values()))]
+    rows += [(k, v, difference.objects.get(k, 0)) for k, v in difference.per_class.items()]
+    for name, m, n in rows:
+        d = m["mAP50-95"]
+        verdict = "A better" if d.low > 0 else "B better" if d.high < 0 else "not distinguishable"
+        lines.append(f"{name:24s} {n:7d}  {m['mAP50'].signed():>26s}  {d.signed():>28s}  {verdict}")
+    lines.append(f"(paired bootstrap: the same {difference.resamples} resamples of {difference.images} images for both, "
+                 f"seed {difference.seed})")
+    return "\n".join(lines)
 
 
 def keep_image_predictions(model) -> list[dict[str, Any]]:

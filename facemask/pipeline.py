@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from facemask import __version__
 from facemask.augment import SyntheticPlan, plan_synthetic, render_synthetic
-from facemask.classes import CLASS_NAMES
+from facemask.classes import CLASS_NAMES, yolo_names
 from facemask.convert import make_tree, tree_sha256, write_data_yaml, write_original, write_synthetic
 from facemask.errors import EmptyDatasetError, InputNotFoundError
 from facemask.manifest import write_manifest
@@ -376,3 +378,35 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     log.info("prepared %s in %.1fs (engine %s; parse %.2fs, write %.2fs): %s", out, seconds["total"], cfg.engine,
              seconds["parse"], seconds["write"], {k: v["images"] for k, v in manifest["counts"].items()})
     return PrepareResult(manifest, data_yaml, manifest_path, seconds)
+
+
+def prepare_evaluation_set(source: Path, out: Path) -> tuple[Path, dict]:
+    """A plain Pascal VOC folder (images/ + annotations/) as a YOLO dataset whose test split is
+    every usable image, for scoring a model on a user's own held-out photos: (data.yaml, problems).
+
+    Nothing is split, pasted or repeated. Bad input is skipped and counted as in `prepare`;
+    a box of a class the detector does not know is dropped and counted (`unknown_class`).
+    """
+    source, out = resolve_path(source), Path(out)
+    if not (source / "annotations").is_dir():
+        raise InputNotFoundError(f"--data {source}: not a data.yaml, nor a VOC folder with annotations/ and images/; "
+                                 "pass a prepared data.yaml or such a folder")
+    annotations, images, images_dir = find_source_files(source)
+    parsed = [parse_annotation(a, images_dir) for a in annotations]
+    records, problems, hashes = collect_records(parsed, images, source)
+    if not records:
+        raise EmptyDatasetError(f"{source}: no usable image ({len(annotations)} annotations, {len(images)} images); "
+                                "check --data points at a VOC dataset")
+    out.mkdir(parents=True, exist_ok=True)
+    make_tree(out, SPLITS)
+    entries = [write_original(r, "test", out) for r in records]
+    summary = summarise_problems(problems, source)
+    inputs = hashlib.sha256("".join(f"{Path(p).relative_to(source)}\0{h}\n" for p, h in sorted(hashes.items())).encode())
+    write_manifest(out, {"format": MANIFEST_FORMAT, "fingerprint": inputs.hexdigest(), "source": str(source),
+                         "kind": "evaluation", "counts": _counts({"train": [], "val": [], "test": records}, []),
+                         "problems": summary, "outputs": {"files": len(entries)}})
+    # Ultralytics wants a train and a val entry: both name the test images, and nothing trains on them.
+    data = out / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(out.resolve()), "train": "images/test", "val": "images/test",
+                                    "test": "images/test", "names": yolo_names()}, sort_keys=False))
+    return data, summary
