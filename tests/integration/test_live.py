@@ -208,7 +208,8 @@ def test_page_camera_mode_streams_frames_and_draws_tracked_boxes(endpoint, known
         assert "frames/s" in page.inner_text("#live-stats")
         people = page.locator("#people td[data-people]").all_inner_texts()
         assert len(people) == len(CLASS_NAMES) and all("%" in p for p in people), people
-        assert int(page.inner_text("#people-total")) >= 0
+        # The total is the people counted in each mask state (each person once, in one state).
+        assert int(page.inner_text("#people-total")) == sum(int(p.split()[0]) for p in people), people
         assert_last_box_in_its_class_colour(page)
         page.click("#camera")  # stop: the page closes its stream
         page.wait_for_function("document.body.dataset.live === 'off'", timeout=10_000)

@@ -312,7 +312,8 @@ def test_client_and_query_command(endpoint, known_image, tmp_path):
 
     client = Client(endpoint["url"])
     assert client.health() == {"status": "ok"}
-    assert client.predict(known_image, conf=0, imgsz=160, max_det=2)["counts"]["with_mask"] >= 0
+    answer = client.predict(known_image, conf=0, imgsz=160, max_det=2)
+    assert len(answer["detections"]) == 2 and sum(answer["counts"].values()) == 2
     assert client.models()["default"].endswith("@champion")
     saved = tmp_path / "annotated.jpg"
     result = CliRunner().invoke(main, ["query", str(known_image), "--url", endpoint["url"], "--conf", "0", "--imgsz", "160",

@@ -13,7 +13,7 @@ It prints requests/s and p50/p95/p99 latency, where a request's time goes (from 
 answers' own timings), then the ratios against their targets.
 Loopback only, and bounded: --requests per level and --max-seconds per level.
 
-    python jobs/benchmark_serve.py [--model-uri PATH.pt|models:/...] [--imgsz 320] [--requests 128] [--ingress proxy|haproxy]
+    python jobs/benchmarks/benchmark_serve.py [--model-uri PATH.pt|models:/...] [--imgsz 320] [--requests 128] [--ingress proxy|haproxy]
 
 Without --model-uri it builds an untrained yolo26n with our three classes: YOLO26 has no
 NMS, so its cost per image does not depend on training.
@@ -37,9 +37,9 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import Response
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT.parent / "shared" / "datasets" / "face-mask-detection" / "images"
 
 

@@ -10,7 +10,7 @@ under `ray job submit`). Each row gives the whole process's wall time and the ti
 inside the work itself (model loaded, cluster up), and every run's detections are
 compared with the plain loop's, image by image.
 
-    python jobs/benchmark_predict.py [--images ../shared/datasets/face-mask-detection/images]
+    python jobs/benchmarks/benchmark_predict.py [--images ../shared/datasets/face-mask-detection/images]
         [--model-uri PATH.pt|models:/...] [--imgsz 640] [--conf 0.01] [--batch-size 8]
 
 Without --model-uri it builds an untrained yolo26n with our three classes (YOLO26 has no
@@ -31,7 +31,7 @@ from pathlib import Path
 from benchmark_prepare import ray_head
 from benchmark_serve import untrained_weights
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT.parent / "shared" / "datasets" / "face-mask-detection" / "images"
 
 PLAIN = r"""

@@ -17,7 +17,7 @@ Variants (`--variants`, comma-separated):
     imgsz       a larger image (`--large-imgsz`) at the baseline's wall-clock
     tuned       the best trial of a small `facemask tune` study on the same data, trained as long as the baseline
 
-    python jobs/benchmark_quality.py [--source ../shared/datasets/face-mask-detection] [--epochs 8] [--seeds 0,1]
+    python jobs/benchmarks/benchmark_quality.py [--source ../shared/datasets/face-mask-detection] [--epochs 8] [--seeds 0,1]
 
 The test split is 25% of the images here (the product's default is 10%): 68 test images
 hold 9 incorrectly worn masks, too few to tell one recipe from another.
@@ -34,13 +34,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from facemask.bootstrap import BootstrapResult, ImagePredictions, paired_bootstrap  # noqa: E402
 from facemask.classes import CLASS_NAMES  # noqa: E402
 from facemask.runtime import configure_runtime  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
 ALL_VARIANTS = ("originals", "copy_paste", "repeat", "cls_pw", "imgsz", "tuned")
 RARE = ("without_mask", "mask_weared_incorrect")
@@ -48,8 +50,6 @@ RARE = ("without_mask", "mask_weared_incorrect")
 
 def steps_per_epoch(data_yaml: Path, batch: int) -> int:
     """Optimizer steps in one epoch: the training images listed (repeats included) over the batch."""
-    import yaml
-
     doc = yaml.safe_load(data_yaml.read_text())
     train = Path(doc["train"]) if Path(doc["train"]).is_absolute() else Path(doc["path"]) / doc["train"]
     images = len(train.read_text().splitlines()) if train.is_file() else sum(1 for _ in train.iterdir())
@@ -157,6 +157,8 @@ def main() -> None:
     parser.add_argument("--cls-pw", type=float, default=0.5)
     parser.add_argument("--study-trials", type=int, default=4)
     parser.add_argument("--study-epochs", type=int, default=3)
+    parser.add_argument("--tuned-config", type=Path, default=None,
+                        help="tuned: a YAML of hyperparameters (a study's best) instead of running the study.")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--experiment", default="benchmark-quality")
     args = parser.parse_args()
@@ -184,7 +186,11 @@ def main() -> None:
     parent = RunLogger(args.experiment, f"ablation-{time.strftime('%Y%m%d-%H%M%S')}", system_metrics=False)
     parent.log_params({k: str(v) for k, v in vars(args).items()})
     baseline_steps = args.epochs * steps_per_epoch(datasets["originals"], args.batch)
-    tuned_config = run_study(datasets["originals"], args, out, parent.run_id) if "tuned" in variants else {}
+    tuned_config = {}
+    if "tuned" in variants:
+        tuned_config = (yaml.safe_load(args.tuned_config.read_text()) if args.tuned_config
+                        else run_study(datasets["originals"], args, out, parent.run_id))
+        (out / "tuned_config.yaml").write_text(yaml.safe_dump(tuned_config))
     rows: list[dict] = []
     baseline_seconds: dict[int, float] = {}
     for seed in seeds:

@@ -3,7 +3,7 @@
 Both studies use the same seed, so TPE's random start-up suggests the same configs; the
 table compares total trial-epochs, wall time and the best val mAP50-95.
 
-    python jobs/benchmark_tune.py [--trials 6] [--epochs 6] [--images 300] [--imgsz 160]
+    python jobs/benchmarks/benchmark_tune.py [--trials 6] [--epochs 6] [--images 300] [--imgsz 160]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main() -> None:

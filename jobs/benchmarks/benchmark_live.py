@@ -9,7 +9,7 @@ For each image size (320 and 640), on CPU:
 - live, flooded: a camera sending 30 frames/s whatever the model's speed, for --seconds:
   the share of frames dropped (newest frame wins) and the latency of those answered.
 
-    python jobs/benchmark_live.py [--model-uri PATH.pt] [--frames 60] [--seconds 8]
+    python jobs/benchmarks/benchmark_live.py [--model-uri PATH.pt] [--frames 60] [--seconds 8]
 
 Without --model-uri it builds an untrained yolo26n with our three classes (YOLO26 has no
 NMS, so its cost does not depend on what it finds). Frames are photos of the shared real
@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmark_serve import REAL, untrained_weights  # noqa: E402
 

@@ -2,10 +2,10 @@
 
 Run where Ray and Ultralytics are absent (a bare GPU box); the models are exported beforehand:
     python -c "from ultralytics import YOLO; YOLO('yolo26s.yaml').export(format='onnx', dynamic=True, simplify=False)"
-    python jobs/gpu_model_figures.py --models DIR     # DIR holds *.onnx (dynamic) and *-<size>.torchscript
+    python jobs/benchmarks/gpu_model_figures.py --models DIR     # DIR holds *.onnx (dynamic) and *-<size>.torchscript
 
 Prints, per model, backend, size and batch: ms per call (p50/p95) and images/s, each line with the card's name.
-Compare with `jobs/benchmark_serve.py` (the same model behind Serve) to see what serving adds per request.
+Compare with `jobs/benchmarks/benchmark_serve.py` (the same model behind Serve) to see what serving adds per request.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ peak memory as the PSS of the whole process tree (driver, Ray's services and wor
 sampled every 0.5 s (for `cluster`, the client process alone). It then checks the targets and that all engines wrote the same
 bytes.
 
-    python jobs/benchmark_prepare.py [--source ../shared/datasets/face-mask-detection] [--scales 1,4,10] [--repeats 3]
+    python jobs/benchmarks/benchmark_prepare.py [--source ../shared/datasets/face-mask-detection] [--scales 1,4,10] [--repeats 3]
 
 Run `facemask -v data prepare --engine ray ...` with FACEMASK_DEBUG=1 to see Ray Data's
 own per-stage stats.
@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
 ENGINES = ("local", "ray", "auto", "cluster")
 STAGES = re.compile(r"engine (\w+); parse ([\d.]+)s, write ([\d.]+)s")
