@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-facemask
 DEMO_ARGS ?=
 
-.PHONY: install demo serve test test-fast clean
+.PHONY: install demo serve test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Formatting, import order and a small rule set (pyproject.toml [tool.ruff]); CI runs it before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff format --check facemask jobs tests serve
+	$(BIN)/ruff check facemask jobs tests serve
+
+format: $(STAMP)
+	$(BIN)/ruff format facemask jobs tests serve
+	$(BIN)/ruff check --fix facemask jobs tests serve
 
 # The pure helpers and the import graph only: seconds, no services.
 test-fast: $(STAMP)

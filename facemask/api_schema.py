@@ -96,7 +96,10 @@ class ModelsResponse(BaseModel):
 
 
 ERRORS = {
-    400: {"model": ErrorResponse, "description": "Empty body, not an image, truncated or zero-size image, bad model id"},
+    400: {
+        "model": ErrorResponse,
+        "description": "Empty body, not an image, truncated or zero-size image, bad model id",
+    },
     401: {"model": ErrorResponse, "description": "FACEMASK_API_KEY is set and the bearer token is missing or wrong"},
     404: {"model": ErrorResponse, "description": "The requested model version or alias does not exist"},
     413: {"model": ErrorResponse, "description": "Body over max_body_mb, or image over max_pixels"},
@@ -109,8 +112,11 @@ IMAGE_BODY = {
     "required": True,
     "content": {
         "multipart/form-data": {
-            "schema": {"type": "object", "required": ["file"],
-                       "properties": {"file": {"type": "string", "format": "binary"}}},
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}},
+            },
         },
         "image/*": {"schema": {"type": "string", "format": "binary"}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},

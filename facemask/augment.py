@@ -76,9 +76,7 @@ def plan_synthetic(train: list[Record], cfg: AugmentConfig, seed: int) -> Synthe
             batch = pool[:]
             rng.shuffle(batch)
             chosen.extend(batch[: n - len(chosen)])
-        pastes.extend(
-            {"label": b.label, "image": r.image, "box": [b.x1, b.y1, b.x2, b.y2]} for r, b in chosen
-        )
+        pastes.extend({"label": b.label, "image": r.image, "box": [b.x1, b.y1, b.x2, b.y2]} for r, b in chosen)
         plan.planned_pastes[name] = len(chosen)
     rng.shuffle(pastes)
 
@@ -120,8 +118,7 @@ def _shift_hue(img: Image.Image, shift: float) -> Image.Image:
     return Image.merge("HSV", (h, s, v)).convert("RGB")
 
 
-def _inverse_affine(size: tuple[int, int], translate: tuple[float, float], scale: float,
-                    shear: float) -> list[float]:
+def _inverse_affine(size: tuple[int, int], translate: tuple[float, float], scale: float, shear: float) -> list[float]:
     """PIL's AFFINE data (output pixel -> input pixel) for a shear and scale about the centre
     followed by a translation; torchvision's affine matrix at angle 0 (rotation is done first)."""
     cx, cy = size[0] * 0.5, size[1] * 0.5
@@ -155,8 +152,7 @@ def transform_crop(crop: Image.Image, seed: int) -> Image.Image:
     size = canvas.size
     translate = (round(rng.uniform(-0.1, 0.1) * size[0]), round(rng.uniform(-0.1, 0.1) * size[1]))
     matrix = _inverse_affine(size, translate, rng.uniform(0.8, 1.2), rng.uniform(-10, 10))
-    canvas = canvas.transform(size, Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR,
-                              fillcolor=clear)
+    canvas = canvas.transform(size, Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR, fillcolor=clear)
     bbox = canvas.getchannel("A").point(lambda a: 255 if a >= 128 else 0).getbbox()
     return canvas.crop(bbox) if bbox else canvas.crop((0, 0, 0, 0))
 
@@ -234,8 +230,14 @@ def render_synthetic(job: dict) -> dict:
         box = Box(paste["label"], float(spot[0]), float(spot[1]), float(spot[0] + w), float(spot[1] + h))
         boxes.append(box)
         taken.append((box.x1, box.y1, box.x2, box.y2))
-        placed.append({"label": paste["label"], "source_image": paste["image"], "source_box": paste["box"],
-                       "box": [box.x1, box.y1, box.x2, box.y2]})
+        placed.append(
+            {
+                "label": paste["label"],
+                "source_image": paste["image"],
+                "source_box": paste["box"],
+                "box": [box.x1, box.y1, box.x2, box.y2],
+            }
+        )
     buffer = io.BytesIO()
     canvas.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return {

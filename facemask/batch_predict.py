@@ -39,6 +39,7 @@ from facemask.settings import IMAGE_SUFFIXES, PredictConfig, is_stream
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class PredictResult:
     kind: str  # images | video
@@ -63,12 +64,18 @@ class Annotator:
         self.cfg = cfg
         # A Ray Data actor holds one CPU: one inference thread each, so actors do not oversubscribe the node.
         threads = 1 if cfg.engine == "ray" else None
-        self.detector = load_detector(cfg.model_uri, device=resolve_device(cfg.device), backend=cfg.backend, threads=threads,
-                                      warm=True)
+        self.detector = load_detector(
+            cfg.model_uri, device=resolve_device(cfg.device), backend=cfg.backend, threads=threads, warm=True
+        )
 
     def detect(self, images: list, conf: float | None = None) -> list[list[dict]]:
-        found = self.detector.predict(images, conf=self.cfg.conf if conf is None else conf, iou=self.cfg.iou,
-                                      imgsz=self.cfg.imgsz, max_det=self.cfg.max_det)
+        found = self.detector.predict(
+            images,
+            conf=self.cfg.conf if conf is None else conf,
+            iou=self.cfg.iou,
+            imgsz=self.cfg.imgsz,
+            max_det=self.cfg.max_det,
+        )
         return [[d.to_dict() for d in detections] for detections in found]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -111,11 +118,13 @@ class Annotator:
                 frames.append((index, Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))))
             capture.release()
             for offset in range(0, len(frames), self.cfg.batch_size):
-                chunk = frames[offset:offset + self.cfg.batch_size]
+                chunk = frames[offset : offset + self.cfg.batch_size]
                 for (index, image), detections in zip(chunk, self.detect([f for _, f in chunk])):
                     drawn = cv2.cvtColor(np.asarray(annotate(image, detections)), cv2.COLOR_RGB2BGR)
                     out["frame"].append(index)
-                    out["record"].append(json.dumps(record(detections, {"frame": index, "time_s": round(index / fps, 3)})))
+                    out["record"].append(
+                        json.dumps(record(detections, {"frame": index, "time_s": round(index / fps, 3)}))
+                    )
                     out["jpeg"].append(cv2.imencode(".jpg", drawn, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
         return out
 
@@ -170,7 +179,7 @@ def run_batches(cfg: PredictConfig, rows: list[dict], batch_size: int) -> Iterat
     if cfg.engine == "local":
         annotator = Annotator(cfg)
         for offset in range(0, len(rows), batch_size):
-            chunk = rows[offset:offset + batch_size]
+            chunk = rows[offset : offset + batch_size]
             yield annotator({key: np.array([r[key] for r in chunk]) for key in chunk[0]})
         return
     import ray
@@ -184,8 +193,13 @@ def run_batches(cfg: PredictConfig, rows: list[dict], batch_size: int) -> Iterat
         actors = cfg.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
         gpus = 1 if cfg.device != "cpu" and cfg.backend == "pt" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
         dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), actors * 4)).map_batches(
-            Annotator, fn_constructor_kwargs={"cfg": cfg}, batch_size=batch_size, concurrency=actors,
-            num_cpus=1, num_gpus=gpus, batch_format="numpy",
+            Annotator,
+            fn_constructor_kwargs={"cfg": cfg},
+            batch_size=batch_size,
+            concurrency=actors,
+            num_cpus=1,
+            num_gpus=gpus,
+            batch_format="numpy",
         )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             yield {key: list(values) for key, values in batch.items()}
@@ -248,9 +262,17 @@ def predict(cfg: PredictConfig) -> PredictResult:
         people = tracker.summary()
     for problem in skipped:
         log.warning("skipped %s: %s", problem["file"], problem["reason"])
-    result = PredictResult(kind=kind, items=items, detections=totals, skipped=skipped, jsonl=jsonl, annotated=annotated,
-                           seconds=round(time.perf_counter() - started, 2), model=model_summary(info, cfg),
-                           people=people)
+    result = PredictResult(
+        kind=kind,
+        items=items,
+        detections=totals,
+        skipped=skipped,
+        jsonl=jsonl,
+        annotated=annotated,
+        seconds=round(time.perf_counter() - started, 2),
+        model=model_summary(info, cfg),
+        people=people,
+    )
     (cfg.out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
 
@@ -267,8 +289,9 @@ def open_stream(source: str):
     if not capture.isOpened():
         capture.release()
         what = f"camera {source}" if source.isdigit() else source
-        raise InputNotFoundError(f"{what}: OpenCV could not open it; check the camera index or the URL, "
-                                 "and that the stream is up")
+        raise InputNotFoundError(
+            f"{what}: OpenCV could not open it; check the camera index or the URL, and that the stream is up"
+        )
     return capture
 
 
@@ -324,8 +347,9 @@ def predict_stream(cfg: PredictConfig, info, started: float) -> PredictResult:
                 if annotated is not None:
                     drawn = cv2.cvtColor(np.asarray(annotate(image, found)), cv2.COLOR_RGB2BGR)
                     if writer is None:
-                        writer = cv2.VideoWriter(str(annotated), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                                 (drawn.shape[1], drawn.shape[0]))
+                        writer = cv2.VideoWriter(
+                            str(annotated), cv2.VideoWriter_fourcc(*"mp4v"), fps, (drawn.shape[1], drawn.shape[0])
+                        )
                     writer.write(drawn)
     except KeyboardInterrupt:
         log.warning("stopped by Ctrl-C after %d frames; writing what was seen", processed)
@@ -336,9 +360,17 @@ def predict_stream(cfg: PredictConfig, info, started: float) -> PredictResult:
         if writer is not None:
             writer.release()
     frames = {"read": read["frames"], "processed": processed, "dropped": slot.dropped}
-    result = PredictResult(kind="stream", items=processed, detections=totals, jsonl=jsonl, annotated=annotated,
-                           seconds=round(time.perf_counter() - started, 2), model=model_summary(info, cfg),
-                           people=tracker.summary(), frames=frames)
+    result = PredictResult(
+        kind="stream",
+        items=processed,
+        detections=totals,
+        jsonl=jsonl,
+        annotated=annotated,
+        seconds=round(time.perf_counter() - started, 2),
+        model=model_summary(info, cfg),
+        people=tracker.summary(),
+        frames=frames,
+    )
     (cfg.out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
 

@@ -55,11 +55,16 @@ class ImagePredictions:
             names=[str(i["name"]) for i in images],
             tp=np.concatenate(tp) if tp else np.zeros((0, len(IOU_THRESHOLDS)), bool),
             conf=np.concatenate([np.asarray(i["conf"], float).ravel() for i in images]) if images else np.zeros(0),
-            pred_cls=np.concatenate([np.asarray(i["pred_cls"], int).ravel() for i in images]) if images else np.zeros(0, int),
+            pred_cls=np.concatenate([np.asarray(i["pred_cls"], int).ravel() for i in images])
+            if images
+            else np.zeros(0, int),
             pred_img=np.concatenate([np.full(len(t), n) for n, t in enumerate(tp)]) if images else np.zeros(0, int),
-            target_cls=np.concatenate([np.asarray(i["target_cls"], int).ravel() for i in images]) if images else np.zeros(0, int),
+            target_cls=np.concatenate([np.asarray(i["target_cls"], int).ravel() for i in images])
+            if images
+            else np.zeros(0, int),
             target_img=np.concatenate([np.full(np.asarray(i["target_cls"]).size, n) for n, i in enumerate(images)])
-            if images else np.zeros(0, int),
+            if images
+            else np.zeros(0, int),
         )
 
     @property
@@ -67,15 +72,29 @@ class ImagePredictions:
         return len(self.names)
 
     def save(self, path) -> None:
-        np.savez_compressed(path, names=np.asarray(self.names), tp=self.tp, conf=self.conf, pred_cls=self.pred_cls,
-                            pred_img=self.pred_img, target_cls=self.target_cls, target_img=self.target_img)
+        np.savez_compressed(
+            path,
+            names=np.asarray(self.names),
+            tp=self.tp,
+            conf=self.conf,
+            pred_cls=self.pred_cls,
+            pred_img=self.pred_img,
+            target_cls=self.target_cls,
+            target_img=self.target_img,
+        )
 
     @classmethod
     def load(cls, path) -> "ImagePredictions":
         with np.load(path, allow_pickle=False) as z:
-            return cls(names=[str(n) for n in z["names"]], tp=z["tp"].astype(bool), conf=z["conf"],
-                       pred_cls=z["pred_cls"].astype(int), pred_img=z["pred_img"].astype(int),
-                       target_cls=z["target_cls"].astype(int), target_img=z["target_img"].astype(int))
+            return cls(
+                names=[str(n) for n in z["names"]],
+                tp=z["tp"].astype(bool),
+                conf=z["conf"],
+                pred_cls=z["pred_cls"].astype(int),
+                pred_img=z["pred_img"].astype(int),
+                target_cls=z["target_cls"].astype(int),
+                target_img=z["target_img"].astype(int),
+            )
 
 
 def _weighted_ap(tp: np.ndarray, weights: np.ndarray, n_targets: np.ndarray) -> np.ndarray:
@@ -111,7 +130,7 @@ def _scores(p: ImagePredictions, classes: Sequence[int], counts: np.ndarray) -> 
     for c in classes:
         ap = np.empty((counts.shape[0], len(IOU_THRESHOLDS)))
         for start in range(0, counts.shape[0], _CHUNK):
-            ap[start:start + _CHUNK] = _class_ap(p, c, counts[start:start + _CHUNK])
+            ap[start : start + _CHUNK] = _class_ap(p, c, counts[start : start + _CHUNK])
         out[f"{c}/mAP50"], out[f"{c}/mAP50-95"] = ap[:, 0], ap.mean(axis=1)
         per_class.append(ap)
     stacked = np.stack(per_class)  # C x B x T; a class absent from a resample does not count in its mean
@@ -158,17 +177,28 @@ class BootstrapResult:
         def row(m: dict[str, Interval]) -> dict[str, list[float]]:
             return {k: [v.value, v.low, v.high] for k, v in m.items()}
 
-        return {"overall": row(self.overall), "per_class": {k: row(v) for k, v in self.per_class.items()},
-                "objects": self.objects, "images": self.images, "resamples": self.resamples,
-                "confidence": self.confidence, "seed": self.seed}
+        return {
+            "overall": row(self.overall),
+            "per_class": {k: row(v) for k, v in self.per_class.items()},
+            "objects": self.objects,
+            "images": self.images,
+            "resamples": self.resamples,
+            "confidence": self.confidence,
+            "seed": self.seed,
+        }
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat MLflow metrics: `{prefix}/mAP50`, `{prefix}/mAP50_low`, ..., per class `/{name}`."""
         out = {}
         for scope, values in [("", self.overall)] + [(f"/{k}", v) for k, v in self.per_class.items()]:
             for name, i in values.items():
-                out.update({f"{prefix}/{name}{scope}": i.value, f"{prefix}/{name}_low{scope}": i.low,
-                            f"{prefix}/{name}_high{scope}": i.high})
+                out.update(
+                    {
+                        f"{prefix}/{name}{scope}": i.value,
+                        f"{prefix}/{name}_low{scope}": i.low,
+                        f"{prefix}/{name}_high{scope}": i.high,
+                    }
+                )
         for name, count in self.objects.items():
             out[f"{prefix}/objects/{name}"] = count
         return out
@@ -176,7 +206,9 @@ class BootstrapResult:
     def table(self, title: str = "") -> str:
         pct = round(self.confidence * 100)
         lines = ([title] if title else []) + [
-            f"{'class':24s} {'objects':>7s}  {'AP50 [' + str(pct) + '% interval]':>24s}  {'AP50-95 [' + str(pct) + '% interval]':>24s}"]
+            f"{'class':24s} {'objects':>7s}  {'AP50 [' + str(pct) + '% interval]':>24s}  "
+            f"{'AP50-95 [' + str(pct) + '% interval]':>24s}"
+        ]
         rows = [("all", self.overall, sum(self.objects.values()))]
         rows += [(k, v, self.objects.get(k, 0)) for k, v in self.per_class.items()]
         for name, m, n in rows:
@@ -194,8 +226,13 @@ def _interval(point: float, samples: np.ndarray, confidence: float) -> Interval:
     return Interval(float(point), float(low), float(high))
 
 
-def bootstrap(p: ImagePredictions, class_names: Sequence[str], resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-              confidence: float = 0.95) -> BootstrapResult:
+def bootstrap(
+    p: ImagePredictions,
+    class_names: Sequence[str],
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> BootstrapResult:
     """AP50 and AP50-95, overall and per class present in the ground truth, with percentile intervals."""
     classes = [c for c in range(len(class_names)) if np.any(p.target_cls == c)]
     point = _scores(p, classes, np.ones((1, p.n_images), np.int32))
@@ -205,14 +242,24 @@ def bootstrap(p: ImagePredictions, class_names: Sequence[str], resamples: int = 
         return {m: _interval(point[prefix + m][0], draws[prefix + m], confidence) for m in ("mAP50", "mAP50-95")}
 
     return BootstrapResult(
-        overall=pick(""), per_class={class_names[c]: pick(f"{c}/") for c in classes},
-        objects={class_names[c]: int(np.sum(p.target_cls == c)) for c in classes}, images=p.n_images,
-        resamples=resamples, confidence=confidence, seed=seed)
+        overall=pick(""),
+        per_class={class_names[c]: pick(f"{c}/") for c in classes},
+        objects={class_names[c]: int(np.sum(p.target_cls == c)) for c in classes},
+        images=p.n_images,
+        resamples=resamples,
+        confidence=confidence,
+        seed=seed,
+    )
 
 
-def paired_bootstrap(candidate: ImagePredictions | Sequence[ImagePredictions],
-                     baseline: ImagePredictions | Sequence[ImagePredictions], class_names: Sequence[str],
-                     resamples: int = DEFAULT_RESAMPLES, seed: int = 0, confidence: float = 0.95) -> BootstrapResult:
+def paired_bootstrap(
+    candidate: ImagePredictions | Sequence[ImagePredictions],
+    baseline: ImagePredictions | Sequence[ImagePredictions],
+    class_names: Sequence[str],
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> BootstrapResult:
     """Candidate minus baseline, on the same images drawn the same way: the interval of the difference.
 
     Lists pair runs of several training seeds (candidate i with baseline i): the difference is
@@ -222,7 +269,9 @@ def paired_bootstrap(candidate: ImagePredictions | Sequence[ImagePredictions],
     candidates = [candidate] if isinstance(candidate, ImagePredictions) else list(candidate)
     baselines = [baseline] if isinstance(baseline, ImagePredictions) else list(baseline)
     if len(candidates) != len(baselines) or not candidates:
-        raise ValueError(f"{len(candidates)} candidate runs against {len(baselines)} baseline runs: pair them one to one")
+        raise ValueError(
+            f"{len(candidates)} candidate runs against {len(baselines)} baseline runs: pair them one to one"
+        )
     reference = baselines[0]
     for run in candidates + baselines:
         if run.names != reference.names or not np.array_equal(run.target_cls, reference.target_cls):
@@ -233,7 +282,12 @@ def paired_bootstrap(candidate: ImagePredictions | Sequence[ImagePredictions],
     point: dict[str, float] = {}
     draws: dict[str, np.ndarray] = {}
     for a, b in zip(candidates, baselines):
-        pa, pb, da, db = _scores(a, classes, ones), _scores(b, classes, ones), _scores(a, classes, counts), _scores(b, classes, counts)
+        pa, pb, da, db = (
+            _scores(a, classes, ones),
+            _scores(b, classes, ones),
+            _scores(a, classes, counts),
+            _scores(b, classes, counts),
+        )
         for key in pa:
             point[key] = point.get(key, 0.0) + (pa[key][0] - pb[key][0]) / len(candidates)
             draws[key] = draws.get(key, 0.0) + (da[key] - db[key]) / len(candidates)
@@ -242,6 +296,12 @@ def paired_bootstrap(candidate: ImagePredictions | Sequence[ImagePredictions],
         return {m: _interval(point[prefix + m], draws[prefix + m], confidence) for m in ("mAP50", "mAP50-95")}
 
     return BootstrapResult(
-        overall=pick(""), per_class={class_names[c]: pick(f"{c}/") for c in classes},
-        objects={class_names[c]: int(np.sum(reference.target_cls == c)) for c in classes}, images=reference.n_images,
-        resamples=resamples, confidence=confidence, seed=seed, extra={"pairs": len(candidates)})
+        overall=pick(""),
+        per_class={class_names[c]: pick(f"{c}/") for c in classes},
+        objects={class_names[c]: int(np.sum(reference.target_cls == c)) for c in classes},
+        images=reference.n_images,
+        resamples=resamples,
+        confidence=confidence,
+        seed=seed,
+        extra={"pairs": len(candidates)},
+    )

@@ -25,8 +25,8 @@ from facemask.runtime import configure_runtime, handle_stop_signals, init_ray, s
 from facemask.settings import (
     AugmentConfig,
     DistributedConfig,
-    PrepareConfig,
     PredictConfig,
+    PrepareConfig,
     ServeConfig,
     StudyConfig,
     TrainConfig,
@@ -91,13 +91,21 @@ class FacemaskGroup(click.Group):
                 traceback.print_exc()
             else:
                 click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
-                click.echo(f"This is a bug in facemask, not in your input. Rerun with {DEBUG_ENV}=1 for the "
-                           "traceback, and report it.", err=True)
+                click.echo(
+                    f"This is a bug in facemask, not in your input. Rerun with {DEBUG_ENV}=1 for the "
+                    "traceback, and report it.",
+                    err=True,
+                )
             sys.exit(1)
 
 
-def results_footer(tracking: str | None = None, experiment: str | None = None, run_id: str | None = None,
-                   model: str | None = None, paths: dict[str, Path | str] | None = None) -> str:
+def results_footer(
+    tracking: str | None = None,
+    experiment: str | None = None,
+    run_id: str | None = None,
+    model: str | None = None,
+    paths: dict[str, Path | str] | None = None,
+) -> str:
     """The closing lines of a command: where its results are, and the commands that open them.
 
     Under `ray job submit` these are the last lines of the job's log, so a user finds the
@@ -107,7 +115,9 @@ def results_footer(tracking: str | None = None, experiment: str | None = None, r
 
     lines = ["results:"]
     if tracking:
-        where = ", ".join(([f"experiment {experiment!r}"] if experiment else []) + ([f"run {run_id}"] if run_id else []))
+        where = ", ".join(
+            ([f"experiment {experiment!r}"] if experiment else []) + ([f"run {run_id}"] if run_id else [])
+        )
         lines.append(f"  MLflow:     {tracking}" + (f"  ({where})" if where else ""))
     if model:
         lines.append(f"  model:      {model}")
@@ -145,7 +155,9 @@ def _options(config: type, *specs: tuple) -> callable:
 @click.option("-v", "--verbose", is_flag=True, help="Log progress at INFO level.")
 def main(verbose: bool) -> None:
     """Train, tune, track and serve a YOLO26 face-mask detector on Ray."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     # FACEMASK_DEBUG also shows what only a developer reads, such as Ray Data's per-stage stats.
     logging.getLogger("facemask").setLevel(logging.DEBUG if os.environ.get(DEBUG_ENV) else logging.INFO)
 
@@ -212,36 +224,96 @@ def _csv(values) -> str:
 
 
 @data.command("prepare")
-@click.option("--source", type=click.Path(path_type=Path), required=True, help="VOC folder with annotations/ and images/.")
+@click.option(
+    "--source", type=click.Path(path_type=Path), required=True, help="VOC folder with annotations/ and images/."
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder for the YOLO dataset.")
-@_options(PrepareConfig, ("--engine", "engine", {"type": click.Choice(["auto", "ray", "local"]),
-                                                  "help": "auto: Ray on a connected cluster or above "
-                                                          "the measured input size (README: Data), else one process."}),
-          ("--seed", "seed", {}))
-@click.option("--split", "split_", default=_csv(default(PrepareConfig, "split")), show_default=True,
-              callback=_parse_split, help="train,val,test fractions.")
-@click.option("--synthetic-classes", default=_csv(default(AugmentConfig, "classes")), show_default=True,
-              help="Classes to paste, comma-separated.")
-@_options(AugmentConfig,
-          ("--balance", "balance_ratio", {"type": float, "help": "Paste until each chosen class reaches this fraction "
-                                          "of the majority class (0: no pasting)."}),
-          ("--pastes-per-image", "pastes_per_image", {}),
-          ("--blend", "blend", {"type": click.Choice(["overlay", "feather", "poisson"])}))
-@click.option("--pastes", multiple=True, callback=_parse_pastes, help="Explicit CLASS=COUNT pastes; overrides --balance. Repeatable.")
-@click.option("--repeat-threshold", type=float, default=None,
-              help="Repeat-factor sampling: list each training image max(1, sqrt(T/f)) times, f being the fraction "
-                   "of training images holding its rarest class (train.txt; val and test untouched).")
+@_options(
+    PrepareConfig,
+    (
+        "--engine",
+        "engine",
+        {
+            "type": click.Choice(["auto", "ray", "local"]),
+            "help": "auto: Ray on a connected cluster or above "
+            "the measured input size (README: Data), else one process.",
+        },
+    ),
+    ("--seed", "seed", {}),
+)
+@click.option(
+    "--split",
+    "split_",
+    default=_csv(default(PrepareConfig, "split")),
+    show_default=True,
+    callback=_parse_split,
+    help="train,val,test fractions.",
+)
+@click.option(
+    "--synthetic-classes",
+    default=_csv(default(AugmentConfig, "classes")),
+    show_default=True,
+    help="Classes to paste, comma-separated.",
+)
+@_options(
+    AugmentConfig,
+    (
+        "--balance",
+        "balance_ratio",
+        {
+            "type": float,
+            "help": "Paste until each chosen class reaches this fraction of the majority class (0: no pasting).",
+        },
+    ),
+    ("--pastes-per-image", "pastes_per_image", {}),
+    ("--blend", "blend", {"type": click.Choice(["overlay", "feather", "poisson"])}),
+)
+@click.option(
+    "--pastes",
+    multiple=True,
+    callback=_parse_pastes,
+    help="Explicit CLASS=COUNT pastes; overrides --balance. Repeatable.",
+)
+@click.option(
+    "--repeat-threshold",
+    type=float,
+    default=None,
+    help="Repeat-factor sampling: list each training image max(1, sqrt(T/f)) times, f being the fraction "
+    "of training images holding its rarest class (train.txt; val and test untouched).",
+)
 @click.option("--no-plots", is_flag=True, help="Skip class_distribution.png and synthetic_samples.jpg.")
-def data_prepare(source, out, engine, seed, split_, synthetic_classes, balance_ratio, pastes_per_image, blend, pastes,
-                 repeat_threshold, no_plots):
+def data_prepare(
+    source,
+    out,
+    engine,
+    seed,
+    split_,
+    synthetic_classes,
+    balance_ratio,
+    pastes_per_image,
+    blend,
+    pastes,
+    repeat_threshold,
+    no_plots,
+):
     """Parse VOC, split stratified, copy-paste on train only, write YOLO data.yaml + manifest.json."""
     from facemask.pipeline import choose_engine, prepare
 
     cfg = PrepareConfig(
-        source=source, out=out, engine=engine, seed=seed, split=split_, plots=not no_plots,
+        source=source,
+        out=out,
+        engine=engine,
+        seed=seed,
+        split=split_,
+        plots=not no_plots,
         repeat_threshold=repeat_threshold,
-        augment=AugmentConfig(classes=tuple(c for c in synthetic_classes.split(",") if c), balance_ratio=balance_ratio,
-                              pastes_per_class=pastes, pastes_per_image=pastes_per_image, blend=blend),
+        augment=AugmentConfig(
+            classes=tuple(c for c in synthetic_classes.split(",") if c),
+            balance_ratio=balance_ratio,
+            pastes_per_class=pastes,
+            pastes_per_image=pastes_per_image,
+            blend=blend,
+        ),
     ).validate()
     engine, why = choose_engine(cfg)
     click.echo(f"engine: {engine} ({why})", err=True)
@@ -253,12 +325,17 @@ def data_prepare(source, out, engine, seed, split_, synthetic_classes, balance_r
     click.echo(f"manifest:  {result.manifest_path}  fingerprint {m['fingerprint'][:12]}")
     for split, c in m["counts"].items():
         objects = ", ".join(f"{k}={v['original']}+{v['pasted']}" for k, v in c["objects"].items())
-        click.echo(f"  {split:5s} images {c['images']['original']}+{c['images']['synthetic']} synthetic; objects (original+pasted) {objects}")
+        click.echo(
+            f"  {split:5s} images {c['images']['original']}+{c['images']['synthetic']} synthetic; "
+            f"objects (original+pasted) {objects}"
+        )
     if "repeat" in m:
         r = m["repeat"]
-        click.echo(f"  repeat-factor sampling (threshold {r['threshold']:g}): {r['images']} training images listed "
-                   f"{r['listed']} times in {r['list']}; factor per class " +
-                   ", ".join(f"{k}={v:.2f}" for k, v in r["class_factor"].items()))
+        click.echo(
+            f"  repeat-factor sampling (threshold {r['threshold']:g}): {r['images']} training images listed "
+            f"{r['listed']} times in {r['list']}; factor per class "
+            + ", ".join(f"{k}={v:.2f}" for k, v in r["class_factor"].items())
+        )
     problems = m["problems"]
     if problems["items"]:
         click.echo(f"  problems: {json.dumps(problems['counts'])} (details in manifest.json)")
@@ -280,23 +357,42 @@ def _parse_overrides(values: tuple[str, ...]) -> dict:
 
 @main.command("train", context_settings={"ignore_unknown_options": True})
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="data.yaml from `facemask data prepare`.")
-@_options(TrainConfig,
-          ("--model", "model", {"help": "yolo26s.pt (pretrained), yolo26n.yaml (scratch) or a path."}),
-          ("--epochs", "epochs", {}), ("--imgsz", "imgsz", {}), ("--batch", "batch", {}),
-          ("--device", "device", {"help": "auto, cpu, 0 or 0,1 (several GPUs of one node)."}),
-          ("--experiment", "experiment", {}),
-          ("--name", "run_name", {"help": "MLflow run name (and output folder)."}),
-          ("--project", "project", {"type": click.Path(path_type=Path)}),
-          ("--seed", "seed", {}), ("--workers", "workers", {"help": "Dataloader workers."}))
-@_options(DistributedConfig,
-          ("--ray-workers", "workers", {"param": "ray_workers",
-                                        "help": "Ray Train workers training one model together (DDP; "
-                                        "1: one process). README: Training across nodes."}),
-          ("--gpus-per-worker", "gpus_per_worker", {"type": float}),
-          ("--cpus-per-worker", "cpus_per_worker", {"type": float}),
-          ("--storage", "storage", {"help": "Checkpoints of a --ray-workers run: a path every node sees, or "
-                                    "s3://... (default: PROJECT/ray-train)."}),
-          ("--max-failures", "max_failures", {"help": "Restarts of the worker group from its newest checkpoint."}))
+@_options(
+    TrainConfig,
+    ("--model", "model", {"help": "yolo26s.pt (pretrained), yolo26n.yaml (scratch) or a path."}),
+    ("--epochs", "epochs", {}),
+    ("--imgsz", "imgsz", {}),
+    ("--batch", "batch", {}),
+    ("--device", "device", {"help": "auto, cpu, 0 or 0,1 (several GPUs of one node)."}),
+    ("--experiment", "experiment", {}),
+    ("--name", "run_name", {"help": "MLflow run name (and output folder)."}),
+    ("--project", "project", {"type": click.Path(path_type=Path)}),
+    ("--seed", "seed", {}),
+    ("--workers", "workers", {"help": "Dataloader workers."}),
+)
+@_options(
+    DistributedConfig,
+    (
+        "--ray-workers",
+        "workers",
+        {
+            "param": "ray_workers",
+            "help": "Ray Train workers training one model together (DDP; "
+            "1: one process). README: Training across nodes.",
+        },
+    ),
+    ("--gpus-per-worker", "gpus_per_worker", {"type": float}),
+    ("--cpus-per-worker", "cpus_per_worker", {"type": float}),
+    (
+        "--storage",
+        "storage",
+        {
+            "help": "Checkpoints of a --ray-workers run: a path every node sees, or "
+            "s3://... (default: PROJECT/ray-train)."
+        },
+    ),
+    ("--max-failures", "max_failures", {"help": "Restarts of the worker group from its newest checkpoint."}),
+)
 @click.option("--register", is_flag=True, help="Register best.pt as a new version of facemask-detector.")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker, storage, max_failures, **kw):
@@ -306,8 +402,13 @@ def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker
     from facemask.train import train
 
     cfg = TrainConfig(data=data, overrides=_parse_overrides(overrides), **kw)
-    ray_cfg = DistributedConfig(workers=ray_workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                                storage=storage, max_failures=max_failures)
+    ray_cfg = DistributedConfig(
+        workers=ray_workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        storage=storage,
+        max_failures=max_failures,
+    )
     if ray_cfg.workers > 1:
         from facemask.distributed import check_distributed, train_distributed
 
@@ -322,22 +423,41 @@ def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker
         click.echo(f"  registered models:/facemask-detector/{result.version}")
     if result.logging_failures:
         click.echo(f"  warning: {result.logging_failures} MLflow calls failed; see the log above", err=True)
-    click.echo(results_footer(tracking_uri(), cfg.experiment, result.run_id,
-                              f"models:/{cfg.registered_model}/{result.version}" if result.version else None,
-                              {"weights": result.best}))
+    click.echo(
+        results_footer(
+            tracking_uri(),
+            cfg.experiment,
+            result.run_id,
+            f"models:/{cfg.registered_model}/{result.version}" if result.version else None,
+            {"weights": result.best},
+        )
+    )
 
 
 @main.command("evaluate")
-@click.option("--model-uri", required=True, help="models:/facemask-detector@champion, models:/NAME/N, runs:/ID/..., or a .pt")
-@click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="data.yaml from `facemask data prepare`, or a plain Pascal VOC folder (images/ + annotations/) "
-                   "whose every image is scored.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]),
-              help="Split of a data.yaml (a VOC folder is scored whole).")
+@click.option(
+    "--model-uri", required=True, help="models:/facemask-detector@champion, models:/NAME/N, runs:/ID/..., or a .pt"
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="data.yaml from `facemask data prepare`, or a plain Pascal VOC folder (images/ + annotations/) "
+    "whose every image is scored.",
+)
+@click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    type=click.Choice(["test", "val", "train"]),
+    help="Split of a data.yaml (a VOC folder is scored whole).",
+)
 @click.option("--imgsz", default=default(TrainConfig, "imgsz"), show_default=True)
 @click.option("--batch", default=16, show_default=True)
 @click.option("--device", default=default(TrainConfig, "device"), show_default=True)
-@click.option("--resamples", default=1000, show_default=True, help="Bootstrap resamples of the images for the intervals.")
+@click.option(
+    "--resamples", default=1000, show_default=True, help="Bootstrap resamples of the images for the intervals."
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap resampling.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, seed, as_json):
@@ -351,26 +471,39 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, se
         raise ConfigError(f"--resamples {resamples}: at least 100 (1000 gives stable 95% intervals)")
     # Ultralytics' progress bars write to stdout too; stdout carries only the result.
     with contextlib.redirect_stdout(sys.stderr):
-        result = evaluate(model_uri, data, split=split, imgsz=imgsz, batch=batch, device=device, resamples=resamples,
-                          seed=seed)
+        result = evaluate(
+            model_uri, data, split=split, imgsz=imgsz, batch=batch, device=device, resamples=resamples, seed=seed
+        )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         click.echo(result.table())
         click.echo("\n" + result.intervals.table(f"{result.split}, with 95% bootstrap intervals:"))
         if result.problems.get("items"):
-            click.echo(f"  not scored: {json.dumps(result.problems['counts'])} (unknown classes are dropped boxes; "
-                       "listed in the evaluation report)")
+            click.echo(
+                f"  not scored: {json.dumps(result.problems['counts'])} (unknown classes are dropped boxes; "
+                "listed in the evaluation report)"
+            )
     if not as_json and result.run_id:
-        click.echo(results_footer(tracking_uri(), run_id=result.run_id, experiment=None, model=model_uri
-                                  if model_uri.startswith("models:/") else None))
+        click.echo(
+            results_footer(
+                tracking_uri(),
+                run_id=result.run_id,
+                experiment=None,
+                model=model_uri if model_uri.startswith("models:/") else None,
+            )
+        )
 
 
 @main.command("compare")
 @click.argument("model_a")
 @click.argument("model_b")
-@click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="data.yaml from `facemask data prepare`, or a plain Pascal VOC folder.")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="data.yaml from `facemask data prepare`, or a plain Pascal VOC folder.",
+)
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
 @click.option("--imgsz", default=default(TrainConfig, "imgsz"), show_default=True)
 @click.option("--device", default=default(TrainConfig, "device"), show_default=True)
@@ -385,8 +518,9 @@ def compare_command(model_a, model_b, data, split, imgsz, device, resamples, con
     if not 0 < confidence < 1:
         raise ConfigError(f"--confidence {confidence}: a level between 0 and 1, such as 0.95")
     with contextlib.redirect_stdout(sys.stderr):
-        a, b, difference = compare(model_a, model_b, data, split=split, imgsz=imgsz, device=device,
-                                   resamples=resamples, confidence=confidence)
+        a, b, difference = compare(
+            model_a, model_b, data, split=split, imgsz=imgsz, device=device, resamples=resamples, confidence=confidence
+        )
     click.echo(a.intervals.table(f"A: {model_a}") + "\n\n" + b.intervals.table(f"B: {model_b}") + "\n")
     click.echo(difference_table(difference, model_a, model_b))
 
@@ -394,8 +528,12 @@ def compare_command(model_a, model_b, data, split, imgsz, device, resamples, con
 @main.command("promote")
 @click.option("--model-uri", required=True, help="models:/facemask-detector/N")
 @click.option("--alias", default="champion", show_default=True)
-@click.option("--confidence", default=0.95, show_default=True,
-              help="Promote only if the paired bootstrap interval of the gain, at this level, lies above 0.")
+@click.option(
+    "--confidence",
+    default=0.95,
+    show_default=True,
+    help="Promote only if the paired bootstrap interval of the gain, at this level, lies above 0.",
+)
 @click.option("--force", is_flag=True, help="Move the alias without comparing scores.")
 def promote_command(model_uri, alias, confidence, force):
     """Move an alias to a version only if it beats the current holder beyond noise: a paired
@@ -422,32 +560,56 @@ def _parse_resources(ctx, param, values: tuple[str, ...]) -> dict[str, float]:
 
 @main.command("tune")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="data.yaml from `facemask data prepare`.")
-@_options(StudyConfig,
-          ("--model", "model", {}), ("--trials", "trials", {}),
-          ("--epochs", "epochs", {"help": "Epochs per trial (ASHA's max_t)."}),
-          ("--imgsz", "imgsz", {}), ("--batch", "batch", {}),
-          ("--search-space", "search_space", {"type": click.Path(path_type=Path, exists=True),
-                                              "help": "YAML search space; default: the packaged one."}),
-          ("--cpus-per-trial", "cpus_per_trial", {"type": float}),
-          ("--ray-workers-per-trial", "ray_workers_per_trial", {"help": "Ray Train workers per trial (and the final "
-                                                                "retrain), sharing its CPUs and GPUs: one model "
-                                                                "trained data-parallel."}))
-@click.option("--gpus-per-trial", type=float, default=None, help="1, 0.5 or 0 (N with --ray-workers-per-trial N); "
-              "default: 1 if the cluster has GPUs, else 0.")
-@click.option("--trial-resources", multiple=True, callback=_parse_resources,
-              help="Custom Ray resource per trial as NAME=AMOUNT (pins trials to nodes).")
-@_options(StudyConfig,
-          ("--max-concurrent", "max_concurrent", {"type": int, "help": "Cap on trials at once (never more than fit)."}),
-          ("--time-budget-s", "time_budget_s", {"type": float}),
-          ("--storage", "storage", {"help": "Local path or s3://bucket/prefix."}),
-          ("--name", "name", {}),
-          ("--final-epochs", "final_epochs", {"help": "Retrain the best config this long (0: keep the trial's weights)."}),
-          ("--grace-period", "grace_period", {}),
-          ("--reduction-factor", "reduction_factor", {"type": float}),
-          ("--max-failures", "max_failures", {}),
-          ("--metric", "metric", {"help": "Reported metric to optimise (val)."}),
-          ("--mode", "mode", {"type": click.Choice(["max", "min"])}),
-          ("--experiment", "experiment", {}), ("--seed", "seed", {}))
+@_options(
+    StudyConfig,
+    ("--model", "model", {}),
+    ("--trials", "trials", {}),
+    ("--epochs", "epochs", {"help": "Epochs per trial (ASHA's max_t)."}),
+    ("--imgsz", "imgsz", {}),
+    ("--batch", "batch", {}),
+    (
+        "--search-space",
+        "search_space",
+        {"type": click.Path(path_type=Path, exists=True), "help": "YAML search space; default: the packaged one."},
+    ),
+    ("--cpus-per-trial", "cpus_per_trial", {"type": float}),
+    (
+        "--ray-workers-per-trial",
+        "ray_workers_per_trial",
+        {
+            "help": "Ray Train workers per trial (and the final "
+            "retrain), sharing its CPUs and GPUs: one model "
+            "trained data-parallel."
+        },
+    ),
+)
+@click.option(
+    "--gpus-per-trial",
+    type=float,
+    default=None,
+    help="1, 0.5 or 0 (N with --ray-workers-per-trial N); default: 1 if the cluster has GPUs, else 0.",
+)
+@click.option(
+    "--trial-resources",
+    multiple=True,
+    callback=_parse_resources,
+    help="Custom Ray resource per trial as NAME=AMOUNT (pins trials to nodes).",
+)
+@_options(
+    StudyConfig,
+    ("--max-concurrent", "max_concurrent", {"type": int, "help": "Cap on trials at once (never more than fit)."}),
+    ("--time-budget-s", "time_budget_s", {"type": float}),
+    ("--storage", "storage", {"help": "Local path or s3://bucket/prefix."}),
+    ("--name", "name", {}),
+    ("--final-epochs", "final_epochs", {"help": "Retrain the best config this long (0: keep the trial's weights)."}),
+    ("--grace-period", "grace_period", {}),
+    ("--reduction-factor", "reduction_factor", {"type": float}),
+    ("--max-failures", "max_failures", {}),
+    ("--metric", "metric", {"help": "Reported metric to optimise (val)."}),
+    ("--mode", "mode", {"type": click.Choice(["max", "min"])}),
+    ("--experiment", "experiment", {}),
+    ("--seed", "seed", {}),
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted study of this --storage/--name.")
 @click.option("--no-promote", is_flag=True, help="Register but do not move @champion.")
 def tune_command(gpus_per_trial, trial_resources, no_promote, **kw):
@@ -469,8 +631,9 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, **kw):
     model = None
     if result.version:
         model = f"models:/{cfg.registered_model}" + ("@champion" if result.promoted else f"/{result.version}")
-    click.echo(results_footer(tracking_uri(), cfg.experiment, result.parent_run_id, model,
-                              {"study": result.storage_path}))
+    click.echo(
+        results_footer(tracking_uri(), cfg.experiment, result.parent_run_id, model, {"study": result.storage_path})
+    )
 
 
 def study_table(result) -> str:
@@ -481,48 +644,81 @@ def study_table(result) -> str:
         f"  best trial {result.best_trial}: val " + ", ".join(f"{k}={v:.4f}" for k, v in result.best_val.items()),
         "  test (clean split): " + ", ".join(f"{k}={v:.4f}" for k, v in result.test.items()),
         f"  registered version {result.version}; "
-        + (f"promoted to @champion ({result.promote_reason})" if result.promoted else f"not promoted ({result.promote_reason or 'skipped'})"),
+        + (
+            f"promoted to @champion ({result.promote_reason})"
+            if result.promoted
+            else f"not promoted ({result.promote_reason or 'skipped'})"
+        ),
         "  best params:",
     ]
-    lines += [f"    {k:15s} {v:.5g}" if isinstance(v, float) else f"    {k:15s} {v}" for k, v in sorted(result.best_config.items())]
+    lines += [
+        f"    {k:15s} {v:.5g}" if isinstance(v, float) else f"    {k:15s} {v}"
+        for k, v in sorted(result.best_config.items())
+    ]
     return "\n".join(lines)
 
 
 @main.command("serve")
-@_options(ServeConfig,
-          ("--model-uri", "model_uri", {"help": "models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx (air-gapped)."}),
-          ("--backend", "backend", {"type": click.Choice(["pt", "onnx"])}),
-          ("--device", "device", {"help": "auto, cpu or a GPU index."}),
-          ("--host", "host", {"help": "Proxy address; 0.0.0.0 exposes it (set FACEMASK_API_KEY)."}),
-          ("--ingress", "ingress", {"type": click.Choice(["proxy", "haproxy"]),
-                                    "help": "Serve's proxy, or HAProxy straight to the replicas (faster; README: Serving)."}),
-          ("--port", "port", {}),
-          ("--replicas", "replicas", {"help": "Serve replicas (each holds the model)."}),
-          ("--num-cpus", "num_cpus", {"help": "CPUs per replica."}),
-          ("--num-gpus", "num_gpus", {"help": "GPUs per replica (0.25: four share one)."}),
-          ("--max-batch-size", "max_batch_size", {}),
-          ("--threads", "threads", {"type": int, "help": "CPU inference threads per replica (on CPU: replicas x threads = cores)."}))
-def serve_command(model_uri, backend, device, host, ingress, port, replicas, num_cpus, num_gpus, max_batch_size, threads):
+@_options(
+    ServeConfig,
+    (
+        "--model-uri",
+        "model_uri",
+        {"help": "models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx (air-gapped)."},
+    ),
+    ("--backend", "backend", {"type": click.Choice(["pt", "onnx"])}),
+    ("--device", "device", {"help": "auto, cpu or a GPU index."}),
+    ("--host", "host", {"help": "Proxy address; 0.0.0.0 exposes it (set FACEMASK_API_KEY)."}),
+    (
+        "--ingress",
+        "ingress",
+        {
+            "type": click.Choice(["proxy", "haproxy"]),
+            "help": "Serve's proxy, or HAProxy straight to the replicas (faster; README: Serving).",
+        },
+    ),
+    ("--port", "port", {}),
+    ("--replicas", "replicas", {"help": "Serve replicas (each holds the model)."}),
+    ("--num-cpus", "num_cpus", {"help": "CPUs per replica."}),
+    ("--num-gpus", "num_gpus", {"help": "GPUs per replica (0.25: four share one)."}),
+    ("--max-batch-size", "max_batch_size", {}),
+    (
+        "--threads",
+        "threads",
+        {"type": int, "help": "CPU inference threads per replica (on CPU: replicas x threads = cores)."},
+    ),
+)
+def serve_command(
+    model_uri, backend, device, host, ingress, port, replicas, num_cpus, num_gpus, max_batch_size, threads
+):
     """Serve the detector, its API and page on this machine's Ray (Ctrl-C stops it)."""
     configure_runtime()
     from facemask.detector import resolve_model
 
     resolve_model(model_uri, backend=backend)  # fail here, in one line, rather than in a replica's retries
     # Imported here: the Serve application module imports Ray Serve itself.
-    from ray import serve
 
     from facemask.serving import AppArgs
 
     try:
-        args = AppArgs(model_uri=model_uri, backend=backend, device=device, max_batch_size=max_batch_size,
-                       threads=threads,
-                       deployment_options={"num_replicas": replicas,
-                                         "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}})
+        args = AppArgs(
+            model_uri=model_uri,
+            backend=backend,
+            device=device,
+            max_batch_size=max_batch_size,
+            threads=threads,
+            deployment_options={
+                "num_replicas": replicas,
+                "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
+            },
+        )
     except ValueError as exc:  # pydantic's ValidationError: an option out of range
         raise ConfigError(str(exc)) from None
     if ingress == "haproxy" and os.environ.get("RAY_ADDRESS"):
-        click.echo("note: --ingress haproxy takes effect only if that cluster was started with "
-                   "RAY_SERVE_ENABLE_HA_PROXY=1", err=True)
+        click.echo(
+            "note: --ingress haproxy takes effect only if that cluster was started with RAY_SERVE_ENABLE_HA_PROXY=1",
+            err=True,
+        )
     init_ray(serving=True, ingress=ingress)
     try:
         url = start_serving(args, host=host, port=port)
@@ -562,10 +758,14 @@ def stop_serving(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
 
     threading.Thread(target=shutdown, name="serve-shutdown", daemon=True).start()
     if not done.wait(timeout_s):
-        click.echo(f"warning: Serve did not shut down within {timeout_s:.0f}s (its cluster is gone?); exiting", err=True)
+        click.echo(
+            f"warning: Serve did not shut down within {timeout_s:.0f}s (its cluster is gone?); exiting", err=True
+        )
 
 
-def start_serving(args, host: str = "127.0.0.1", port: int = 8000, name: str = "facemask", log_level: str = "INFO") -> str:
+def start_serving(
+    args, host: str = "127.0.0.1", port: int = 8000, name: str = "facemask", log_level: str = "INFO"
+) -> str:
     """Start Serve's proxy on host:port and deploy the app; returns its URL once it answers."""
     from ray import serve
 
@@ -580,7 +780,11 @@ def start_serving(args, host: str = "127.0.0.1", port: int = 8000, name: str = "
 
 @main.command("query")
 @click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--url", default=lambda: os.environ.get("FACEMASK_URL", "http://127.0.0.1:8000"), show_default="FACEMASK_URL or http://127.0.0.1:8000")
+@click.option(
+    "--url",
+    default=lambda: os.environ.get("FACEMASK_URL", "http://127.0.0.1:8000"),
+    show_default="FACEMASK_URL or http://127.0.0.1:8000",
+)
 @click.option("--model", "model_id", default=None, help="A registered version or alias (default: the server's).")
 @click.option("--conf", type=float, default=None)
 @click.option("--iou", type=float, default=None)
@@ -601,7 +805,9 @@ def query_command(image, url, model_id, conf, iou, imgsz, max_det, save, as_json
     except EndpointError as exc:
         raise EndpointError(exc.status, exc.error, f"{url}: {exc.message}") from None
     except OSError as exc:
-        raise ConfigError(f"{url}: no endpoint answered ({getattr(exc, 'reason', exc)}); start one with `facemask serve`") from None
+        raise ConfigError(
+            f"{url}: no endpoint answered ({getattr(exc, 'reason', exc)}); start one with `facemask serve`"
+        ) from None
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -612,20 +818,29 @@ def query_command(image, url, model_id, conf, iou, imgsz, max_det, save, as_json
 
 def detections_table(result: dict) -> str:
     m, t, size = result["model"], result["timings"], result["image"]
-    lines = [f"{len(result['detections'])} detections in {size['width']}x{size['height']} by "
-             f"{m['name'] or m['uri']} v{m['version'] or '-'} ({m['backend']}), "
-             f"inference {t['inference_ms']:.0f} ms, total {t['total_ms']:.0f} ms",
-             "  counts: " + ", ".join(f"{k}={v}" for k, v in result["counts"].items())]
+    lines = [
+        f"{len(result['detections'])} detections in {size['width']}x{size['height']} by "
+        f"{m['name'] or m['uri']} v{m['version'] or '-'} ({m['backend']}), "
+        f"inference {t['inference_ms']:.0f} ms, total {t['total_ms']:.0f} ms",
+        "  counts: " + ", ".join(f"{k}={v}" for k, v in result["counts"].items()),
+    ]
     for d in result["detections"]:
         b = d["box"]
-        lines.append(f"  {d['label']:22s} {d['confidence']:.3f}  ({b['x1']:.0f}, {b['y1']:.0f}, {b['x2']:.0f}, {b['y2']:.0f})")
+        lines.append(
+            f"  {d['label']:22s} {d['confidence']:.3f}  ({b['x1']:.0f}, {b['y1']:.0f}, {b['x2']:.0f}, {b['y2']:.0f})"
+        )
     return "\n".join(lines)
 
 
 @main.command("export")
 @click.option("--model-uri", required=True, help="models:/facemask-detector/N, @alias, runs:/..., or a local .pt")
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
-@click.option("--imgsz", default=default(TrainConfig, "imgsz"), show_default=True, help="Trace size; the export takes any size and batch.")
+@click.option(
+    "--imgsz",
+    default=default(TrainConfig, "imgsz"),
+    show_default=True,
+    help="Trace size; the export takes any size and batch.",
+)
 @click.option("--opset", type=int, default=None)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also copy the file here.")
 def export_command(model_uri, fmt, imgsz, opset, out):
@@ -636,21 +851,32 @@ def export_command(model_uri, fmt, imgsz, opset, out):
     result = export_onnx(model_uri, imgsz=imgsz, opset=opset, out=out)
     click.echo(f"exported {result.path}")
     if result.artifact_uri:
-        click.echo(f"  logged as {result.artifact_uri}" + (f"; version {result.version} tagged onnx_artifact" if result.version else ""))
+        click.echo(
+            f"  logged as {result.artifact_uri}"
+            + (f"; version {result.version} tagged onnx_artifact" if result.version else "")
+        )
 
 
 @main.command("predict")
 @click.argument("source")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for annotated output and detections.jsonl.")
-@_options(PredictConfig,
-          ("--model-uri", "model_uri", {}), ("--conf", "conf", {}), ("--iou", "iou", {}), ("--imgsz", "imgsz", {}),
-          ("--max-det", "max_det", {}),
-          ("--backend", "backend", {"type": click.Choice(["pt", "onnx"])}),
-          ("--device", "device", {}), ("--batch-size", "batch_size", {}),
-          ("--concurrency", "concurrency", {"type": int, "help": "Model actors (default: one per CPU)."}),
-          ("--engine", "engine", {"type": click.Choice(["ray", "local"])}),
-          ("--max-frames", "max_frames", {"type": int, "help": "Camera/stream: stop after this many processed frames."}),
-          ("--max-seconds", "max_seconds", {"type": float, "help": "Camera/stream: stop after this many seconds."}))
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Folder for annotated output and detections.jsonl."
+)
+@_options(
+    PredictConfig,
+    ("--model-uri", "model_uri", {}),
+    ("--conf", "conf", {}),
+    ("--iou", "iou", {}),
+    ("--imgsz", "imgsz", {}),
+    ("--max-det", "max_det", {}),
+    ("--backend", "backend", {"type": click.Choice(["pt", "onnx"])}),
+    ("--device", "device", {}),
+    ("--batch-size", "batch_size", {}),
+    ("--concurrency", "concurrency", {"type": int, "help": "Model actors (default: one per CPU)."}),
+    ("--engine", "engine", {"type": click.Choice(["ray", "local"])}),
+    ("--max-frames", "max_frames", {"type": int, "help": "Camera/stream: stop after this many processed frames."}),
+    ("--max-seconds", "max_seconds", {"type": float, "help": "Camera/stream: stop after this many seconds."}),
+)
 @click.option("--save", is_flag=True, help="Camera/stream: also write annotated.mp4.")
 def predict_command(source, out, **kw):
     """Annotate a folder of images or a video with Ray Data, or track faces live on a camera index (0)
@@ -664,14 +890,23 @@ def predict_command(source, out, **kw):
     with contextlib.redirect_stdout(sys.stderr):
         result = predict(cfg)
     noun = "images" if result.kind == "images" else "frames"
-    click.echo(f"{result.items} {noun} in {result.seconds:.1f}s: " + ", ".join(f"{k}={v}" for k, v in result.detections.items()))
+    click.echo(
+        f"{result.items} {noun} in {result.seconds:.1f}s: "
+        + ", ".join(f"{k}={v}" for k, v in result.detections.items())
+    )
     click.echo((f"  annotated: {result.annotated}\n" if result.annotated else "") + f"  detections: {result.jsonl}")
     if result.people is not None:
-        click.echo(f"  people: {result.people['people']} (" + ", ".join(f"{k}={v}" for k, v in result.people["by_class"].items())
-                   + ")" + (f"; frames dropped while the model was busy: {result.frames['dropped']}" if result.frames else ""))
+        click.echo(
+            f"  people: {result.people['people']} ("
+            + ", ".join(f"{k}={v}" for k, v in result.people["by_class"].items())
+            + ")"
+            + (f"; frames dropped while the model was busy: {result.frames['dropped']}" if result.frames else "")
+        )
     if result.skipped:
-        click.echo(f"  skipped {len(result.skipped)} unreadable files (listed in {result.jsonl.parent / 'summary.json'})",
-                   err=True)
+        click.echo(
+            f"  skipped {len(result.skipped)} unreadable files (listed in {result.jsonl.parent / 'summary.json'})",
+            err=True,
+        )
     paths = {"annotated": result.annotated, "detections": result.jsonl, "summary": result.jsonl.parent / "summary.json"}
     click.echo(results_footer(paths={k: v for k, v in paths.items() if v is not None}))
 

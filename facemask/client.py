@@ -92,7 +92,11 @@ class Client:
                     continue
                 try:
                     payload = json.loads(body)
-                    raise EndpointError(exc.code, payload.get("error", "error"), payload.get("message", str(payload))) from None
+                    raise EndpointError(
+                        exc.code, payload.get("error", "error"), payload.get("message", str(payload))
+                    ) from None
                 except (ValueError, AttributeError):
-                    raise EndpointError(exc.code, "http_error", body[:300].decode(errors="replace") or exc.reason) from None
+                    raise EndpointError(
+                        exc.code, "http_error", body[:300].decode(errors="replace") or exc.reason
+                    ) from None
         raise AssertionError("unreachable")

@@ -46,8 +46,11 @@ def write_synthetic(rendered: dict, out: Path) -> dict:
     (out / "labels" / "train" / f"{name.stem}.txt").write_text(
         yolo_lines(rendered["boxes"], rendered["width"], rendered["height"])
     )
-    return {"split": "train", "image": str(image_dst.relative_to(out)),
-            "sha256": hashlib.sha256(rendered["jpeg"]).hexdigest()}
+    return {
+        "split": "train",
+        "image": str(image_dst.relative_to(out)),
+        "sha256": hashlib.sha256(rendered["jpeg"]).hexdigest(),
+    }
 
 
 def make_tree(out: Path, splits: tuple[str, ...]) -> None:
@@ -65,8 +68,11 @@ def write_data_yaml(out: Path, splits: tuple[str, ...], lists: dict[str, str] | 
 
     `lists` names an image-list file for a split in place of its folder (train.txt, with repeats).
     """
-    data = {"path": str(out.resolve()), **{s: (lists or {}).get(s, f"images/{s}") for s in splits},
-            "names": yolo_names()}
+    data = {
+        "path": str(out.resolve()),
+        **{s: (lists or {}).get(s, f"images/{s}") for s in splits},
+        "names": yolo_names(),
+    }
     path = out / "data.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -19,7 +19,6 @@ from facemask.modelref import ModelInfo, check_backend, find_weights
 from facemask.runtime import ultralytics_env
 from facemask.tracking.registry import fetch_model
 
-
 # Padding granularity: 64 px puts the Kaggle photos at 320 into 4 shapes instead of 12.
 PAD_MULTIPLE = 64
 
@@ -33,8 +32,12 @@ class Detection:
 
     def to_dict(self) -> dict[str, Any]:
         x1, y1, x2, y2 = self.box
-        return {"label": self.label, "class_id": self.class_id, "confidence": round(self.confidence, 4),
-                "box": {"x1": round(x1, 1), "y1": round(y1, 1), "x2": round(x2, 1), "y2": round(y2, 1)}}
+        return {
+            "label": self.label,
+            "class_id": self.class_id,
+            "confidence": round(self.confidence, 4),
+            "box": {"x1": round(x1, 1), "y1": round(y1, 1), "x2": round(x2, 1), "y2": round(y2, 1)},
+        }
 
 
 class Detector:
@@ -105,8 +108,15 @@ class Detector:
             groups.setdefault((ph, pw), []).append(i)
         out: list[list[Detection]] = [[] for _ in images]
         for shape, indexes in groups.items():
-            results = self.model.predict([prepared[i][0] for i in indexes], conf=conf, iou=iou, imgsz=list(shape),
-                                         max_det=max_det, device=self.device, verbose=False)
+            results = self.model.predict(
+                [prepared[i][0] for i in indexes],
+                conf=conf,
+                iou=iou,
+                imgsz=list(shape),
+                max_det=max_det,
+                device=self.device,
+                verbose=False,
+            )
             for i, result in zip(indexes, results):
                 _, sx, sy, w, h = prepared[i]
                 boxes = result.boxes
@@ -187,8 +197,12 @@ def load_detector(
     backend "onnx" serves the ONNX export of that model (see `facemask export`) with onnxruntime.
     Raises ModelNotFoundError saying which model, version, alias, run or file is missing.
     """
-    return Detector(resolve_model(model_uri, backend=backend), device=device if backend == "pt" else "cpu",
-                    threads=threads, warm=warm)
+    return Detector(
+        resolve_model(model_uri, backend=backend),
+        device=device if backend == "pt" else "cpu",
+        threads=threads,
+        warm=warm,
+    )
 
 
 def resolve_model(model_uri: str, backend: str = "pt") -> ModelInfo:
@@ -201,7 +215,9 @@ def resolve_model(model_uri: str, backend: str = "pt") -> ModelInfo:
         if backend == "onnx" and path.suffix == ".pt":
             path = path.with_suffix(".onnx")
             if not path.is_file():
-                raise ModelNotFoundError(f"{model_uri}: no ONNX export beside it; run `facemask export --model-uri {model_uri}`")
+                raise ModelNotFoundError(
+                    f"{model_uri}: no ONNX export beside it; run `facemask export --model-uri {model_uri}`"
+                )
         return ModelInfo(uri=model_uri, weights=str(path.resolve()))
     if path.is_dir() and (path / "artifacts").is_dir():
         weights = find_weights(path)

@@ -189,8 +189,14 @@ def worker_loop(config: dict) -> None:
         if trainer.epoch + 1 in reported:
             return
         reported.add(trainer.epoch + 1)
-        metrics = {"epoch": trainer.epoch + 1, "rank": rank, "pid": os.getpid(), "images": trainer.images_seen,
-                   "seconds": time.perf_counter() - epoch_started, "weights_sha256": weights_sha256(trainer.model)}
+        metrics = {
+            "epoch": trainer.epoch + 1,
+            "rank": rank,
+            "pid": os.getpid(),
+            "images": trainer.images_seen,
+            "seconds": time.perf_counter() - epoch_started,
+            "weights_sha256": weights_sha256(trainer.model),
+        }
         trainer.images_seen = 0
         epoch_started = time.perf_counter()
         if rank != 0:
@@ -211,8 +217,9 @@ def worker_loop(config: dict) -> None:
     def on_run(run_id: str | None) -> None:
         run["id"] = run_id
 
-    result = train(cfg, callbacks={"on_fit_epoch_end": [report]}, on_run=on_run, trainer=ddp_trainer_class(),
-                   epoch_logging=False)
+    result = train(
+        cfg, callbacks={"on_fit_epoch_end": [report]}, on_run=on_run, trainer=ddp_trainer_class(), epoch_logging=False
+    )
     shutil.rmtree(local, ignore_errors=True)
     if config.get("tune"):
         return  # Tune has every epoch; an extra report would count as one more
@@ -222,11 +229,20 @@ def worker_loop(config: dict) -> None:
     if rank != 0:
         ray.train.report(final)
         return
-    summary = {"run_id": result.run_id, "version": result.version, "metrics": result.metrics,
-               "epochs_run": result.epochs_run, "save_dir": str(result.save_dir), "fingerprint": result.fingerprint,
-               "logging_failures": result.logging_failures}
-    folder = _checkpoint_dir(result.last, result.best, {
-        RESULT_FILE: summary, STATE_FILE: {"run_id": result.run_id, "epoch": result.epochs_run, "final": True}})
+    summary = {
+        "run_id": result.run_id,
+        "version": result.version,
+        "metrics": result.metrics,
+        "epochs_run": result.epochs_run,
+        "save_dir": str(result.save_dir),
+        "fingerprint": result.fingerprint,
+        "logging_failures": result.logging_failures,
+    }
+    folder = _checkpoint_dir(
+        result.last,
+        result.best,
+        {RESULT_FILE: summary, STATE_FILE: {"run_id": result.run_id, "epoch": result.epochs_run, "final": True}},
+    )
     try:
         ray.train.report({**final, **result.metrics}, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
     finally:
@@ -251,14 +267,24 @@ def epoch_callback(path: Path, uri: str, tracking: bool):
             ranks = [{k: m.get(k) for k in ("rank", "pid", "images", "seconds", "weights_sha256")} for m in metrics]
             first = metrics[0] if metrics else {}
             with path.open("a") as f:
-                f.write(json.dumps({"epoch": first.get("epoch"), "final": bool(first.get("final")), "ranks": ranks,
-                                    "checkpoint": checkpoint.path if checkpoint is not None else None}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "epoch": first.get("epoch"),
+                            "final": bool(first.get("final")),
+                            "ranks": ranks,
+                            "checkpoint": checkpoint.path if checkpoint is not None else None,
+                        }
+                    )
+                    + "\n"
+                )
             run_id = first.get("run_id")
             if tracking and run_id and not first.get("final"):
                 if run_id not in self.loggers:
                     self.loggers[run_id] = RunLogger(run_id=run_id, uri=uri, system_metrics=False)
-                self.loggers[run_id].log_metrics({k: v for k, v in first.items() if k.split("/")[0] in EPOCH_GROUPS},
-                                                 step=first["epoch"])
+                self.loggers[run_id].log_metrics(
+                    {k: v for k, v in first.items() if k.split("/")[0] in EPOCH_GROUPS}, step=first["epoch"]
+                )
 
     return EpochLog()
 
@@ -274,8 +300,14 @@ def node_resources(nodes: list[dict[str, Any]]) -> list[dict[str, float]]:
     return [dict(n.get("Resources") or {}) for n in nodes if n.get("Alive")]
 
 
-def check_workers_fit(workers: int, cpus_per_worker: float, gpus_per_worker: float, nodes: list[dict[str, float]],
-                      driver_cpus: float = 0.0, flags: str = "--ray-workers N --cpus-per-worker C") -> None:
+def check_workers_fit(
+    workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    nodes: list[dict[str, float]],
+    driver_cpus: float = 0.0,
+    flags: str = "--ray-workers N --cpus-per-worker C",
+) -> None:
     """Refuse, in one line, a worker group that no placement could hold: a worker bigger than
     every node, or workers (plus a driver's `driver_cpus`) beyond the cluster's CPUs or GPUs.
     Ray would otherwise wait for the resources without end."""
@@ -285,7 +317,10 @@ def check_workers_fit(workers: int, cpus_per_worker: float, gpus_per_worker: flo
     biggest_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
     biggest_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
     total_cpu, total_gpu = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
-    have = f"the cluster has {total_cpu:g} CPUs and {total_gpu:g} GPUs on {len(nodes)} nodes (the largest: {biggest_cpu:g} CPUs)"
+    have = (
+        f"the cluster has {total_cpu:g} CPUs and {total_gpu:g} GPUs on {len(nodes)} nodes "
+        f"(the largest: {biggest_cpu:g} CPUs)"
+    )
     if cpus_per_worker > biggest_cpu + 1e-9 or gpus_per_worker > biggest_gpu + 1e-9:
         raise ConfigError(f"{asked}: no node can hold one worker; {have}; lower {flags}")
     if workers * cpus_per_worker + driver_cpus > total_cpu + 1e-9 or workers * gpus_per_worker > total_gpu + 1e-9:
@@ -299,8 +334,10 @@ def check_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig) -> None:
     if ray_cfg.gpus_per_worker not in (0, 1):
         raise ConfigError("--gpus-per-worker: 0 or 1 (one process drives one GPU; use more workers for more GPUs)")
     if cfg.batch < ray_cfg.workers:
-        raise ConfigError(f"--batch {cfg.batch} is the global batch, split across {ray_cfg.workers} workers: "
-                          f"use at least {ray_cfg.workers}")
+        raise ConfigError(
+            f"--batch {cfg.batch} is the global batch, split across {ray_cfg.workers} workers: "
+            f"use at least {ray_cfg.workers}"
+        )
     if cfg.device not in ("auto", "cpu") and ray_cfg.workers > 1:
         raise ConfigError("--device picks devices for one process; with --ray-workers, use --gpus-per-worker")
 
@@ -316,15 +353,19 @@ def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tu
     checkpoints, `ranks.jsonl` and `result.json`; on several nodes it must be shared
     (NFS, or an s3:// URI for the checkpoints).
     """
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    import ray
-
     check_distributed(cfg, ray_cfg)
     if not report_to_tune:  # a Tune trial was checked against the cluster before the study started
-        check_workers_fit(ray_cfg.workers, ray_cfg.cpus_per_worker, ray_cfg.gpus_per_worker, node_resources(ray.nodes()),
-                          flags="--ray-workers or --cpus-per-worker/--gpus-per-worker")
+        check_workers_fit(
+            ray_cfg.workers,
+            ray_cfg.cpus_per_worker,
+            ray_cfg.gpus_per_worker,
+            node_resources(ray.nodes()),
+            flags="--ray-workers or --cpus-per-worker/--gpus-per-worker",
+        )
     uri = tracking_uri()
     if cfg.tracking:
         check_tracking_reachable(uri, ray.nodes(), ray.util.get_node_ip_address(), who="rank 0")
@@ -342,17 +383,25 @@ def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tu
         from ray.tune.integration.ray_train import TuneReportCallback
 
         tune_callback = [TuneReportCallback()]
-    resources = {"CPU": ray_cfg.cpus_per_worker, **({"GPU": ray_cfg.gpus_per_worker} if ray_cfg.gpus_per_worker else {})}
+    resources = {
+        "CPU": ray_cfg.cpus_per_worker,
+        **({"GPU": ray_cfg.gpus_per_worker} if ray_cfg.gpus_per_worker else {}),
+    }
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"cfg": cfg, "tune": report_to_tune, "tracking_uri": uri},
-        scaling_config=ScalingConfig(num_workers=ray_cfg.workers, use_gpu=bool(ray_cfg.gpus_per_worker),
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=name, storage_path=storage,
-                             failure_config=FailureConfig(max_failures=ray_cfg.max_failures,
-                                                          controller_failure_limit=WORKER_GROUP_START_ATTEMPTS),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             callbacks=[epoch_callback(run_dir / RANKS_FILE, uri, cfg.tracking), *tune_callback]),
+        scaling_config=ScalingConfig(
+            num_workers=ray_cfg.workers, use_gpu=bool(ray_cfg.gpus_per_worker), resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(
+                max_failures=ray_cfg.max_failures, controller_failure_limit=WORKER_GROUP_START_ATTEMPTS
+            ),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[epoch_callback(run_dir / RANKS_FILE, uri, cfg.tracking), *tune_callback],
+        ),
     )
     result = trainer.fit()
     if report_to_tune:
@@ -367,7 +416,14 @@ def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tu
             if (Path(folder) / weights).is_file():
                 shutil.copy2(Path(folder) / weights, kept / weights)
     return TrainResult(
-        run_id=summary["run_id"], save_dir=Path(summary["save_dir"]), best=kept / "best.pt", last=kept / "last.pt",
-        metrics=summary["metrics"], epochs_run=summary["epochs_run"], seconds=time.perf_counter() - started,
-        fingerprint=summary["fingerprint"], version=summary["version"], logging_failures=summary["logging_failures"],
+        run_id=summary["run_id"],
+        save_dir=Path(summary["save_dir"]),
+        best=kept / "best.pt",
+        last=kept / "last.pt",
+        metrics=summary["metrics"],
+        epochs_run=summary["epochs_run"],
+        seconds=time.perf_counter() - started,
+        fingerprint=summary["fingerprint"],
+        version=summary["version"],
+        logging_failures=summary["logging_failures"],
     )

@@ -16,7 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facemask.bootstrap import DEFAULT_RESAMPLES, BootstrapResult, ImagePredictions, Interval, bootstrap, paired_bootstrap
+from facemask.bootstrap import (
+    DEFAULT_RESAMPLES,
+    BootstrapResult,
+    ImagePredictions,
+    Interval,
+    bootstrap,
+    paired_bootstrap,
+)
 from facemask.classes import CLASS_NAMES
 from facemask.detector import load_detector
 from facemask.errors import ConfigError, InputNotFoundError
@@ -88,62 +95,124 @@ def evaluate(
             if problems.get("items"):
                 log.warning("%s: %s (counted; listed in the evaluation report)", given, json.dumps(problems["counts"]))
         elif not data.is_file():
-            raise InputNotFoundError(f"--data {data}: no such file{where_relative(given)}; create it with "
-                                     "`facemask data prepare`, or pass a VOC folder (images/ + annotations/)")
-        return _evaluate(model_uri, data, split, report_as, problems, imgsz, batch, device, log_results, resamples, seed,
-                         Path(tmp))
+            raise InputNotFoundError(
+                f"--data {data}: no such file{where_relative(given)}; create it with "
+                "`facemask data prepare`, or pass a VOC folder (images/ + annotations/)"
+            )
+        return _evaluate(
+            model_uri, data, split, report_as, problems, imgsz, batch, device, log_results, resamples, seed, Path(tmp)
+        )
 
 
-def _evaluate(model_uri: str, data: Path, split: str, report_as: str, problems: dict[str, Any], imgsz: int, batch: int,
-              device: str, log_results: bool, resamples: int, seed: int, tmp: Path) -> EvalResult:
+def _evaluate(
+    model_uri: str,
+    data: Path,
+    split: str,
+    report_as: str,
+    problems: dict[str, Any],
+    imgsz: int,
+    batch: int,
+    device: str,
+    log_results: bool,
+    resamples: int,
+    seed: int,
+    tmp: Path,
+) -> EvalResult:
     ultralytics_env()
     detector = load_detector(model_uri, device=resolve_device(device))
     kept = keep_image_predictions(detector.model)
     metrics = detector.model.val(
-        data=str(data), split=split, imgsz=imgsz, batch=batch, device=resolve_device(device), plots=True,
-        project=tmp, name="eval", verbose=False, workers=0,
+        data=str(data),
+        split=split,
+        imgsz=imgsz,
+        batch=batch,
+        device=resolve_device(device),
+        plots=True,
+        project=tmp,
+        name="eval",
+        verbose=False,
+        workers=0,
     )
     box = metrics.box
-    overall = {"precision": float(box.mp), "recall": float(box.mr), "mAP50": float(box.map50), "mAP50-95": float(box.map)}
+    overall = {
+        "precision": float(box.mp),
+        "recall": float(box.mr),
+        "mAP50": float(box.map50),
+        "mAP50-95": float(box.map),
+    }
     per_class = {}
     for i, class_index in enumerate(box.ap_class_index):
         p, r, ap50, ap = box.class_result(i)
-        per_class[CLASS_NAMES[int(class_index)]] = {"precision": float(p), "recall": float(r), "mAP50": float(ap50), "mAP50-95": float(ap)}
+        per_class[CLASS_NAMES[int(class_index)]] = {
+            "precision": float(p),
+            "recall": float(r),
+            "mAP50": float(ap50),
+            "mAP50-95": float(ap),
+        }
     matrix = metrics.confusion_matrix.matrix.tolist()
     predictions = ImagePredictions.from_images(sorted(kept, key=lambda image: image["name"]))
-    result = EvalResult(model_uri, report_as, overall, per_class, matrix, data_fingerprint(data),
-                        run_id=detector.info.run_id, version=detector.info.version,
-                        intervals=bootstrap(predictions, CLASS_NAMES, resamples=resamples, seed=seed),
-                        predictions=predictions, problems=problems)
+    result = EvalResult(
+        model_uri,
+        report_as,
+        overall,
+        per_class,
+        matrix,
+        data_fingerprint(data),
+        run_id=detector.info.run_id,
+        version=detector.info.version,
+        intervals=bootstrap(predictions, CLASS_NAMES, resamples=resamples, seed=seed),
+        predictions=predictions,
+        problems=problems,
+    )
     if log_results:
         _log(result, detector.info, Path(metrics.save_dir))
     return result
 
 
-def compare(model_a: str, model_b: str, data: Path, split: str = "test", imgsz: int = 640, batch: int = 16,
-            device: str = "auto", resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-            confidence: float = 0.95) -> tuple[EvalResult, EvalResult, BootstrapResult]:
+def compare(
+    model_a: str,
+    model_b: str,
+    data: Path,
+    split: str = "test",
+    imgsz: int = 640,
+    batch: int = 16,
+    device: str = "auto",
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[EvalResult, EvalResult, BootstrapResult]:
     """Score two models on the same images and return (A, B, A minus B by a paired bootstrap).
     Nothing is logged: a comparison is a question, not a result of either model."""
     a = evaluate(model_a, data, split, imgsz, batch, device, log_results=False, resamples=resamples, seed=seed)
     b = evaluate(model_b, data, split, imgsz, batch, device, log_results=False, resamples=resamples, seed=seed)
-    return a, b, paired_bootstrap(a.predictions, b.predictions, CLASS_NAMES, resamples=resamples, seed=seed,
-                                  confidence=confidence)
+    return (
+        a,
+        b,
+        paired_bootstrap(
+            a.predictions, b.predictions, CLASS_NAMES, resamples=resamples, seed=seed, confidence=confidence
+        ),
+    )
 
 
 def difference_table(difference: BootstrapResult, a: str, b: str) -> str:
     """Per-class paired differences A - B, each with its interval and what it says."""
     pct = round(difference.confidence * 100)
-    lines = [f"A = {a}", f"B = {b}", f"{'class':24s} {'objects':>7s}  {'Δ AP50 (A-B) [' + str(pct) + '%]':>26s}  "
-             f"{'Δ AP50-95 (A-B) [' + str(pct) + '%]':>28s}  verdict"]
+    lines = [
+        f"A = {a}",
+        f"B = {b}",
+        f"{'class':24s} {'objects':>7s}  {'Δ AP50 (A-B) [' + str(pct) + '%]':>26s}  "
+        f"{'Δ AP50-95 (A-B) [' + str(pct) + '%]':>28s}  verdict",
+    ]
     rows = [("all", difference.overall, sum(difference.objects.values()))]
     rows += [(k, v, difference.objects.get(k, 0)) for k, v in difference.per_class.items()]
     for name, m, n in rows:
         d = m["mAP50-95"]
         verdict = "A better" if d.low > 0 else "B better" if d.high < 0 else "not distinguishable"
         lines.append(f"{name:24s} {n:7d}  {m['mAP50'].signed():>26s}  {d.signed():>28s}  {verdict}")
-    lines.append(f"(paired bootstrap: the same {difference.resamples} resamples of {difference.images} images for both, "
-                 f"seed {difference.seed})")
+    lines.append(
+        f"(paired bootstrap: the same {difference.resamples} resamples of {difference.images} images for both, "
+        f"seed {difference.seed})"
+    )
     return "\n".join(lines)
 
 
@@ -163,8 +232,15 @@ def keep_image_predictions(model) -> list[dict[str, Any]]:
         update = metrics.update_stats
 
         def update_stats(stat: dict[str, Any]) -> None:
-            images.append({"name": stat["im_name"], "tp": stat["tp"], "conf": stat["conf"],
-                           "pred_cls": stat["pred_cls"], "target_cls": stat["target_cls"]})
+            images.append(
+                {
+                    "name": stat["im_name"],
+                    "tp": stat["tp"],
+                    "conf": stat["conf"],
+                    "pred_cls": stat["pred_cls"],
+                    "target_cls": stat["target_cls"],
+                }
+            )
             update(stat)
 
         metrics.update_stats, metrics._facemask_kept = update_stats, True
@@ -238,7 +314,9 @@ def promotion_decision(
         return True, "forced"
     if score is None:
         uri = uri or f"models:/{REGISTERED_MODEL}/{candidate}"
-        raise ConfigError(f"{uri} has no {metric} yet: run `facemask evaluate --model-uri {uri} --data DATA_YAML` first")
+        raise ConfigError(
+            f"{uri} has no {metric} yet: run `facemask evaluate --model-uri {uri} --data DATA_YAML` first"
+        )
     if holder is None:
         return True, f"no version held @{alias}"
     if holder_score is None:
@@ -247,8 +325,10 @@ def promotion_decision(
         return False, "evaluated on different data (the test.data.fingerprint tags differ): not comparable; use --force"
     name = metric.replace("test_", "")
     if difference is None:
-        return False, (f"version {holder} has no stored per-image predictions to compare with ({name} {score:.4f} vs "
-                       f"{holder_score:.4f}): run `facemask evaluate` on it again, or use --force")
+        return False, (
+            f"version {holder} has no stored per-image predictions to compare with ({name} {score:.4f} vs "
+            f"{holder_score:.4f}): run `facemask evaluate` on it again, or use --force"
+        )
     if difference.low > 0:
         return True, f"better than version {holder}: Δ {name} {difference.signed()}"
     return False, f"not distinguishable from version {holder}: Δ {name} {difference.signed()}"
@@ -266,8 +346,14 @@ def stored_predictions(mv, split: str = "test") -> ImagePredictions | None:
         return ImagePredictions.load(path)
 
 
-def promote(model_uri: str, alias: str = "champion", force: bool = False, metric: str = GATE_METRIC,
-            confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES) -> PromoteDecision:
+def promote(
+    model_uri: str,
+    alias: str = "champion",
+    force: bool = False,
+    metric: str = GATE_METRIC,
+    confidence: float = 0.95,
+    resamples: int = DEFAULT_RESAMPLES,
+) -> PromoteDecision:
     """Move `alias` to the candidate only if a paired bootstrap of their test predictions says it
     is better than the current holder at `confidence` (the lower bound of the difference > 0).
 
@@ -285,7 +371,9 @@ def promote(model_uri: str, alias: str = "champion", force: bool = False, metric
     score = version_metrics(candidate).get(metric)
     best = version_metrics(current).get(metric) if current else None
     fingerprint_key = "test.data.fingerprint"
-    same_data = current is not None and (candidate.tags or {}).get(fingerprint_key) == (current.tags or {}).get(fingerprint_key)
+    same_data = current is not None and (candidate.tags or {}).get(fingerprint_key) == (current.tags or {}).get(
+        fingerprint_key
+    )
     difference, details = None, {}
     if not force and same_data and score is not None and best is not None and str(current.version) != version:
         mine, theirs = stored_predictions(candidate), stored_predictions(current)
@@ -293,9 +381,28 @@ def promote(model_uri: str, alias: str = "champion", force: bool = False, metric
             paired = paired_bootstrap(mine, theirs, CLASS_NAMES, resamples=resamples, confidence=confidence)
             difference = paired.overall[metric.replace("test_", "")]
             details = paired.to_dict()
-    promoted, reason = promotion_decision(version, score, str(current.version) if current else None, best, same_data,
-                                          alias=alias, force=force, metric=metric, uri=model_uri, difference=difference)
+    promoted, reason = promotion_decision(
+        version,
+        score,
+        str(current.version) if current else None,
+        best,
+        same_data,
+        alias=alias,
+        force=force,
+        metric=metric,
+        uri=model_uri,
+        difference=difference,
+    )
     if promoted:
         set_alias(name, alias, version)
-    return PromoteDecision(promoted, reason, name, alias, version, champion=str(current.version) if current else None,
-                           candidate_score=score, champion_score=best, details=details)
+    return PromoteDecision(
+        promoted,
+        reason,
+        name,
+        alias,
+        version,
+        champion=str(current.version) if current else None,
+        candidate_score=score,
+        champion_score=best,
+        details=details,
+    )

@@ -51,8 +51,10 @@ def export_onnx(model_uri: str, imgsz: int = 640, opset: int | None = None, out:
     artifact_uri = None
     if info.run_id:
         if not log_to_run(info.run_id, {}, [(exported, "onnx")]):
-            raise TrackingUnavailableError(f"{model_uri}: could not log {exported.name} to run {info.run_id}; "
-                                     "is the tracking server up? The export is at " + str(exported))
+            raise TrackingUnavailableError(
+                f"{model_uri}: could not log {exported.name} to run {info.run_id}; "
+                "is the tracking server up? The export is at " + str(exported)
+            )
         artifact_uri = f"runs:/{info.run_id}/onnx/{exported.name}"
         if info.version:
             name = info.name or parse_models_uri(model_uri)[0]

@@ -86,9 +86,15 @@ def one_per_face(detections: list[dict]) -> list[dict]:
 def tracker_settings(frame_rate: float) -> SimpleNamespace:
     """ByteTrack's defaults (Ultralytics' bytetrack.yaml), with a lost face kept for `frame_rate`
     updates: a second when every frame is processed."""
-    return SimpleNamespace(tracker_type="bytetrack", track_high_thresh=0.25, track_low_thresh=0.1,
-                           new_track_thresh=0.25, track_buffer=max(1, round(frame_rate)), match_thresh=0.8,
-                           fuse_score=True)
+    return SimpleNamespace(
+        tracker_type="bytetrack",
+        track_high_thresh=0.25,
+        track_low_thresh=0.1,
+        new_track_thresh=0.25,
+        track_buffer=max(1, round(frame_rate)),
+        match_thresh=0.8,
+        fuse_score=True,
+    )
 
 
 class PeopleTracker:
@@ -116,12 +122,22 @@ class PeopleTracker:
         detections = one_per_face(detections)
         self.frames += 1
         if detections:
-            boxes = np.array([[d["box"]["x1"], d["box"]["y1"], d["box"]["x2"], d["box"]["y2"]] for d in detections],
-                             dtype=np.float32)
-            xywh = np.column_stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
-                                    boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]])
-            found = _Detections(xywh, np.array([d["confidence"] for d in detections], dtype=np.float32),
-                                np.array([class_id(d["label"]) for d in detections], dtype=np.float32))
+            boxes = np.array(
+                [[d["box"]["x1"], d["box"]["y1"], d["box"]["x2"], d["box"]["y2"]] for d in detections], dtype=np.float32
+            )
+            xywh = np.column_stack(
+                [
+                    (boxes[:, 0] + boxes[:, 2]) / 2,
+                    (boxes[:, 1] + boxes[:, 3]) / 2,
+                    boxes[:, 2] - boxes[:, 0],
+                    boxes[:, 3] - boxes[:, 1],
+                ]
+            )
+            found = _Detections(
+                xywh,
+                np.array([d["confidence"] for d in detections], dtype=np.float32),
+                np.array([class_id(d["label"]) for d in detections], dtype=np.float32),
+            )
         else:
             found = _Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
         tracked = self.tracker.update(found)
@@ -149,6 +165,9 @@ class PeopleTracker:
             if sum(seen.values()) >= self.min_frames:
                 counts[self.state(track_id)] += 1
         total = sum(counts.values())
-        return {"people": total, "by_class": counts,
-                "share": {name: round(n / total, 3) if total else 0.0 for name, n in counts.items()},
-                "frames": self.frames}
+        return {
+            "people": total,
+            "by_class": counts,
+            "share": {name: round(n / total, 3) if total else 0.0 for name, n in counts.items()},
+            "frames": self.frames,
+        }

@@ -38,7 +38,7 @@ def parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
     """`models:/name@alias` or `models:/name/3` to (name, version, alias)."""
     if not model_uri.startswith("models:/"):
         raise ModelNotFoundError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-    body = model_uri[len("models:/"):]
+    body = model_uri[len("models:/") :]
     if "@" in body:
         name, alias = body.split("@", 1)
         if name and alias:

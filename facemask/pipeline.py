@@ -292,8 +292,10 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     started = time.perf_counter()
 
     if not source.is_dir():
-        raise InputNotFoundError(f"--source {source}: no such folder{where_relative(cfg.source)}; "
-                                 "pass --source DIR with annotations/ and images/ inside")
+        raise InputNotFoundError(
+            f"--source {source}: no such folder{where_relative(cfg.source)}; "
+            "pass --source DIR with annotations/ and images/ inside"
+        )
     annotations, images, images_dir = find_source_files(source)
     rows = [{"annotation": str(a), "images_dir": str(images_dir)} for a in annotations]
     parsed = [_load_parse(r) for r in run_map(_parse_row, rows, cfg.engine, "parse")]
@@ -315,7 +317,9 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     original_rows = [{"kind": "original", "split": name, "record": r.to_json()} for name in SPLITS for r in split[name]]
     write_rows = interleave(synthetic_rows, original_rows)
     mark = time.perf_counter()
-    written = [json.loads(r["json"]) for r in run_map(functools.partial(_write_row, str(out)), write_rows, cfg.engine, "write")]
+    written = [
+        json.loads(r["json"]) for r in run_map(functools.partial(_write_row, str(out)), write_rows, cfg.engine, "write")
+    ]
     seconds["write"] = time.perf_counter() - mark
 
     entries = [w["entry"] for w in written]
@@ -355,7 +359,9 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
                 {
                     "image": s["image"],
                     "background": str(Path(s["background"]).relative_to(source)),
-                    "pasted": [dict(p, source_image=str(Path(p["source_image"]).relative_to(source))) for p in s["pasted"]],
+                    "pasted": [
+                        dict(p, source_image=str(Path(p["source_image"]).relative_to(source))) for p in s["pasted"]
+                    ],
                 },
                 sort_keys=True,
             )
@@ -373,10 +379,19 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     manifest_path = write_manifest(out, manifest)
     if cfg.plots:
         class_distribution(manifest["counts"], out / "class_distribution.png")
-        synthetic_samples(out, [s["image"] for s in sorted(synthetic, key=lambda s: s["image"])], out / "synthetic_samples.jpg")
+        synthetic_samples(
+            out, [s["image"] for s in sorted(synthetic, key=lambda s: s["image"])], out / "synthetic_samples.jpg"
+        )
     seconds["total"] = time.perf_counter() - started
-    log.info("prepared %s in %.1fs (engine %s; parse %.2fs, write %.2fs): %s", out, seconds["total"], cfg.engine,
-             seconds["parse"], seconds["write"], {k: v["images"] for k, v in manifest["counts"].items()})
+    log.info(
+        "prepared %s in %.1fs (engine %s; parse %.2fs, write %.2fs): %s",
+        out,
+        seconds["total"],
+        cfg.engine,
+        seconds["parse"],
+        seconds["write"],
+        {k: v["images"] for k, v in manifest["counts"].items()},
+    )
     return PrepareResult(manifest, data_yaml, manifest_path, seconds)
 
 
@@ -389,24 +404,49 @@ def prepare_evaluation_set(source: Path, out: Path) -> tuple[Path, dict]:
     """
     source, out = resolve_path(source), Path(out)
     if not (source / "annotations").is_dir():
-        raise InputNotFoundError(f"--data {source}: not a data.yaml, nor a VOC folder with annotations/ and images/; "
-                                 "pass a prepared data.yaml or such a folder")
+        raise InputNotFoundError(
+            f"--data {source}: not a data.yaml, nor a VOC folder with annotations/ and images/; "
+            "pass a prepared data.yaml or such a folder"
+        )
     annotations, images, images_dir = find_source_files(source)
     parsed = [parse_annotation(a, images_dir) for a in annotations]
     records, problems, hashes = collect_records(parsed, images, source)
     if not records:
-        raise EmptyDatasetError(f"{source}: no usable image ({len(annotations)} annotations, {len(images)} images); "
-                                "check --data points at a VOC dataset")
+        raise EmptyDatasetError(
+            f"{source}: no usable image ({len(annotations)} annotations, {len(images)} images); "
+            "check --data points at a VOC dataset"
+        )
     out.mkdir(parents=True, exist_ok=True)
     make_tree(out, SPLITS)
     entries = [write_original(r, "test", out) for r in records]
     summary = summarise_problems(problems, source)
-    inputs = hashlib.sha256("".join(f"{Path(p).relative_to(source)}\0{h}\n" for p, h in sorted(hashes.items())).encode())
-    write_manifest(out, {"format": MANIFEST_FORMAT, "fingerprint": inputs.hexdigest(), "source": str(source),
-                         "kind": "evaluation", "counts": _counts({"train": [], "val": [], "test": records}, []),
-                         "problems": summary, "outputs": {"files": len(entries)}})
+    inputs = hashlib.sha256(
+        "".join(f"{Path(p).relative_to(source)}\0{h}\n" for p, h in sorted(hashes.items())).encode()
+    )
+    write_manifest(
+        out,
+        {
+            "format": MANIFEST_FORMAT,
+            "fingerprint": inputs.hexdigest(),
+            "source": str(source),
+            "kind": "evaluation",
+            "counts": _counts({"train": [], "val": [], "test": records}, []),
+            "problems": summary,
+            "outputs": {"files": len(entries)},
+        },
+    )
     # Ultralytics wants a train and a val entry: both name the test images, and nothing trains on them.
     data = out / "data.yaml"
-    data.write_text(yaml.safe_dump({"path": str(out.resolve()), "train": "images/test", "val": "images/test",
-                                    "test": "images/test", "names": yolo_names()}, sort_keys=False))
+    data.write_text(
+        yaml.safe_dump(
+            {
+                "path": str(out.resolve()),
+                "train": "images/test",
+                "val": "images/test",
+                "test": "images/test",
+                "names": yolo_names(),
+            },
+            sort_keys=False,
+        )
+    )
     return data, summary

@@ -29,7 +29,10 @@ def class_distribution(counts: dict, path: Path) -> Path:
         ax.bar(xs, original, color=[tuple(v / 255 for v in c) for c in CLASS_COLORS], label="original")
         ax.bar(xs, synthetic, bottom=original, color="none", edgecolor="black", hatch="//", label="synthetic")
         ax.set_xticks(list(xs), [c.replace("_", "\n") for c in CLASS_NAMES], fontsize=8)
-        ax.set_title(f"{split}: {counts[split]['images']['original']} + {counts[split]['images']['synthetic']} synthetic images", fontsize=9)
+        ax.set_title(
+            f"{split}: {counts[split]['images']['original']} + {counts[split]['images']['synthetic']} synthetic images",
+            fontsize=9,
+        )
         for x, (o, s) in enumerate(zip(original, synthetic)):
             ax.text(x, o + s, f"{o}" + (f"+{s}" if s else ""), ha="center", va="bottom", fontsize=7)
     axes[0].set_ylabel("objects")
@@ -114,7 +117,7 @@ def study_plots(rows: list[dict], metric: str, out: Path) -> list[Path]:
                 ax.set_xticks(range(len(labels)), labels, fontsize=7)
             ax.set_title(name, fontsize=8)
             ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(params):]:
+        for ax in list(axes.flat)[len(params) :]:
             ax.axis("off")
         fig.suptitle(f"{metric} against each parameter", fontsize=9)
         fig.tight_layout()

@@ -46,14 +46,14 @@ PROXY_ERRORS = {404: "not_found", 408: "timeout", 429: "overloaded", 500: "inter
 @dataclass(frozen=True)
 class GuardSettings:
     body_timeout_s: float = 30.0  # a body not all arrived by then gets 408
-    max_body_mb: float = 16.0     # bodies up to this are kept for a second try; larger ones pass straight through
-    max_reading: int = 256        # requests still sending their body at once; more get 503
-    ready_wait_s: float = 2.0     # how long a request waits for a running replica before its 503
-    retries: int = 1              # how many times a request its replica died holding is sent again
-    poll_s: float = 0.5           # how often the running replicas are read
-    max_header_kb: int = 64       # a request line and headers larger than this get 431
+    max_body_mb: float = 16.0  # bodies up to this are kept for a second try; larger ones pass straight through
+    max_reading: int = 256  # requests still sending their body at once; more get 503
+    ready_wait_s: float = 2.0  # how long a request waits for a running replica before its 503
+    retries: int = 1  # how many times a request its replica died holding is sent again
+    poll_s: float = 0.5  # how often the running replicas are read
+    max_header_kb: int = 64  # a request line and headers larger than this get 431
     header_timeout_s: float = 10.0  # headers not all arrived by then get 408 (a slow-header client)
-    max_connections: int = 1024   # open connections; more are answered 503 and closed
+    max_connections: int = 1024  # open connections; more are answered 503 and closed
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> "GuardSettings":
@@ -67,8 +67,10 @@ class GuardSettings:
             try:
                 value = kind(environ[name])
             except ValueError:
-                raise ValueError(f"{name}={environ[name]!r} is not {'an integer' if kind is int else 'a number'}; "
-                                 f"set one like {field.default} or unset it") from None
+                raise ValueError(
+                    f"{name}={environ[name]!r} is not {'an integer' if kind is int else 'a number'}; "
+                    f"set one like {field.default} or unset it"
+                ) from None
             if value < 0 or (value == 0 and field.name not in ("retries",)):
                 raise ValueError(f"{name}={environ[name]!r} must be above 0; set a number like {field.default}")
             values[field.name] = value
@@ -112,9 +114,12 @@ class ReplicaWatch:
         for app, info in (details.get("applications") or {}).items():
             if info.get("route_prefix"):
                 prefixes.append((info["route_prefix"], app))
-            running = [replica for deployment in (info.get("deployments") or {}).values()
-                       for replica in deployment.get("replicas") or []
-                       if replica.get("state") == "RUNNING" and replica.get("actor_name") in alive]
+            running = [
+                replica
+                for deployment in (info.get("deployments") or {}).values()
+                for replica in deployment.get("replicas") or []
+                if replica.get("state") == "RUNNING" and replica.get("actor_name") in alive
+            ]
             if not running:
                 unready[app] = self.unready_since.get(app, now)
         self.prefixes = sorted(prefixes, key=lambda item: len(item[0]), reverse=True)
@@ -187,14 +192,22 @@ class ProxyGuard:
                 return
             if outcome == "lost" and retries > 0:
                 retries -= 1
-                log.warning("facemask proxy guard: %s %s lost with its replica; sending it again",
-                            scope["method"], scope["path"])
+                log.warning(
+                    "facemask proxy guard: %s %s lost with its replica; sending it again",
+                    scope["method"],
+                    scope["path"],
+                )
                 continue
             if outcome == "unrouted" and await self.ready_in_time(app, arrived):
                 continue
             break
-        await send_error(send, 503, "unavailable", "no replica could answer: one stopped or none is running; "
-                         "retry after the Retry-After seconds", retry_after=1)
+        await send_error(
+            send,
+            503,
+            "unavailable",
+            "no replica could answer: one stopped or none is running; retry after the Retry-After seconds",
+            retry_after=1,
+        )
 
     async def ready_in_time(self, app: str, arrived: float) -> bool:
         """Wait, until `ready_wait_s` after the request arrived, for `app` to have a running replica."""
@@ -212,8 +225,13 @@ class ProxyGuard:
         if declared is not None and declared.isdigit() and int(declared) > cap:
             return [], False  # over what the guard keeps: the replica reads (and refuses) it
         if self.reading >= self.settings.max_reading:
-            await send_error(send, 503, "overloaded", f"{self.reading} requests are still sending their body; "
-                             "retry after the Retry-After seconds", retry_after=1)
+            await send_error(
+                send,
+                503,
+                "overloaded",
+                f"{self.reading} requests are still sending their body; retry after the Retry-After seconds",
+                retry_after=1,
+            )
             return None
         self.reading += 1
         messages, size = [], 0
@@ -230,8 +248,12 @@ class ProxyGuard:
                     if size > cap:
                         return messages, False
         except TimeoutError:
-            await send_error(send, 408, "body_timeout",
-                             f"the body did not arrive within {self.settings.body_timeout_s:g} s ({size} bytes came)")
+            await send_error(
+                send,
+                408,
+                "body_timeout",
+                f"the body did not arrive within {self.settings.body_timeout_s:g} s ({size} bytes came)",
+            )
             return None
         finally:
             self.reading -= 1
@@ -259,8 +281,13 @@ class ProxyGuard:
                     status = held[0]["status"]
                     text = b"".join(m.get("body", b"") for m in held[1:]).decode(errors="replace").strip()
                     retry = dict(held[0].get("headers") or []).get(b"retry-after")
-                    await send_error(send, status, PROXY_ERRORS.get(status, "http_error"), text or f"HTTP {status}",
-                                     int(retry) if retry and retry.isdigit() else None)
+                    await send_error(
+                        send,
+                        status,
+                        PROXY_ERRORS.get(status, "http_error"),
+                        text or f"HTTP {status}",
+                        int(retry) if retry and retry.isdigit() else None,
+                    )
                 return
             await send(message)
 
@@ -304,8 +331,10 @@ class Replay:
 def raw_error(status: int, reason: bytes, error: str, message: str) -> bytes:
     """A whole JSON error answer that closes the connection, for a protocol that has no ASGI app yet."""
     body = json.dumps({"error": error, "message": message}).encode()
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n" % (status, reason, len(body))) + body
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n" % (status, reason, len(body))
+    ) + body
 
 
 def bounded_protocol(base: type, settings: GuardSettings) -> type:
@@ -317,8 +346,12 @@ def bounded_protocol(base: type, settings: GuardSettings) -> type:
             super().connection_made(transport)
             self._header_timer = None
             if len(self.connections) > settings.max_connections:
-                self._refuse(503, b"Service Unavailable", "too_many_connections",
-                             f"the server holds {settings.max_connections} connections; retry shortly")
+                self._refuse(
+                    503,
+                    b"Service Unavailable",
+                    "too_many_connections",
+                    f"the server holds {settings.max_connections} connections; retry shortly",
+                )
                 return
             self._start_headers()
 
@@ -341,8 +374,12 @@ def bounded_protocol(base: type, settings: GuardSettings) -> type:
                 # Refused before parsing: the parser would take any amount, and dispatch a
                 # request whose oversized headers all came in one read.
                 if len(data) > room and data.find(b"\r\n\r\n", 0, max(room, 0) + 4) == -1:
-                    self._refuse(431, b"Request Header Fields Too Large", "headers_too_large",
-                                 f"the request line and headers exceed {settings.max_header_kb} KB")
+                    self._refuse(
+                        431,
+                        b"Request Header Fields Too Large",
+                        "headers_too_large",
+                        f"the request line and headers exceed {settings.max_header_kb} KB",
+                    )
                     return
                 self._header_bytes += len(data)
             super().data_received(data)
@@ -358,8 +395,12 @@ def bounded_protocol(base: type, settings: GuardSettings) -> type:
 
         def _headers_late(self) -> None:
             self._header_timer = None
-            self._refuse(408, b"Request Timeout", "header_timeout",
-                         f"the headers did not arrive within {settings.header_timeout_s:g} s")
+            self._refuse(
+                408,
+                b"Request Timeout",
+                "header_timeout",
+                f"the headers did not arrive within {settings.header_timeout_s:g} s",
+            )
 
         def _refuse(self, status: int, reason: bytes, error: str, message: str) -> None:
             self._stop_header_timer()

@@ -40,8 +40,12 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> by
         except StopAsyncIteration:
             break
         except asyncio.TimeoutError:
-            raise APIError(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s "
-                           f"({size} bytes came{f' of {declared}' if declared else ''}); send it again") from None
+            raise APIError(
+                408,
+                "body_timeout",
+                f"the body did not arrive within {timeout_s:g} s "
+                f"({size} bytes came{f' of {declared}' if declared else ''}); send it again",
+            ) from None
         size += len(chunk)
         if size > limit:
             raise too_large
@@ -53,7 +57,9 @@ async def image_bytes(request: Request, limit: int, timeout_s: float = 30.0) -> 
     """The uploaded image: multipart field `file`, or the raw body."""
     body = await read_body(request, limit, timeout_s)
     if not body:
-        raise APIError(400, "empty_body", "the request has no image: send it as multipart field 'file' or as the raw body")
+        raise APIError(
+            400, "empty_body", "the request has no image: send it as multipart field 'file' or as the raw body"
+        )
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return body
 
@@ -92,16 +98,24 @@ def inspect_image(data: bytes, max_pixels: int):
         width, height = declared_size(data)
         if width == 0 or height == 0:
             raise APIError(400, "zero_size_image", f"the image header declares {width}x{height} pixels") from None
-        raise APIError(400, "not_an_image", "the body is not an image Pillow can read (send JPEG, PNG, WebP or BMP)") from None
+        raise APIError(
+            400, "not_an_image", "the body is not an image Pillow can read (send JPEG, PNG, WebP or BMP)"
+        ) from None
     if image.format not in SUPPORTED_FORMATS:
-        raise APIError(415, "unsupported_format",
-                       f"{image.format} images are not supported; send one of {', '.join(SUPPORTED_FORMATS)}")
+        raise APIError(
+            415,
+            "unsupported_format",
+            f"{image.format} images are not supported; send one of {', '.join(SUPPORTED_FORMATS)}",
+        )
     width, height = image.size
     if width <= 0 or height <= 0:
         raise APIError(400, "zero_size_image", f"the image is {width}x{height} pixels")
     if width * height > max_pixels:
-        raise APIError(413, "too_many_pixels",
-                       f"the image is {width}x{height} = {width * height} pixels, over the {max_pixels} limit; downscale it")
+        raise APIError(
+            413,
+            "too_many_pixels",
+            f"the image is {width}x{height} = {width * height} pixels, over the {max_pixels} limit; downscale it",
+        )
     return image
 
 
@@ -111,7 +125,9 @@ def load_rgb(image):
         image.load()
         return upright_rgb(image)
     except Exception as exc:
-        raise APIError(400, "truncated_image", f"the {image.format} image could not be decoded ({exc}); is the file complete?") from None
+        raise APIError(
+            400, "truncated_image", f"the {image.format} image could not be decoded ({exc}); is the file complete?"
+        ) from None
 
 
 def decode_for_model(image, imgsz: int):
@@ -187,8 +203,11 @@ def declared_size(data: bytes) -> tuple[int | None, int | None]:
 
 def check_model_id(model_id: str) -> str:
     if model_id and not MODEL_ID.match(model_id):
-        raise APIError(400, "bad_model_id",
-                       f"{MULTIPLEX_HEADER} {model_id[:70]!r}: expected a version number (3) or an alias (champion)")
+        raise APIError(
+            400,
+            "bad_model_id",
+            f"{MULTIPLEX_HEADER} {model_id[:70]!r}: expected a version number (3) or an alias (champion)",
+        )
     return model_id
 
 
@@ -206,8 +225,9 @@ def live_settings(message: dict, current: dict) -> dict:
         raise APIError(422, "invalid_parameter", "a text message must be a JSON object of settings")
     unknown = sorted(set(message) - set(LIVE_DEFAULTS) - {"key"})
     if unknown:
-        raise APIError(422, "invalid_parameter",
-                       f"unknown setting {unknown[0]!r}; known: key, {', '.join(LIVE_DEFAULTS)}")
+        raise APIError(
+            422, "invalid_parameter", f"unknown setting {unknown[0]!r}; known: key, {', '.join(LIVE_DEFAULTS)}"
+        )
     out = dict(current)
     for name, value in message.items():
         if name == "key":
@@ -219,9 +239,17 @@ def live_settings(message: dict, current: dict) -> dict:
             continue
         low, high = _LIVE_LIMITS[name]
         kind = int if isinstance(LIVE_DEFAULTS[name], int) else float
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
-                or (kind is int and value != int(value)):
-            raise APIError(422, "invalid_parameter", f"{name}: expected {'an integer' if kind is int else 'a number'} "
-                           f"from {low:g} to {high:g}, got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not low <= value <= high
+            or (kind is int and value != int(value))
+        ):
+            raise APIError(
+                422,
+                "invalid_parameter",
+                f"{name}: expected {'an integer' if kind is int else 'a number'} "
+                f"from {low:g} to {high:g}, got {value!r}",
+            )
         out[name] = kind(value)
     return out

@@ -123,8 +123,10 @@ def where_relative(path: str | Path) -> str:
     """For error messages: how a relative `path` was resolved, when that is not the working directory."""
     if Path(path).expanduser().is_absolute() or results_base() == Path.cwd().resolve():
         return ""
-    return (f" (relative paths resolve against {results_base()}: {HOME_ENV}, or ~/facemask inside a Ray job; "
-            "pass an absolute path to read elsewhere)")
+    return (
+        f" (relative paths resolve against {results_base()}: {HOME_ENV}, or ~/facemask inside a Ray job; "
+        "pass an absolute path to read elsewhere)"
+    )
 
 
 def resolve_device(device: str) -> str:
@@ -139,8 +141,9 @@ def resolve_device(device: str) -> str:
 def git_commit() -> str | None:
     """The commit of the facemask checkout this runs from, or None (an installed package, no git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -307,7 +310,11 @@ def _stopped_by(signum: int) -> None:
 def _on_stop_signal(signum: int, frame) -> None:
     _stopped_by(signum)
     interrupt = signal.getsignal(signal.SIGINT)
-    if signum == signal.SIGTERM and callable(interrupt) and interrupt not in (signal.default_int_handler, _on_stop_signal):
+    if (
+        signum == signal.SIGTERM
+        and callable(interrupt)
+        and interrupt not in (signal.default_int_handler, _on_stop_signal)
+    ):
         # A graceful Ctrl-C handler is in place (Ray Tune's ends the study and saves its state):
         # SIGTERM from `ray job stop`, Kubernetes or systemd gets the same treatment.
         interrupt(signal.SIGINT, frame)

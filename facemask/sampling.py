@@ -78,7 +78,9 @@ def write_train_list(out: Path, threshold: float, seed: int, names: Sequence[str
     }
 
 
-def data_with_repeats(data_yaml: Path, threshold: float, seed: int, folder: Path, names: Sequence[str]) -> tuple[Path, dict]:
+def data_with_repeats(
+    data_yaml: Path, threshold: float, seed: int, folder: Path, names: Sequence[str]
+) -> tuple[Path, dict]:
     """A copy of a prepared dataset's data.yaml in `folder` whose train split is a repeated list
     (for a Tune trial or a benchmark variant that samples by repeat factors): (its path, the plan)."""
     import yaml
@@ -93,7 +95,10 @@ def data_with_repeats(data_yaml: Path, threshold: float, seed: int, folder: Path
     # Its own manifest: the prepared data's, with the repeats and a fingerprint that tells them apart.
     manifest = read_manifest(data_yaml)
     base = data_fingerprint(data_yaml)
-    manifest.update(repeat=plan, derived_from=base,
-                    fingerprint=hashlib.sha256(json.dumps({"base": base, "repeat": [threshold, seed]}).encode()).hexdigest())
+    manifest.update(
+        repeat=plan,
+        derived_from=base,
+        fingerprint=hashlib.sha256(json.dumps({"base": base, "repeat": [threshold, seed]}).encode()).hexdigest(),
+    )
     write_manifest(folder, manifest)
     return path, plan

@@ -11,14 +11,13 @@ registry versions loaded per replica (`@serve.multiplexed`), chosen per request 
 `serve_multiplexed_model_id` header (a version number or an alias; default: the app's model).
 """
 
-
 import asyncio
 import hmac
 import io
+import itertools
 import json
 import logging
 import os
-import itertools
 import time
 import weakref
 from importlib import resources
@@ -29,9 +28,9 @@ from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDiscon
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, Field
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facemask import __version__
 from facemask.api_schema import (
@@ -46,9 +45,9 @@ from facemask.api_schema import (
 from facemask.classes import CLASS_NAMES, class_counts
 from facemask.detector import load_detector
 from facemask.errors import ModelNotFoundError
+from facemask.live import TRACK_CONF, LatestFrame, PeopleTracker
 from facemask.modelref import model_uri_for, parse_models_uri
 from facemask.plots import CLASS_COLORS, draw_boxes
-from facemask.live import TRACK_CONF, LatestFrame, PeopleTracker
 from facemask.request_checks import (
     LIVE_DEFAULTS,
     PixelBudget,
@@ -79,23 +78,43 @@ class AppArgs(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    model_uri: str = Field(_DEFAULT.model_uri, description="models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx")
+    model_uri: str = Field(
+        _DEFAULT.model_uri, description="models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx"
+    )
     backend: str = Field(_DEFAULT.backend, pattern="^(pt|onnx)$", description="pt (PyTorch) or onnx (onnxruntime, CPU)")
     device: str = Field(_DEFAULT.device, description="auto (the GPU if the replica has one), cpu, or a GPU index")
     tracking_uri: str | None = Field(None, description="MLflow server of the registry; default MLFLOW_TRACKING_URI")
     max_body_mb: float = Field(_DEFAULT.max_body_mb, gt=0, description="Larger bodies get 413")
-    body_timeout_s: float = Field(_DEFAULT.body_timeout_s, gt=0, description="A body not all arrived after this gets 408")
+    body_timeout_s: float = Field(
+        _DEFAULT.body_timeout_s, gt=0, description="A body not all arrived after this gets 408"
+    )
     max_pixels: int = Field(_DEFAULT.max_pixels, gt=0, description="Larger images (decompression bombs) get 413")
-    decode_budget_mp: float = Field(_DEFAULT.decode_budget_mp, gt=0, description="Megapixels a replica holds decoded "
-                                    "at once; more requests wait for their share (bounds memory under large images)")
-    refresh_s: float = Field(_DEFAULT.refresh_s, ge=0, description="How often an alias (the default @champion, or one named in "
-                             "the header) is looked up again, so a promotion is served without a redeploy; 0: never")
-    max_pending: int = Field(_DEFAULT.max_pending, ge=1, description="Requests a replica holds (reading, decoding, "
-                             "waiting for or in the model); more get a JSON 503 with Retry-After at once")
+    decode_budget_mp: float = Field(
+        _DEFAULT.decode_budget_mp,
+        gt=0,
+        description="Megapixels a replica holds decoded "
+        "at once; more requests wait for their share (bounds memory under large images)",
+    )
+    refresh_s: float = Field(
+        _DEFAULT.refresh_s,
+        ge=0,
+        description="How often an alias (the default @champion, or one named in "
+        "the header) is looked up again, so a promotion is served without a redeploy; 0: never",
+    )
+    max_pending: int = Field(
+        _DEFAULT.max_pending,
+        ge=1,
+        description="Requests a replica holds (reading, decoding, "
+        "waiting for or in the model); more get a JSON 503 with Retry-After at once",
+    )
     max_batch_size: int = Field(_DEFAULT.max_batch_size, ge=1, le=256)
     batch_wait_timeout_s: float = Field(_DEFAULT.batch_wait_timeout_s, ge=0, le=1)
-    threads: int | None = Field(_DEFAULT.threads, ge=1, description="CPU inference threads per detector replica (torch or onnxruntime); "
-                                "default: torch's under Ray (the replica's num_cpus), all cores for onnxruntime")
+    threads: int | None = Field(
+        _DEFAULT.threads,
+        ge=1,
+        description="CPU inference threads per detector replica (torch or onnxruntime); "
+        "default: torch's under Ray (the replica's num_cpus), all cores for onnxruntime",
+    )
     # Replica count, resources and queue limits of the deployment: serve/config.yaml sets them
     # (its `deployments:` entry wins), `facemask serve` and `build_app` pass them here.
     deployment_options: dict[str, Any] = Field(default_factory=dict)
@@ -119,10 +138,15 @@ async def _api_error(request: Request, exc: APIError) -> JSONResponse:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Unknown routes and methods answer in the API's one error shape too."""
     codes = {404: "not_found", 405: "method_not_allowed"}
-    message = {404: f"no route {request.url.path}; see /docs",
-               405: f"{request.method} is not allowed on {request.url.path}; see /docs"}.get(exc.status_code, str(exc.detail))
-    return JSONResponse({"error": codes.get(exc.status_code, "http_error"), "message": message},
-                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    message = {
+        404: f"no route {request.url.path}; see /docs",
+        405: f"{request.method} is not allowed on {request.url.path}; see /docs",
+    }.get(exc.status_code, str(exc.detail))
+    return JSONResponse(
+        {"error": codes.get(exc.status_code, "http_error"), "message": message},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
 
 
 @api.exception_handler(RequestValidationError)
@@ -138,8 +162,12 @@ async def require_key(request: Request, credentials: HTTPAuthorizationCredential
     key gets 401 and learns nothing about the parameters (422 would come first otherwise).
     """
     if not key_matches(getattr(request.app.state, "api_key", None), credentials.credentials if credentials else None):
-        raise APIError(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise APIError(
+            401,
+            "unauthorized",
+            "send the API key as 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def _use_registry(tracking_uri: str | None) -> None:
@@ -163,16 +191,25 @@ def page_html() -> str:
 
 def model_ref(detector) -> dict:
     info = detector.info
-    return {"name": info.name, "version": info.version, "run_id": info.run_id, "uri": info.uri,
-            "backend": "onnx" if info.weights.endswith(".onnx") else "pt"}
+    return {
+        "name": info.name,
+        "version": info.version,
+        "run_id": info.run_id,
+        "uri": info.uri,
+        "backend": "onnx" if info.weights.endswith(".onnx") else "pt",
+    }
 
 
 def scaled(detection: dict, scale: float, width: int, height: int) -> dict:
     """A detection's box from the decoded image's pixels to the source's."""
     if scale != 1:
         box = detection["box"]
-        detection["box"] = {"x1": round(min(box["x1"] * scale, width), 1), "y1": round(min(box["y1"] * scale, height), 1),
-                            "x2": round(min(box["x2"] * scale, width), 1), "y2": round(min(box["y2"] * scale, height), 1)}
+        detection["box"] = {
+            "x1": round(min(box["x1"] * scale, width), 1),
+            "y1": round(min(box["y1"] * scale, height), 1),
+            "x2": round(min(box["x2"] * scale, width), 1),
+            "y2": round(min(box["y2"] * scale, height), 1),
+        }
     return detection
 
 
@@ -217,8 +254,9 @@ class FacemaskServer:
         api.state.api_key = self.api_key
         self.limit = int(self.args.max_body_mb * 1e6)
         self.device = resolve_device(self.args.device) if self.args.backend == "pt" else "cpu"
-        self.default = load_detector(self.args.model_uri, device=self.device, backend=self.args.backend,
-                                     threads=self.args.threads, warm=True)
+        self.default = load_detector(
+            self.args.model_uri, device=self.device, backend=self.args.backend, threads=self.args.threads, warm=True
+        )
         self.predict_batch.set_max_batch_size(self.args.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self.aliases: dict[str, tuple[float, str]] = {}  # alias -> (looked up at, version)
@@ -242,7 +280,11 @@ class FacemaskServer:
         if self.default.info.name == mv.name and self.default.info.version == str(mv.version):
             return self.default
         return await asyncio.to_thread(
-            load_detector, f"models:/{mv.name}/{mv.version}", self.device, self.args.backend, self.args.threads,
+            load_detector,
+            f"models:/{mv.name}/{mv.version}",
+            self.device,
+            self.args.backend,
+            self.args.threads,
             warm=True,
         )
 
@@ -276,8 +318,13 @@ class FacemaskServer:
 
     def follow_default_alias(self) -> None:
         """Every refresh_s, in the background: if the app's alias moved, load the new version and swap it in."""
-        if (not self.args.refresh_s or "@" not in self.args.model_uri or not self.args.model_uri.startswith("models:/")
-                or self.refreshing is not None or time.monotonic() - self.default_checked < self.args.refresh_s):
+        if (
+            not self.args.refresh_s
+            or "@" not in self.args.model_uri
+            or not self.args.model_uri.startswith("models:/")
+            or self.refreshing is not None
+            or time.monotonic() - self.default_checked < self.args.refresh_s
+        ):
             return
 
         async def refresh() -> None:
@@ -287,14 +334,29 @@ class FacemaskServer:
                 version = await self.alias_version(alias)
                 if version != self.default.info.version:
                     name = self.default.info.name
-                    loaded = await asyncio.to_thread(load_detector, f"models:/{name}/{version}", self.device,
-                                                     self.args.backend, self.args.threads, warm=True)
-                    log.info("%s moved from version %s to %s; now serving %s", self.args.model_uri,
-                             self.default.info.version, version, version)
+                    loaded = await asyncio.to_thread(
+                        load_detector,
+                        f"models:/{name}/{version}",
+                        self.device,
+                        self.args.backend,
+                        self.args.threads,
+                        warm=True,
+                    )
+                    log.info(
+                        "%s moved from version %s to %s; now serving %s",
+                        self.args.model_uri,
+                        self.default.info.version,
+                        version,
+                        version,
+                    )
                     self.default = loaded
             except Exception as exc:  # a registry outage must not stop serving the loaded model
-                log.warning("could not look up %s (%s); still serving version %s", self.args.model_uri, exc,
-                            self.default.info.version)
+                log.warning(
+                    "could not look up %s (%s); still serving version %s",
+                    self.args.model_uri,
+                    exc,
+                    self.default.info.version,
+                )
             finally:
                 self.default_checked = time.monotonic()
                 self.refreshing = None
@@ -316,15 +378,23 @@ class FacemaskServer:
             found = await asyncio.to_thread(detector.predict, [items[i][1] for i in indexes], *params)
             inference_ms = (time.perf_counter() - started) * 1000
             for i, detections in zip(indexes, found):
-                out[i] = {"detections": detections, "inference_ms": inference_ms,
-                          "queue_ms": (started - items[i][3]) * 1000, "batch_size": len(indexes)}
+                out[i] = {
+                    "detections": detections,
+                    "inference_ms": inference_ms,
+                    "queue_ms": (started - items[i][3]) * 1000,
+                    "batch_size": len(indexes),
+                }
         return out
 
     async def detect(self, request: Request, conf: float, iou: float, imgsz: int, max_det: int):
         """Read, check and decode the image, run it through the batch, and build the answer."""
         if self.pending >= self.args.max_pending:
-            raise APIError(503, "overloaded", f"the server holds {self.pending} requests already; retry shortly",
-                           headers={"Retry-After": "1"})
+            raise APIError(
+                503,
+                "overloaded",
+                f"the server holds {self.pending} requests already; retry shortly",
+                headers={"Retry-After": "1"},
+            )
         self.pending += 1
         try:
             return await self._detect(request, conf, iou, imgsz, max_det)
@@ -355,12 +425,17 @@ class FacemaskServer:
         detections = [scaled(d.to_dict(), scale, width, height) for d in result["detections"]]
         counts = class_counts(detections)
         answer = {
-            "detections": detections, "counts": counts, "image": {"width": width, "height": height},
+            "detections": detections,
+            "counts": counts,
+            "image": {"width": width, "height": height},
             "model": model_ref(detector),
-            "timings": {"decode_ms": round((queued - started) * 1000, 2), "queue_ms": round(result["queue_ms"], 2),
-                        "inference_ms": round(result["inference_ms"], 2),
-                        "total_ms": round((time.perf_counter() - started) * 1000, 2),
-                        "batch_size": result["batch_size"]},
+            "timings": {
+                "decode_ms": round((queued - started) * 1000, 2),
+                "queue_ms": round(result["queue_ms"], 2),
+                "inference_ms": round(result["inference_ms"], 2),
+                "total_ms": round((time.perf_counter() - started) * 1000, 2),
+                "batch_size": result["batch_size"],
+            },
         }
         return image, scale, answer
 
@@ -377,8 +452,13 @@ class FacemaskServer:
 
     # ------------------------------------------------------------ routes
 
-    @api.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY},
-              summary="Detect faces and their mask state in one image")
+    @api.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses=ERRORS,
+        openapi_extra={"requestBody": IMAGE_BODY},
+        summary="Detect faces and their mask state in one image",
+    )
     async def predict(
         self,
         request: Request,
@@ -392,9 +472,13 @@ class FacemaskServer:
         # The answer is built to the schema already: serialised directly, without a pydantic round-trip.
         return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
 
-    @api.post("/predict/image", responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "The image with boxes drawn"}},
-              response_class=Response, openapi_extra={"requestBody": IMAGE_BODY},
-              summary="The uploaded image with the detections drawn (JPEG)")
+    @api.post(
+        "/predict/image",
+        responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "The image with boxes drawn"}},
+        response_class=Response,
+        openapi_extra={"requestBody": IMAGE_BODY},
+        summary="The uploaded image with the detections drawn (JPEG)",
+    )
     async def predict_image(
         self,
         request: Request,
@@ -408,21 +492,34 @@ class FacemaskServer:
         # Drawn on the image as decoded: a large JPEG comes back at up to twice imgsz.
         boxes = [(d["class_id"], *(v / scale for v in d["box"].values())) for d in answer["detections"]]
         jpeg = await asyncio.to_thread(annotated_jpeg, image, boxes)
-        return Response(jpeg, media_type="image/jpeg",
-                        headers={"X-Detections": str(len(boxes)), "X-Model-Version": str(answer["model"]["version"])})
+        return Response(
+            jpeg,
+            media_type="image/jpeg",
+            headers={"X-Detections": str(len(boxes)), "X-Model-Version": str(answer["model"]["version"])},
+        )
 
     @api.get("/healthz", summary="Liveness: always open, no model call")
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @api.get("/model", response_model=ModelInfoResponse, responses=ERRORS, summary="The served model's metadata and metrics")
+    @api.get(
+        "/model", response_model=ModelInfoResponse, responses=ERRORS, summary="The served model's metadata and metrics"
+    )
     async def model(self, request: Request, _: None = Depends(require_key)) -> dict:
         detector = await self.model_for_request(request)
-        return {**model_ref(detector), "device": self.device, "classes": list(CLASS_NAMES),
-                "metrics": detector.info.metrics}
+        return {
+            **model_ref(detector),
+            "device": self.device,
+            "classes": list(CLASS_NAMES),
+            "metrics": detector.info.metrics,
+        }
 
-    @api.get("/models", response_model=ModelsResponse, responses=ERRORS,
-             summary=f"Registered versions with their metrics; pick one with the {MULTIPLEX_HEADER} header")
+    @api.get(
+        "/models",
+        response_model=ModelsResponse,
+        responses=ERRORS,
+        summary=f"Registered versions with their metrics; pick one with the {MULTIPLEX_HEADER} header",
+    )
     async def models(self, _: None = Depends(require_key)) -> dict:
         uri = self.args.model_uri
         if not uri.startswith("models:/"):
@@ -433,7 +530,6 @@ class FacemaskServer:
         except Exception as exc:  # an unreachable registry must not break the page
             return {"default": uri, "versions": [], "registry_error": f"{type(exc).__name__}: {exc}"}
         return {"default": uri, "versions": versions}
-
 
     # ------------------------------------------------------------ live video
 
@@ -466,8 +562,9 @@ class FacemaskServer:
                 wake.clear()
                 item = slot.take()
                 if item is not None:
-                    await ws.send_text(json.dumps(await self.live_frame(item, tracker, slot, state),
-                                                  separators=(",", ":")))
+                    await ws.send_text(
+                        json.dumps(await self.live_frame(item, tracker, slot, state), separators=(",", ":"))
+                    )
         except (WebSocketDisconnect, RuntimeError):
             pass  # the client went away mid-send
         finally:
@@ -481,19 +578,31 @@ class FacemaskServer:
             message = await asyncio.wait_for(ws.receive_text(), LIVE_HELLO_TIMEOUT_S)
             hello = json.loads(message)
         except asyncio.TimeoutError:
-            await self.live_refuse(ws, CLOSE_BAD_HELLO, "hello_timeout",
-                                   f"send the settings as a JSON text message within {LIVE_HELLO_TIMEOUT_S:g} s")
+            await self.live_refuse(
+                ws,
+                CLOSE_BAD_HELLO,
+                "hello_timeout",
+                f"send the settings as a JSON text message within {LIVE_HELLO_TIMEOUT_S:g} s",
+            )
             return None
         except (ValueError, KeyError):
-            await self.live_refuse(ws, CLOSE_BAD_HELLO, "bad_hello",
-                                   'the first message must be JSON text: {"key": ..., "conf": ..., "imgsz": ...}')
+            await self.live_refuse(
+                ws,
+                CLOSE_BAD_HELLO,
+                "bad_hello",
+                'the first message must be JSON text: {"key": ..., "conf": ..., "imgsz": ...}',
+            )
             return None
         header = ws.headers.get("authorization", "")
-        given = hello.get("key") if isinstance(hello, dict) and hello.get("key") else (
-            header[7:] if header.lower().startswith("bearer ") else None)
+        given = (
+            hello.get("key")
+            if isinstance(hello, dict) and hello.get("key")
+            else (header[7:] if header.lower().startswith("bearer ") else None)
+        )
         if not key_matches(self.api_key, given):
-            await self.live_refuse(ws, CLOSE_UNAUTHORIZED, "unauthorized",
-                                   'send the API key in the first message: {"key": "<key>"}')
+            await self.live_refuse(
+                ws, CLOSE_UNAUTHORIZED, "unauthorized", 'send the API key in the first message: {"key": "<key>"}'
+            )
             return None
         try:
             settings = live_settings(hello, LIVE_DEFAULTS)
@@ -537,9 +646,12 @@ class FacemaskServer:
                     state["rate_limited"] += 1  # faster than the stream's fps: not even kept
                     if now - notified > 5:
                         notified = now
-                        await self.live_error(ws, index, "rate_limited",
-                                              f"frames arrive faster than fps={state['settings']['fps']:g}; "
-                                              "the extra ones are dropped")
+                        await self.live_error(
+                            ws,
+                            index,
+                            "rate_limited",
+                            f"frames arrive faster than fps={state['settings']['fps']:g}; the extra ones are dropped",
+                        )
                     continue
                 tokens -= 1
                 slot.put((index, message.get("bytes") or b"", now))
@@ -557,14 +669,21 @@ class FacemaskServer:
         """One frame through the same checks and batch as /predict, then the stream's tracker."""
         index, data, received = item
         settings = state["settings"]
-        stream = {"received": slot.received + state["rate_limited"], "dropped": slot.dropped,
-                  "rate_limited": state["rate_limited"], "processed": state["processed"]}
+        stream = {
+            "received": slot.received + state["rate_limited"],
+            "dropped": slot.dropped,
+            "rate_limited": state["rate_limited"],
+            "processed": state["processed"],
+        }
         try:
             if not data:
                 raise APIError(400, "empty_body", "an empty frame; send one image per binary message")
             if len(data) > self.limit:
-                raise APIError(413, "body_too_large", f"a frame of {len(data)} bytes is over the "
-                               f"{self.args.max_body_mb:g} MB limit; send smaller frames")
+                raise APIError(
+                    413,
+                    "body_too_large",
+                    f"a frame of {len(data)} bytes is over the {self.args.max_body_mb:g} MB limit; send smaller frames",
+                )
             if self.pending >= self.args.max_pending:
                 raise APIError(503, "overloaded", "the server is busy; this frame was skipped")
             self.pending += 1
@@ -591,8 +710,11 @@ class FacemaskServer:
         import gc
 
         gc.collect()  # a closed stream's tracker is counted only until it is collected
-        return {"open": len(self.streams), "trackers": len(self.trackers),
-                "dropped": sum(s.dropped for s in self.streams.values())}
+        return {
+            "open": len(self.streams),
+            "trackers": len(self.trackers),
+            "dropped": sum(s.dropped for s in self.streams.values()),
+        }
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
@@ -605,7 +727,7 @@ def build_app(args: dict | AppArgs | None = None):
     if parsed.tracking_uri is None:
         uri = tracking_uri()
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"  # replicas run in other folders
+            uri = f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"  # replicas run in other folders
         parsed = parsed.model_copy(update={"tracking_uri": uri})
     plain = parsed.model_dump(exclude={"deployment_options"})
     server = FacemaskServer.options(**with_serve_env(parsed.deployment_options, FacemaskServer))

@@ -29,7 +29,6 @@ def is_stream(source: str | Path) -> bool:
     return text.isdigit() or text.lower().startswith(STREAM_SCHEMES)
 
 
-
 def default(config: type, name: str) -> Any:
     """The default of field `name` of a config dataclass (for CLI options)."""
     for f in fields(config):
@@ -105,8 +104,10 @@ class PrepareConfig:
         validate_fractions(self.split)
         self.augment.validate()
         if self.repeat_threshold is not None and not 0 < self.repeat_threshold <= 1:
-            raise ConfigError(f"--repeat-threshold {self.repeat_threshold}: a fraction of the training images in (0, 1], "
-                              "such as 0.3; leave it out to list every image once")
+            raise ConfigError(
+                f"--repeat-threshold {self.repeat_threshold}: a fraction of the training images in (0, 1], "
+                "such as 0.3; leave it out to list every image once"
+            )
         return self
 
     def fingerprinted(self) -> dict:
@@ -216,7 +217,9 @@ class PredictConfig:
     save: bool = False  # also write annotated.mp4
 
     def validate(self) -> "PredictConfig":
-        if (self.max_frames is not None and self.max_frames < 1) or (self.max_seconds is not None and self.max_seconds <= 0):
+        if (self.max_frames is not None and self.max_frames < 1) or (
+            self.max_seconds is not None and self.max_seconds <= 0
+        ):
             raise ConfigError("--max-frames and --max-seconds must be positive")
         if is_stream(self.source):
             if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:

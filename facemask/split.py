@@ -50,6 +50,7 @@ def stratified_split(
         rng.shuffle(items)
         local = Counter()
         for k, record in enumerate(items):
+
             def deficit(i: int) -> tuple[float, int]:
                 name = SPLITS[i]
                 local_gap = fractions[i] * (k + 1) - local[name]

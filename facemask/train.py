@@ -36,7 +36,14 @@ INTEGRATION_MODULES = (
     "ultralytics.utils.events",
 )
 TRAIN_ARTIFACTS = ("results.csv", "args.yaml")
-PLOT_PATTERNS = ("confusion_matrix*.png", "*PR_curve.png", "*F1_curve.png", "*P_curve.png", "*R_curve.png", "results.png")
+PLOT_PATTERNS = (
+    "confusion_matrix*.png",
+    "*PR_curve.png",
+    "*F1_curve.png",
+    "*P_curve.png",
+    "*R_curve.png",
+    "results.png",
+)
 
 
 @dataclass
@@ -60,11 +67,15 @@ def resolve_model_source(model: str) -> str:
         return str(path.resolve())
     if path.suffix in (".yaml", ".yml"):
         if path.parent != Path("."):
-            raise InputNotFoundError(f"--model {model}: no such file; pass a path to a .yaml, or a built-in name like yolo26n.yaml")
+            raise InputNotFoundError(
+                f"--model {model}: no such file; pass a path to a .yaml, or a built-in name like yolo26n.yaml"
+            )
         return model  # an Ultralytics built-in config such as yolo26n.yaml
     if path.suffix == ".pt":
         if path.parent != Path("."):
-            raise InputNotFoundError(f"--model {model}: no such file; pass a path to a .pt, or a yaml like yolo26n.yaml")
+            raise InputNotFoundError(
+                f"--model {model}: no such file; pass a path to a .pt, or a yaml like yolo26n.yaml"
+            )
         ultralytics_env()
         from ultralytics.utils import SETTINGS, is_online
 
@@ -128,7 +139,9 @@ def _read_results_csv(path: Path) -> list[dict[str, float]]:
     if not path.is_file():
         return []
     with path.open() as fh:
-        return [{k.strip(): float(v) for k, v in row.items() if k and v not in (None, "")} for row in csv.DictReader(fh)]
+        return [
+            {k.strip(): float(v) for k, v in row.items() if k and v not in (None, "")} for row in csv.DictReader(fh)
+        ]
 
 
 def train(
@@ -149,7 +162,9 @@ def train(
     """
     data = resolve_path(cfg.data)
     if not data.is_file():
-        raise InputNotFoundError(f"--data {data}: no such file{where_relative(cfg.data)}; create it with `facemask data prepare`")
+        raise InputNotFoundError(
+            f"--data {data}: no such file{where_relative(cfg.data)}; create it with `facemask data prepare`"
+        )
     source = str(cfg.resume_from) if cfg.resume_from else resolve_model_source(cfg.model)
     ultralytics_env()
     from ultralytics import YOLO
@@ -161,8 +176,15 @@ def train(
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    logger = RunLogger(cfg.experiment, cfg.run_name, tags, parent_run_id=cfg.parent_run_id, run_id=cfg.run_id,
-                       reopen=cfg.run_id is not None, enabled=cfg.tracking)
+    logger = RunLogger(
+        cfg.experiment,
+        cfg.run_name,
+        tags,
+        parent_run_id=cfg.parent_run_id,
+        run_id=cfg.run_id,
+        reopen=cfg.run_id is not None,
+        enabled=cfg.tracking,
+    )
     if on_run is not None:
         on_run(logger.run_id)
     name = cfg.run_name or (logger.run_id[:12] if logger.run_id else time.strftime("run-%Y%m%d-%H%M%S"))
@@ -174,8 +196,9 @@ def train(
         nonlocal params_logged
         params_logged = True
         args = {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}
-        logger.log_params({**args, "data_fingerprint": fingerprint, "facemask_version": __version__,
-                           "git_commit": commit or "none"})
+        logger.log_params(
+            {**args, "data_fingerprint": fingerprint, "facemask_version": __version__, "git_commit": commit or "none"}
+        )
         logger.log_dataset(data.parent.name, str(data), fingerprint)
 
     def on_start(trainer) -> None:
@@ -201,9 +224,19 @@ def train(
         for fn in functions:
             model.add_callback(event, fn)
     train_args = {
-        "data": str(data), "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch, "device": device,
-        "project": str(project), "name": name, "exist_ok": True, "seed": cfg.seed, "plots": cfg.plots,
-        "workers": cfg.workers, "verbose": False, **cfg.overrides,
+        "data": str(data),
+        "epochs": cfg.epochs,
+        "imgsz": cfg.imgsz,
+        "batch": cfg.batch,
+        "device": device,
+        "project": str(project),
+        "name": name,
+        "exist_ok": True,
+        "seed": cfg.seed,
+        "plots": cfg.plots,
+        "workers": cfg.workers,
+        "verbose": False,
+        **cfg.overrides,
     }
     if cfg.resume_from:
         # Ultralytics takes every other argument from the checkpoint when resuming.
@@ -246,14 +279,26 @@ def train(
     try:
         logger.log_metrics({f"final/{k.split('/', 1)[-1]}": v for k, v in final.items() if k.startswith("val/")})
         if cfg.register and logger.run_id:
-            version = log_and_register(logger.run_id, best, {**version_tags(final), "data.fingerprint": fingerprint},
-                                       uri=logger.uri, name=cfg.registered_model)
+            version = log_and_register(
+                logger.run_id,
+                best,
+                {**version_tags(final), "data.fingerprint": fingerprint},
+                uri=logger.uri,
+                name=cfg.registered_model,
+            )
     finally:
         logger.end("FINISHED")
     return TrainResult(
-        run_id=logger.run_id, save_dir=save_dir, best=best, last=save_dir / "weights" / "last.pt", metrics=final,
-        epochs_run=(trainer.epoch + 1) if trainer is not None else 0, seconds=time.perf_counter() - started,
-        fingerprint=fingerprint, version=version, logging_failures=logger.failures,
+        run_id=logger.run_id,
+        save_dir=save_dir,
+        best=best,
+        last=save_dir / "weights" / "last.pt",
+        metrics=final,
+        epochs_run=(trainer.epoch + 1) if trainer is not None else 0,
+        seconds=time.perf_counter() - started,
+        fingerprint=fingerprint,
+        version=version,
+        logging_failures=logger.failures,
     )
 
 

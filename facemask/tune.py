@@ -27,7 +27,7 @@ from facemask.errors import ConfigError, InputNotFoundError, StudyInterrupted
 from facemask.evaluate import evaluate, promote
 from facemask.manifest import data_fingerprint
 from facemask.plots import study_plots
-from facemask.runtime import at_forced_stop, results_base, resolve_path, where_relative
+from facemask.runtime import at_forced_stop, resolve_path, results_base, where_relative
 from facemask.sampling import data_with_repeats
 from facemask.settings import DistributedConfig, StudyConfig
 from facemask.tracking import (
@@ -49,10 +49,38 @@ log = logging.getLogger("facemask.tune")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 # Ultralytics train arguments that make sense to search; anything else is a typo or not a hyperparameter.
 TUNABLE = (
-    "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr", "optimizer",
-    "box", "cls", "dfl", "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective",
-    "flipud", "fliplr", "bgr", "mosaic", "mixup", "cutmix", "copy_paste", "close_mosaic", "erasing", "cos_lr",
-    "nbs", "dropout", "cls_pw",
+    "lr0",
+    "lrf",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "warmup_momentum",
+    "warmup_bias_lr",
+    "optimizer",
+    "box",
+    "cls",
+    "dfl",
+    "hsv_h",
+    "hsv_s",
+    "hsv_v",
+    "degrees",
+    "translate",
+    "scale",
+    "shear",
+    "perspective",
+    "flipud",
+    "fliplr",
+    "bgr",
+    "mosaic",
+    "mixup",
+    "cutmix",
+    "copy_paste",
+    "close_mosaic",
+    "erasing",
+    "cos_lr",
+    "nbs",
+    "dropout",
+    "cls_pw",
     # Not an Ultralytics argument: each trial trains on its own repeat-factor list (facemask.sampling).
     "repeat_threshold",
 )
@@ -80,7 +108,11 @@ def load_search_space(path: Path | None = None) -> tuple[dict[str, dict], list[d
 
     `baseline` is one point or a list of points. Unknown keys name the valid ones.
     """
-    text = Path(path).read_text() if path else resources.files("facemask").joinpath("configs/search_space.yaml").read_text()
+    text = (
+        Path(path).read_text()
+        if path
+        else resources.files("facemask").joinpath("configs/search_space.yaml").read_text()
+    )
     where = str(path or "the packaged search_space.yaml")
     doc = yaml.safe_load(text) or {}
     space, baseline = doc.get("space") or {}, doc.get("baseline") or []
@@ -96,8 +128,11 @@ def load_search_space(path: Path | None = None) -> tuple[dict[str, dict], list[d
             raise ConfigError(f"{where}: {key}: type must be one of {', '.join(DISTRIBUTIONS)}, got {kind!r}")
         if kind == "choice" and not spec.get("values"):
             raise ConfigError(f"{where}: {key}: a choice needs `values: [...]`")
-        if kind != "choice" and not (isinstance(spec.get("low"), (int, float)) and isinstance(spec.get("high"), (int, float))
-                                     and spec["low"] < spec["high"]):
+        if kind != "choice" and not (
+            isinstance(spec.get("low"), (int, float))
+            and isinstance(spec.get("high"), (int, float))
+            and spec["low"] < spec["high"]
+        ):
             raise ConfigError(f"{where}: {key}: needs numeric low < high")
     for point in points:
         missing = set(point) - set(space)
@@ -141,20 +176,28 @@ def check_trial_shape(cfg: StudyConfig) -> None:
     if cfg.gpus_per_trial > 1 and workers == 1:
         # One training process drives one GPU: the rest would sit idle.
         gpus = math.ceil(cfg.gpus_per_trial)
-        raise ConfigError(f"--gpus-per-trial {cfg.gpus_per_trial:g}: one training process uses one GPU; add "
-                          f"--ray-workers-per-trial {gpus} to train each trial on {gpus} GPUs (one Ray Train worker "
-                          "each), or use --gpus-per-trial 1 to run more trials at once")
+        raise ConfigError(
+            f"--gpus-per-trial {cfg.gpus_per_trial:g}: one training process uses one GPU; add "
+            f"--ray-workers-per-trial {gpus} to train each trial on {gpus} GPUs (one Ray Train worker "
+            "each), or use --gpus-per-trial 1 to run more trials at once"
+        )
     if workers > 1 and cfg.gpus_per_trial / workers not in (0, 1):
-        raise ConfigError(f"--gpus-per-trial {cfg.gpus_per_trial:g} over {workers} workers: each worker needs 0 or 1 "
-                          f"whole GPU; use --gpus-per-trial {workers} or 0")
+        raise ConfigError(
+            f"--gpus-per-trial {cfg.gpus_per_trial:g} over {workers} workers: each worker needs 0 or 1 "
+            f"whole GPU; use --gpus-per-trial {workers} or 0"
+        )
     if workers > 1 and cfg.trial_resources:
-        raise ConfigError("--trial-resources pins a one-process trial to a node; a trial of several Ray Train "
-                          "workers is placed by Ray Train: drop --trial-resources")
+        raise ConfigError(
+            "--trial-resources pins a one-process trial to a node; a trial of several Ray Train "
+            "workers is placed by Ray Train: drop --trial-resources"
+        )
     if workers > 1 and cfg.cpus_per_trial < workers:
         # A DDP rank with less than a core only slows its peers: every step waits for the slowest.
-        raise ConfigError(f"--ray-workers-per-trial {workers} needs one CPU per worker, and --cpus-per-trial is "
-                          f"{cfg.cpus_per_trial:g}: use --ray-workers-per-trial {max(1, math.floor(cfg.cpus_per_trial))}"
-                          f" or fewer, or --cpus-per-trial {workers} on a cluster with {workers}+ CPUs")
+        raise ConfigError(
+            f"--ray-workers-per-trial {workers} needs one CPU per worker, and --cpus-per-trial is "
+            f"{cfg.cpus_per_trial:g}: use --ray-workers-per-trial {max(1, math.floor(cfg.cpus_per_trial))}"
+            f" or fewer, or --cpus-per-trial {workers} on a cluster with {workers}+ CPUs"
+        )
 
 
 def max_concurrency(cfg: StudyConfig, cluster: dict[str, float], nodes: list[dict[str, float]] | None = None) -> int:
@@ -167,18 +210,27 @@ def max_concurrency(cfg: StudyConfig, cluster: dict[str, float], nodes: list[dic
     check_trial_shape(cfg)
     workers = cfg.ray_workers_per_trial
     if cfg.gpus_per_trial > 0 and gpus < cfg.gpus_per_trial:
-        raise ConfigError(f"--gpus-per-trial {cfg.gpus_per_trial}: the cluster has {gpus:g} GPUs; use 0 to train on CPU")
+        raise ConfigError(
+            f"--gpus-per-trial {cfg.gpus_per_trial}: the cluster has {gpus:g} GPUs; use 0 to train on CPU"
+        )
     if nodes is not None:
         if workers > 1:
             shares = trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, workers, "")
-            check_workers_fit(workers, shares.cpus_per_worker, shares.gpus_per_worker, nodes,
-                              driver_cpus=TRIAL_DRIVER_CPUS,
-                              flags="--ray-workers-per-trial, --cpus-per-trial or --gpus-per-trial")
+            check_workers_fit(
+                workers,
+                shares.cpus_per_worker,
+                shares.gpus_per_worker,
+                nodes,
+                driver_cpus=TRIAL_DRIVER_CPUS,
+                flags="--ray-workers-per-trial, --cpus-per-trial or --gpus-per-trial",
+            )
         elif not any(all(n.get(k, 0) + 1e-9 >= v for k, v in trial_request(cfg).items()) for n in nodes):
             biggest = max((n.get("CPU", 0) for n in nodes), default=0)
-            raise ConfigError(f"a trial asks for {trial_request(cfg)} in one process, and no node has that much (the "
-                              f"largest has {biggest:g} CPUs): lower --cpus-per-trial, or train each trial across "
-                              "nodes with --ray-workers-per-trial N")
+            raise ConfigError(
+                f"a trial asks for {trial_request(cfg)} in one process, and no node has that much (the "
+                f"largest has {biggest:g} CPUs): lower --cpus-per-trial, or train each trial across "
+                "nodes with --ray-workers-per-trial N"
+            )
     fits = math.floor(cpus / cfg.cpus_per_trial + 1e-9)
     if cfg.gpus_per_trial > 0:
         fits = min(fits, math.floor(gpus / cfg.gpus_per_trial + 1e-9))
@@ -196,8 +248,11 @@ def trial_request(cfg: StudyConfig) -> dict[str, float]:
     """What one trial's function reserves, in Ray's resource names."""
     if cfg.ray_workers_per_trial > 1:
         return {"CPU": TRIAL_DRIVER_CPUS}
-    return {"CPU": cfg.cpus_per_trial, **({"GPU": cfg.gpus_per_trial} if cfg.gpus_per_trial else {}),
-            **cfg.trial_resources}
+    return {
+        "CPU": cfg.cpus_per_trial,
+        **({"GPU": cfg.gpus_per_trial} if cfg.gpus_per_trial else {}),
+        **cfg.trial_resources,
+    }
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
@@ -217,22 +272,36 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     if threshold:
         data, _ = data_with_repeats(data, float(threshold), base["seed"], workdir / "data", CLASS_NAMES)
     cfg = TrainConfig(
-        data=data, model=base["model"], epochs=base["epochs"], imgsz=base["imgsz"], batch=base["batch"],
-        device=gpu_device(base["gpus_per_trial"]), experiment=base["experiment"],
-        run_name=f"trial-{trial_id}", project=workdir, seed=base["seed"], overrides=dict(config),
+        data=data,
+        model=base["model"],
+        epochs=base["epochs"],
+        imgsz=base["imgsz"],
+        batch=base["batch"],
+        device=gpu_device(base["gpus_per_trial"]),
+        experiment=base["experiment"],
+        run_name=f"trial-{trial_id}",
+        project=workdir,
+        seed=base["seed"],
+        overrides=dict(config),
         parent_run_id=base["parent_run_id"],
-        tags={"facemask.trial_id": trial_id, "facemask.study": base["study"],
-              "facemask.node_id": ray.get_runtime_context().get_node_id(),
-              "facemask.resources": json.dumps(ctx.get_trial_resources().required_resources, sort_keys=True)},
-        plots=False, workers=base["workers"],
+        tags={
+            "facemask.trial_id": trial_id,
+            "facemask.study": base["study"],
+            "facemask.node_id": ray.get_runtime_context().get_node_id(),
+            "facemask.resources": json.dumps(ctx.get_trial_resources().required_resources, sort_keys=True),
+        },
+        plots=False,
+        workers=base["workers"],
     )
     workers = base.get("ray_workers_per_trial", 1)
     if workers > 1:
         # The trial drives a Ray Train run: its rank 0 reports each epoch to Tune, and a
         # retried trial resumes from that run's own newest checkpoint and MLflow run.
-        train_distributed(replace(cfg, device="auto"),
-                          trial_workers(base["cpus_per_trial"], base["gpus_per_trial"], workers, workdir),
-                          report_to_tune=True)
+        train_distributed(
+            replace(cfg, device="auto"),
+            trial_workers(base["cpus_per_trial"], base["gpus_per_trial"], workers, workdir),
+            report_to_tune=True,
+        )
         return
     run_id, resume_from = find_trial_run(base["tracking_uri"], base["parent_run_id"], trial_id), None
     checkpoint = tune.get_checkpoint()
@@ -261,16 +330,23 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     callbacks: dict[str, list[Callable]] = {"on_fit_epoch_end": [report]}
     for event, fns in (base.get("trial_callbacks") or {}).items():
         callbacks.setdefault(event, []).extend(fns)
-    train(replace(cfg, run_id=run_id, resume_from=resume_from), callbacks=callbacks,
-          on_run=lambda rid: holder.update(run_id=holder["run_id"] or rid))
+    train(
+        replace(cfg, run_id=run_id, resume_from=resume_from),
+        callbacks=callbacks,
+        on_run=lambda rid: holder.update(run_id=holder["run_id"] or rid),
+    )
 
 
 def trial_workers(cpus_per_trial: float, gpus_per_trial: float, workers: int, workdir: Path | str) -> DistributedConfig:
     """A trial's CPUs and GPUs shared equally by its Ray Train workers, less what its driver
     reserves, so that the whole trial takes exactly `cpus_per_trial`."""
-    return DistributedConfig(workers=workers, cpus_per_worker=(cpus_per_trial - TRIAL_DRIVER_CPUS) / workers,
-                             gpus_per_worker=gpus_per_trial / workers, storage=str(Path(workdir) / "ray-train"),
-                             max_failures=1)
+    return DistributedConfig(
+        workers=workers,
+        cpus_per_worker=(cpus_per_trial - TRIAL_DRIVER_CPUS) / workers,
+        gpus_per_worker=gpus_per_trial / workers,
+        storage=str(Path(workdir) / "ray-train"),
+        max_failures=1,
+    )
 
 
 def find_trial_run(uri: str, parent_run_id: str, trial_id: str) -> str | None:
@@ -329,7 +405,9 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
     space, baseline = load_search_space(cfg.search_space)
     data = resolve_path(cfg.data)
     if not data.is_file():
-        raise InputNotFoundError(f"--data {data}: no such file{where_relative(cfg.data)}; create it with `facemask data prepare`")
+        raise InputNotFoundError(
+            f"--data {data}: no such file{where_relative(cfg.data)}; create it with `facemask data prepare`"
+        )
     storage = cfg.storage if "://" in cfg.storage else str(resolve_path(cfg.storage))
     path = f"{storage.rstrip('/')}/{cfg.name}"
     if cfg.resume and not rt.Tuner.can_restore(path):
@@ -340,22 +418,41 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
     started = time.perf_counter()
     store = tracking_uri()
     opened: list[str] = []  # the parent run's id, once there is one
-    resume = f"study {path} stopped; its state is saved and its MLflow runs are marked KILLED: run the same command " \
-             "with --resume to continue"
+    resume = (
+        f"study {path} stopped; its state is saved and its MLflow runs are marked KILLED: run the same command "
+        "with --resume to continue"
+    )
 
     def close_runs(status: str) -> str:
         # Straight to the store, not through the study's own server: `ray job stop` signals that server too.
         # Interrupted trials' runs are reopened by --resume.
         if opened:
-            end_open_runs(opened[0], status, uri=store,
-                          tags={"facemask.study_status": "interrupted" if status == "KILLED" else "failed"})
+            end_open_runs(
+                opened[0],
+                status,
+                uri=store,
+                tags={"facemask.study_status": "interrupted" if status == "KILLED" else "failed"},
+            )
         return resume
 
     forget = at_forced_stop(lambda: close_runs("KILLED"))
     try:
         with study_tracking_uri(store) as uri:
-            return _run_study(cfg, uri, space, baseline, data, path, storage, concurrency, fingerprint, started,
-                              trial_callbacks, opened, resume)
+            return _run_study(
+                cfg,
+                uri,
+                space,
+                baseline,
+                data,
+                path,
+                storage,
+                concurrency,
+                fingerprint,
+                started,
+                trial_callbacks,
+                opened,
+                resume,
+            )
     except BaseException as exc:
         try:
             close_runs("KILLED" if isinstance(exc, (KeyboardInterrupt, StudyInterrupted)) else "FAILED")
@@ -366,9 +463,21 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
         forget()
 
 
-def _run_study(cfg: StudyConfig, uri: str, space: dict, baseline: list, data: Path, path: str, storage: str,
-               concurrency: int, fingerprint: str, started: float, trial_callbacks: dict | None,
-               opened: list[str], resume: str) -> StudyResult:
+def _run_study(
+    cfg: StudyConfig,
+    uri: str,
+    space: dict,
+    baseline: list,
+    data: Path,
+    path: str,
+    storage: str,
+    concurrency: int,
+    fingerprint: str,
+    started: float,
+    trial_callbacks: dict | None,
+    opened: list[str],
+    resume: str,
+) -> StudyResult:
     """The study itself, logging through `uri`; appends the parent run's id to `opened` as soon as it exists."""
     import optuna
     from ray import tune as rt
@@ -376,16 +485,32 @@ def _run_study(cfg: StudyConfig, uri: str, space: dict, baseline: list, data: Pa
     from ray.tune.search.optuna import OptunaSearch
 
     previous = find_tagged_run(cfg.experiment, "facemask.study_path", path, uri=uri) if cfg.resume else None
-    parent = RunLogger(cfg.experiment, cfg.name, {"facemask.study_path": path, "data.fingerprint": fingerprint},
-                       uri=uri, run_id=previous, reopen=previous is not None)
+    parent = RunLogger(
+        cfg.experiment,
+        cfg.name,
+        {"facemask.study_path": path, "data.fingerprint": fingerprint},
+        uri=uri,
+        run_id=previous,
+        reopen=previous is not None,
+    )
     if parent.run_id:
         opened.append(parent.run_id)
     if previous is None:
-        parent.log_params({"study": {k: str(v) for k, v in asdict(cfg).items()}, "data_fingerprint": fingerprint,
-                           "scheduler": {"type": "ASHA", "time_attr": "epoch", "max_t": cfg.epochs,
-                                         "grace_period": cfg.grace_period, "reduction_factor": cfg.reduction_factor},
-                           "searcher": {"type": "Optuna TPE", "seed": cfg.seed, "points_to_evaluate": len(baseline)},
-                           "max_concurrent": concurrency})
+        parent.log_params(
+            {
+                "study": {k: str(v) for k, v in asdict(cfg).items()},
+                "data_fingerprint": fingerprint,
+                "scheduler": {
+                    "type": "ASHA",
+                    "time_attr": "epoch",
+                    "max_t": cfg.epochs,
+                    "grace_period": cfg.grace_period,
+                    "reduction_factor": cfg.reduction_factor,
+                },
+                "searcher": {"type": "Optuna TPE", "seed": cfg.seed, "points_to_evaluate": len(baseline)},
+                "max_concurrent": concurrency,
+            }
+        )
         parent.log_dict({"space": space, "baseline": baseline}, "search_space.yaml")
         # Logged once here so concurrent trials find the dataset instead of racing to create it.
         parent.log_dataset(data.parent.name, str(data), fingerprint)
@@ -393,36 +518,70 @@ def _run_study(cfg: StudyConfig, uri: str, space: dict, baseline: list, data: Pa
     # not in the trial's working directory, which is a temporary one under `ray job submit`.
     workdir = f"{path}-yolo" if "://" not in path else str(results_base() / "runs" / "tune-trials" / cfg.name)
     base = {
-        "workdir": workdir, "data": str(data), "model": cfg.model, "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch,
-        "gpus_per_trial": cfg.gpus_per_trial, "experiment": cfg.experiment, "seed": cfg.seed,
-        "tracking_uri": uri, "parent_run_id": parent.run_id, "study": cfg.name, "workers": cfg.workers,
-        "trial_callbacks": trial_callbacks or {}, "ray_workers_per_trial": cfg.ray_workers_per_trial,
+        "workdir": workdir,
+        "data": str(data),
+        "model": cfg.model,
+        "epochs": cfg.epochs,
+        "imgsz": cfg.imgsz,
+        "batch": cfg.batch,
+        "gpus_per_trial": cfg.gpus_per_trial,
+        "experiment": cfg.experiment,
+        "seed": cfg.seed,
+        "tracking_uri": uri,
+        "parent_run_id": parent.run_id,
+        "study": cfg.name,
+        "workers": cfg.workers,
+        "trial_callbacks": trial_callbacks or {},
+        "ray_workers_per_trial": cfg.ray_workers_per_trial,
         "cpus_per_trial": cfg.cpus_per_trial,
     }
     # A distributed trial's function only drives its Ray Train run: the workers hold the
     # resources (Tune needs some request, so a token one, which trial_workers leaves out).
-    resources = ({"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **cfg.trial_resources}
-                 if cfg.ray_workers_per_trial == 1 else {"cpu": TRIAL_DRIVER_CPUS})
+    resources = (
+        {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **cfg.trial_resources}
+        if cfg.ray_workers_per_trial == 1
+        else {"cpu": TRIAL_DRIVER_CPUS}
+    )
     trainable = rt.with_resources(rt.with_parameters(run_trial, base=base), resources)
     try:
         if cfg.resume:
             tuner = rt.Tuner.restore(path, trainable, resume_errored=True)
         else:
-            searcher = OptunaSearch(points_to_evaluate=baseline or None,
-                                    sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+            searcher = OptunaSearch(
+                points_to_evaluate=baseline or None, sampler=optuna.samplers.TPESampler(seed=cfg.seed)
+            )
             # stop_last_trials=False: a trial that reaches max_t ends by itself, so it still
             # validates best.pt and closes its run, instead of being cut off at its last report.
-            scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=cfg.grace_period,
-                                      reduction_factor=cfg.reduction_factor, stop_last_trials=False) if cfg.asha else None
+            scheduler = (
+                ASHAScheduler(
+                    time_attr="epoch",
+                    max_t=cfg.epochs,
+                    grace_period=cfg.grace_period,
+                    reduction_factor=cfg.reduction_factor,
+                    stop_last_trials=False,
+                )
+                if cfg.asha
+                else None
+            )
             tuner = rt.Tuner(
                 trainable,
                 param_space=to_tune_space(space),
-                tune_config=rt.TuneConfig(metric=cfg.metric, mode=cfg.mode, search_alg=searcher, scheduler=scheduler,
-                                          num_samples=cfg.trials, max_concurrent_trials=concurrency,
-                                          time_budget_s=cfg.time_budget_s),
-                run_config=rt.RunConfig(name=cfg.name, storage_path=storage, verbose=1,
-                                        failure_config=rt.FailureConfig(max_failures=cfg.max_failures),
-                                        checkpoint_config=rt.CheckpointConfig(num_to_keep=1)),
+                tune_config=rt.TuneConfig(
+                    metric=cfg.metric,
+                    mode=cfg.mode,
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=cfg.trials,
+                    max_concurrent_trials=concurrency,
+                    time_budget_s=cfg.time_budget_s,
+                ),
+                run_config=rt.RunConfig(
+                    name=cfg.name,
+                    storage_path=storage,
+                    verbose=1,
+                    failure_config=rt.FailureConfig(max_failures=cfg.max_failures),
+                    checkpoint_config=rt.CheckpointConfig(num_to_keep=1),
+                ),
             )
         grid = tuner.fit()
     except BaseException:
@@ -449,8 +608,15 @@ def summarise(cfg: StudyConfig, grid, parent: RunLogger, uri: str, started: floa
         history = r.metrics_dataframe
         values = history[cfg.metric].tolist() if history is not None and cfg.metric in history else []
         best_value = (max(values) if cfg.mode == "max" else min(values)) if values else float("nan")
-        rows.append({"trial_id": (r.metrics or {}).get("trial_id", ""), "status": trial_status(r, cfg.epochs),
-                     "epochs": int((r.metrics or {}).get("epoch", 0)), "objective": best_value, "config": r.config})
+        rows.append(
+            {
+                "trial_id": (r.metrics or {}).get("trial_id", ""),
+                "status": trial_status(r, cfg.epochs),
+                "epochs": int((r.metrics or {}).get("epoch", 0)),
+                "objective": best_value,
+                "config": r.config,
+            }
+        )
     reconcile_trials(uri, parent.run_id, rows, grid)
     counts = {s: sum(1 for row in rows if row["status"] == s) for s in ("finished", "stopped_early", "failed")}
     best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
@@ -461,11 +627,22 @@ def summarise(cfg: StudyConfig, grid, parent: RunLogger, uri: str, started: floa
             parent.log_artifact(plot, "plots")
     parent.log_dict(rows, "trials.json")
     parent.log_params({f"best.{k}": v for k, v in best.config.items()} | {"best.trial_id": best_row["trial_id"]})
-    parent.log_metrics({f"best/{k}": v for k, v in best_val.items()}
-                       | {f"trials/{k}": v for k, v in counts.items()}
-                       | {"trials/epochs": sum(row["epochs"] for row in rows)})
-    return StudyResult(parent.run_id, dict(best.config), best_row["trial_id"], best_val, counts,
-                       sum(row["epochs"] for row in rows), time.perf_counter() - started, path, trials=rows)
+    parent.log_metrics(
+        {f"best/{k}": v for k, v in best_val.items()}
+        | {f"trials/{k}": v for k, v in counts.items()}
+        | {"trials/epochs": sum(row["epochs"] for row in rows)}
+    )
+    return StudyResult(
+        parent.run_id,
+        dict(best.config),
+        best_row["trial_id"],
+        best_val,
+        counts,
+        sum(row["epochs"] for row in rows),
+        time.perf_counter() - started,
+        path,
+        trials=rows,
+    )
 
 
 def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri: str, data: Path) -> None:
@@ -480,19 +657,31 @@ def _finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, ur
         threshold = overrides.pop("repeat_threshold", None)
         train_data = data
         if threshold:
-            train_data, _ = data_with_repeats(data, float(threshold), cfg.seed,
-                                              Path(tempfile.mkdtemp(prefix="facemask-final-data-")), CLASS_NAMES)
+            train_data, _ = data_with_repeats(
+                data, float(threshold), cfg.seed, Path(tempfile.mkdtemp(prefix="facemask-final-data-")), CLASS_NAMES
+            )
         final_cfg = TrainConfig(
-            data=train_data, model=cfg.model, epochs=cfg.final_epochs, imgsz=cfg.imgsz, batch=cfg.batch,
-            device=gpu_device(cfg.gpus_per_trial), experiment=cfg.experiment, run_name=f"{cfg.name}-final",
-            parent_run_id=parent.run_id, overrides=overrides, register=True,
-            registered_model=cfg.registered_model, seed=cfg.seed, workers=cfg.workers,
+            data=train_data,
+            model=cfg.model,
+            epochs=cfg.final_epochs,
+            imgsz=cfg.imgsz,
+            batch=cfg.batch,
+            device=gpu_device(cfg.gpus_per_trial),
+            experiment=cfg.experiment,
+            run_name=f"{cfg.name}-final",
+            parent_run_id=parent.run_id,
+            overrides=overrides,
+            register=True,
+            registered_model=cfg.registered_model,
+            seed=cfg.seed,
+            workers=cfg.workers,
         )
         if cfg.ray_workers_per_trial > 1:  # the final retrain is trained the way the trials were
             workdir = Path(tempfile.mkdtemp(prefix="facemask-final-"))
-            final = train_distributed(replace(final_cfg, device="auto", project=workdir),
-                                      trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial,
-                                                    workdir))
+            final = train_distributed(
+                replace(final_cfg, device="auto", project=workdir),
+                trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial, workdir),
+            )
         else:
             final = train(final_cfg)
         result.version = final.version
@@ -510,7 +699,9 @@ def _finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, ur
         with checkpoint.as_directory() as folder:
             weights = Path(tempfile.mkdtemp(prefix="facemask-best-")) / "best.pt"
             shutil.copyfile(Path(folder) / "best.pt", weights)
-        tags = {f"val_{k}": round(v, 5) for k, v in result.best_val.items()} | {"data.fingerprint": data_fingerprint(data)}
+        tags = {f"val_{k}": round(v, 5) for k, v in result.best_val.items()} | {
+            "data.fingerprint": data_fingerprint(data)
+        }
         result.version = log_and_register(run_id, weights, tags, uri=uri, name=cfg.registered_model)
     model_uri = f"models:/{cfg.registered_model}/{result.version}"
     result.test = evaluate(model_uri, data, imgsz=cfg.imgsz, device=gpu_device(cfg.gpus_per_trial)).overall

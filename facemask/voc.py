@@ -218,7 +218,9 @@ def parse_annotation(xml_path: Path | str, images_dir: Path | str) -> ParseResul
     try:
         width, height, image_sha = read_image_size(image_path)
     except ValueError as exc:
-        result.problems.append(Problem(str(image_path), "unreadable_image", "skipped_file", f"{exc}; re-export the image"))
+        result.problems.append(
+            Problem(str(image_path), "unreadable_image", "skipped_file", f"{exc}; re-export the image")
+        )
         return result
 
     size = root.find("size")
@@ -233,7 +235,8 @@ def parse_annotation(xml_path: Path | str, images_dir: Path | str) -> ParseResul
                 str(xml_path),
                 "size_mismatch",
                 "corrected",
-                f"<size> says {int(declared[0])}x{int(declared[1])} but the image is {width}x{height}; trusted the image",
+                f"<size> says {int(declared[0])}x{int(declared[1])} but the image is "
+                f"{width}x{height}; trusted the image",
             )
         )
 
@@ -243,7 +246,9 @@ def parse_annotation(xml_path: Path | str, images_dir: Path | str) -> ParseResul
         label = _text(obj, "name")
         if label not in CLASS_IDS:
             result.problems.append(
-                Problem(where, "unknown_class", "dropped_box", f"unknown class {label!r}; valid: {', '.join(CLASS_IDS)}")
+                Problem(
+                    where, "unknown_class", "dropped_box", f"unknown class {label!r}; valid: {', '.join(CLASS_IDS)}"
+                )
             )
             continue
         bnd = obj.find("bndbox")

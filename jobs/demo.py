@@ -30,13 +30,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo"))
     parser.add_argument("--source", type=Path, help="A VOC dataset (Kaggle layout) instead of generated data.")
-    parser.add_argument("--model", default="yolo26n.yaml", help="yolo26n.yaml trains from scratch; yolo26s.pt (online) fine-tunes.")
+    parser.add_argument(
+        "--model", default="yolo26n.yaml", help="yolo26n.yaml trains from scratch; yolo26s.pt (online) fine-tunes."
+    )
     parser.add_argument("--images", type=int, default=300, help="Generated images when no --source.")
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--imgsz", type=int, default=160)
-    parser.add_argument("--final-epochs", type=int, default=12,
-                        help="Retrain the best trial's settings this long before registering (0: keep the trial's weights).")
+    parser.add_argument(
+        "--final-epochs",
+        type=int,
+        default=12,
+        help="Retrain the best trial's settings this long before registering (0: keep the trial's weights).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=8000, help="Serve's port (the next free one if taken).")
     parser.add_argument("--keep-serving", action="store_true", help="Leave the endpoint up until Ctrl-C.")
@@ -62,17 +68,35 @@ def main() -> None:
     prepared = prepare(PrepareConfig(source=source, out=out / "yolo", engine="ray", seed=args.seed))
     counts = {k: v["images"] for k, v in prepared.manifest["counts"].items()}
     print(f"[2/5] prepared with Ray Data: {prepared.data_yaml}\n      images {counts}", flush=True)
-    print(f"[3/5] tuning: {args.trials} trials x {args.epochs} epochs of {args.model} at {args.imgsz} (Optuna TPE + ASHA)",
-          flush=True)
-    result = tune(StudyConfig(
-        data=prepared.data_yaml, model=args.model, trials=args.trials, epochs=args.epochs, imgsz=args.imgsz, batch=16,
-        cpus_per_trial=1, storage=str(out / "tune"), name="demo-study", experiment="facemask-demo", seed=args.seed,
-        final_epochs=args.final_epochs,
-    ))
+    print(
+        f"[3/5] tuning: {args.trials} trials x {args.epochs} epochs of {args.model} at {args.imgsz} "
+        "(Optuna TPE + ASHA)",
+        flush=True,
+    )
+    result = tune(
+        StudyConfig(
+            data=prepared.data_yaml,
+            model=args.model,
+            trials=args.trials,
+            epochs=args.epochs,
+            imgsz=args.imgsz,
+            batch=16,
+            cpus_per_trial=1,
+            storage=str(out / "tune"),
+            name="demo-study",
+            experiment="facemask-demo",
+            seed=args.seed,
+            final_epochs=args.final_epochs,
+        )
+    )
     print("[4/5] registered, evaluated on the clean test split, gated:")
     print(study_table(result))
     uri = os.environ["MLFLOW_TRACKING_URI"]
-    model_uri = "models:/facemask-detector@champion" if result.promoted or result.version is None else f"models:/facemask-detector/{result.version}"
+    model_uri = (
+        "models:/facemask-detector@champion"
+        if result.promoted or result.version is None
+        else f"models:/facemask-detector/{result.version}"
+    )
     url, query = serve_and_query(model_uri, prepared.data_yaml.parent / "images" / "test", args.port, args.imgsz)
     if not args.keep_serving:
         import ray
@@ -100,6 +124,7 @@ def main() -> None:
         finally:
             stop_serving()
 
+
 def serve_and_query(model_uri: str, test_images: Path, port: int, imgsz: int) -> tuple[str, str]:
     """Start Serve with the model and send one held-out test image over HTTP: (URL, the answer as text)."""
     from facemask.cli import detections_table, start_serving
@@ -111,8 +136,11 @@ def serve_and_query(model_uri: str, test_images: Path, port: int, imgsz: int) ->
     image = sorted(test_images.iterdir())[0]
     # A few epochs from scratch leave confidences low; 0.1 shows what the model found.
     result = Client(url).predict(image, conf=0.1, max_det=10, imgsz=imgsz)
-    return url, (f"Ray Serve at {url}: POST /predict with the held-out test image {image.name} (conf 0.1):\n"
-                 + detections_table(result))
+    return url, (
+        f"Ray Serve at {url}: POST /predict with the held-out test image {image.name} (conf 0.1):\n"
+        + detections_table(result)
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -121,15 +121,32 @@ def registered_detector(tiny_data, mlflow_server, tmp_path_factory) -> dict:
     name = "serve-test-detector"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-        result = train(TrainConfig(
-            data=tiny_data, model="yolo26n.yaml", epochs=1, imgsz=160, batch=8, device="cpu", workers=0,
-            experiment="serve-tests", project=tmp_path_factory.mktemp("serve-train"), plots=False,
-            register=True, registered_model=name,
-        ))
+        result = train(
+            TrainConfig(
+                data=tiny_data,
+                model="yolo26n.yaml",
+                epochs=1,
+                imgsz=160,
+                batch=8,
+                device="cpu",
+                workers=0,
+                experiment="serve-tests",
+                project=tmp_path_factory.mktemp("serve-train"),
+                plots=False,
+                register=True,
+                registered_model=name,
+            )
+        )
         other = log_and_register(result.run_id, result.last, {"note": "second version"}, name=name)
         set_alias(name, "champion", result.version)
-    return {"name": name, "weights": result.best, "run_id": result.run_id, "champion": result.version,
-            "other": other, "tracking_uri": mlflow_server.uri}
+    return {
+        "name": name,
+        "weights": result.best,
+        "run_id": result.run_id,
+        "champion": result.version,
+        "other": other,
+        "tracking_uri": mlflow_server.uri,
+    }
 
 
 @pytest.fixture(scope="session")

@@ -58,10 +58,26 @@ class MlflowServer:
     def start(self, wait: bool = True) -> "MlflowServer":
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.root,
         )
         if wait:
             self.wait()
@@ -108,9 +124,24 @@ class RayCluster:
         # A small object store per node: several nodes share this machine's memory.
         # Ports of our own: Ray's fixed defaults (the job agent's 52365) clash with any other Ray on the machine.
         ports = ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
-        proc = subprocess.Popen([ray, "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
-                                 "--object-store-memory", str(300 * 2**20), *ports, *args],
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                ray,
+                "start",
+                "--block",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--disable-usage-stats",
+                "--object-store-memory",
+                str(300 * 2**20),
+                *ports,
+                *args,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         return proc
 
@@ -120,24 +151,46 @@ class RayCluster:
         # Ray starts a head without authentication when no token exists; never start one like that.
         if self.env.get("RAY_AUTH_MODE") != "token":
             raise RuntimeError("refusing to start a Ray head without token auth: set RAY_AUTH_MODE=token")
-        proc = self._start(["--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
-                            "--resources", json.dumps(resources), "--include-dashboard", "true",
-                            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-                            "--temp-dir", str(self.root / "head")], "head")
+        proc = self._start(
+            [
+                "--head",
+                "--port",
+                str(self.port),
+                "--num-cpus",
+                str(num_cpus),
+                "--resources",
+                json.dumps(resources),
+                "--include-dashboard",
+                "true",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(self.dashboard_port),
+                "--temp-dir",
+                str(self.root / "head"),
+            ],
+            "head",
+        )
         wait_port(self.dashboard_port, proc=proc)
 
     def add_node(self, num_cpus: int, resources: dict[str, float]) -> None:
         import json
 
-        self._start(["--address", self.address, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources)],
-                    f"node{len(self.procs)}")
+        self._start(
+            ["--address", self.address, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources)],
+            f"node{len(self.procs)}",
+        )
 
     def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
         ray = str(Path(sys.executable).with_name("ray"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = subprocess.run([ray, "list", "nodes", "--address", self.address, "--format", "json",
-                                  "--filter", "state=ALIVE"], env=self.env, capture_output=True, text=True)
+            out = subprocess.run(
+                [ray, "list", "nodes", "--address", self.address, "--format", "json", "--filter", "state=ALIVE"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+            )
             if out.returncode == 0 and out.stdout.count('"node_id"') >= count:
                 return
             time.sleep(2)
@@ -170,8 +223,15 @@ def wait_port(port: int, timeout: float = 120, proc: subprocess.Popen | None = N
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def launch_chromium(playwright, *extra: str):
@@ -186,11 +246,12 @@ def assert_last_box_in_its_class_colour(page) -> None:
     sits on its top edge.
     """
     pixel, color = page.evaluate("""() => {
-        const b = window.lastDrawn[window.lastDrawn.length - 1], ctx = document.getElementById('canvas').getContext('2d');
+        const b = window.lastDrawn[window.lastDrawn.length - 1];
+        const ctx = document.getElementById('canvas').getContext('2d');
         const x = Math.round(b.x1), y = Math.round((b.y1 + b.y2) / 2);
         return [Array.from(ctx.getImageData(Math.max(0, x), y, 1, 1).data.slice(0, 3)), b.color];
     }""")
-    want = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    want = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
     assert max(abs(a - b) for a, b in zip(pixel, want)) <= 40, (pixel, want)
 
 

@@ -55,9 +55,18 @@ def _pyfunc_signature():
 
     return ModelSignature(
         inputs=Schema([ColSpec("string", "image")]),
-        outputs=Schema([ColSpec("long", "image"), ColSpec("string", "label"), ColSpec("long", "class_id"),
-                        ColSpec("double", "confidence"), ColSpec("double", "x1"), ColSpec("double", "y1"),
-                        ColSpec("double", "x2"), ColSpec("double", "y2")]),
+        outputs=Schema(
+            [
+                ColSpec("long", "image"),
+                ColSpec("string", "label"),
+                ColSpec("long", "class_id"),
+                ColSpec("double", "confidence"),
+                ColSpec("double", "x1"),
+                ColSpec("double", "y1"),
+                ColSpec("double", "x2"),
+                ColSpec("double", "y2"),
+            ]
+        ),
         params=ParamSchema([ParamSpec("conf", "double", 0.25)]),
     )
 
@@ -79,7 +88,9 @@ def model_version(model_uri: str, uri: str | None = None):
         versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{name}'"))
         what = f"alias {alias!r}" if alias else f"version {version}"
         hint = "promote one with `facemask promote`" if alias else "pick an existing version"
-        raise ModelNotFoundError(f"{model_uri}: {name!r} has no {what} (versions: {versions or 'none'}); {hint}") from None
+        raise ModelNotFoundError(
+            f"{model_uri}: {name!r} has no {what} (versions: {versions or 'none'}); {hint}"
+        ) from None
 
 
 def version_metrics(mv) -> dict[str, float]:
@@ -115,7 +126,7 @@ def fetch_model(model_uri: str, uri: str | None = None, backend: str = "pt") -> 
                     f"{model_uri}: version {version} has no ONNX export; run `facemask export --model-uri {model_uri}`"
                 )
     else:
-        run_id = model_uri[len("runs:/"):].split("/", 1)[0]
+        run_id = model_uri[len("runs:/") :].split("/", 1)[0]
     try:
         with using_tracking_uri(uri):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
@@ -123,7 +134,9 @@ def fetch_model(model_uri: str, uri: str | None = None, backend: str = "pt") -> 
         raise ModelNotFoundError(f"{model_uri}: could not download its artifacts from {uri} ({exc})") from None
     weights = local if local.is_file() else find_weights(local, prefer=f".{backend}")
     if weights.suffix != f".{backend}":
-        raise ModelNotFoundError(f"{model_uri}: no .{backend} weights in {source}; for ONNX run `facemask export` first")
+        raise ModelNotFoundError(
+            f"{model_uri}: no .{backend} weights in {source}; for ONNX run `facemask export` first"
+        )
     return ModelInfo(uri=model_uri, weights=str(weights), name=name, version=version, run_id=run_id, metrics=metrics)
 
 
@@ -159,6 +172,13 @@ def list_versions(name: str = REGISTERED_MODEL, uri: str | None = None) -> list[
             aliases.setdefault(str(version), []).append(alias)
     out = []
     for mv in sorted(versions, key=lambda v: -int(v.version)):
-        out.append({"name": mv.name, "version": str(mv.version), "run_id": mv.run_id,
-                    "aliases": sorted(aliases.get(str(mv.version), [])), "metrics": version_metrics(mv)})
+        out.append(
+            {
+                "name": mv.name,
+                "version": str(mv.version),
+                "run_id": mv.run_id,
+                "aliases": sorted(aliases.get(str(mv.version), [])),
+                "metrics": version_metrics(mv),
+            }
+        )
     return out

@@ -42,7 +42,7 @@ def tracking_uri() -> str:
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI, else None."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 def artifact_root(uri: str) -> str | None:
@@ -196,8 +196,9 @@ class RunLogger:
     def _start_monitor(self) -> None:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=5, samples_before_logging=1,
-                                             tracking_uri=self.uri)
+        self._monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=5, samples_before_logging=1, tracking_uri=self.uri
+        )
         self._monitor.start()
 
     def _call(self, fn, *args, **kwargs):
@@ -312,7 +313,12 @@ class RunLogger:
             if time.monotonic() >= deadline:
                 break
             time.sleep(2.0)
-        log.warning("could not mark MLflow run %s as %s: the tracking server at %s did not answer", self.run_id, status, self.uri)
+        log.warning(
+            "could not mark MLflow run %s as %s: the tracking server at %s did not answer",
+            self.run_id,
+            status,
+            self.uri,
+        )
         return False
 
     def __enter__(self) -> "RunLogger":
@@ -325,7 +331,9 @@ class RunLogger:
             self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
 
 
-def log_to_run(run_id: str, metrics: dict[str, float], artifacts: list[tuple[Path, str]], uri: str | None = None) -> bool:
+def log_to_run(
+    run_id: str, metrics: dict[str, float], artifacts: list[tuple[Path, str]], uri: str | None = None
+) -> bool:
     """Add metrics and artifacts to an existing (possibly finished) run, without reopening it.
 
     Best-effort like every RunLogger call; returns False if MLflow did not take all of it.
@@ -346,8 +354,11 @@ def find_child_run(parent_run_id: str, tag: str, value: str, uri: str | None = N
     try:
         c = client(uri)
         parent = c.get_run(parent_run_id)
-        runs = c.search_runs([parent.info.experiment_id],
-                             f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{tag}` = '{value}'", max_results=1)
+        runs = c.search_runs(
+            [parent.info.experiment_id],
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{tag}` = '{value}'",
+            max_results=1,
+        )
         return runs[0].info.run_id if runs else None
     except Exception:  # logging is best-effort; a new run is the fallback
         return None
@@ -368,8 +379,9 @@ def end_open_runs(run_id: str, status: str, uri: str | None = None, tags: dict[s
     what a stopped study leaves open. Returns the ids it closed; `--resume` reopens them."""
     c = client(uri)
     parent = c.get_run(run_id)
-    children = c.search_runs([parent.info.experiment_id],
-                             f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'")
+    children = c.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"
+    )
     closed = []
     for run in [parent, *children]:
         if run.info.status == "RUNNING":
@@ -380,8 +392,9 @@ def end_open_runs(run_id: str, status: str, uri: str | None = None, tags: dict[s
     return closed
 
 
-def close_run(run_id: str, status: str, tags: dict[str, str], weights: Path | None = None,
-              uri: str | None = None) -> None:
+def close_run(
+    run_id: str, status: str, tags: dict[str, str], weights: Path | None = None, uri: str | None = None
+) -> None:
     """End a run as `status` with `tags`; upload `weights` as weights/<name> unless the run has it already."""
     c = client(uri)
     if weights is not None and weights.is_file():

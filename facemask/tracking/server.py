@@ -37,9 +37,27 @@ def study_tracking_uri(uri: str | None = None) -> Iterator[str]:
     port = free_port()
     log_file = open(db.parent / f".mlflow-server-{port}.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", uri, "--default-artifact-root", str(artifacts), "--no-serve-artifacts"],
-        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            uri,
+            "--default-artifact-root",
+            str(artifacts),
+            "--no-serve-artifacts",
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     served = f"http://127.0.0.1:{port}"
     try:

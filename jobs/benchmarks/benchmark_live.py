@@ -93,8 +93,13 @@ def paced(url: str, jpegs: list[bytes], imgsz: int, count: int) -> dict:
             latencies.append((time.perf_counter() - t) * 1000)
             model_ms.append(answer["timings"]["inference_ms"])
         seconds = time.perf_counter() - started
-    return {"fps": count / seconds, "p50": pct(latencies, 50), "p95": pct(latencies, 95), "dropped": 0.0,
-            "model_ms": statistics.median(model_ms)}
+    return {
+        "fps": count / seconds,
+        "p50": pct(latencies, 50),
+        "p95": pct(latencies, 95),
+        "dropped": 0.0,
+        "model_ms": statistics.median(model_ms),
+    }
 
 
 def flooded(url: str, jpegs: list[bytes], imgsz: int, seconds: float, rate: float = 30.0) -> dict:
@@ -126,8 +131,12 @@ def flooded(url: str, jpegs: list[bytes], imgsz: int, seconds: float, rate: floa
         elapsed = time.perf_counter() - started
     results = [a for a in answers if a["type"] == "result"]
     latencies = [(a["at"] - sent_at[a["frame"]]) * 1000 for a in results]
-    return {"fps": len(results) / elapsed, "p50": pct(latencies, 50), "p95": pct(latencies, 95),
-            "dropped": 1 - len(results) / (last + 1)}
+    return {
+        "fps": len(results) / elapsed,
+        "p50": pct(latencies, 50),
+        "p95": pct(latencies, 95),
+        "dropped": 1 - len(results) / (last + 1),
+    }
 
 
 def main() -> None:
@@ -152,8 +161,11 @@ def main() -> None:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
-            serve.run(build_app(AppArgs(model_uri=model, deployment_options={"ray_actor_options": {"num_cpus": 1}})),
-                      name="live", route_prefix="/")
+            serve.run(
+                build_app(AppArgs(model_uri=model, deployment_options={"ray_actor_options": {"num_cpus": 1}})),
+                name="live",
+                route_prefix="/",
+            )
             url = f"ws://127.0.0.1:{port}/live"
             for size in sizes:
                 results[("live, paced", size)] = paced(url, jpegs, size, args.frames)
@@ -164,8 +176,10 @@ def main() -> None:
     print(f"{'path':26s} {'imgsz':>5s} {'frames/s':>9s} {'p50 ms':>7s} {'p95 ms':>7s} {'dropped':>8s} {'vs plain':>9s}")
     for (name, size), r in results.items():
         base = results[("plain, in one process", size)]["fps"]
-        print(f"{name:26s} {size:5d} {r['fps']:9.1f} {r['p50']:7.1f} {r['p95']:7.1f} {r['dropped']:8.0%} "
-              f"{r['fps'] / base:8.2f}x")
+        print(
+            f"{name:26s} {size:5d} {r['fps']:9.1f} {r['p50']:7.1f} {r['p95']:7.1f} {r['dropped']:8.0%} "
+            f"{r['fps'] / base:8.2f}x"
+        )
 
 
 if __name__ == "__main__":

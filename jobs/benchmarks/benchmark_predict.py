@@ -41,7 +41,8 @@ from PIL import Image
 from facemask.batch_predict import annotate, record
 from facemask.detector import load_detector, upright_rgb
 from facemask.settings import IMAGE_SUFFIXES
-model, folder, out, imgsz, conf, batch = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+model, folder, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+imgsz, conf, batch = int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
 detector = load_detector(model, warm=True)
 paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 (out / "annotated").mkdir(parents=True)
@@ -105,35 +106,71 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = args.model_uri or str(untrained_weights(tmp))
-        common = ["--model-uri", model, "--imgsz", str(args.imgsz), "--conf", str(args.conf),
-                  "--batch-size", str(args.batch_size)]
+        common = [
+            "--model-uri",
+            model,
+            "--imgsz",
+            str(args.imgsz),
+            "--conf",
+            str(args.conf),
+            "--batch-size",
+            str(args.batch_size),
+        ]
         facemask = [sys.executable, "-c", "from facemask.cli import main; main()", "predict", str(args.images)]
         rows = {}
-        seconds, stdout = run([sys.executable, "-c", PLAIN, model, str(args.images), str(tmp / "plain"),
-                               str(args.imgsz), str(args.conf), str(args.batch_size)])
+        seconds, stdout = run(
+            [
+                sys.executable,
+                "-c",
+                PLAIN,
+                model,
+                str(args.images),
+                str(tmp / "plain"),
+                str(args.imgsz),
+                str(args.conf),
+                str(args.batch_size),
+            ]
+        )
         work, count = next(line.split()[1:] for line in stdout.splitlines() if line.startswith("WORK "))
         rows["plain loop"] = (seconds, float(work), tmp / "plain")
         for engine in ("local", "ray"):
             out = tmp / engine
             seconds, _ = run([*facemask, "--out", str(out), "--engine", engine, *common])
-            rows[f"facemask predict --engine {engine}"] = (seconds, json.loads((out / "summary.json").read_text())["seconds"], out)
+            rows[f"facemask predict --engine {engine}"] = (
+                seconds,
+                json.loads((out / "summary.json").read_text())["seconds"],
+                out,
+            )
         with ray_head(tmp) as env:
             out = tmp / "cluster"
             seconds, _ = run([*facemask, "--out", str(out), "--engine", "ray", *common], env=env)
-            rows["... --engine ray, on a running cluster"] = (seconds, json.loads((out / "summary.json").read_text())["seconds"], out)
+            rows["... --engine ray, on a running cluster"] = (
+                seconds,
+                json.loads((out / "summary.json").read_text())["seconds"],
+                out,
+            )
         want = detections(tmp / "plain")
         n = int(count)
-        print(f"{n} images from {args.images}; model {args.model_uri or 'untrained yolo26n'}; imgsz {args.imgsz}; "
-              f"batch {args.batch_size}; CPU")
-        print(f"{'path':40s} {'whole s':>8s} {'images/s':>9s} {'work s':>7s} {'images/s':>9s} {'vs plain':>9s}  detections vs plain")
+        print(
+            f"{n} images from {args.images}; model {args.model_uri or 'untrained yolo26n'}; imgsz {args.imgsz}; "
+            f"batch {args.batch_size}; CPU"
+        )
+        print(
+            f"{'path':40s} {'whole s':>8s} {'images/s':>9s} {'work s':>7s} {'images/s':>9s} "
+            f"{'vs plain':>9s}  detections vs plain"
+        )
         base_whole, base_work = rows["plain loop"][0], rows["plain loop"][1]
         for name, (whole, work, out) in rows.items():
-            print(f"{name:40s} {whole:8.1f} {n / whole:9.1f} {work:7.1f} {n / work:9.1f} "
-                  f"{base_whole / whole:8.2f}x  {compare(want, detections(out))}")
+            print(
+                f"{name:40s} {whole:8.1f} {n / whole:9.1f} {work:7.1f} {n / work:9.1f} "
+                f"{base_whole / whole:8.2f}x  {compare(want, detections(out))}"
+            )
         ray_whole = rows["facemask predict --engine ray"][0]
-        print(f"\ntarget: facemask predict (ray) at least 1.20x the plain loop, whole process: "
-              f"{base_whole / ray_whole:.2f}x ({'met' if base_whole / ray_whole >= 1.2 else 'MISSED'}); "
-              f"work only: {base_work / rows['facemask predict --engine ray'][1]:.2f}x")
+        print(
+            f"\ntarget: facemask predict (ray) at least 1.20x the plain loop, whole process: "
+            f"{base_whole / ray_whole:.2f}x ({'met' if base_whole / ray_whole >= 1.2 else 'MISSED'}); "
+            f"work only: {base_work / rows['facemask predict --engine ray'][1]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -4,14 +4,16 @@ Every run is the whole command in a fresh process, as a user types it (imports, 
 Ray cluster's start and stop included), with the engines alternating so that neither
 gets the warmer page cache. A fourth column, `cluster`, runs `--engine auto` against a
 Ray head this benchmark started beforehand (`ray start --head` on loopback, token auth),
-as under `ray job submit`: no cluster to start, and Ray Data's actors stay up between runs. The inputs are the shared real set and copies of it scaled
-4x and 10x (each copy's files renamed, their XML pointing at the new names). Per run:
+as under `ray job submit`: no cluster to start, and Ray Data's actors stay up between runs.
+The inputs are the shared real set and copies of it scaled 4x and 10x (each copy's files
+renamed, their XML pointing at the new names). Per run:
 wall seconds of the whole process; the parse and write stage seconds inside prepare;
 peak memory as the PSS of the whole process tree (driver, Ray's services and workers),
-sampled every 0.5 s (for `cluster`, the client process alone). It then checks the targets and that all engines wrote the same
-bytes.
+sampled every 0.5 s (for `cluster`, the client process alone). It then checks the targets
+and that all engines wrote the same bytes.
 
-    python jobs/benchmarks/benchmark_prepare.py [--source ../shared/datasets/face-mask-detection] [--scales 1,4,10] [--repeats 3]
+    python jobs/benchmarks/benchmark_prepare.py [--source ../shared/datasets/face-mask-detection] \
+        [--scales 1,4,10] [--repeats 3]
 
 Run `facemask -v data prepare --engine ray ...` with FACEMASK_DEBUG=1 to see Ray Data's
 own per-stage stats.
@@ -25,9 +27,9 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
-import shutil
 import statistics
 import subprocess
 import sys
@@ -68,8 +70,12 @@ def scaled_copy(source: Path, dest: Path, times: int) -> Path:
         for image in (source / "images").iterdir():
             shutil.copyfile(image, dest / "images" / f"{image.stem}_x{k}{image.suffix}")
         for xml in (source / "annotations").glob("*.xml"):
-            text = re.sub(r"<filename>(.*?)(\.\w+)?</filename>",
-                          lambda m: f"<filename>{m.group(1)}_x{k}{m.group(2) or ''}</filename>", xml.read_text(), count=1)
+            text = re.sub(
+                r"<filename>(.*?)(\.\w+)?</filename>",
+                lambda m: f"<filename>{m.group(1)}_x{k}{m.group(2) or ''}</filename>",
+                xml.read_text(),
+                count=1,
+            )
             (dest / "annotations" / f"{xml.stem}_x{k}.xml").write_text(text)
     return dest
 
@@ -85,15 +91,36 @@ def ray_head(tmp: Path):
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     ray = str(Path(sys.executable).with_name("ray"))
-    head = subprocess.Popen([ray, "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
-                             "--num-cpus", str(os.cpu_count()), "--include-dashboard", "false",
-                             "--disable-usage-stats", "--temp-dir", str(tmp / "ray")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    head = subprocess.Popen(
+        [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(port),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            str(os.cpu_count()),
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            str(tmp / "ray"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
         deadline = time.monotonic() + 60
-        while subprocess.run([ray, "status", "--address", env["RAY_ADDRESS"]], env=env,
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run([ray, "status", "--address", env["RAY_ADDRESS"]], env=env, capture_output=True).returncode
+            != 0
+        ):
             if time.monotonic() > deadline or head.poll() is not None:
                 raise SystemExit("the benchmark's Ray head did not come up")
             time.sleep(1)
@@ -105,12 +132,30 @@ def ray_head(tmp: Path):
 
 def run_once(engine: str, source: Path, out: Path, env: dict | None = None) -> dict:
     """One `facemask data prepare` in a fresh process: wall seconds, stage seconds, peak PSS."""
-    command = [sys.executable, "-c", "from facemask.cli import main; main()", "-v", "data", "prepare",
-               "--source", str(source), "--out", str(out), "--engine", "auto" if engine == "cluster" else engine,
-               "--no-plots"]
+    command = [
+        sys.executable,
+        "-c",
+        "from facemask.cli import main; main()",
+        "-v",
+        "data",
+        "prepare",
+        "--source",
+        str(source),
+        "--out",
+        str(out),
+        "--engine",
+        "auto" if engine == "cluster" else engine,
+        "--no-plots",
+    ]
     started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env=env if engine == "cluster" else None)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env if engine == "cluster" else None,
+    )
     peak, stop = 0, threading.Event()
 
     def sample() -> None:
@@ -130,8 +175,15 @@ def run_once(engine: str, source: Path, out: Path, env: dict | None = None) -> d
     ran, parse, write = STAGES.search(stderr).groups()
     manifest = json.loads((out / "manifest.json").read_text())
     shutil.rmtree(out)
-    return {"seconds": seconds, "parse": float(parse), "write": float(write), "ran": ran, "peak": peak,
-            "outputs": manifest["outputs"]["sha256"], "images": manifest["inputs"]["annotations"]}
+    return {
+        "seconds": seconds,
+        "parse": float(parse),
+        "write": float(write),
+        "ran": ran,
+        "peak": peak,
+        "outputs": manifest["outputs"]["sha256"],
+        "images": manifest["inputs"]["annotations"],
+    }
 
 
 def main() -> None:
@@ -155,8 +207,11 @@ def main() -> None:
                 time.sleep(3)
                 run = run_once(engine, source, Path(tmp) / f"out-{engine}", env)
                 results[scale][engine].append(run)
-                print(f"  {scale}x {engine:7s} run {len(results[scale][engine])}: {run['seconds']:.1f}s "
-                      f"(ran {run['ran']})", flush=True)
+                print(
+                    f"  {scale}x {engine:7s} run {len(results[scale][engine])}: {run['seconds']:.1f}s "
+                    f"(ran {run['ran']})",
+                    flush=True,
+                )
 
             for _ in range(repeats):
                 for engine in ("local", "ray", "auto"):
@@ -172,14 +227,19 @@ def main() -> None:
         return statistics.median(r[key] for r in results[scale][engine])
 
     print(f"\nsource: {args.source}; whole process, median of each engine's runs; peak = max PSS of the process tree")
-    print(f"{'images':>7s} {'engine':>7s} {'ran':>5s} {'seconds':>8s} {'images/s':>9s} {'parse s':>8s} {'write s':>8s} {'peak PSS':>9s}")
+    print(
+        f"{'images':>7s} {'engine':>7s} {'ran':>5s} {'seconds':>8s} {'images/s':>9s} {'parse s':>8s} "
+        f"{'write s':>8s} {'peak PSS':>9s}"
+    )
     for scale in scales:
         for engine in ENGINES:
             runs = results[scale][engine]
             n = runs[0]["images"]
-            print(f"{n:7d} {engine:>7s} {runs[0]['ran']:>5s} {med(scale, engine, 'seconds'):8.2f} "
-                  f"{n / med(scale, engine, 'seconds'):9.1f} {med(scale, engine, 'parse'):8.2f} "
-                  f"{med(scale, engine, 'write'):8.2f} {max(r['peak'] for r in runs) / 2**30:8.2f}G")
+            print(
+                f"{n:7d} {engine:>7s} {runs[0]['ran']:>5s} {med(scale, engine, 'seconds'):8.2f} "
+                f"{n / med(scale, engine, 'seconds'):9.1f} {med(scale, engine, 'parse'):8.2f} "
+                f"{med(scale, engine, 'write'):8.2f} {max(r['peak'] for r in runs) / 2**30:8.2f}G"
+            )
 
     checks = []
     mid = 4 if 4 in scales else scales[-1]

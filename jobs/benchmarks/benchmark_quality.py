@@ -17,7 +17,8 @@ Variants (`--variants`, comma-separated):
     imgsz       a larger image (`--large-imgsz`) at the baseline's wall-clock
     tuned       the best trial of a small `facemask tune` study on the same data, trained as long as the baseline
 
-    python jobs/benchmarks/benchmark_quality.py [--source ../shared/datasets/face-mask-detection] [--epochs 8] [--seeds 0,1]
+    python jobs/benchmarks/benchmark_quality.py [--source ../shared/datasets/face-mask-detection] \
+        [--epochs 10] [--seeds 0,1]
 
 The test split is 25% of the images here (the product's default is 10%): 68 test images
 hold 9 incorrectly worn masks, too few to tell one recipe from another.
@@ -62,8 +63,15 @@ def prepare_data(source: Path, out: Path, split: tuple, seed: int, balance: floa
 
     made = {}
     for name, ratio in (("originals", 0.0), ("copy_paste", balance)):
-        cfg = PrepareConfig(source=source, out=out / name, engine="local", seed=seed, split=split, plots=False,
-                            augment=AugmentConfig(balance_ratio=ratio))
+        cfg = PrepareConfig(
+            source=source,
+            out=out / name,
+            engine="local",
+            seed=seed,
+            split=split,
+            plots=False,
+            augment=AugmentConfig(balance_ratio=ratio),
+        )
         made[name] = prepare(cfg).data_yaml
     return made
 
@@ -75,17 +83,40 @@ def run_study(data: Path, args, out: Path, parent: str) -> dict:
     from facemask.tune import tune
 
     init_ray()
-    cfg = StudyConfig(data=data, model=args.model, trials=args.study_trials, epochs=args.study_epochs,
-                      imgsz=args.imgsz, batch=args.batch, cpus_per_trial=1, storage=str(out / "study"),
-                      name="quality-study", experiment=args.experiment, register=False, seed=0)
+    cfg = StudyConfig(
+        data=data,
+        model=args.model,
+        trials=args.study_trials,
+        epochs=args.study_epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        cpus_per_trial=1,
+        storage=str(out / "study"),
+        name="quality-study",
+        experiment=args.experiment,
+        register=False,
+        seed=0,
+    )
     result = tune(cfg)
-    print(f"study: {args.study_trials} trials x {args.study_epochs} epochs in {result.seconds / 60:.1f} min; "
-          f"best trial {result.best_trial}: {result.best_val}", flush=True)
+    print(
+        f"study: {args.study_trials} trials x {args.study_epochs} epochs in {result.seconds / 60:.1f} min; "
+        f"best trial {result.best_trial}: {result.best_val}",
+        flush=True,
+    )
     return dict(result.best_config)
 
 
-def train_and_score(name: str, data: Path, seed: int, args, out: Path, parent: str, epochs: int,
-                    overrides: dict | None = None, imgsz: int | None = None) -> dict:
+def train_and_score(
+    name: str,
+    data: Path,
+    seed: int,
+    args,
+    out: Path,
+    parent: str,
+    epochs: int,
+    overrides: dict | None = None,
+    imgsz: int | None = None,
+) -> dict:
     """One training and its test-split score (with the per-image predictions kept)."""
     from facemask.evaluate import evaluate
     from facemask.settings import TrainConfig
@@ -94,22 +125,46 @@ def train_and_score(name: str, data: Path, seed: int, args, out: Path, parent: s
 
     imgsz = imgsz or args.imgsz
     started = time.perf_counter()
-    result = train(TrainConfig(data=data, model=args.model, epochs=epochs, imgsz=imgsz, batch=args.batch, device="cpu",
-                               workers=args.workers, project=out / "runs", run_name=f"{name}-seed{seed}", seed=seed,
-                               plots=False, experiment=args.experiment, parent_run_id=parent,
-                               overrides=dict(overrides or {}), tags={"facemask.variant": name}))
+    result = train(
+        TrainConfig(
+            data=data,
+            model=args.model,
+            epochs=epochs,
+            imgsz=imgsz,
+            batch=args.batch,
+            device="cpu",
+            workers=args.workers,
+            project=out / "runs",
+            run_name=f"{name}-seed{seed}",
+            seed=seed,
+            plots=False,
+            experiment=args.experiment,
+            parent_run_id=parent,
+            overrides=dict(overrides or {}),
+            tags={"facemask.variant": name},
+        )
+    )
     seconds = time.perf_counter() - started
-    scored = evaluate(str(result.best), args.test_data, imgsz=imgsz, device="cpu", log_results=False,
-                      resamples=args.resamples)
+    scored = evaluate(
+        str(result.best), args.test_data, imgsz=imgsz, device="cpu", log_results=False, resamples=args.resamples
+    )
     preds = out / "predictions" / f"{name}-seed{seed}.npz"
     preds.parent.mkdir(parents=True, exist_ok=True)
     scored.predictions.save(preds)
     logger = RunLogger(run_id=result.run_id, system_metrics=False)
     logger.log_metrics(scored.intervals.metrics("test_bootstrap") | {"benchmark/train_seconds": seconds})
     logger.log_artifact(preds, "evaluation/test")
-    return {"variant": name, "seed": seed, "epochs": result.epochs_run,
-            "steps": result.epochs_run * steps_per_epoch(data, args.batch), "train_seconds": seconds,
-            "imgsz": imgsz, "run_id": result.run_id, "predictions": str(preds), "test": scored.intervals.to_dict()}
+    return {
+        "variant": name,
+        "seed": seed,
+        "epochs": result.epochs_run,
+        "steps": result.epochs_run * steps_per_epoch(data, args.batch),
+        "train_seconds": seconds,
+        "imgsz": imgsz,
+        "run_id": result.run_id,
+        "predictions": str(preds),
+        "test": scored.intervals.to_dict(),
+    }
 
 
 def fmt(values: list[float]) -> str:
@@ -117,25 +172,36 @@ def fmt(values: list[float]) -> str:
 
 
 def report(rows: list[dict], differences: dict[str, BootstrapResult], baseline: str) -> str:
-    lines = [f"{'variant':11s} {'seed':>4s} {'steps':>6s} {'min':>5s}  {'mAP50 [95% CI]':>21s}  {'mAP50-95 [95% CI]':>21s}  "
-             f"{'without_mask AP50':>21s}  {'incorrect AP50':>21s}"]
+    lines = [
+        f"{'variant':11s} {'seed':>4s} {'steps':>6s} {'min':>5s}  {'mAP50 [95% CI]':>21s}  {'mAP50-95 [95% CI]':>21s}  "
+        f"{'without_mask AP50':>21s}  {'incorrect AP50':>21s}"
+    ]
     for r in rows:
         t = r["test"]
         per = t["per_class"]
-        lines.append(f"{r['variant']:11s} {r['seed']:4d} {r['steps']:6d} {r['train_seconds'] / 60:5.1f}  "
-                     f"{fmt(t['overall']['mAP50']):>21s}  {fmt(t['overall']['mAP50-95']):>21s}  "
-                     f"{fmt(per['without_mask']['mAP50']):>21s}  {fmt(per['mask_weared_incorrect']['mAP50']):>21s}")
+        lines.append(
+            f"{r['variant']:11s} {r['seed']:4d} {r['steps']:6d} {r['train_seconds'] / 60:5.1f}  "
+            f"{fmt(t['overall']['mAP50']):>21s}  {fmt(t['overall']['mAP50-95']):>21s}  "
+            f"{fmt(per['without_mask']['mAP50']):>21s}  {fmt(per['mask_weared_incorrect']['mAP50']):>21s}"
+        )
     objects = rows[0]["test"]["objects"]
-    lines.append(f"test split: {rows[0]['test']['images']} images, objects " + ", ".join(f"{k}={v}" for k, v in objects.items()))
+    lines.append(
+        f"test split: {rows[0]['test']['images']} images, objects " + ", ".join(f"{k}={v}" for k, v in objects.items())
+    )
     lines.append("")
     lines.append(f"paired differences against {baseline} (mean over seeds; 95% interval over images and seeds):")
-    lines.append(f"{'variant':11s}  {'Δ mAP50':>24s}  {'Δ mAP50-95':>24s}  {'Δ without_mask AP50':>24s}  {'Δ incorrect AP50':>24s}  verdict")
+    lines.append(
+        f"{'variant':11s}  {'Δ mAP50':>24s}  {'Δ mAP50-95':>24s}  {'Δ without_mask AP50':>24s}  "
+        f"{'Δ incorrect AP50':>24s}  verdict"
+    )
     for name, d in differences.items():
         gain = d.overall["mAP50"]
         verdict = "helps" if gain.low > 0 else "hurts" if gain.high < 0 else "no effect shown"
-        lines.append(f"{name:11s}  {d.overall['mAP50'].signed():>24s}  {d.overall['mAP50-95'].signed():>24s}  "
-                     f"{d.per_class['without_mask']['mAP50'].signed():>24s}  "
-                     f"{d.per_class['mask_weared_incorrect']['mAP50'].signed():>24s}  {verdict}")
+        lines.append(
+            f"{name:11s}  {d.overall['mAP50'].signed():>24s}  {d.overall['mAP50-95'].signed():>24s}  "
+            f"{d.per_class['without_mask']['mAP50'].signed():>24s}  "
+            f"{d.per_class['mask_weared_incorrect']['mAP50'].signed():>24s}  {verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -152,20 +218,28 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="The baseline's epochs; the others match its steps.")
     parser.add_argument("--workers", type=int, default=2, help="Dataloader workers.")
     parser.add_argument("--split", default="0.65,0.1,0.25")
-    parser.add_argument("--balance", type=float, default=0.5, help="copy_paste: each rare class to this share of the majority.")
+    parser.add_argument(
+        "--balance", type=float, default=0.5, help="copy_paste: each rare class to this share of the majority."
+    )
     parser.add_argument("--repeat-threshold", type=float, default=0.3)
     parser.add_argument("--cls-pw", type=float, default=0.5)
     parser.add_argument("--study-trials", type=int, default=4)
     parser.add_argument("--study-epochs", type=int, default=3)
-    parser.add_argument("--tuned-config", type=Path, default=None,
-                        help="tuned: a YAML of hyperparameters (a study's best) instead of running the study.")
+    parser.add_argument(
+        "--tuned-config",
+        type=Path,
+        default=None,
+        help="tuned: a YAML of hyperparameters (a study's best) instead of running the study.",
+    )
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--experiment", default="benchmark-quality")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(ALL_VARIANTS)
     if unknown or "originals" not in variants:
-        parser.error(f"--variants: 'originals' (the baseline) plus any of {', '.join(ALL_VARIANTS)}; unknown: {sorted(unknown)}")
+        parser.error(
+            f"--variants: 'originals' (the baseline) plus any of {', '.join(ALL_VARIANTS)}; unknown: {sorted(unknown)}"
+        )
     if not (args.source / "annotations").is_dir():
         parser.error(f"--source {args.source}: no annotations/ folder (the Kaggle VOC layout)")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -181,15 +255,19 @@ def main() -> None:
     datasets = prepare_data(args.source, out / "data", tuple(float(x) for x in args.split.split(",")), 0, args.balance)
     args.test_data = datasets["originals"]  # every variant is scored on these test images
     if "repeat" in variants:
-        datasets["repeat"], _ = data_with_repeats(datasets["originals"], args.repeat_threshold, 0, out / "data" / "repeat",
-                                                  CLASS_NAMES)
+        datasets["repeat"], _ = data_with_repeats(
+            datasets["originals"], args.repeat_threshold, 0, out / "data" / "repeat", CLASS_NAMES
+        )
     parent = RunLogger(args.experiment, f"ablation-{time.strftime('%Y%m%d-%H%M%S')}", system_metrics=False)
     parent.log_params({k: str(v) for k, v in vars(args).items()})
     baseline_steps = args.epochs * steps_per_epoch(datasets["originals"], args.batch)
     tuned_config = {}
     if "tuned" in variants:
-        tuned_config = (yaml.safe_load(args.tuned_config.read_text()) if args.tuned_config
-                        else run_study(datasets["originals"], args, out, parent.run_id))
+        tuned_config = (
+            yaml.safe_load(args.tuned_config.read_text())
+            if args.tuned_config
+            else run_study(datasets["originals"], args, out, parent.run_id)
+        )
         (out / "tuned_config.yaml").write_text(yaml.safe_dump(tuned_config))
     rows: list[dict] = []
     baseline_seconds: dict[int, float] = {}
@@ -210,21 +288,42 @@ def main() -> None:
             if name == "originals":
                 baseline_seconds[seed] = row["train_seconds"]
             rows.append(row)
-            print(f"{name} seed {seed}: {row['epochs']} epochs, {row['steps']} steps, {row['train_seconds'] / 60:.1f} min; "
-                  f"test mAP50 {fmt(row['test']['overall']['mAP50'])}", flush=True)
+            print(
+                f"{name} seed {seed}: {row['epochs']} epochs, {row['steps']} steps, "
+                f"{row['train_seconds'] / 60:.1f} min; "
+                f"test mAP50 {fmt(row['test']['overall']['mAP50'])}",
+                flush=True,
+            )
     load = {(r["variant"], r["seed"]): ImagePredictions.load(r["predictions"]) for r in rows}
-    differences = {name: paired_bootstrap([load[(name, s)] for s in seeds], [load[("originals", s)] for s in seeds],
-                                          CLASS_NAMES, resamples=args.resamples) for name in variants if name != "originals"}
+    differences = {
+        name: paired_bootstrap(
+            [load[(name, s)] for s in seeds],
+            [load[("originals", s)] for s in seeds],
+            CLASS_NAMES,
+            resamples=args.resamples,
+        )
+        for name in variants
+        if name != "originals"
+    }
     table = report(rows, differences, "originals")
-    print(f"\nyolo26n from scratch on CPU, batch {args.batch}, baseline {args.epochs} epochs = {baseline_steps} steps at "
-          f"{args.imgsz}; seeds {args.seeds}; total {(time.perf_counter() - started) / 60:.0f} min\n{table}")
-    results = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "tuned_config": tuned_config,
-               "differences": {k: v.to_dict() for k, v in differences.items()}}
+    print(
+        f"\nyolo26n from scratch on CPU, batch {args.batch}, baseline {args.epochs} epochs = {baseline_steps} steps at "
+        f"{args.imgsz}; seeds {args.seeds}; total {(time.perf_counter() - started) / 60:.0f} min\n{table}"
+    )
+    results = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "rows": rows,
+        "tuned_config": tuned_config,
+        "differences": {k: v.to_dict() for k, v in differences.items()},
+    }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     parent.log_dict(results, "results.json")
     parent.log_dict({"table": table}, "table.json")
     parent.end("FINISHED")
-    print(f"\nresults: {out / 'results.json'}  MLflow: {os.environ['MLFLOW_TRACKING_URI']} (experiment {args.experiment!r})")
+    print(
+        f"\nresults: {out / 'results.json'}  MLflow: {os.environ['MLFLOW_TRACKING_URI']} (experiment "
+        f"{args.experiment!r})"
+    )
 
 
 if __name__ == "__main__":

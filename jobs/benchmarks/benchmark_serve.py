@@ -13,7 +13,8 @@ It prints requests/s and p50/p95/p99 latency, where a request's time goes (from 
 answers' own timings), then the ratios against their targets.
 Loopback only, and bounded: --requests per level and --max-seconds per level.
 
-    python jobs/benchmarks/benchmark_serve.py [--model-uri PATH.pt|models:/...] [--imgsz 320] [--requests 128] [--ingress proxy|haproxy]
+    python jobs/benchmarks/benchmark_serve.py [--model-uri PATH.pt|models:/...] [--imgsz 320] [--requests 128] \
+        [--ingress proxy|haproxy]
 
 Without --model-uri it builds an untrained yolo26n with our three classes: YOLO26 has no
 NMS, so its cost per image does not depend on training.
@@ -81,8 +82,14 @@ def stats(latencies: list[float], seconds: float, batch_sizes: list[int] | None 
     def pct(p: float) -> float:
         return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000
 
-    return {"requests": len(latencies), "rps": len(latencies) / seconds, "p50": pct(50), "p95": pct(95), "p99": pct(99),
-            "batch": statistics.mean(batch_sizes) if batch_sizes else 1.0}
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / seconds,
+        "p50": pct(50),
+        "p95": pct(95),
+        "p99": pct(99),
+        "batch": statistics.mean(batch_sizes) if batch_sizes else 1.0,
+    }
 
 
 def raw(detector, images: list[bytes], imgsz: int, requests: int, max_seconds: float) -> dict:
@@ -127,7 +134,7 @@ async def load(url: str, images: list[bytes], imgsz: int, concurrency: int, requ
                 parts[key].append(timings[key])
 
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
-        for b in images[:max(3, concurrency)]:  # warm every connection and the batch path
+        for b in images[: max(3, concurrency)]:  # warm every connection and the batch path
             await client.post("/predict", params={"imgsz": imgsz}, content=b)
         started = time.perf_counter()
         await asyncio.gather(*[worker(client) for _ in range(concurrency)])
@@ -195,10 +202,18 @@ def plain_server(model_uri: str, backend: str, device: str, threads: int, port: 
         counts = dict.fromkeys(CLASS_NAMES, 0)
         for d in detections:
             counts[d["label"]] += 1
-        answer = {"detections": detections, "counts": counts, "image": {"width": image.width, "height": image.height},
-                  "timings": {"decode_ms": (decoded - started) * 1000, "queue_ms": 0.0,
-                              "inference_ms": (done - decoded) * 1000, "total_ms": (time.perf_counter() - started) * 1000,
-                              "batch_size": 1}}
+        answer = {
+            "detections": detections,
+            "counts": counts,
+            "image": {"width": image.width, "height": image.height},
+            "timings": {
+                "decode_ms": (decoded - started) * 1000,
+                "queue_ms": 0.0,
+                "inference_ms": (done - decoded) * 1000,
+                "total_ms": (time.perf_counter() - started) * 1000,
+                "batch_size": 1,
+            },
+        }
         return Response(json.dumps(answer), media_type="application/json")
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -219,9 +234,6 @@ def wait_ready(url: str, proc, timeout: float = 120) -> None:
     raise SystemExit(f"the plain server at {url} did not start in {timeout}s")
 
 
-
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-uri", default=None)
@@ -231,15 +243,27 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=60, help="Time bound per level.")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--device", default="cpu", help="cpu, or a GPU index for the PyTorch backend.")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="Inference threads (raw, plain, each replica).")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="Inference threads (raw, plain, each replica)."
+    )
     parser.add_argument("--replicas", type=int, default=1, help="Serve replicas.")
-    parser.add_argument("--replica-threads", type=int, default=None, help="Inference threads per replica (default: threads / replicas).")
+    parser.add_argument(
+        "--replica-threads", type=int, default=None, help="Inference threads per replica (default: threads / replicas)."
+    )
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-wait-s", type=float, default=0.0)
-    parser.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
-                        help="Serve's proxy, or HAProxy in front of the replica's own HTTP server (direct ingress).")
-    parser.add_argument("--guard", choices=["both", "on", "off"], default="both",
-                        help="Serve's proxy with facemask.proxy_guard, without it, or both (on a fresh cluster each).")
+    parser.add_argument(
+        "--ingress",
+        choices=["proxy", "haproxy"],
+        default="proxy",
+        help="Serve's proxy, or HAProxy in front of the replica's own HTTP server (direct ingress).",
+    )
+    parser.add_argument(
+        "--guard",
+        choices=["both", "on", "off"],
+        default="both",
+        help="Serve's proxy with facemask.proxy_guard, without it, or both (on a fresh cluster each).",
+    )
     parser.add_argument("--guard-rounds", type=int, default=2, help="With --guard both: passes of each, alternating.")
     parser.add_argument("--backends", default="pt,onnx")
     parser.add_argument("--skip", default="", help="Modes to leave out, comma-separated: plain, serve.")
@@ -267,9 +291,17 @@ def main() -> None:
     images = load_images(args.images, work)
     if "onnx" in backends:
         export_onnx(model_uri, imgsz=args.imgsz)
-    device_name = torch.cuda.get_device_name(0) if args.device != "cpu" and torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    print(f"model {model_uri}, imgsz {args.imgsz}, {len(images)} images, {args.requests} requests per level, on {device_name}, "
-          f"Serve ingress: {args.ingress}", flush=True)
+    device_name = (
+        torch.cuda.get_device_name(0)
+        if args.device != "cpu" and torch.cuda.is_available()
+        else f"CPU ({os.cpu_count()} cores)"
+    )
+    print(
+        f"model {model_uri}, imgsz {args.imgsz}, {len(images)} images, {args.requests} requests per "
+        f"level, on {device_name}, "
+        f"Serve ingress: {args.ingress}",
+        flush=True,
+    )
 
     results: dict[str, dict] = {}
     for backend in backends:
@@ -280,13 +312,28 @@ def main() -> None:
         if "plain" in skip:
             continue
         port = free_port()
-        proc = subprocess.Popen([sys.executable, __file__, "--plain-server", str(port), "--model-uri", model_uri,
-                                 "--backend", backend, "--device", args.device, "--threads", str(args.threads)])
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--plain-server",
+                str(port),
+                "--model-uri",
+                model_uri,
+                "--backend",
+                backend,
+                "--device",
+                args.device,
+                "--threads",
+                str(args.threads),
+            ]
+        )
         try:
             wait_ready(f"http://127.0.0.1:{port}", proc)
             for c in levels:
                 results[f"{backend} plain c={c}"] = asyncio.run(
-                    load(f"http://127.0.0.1:{port}", images, args.imgsz, c, args.requests, args.max_seconds))
+                    load(f"http://127.0.0.1:{port}", images, args.imgsz, c, args.requests, args.max_seconds)
+                )
             print(f"  {backend} plain done", flush=True)
         finally:
             proc.terminate()
@@ -298,7 +345,8 @@ def main() -> None:
         # runs a few percent slower than the first, so one pass each would charge that to one side.
         # HAProxy ingress has no Python proxy to guard.
         modes = {"on": ["serve"], "off": ["serve-unguarded"], "both": ["serve-unguarded", "serve"]}[
-            "on" if args.ingress == "haproxy" else args.guard]
+            "on" if args.ingress == "haproxy" else args.guard
+        ]
         import ray
         from ray import serve
 
@@ -315,14 +363,26 @@ def main() -> None:
             try:
                 for backend in backends:
                     gpus = 1 if backend == "pt" and args.device != "cpu" else 0
-                    serve.run(build_app(AppArgs(
-                        model_uri=model_uri, backend=backend, device=args.device,
-                        threads=args.replica_threads or max(1, args.threads // args.replicas),
-                        max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_s,
-                        deployment_options={"num_replicas": args.replicas,
-                                            "ray_actor_options": {"num_cpus": 0.5, "num_gpus": gpus / args.replicas},
-                                            "max_ongoing_requests": 64, "max_queued_requests": 256},
-                    )), name="bench", route_prefix="/")
+                    serve.run(
+                        build_app(
+                            AppArgs(
+                                model_uri=model_uri,
+                                backend=backend,
+                                device=args.device,
+                                threads=args.replica_threads or max(1, args.threads // args.replicas),
+                                max_batch_size=args.max_batch_size,
+                                batch_wait_timeout_s=args.batch_wait_s,
+                                deployment_options={
+                                    "num_replicas": args.replicas,
+                                    "ray_actor_options": {"num_cpus": 0.5, "num_gpus": gpus / args.replicas},
+                                    "max_ongoing_requests": 64,
+                                    "max_queued_requests": 256,
+                                },
+                            )
+                        ),
+                        name="bench",
+                        route_prefix="/",
+                    )
                     for c in levels:
                         before = proxy_cpu_s()
                         result = asyncio.run(load(url, images, args.imgsz, c, args.requests, args.max_seconds))
@@ -340,19 +400,29 @@ def main() -> None:
                 for c in levels:
                     results[f"{backend} {mode} c={c}"] = mean_of_rounds(rounds[f"{backend} {mode} c={c}"])
 
-    print(f"\n[{device_name}] {'backend / mode':20s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'batch':>6s} "
-          f"{'decode':>7s} {'queue':>7s} {'model':>7s} {'outside':>8s} {'proxy':>6s} {'n':>5s}")
+    print(
+        f"\n[{device_name}] {'backend / mode':20s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} "
+        f"{'p99 ms':>8s} {'batch':>6s} "
+        f"{'decode':>7s} {'queue':>7s} {'model':>7s} {'outside':>8s} {'proxy':>6s} {'n':>5s}"
+    )
     for name, r in results.items():
         errors = f"  errors {r['errors']}" if r.get("errors") else ""
         p = r.get("parts") or {}
-        parts = (f"{p['decode_ms']:7.1f} {p['queue_ms']:7.1f} {p['inference_ms']:7.1f} {p['outside_ms']:8.1f}" if p
-                 else f"{'':7s} {'':7s} {'':7s} {'':8s}")
+        parts = (
+            f"{p['decode_ms']:7.1f} {p['queue_ms']:7.1f} {p['inference_ms']:7.1f} {p['outside_ms']:8.1f}"
+            if p
+            else f"{'':7s} {'':7s} {'':7s} {'':8s}"
+        )
         proxy = f"{r['proxy_ms']:6.1f}" if r.get("proxy_ms") is not None else f"{'':6s}"
-        print(f"{' ' * (len(device_name) + 3)}{name:20s} {r['rps']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} "
-              f"{r['batch']:6.1f} {parts} {proxy} {r['requests']:5d}{errors}")
-    print("  (decode, queue, model: the server's own medians per request; outside: client p50 minus the server's total,\n"
-          "   i.e. HTTP, the proxy and, for Serve, the hop to the replica; proxy: CPU ms per request in Serve's proxy\n"
-          "   process; with --guard both, serve and serve-unguarded are means over --guard-rounds alternating passes)")
+        print(
+            f"{' ' * (len(device_name) + 3)}{name:20s} {r['rps']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} "
+            f"{r['batch']:6.1f} {parts} {proxy} {r['requests']:5d}{errors}"
+        )
+    print(
+        "  (decode, queue, model: the server's own medians per request; outside: client p50 minus the server's total,\n"
+        "   i.e. HTTP, the proxy and, for Serve, the hop to the replica; proxy: CPU ms per request in Serve's proxy\n"
+        "   process; with --guard both, serve and serve-unguarded are means over --guard-rounds alternating passes)"
+    )
 
     print("\ntargets:")
     checks = []
@@ -365,36 +435,57 @@ def main() -> None:
             checks.append((f"{backend}: Serve p50 at c=1 minus raw p50", f"{over:+.1f} ms", "<= +5 ms", over <= 5))
         if serve_at.get(top):
             ratio = serve_at[top]["rps"] / base["rps"]
-            checks.append((f"{backend}: Serve req/s at c={top} / raw sequential", f"{ratio:.2f}x", ">= 0.9x", ratio >= 0.9))
+            checks.append(
+                (f"{backend}: Serve req/s at c={top} / raw sequential", f"{ratio:.2f}x", ">= 0.9x", ratio >= 0.9)
+            )
             plain = results.get(f"{backend} plain c={top}")
             if plain:
                 ratio = serve_at[top]["rps"] / plain["rps"]
-                checks.append((f"{backend}: Serve / plain uvicorn req/s at c={top}", f"{ratio:.2f}x", ">= 0.95x", ratio >= 0.95))
+                checks.append(
+                    (f"{backend}: Serve / plain uvicorn req/s at c={top}", f"{ratio:.2f}x", ">= 0.95x", ratio >= 0.95)
+                )
             tail = serve_at[top]["p99"] / serve_at[top]["p50"]
             checks.append((f"{backend}: Serve p99 / p50 at c={top}", f"{tail:.2f}x", "<= 2x", tail <= 2))
         bare = {c: results.get(f"{backend} serve-unguarded c={c}") for c in levels}
         if serve_at.get(top) and bare.get(top) and serve_at[top].get("proxy_ms") and bare[top].get("proxy_ms"):
             extra = serve_at[top]["proxy_ms"] - bare[top]["proxy_ms"]
-            checks.append((f"{backend}: proxy guard's CPU per request, c={top}", f"{extra:+.2f} ms", "<= +0.5 ms",
-                           extra <= 0.5))
+            checks.append(
+                (f"{backend}: proxy guard's CPU per request, c={top}", f"{extra:+.2f} ms", "<= +0.5 ms", extra <= 0.5)
+            )
         if serve_at.get(1) and bare.get(1):
             # Time outside the server (HTTP, the proxy, the hop), so the model call's own noise is left out.
             over = serve_at[1]["parts"]["outside_ms"] - bare[1]["parts"]["outside_ms"]
-            checks.append((f"{backend}: proxy guard's latency outside the server, c=1", f"{over:+.1f} ms", "<= +1 ms",
-                           over <= 1))
+            checks.append(
+                (f"{backend}: proxy guard's latency outside the server, c=1", f"{over:+.1f} ms", "<= +1 ms", over <= 1)
+            )
         if serve_at.get(top) and bare.get(top):
             ratio = serve_at[top]["rps"] / bare[top]["rps"]
-            checks.append((f"{backend}: Serve req/s with / without the guard, c={top}", f"{ratio:.2f}x", ">= 0.97x",
-                           ratio >= 0.97))
+            checks.append(
+                (
+                    f"{backend}: Serve req/s with / without the guard, c={top}",
+                    f"{ratio:.2f}x",
+                    ">= 0.97x",
+                    ratio >= 0.97,
+                )
+            )
         plain1 = results.get(f"{backend} plain c=1")
         if plain1:
-            checks.append((f"{backend}: plain uvicorn p50 at c=1 minus raw p50", f"{plain1['p50'] - base['p50']:+.1f} ms",
-                           "(reference)", True))
+            checks.append(
+                (
+                    f"{backend}: plain uvicorn p50 at c=1 minus raw p50",
+                    f"{plain1['p50'] - base['p50']:+.1f} ms",
+                    "(reference)",
+                    True,
+                )
+            )
     for label, value, target, ok in checks:
         print(f"  {label:48s} {value:>9s}  target {target:11s} {'met' if ok else 'MISSED'}")
     if args.json:
-        args.json.write_text(json.dumps({"device": device_name, "imgsz": args.imgsz, "ingress": args.ingress,
-                                         "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"device": device_name, "imgsz": args.imgsz, "ingress": args.ingress, "results": results}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ CHILD = r"""
 import json, os, resource, sys, time
 from pathlib import Path
 from facemask.train import TrainConfig, train
-data, project, epochs, imgsz, tracking = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "on"
+data, project, epochs, imgsz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+tracking = sys.argv[5] == "on"
 stamps = []
 def mark(trainer):
     stamps.append(time.perf_counter())
@@ -44,7 +45,8 @@ train(TrainConfig(data=Path(data), model="yolo26n.yaml", epochs=epochs, imgsz=im
 end = time.perf_counter()
 # Epoch k runs from its start to the next one's; the last ends at the end of training (incl. final validation).
 durations = [b - a for a, b in zip(stamps, stamps[1:] + [end])]
-print("RESULT " + json.dumps({"epochs": durations, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print("RESULT " + json.dumps({"epochs": durations, "peak_rss": peak_rss}))
 """
 
 
@@ -52,7 +54,8 @@ SCALING = r"""
 import json, logging, os, sys, time
 from pathlib import Path
 from facemask.settings import DistributedConfig, TrainConfig
-data, project, epochs, imgsz, workers, gpus = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+data, project, epochs, imgsz = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+workers, gpus = int(sys.argv[5]), float(sys.argv[6])
 cfg = TrainConfig(data=Path(data), model="yolo26n.yaml", epochs=epochs, imgsz=imgsz, batch=16,
                   device="cpu" if not gpus else "auto", workers=0, project=project, run_name=f"w{workers}",
                   plots=False, tracking=False, seed=0, experiment="benchmark-train")
@@ -86,38 +89,59 @@ def scaling(data: Path, tmp: Path, epochs: int, imgsz: int, workers: list[int], 
     for n in workers:
         project = tmp / f"w{n}"
         project.mkdir()
-        out = subprocess.run([sys.executable, "-c", SCALING, str(data), str(project), str(epochs), str(imgsz), str(n),
-                              str(gpus)], capture_output=True, text=True, cwd=project)
+        out = subprocess.run(
+            [sys.executable, "-c", SCALING, str(data), str(project), str(epochs), str(imgsz), str(n), str(gpus)],
+            capture_output=True,
+            text=True,
+            cwd=project,
+        )
         if out.returncode != 0:
             raise SystemExit(f"training with {n} workers failed:\n{out.stderr[-3000:]}")
         rows[n] = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    print(f"yolo26n.yaml, imgsz {imgsz}, global batch 16, {epochs} epochs, {images} training images, "
-          f"{'GPU' if gpus else f'CPU ({os.cpu_count()} cores)'}")
-    print(f"{'workers':>7s} {'s/epoch (each)':>34s} {'steady s/epoch':>15s} {'images/s':>9s} {'vs 1':>6s} "
-          f"{'val mAP50-95':>13s} {'wall s':>7s}")
+    print(
+        f"yolo26n.yaml, imgsz {imgsz}, global batch 16, {epochs} epochs, {images} training images, "
+        f"{'GPU' if gpus else f'CPU ({os.cpu_count()} cores)'}"
+    )
+    print(
+        f"{'workers':>7s} {'s/epoch (each)':>34s} {'steady s/epoch':>15s} {'images/s':>9s} {'vs 1':>6s} "
+        f"{'val mAP50-95':>13s} {'wall s':>7s}"
+    )
     base = None
     for n, r in rows.items():
         steady = r["epochs"][1:] or r["epochs"]
         per_epoch = sum(steady) / len(steady)
         base = base or per_epoch
         each = " ".join(f"{d:6.1f}" for d in r["epochs"])
-        print(f"{n:7d} {each:>34s} {per_epoch:15.1f} {images / per_epoch:9.1f} {base / per_epoch:5.2f}x "
-              f"{r['map'] or 0:13.4f} {r['wall']:7.1f}")
+        print(
+            f"{n:7d} {each:>34s} {per_epoch:15.1f} {images / per_epoch:9.1f} {base / per_epoch:5.2f}x "
+            f"{r['map'] or 0:13.4f} {r['wall']:7.1f}"
+        )
     print("(steady: epochs after the first, which also pays start-up; each epoch includes its validation)")
     if 1 in rows and len(rows) > 1:
         top = max(rows)
-        steady = lambda n: sum(rows[n]["epochs"][1:] or rows[n]["epochs"]) / len(rows[n]["epochs"][1:] or rows[n]["epochs"])
+
+        def steady(n: int) -> float:
+            epochs = rows[n]["epochs"][1:] or rows[n]["epochs"]
+            return sum(epochs) / len(epochs)
+
         ratio = steady(1) / steady(top)
         gap = abs((rows[top]["map"] or 0) - (rows[1]["map"] or 0))
-        print(f"target: {top} workers at least 1.0x the one-process rate: {ratio:.2f}x "
-              f"({'met' if ratio >= 1.0 else 'MISSED'}); val mAP50-95 within 0.02: {gap:.4f} "
-              f"({'met' if gap <= 0.02 else 'MISSED'})")
+        print(
+            f"target: {top} workers at least 1.0x the one-process rate: {ratio:.2f}x "
+            f"({'met' if ratio >= 1.0 else 'MISSED'}); val mAP50-95 within 0.02: {gap:.4f} "
+            f"({'met' if gap <= 0.02 else 'MISSED'})"
+        )
 
 
 def run(data: Path, project: Path, epochs: int, imgsz: int, tracking: str) -> dict:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(data), str(project), str(epochs), str(imgsz), tracking],
-                         capture_output=True, text=True, env=env, cwd=project)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(data), str(project), str(epochs), str(imgsz), tracking],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=project,
+    )
     if out.returncode != 0:
         raise SystemExit(f"training ({tracking}) failed:\n{out.stderr[-3000:]}")
     return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
@@ -140,8 +164,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare(PrepareConfig(source=args.source, out=Path(tmp) / "data", engine="local", plots=False)).data_yaml
         if args.ray_workers:
-            scaling(data, Path(tmp), args.epochs, args.imgsz, [int(n) for n in args.ray_workers.split(",")],
-                    args.gpus_per_worker)
+            scaling(
+                data,
+                Path(tmp),
+                args.epochs,
+                args.imgsz,
+                [int(n) for n in args.ray_workers.split(",")],
+                args.gpus_per_worker,
+            )
             return
         results = {}
         for tracking in ("off", "on"):

@@ -29,8 +29,8 @@ def main() -> None:
     parser.add_argument("--reduction-factor", type=float, default=2)
     args = parser.parse_args()
 
-    from facemask.runtime import configure_runtime, init_ray
     from facemask.pipeline import PrepareConfig, prepare
+    from facemask.runtime import configure_runtime, init_ray
     from facemask.synth import synthesize
     from facemask.tune import StudyConfig, tune
 
@@ -39,25 +39,49 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         synthesize(Path(tmp) / "raw", images=args.images, seed=1)
-        data = prepare(PrepareConfig(source=Path(tmp) / "raw", out=Path(tmp) / "data", engine="local", plots=False)).data_yaml
+        data = prepare(
+            PrepareConfig(source=Path(tmp) / "raw", out=Path(tmp) / "data", engine="local", plots=False)
+        ).data_yaml
         init_ray()
         rows = {}
         for label, asha in (("ASHA", True), ("no early stop", False)):
             started = time.perf_counter()
-            result = tune(StudyConfig(
-                data=data, model="yolo26n.yaml", trials=args.trials, epochs=args.epochs, imgsz=args.imgsz, batch=16,
-                cpus_per_trial=args.cpus_per_trial, storage=str(Path(tmp) / "studies"), name=label.replace(" ", "-"),
-                asha=asha, register=False, experiment="benchmark-tune", grace_period=1,
-                reduction_factor=args.reduction_factor))
-            rows[label] = (result.trial_epochs, time.perf_counter() - started, result.best_val.get("mAP50-95", float("nan")),
-                           result.counts)
-    print(f"{args.trials} trials x up to {args.epochs} epochs, yolo26n.yaml at {args.imgsz}, {args.images} generated images")
+            result = tune(
+                StudyConfig(
+                    data=data,
+                    model="yolo26n.yaml",
+                    trials=args.trials,
+                    epochs=args.epochs,
+                    imgsz=args.imgsz,
+                    batch=16,
+                    cpus_per_trial=args.cpus_per_trial,
+                    storage=str(Path(tmp) / "studies"),
+                    name=label.replace(" ", "-"),
+                    asha=asha,
+                    register=False,
+                    experiment="benchmark-tune",
+                    grace_period=1,
+                    reduction_factor=args.reduction_factor,
+                )
+            )
+            rows[label] = (
+                result.trial_epochs,
+                time.perf_counter() - started,
+                result.best_val.get("mAP50-95", float("nan")),
+                result.counts,
+            )
+    print(
+        f"{args.trials} trials x up to {args.epochs} epochs, yolo26n.yaml at {args.imgsz}, "
+        f"{args.images} generated images"
+    )
     print(f"{'study':14s} {'trial-epochs':>12s} {'wall s':>8s} {'best val mAP50-95':>18s}  trials")
     for label, (epochs, wall, best, counts) in rows.items():
         print(f"{label:14s} {epochs:12d} {wall:8.0f} {best:18.4f}  {counts}")
     a, b = rows["ASHA"], rows["no early stop"]
-    print(f"ASHA used {100 * a[0] / b[0]:.0f}% of the trial-epochs (target <= 50%), "
-          f"best mAP50-95 differs by {a[2] - b[2]:+.4f} (target within 0.02)")
+    print(
+        f"ASHA used {100 * a[0] / b[0]:.0f}% of the trial-epochs (target <= 50%), "
+        f"best mAP50-95 differs by {a[2] - b[2]:+.4f} (target within 0.02)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,16 @@ def timed(fn, warmup: int, iters: int, sync) -> list[float]:
 def row(card: str, model: str, backend: str, size: int, batch: int, ms: list[float]) -> dict:
     p50 = statistics.median(ms)
     p95 = sorted(ms)[int(0.95 * (len(ms) - 1))]
-    return {"card": card, "model": model, "backend": backend, "imgsz": size, "batch": batch,
-            "p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "images_per_s": round(batch * 1000 / p50, 1)}
+    return {
+        "card": card,
+        "model": model,
+        "backend": backend,
+        "imgsz": size,
+        "batch": batch,
+        "p50_ms": round(p50, 3),
+        "p95_ms": round(p95, 3),
+        "images_per_s": round(batch * 1000 / p50, 1),
+    }
 
 
 def main() -> None:
@@ -66,7 +74,9 @@ def main() -> None:
         x_host = torch.rand(1, 3, size, size).pin_memory()
         model = model.float()
         with torch.inference_mode():
-            ms = timed(lambda: model(x_host.to("cuda", non_blocking=True)).cpu(), 10, args.iters, torch.cuda.synchronize)
+            ms = timed(
+                lambda: model(x_host.to("cuda", non_blocking=True)).cpu(), 10, args.iters, torch.cuda.synchronize
+            )
         rows.append(row(card, path.stem.rsplit("-", 1)[0], "torch fp32 host->gpu->host", size, 1, ms))
         print(json.dumps(rows[-1]), flush=True)
     try:
@@ -85,14 +95,25 @@ def main() -> None:
                     for batch in batches if provider != "CPUExecutionProvider" else [1]:
                         x = np.random.rand(batch, 3, size, size).astype(np.float32)
                         ms = timed(lambda: session.run(None, {name: x}), 5, args.iters, lambda: None)
-                        rows.append(row(card, path.stem, f"onnxruntime {provider.replace('ExecutionProvider', '')}",
-                                        size, batch, ms))
+                        rows.append(
+                            row(
+                                card,
+                                path.stem,
+                                f"onnxruntime {provider.replace('ExecutionProvider', '')}",
+                                size,
+                                batch,
+                                ms,
+                            )
+                        )
                         print(json.dumps(rows[-1]), flush=True)
     print(f"\n[{card}] raw model calls (random weights, so speed only)")
     print(f"{'model':10s} {'backend':30s} {'imgsz':>5s} {'batch':>5s} {'p50 ms':>8s} {'p95 ms':>8s} {'img/s':>8s}")
     for r in rows:
-        print(f"{r['model']:10s} {r['backend']:30s} {r['imgsz']:5d} {r['batch']:5d} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
-              f"{r['images_per_s']:8.1f}")
+        print(
+            f"{r['model']:10s} {r['backend']:30s} {r['imgsz']:5d} {r['batch']:5d} {r['p50_ms']:8.2f} "
+            f"{r['p95_ms']:8.2f} "
+            f"{r['images_per_s']:8.1f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

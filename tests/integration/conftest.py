@@ -15,9 +15,14 @@ def endpoint(ray_local, registered_detector):
     from facemask.serving import build_app
 
     port = free_port()
-    args = {"model_uri": f"models:/{registered_detector['name']}@champion", "max_batch_size": 4,
-            "tracking_uri": registered_detector["tracking_uri"], "deployment_options": DEPLOYMENT, "refresh_s": 1.0,
-            **LIMITS}
+    args = {
+        "model_uri": f"models:/{registered_detector['name']}@champion",
+        "max_batch_size": 4,
+        "tracking_uri": registered_detector["tracking_uri"],
+        "deployment_options": DEPLOYMENT,
+        "refresh_s": 1.0,
+        **LIMITS,
+    }
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(args), name="facemask", route_prefix="/")

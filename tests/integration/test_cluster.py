@@ -47,31 +47,80 @@ def make_cluster():
         c.stop()
 
 
-def submit_study(cluster, entrypoint: list[str], extra: list[str], tiny_data, mlflow_server, tmp_path, working_dir: bool,
-                 checkpoints: str = "study/run_trial_*/checkpoint_*/last.pt"):
+def submit_study(
+    cluster,
+    entrypoint: list[str],
+    extra: list[str],
+    tiny_data,
+    mlflow_server,
+    tmp_path,
+    working_dir: bool,
+    checkpoints: str = "study/run_trial_*/checkpoint_*/last.pt",
+):
     space = tmp_path / "space.yaml"
     good = SPACE["baseline"][0]
     space.write_text(yaml.safe_dump({"space": SPACE["space"], "baseline": [good, {**good, "lr0": 0.01}]}))
     experiment = f"cluster-{tmp_path.name}"
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server.uri, "YOLO_CONFIG_DIR": os.environ["YOLO_CONFIG_DIR"],
-                                "YOLO_OFFLINE": "1", "FACEMASK_DEBUG": "1"}}
+    runtime_env = {
+        "env_vars": {
+            "MLFLOW_TRACKING_URI": mlflow_server.uri,
+            "YOLO_CONFIG_DIR": os.environ["YOLO_CONFIG_DIR"],
+            "YOLO_OFFLINE": "1",
+            "FACEMASK_DEBUG": "1",
+        }
+    }
     ray = str(Path(sys.executable).with_name("ray"))
     command = [ray, "job", "submit", "--address", cluster.dashboard, "--runtime-env-json", json.dumps(runtime_env)]
     if working_dir:
         command += ["--working-dir", str(ROOT)]
     submit = subprocess.run(
-        command + ["--", *entrypoint, "--data", str(tiny_data), "--model", "yolo26n.yaml", "--trials", "2",
-                   "--epochs", "2", "--imgsz", "160", "--cpus-per-trial", "1", "--search-space", str(space),
-                   "--metric", "cls_loss", "--mode", "min", "--grace-period", "2", "--storage", str(tmp_path / "studies"),
-                   "--name", "study", "--experiment", experiment, *extra],
-        env=cluster.env, capture_output=True, text=True, timeout=900,
+        command
+        + [
+            "--",
+            *entrypoint,
+            "--data",
+            str(tiny_data),
+            "--model",
+            "yolo26n.yaml",
+            "--trials",
+            "2",
+            "--epochs",
+            "2",
+            "--imgsz",
+            "160",
+            "--cpus-per-trial",
+            "1",
+            "--search-space",
+            str(space),
+            "--metric",
+            "cls_loss",
+            "--mode",
+            "min",
+            "--grace-period",
+            "2",
+            "--storage",
+            str(tmp_path / "studies"),
+            "--name",
+            "study",
+            "--experiment",
+            experiment,
+            *extra,
+        ],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert submit.returncode == 0, submit.stdout[-6000:] + submit.stderr[-2000:]
     assert "succeeded" in submit.stdout + submit.stderr
     client = MlflowClient(mlflow_server.uri)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     parent = next(r for r in runs if "facemask.study_path" in r.data.tags)
-    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and "facemask.trial_id" in r.data.tags]
+    trials = [
+        r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and "facemask.trial_id" in r.data.tags
+    ]
     assert len(trials) == 2
     for run in trials:
         assert run.info.status == "FINISHED"
@@ -95,8 +144,12 @@ def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tiny_da
 
     home = tmp_path / "home"
     home.mkdir()
-    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "RAY_AUTH_MODE": "token",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI", "FACEMASK_HOME"):
         env.pop(key, None)
     ray = str(Path(sys.executable).with_name("ray"))
@@ -109,33 +162,78 @@ def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tiny_da
 
         def submit(*args: str) -> str:
             for _ in range(30):  # a head that has just started may not have its job agent yet
-                run = subprocess.run([ray, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(ROOT),
-                                      "--runtime-env-json", runtime_env, "--", "python", *args],
-                                     env=env, capture_output=True, text=True, timeout=900)
+                run = subprocess.run(
+                    [
+                        ray,
+                        "job",
+                        "submit",
+                        "--address",
+                        cluster.dashboard,
+                        "--working-dir",
+                        str(ROOT),
+                        "--runtime-env-json",
+                        runtime_env,
+                        "--",
+                        "python",
+                        *args,
+                    ],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
                 if "No available agent to submit job" not in run.stderr:
                     break
                 time.sleep(2)
-            assert run.returncode == 0 and "succeeded" in run.stdout + run.stderr, run.stdout[-6000:] + run.stderr[-2000:]
+            assert run.returncode == 0 and "succeeded" in run.stdout + run.stderr, (
+                run.stdout[-6000:] + run.stderr[-2000:]
+            )
             return run.stdout
 
         results = home / "facemask"
         assert not results.exists()
         space = tmp_path / "space.yaml"
         space.write_text(yaml.safe_dump({"space": SPACE["space"], "baseline": SPACE["baseline"][:2]}))
-        studied = submit("jobs/tune.py", "--data", str(tiny_data), "--model", "yolo26n.yaml", "--trials", "2",
-                         "--epochs", "1", "--imgsz", "160", "--cpus-per-trial", "1", "--search-space", str(space),
-                         "--metric", "cls_loss", "--mode", "min", "--name", "study", "--experiment", "jobs")
+        studied = submit(
+            "jobs/tune.py",
+            "--data",
+            str(tiny_data),
+            "--model",
+            "yolo26n.yaml",
+            "--trials",
+            "2",
+            "--epochs",
+            "1",
+            "--imgsz",
+            "160",
+            "--cpus-per-trial",
+            "1",
+            "--search-space",
+            str(space),
+            "--metric",
+            "cls_loss",
+            "--mode",
+            "min",
+            "--name",
+            "study",
+            "--experiment",
+            "jobs",
+        )
         db = results / "mlflow.db"
         footer = studied.split("results:")[-1]
         assert f"MLflow:     sqlite:///{db}  (experiment 'jobs', run " in footer
         assert f"study:      {results / 'runs' / 'tune' / 'study'}" in footer
         assert f"mlflow ui --backend-store-uri sqlite:///{db}" in footer
-        assert f"MLFLOW_TRACKING_URI=sqlite:///{db} facemask serve --model-uri models:/facemask-detector@champion" in footer
+        assert (
+            f"MLFLOW_TRACKING_URI=sqlite:///{db} facemask serve --model-uri models:/facemask-detector@champion"
+            in footer
+        )
         assert (results / "runs" / "tune" / "study").is_dir()
         assert not list(Path(cluster.root).rglob("mlflow.db")), "a store was written inside Ray's session folder"
 
-        prepared = submit("jobs/prepare.py", "--source", str(synth_source), "--out", "data/yolo", "--engine", "local",
-                          "--no-plots")
+        prepared = submit(
+            "jobs/prepare.py", "--source", str(synth_source), "--out", "data/yolo", "--engine", "local", "--no-plots"
+        )
         data_yaml = results / "data" / "yolo" / "data.yaml"
         assert data_yaml.is_file()
         assert f"data.yaml:  {data_yaml}" in prepared.split("results:")[-1]
@@ -155,9 +253,14 @@ def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tiny_da
             "  'weights': [a.path for r in trials for a in c.list_artifacts(r.info.run_id, 'weights')],\n"
             "  'champion': info.version, 'model_files': [info.weights.rsplit('/', 1)[-1]]}))\n"
         )
-        found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                               env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
-                                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"})
+        found = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"},
+        )
         assert found.returncode == 0, found.stderr[-3000:]
         seen = json.loads(found.stdout.strip().splitlines()[-1])
         assert seen["trials"] == 2 and seen["finished"] == 2
@@ -175,20 +278,36 @@ def test_trials_pinned_to_the_second_node(make_cluster, tiny_data, mlflow_server
     real cluster installs the package on every node (cluster.yaml), which is what this mirrors.
     """
     cluster = make_cluster(worker=True)
-    trials = submit_study(cluster, ["python", str(ROOT / "jobs" / "tune.py")], ["--trial-resources", "trainer=1"],
-                          tiny_data, mlflow_server, tmp_path, working_dir=False)
+    trials = submit_study(
+        cluster,
+        ["python", str(ROOT / "jobs" / "tune.py")],
+        ["--trial-resources", "trainer=1"],
+        tiny_data,
+        mlflow_server,
+        tmp_path,
+        working_dir=False,
+    )
     for run in trials:
         assert json.loads(run.data.tags["facemask.resources"]).get("trainer") == 1
     assert len({r.data.tags["facemask.node_id"] for r in trials}) == 1
 
 
-def test_a_study_whose_trials_are_each_trained_by_two_ray_train_workers(make_cluster, tiny_data, mlflow_server, tmp_path):
+def test_a_study_whose_trials_are_each_trained_by_two_ray_train_workers(
+    make_cluster, tiny_data, mlflow_server, tmp_path
+):
     """Head (1 CPU) + worker node (2 CPUs): each trial is one model trained by two workers,
     placed by Ray Train wherever the CPUs are, reporting every epoch to Tune through rank 0."""
     cluster = make_cluster(worker=True)
-    trials = submit_study(cluster, ["python", str(ROOT / "jobs" / "tune.py")],
-                          ["--cpus-per-trial", "2", "--ray-workers-per-trial", "2"], tiny_data, mlflow_server, tmp_path,
-                          working_dir=False, checkpoints="study-yolo/*/ray-train/*/checkpoint_*/last.pt")
+    trials = submit_study(
+        cluster,
+        ["python", str(ROOT / "jobs" / "tune.py")],
+        ["--cpus-per-trial", "2", "--ray-workers-per-trial", "2"],
+        tiny_data,
+        mlflow_server,
+        tmp_path,
+        working_dir=False,
+        checkpoints="study-yolo/*/ray-train/*/checkpoint_*/last.pt",
+    )
     client = MlflowClient(mlflow_server.uri)
     for run in trials:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val/cls_loss")] == [1, 2]
@@ -204,6 +323,11 @@ def test_job_submit_needs_the_token(make_cluster):
     ray = str(Path(sys.executable).with_name("ray"))
     env = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
     env["HOME"] = str(Path(cluster.root))  # no ~/.ray/auth_token to fall back on
-    denied = subprocess.run([ray, "job", "submit", "--address", cluster.dashboard, "--", "python", "-c", "print(1)"],
-                            env=env, capture_output=True, text=True, timeout=120)
+    denied = subprocess.run(
+        [ray, "job", "submit", "--address", cluster.dashboard, "--", "python", "-c", "print(1)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert denied.returncode != 0

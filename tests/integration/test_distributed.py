@@ -21,9 +21,20 @@ pytestmark = pytest.mark.integration
 def config(data, tracking, tmp_path, name: str, epochs: int = 2, plots: bool = False) -> TrainConfig:
     # nbs=8: an optimizer step every global batch of 8 (Ultralytics would otherwise accumulate
     # to 64 images, more than this tiny set's epoch holds, and the weights would not move).
-    return TrainConfig(data=data, model="yolo26n.yaml", epochs=epochs, imgsz=160, batch=8, device="cpu", workers=0,
-                       experiment=tracking["experiment"], project=tmp_path / "runs", plots=plots, run_name=name,
-                       overrides={"nbs": 8})
+    return TrainConfig(
+        data=data,
+        model="yolo26n.yaml",
+        epochs=epochs,
+        imgsz=160,
+        batch=8,
+        device="cpu",
+        workers=0,
+        experiment=tracking["experiment"],
+        project=tmp_path / "runs",
+        plots=plots,
+        run_name=name,
+        overrides={"nbs": 8},
+    )
 
 
 def rank_log(storage, name: str) -> list[dict]:
@@ -43,8 +54,10 @@ def test_two_workers_train_one_model_each_on_half_the_data(ray_local, tiny_data,
     storage = tmp_path / "storage"
     # plots=True, as `facemask train` runs: it adds a collective to each validation, which
     # every rank must join.
-    result = train_distributed(config(tiny_data, tracking, tmp_path, "ddp", plots=True),
-                               DistributedConfig(workers=2, cpus_per_worker=1, storage=str(storage)))
+    result = train_distributed(
+        config(tiny_data, tracking, tmp_path, "ddp", plots=True),
+        DistributedConfig(workers=2, cpus_per_worker=1, storage=str(storage)),
+    )
     train_images = len(list((tiny_data.parent / "images" / "train").iterdir()))
     epochs = [entry for entry in rank_log(storage, "ddp") if not entry["final"]]
     assert [e["epoch"] for e in epochs] == [1, 2]
@@ -72,8 +85,10 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_in_the_same_run(ray_lo
 
     def run() -> None:
         try:
-            outcome["result"] = train_distributed(config(tiny_data, tracking, tmp_path, "fault", epochs=3),
-                                                  DistributedConfig(workers=2, storage=str(storage), max_failures=2))
+            outcome["result"] = train_distributed(
+                config(tiny_data, tracking, tmp_path, "fault", epochs=3),
+                DistributedConfig(workers=2, storage=str(storage), max_failures=2),
+            )
         except BaseException as exc:  # reported by the assertion below
             outcome["error"] = exc
 

@@ -18,8 +18,16 @@ import pytest
 from PIL import Image
 
 from facemask.classes import CLASS_NAMES
-from tests.services import (API_KEY, CHROMIUM, LIMITS, assert_last_box_in_its_class_colour, free_port, launch_chromium,
-                            replica_pids, wait_for_replicas)
+from tests.services import (
+    API_KEY,
+    CHROMIUM,
+    LIMITS,
+    assert_last_box_in_its_class_colour,
+    free_port,
+    launch_chromium,
+    replica_pids,
+    wait_for_replicas,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -119,8 +127,10 @@ def test_a_burst_faster_than_the_model_gets_newest_frame_wins_not_a_queue(endpoi
     assert [r["frame"] for r in results] == sorted(r["frame"] for r in results)
     per_frame = max(r["timings"]["total_ms"] for r in results) / 1000
     assert waited < 3 * per_frame + 2, f"{waited:.1f}s to answer the last frame: frames were queued"
-    print(f"burst: {sent} sent, {len(results)} answered, {final['dropped']} dropped, "
-          f"{final['rate_limited']} over the fps limit; last answered {waited:.2f}s after the burst")
+    print(
+        f"burst: {sent} sent, {len(results)} answered, {final['dropped']} dropped, "
+        f"{final['rate_limited']} over the fps limit; last answered {waited:.2f}s after the burst"
+    )
 
 
 def test_frames_over_the_streams_fps_are_refused_after_a_one_second_burst(endpoint, known_image):
@@ -181,8 +191,12 @@ def camera_page(clip, url: str):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = launch_chromium(p, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                                  f"--use-file-for-fake-video-capture={clip}")
+        browser = launch_chromium(
+            p,
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-video-capture={clip}",
+        )
         try:
             page = browser.new_page()
             errors: list[str] = []
@@ -233,9 +247,18 @@ def test_page_camera_reconnects_when_its_streams_replica_dies(endpoint, known_im
 
     clip = tmp_path / "camera.y4m"
     write_y4m(clip, moving_clip(known_image))
-    serve.run(build_app({"model_uri": str(endpoint["weights"]), "threads": 1, **LIMITS,
-                         "deployment_options": {"ray_actor_options": {"num_cpus": 0.25}}}),
-              name="livekill", route_prefix="/livekill")
+    serve.run(
+        build_app(
+            {
+                "model_uri": str(endpoint["weights"]),
+                "threads": 1,
+                **LIMITS,
+                "deployment_options": {"ray_actor_options": {"num_cpus": 0.25}},
+            }
+        ),
+        name="livekill",
+        route_prefix="/livekill",
+    )
     try:
         (victim,) = wait_for_replicas("livekill", 1).values()
         with camera_page(clip, endpoint["url"] + "/livekill/") as (page, errors):
@@ -245,8 +268,11 @@ def test_page_camera_reconnects_when_its_streams_replica_dies(endpoint, known_im
             page.wait_for_function("window.liveStats.reconnects >= 1", timeout=60_000)
             before = page.evaluate("window.liveStats.results")
             page.wait_for_function(f"window.liveStats.results >= {before + 3}", timeout=120_000)
-            state = {"stats": page.evaluate("window.liveStats"), "error": page.inner_text("#error"),
-                     "live": page.get_attribute("body", "data-live")}
+            state = {
+                "stats": page.evaluate("window.liveStats"),
+                "error": page.inner_text("#error"),
+                "live": page.get_attribute("body", "data-live"),
+            }
             assert state["live"] == "on" and state["error"] == "", state
             assert victim not in replica_pids("livekill").values()
             page.click("#camera")
@@ -272,8 +298,12 @@ class MJPEGCamera:
                         for jpeg in frames:
                             if camera.stopping.is_set():
                                 return
-                            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                             + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
+                            self.wfile.write(
+                                b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                + f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
+                                + jpeg
+                                + b"\r\n"
+                            )
                             time.sleep(1 / fps)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
@@ -306,10 +336,31 @@ def test_predict_on_a_live_mjpeg_stream_tracks_and_stops_at_max_frames(registere
     frames = [jpeg(f) for f in moving_clip(known_image, count=10, size=(320, 240))]
     out = tmp_path / "live"
     with MJPEGCamera(frames) as camera:
-        done = subprocess.run([sys.executable, "-c", "from facemask.cli import main; main()", "predict", camera.url,
-                               "--model-uri", str(registered_detector["weights"]), "--out", str(out), "--conf", "0",
-                               "--imgsz", "160", "--max-det", "3", "--max-frames", "6", "--save"],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from facemask.cli import main; main()",
+                "predict",
+                camera.url,
+                "--model-uri",
+                str(registered_detector["weights"]),
+                "--out",
+                str(out),
+                "--conf",
+                "0",
+                "--imgsz",
+                "160",
+                "--max-det",
+                "3",
+                "--max-frames",
+                "6",
+                "--save",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "6 frames" in done.stdout and "people:" in done.stdout
     lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
@@ -328,8 +379,23 @@ def test_predict_on_a_live_mjpeg_stream_tracks_and_stops_at_max_frames(registere
 
 def test_predict_names_a_camera_or_stream_it_cannot_open(registered_detector, tmp_path):
     port = free_port()  # nothing listens there
-    done = subprocess.run([sys.executable, "-c", "from facemask.cli import main; main()", "predict",
-                           f"http://127.0.0.1:{port}/none.mjpg", "--model-uri", str(registered_detector["weights"]),
-                           "--out", str(tmp_path / "o"), "--max-frames", "2"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from facemask.cli import main; main()",
+            "predict",
+            f"http://127.0.0.1:{port}/none.mjpg",
+            "--model-uri",
+            str(registered_detector["weights"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--max-frames",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "could not open it" in done.stderr and "Traceback" not in done.stderr

@@ -29,9 +29,27 @@ def test_predict_folder_with_ray_data(ray_local, registered_detector, synth_sour
     (source / "looping.png").symlink_to(source / "looping.png")
     (source / "folder.jpg").mkdir()
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["predict", str(source), "--model-uri", str(registered_detector["weights"]),
-                                       "--out", str(out), "--conf", "0", "--imgsz", "160", "--max-det", "5",
-                                       "--batch-size", "3", "--concurrency", "2"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            str(source),
+            "--model-uri",
+            str(registered_detector["weights"]),
+            "--out",
+            str(out),
+            "--conf",
+            "0",
+            "--imgsz",
+            "160",
+            "--max-det",
+            "5",
+            "--batch-size",
+            "3",
+            "--concurrency",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "12 images" in result.stdout and "skipped 4 unreadable" in result.stderr
     lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
@@ -69,8 +87,18 @@ def test_predict_video(ray_local, registered_detector, synth_source, tmp_path):
     out = tmp_path / "video-out"
     from facemask.batch_predict import PredictConfig, predict
 
-    result = predict(PredictConfig(source=video, model_uri=str(registered_detector["weights"]), out=out, conf=0,
-                                   imgsz=160, max_det=3, frames_per_task=5, concurrency=2))
+    result = predict(
+        PredictConfig(
+            source=video,
+            model_uri=str(registered_detector["weights"]),
+            out=out,
+            conf=0,
+            imgsz=160,
+            max_det=3,
+            frames_per_task=5,
+            concurrency=2,
+        )
+    )
     assert result.kind == "video" and result.items == 12 and not result.skipped
     lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
     assert [line["frame"] for line in lines] == list(range(12))
@@ -108,13 +136,28 @@ def test_export_onnx_logs_it_and_the_onnx_backend_agrees(registered_detector, kn
         assert len(got) == 2 and len(got[0]) == 10
         # Near-equal scores of an untrained model may swap places; match each box instead of the order.
         for d in got[0][:5]:
-            assert any(w.class_id == d.class_id and abs(w.confidence - d.confidence) < 1e-3
-                       and np.allclose(w.box, d.box, atol=1.0) for w in want), d
+            assert any(
+                w.class_id == d.class_id
+                and abs(w.confidence - d.confidence) < 1e-3
+                and np.allclose(w.box, d.box, atol=1.0)
+                for w in want
+            ), d
 
     with pytest.raises(ModelNotFoundError, match="facemask export"):
         load_detector(f"models:/{name}/{registered_detector['champion']}", backend="onnx")
-    missing = CliRunner().invoke(main, ["predict", str(known_image.parent), "--model-uri", f"models:/{name}/999",
-                                        "--out", str(tmp_path / "x"), "--engine", "local"])
+    missing = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            str(known_image.parent),
+            "--model-uri",
+            f"models:/{name}/999",
+            "--out",
+            str(tmp_path / "x"),
+            "--engine",
+            "local",
+        ],
+    )
     assert missing.exit_code == 2 and "999" in missing.stderr
 
 
@@ -129,4 +172,6 @@ def test_a_result_does_not_depend_on_its_batch_mates(registered_detector, synth_
         assert [d.class_id for d in batched] == [d.class_id for d in alone]
         assert np.allclose([d.box for d in batched], [d.box for d in alone], atol=0.05)
         assert np.allclose([d.confidence for d in batched], [d.confidence for d in alone], atol=1e-4)
-        assert all(0 <= d.box[0] <= d.box[2] <= image.width and 0 <= d.box[1] <= d.box[3] <= image.height for d in alone)
+        assert all(
+            0 <= d.box[0] <= d.box[2] <= image.width and 0 <= d.box[1] <= d.box[3] <= image.height for d in alone
+        )

@@ -85,8 +85,21 @@ def test_yolo_output_layout(synth_source, tmp_path):
 
 
 def test_cli_prepare_with_ray(synth_source, tmp_path, ray_local):
-    run = CliRunner().invoke(main, ["data", "prepare", "--source", str(synth_source), "--out", str(tmp_path / "o"),
-                                    "--pastes", "mask_weared_incorrect=12", "--blend", "overlay"])
+    run = CliRunner().invoke(
+        main,
+        [
+            "data",
+            "prepare",
+            "--source",
+            str(synth_source),
+            "--out",
+            str(tmp_path / "o"),
+            "--pastes",
+            "mask_weared_incorrect=12",
+            "--blend",
+            "overlay",
+        ],
+    )
     assert run.exit_code == 0, run.output
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["augment"]["planned"] == {"mask_weared_incorrect": 12}

@@ -20,8 +20,16 @@ def test_prepare_repeat_threshold_lists_rare_images_more_often_and_training_sees
     from facemask.settings import AugmentConfig, PrepareConfig, TrainConfig
     from facemask.train import train
 
-    result = prepare(PrepareConfig(source=synth_source, out=tmp_path / "yolo", engine="local", plots=False,
-                                   repeat_threshold=0.9, augment=AugmentConfig(balance_ratio=0)))
+    result = prepare(
+        PrepareConfig(
+            source=synth_source,
+            out=tmp_path / "yolo",
+            engine="local",
+            plots=False,
+            repeat_threshold=0.9,
+            augment=AugmentConfig(balance_ratio=0),
+        )
+    )
     repeat = result.manifest["repeat"]
     doc = yaml.safe_load(result.data_yaml.read_text())
     assert doc["train"] == "train.txt" and doc["val"] == "images/val" and doc["test"] == "images/test"
@@ -38,9 +46,22 @@ def test_prepare_repeat_threshold_lists_rare_images_more_often_and_training_sees
         seen.append(Counter(Path(f).name for f in trainer.train_loader.dataset.im_files))
         assert len(trainer.train_loader) == math.ceil(repeat["listed"] / 8)
 
-    train(TrainConfig(data=result.data_yaml, model="yolo26n.yaml", epochs=1, imgsz=160, batch=8, device="cpu",
-                      workers=0, project=tmp_path / "runs", plots=False, tracking=False,
-                      overrides={"mosaic": 0.0}), callbacks={"on_train_epoch_start": [count]})
+    train(
+        TrainConfig(
+            data=result.data_yaml,
+            model="yolo26n.yaml",
+            epochs=1,
+            imgsz=160,
+            batch=8,
+            device="cpu",
+            workers=0,
+            project=tmp_path / "runs",
+            plots=False,
+            tracking=False,
+            overrides={"mosaic": 0.0},
+        ),
+        callbacks={"on_train_epoch_start": [count]},
+    )
     assert seen == [listed]  # each image as many times as train.txt lists it, in one epoch
 
 
@@ -48,15 +69,19 @@ def splits(root: Path, *names: str) -> set[str]:
     return {p.name for name in names for p in (root / "images" / name).iterdir()}
 
 
-def test_evaluate_a_voc_folder_logs_intervals_and_counts_unknown_classes(registered_detector, synth_source, tmp_path,
-                                                                        monkeypatch):
+def test_evaluate_a_voc_folder_logs_intervals_and_counts_unknown_classes(
+    registered_detector, synth_source, tmp_path, monkeypatch
+):
     from facemask.evaluate import HELDOUT, evaluate
 
     folder = tmp_path / "my-photos"
     shutil.copytree(synth_source, folder)
     xml = sorted((folder / "annotations").iterdir())[0]
-    xml.write_text(xml.read_text().replace("<name>with_mask</name>", "<name>face_shield</name>", 1)
-                   .replace("<name>without_mask</name>", "<name>face_shield</name>", 1))
+    xml.write_text(
+        xml.read_text()
+        .replace("<name>with_mask</name>", "<name>face_shield</name>", 1)
+        .replace("<name>without_mask</name>", "<name>face_shield</name>", 1)
+    )
     unknown = xml.read_text().count("face_shield")
     assert unknown >= 1
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registered_detector["tracking_uri"])
@@ -82,5 +107,9 @@ def test_evaluate_a_voc_folder_logs_intervals_and_counts_unknown_classes(registe
 
 
 def xml_objects(folder: Path) -> Counter:
-    return Counter(line.strip() for f in (folder / "annotations").iterdir() for line in f.read_text().splitlines()
-                   if line.strip().startswith("<name>"))
+    return Counter(
+        line.strip()
+        for f in (folder / "annotations").iterdir()
+        for line in f.read_text().splitlines()
+        if line.strip().startswith("<name>")
+    )

@@ -17,10 +17,19 @@ import pytest
 from PIL import Image
 
 from facemask.client import Client, EndpointError
-from tests.services import (API_KEY, CHROMIUM, LIMITS, assert_last_box_in_its_class_colour, free_port,
-                            launch_chromium, replica_pids, wait_for_replicas)
+from tests.services import (
+    API_KEY,
+    CHROMIUM,
+    LIMITS,
+    assert_last_box_in_its_class_colour,
+    free_port,
+    launch_chromium,
+    replica_pids,
+    wait_for_replicas,
+)
 
 pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def http(endpoint):
@@ -61,9 +70,18 @@ def test_predict_matches_the_model_called_in_process(http, endpoint, known_image
             assert got["box"][k] == pytest.approx(want["box"][k], abs=0.5)
     with Image.open(known_image) as image:
         assert body["image"] == {"width": image.width, "height": image.height}
-    assert sum(body["counts"].values()) == 20 and set(body["counts"]) == {"with_mask", "without_mask", "mask_weared_incorrect"}
-    assert body["model"] == {"name": endpoint["name"], "version": endpoint["champion"], "run_id": endpoint["run_id"],
-                             "uri": f"models:/{endpoint['name']}@champion", "backend": "pt"}
+    assert sum(body["counts"].values()) == 20 and set(body["counts"]) == {
+        "with_mask",
+        "without_mask",
+        "mask_weared_incorrect",
+    }
+    assert body["model"] == {
+        "name": endpoint["name"],
+        "version": endpoint["champion"],
+        "run_id": endpoint["run_id"],
+        "uri": f"models:/{endpoint['name']}@champion",
+        "backend": "pt",
+    }
     assert body["timings"]["inference_ms"] > 0 and body["timings"]["total_ms"] >= body["timings"]["inference_ms"]
 
     raw = http.post("/predict", params=params, content=known_image.read_bytes(), headers={"content-type": "image/png"})
@@ -71,7 +89,9 @@ def test_predict_matches_the_model_called_in_process(http, endpoint, known_image
 
 
 def test_annotated_image_and_metadata(http, endpoint, known_image):
-    response = http.post("/predict/image", params={"conf": 0, "imgsz": 160, "max_det": 5}, content=known_image.read_bytes())
+    response = http.post(
+        "/predict/image", params={"conf": 0, "imgsz": 160, "max_det": 5}, content=known_image.read_bytes()
+    )
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     assert response.headers["x-detections"] == "5"
     with Image.open(known_image) as original, Image.open(io.BytesIO(response.content)) as annotated:
@@ -125,7 +145,10 @@ BAD_INPUTS = {
     "empty_body": (lambda img: {"content": b""}, 400),
     "zero_size_image": (lambda img: {"content": zero_width_png()}, 400),
     "body_too_large": (lambda img: {"content": os.urandom(1_200_000)}, 413),
-    "bad_multipart": (lambda img: {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=y"}}, 400),
+    "bad_multipart": (
+        lambda img: {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=y"}},
+        400,
+    ),
 }
 
 
@@ -143,7 +166,10 @@ def test_bad_input_gets_its_4xx_and_the_replica_keeps_serving(http, known_image,
 def test_unknown_routes_methods_and_16_bit_images(http, endpoint):
     import numpy as np
 
-    for method, path, status, error in (("GET", "/nowhere", 404, "not_found"), ("GET", "/predict", 405, "method_not_allowed")):
+    for method, path, status, error in (
+        ("GET", "/nowhere", 404, "not_found"),
+        ("GET", "/predict", 405, "method_not_allowed"),
+    ):
         answer = http.request(method, path)
         assert answer.status_code == status and answer.json()["error"] == error, answer.text
         assert "/docs" in answer.json()["message"]
@@ -155,7 +181,9 @@ def test_unknown_routes_methods_and_16_bit_images(http, endpoint):
     assert missing.status_code == 404 and endpoint["tracking_uri"] not in missing.text
 
 
-@pytest.mark.parametrize("params", [{"conf": 2}, {"conf": "high"}, {"iou": -0.1}, {"imgsz": 0}, {"imgsz": "big"}, {"max_det": 0}])
+@pytest.mark.parametrize(
+    "params", [{"conf": 2}, {"conf": "high"}, {"iou": -0.1}, {"imgsz": 0}, {"imgsz": "big"}, {"max_det": 0}]
+)
 def test_bad_query_values_get_422(http, known_image, params):
     response = http.post("/predict", params=params, content=known_image.read_bytes())
     assert response.status_code == 422
@@ -191,8 +219,9 @@ def test_a_promotion_is_served_without_a_redeploy(http, endpoint, known_image):
     def versions() -> tuple[str, str]:
         data = known_image.read_bytes()
         default = http.post("/predict", params={"imgsz": 160}, content=data).json()["model"]["version"]
-        named = http.post("/predict", params={"imgsz": 160}, content=data,
-                          headers={"serve_multiplexed_model_id": "champion"}).json()["model"]["version"]
+        named = http.post(
+            "/predict", params={"imgsz": 160}, content=data, headers={"serve_multiplexed_model_id": "champion"}
+        ).json()["model"]["version"]
         return default, named
 
     def converge(target: str) -> None:
@@ -217,11 +246,14 @@ def test_concurrent_requests_are_batched(endpoint, known_image):
     With no batch wait, whether a burst forms a batch depends on arrival times: of three
     bursts of six, at least one must.
     """
+
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=endpoint["url"], timeout=60) as client:
             data = known_image.read_bytes()
             # imgsz 640: a model call long enough (~50 ms here) for the others to queue behind it.
-            return await asyncio.gather(*[client.post("/predict", params={"imgsz": 640}, content=data) for _ in range(6)])
+            return await asyncio.gather(
+                *[client.post("/predict", params={"imgsz": 640}, content=data) for _ in range(6)]
+            )
 
     sizes = []
     for _ in range(3):
@@ -238,10 +270,12 @@ def test_overload_gets_quick_503s_not_hangs(endpoint, known_image):
     Image.open(known_image).resize((640, 480)).save(big, format="JPEG")
 
     async def flood() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=endpoint["url"], timeout=httpx.Timeout(60),
-                                     limits=httpx.Limits(max_connections=60)) as client:
-            return await asyncio.gather(*[client.post("/predict", params={"imgsz": 320}, content=big.getvalue())
-                                          for _ in range(40)])
+        async with httpx.AsyncClient(
+            base_url=endpoint["url"], timeout=httpx.Timeout(60), limits=httpx.Limits(max_connections=60)
+        ) as client:
+            return await asyncio.gather(
+                *[client.post("/predict", params={"imgsz": 320}, content=big.getvalue()) for _ in range(40)]
+            )
 
     responses = asyncio.run(asyncio.wait_for(flood(), timeout=90))
     codes = [r.status_code for r in responses]
@@ -264,8 +298,13 @@ def test_api_key_on_and_off(endpoint, known_image):
     assert httpx.get(f"{secured}/models").status_code == 401
     # The key is checked before the parameters: a caller without it learns nothing about them.
     assert httpx.post(f"{secured}/predict", params={"conf": 5}, content=data, timeout=60).status_code == 401
-    keyed = httpx.post(f"{secured}/predict", params={"conf": 5}, content=data, timeout=60,
-                       headers={"Authorization": f"Bearer {API_KEY}"})
+    keyed = httpx.post(
+        f"{secured}/predict",
+        params={"conf": 5},
+        content=data,
+        timeout=60,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
     assert keyed.status_code == 422
     ok = httpx.post(f"{secured}/predict", content=data, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
     assert ok.status_code == 200 and ok.json()["model"]["version"] == endpoint["champion"]
@@ -289,8 +328,10 @@ def test_a_body_that_never_arrives_gets_408_and_frees_the_connection(endpoint, k
 
     port = int(endpoint["url"].rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
-                  b"Content-Length: 100000\r\n\r\n" + b"\xff\xd8" * 5)
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 100000\r\n\r\n" + b"\xff\xd8" * 5
+        )
         started = time.monotonic()
         answer = b""
         while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
@@ -316,8 +357,23 @@ def test_client_and_query_command(endpoint, known_image, tmp_path):
     assert len(answer["detections"]) == 2 and sum(answer["counts"].values()) == 2
     assert client.models()["default"].endswith("@champion")
     saved = tmp_path / "annotated.jpg"
-    result = CliRunner().invoke(main, ["query", str(known_image), "--url", endpoint["url"], "--conf", "0", "--imgsz", "160",
-                                       "--max-det", "4", "--save", str(saved)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "query",
+            str(known_image),
+            "--url",
+            endpoint["url"],
+            "--conf",
+            "0",
+            "--imgsz",
+            "160",
+            "--max-det",
+            "4",
+            "--save",
+            str(saved),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "4 detections" in result.stdout and f"v{endpoint['champion']}" in result.stdout
     assert Image.open(saved).format == "JPEG"
@@ -341,7 +397,9 @@ def test_client_retries_503_with_backoff(known_image):
             if script:
                 status, payload = script.pop(0)
             else:
-                status, body = (503, {"error": "overloaded", "message": "busy"}) if len(calls) < 3 else (200, {"ok": True})
+                status, body = (
+                    (503, {"error": "overloaded", "message": "busy"}) if len(calls) < 3 else (200, {"ok": True})
+                )
                 payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Length", str(len(payload)))
@@ -403,8 +461,9 @@ async def load_through_a_kill(url: str, data: bytes, victim: int, clients: int, 
         return time.perf_counter() - started
 
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=clients)) as client:
-        killed_at, *_ = await asyncio.wait_for(asyncio.gather(kill(), *[worker(client) for _ in range(clients)]),
-                                               timeout=seconds + 60)
+        killed_at, *_ = await asyncio.wait_for(
+            asyncio.gather(kill(), *[worker(client) for _ in range(clients)]), timeout=seconds + 60
+        )
     return killed_at, seen
 
 
@@ -430,8 +489,11 @@ def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint
     base = {"model_uri": str(endpoint["weights"]), "threads": 1, "max_batch_size": 4, **LIMITS}
     url = f"{endpoint['url']}/killable"
     data = known_image.read_bytes()
-    serve.run(build_app({**base, "deployment_options": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}}}),
-              name="killable", route_prefix="/killable")
+    serve.run(
+        build_app({**base, "deployment_options": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}}}),
+        name="killable",
+        route_prefix="/killable",
+    )
     try:
         victim, _ = replica_pids("killable").values()
         killed_at, seen = asyncio.run(load_through_a_kill(url, data, victim, clients=6, seconds=10))
@@ -442,15 +504,21 @@ def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint
         assert [status for sent, _, status, _ in seen if sent > killed_at], "no request was sent after the kill"
         wait_for_replicas("killable", 2, victim)
 
-        serve.run(build_app({**base, "deployment_options": {"num_replicas": 1,
-                                                            "ray_actor_options": {"num_cpus": 0.25}}}),
-                  name="killable", route_prefix="/killable")
+        serve.run(
+            build_app({**base, "deployment_options": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}}}),
+            name="killable",
+            route_prefix="/killable",
+        )
         (lone,) = wait_for_replicas("killable", 1, victim).values()
         killed_at, seen = asyncio.run(load_through_a_kill(url, data, lone, clients=4, seconds=14))
         codes = Counter(status for _, _, status, _ in seen)
         back = min((sent for sent, _, status, _ in seen if sent > killed_at and status == 200), default=None)
-        print("a lone replica killed:", dict(codes), f"slowest {max(s for _, s, _, _ in seen):.2f} s,",
-              f"first 200 sent {back - killed_at:.1f} s after the kill" if back else "no 200 after the kill")
+        print(
+            "a lone replica killed:",
+            dict(codes),
+            f"slowest {max(s for _, s, _, _ in seen):.2f} s,",
+            f"first 200 sent {back - killed_at:.1f} s after the kill" if back else "no 200 after the kill",
+        )
         assert set(codes) <= {200, 503}, codes
         refused = [response for _, _, status, response in seen if status == 503]
         assert refused, "no request met the restart window"
@@ -517,6 +585,7 @@ def test_oversized_and_slow_headers_and_too_many_connections_are_refused(endpoin
             s.close()
     assert_serves(httpx.Client(base_url=endpoint["url"], timeout=60), known_image)
 
+
 # GET the URL every 50 ms until a line arrives on stdin, then print the latencies as JSON.
 HEALTH_PROBE = """
 import json, sys, threading, time
@@ -543,8 +612,14 @@ def test_memory_stays_bounded_under_concurrent_huge_images(endpoint):
 
     from facemask.serving import build_app
 
-    args = {"model_uri": str(endpoint["weights"]), "threads": 1, "max_body_mb": 5.0, "max_pixels": 40_000_000,
-            "decode_budget_mp": 40.0, "deployment_options": {"ray_actor_options": {"num_cpus": 0.25}}}
+    args = {
+        "model_uri": str(endpoint["weights"]),
+        "threads": 1,
+        "max_body_mb": 5.0,
+        "max_pixels": 40_000_000,
+        "decode_budget_mp": 40.0,
+        "deployment_options": {"ray_actor_options": {"num_cpus": 0.25}},
+    }
     serve.run(build_app(args), name="huge", route_prefix="/huge")
     url = f"{endpoint['url']}/huge"
     try:
@@ -565,13 +640,18 @@ def test_memory_stays_bounded_under_concurrent_huge_images(endpoint):
         watcher.start()
         # /healthz is probed from a process of its own: a probe in this one would share its GIL
         # with the burst's client, and measure that client more than the server.
-        probe = subprocess.Popen([sys.executable, "-c", HEALTH_PROBE, f"{url}/healthz"], stdout=subprocess.PIPE,
-                                 stdin=subprocess.PIPE, text=True)
+        probe = subprocess.Popen(
+            [sys.executable, "-c", HEALTH_PROBE, f"{url}/healthz"],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            text=True,
+        )
 
         async def burst() -> list[int]:
             async with httpx.AsyncClient(timeout=120) as client:
-                answers = await asyncio.gather(*[client.post(f"{url}/predict", params={"imgsz": 160},
-                                                             content=big.getvalue()) for _ in range(8)])
+                answers = await asyncio.gather(
+                    *[client.post(f"{url}/predict", params={"imgsz": 160}, content=big.getvalue()) for _ in range(8)]
+                )
             return [a.status_code for a in answers]
 
         try:
@@ -590,8 +670,10 @@ def test_memory_stays_bounded_under_concurrent_huge_images(endpoint):
         health = sorted(health)
         p50, p90, p99 = (health[int(len(health) * q)] * 1000 for q in (0.5, 0.9, 0.99))
         assert len(health) >= 20 and p50 < 50, f"/healthz p50 {p50:.0f} ms over {len(health)} probes"
-        print(f"huge burst: grew {grew:.0f} MB at peak, {after:.0f} MB after; /healthz p50 {p50:.0f} ms, "
-              f"p90 {p90:.0f} ms, p99 {p99:.0f} ms, max {health[-1] * 1000:.0f} ms over {len(health)} probes")
+        print(
+            f"huge burst: grew {grew:.0f} MB at peak, {after:.0f} MB after; /healthz p50 {p50:.0f} ms, "
+            f"p90 {p90:.0f} ms, p99 {p99:.0f} ms, max {health[-1] * 1000:.0f} ms over {len(health)} probes"
+        )
     finally:
         serve.delete("huge")
 
@@ -637,9 +719,13 @@ def facemask_serve(weights, tmp_path, *options: str):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}
     env.pop("RAY_ADDRESS", None)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "facemask.cli", "serve", "--model-uri", str(weights),
-                                 "--port", str(port), *options], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "facemask.cli", "serve", "--model-uri", str(weights), "--port", str(port), *options],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             wait_http(f"{url}/healthz", timeout=180, proc=proc)
@@ -655,8 +741,9 @@ def facemask_serve(weights, tmp_path, *options: str):
 
 
 @pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
-def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(registered_detector, known_image, tmp_path,
-                                                                        ingress):
+def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(
+    registered_detector, known_image, tmp_path, ingress
+):
     """The user-facing command in its own process (its own local Ray), air-gapped: a local .pt, no registry.
 
     Stopped by Ctrl-C (proxy), or by SIGTERM to its whole process group (haproxy), as systemd
@@ -720,8 +807,18 @@ def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_de
     data = body.getvalue()
     assert 16 * 1024 < len(data) < int(HAPROXY_ENV["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]), len(data)
 
-    with facemask_serve(registered_detector["weights"], tmp_path, "--num-cpus", "0.25", "--replicas", "2",
-                        "--threads", "1", "--ingress", "haproxy") as (proc, url, _):
+    with facemask_serve(
+        registered_detector["weights"],
+        tmp_path,
+        "--num-cpus",
+        "0.25",
+        "--replicas",
+        "2",
+        "--threads",
+        "1",
+        "--ingress",
+        "haproxy",
+    ) as (proc, url, _):
 
         def children() -> list[tuple[int, list[str]]]:
             found = []
@@ -737,10 +834,12 @@ def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_de
         # The settings reached HAProxy: its config, found from its command line (-f PATH).
         (config,) = {Path(cmd[cmd.index("-f") + 1]) for _, cmd in children() if "-f" in cmd and "haproxy" in cmd[0]}
         text = config.read_text()
-        for line in (f"retry-on {HAPROXY_ENV['RAY_SERVE_HAPROXY_RETRY_ON']}",
-                     f"retries {HAPROXY_ENV['RAY_SERVE_HAPROXY_RETRIES']}",
-                     f"tune.bufsize {HAPROXY_ENV['RAY_SERVE_HAPROXY_TUNE_BUFSIZE']}",
-                     f"maxconn {HAPROXY_ENV['RAY_SERVE_HAPROXY_MAXCONN']}"):
+        for line in (
+            f"retry-on {HAPROXY_ENV['RAY_SERVE_HAPROXY_RETRY_ON']}",
+            f"retries {HAPROXY_ENV['RAY_SERVE_HAPROXY_RETRIES']}",
+            f"tune.bufsize {HAPROXY_ENV['RAY_SERVE_HAPROXY_TUNE_BUFSIZE']}",
+            f"maxconn {HAPROXY_ENV['RAY_SERVE_HAPROXY_MAXCONN']}",
+        ):
             assert line in text, (line, config)
 
         answers: list[dict] = []
@@ -751,8 +850,14 @@ def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_de
         calls.join(timeout=120)
     codes = Counter(status for _, _, status, _ in seen)
     dropped = [sent - killed_at for sent, _, status, _ in seen if status != 200]
-    print("haproxy, two replicas, one killed:", dict(codes), f"slowest {max(s for _, s, _, _ in seen):.2f} s;",
-          "dropped sent at", [f"{t:+.2f} s" for t in dropped], "from the kill")
+    print(
+        "haproxy, two replicas, one killed:",
+        dict(codes),
+        f"slowest {max(s for _, s, _, _ in seen):.2f} s;",
+        "dropped sent at",
+        [f"{t:+.2f} s" for t in dropped],
+        "from the kill",
+    )
     assert codes[200] >= 30 and set(codes) <= {200, "RemoteProtocolError"}, codes
     assert all(-1 < t < 0.5 for t in dropped), f"requests were dropped away from the kill: {dropped}"
     assert max(seconds for _, seconds, _, _ in seen) < 5, "a request waited on the dead replica"

@@ -36,8 +36,9 @@ def command_env(**extra: str) -> dict[str, str]:
 
 def start(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
     """A command in its own session (its own process group), as a shell or systemd would start it."""
-    return subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+    )
 
 
 def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
@@ -47,7 +48,9 @@ def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | No
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the command ended ({proc.returncode}) before {what}: {log.read_text()[-3000:] if log else ''}")
+            pytest.fail(
+                f"the command ended ({proc.returncode}) before {what}: {log.read_text()[-3000:] if log else ''}"
+            )
         time.sleep(0.5)
     pytest.fail(f"no {what} within {timeout:.0f}s: {log.read_text()[-3000:] if log else ''}")
 
@@ -87,10 +90,39 @@ def runs_of(uri: str, experiment: str):
 
 
 def study_args(data: Path, space: Path, storage: Path, experiment: str, trials: int = 2) -> list[str]:
-    return ["--data", str(data), "--model", "yolo26n.yaml", "--trials", str(trials), "--epochs", "2", "--imgsz", "160",
-            "--batch", "8", "--cpus-per-trial", "1", "--max-concurrent", "1", "--search-space", str(space),
-            "--metric", "cls_loss", "--mode", "min", "--grace-period", "2", "--storage", str(storage), "--name", "study",
-            "--experiment", experiment, "--no-promote"]
+    return [
+        "--data",
+        str(data),
+        "--model",
+        "yolo26n.yaml",
+        "--trials",
+        str(trials),
+        "--epochs",
+        "2",
+        "--imgsz",
+        "160",
+        "--batch",
+        "8",
+        "--cpus-per-trial",
+        "1",
+        "--max-concurrent",
+        "1",
+        "--search-space",
+        str(space),
+        "--metric",
+        "cls_loss",
+        "--mode",
+        "min",
+        "--grace-period",
+        "2",
+        "--storage",
+        str(storage),
+        "--name",
+        "study",
+        "--experiment",
+        experiment,
+        "--no-promote",
+    ]
 
 
 @pytest.fixture()
@@ -120,8 +152,13 @@ def test_tune_stopped_by_sigterm_to_its_process_group_resumes(tiny_data, tmp_pat
     log = tmp_path / "tune.log"
     proc = start(args, log, env, tmp_path)
     # Mid-study: the first trial has reported an epoch, so its checkpoint exists.
-    wait_until(lambda: list((tmp_path / "studies" / "study").glob("run_trial_*/checkpoint_*")), 300,
-               "trial checkpoint", proc, log)
+    wait_until(
+        lambda: list((tmp_path / "studies" / "study").glob("run_trial_*/checkpoint_*")),
+        300,
+        "trial checkpoint",
+        proc,
+        log,
+    )
     code, seconds, left = stop_and_time(proc, group=True)
     output = log.read_text()
     assert code == 143, output[-3000:]
@@ -141,22 +178,45 @@ def test_tune_stopped_by_ray_job_stop_resumes(tiny_data, mlflow_server, tmp_path
     (3 s by default; the README says to give it 30)."""
     from tests.services import RayCluster
 
-    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="fm-ray-", dir="/tmp")),
-                         {**command_env(RAY_AUTH_MODE="token"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    cluster = RayCluster(
+        Path(tempfile.mkdtemp(prefix="fm-ray-", dir="/tmp")),
+        {**command_env(RAY_AUTH_MODE="token"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
     ray = str(Path(sys.executable).with_name("ray"))
     experiment = "stop-job"
-    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server.uri, "YOLO_OFFLINE": "1",
-                                           "YOLO_CONFIG_DIR": os.environ["YOLO_CONFIG_DIR"],
-                                           "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WITHIN_S)}})
-    args = ["python", str(ROOT / "jobs" / "tune.py"), *study_args(tiny_data, two_trial_space, tmp_path / "studies", experiment)]
+    runtime_env = json.dumps(
+        {
+            "env_vars": {
+                "MLFLOW_TRACKING_URI": mlflow_server.uri,
+                "YOLO_OFFLINE": "1",
+                "YOLO_CONFIG_DIR": os.environ["YOLO_CONFIG_DIR"],
+                "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WITHIN_S),
+            }
+        }
+    )
+    args = [
+        "python",
+        str(ROOT / "jobs" / "tune.py"),
+        *study_args(tiny_data, two_trial_space, tmp_path / "studies", experiment),
+    ]
 
     def job(*command: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([ray, "job", *command], env=cluster.env, capture_output=True, text=True, timeout=timeout)
 
     def submit(extra: list[str], wait: bool) -> str:
         for _ in range(30):  # a head that has just started may not have its job agent yet
-            run = job("submit", "--address", cluster.dashboard, "--runtime-env-json", runtime_env,
-                      *([] if wait else ["--no-wait"]), "--", *args, *extra, timeout=900)
+            run = job(
+                "submit",
+                "--address",
+                cluster.dashboard,
+                "--runtime-env-json",
+                runtime_env,
+                *([] if wait else ["--no-wait"]),
+                "--",
+                *args,
+                *extra,
+                timeout=900,
+            )
             if "No available agent to submit job" not in run.stderr:
                 return run.stdout + run.stderr
             time.sleep(2)
@@ -166,8 +226,9 @@ def test_tune_stopped_by_ray_job_stop_resumes(tiny_data, mlflow_server, tmp_path
         cluster.start_head(num_cpus=2, resources={"head": 1})
         submitted = submit([], wait=False)
         job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submitted).group(0)
-        wait_until(lambda: list((tmp_path / "studies" / "study").glob("run_trial_*/checkpoint_*")), 300,
-                   "trial checkpoint")
+        wait_until(
+            lambda: list((tmp_path / "studies" / "study").glob("run_trial_*/checkpoint_*")), 300, "trial checkpoint"
+        )
         started = time.monotonic()
         stop = job("stop", "--address", cluster.dashboard, job_id)  # returns once the job has ended
         seconds = time.monotonic() - started
@@ -176,7 +237,9 @@ def test_tune_stopped_by_ray_job_stop_resumes(tiny_data, mlflow_server, tmp_path
         assert "was stopped" in status.stdout + status.stderr
         logs = job("logs", "--address", cluster.dashboard, job_id).stdout
         assert seconds < STOP_WITHIN_S + 5  # the job's exit, plus the CLI's one-second polling
-        assert any(line.startswith("stopped by SIGTERM") and "--resume" in line for line in logs.splitlines()), logs[-3000:]
+        assert any(line.startswith("stopped by SIGTERM") and "--resume" in line for line in logs.splitlines()), logs[
+            -3000:
+        ]
         assert [r for r in runs_of(mlflow_server.uri, experiment) if r.info.status == "RUNNING"] == []
 
         resumed = submit(["--resume"], wait=True)
@@ -189,10 +252,31 @@ def test_tune_stopped_by_ray_job_stop_resumes(tiny_data, mlflow_server, tmp_path
 def test_train_stopped_by_sigterm_ends_its_run_killed(tiny_data, mlflow_server, tmp_path):
     experiment = f"stop-train-{os.getpid()}"
     log = tmp_path / "train.log"
-    proc = start(FACEMASK + ["train", "--data", str(tiny_data), "--model", "yolo26n.yaml", "--epochs", "30",
-                             "--imgsz", "160", "--batch", "8", "--device", "cpu", "--experiment", experiment,
-                             "--project", str(tmp_path / "runs")],
-                 log, command_env(MLFLOW_TRACKING_URI=mlflow_server.uri), tmp_path)
+    proc = start(
+        FACEMASK
+        + [
+            "train",
+            "--data",
+            str(tiny_data),
+            "--model",
+            "yolo26n.yaml",
+            "--epochs",
+            "30",
+            "--imgsz",
+            "160",
+            "--batch",
+            "8",
+            "--device",
+            "cpu",
+            "--experiment",
+            experiment,
+            "--project",
+            str(tmp_path / "runs"),
+        ],
+        log,
+        command_env(MLFLOW_TRACKING_URI=mlflow_server.uri),
+        tmp_path,
+    )
     wait_until(lambda: list((tmp_path / "runs").glob("*/weights/last.pt")), 300, "first epoch's weights", proc, log)
     code, seconds, left = stop_and_time(proc, group=False)
     output = log.read_text()
@@ -208,10 +292,28 @@ def test_predict_on_a_folder_stopped_by_sigterm_to_its_group(registered_detector
     for i in range(600):  # enough that it is still at work when the signal comes
         (images / f"{i:04d}{originals[i % len(originals)].suffix}").symlink_to(originals[i % len(originals)])
     log = tmp_path / "predict.log"
-    proc = start(FACEMASK + ["predict", str(images), "--out", str(tmp_path / "out"), "--model-uri",
-                             str(registered_detector["weights"]), "--imgsz", "160", "--device", "cpu", "--engine", "ray",
-                             "--concurrency", "1"],
-                 log, command_env(), tmp_path)
+    proc = start(
+        FACEMASK
+        + [
+            "predict",
+            str(images),
+            "--out",
+            str(tmp_path / "out"),
+            "--model-uri",
+            str(registered_detector["weights"]),
+            "--imgsz",
+            "160",
+            "--device",
+            "cpu",
+            "--engine",
+            "ray",
+            "--concurrency",
+            "1",
+        ],
+        log,
+        command_env(),
+        tmp_path,
+    )
 
     # Mid-run: the model actors have annotated some images, not all.
     wait_until(lambda: list((tmp_path / "out" / "annotated").glob("*.jpg")), 180, "annotated image", proc, log)
@@ -225,9 +327,23 @@ def test_two_worker_trials_fit_a_two_cpu_machine(tiny_data, tracking, tmp_path, 
     """Each trial's driver reserves a token 0.01 CPU; its two Ray Train workers share the rest."""
     from facemask.tune import StudyConfig, tune
 
-    cfg = StudyConfig(data=tiny_data, model="yolo26n.yaml", trials=2, epochs=1, imgsz=160, batch=8, cpus_per_trial=2,
-                      ray_workers_per_trial=2, storage=str(tmp_path / "studies"), name="w2", metric="cls_loss",
-                      mode="min", experiment=tracking["experiment"], register=False, max_failures=0)
+    cfg = StudyConfig(
+        data=tiny_data,
+        model="yolo26n.yaml",
+        trials=2,
+        epochs=1,
+        imgsz=160,
+        batch=8,
+        cpus_per_trial=2,
+        ray_workers_per_trial=2,
+        storage=str(tmp_path / "studies"),
+        name="w2",
+        metric="cls_loss",
+        mode="min",
+        experiment=tracking["experiment"],
+        register=False,
+        max_failures=0,
+    )
     result = tune(cfg)
     assert result.counts["finished"] == 2, result.trials
     logs = list((tmp_path / "studies" / "w2-yolo").glob("*/ray-train/*/ranks.jsonl"))
@@ -239,9 +355,25 @@ def test_two_worker_trials_fit_a_two_cpu_machine(tiny_data, tracking, tmp_path, 
 
 def test_a_trial_that_cannot_fit_is_refused_in_one_line(tiny_data, tmp_path):
     started = time.monotonic()
-    refused = subprocess.run(FACEMASK + ["tune", "--data", str(tiny_data), "--model", "yolo26n.yaml",
-                                         "--ray-workers-per-trial", "3", "--cpus-per-trial", "2"],
-                             env=command_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        FACEMASK
+        + [
+            "tune",
+            "--data",
+            str(tiny_data),
+            "--model",
+            "yolo26n.yaml",
+            "--ray-workers-per-trial",
+            "3",
+            "--cpus-per-trial",
+            "2",
+        ],
+        env=command_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert time.monotonic() - started < 10
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()

@@ -72,9 +72,23 @@ def test_study_asha_nested_runs_and_crash_retry(tiny_data, tracking, tmp_path, s
 
     name = f"tune-{tracking['experiment']}"
     cfg = StudyConfig(
-        data=tiny_data, model="yolo26n.yaml", trials=3, epochs=3, imgsz=160, batch=8, search_space=space_file,
-        cpus_per_trial=1, max_concurrent=1, storage=str(tmp_path / "studies"), name="asha", metric="cls_loss",
-        mode="min", grace_period=1, reduction_factor=2, max_failures=2, experiment=tracking["experiment"],
+        data=tiny_data,
+        model="yolo26n.yaml",
+        trials=3,
+        epochs=3,
+        imgsz=160,
+        batch=8,
+        search_space=space_file,
+        cpus_per_trial=1,
+        max_concurrent=1,
+        storage=str(tmp_path / "studies"),
+        name="asha",
+        metric="cls_loss",
+        mode="min",
+        grace_period=1,
+        reduction_factor=2,
+        max_failures=2,
+        experiment=tracking["experiment"],
         registered_model=name,
     )
     result = tune(cfg, trial_callbacks={"on_fit_epoch_end": [crash_once]})
@@ -110,16 +124,48 @@ def test_interrupted_study_resumes_without_rerunning(tiny_data, tmp_path, mlflow
     """SIGINT the driver after the first trial finished; --resume finishes the rest, reusing the parent run."""
     space_file = tmp_path / "space.yaml"
     good = SPACE["baseline"][0]
-    space_file.write_text(yaml.safe_dump({"space": SPACE["space"], "baseline": [good, {**good, "lr0": 0.01}, {**good, "lr0": 0.005}]}))
+    space_file.write_text(
+        yaml.safe_dump({"space": SPACE["space"], "baseline": [good, {**good, "lr0": 0.01}, {**good, "lr0": 0.005}]})
+    )
     experiment = f"resume-{os.getpid()}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, str(ROOT / "jobs" / "tune.py"), "--data", str(tiny_data), "--model", "yolo26n.yaml",
-            "--trials", "3", "--epochs", "2", "--imgsz", "160", "--cpus-per-trial", "1", "--max-concurrent", "1",
-            "--search-space", str(space_file), "--metric", "cls_loss", "--mode", "min", "--grace-period", "2", "--storage",
-            str(tmp_path / "studies"), "--name", "resumable", "--experiment", experiment, "--no-promote"]
+    args = [
+        sys.executable,
+        str(ROOT / "jobs" / "tune.py"),
+        "--data",
+        str(tiny_data),
+        "--model",
+        "yolo26n.yaml",
+        "--trials",
+        "3",
+        "--epochs",
+        "2",
+        "--imgsz",
+        "160",
+        "--cpus-per-trial",
+        "1",
+        "--max-concurrent",
+        "1",
+        "--search-space",
+        str(space_file),
+        "--metric",
+        "cls_loss",
+        "--mode",
+        "min",
+        "--grace-period",
+        "2",
+        "--storage",
+        str(tmp_path / "studies"),
+        "--name",
+        "resumable",
+        "--experiment",
+        experiment,
+        "--no-promote",
+    ]
     client = MlflowClient(mlflow_server.uri)
-    proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         first = None

@@ -14,8 +14,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "facemask"
 # Modules every stage may import; they import nothing of ours but each other (in this order).
-LEAVES = ("facemask.classes", "facemask.errors", "facemask.modelref", "facemask.runtime", "facemask.manifest",
-          "facemask.settings")
+LEAVES = (
+    "facemask.classes",
+    "facemask.errors",
+    "facemask.modelref",
+    "facemask.runtime",
+    "facemask.manifest",
+    "facemask.settings",
+)
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -36,8 +42,10 @@ def import_graph(root: Path) -> dict[str, set[str]]:
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 # `from facemask.x import y` imports facemask.x, or the submodule facemask.x.y.
-                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                           for a in node.names]
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                ]
             for target in targets:
                 while target and target not in modules:
                     target = target.rpartition(".")[0]
@@ -56,7 +64,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -76,7 +84,7 @@ def test_the_package_has_no_import_cycle() -> None:
 
 @pytest.mark.parametrize("leaf", LEAVES)
 def test_leaves_import_only_earlier_leaves(leaf: str) -> None:
-    allowed = set(LEAVES[:LEAVES.index(leaf)])
+    allowed = set(LEAVES[: LEAVES.index(leaf)])
     imported = import_graph(PACKAGE)[leaf]
     assert imported <= allowed, f"{leaf} imports {sorted(imported - allowed)}; a leaf may import only {sorted(allowed)}"
 
@@ -99,7 +107,6 @@ def test_the_cycle_finder_sees_a_cycle_through_a_function_level_import(tmp_path:
 def test_importing_the_cli_loads_no_heavy_package() -> None:
     """`facemask --help` stays fast: the CLI module pulls in none of the heavy third-party packages."""
     heavy = ("torch", "ray", "ultralytics", "mlflow", "numpy", "cv2", "fastapi", "PIL")
-    code = ("import sys, facemask.cli; "
-            f"print(','.join(sorted(m for m in {heavy!r} if m in sys.modules)))")
+    code = f"import sys, facemask.cli; print(','.join(sorted(m for m in {heavy!r} if m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"importing facemask.cli loads {out.stdout.strip()}"

@@ -20,7 +20,10 @@ def train_records(tmp_path, n=6):
         img.paste((200, 40, 40), (100, 30, 140, 80))
         path = tmp_path / f"train{i}.png"
         img.save(path)
-        boxes = (Box("with_mask", 20, 20, 60, 70), Box("mask_weared_incorrect" if i % 2 else "without_mask", 100, 30, 140, 80))
+        boxes = (
+            Box("with_mask", 20, 20, 60, 70),
+            Box("mask_weared_incorrect" if i % 2 else "without_mask", 100, 30, 140, 80),
+        )
         out.append(Record(image=str(path), annotation=str(path) + ".xml", width=320, height=240, boxes=boxes))
     return out
 
@@ -36,13 +39,17 @@ def test_balance_targets():
 
 def test_plan_uses_only_the_records_it_is_given(tmp_path):
     train = train_records(tmp_path)
-    plan = plan_synthetic(train, AugmentConfig(pastes_per_class=(("mask_weared_incorrect", 9), ("without_mask", 5))), seed=1)
+    plan = plan_synthetic(
+        train, AugmentConfig(pastes_per_class=(("mask_weared_incorrect", 9), ("without_mask", 5))), seed=1
+    )
     allowed = {r.image for r in train}
     pastes = [p for job in plan.jobs for p in job["pastes"]]
     assert len(pastes) == 14
     assert {p["image"] for p in pastes} <= allowed
     assert plan.planned_pastes == {"mask_weared_incorrect": 9, "without_mask": 5}
-    again = plan_synthetic(train, AugmentConfig(pastes_per_class=(("mask_weared_incorrect", 9), ("without_mask", 5))), seed=1)
+    again = plan_synthetic(
+        train, AugmentConfig(pastes_per_class=(("mask_weared_incorrect", 9), ("without_mask", 5))), seed=1
+    )
     assert again.jobs == plan.jobs
 
 
@@ -58,7 +65,9 @@ def test_transformed_crop_alpha_is_tight():
 @pytest.mark.parametrize("blend", ["overlay", "feather", "poisson"])
 def test_render_places_new_boxes_without_overlap(tmp_path, blend):
     train = train_records(tmp_path)
-    plan = plan_synthetic(train, AugmentConfig(pastes_per_class=(("mask_weared_incorrect", 3),), blend=blend, pastes_per_image=3), seed=2)
+    plan = plan_synthetic(
+        train, AugmentConfig(pastes_per_class=(("mask_weared_incorrect", 3),), blend=blend, pastes_per_image=3), seed=2
+    )
     job = plan.jobs[0]
     out = render_synthetic(job)
     assert out == render_synthetic(job)  # pure: same job, same bytes
@@ -70,7 +79,7 @@ def test_render_places_new_boxes_without_overlap(tmp_path, blend):
     assert len(boxes) == out["background_boxes"] + len(out["pasted"])
     for i, a in enumerate(boxes):
         assert 0 <= a.x1 < a.x2 <= out["width"] and 0 <= a.y1 < a.y2 <= out["height"]
-        for b in boxes[i + 1:]:
+        for b in boxes[i + 1 :]:
             assert not (a.x1 < b.x2 and b.x1 < a.x2 and a.y1 < b.y2 and b.y1 < a.y2)
 
 

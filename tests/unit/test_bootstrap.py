@@ -26,8 +26,15 @@ def images(n: int, found: float, seed: int = 0, false_positives: int = 0) -> Ima
             tp.append([False] * 10)
             conf.append(0.95)
             cls.append(int(rng.integers(3)))
-        out.append({"name": f"{i}.jpg", "tp": np.array(tp, bool).reshape(-1, 10), "conf": conf, "pred_cls": cls,
-                    "target_cls": [0, 1, 2]})
+        out.append(
+            {
+                "name": f"{i}.jpg",
+                "tp": np.array(tp, bool).reshape(-1, 10),
+                "conf": conf,
+                "pred_cls": cls,
+                "target_cls": [0, 1, 2],
+            }
+        )
     return ImagePredictions.from_images(out)
 
 

@@ -15,7 +15,9 @@ from facemask.settings import DistributedConfig, TrainConfig
 
 def test_ultralytics_is_in_the_range_the_ddp_trainer_was_tested_with():
     major, minor = (int(x) for x in version("ultralytics").split(".")[:2])
-    assert (major, minor) == (8, 4), f"facemask.distributed was tested with Ultralytics 8.4, not {version('ultralytics')}"
+    assert (major, minor) == (8, 4), (
+        f"facemask.distributed was tested with Ultralytics 8.4, not {version('ultralytics')}"
+    )
 
 
 def test_the_trainer_internals_the_ddp_subclass_overrides_are_still_there():
@@ -41,12 +43,15 @@ def test_the_ddp_trainer_class_builds_and_overrides_what_it_must():
         assert name in vars(trainer), name
 
 
-@pytest.mark.parametrize("train_kw, ray_kw, message", [
-    ({}, {"workers": 0}, "at least 1"),
-    ({}, {"workers": 2, "gpus_per_worker": 2}, "0 or 1"),
-    ({"batch": 2}, {"workers": 4}, "global batch"),
-    ({"device": "0,1"}, {"workers": 2}, "--gpus-per-worker"),
-])
+@pytest.mark.parametrize(
+    "train_kw, ray_kw, message",
+    [
+        ({}, {"workers": 0}, "at least 1"),
+        ({}, {"workers": 2, "gpus_per_worker": 2}, "0 or 1"),
+        ({"batch": 2}, {"workers": 4}, "global batch"),
+        ({"device": "0,1"}, {"workers": 2}, "--gpus-per-worker"),
+    ],
+)
 def test_distributed_settings_that_cannot_work_are_refused_in_one_line(train_kw, ray_kw, message):
     with pytest.raises(ConfigError, match=message):
         check_distributed(TrainConfig(data="data.yaml", **train_kw), DistributedConfig(**ray_kw))

@@ -13,17 +13,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 from facemask.api_schema import APIError
+from facemask.bootstrap import Interval
 from facemask.cli import FacemaskGroup
 from facemask.errors import ConfigError, FacemaskError, ModelNotFoundError
-from facemask.bootstrap import Interval
 from facemask.evaluate import promotion_decision
 from facemask.modelref import find_weights, model_uri_for, parse_models_uri
 from facemask.request_checks import check_model_id, declared_size, decode_image, inspect_image
 from facemask.settings import AugmentConfig, PrepareConfig, StudyConfig, TrainConfig, default, validate_fractions
-from facemask.tracking.runs import RunLogger, flatten, metric_key
 from facemask.tracking import check_tracking_reachable, hosts_elsewhere
+from facemask.tracking.runs import RunLogger, flatten, metric_key
 from facemask.tune import load_search_space, max_concurrency, trial_status
-
 
 # ---------------------------------------------------------------- tune
 
@@ -32,47 +31,67 @@ def study(**kw) -> StudyConfig:
     return StudyConfig(data="data.yaml", **kw)
 
 
-@pytest.mark.parametrize("kw, cluster, expected", [
-    ({"cpus_per_trial": 1, "trials": 8}, {"CPU": 4}, 4),
-    ({"cpus_per_trial": 2, "trials": 8}, {"CPU": 5}, 2),
-    ({"cpus_per_trial": 1, "trials": 3}, {"CPU": 16}, 3),
-    ({"cpus_per_trial": 1, "trials": 8, "max_concurrent": 2}, {"CPU": 16}, 2),
-    ({"cpus_per_trial": 1, "gpus_per_trial": 0.5, "trials": 8}, {"CPU": 16, "GPU": 2}, 4),
-    ({"cpus_per_trial": 1, "gpus_per_trial": 1, "trials": 8}, {"CPU": 2, "GPU": 4}, 2),
-    ({"cpus_per_trial": 1, "trials": 8, "trial_resources": {"trainer": 1}}, {"CPU": 8, "trainer": 3}, 3),
-    ({"cpus_per_trial": 0.5, "trials": 8}, {"CPU": 2}, 4),
-    # Two Ray Train workers of one GPU each per trial: 8 GPUs hold 4 trials, none idle.
-    ({"cpus_per_trial": 2, "gpus_per_trial": 2, "ray_workers_per_trial": 2, "trials": 8}, {"CPU": 16, "GPU": 8}, 4),
-    ({"cpus_per_trial": 2, "ray_workers_per_trial": 2, "trials": 2}, {"CPU": 4}, 2),
-])
+@pytest.mark.parametrize(
+    "kw, cluster, expected",
+    [
+        ({"cpus_per_trial": 1, "trials": 8}, {"CPU": 4}, 4),
+        ({"cpus_per_trial": 2, "trials": 8}, {"CPU": 5}, 2),
+        ({"cpus_per_trial": 1, "trials": 3}, {"CPU": 16}, 3),
+        ({"cpus_per_trial": 1, "trials": 8, "max_concurrent": 2}, {"CPU": 16}, 2),
+        ({"cpus_per_trial": 1, "gpus_per_trial": 0.5, "trials": 8}, {"CPU": 16, "GPU": 2}, 4),
+        ({"cpus_per_trial": 1, "gpus_per_trial": 1, "trials": 8}, {"CPU": 2, "GPU": 4}, 2),
+        ({"cpus_per_trial": 1, "trials": 8, "trial_resources": {"trainer": 1}}, {"CPU": 8, "trainer": 3}, 3),
+        ({"cpus_per_trial": 0.5, "trials": 8}, {"CPU": 2}, 4),
+        # Two Ray Train workers of one GPU each per trial: 8 GPUs hold 4 trials, none idle.
+        ({"cpus_per_trial": 2, "gpus_per_trial": 2, "ray_workers_per_trial": 2, "trials": 8}, {"CPU": 16, "GPU": 8}, 4),
+        ({"cpus_per_trial": 2, "ray_workers_per_trial": 2, "trials": 2}, {"CPU": 4}, 2),
+    ],
+)
 def test_max_concurrency(kw, cluster, expected):
     assert max_concurrency(study(**kw), cluster) == expected
 
 
-@pytest.mark.parametrize("kw, cluster, message", [
-    ({"cpus_per_trial": 0}, {"CPU": 4}, "must be > 0"),
-    ({"cpus_per_trial": 4}, {"CPU": 2}, "only 2 CPUs"),
-    ({"cpus_per_trial": 1, "gpus_per_trial": 1}, {"CPU": 4}, "has 0 GPUs; use 0"),
-    ({"cpus_per_trial": 1, "trial_resources": {"trainer": 1}}, {"CPU": 4}, "0 of 'trainer'"),
-    ({"cpus_per_trial": 1, "gpus_per_trial": 2}, {"CPU": 8, "GPU": 4}, "--ray-workers-per-trial 2"),
-    ({"cpus_per_trial": 1, "gpus_per_trial": 4}, {"CPU": 8, "GPU": 8}, "--ray-workers-per-trial 4"),
-    ({"cpus_per_trial": 1, "gpus_per_trial": 1, "ray_workers_per_trial": 2}, {"CPU": 8, "GPU": 8}, "0 or 1 whole GPU"),
-    ({"cpus_per_trial": 2, "ray_workers_per_trial": 2, "trial_resources": {"t": 1}}, {"CPU": 8, "t": 2},
-     "drop --trial-resources"),
-])
+@pytest.mark.parametrize(
+    "kw, cluster, message",
+    [
+        ({"cpus_per_trial": 0}, {"CPU": 4}, "must be > 0"),
+        ({"cpus_per_trial": 4}, {"CPU": 2}, "only 2 CPUs"),
+        ({"cpus_per_trial": 1, "gpus_per_trial": 1}, {"CPU": 4}, "has 0 GPUs; use 0"),
+        ({"cpus_per_trial": 1, "trial_resources": {"trainer": 1}}, {"CPU": 4}, "0 of 'trainer'"),
+        ({"cpus_per_trial": 1, "gpus_per_trial": 2}, {"CPU": 8, "GPU": 4}, "--ray-workers-per-trial 2"),
+        ({"cpus_per_trial": 1, "gpus_per_trial": 4}, {"CPU": 8, "GPU": 8}, "--ray-workers-per-trial 4"),
+        (
+            {"cpus_per_trial": 1, "gpus_per_trial": 1, "ray_workers_per_trial": 2},
+            {"CPU": 8, "GPU": 8},
+            "0 or 1 whole GPU",
+        ),
+        (
+            {"cpus_per_trial": 2, "ray_workers_per_trial": 2, "trial_resources": {"t": 1}},
+            {"CPU": 8, "t": 2},
+            "drop --trial-resources",
+        ),
+    ],
+)
 def test_max_concurrency_refuses_what_cannot_fit(kw, cluster, message):
     with pytest.raises(ConfigError, match=message):
         max_concurrency(study(**kw), cluster)
 
 
-@pytest.mark.parametrize("kw, nodes, message", [
-    # Three workers on two CPUs: each would get 0.66 of a core.
-    ({"cpus_per_trial": 2, "ray_workers_per_trial": 3}, [{"CPU": 2}], "needs one CPU per worker"),
-    # A one-process trial of 3 CPUs fits the cluster's 4, but no node of 2.
-    ({"cpus_per_trial": 3}, [{"CPU": 2}, {"CPU": 2}], "no node has that much"),
-    # Two workers of 2.995 CPUs: each fits no 2-CPU node.
-    ({"cpus_per_trial": 6, "ray_workers_per_trial": 2}, [{"CPU": 2}, {"CPU": 2}, {"CPU": 2}], "no node can hold one worker"),
-])
+@pytest.mark.parametrize(
+    "kw, nodes, message",
+    [
+        # Three workers on two CPUs: each would get 0.66 of a core.
+        ({"cpus_per_trial": 2, "ray_workers_per_trial": 3}, [{"CPU": 2}], "needs one CPU per worker"),
+        # A one-process trial of 3 CPUs fits the cluster's 4, but no node of 2.
+        ({"cpus_per_trial": 3}, [{"CPU": 2}, {"CPU": 2}], "no node has that much"),
+        # Two workers of 2.995 CPUs: each fits no 2-CPU node.
+        (
+            {"cpus_per_trial": 6, "ray_workers_per_trial": 2},
+            [{"CPU": 2}, {"CPU": 2}, {"CPU": 2}],
+            "no node can hold one worker",
+        ),
+    ],
+)
 def test_a_trial_that_fits_no_node_is_refused(kw, nodes, message):
     cluster = {"CPU": sum(n["CPU"] for n in nodes)}
     with pytest.raises(ConfigError, match=message):
@@ -87,13 +106,16 @@ def test_two_workers_and_their_driver_fit_two_cpus_exactly():
     assert shares.cpus_per_worker * 2 + TRIAL_DRIVER_CPUS == pytest.approx(2)
 
 
-@pytest.mark.parametrize("error, metrics, epochs, expected", [
-    (None, {"epoch": 5}, 5, "finished"),
-    (None, {"epoch": 6}, 5, "finished"),
-    (None, {"epoch": 2}, 5, "stopped_early"),
-    (None, {}, 5, "stopped_early"),
-    (RuntimeError("boom"), {"epoch": 5}, 5, "failed"),
-])
+@pytest.mark.parametrize(
+    "error, metrics, epochs, expected",
+    [
+        (None, {"epoch": 5}, 5, "finished"),
+        (None, {"epoch": 6}, 5, "finished"),
+        (None, {"epoch": 2}, 5, "stopped_early"),
+        (None, {}, 5, "stopped_early"),
+        (RuntimeError("boom"), {"epoch": 5}, 5, "failed"),
+    ],
+)
 def test_trial_status(error, metrics, epochs, expected):
     assert trial_status(SimpleNamespace(error=error, metrics=metrics), epochs) == expected
 
@@ -104,14 +126,17 @@ def test_packaged_search_space_is_valid():
     assert baseline and set(baseline[0]) <= set(space)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("baseline: {}\n", "no `space:`"),
-    ("space: {lr00: {type: uniform, low: 0, high: 1}}\n", "unknown hyperparameter 'lr00'"),
-    ("space: {lr0: {type: normal, low: 0, high: 1}}\n", "type must be one of"),
-    ("space: {lr0: {type: uniform, low: 1, high: 0}}\n", "numeric low < high"),
-    ("space: {optimizer: {type: choice}}\n", "needs `values"),
-    ("space: {lr0: {type: uniform, low: 0, high: 1}}\nbaseline: {lrf: 0.1}\n", "not in `space`"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("baseline: {}\n", "no `space:`"),
+        ("space: {lr00: {type: uniform, low: 0, high: 1}}\n", "unknown hyperparameter 'lr00'"),
+        ("space: {lr0: {type: normal, low: 0, high: 1}}\n", "type must be one of"),
+        ("space: {lr0: {type: uniform, low: 1, high: 0}}\n", "numeric low < high"),
+        ("space: {optimizer: {type: choice}}\n", "needs `values"),
+        ("space: {lr0: {type: uniform, low: 0, high: 1}}\nbaseline: {lrf: 0.1}\n", "not in `space`"),
+    ],
+)
 def test_search_space_errors_name_file_and_fix(tmp_path, text, message):
     path = tmp_path / "space.yaml"
     path.write_text(text)
@@ -123,13 +148,16 @@ def test_search_space_errors_name_file_and_fix(tmp_path, text, message):
 # ---------------------------------------------------------------- tracking
 
 
-@pytest.mark.parametrize("name, key", [
-    ("metrics/mAP50-95(B)", "val/mAP50-95"),
-    ("metrics/precision(B)", "val/precision"),
-    ("train/box_loss", "train/box_loss"),
-    ("lr/pg0", "lr/pg0"),
-    ("weird:key*", "weird_key_"),
-])
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("metrics/mAP50-95(B)", "val/mAP50-95"),
+        ("metrics/precision(B)", "val/precision"),
+        ("train/box_loss", "train/box_loss"),
+        ("lr/pg0", "lr/pg0"),
+        ("weird:key*", "weird_key_"),
+    ],
+)
 def test_metric_key(name, key):
     assert metric_key(name) == key
 
@@ -193,27 +221,41 @@ def test_run_logger_gives_up_on_end_when_the_server_never_answers():
 # ---------------------------------------------------------------- model references
 
 
-@pytest.mark.parametrize("uri, parsed", [
-    ("models:/facemask-detector/3", ("facemask-detector", "3", None)),
-    ("models:/facemask-detector@champion", ("facemask-detector", None, "champion")),
-    ("models:/other@a@b", ("other", None, "a@b")),
-])
+@pytest.mark.parametrize(
+    "uri, parsed",
+    [
+        ("models:/facemask-detector/3", ("facemask-detector", "3", None)),
+        ("models:/facemask-detector@champion", ("facemask-detector", None, "champion")),
+        ("models:/other@a@b", ("other", None, "a@b")),
+    ],
+)
 def test_parse_models_uri(uri, parsed):
     assert parse_models_uri(uri) == parsed
 
 
-@pytest.mark.parametrize("uri", ["models:/facemask-detector", "models:/facemask-detector/latest", "models:/@champion",
-                                 "models:/name@", "runs:/abc/model"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "models:/facemask-detector",
+        "models:/facemask-detector/latest",
+        "models:/@champion",
+        "models:/name@",
+        "runs:/abc/model",
+    ],
+)
 def test_parse_models_uri_refuses_malformed(uri):
     with pytest.raises(ModelNotFoundError, match="expected models:/NAME/VERSION or models:/NAME@ALIAS"):
         parse_models_uri(uri)
 
 
-@pytest.mark.parametrize("model_id, default_uri, expected", [
-    ("3", "models:/mine@champion", "models:/mine/3"),
-    ("staging", "models:/mine/2", "models:/mine@staging"),
-    ("4", "/weights/best.pt", "models:/facemask-detector/4"),
-])
+@pytest.mark.parametrize(
+    "model_id, default_uri, expected",
+    [
+        ("3", "models:/mine@champion", "models:/mine/3"),
+        ("staging", "models:/mine/2", "models:/mine@staging"),
+        ("4", "/weights/best.pt", "models:/facemask-detector/4"),
+    ],
+)
 def test_model_uri_for(model_id, default_uri, expected):
     assert model_uri_for(model_id, default_uri) == expected
 
@@ -231,17 +273,27 @@ def test_find_weights_prefers_best_and_the_backend(tmp_path):
 # ---------------------------------------------------------------- promotion gate
 
 
-@pytest.mark.parametrize("args, promoted, reason", [
-    (("2", 0.5, "2", 0.4, True), False, "already holds"),
-    (("3", None, "2", 0.4, False), True, "forced"),
-    (("3", 0.5, None, None, False), True, "no version held"),
-    (("3", 0.5, "2", None, True), True, "never evaluated"),
-    (("3", 0.5, "2", 0.4, False), False, "different data"),
-    (("3", 0.5, "2", 0.4, True), False, "no stored per-image predictions"),
-    (("3", 0.5, "2", 0.4, True, Interval(0.1, 0.02, 0.18)), True, "better than version 2: Δ mAP50-95 +0.100 [+0.020, +0.180]"),
-    (("3", 0.41, "2", 0.4, True, Interval(0.012, -0.018, 0.041)), False,
-     "not distinguishable from version 2: Δ mAP50-95 +0.012 [-0.018, +0.041]"),
-])
+@pytest.mark.parametrize(
+    "args, promoted, reason",
+    [
+        (("2", 0.5, "2", 0.4, True), False, "already holds"),
+        (("3", None, "2", 0.4, False), True, "forced"),
+        (("3", 0.5, None, None, False), True, "no version held"),
+        (("3", 0.5, "2", None, True), True, "never evaluated"),
+        (("3", 0.5, "2", 0.4, False), False, "different data"),
+        (("3", 0.5, "2", 0.4, True), False, "no stored per-image predictions"),
+        (
+            ("3", 0.5, "2", 0.4, True, Interval(0.1, 0.02, 0.18)),
+            True,
+            "better than version 2: Δ mAP50-95 +0.100 [+0.020, +0.180]",
+        ),
+        (
+            ("3", 0.41, "2", 0.4, True, Interval(0.012, -0.018, 0.041)),
+            False,
+            "not distinguishable from version 2: Δ mAP50-95 +0.012 [-0.018, +0.041]",
+        ),
+    ],
+)
 def test_promotion_decision(args, promoted, reason):
     force = reason == "forced"
     difference = args[5] if len(args) > 5 else None
@@ -277,12 +329,15 @@ def test_declared_size_reads_png_and_bmp_headers():
     assert declared_size(b"GIF89a....") == (None, None)
 
 
-@pytest.mark.parametrize("make, status, error", [
-    (lambda: b"not an image at all", 400, "not_an_image"),
-    (zero_size_png, 400, "zero_size_image"),
-    (lambda: png_bytes(300, 300), 413, "too_many_pixels"),
-    (lambda: _gif(), 415, "unsupported_format"),
-])
+@pytest.mark.parametrize(
+    "make, status, error",
+    [
+        (lambda: b"not an image at all", 400, "not_an_image"),
+        (zero_size_png, 400, "zero_size_image"),
+        (lambda: png_bytes(300, 300), 413, "too_many_pixels"),
+        (lambda: _gif(), 415, "unsupported_format"),
+    ],
+)
 def test_inspect_image_refuses_with_status_and_code(make, status, error):
     with pytest.raises(APIError) as err:
         inspect_image(make(), max_pixels=200 * 200)
@@ -307,8 +362,19 @@ def test_inspect_accepts_and_decode_refuses_a_truncated_image():
     assert err.value.error == "truncated_image"
 
 
-@pytest.mark.parametrize("model_id, ok", [("3", True), ("champion", True), ("v1.2_rc-1", True), ("", True),
-                                          ("../etc", False), ("a b", False), ("x" * 65, False), ("-lead", False)])
+@pytest.mark.parametrize(
+    "model_id, ok",
+    [
+        ("3", True),
+        ("champion", True),
+        ("v1.2_rc-1", True),
+        ("", True),
+        ("../etc", False),
+        ("a b", False),
+        ("x" * 65, False),
+        ("-lead", False),
+    ],
+)
 def test_check_model_id(model_id, ok):
     if ok:
         assert check_model_id(model_id) == model_id
@@ -321,22 +387,28 @@ def test_check_model_id(model_id, ok):
 # ---------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("fractions, message", [
-    ((0.7, 0.2), "three fractions"),
-    ((0.7, 0.0, 0.3), "train and val must be > 0"),
-    ((0.7, 0.2, 0.2), "sums to 1.100"),
-])
+@pytest.mark.parametrize(
+    "fractions, message",
+    [
+        ((0.7, 0.2), "three fractions"),
+        ((0.7, 0.0, 0.3), "train and val must be > 0"),
+        ((0.7, 0.2, 0.2), "sums to 1.100"),
+    ],
+)
 def test_validate_fractions(fractions, message):
     with pytest.raises(ConfigError, match=message):
         validate_fractions(fractions)
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"classes": ("no_such_class",)}, "unknown class 'no_such_class'"),
-    ({"blend": "smudge"}, "--blend 'smudge'"),
-    ({"balance_ratio": 1.5}, "between 0 and 1"),
-    ({"pastes_per_image": 0}, "at least 1"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"classes": ("no_such_class",)}, "unknown class 'no_such_class'"),
+        ({"blend": "smudge"}, "--blend 'smudge'"),
+        ({"balance_ratio": 1.5}, "between 0 and 1"),
+        ({"pastes_per_image": 0}, "at least 1"),
+    ],
+)
 def test_augment_config_errors(kw, message):
     with pytest.raises(ConfigError, match=message):
         AugmentConfig(**kw).validate()
@@ -347,10 +419,16 @@ def test_prepare_config_refuses_an_unknown_engine():
         PrepareConfig(source="in", out="out", engine="spark").validate()
 
 
-@pytest.mark.parametrize("config, name, value", [
-    (TrainConfig, "epochs", 50), (TrainConfig, "model", "yolo26s.pt"), (StudyConfig, "trials", 20),
-    (StudyConfig, "trial_resources", {}), (AugmentConfig, "blend", "feather"),
-])
+@pytest.mark.parametrize(
+    "config, name, value",
+    [
+        (TrainConfig, "epochs", 50),
+        (TrainConfig, "model", "yolo26s.pt"),
+        (StudyConfig, "trials", 20),
+        (StudyConfig, "trial_resources", {}),
+        (AugmentConfig, "blend", "feather"),
+    ],
+)
 def test_default_reads_the_dataclass(config, name, value):
     assert default(config, name) == value
 
@@ -437,8 +515,11 @@ def test_relative_paths_resolve_against_the_results_base(tmp_path, monkeypatch):
     assert tracking_uri() == "http://tracking:5000"
 
 
-NODES = [{"Alive": True, "NodeManagerAddress": "10.0.0.1"}, {"Alive": True, "NodeManagerAddress": "10.0.0.2"},
-         {"Alive": False, "NodeManagerAddress": "10.0.0.3"}]
+NODES = [
+    {"Alive": True, "NodeManagerAddress": "10.0.0.1"},
+    {"Alive": True, "NodeManagerAddress": "10.0.0.2"},
+    {"Alive": False, "NodeManagerAddress": "10.0.0.3"},
+]
 
 
 def test_hosts_elsewhere_counts_alive_nodes_on_other_machines():
@@ -459,14 +540,21 @@ def test_a_multi_machine_study_needs_a_reachable_tracking_server():
 def test_the_results_footer_names_the_store_and_the_commands():
     from facemask.cli import results_footer
 
-    footer = results_footer("sqlite:////home/u/facemask/mlflow.db", "facemask-tune", "abc123",
-                            "models:/facemask-detector@champion", {"study": "/home/u/facemask/runs/tune/s"})
+    footer = results_footer(
+        "sqlite:////home/u/facemask/mlflow.db",
+        "facemask-tune",
+        "abc123",
+        "models:/facemask-detector@champion",
+        {"study": "/home/u/facemask/runs/tune/s"},
+    )
     lines = footer.splitlines()
     assert lines[0] == "results:"
     assert "experiment 'facemask-tune', run abc123" in lines[1]
     assert "mlflow ui --backend-store-uri sqlite:////home/u/facemask/mlflow.db" in footer
-    assert lines[-1].strip() == ("serve:      MLFLOW_TRACKING_URI=sqlite:////home/u/facemask/mlflow.db facemask serve "
-                                 "--model-uri models:/facemask-detector@champion")
+    assert lines[-1].strip() == (
+        "serve:      MLFLOW_TRACKING_URI=sqlite:////home/u/facemask/mlflow.db facemask serve "
+        "--model-uri models:/facemask-detector@champion"
+    )
     remote = results_footer("http://mlflow:5000", run_id="r1")
     assert "http://mlflow:5000 in a browser" in remote and "mlflow ui" not in remote
 
@@ -488,13 +576,16 @@ def test_a_16_bit_grey_png_is_scaled_not_clipped_to_white(tmp_path):
     assert rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255 and 100 < rgb.mean() < 155
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda p: p.write_bytes(b""), "empty file"),
-    (lambda p: p.mkdir(), "a folder named like an image"),
-    (lambda p: p.symlink_to(p.parent / "nowhere.jpg"), "broken or looping link"),
-    (lambda p: p.symlink_to(p), "broken or looping link"),
-    (lambda p: p.write_bytes(b"garbage, not a JPEG"), "not an image Pillow can read"),
-])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.mkdir(), "a folder named like an image"),
+        (lambda p: p.symlink_to(p.parent / "nowhere.jpg"), "broken or looping link"),
+        (lambda p: p.symlink_to(p), "broken or looping link"),
+        (lambda p: p.write_bytes(b"garbage, not a JPEG"), "not an image Pillow can read"),
+    ],
+)
 def test_unreadable_files_get_a_reason_a_user_can_act_on(tmp_path, make, reason):
     from facemask.batch_predict import unreadable_reason
 
@@ -531,14 +622,18 @@ def voc_folder(tmp_path, annotations: int):
     return tmp_path
 
 
-@pytest.mark.parametrize("annotations, cpus, local_cluster_ok, expected", [
-    (4, 2, True, "local"),   # small: starting Ray costs more than it saves
-    (5, 2, True, "ray"),     # at the threshold, with a second core
-    (50, 1, True, "local"),  # one core: nothing to run in parallel
-    (50, 2, False, "local"), # a library caller never has a cluster started for it
-])
-def test_auto_engine_weighs_input_size_and_cores(no_cluster, tmp_path, monkeypatch, annotations, cpus,
-                                                 local_cluster_ok, expected):
+@pytest.mark.parametrize(
+    "annotations, cpus, local_cluster_ok, expected",
+    [
+        (4, 2, True, "local"),  # small: starting Ray costs more than it saves
+        (5, 2, True, "ray"),  # at the threshold, with a second core
+        (50, 1, True, "local"),  # one core: nothing to run in parallel
+        (50, 2, False, "local"),  # a library caller never has a cluster started for it
+    ],
+)
+def test_auto_engine_weighs_input_size_and_cores(
+    no_cluster, tmp_path, monkeypatch, annotations, cpus, local_cluster_ok, expected
+):
     from facemask import pipeline
 
     monkeypatch.setattr(pipeline, "RAY_MIN_ITEMS", 5)

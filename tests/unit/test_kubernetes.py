@@ -17,7 +17,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "kubernetes"
 CRDS = ROOT.parent / "shared" / "kuberay"
-CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml", "RayService": "ray.io_rayservices.yaml"}
+CRD_FILES = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayService": "ray.io_rayservices.yaml",
+}
 CORE_KINDS = {"Deployment", "Service", "PersistentVolumeClaim", "Secret", "ConfigMap"}
 TOKEN_AUTH_MIN_RAY = (2, 52, 0)
 
@@ -77,7 +81,15 @@ def core_errors(doc: dict) -> list[str]:
 
 def cluster_specs(doc: dict) -> list[dict]:
     spec = doc.get("spec", {})
-    return [s for s in (spec.get("rayClusterSpec"), spec.get("rayClusterConfig"), spec if doc["kind"] == "RayCluster" else None) if s]
+    return [
+        s
+        for s in (
+            spec.get("rayClusterSpec"),
+            spec.get("rayClusterConfig"),
+            spec if doc["kind"] == "RayCluster" else None,
+        )
+        if s
+    ]
 
 
 def pod_specs(doc: dict) -> list[dict]:
@@ -91,8 +103,11 @@ def pod_specs(doc: dict) -> list[dict]:
 
 
 def start_params(doc: dict) -> list[dict]:
-    return [group["rayStartParams"] for cluster in cluster_specs(doc)
-            for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]]
+    return [
+        group["rayStartParams"]
+        for cluster in cluster_specs(doc)
+        for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    ]
 
 
 def operator_errors(doc: dict, ray_version: str, image: str) -> list[str]:
@@ -134,14 +149,16 @@ def test_kuberay_resources_match_kuberays_strict_schema(doc):
     assert crd_errors(doc) == []
 
 
-@pytest.mark.parametrize("doc", [d for d in documents() if d["kind"] in CORE_KINDS],
-                         ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
+@pytest.mark.parametrize(
+    "doc", [d for d in documents() if d["kind"] in CORE_KINDS], ids=lambda d: f"{d['kind']}-{d['metadata']['name']}"
+)
 def test_core_objects_match_kubernetes_strict_schema(doc):
     assert core_errors(doc) == []
 
 
-@pytest.mark.parametrize("doc", [d for d in documents() if d["kind"] in CRD_FILES or d["kind"] == "Deployment"],
-                         ids=lambda d: d["kind"])
+@pytest.mark.parametrize(
+    "doc", [d for d in documents() if d["kind"] in CRD_FILES or d["kind"] == "Deployment"], ids=lambda d: d["kind"]
+)
 def test_what_the_operator_enforces_and_one_image(doc):
     assert operator_errors(doc, pinned_ray(), project_image()) == []
 
@@ -177,8 +194,12 @@ def test_the_rayjob_cleans_up_and_keeps_its_results_off_the_pod():
     assert "--storage /results/" in spec["entrypoint"]
     workers = spec["rayClusterSpec"]["workerGroupSpecs"]
     assert all(w["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] >= 1 for w in workers)
-    claims = {v["persistentVolumeClaim"]["claimName"] for pod in pod_specs(job) for v in pod["volumes"]
-              if "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for pod in pod_specs(job)
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert "facemask-results" in claims
 
 
@@ -194,7 +215,9 @@ def test_a_misspelled_field_is_refused():
     doc["spec"]["shutdownAfterJobFinish"] = doc["spec"].pop("shutdownAfterJobFinishes")
     assert any("shutdownAfterJobFinish" in e for e in crd_errors(doc))
     container = rayjob()
-    container["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    container["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = (
+        "Always"
+    )
     assert any("imagePullPolicyy" in e for e in crd_errors(container))
     deployment = copy.deepcopy(next(d for d in documents() if d["kind"] == "Deployment"))
     deployment["spec"]["replica"] = 1
@@ -220,7 +243,9 @@ def test_a_wrong_kind_is_refused():
 def test_old_ray_with_token_auth_another_image_and_a_drifted_version_are_refused():
     doc = rayjob()
     doc["spec"]["rayClusterSpec"]["rayVersion"] = "2.48.0"
-    doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] = "rayproject/ray:2.48.0"
+    doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] = (
+        "rayproject/ray:2.48.0"
+    )
     errors = operator_errors(doc, pinned_ray(), project_image())
     assert any("needs rayVersion >= 2.52.0" in e for e in errors)
     assert any("pins ray==" in e for e in errors)

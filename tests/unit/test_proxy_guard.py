@@ -18,8 +18,9 @@ FAST = GuardSettings(body_timeout_s=0.3, ready_wait_s=0.4, poll_s=0.05)
 
 def test_settings_come_from_the_environment_and_bad_values_name_the_variable():
     assert GuardSettings.from_env({}) == GuardSettings()
-    assert GuardSettings.from_env({"FACEMASK_PROXY_READY_WAIT_S": "5", "FACEMASK_PROXY_RETRIES": "0"}) == \
-        GuardSettings(ready_wait_s=5.0, retries=0)
+    assert GuardSettings.from_env({"FACEMASK_PROXY_READY_WAIT_S": "5", "FACEMASK_PROXY_RETRIES": "0"}) == GuardSettings(
+        ready_wait_s=5.0, retries=0
+    )
     with pytest.raises(ValueError, match="FACEMASK_PROXY_MAX_HEADER_KB='big' is not an integer"):
         GuardSettings.from_env({"FACEMASK_PROXY_MAX_HEADER_KB": "big"})
     with pytest.raises(ValueError, match="FACEMASK_PROXY_BODY_TIMEOUT_S='0' must be above 0"):
@@ -28,10 +29,15 @@ def test_settings_come_from_the_environment_and_bad_values_name_the_variable():
 
 def details(replicas: dict[str, list[tuple[str, str]]]) -> dict:
     """Serve's instance details for apps at /<name> (facemask at /), with (actor name, state) replicas."""
-    return {"applications": {
-        app: {"route_prefix": "/" if app == "facemask" else f"/{app}",
-              "deployments": {"D": {"replicas": [{"actor_name": n, "state": s} for n, s in reps]}}}
-        for app, reps in replicas.items()}}
+    return {
+        "applications": {
+            app: {
+                "route_prefix": "/" if app == "facemask" else f"/{app}",
+                "deployments": {"D": {"replicas": [{"actor_name": n, "state": s} for n, s in reps]}},
+            }
+            for app, reps in replicas.items()
+        }
+    }
 
 
 def test_the_watch_maps_paths_to_apps_and_counts_running_replicas_that_are_alive():
@@ -87,8 +93,13 @@ class StandIn:
         if action == "hang":
             await asyncio.sleep(60)
         if action == "plain503":
-            await send({"type": "http.response.start", "status": 503,
-                        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"2")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"2")],
+                }
+            )
             await send({"type": "http.response.body", "body": b"Deployment is unavailable."})
             return
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})

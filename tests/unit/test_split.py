@@ -18,7 +18,11 @@ def records(n: int = 200) -> list[Record]:
         if i % 25 == 0:  # 8 images hold the rare class
             labels.append("mask_weared_incorrect")
         boxes = tuple(Box(label, 0, 0, 10, 10) for label in labels)
-        out.append(Record(image=f"/src/images/{i:04d}.png", annotation=f"/src/a/{i:04d}.xml", width=100, height=100, boxes=boxes))
+        out.append(
+            Record(
+                image=f"/src/images/{i:04d}.png", annotation=f"/src/a/{i:04d}.xml", width=100, height=100, boxes=boxes
+            )
+        )
     return out
 
 

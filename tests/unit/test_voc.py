@@ -8,13 +8,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from facemask.augment import AugmentConfig
 from facemask.cli import main
+from facemask.errors import EmptyDatasetError
 from facemask.pipeline import PrepareConfig, prepare
 from facemask.synth import SynthFace, voc_xml
-from facemask.errors import EmptyDatasetError
 from facemask.voc import parse_annotation
-
-from facemask.augment import AugmentConfig
 
 
 def make_source(root: Path) -> Path:
@@ -122,7 +121,14 @@ def test_boxes_clipped_or_dropped(tmp_path):
 def test_unknown_class_dropped_and_difficult_kept(tmp_path):
     src = make_source(tmp_path)
     add_image(src, "a.png")
-    text = ok_xml("a.png", boxes=(("with_mask", (10, 10, 50, 50)), ("face_shield", (60, 10, 100, 50)), ("without_mask", (110, 10, 150, 50))))
+    text = ok_xml(
+        "a.png",
+        boxes=(
+            ("with_mask", (10, 10, 50, 50)),
+            ("face_shield", (60, 10, 100, 50)),
+            ("without_mask", (110, 10, 150, 50)),
+        ),
+    )
     text = text.replace("<difficult>0</difficult>", "<difficult>1</difficult>", 1)
     result = parse_annotation(add_xml(src, "a", text), src / "images")
     assert [b.label for b in result.record.boxes] == ["with_mask", "without_mask"]
@@ -151,13 +157,23 @@ def test_prepare_counts_every_problem_and_orphans(tmp_path):
     add_image(src, "orphan.png")
     add_xml(src, "broken", "<annotation>")
     add_xml(src, "ghost", ok_xml("ghost.png"))
-    result = prepare(PrepareConfig(source=src, out=tmp_path / "out", engine="local", plots=False,
-                                   augment=AugmentConfig(balance_ratio=0)))
+    result = prepare(
+        PrepareConfig(
+            source=src, out=tmp_path / "out", engine="local", plots=False, augment=AugmentConfig(balance_ratio=0)
+        )
+    )
     problems = result.manifest["problems"]
     assert problems["counts"]["skipped_file"] == {
-        "annotation_without_image": 1, "image_without_annotation": 1, "malformed_xml": 1}
+        "annotation_without_image": 1,
+        "image_without_annotation": 1,
+        "malformed_xml": 1,
+    }
     assert problems["skipped_files"] == 3
-    assert {p["path"] for p in problems["items"]} == {"images/orphan.png", "annotations/broken.xml", "annotations/ghost.xml"}
+    assert {p["path"] for p in problems["items"]} == {
+        "images/orphan.png",
+        "annotations/broken.xml",
+        "annotations/ghost.xml",
+    }
     total = sum(c["images"]["original"] for c in result.manifest["counts"].values())
     assert total == 12  # nothing valid lost
 
@@ -167,13 +183,17 @@ def test_empty_dataset_is_a_clear_error(tmp_path):
     add_xml(src, "broken", "<annotation>")
     with pytest.raises(EmptyDatasetError, match="no usable image"):
         prepare(PrepareConfig(source=src, out=tmp_path / "out", engine="local"))
-    run = CliRunner().invoke(main, ["data", "prepare", "--source", str(src), "--out", str(tmp_path / "o"), "--engine", "local"])
+    run = CliRunner().invoke(
+        main, ["data", "prepare", "--source", str(src), "--out", str(tmp_path / "o"), "--engine", "local"]
+    )
     assert run.exit_code == 2
     assert "no usable image" in run.output
 
 
 def test_missing_source_layout_is_a_clear_error(tmp_path):
-    run = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path), "--out", str(tmp_path / "o"), "--engine", "local"])
+    run = CliRunner().invoke(
+        main, ["data", "prepare", "--source", str(tmp_path), "--out", str(tmp_path / "o"), "--engine", "local"]
+    )
     assert run.exit_code == 2
     assert "annotations/" in run.output
 
@@ -196,8 +216,11 @@ def test_links_folders_and_huge_files_are_counted_not_fatal(tmp_path, monkeypatc
     result = parse_annotation(src / "annotations" / "huge.xml", src / "images")
     assert kinds(result) == [("unreadable_image", "skipped_file")] and "over the" in result.problems[0].reason
     monkeypatch.undo()
-    prepared = prepare(PrepareConfig(source=src, out=tmp_path / "out", engine="local", plots=False,
-                                     augment=AugmentConfig(balance_ratio=0)))
+    prepared = prepare(
+        PrepareConfig(
+            source=src, out=tmp_path / "out", engine="local", plots=False, augment=AugmentConfig(balance_ratio=0)
+        )
+    )
     problems = prepared.manifest["problems"]
     by_path = {p["path"]: p for p in problems["items"]}
     assert by_path["annotations/dangling.xml"]["kind"] == "unreadable_annotation"
