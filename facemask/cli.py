@@ -236,7 +236,7 @@ def _csv(values) -> str:
         {
             "type": click.Choice(["auto", "ray", "local"]),
             "help": "auto: Ray on a connected cluster or above "
-            "the measured input size (README: Data), else one process.",
+            "the measured input size (docs/training.md), else one process.",
         },
     ),
     ("--seed", "seed", {}),
@@ -378,7 +378,7 @@ def _parse_overrides(values: tuple[str, ...]) -> dict:
         {
             "param": "ray_workers",
             "help": "Ray Train workers training one model together (DDP; "
-            "1: one process). README: Training across nodes.",
+            "1: one process). docs/training.md.",
         },
     ),
     ("--gpus-per-worker", "gpus_per_worker", {"type": float}),
@@ -674,7 +674,7 @@ def study_table(result) -> str:
         "ingress",
         {
             "type": click.Choice(["proxy", "haproxy"]),
-            "help": "Serve's proxy, or HAProxy straight to the replicas (faster; README: Serving).",
+            "help": "Serve's proxy, or HAProxy straight to the replicas (faster; docs/serving.md).",
         },
     ),
     ("--port", "port", {}),

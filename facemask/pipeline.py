@@ -44,7 +44,7 @@ log = logging.getLogger("facemask.prepare")
 MANIFEST_FORMAT = 1
 # Below this many annotations, starting a local Ray cluster and Ray Data's first dataset
 # (about 6 s on a 2-core machine) costs more than the second core saves;
-# `jobs/benchmarks/benchmark_prepare.py` measures the crossover (README: Data).
+# `jobs/benchmarks/benchmark_prepare.py` measures the crossover (docs/training.md).
 RAY_MIN_ITEMS = 4000
 
 

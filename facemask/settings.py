@@ -246,7 +246,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     # proxy: Serve's own HTTP proxy; haproxy: HAProxy straight to each replica's HTTP server
-    # (Serve's direct ingress), faster on few cores; see the README's serving figures.
+    # (Serve's direct ingress), faster on few cores; see docs/performance.md.
     ingress: str = "proxy"
     replicas: int = 1
     num_cpus: float = 1.0

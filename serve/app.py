@@ -2,7 +2,7 @@
 
     serve run serve.app:app model_uri=models:/facemask-detector@champion
     serve run serve.app:app model_uri=runs/train/exp/weights/best.pt     # air-gapped: a local file
-    serve deploy serve/config.yaml                                       # a cluster (see the README)
+    serve deploy serve/config.yaml                                       # a cluster (see docs/jobs-and-clusters.md)
 
 Any field of `facemask.serving.AppArgs` can be given as key=value. The deployments
 (a FastAPI ingress and a batched, multiplexed detector) live in `facemask.serving`, so

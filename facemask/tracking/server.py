@@ -100,5 +100,5 @@ def check_tracking_reachable(uri: str, nodes: list[dict[str, Any]], here: str, w
         raise ConfigError(
             f"the cluster has nodes on other machines ({', '.join(elsewhere[:5])}), and the tracking store is on this "
             f"machine ({uri}), which {who} there cannot reach; set "
-            "MLFLOW_TRACKING_URI to a tracking server every node reaches (README: Run on a cluster)"
+            "MLFLOW_TRACKING_URI to a tracking server every node reaches (docs/jobs-and-clusters.md)"
         )

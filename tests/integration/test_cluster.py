@@ -130,7 +130,7 @@ def submit_study(
 
 
 def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tiny_data, tmp_path):
-    """The README's local recipe, from a HOME with no Ray token and no MLflow setting.
+    """The local recipe of docs/jobs-and-clusters.md, from a HOME with no Ray token and no MLflow setting.
 
     The first job is a study of data at an absolute path outside ~/facemask, which does not
     exist yet: it must create it for its store.

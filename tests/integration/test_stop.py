@@ -175,7 +175,7 @@ def test_tune_stopped_by_sigterm_to_its_process_group_resumes(tiny_data, tmp_pat
 
 def test_tune_stopped_by_ray_job_stop_resumes(tiny_data, mlflow_server, tmp_path, two_trial_space):
     """`ray job stop` sends SIGTERM to the job's driver, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S
-    (3 s by default; the README says to give it 30)."""
+    (3 s by default; docs/reliability.md says to give it 30)."""
     from tests.services import RayCluster
 
     cluster = RayCluster(
