@@ -377,8 +377,7 @@ def _parse_overrides(values: tuple[str, ...]) -> dict:
         "workers",
         {
             "param": "ray_workers",
-            "help": "Ray Train workers training one model together (DDP; "
-            "1: one process). docs/training.md.",
+            "help": "Ray Train workers training one model together (DDP; 1: one process). docs/training.md.",
         },
     ),
     ("--gpus-per-worker", "gpus_per_worker", {"type": float}),
