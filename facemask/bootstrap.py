@@ -226,6 +226,34 @@ def _interval(point: float, samples: np.ndarray, confidence: float) -> Interval:
     return Interval(float(point), float(low), float(high))
 
 
+def _result(
+    point: dict[str, float],
+    draws: dict[str, np.ndarray],
+    reference: ImagePredictions,
+    classes: list[int],
+    class_names: Sequence[str],
+    resamples: int,
+    seed: int,
+    confidence: float,
+    **extra: Any,
+) -> BootstrapResult:
+    """Point estimates and the percentile intervals of their draws, overall and per class."""
+
+    def pick(prefix: str) -> dict[str, Interval]:
+        return {m: _interval(point[prefix + m], draws[prefix + m], confidence) for m in ("mAP50", "mAP50-95")}
+
+    return BootstrapResult(
+        overall=pick(""),
+        per_class={class_names[c]: pick(f"{c}/") for c in classes},
+        objects={class_names[c]: int(np.sum(reference.target_cls == c)) for c in classes},
+        images=reference.n_images,
+        resamples=resamples,
+        confidence=confidence,
+        seed=seed,
+        extra=extra,
+    )
+
+
 def bootstrap(
     p: ImagePredictions,
     class_names: Sequence[str],
@@ -235,21 +263,9 @@ def bootstrap(
 ) -> BootstrapResult:
     """AP50 and AP50-95, overall and per class present in the ground truth, with percentile intervals."""
     classes = [c for c in range(len(class_names)) if np.any(p.target_cls == c)]
-    point = _scores(p, classes, np.ones((1, p.n_images), np.int32))
+    point = {k: v[0] for k, v in _scores(p, classes, np.ones((1, p.n_images), np.int32)).items()}
     draws = _scores(p, classes, resample_counts(p.n_images, resamples, seed))
-
-    def pick(prefix: str) -> dict[str, Interval]:
-        return {m: _interval(point[prefix + m][0], draws[prefix + m], confidence) for m in ("mAP50", "mAP50-95")}
-
-    return BootstrapResult(
-        overall=pick(""),
-        per_class={class_names[c]: pick(f"{c}/") for c in classes},
-        objects={class_names[c]: int(np.sum(p.target_cls == c)) for c in classes},
-        images=p.n_images,
-        resamples=resamples,
-        confidence=confidence,
-        seed=seed,
-    )
+    return _result(point, draws, p, classes, class_names, resamples, seed, confidence)
 
 
 def paired_bootstrap(
@@ -282,26 +298,9 @@ def paired_bootstrap(
     point: dict[str, float] = {}
     draws: dict[str, np.ndarray] = {}
     for a, b in zip(candidates, baselines):
-        pa, pb, da, db = (
-            _scores(a, classes, ones),
-            _scores(b, classes, ones),
-            _scores(a, classes, counts),
-            _scores(b, classes, counts),
-        )
+        pa, pb = _scores(a, classes, ones), _scores(b, classes, ones)
+        da, db = _scores(a, classes, counts), _scores(b, classes, counts)
         for key in pa:
             point[key] = point.get(key, 0.0) + (pa[key][0] - pb[key][0]) / len(candidates)
             draws[key] = draws.get(key, 0.0) + (da[key] - db[key]) / len(candidates)
-
-    def pick(prefix: str) -> dict[str, Interval]:
-        return {m: _interval(point[prefix + m], draws[prefix + m], confidence) for m in ("mAP50", "mAP50-95")}
-
-    return BootstrapResult(
-        overall=pick(""),
-        per_class={class_names[c]: pick(f"{c}/") for c in classes},
-        objects={class_names[c]: int(np.sum(reference.target_cls == c)) for c in classes},
-        images=reference.n_images,
-        resamples=resamples,
-        confidence=confidence,
-        seed=seed,
-        extra={"pairs": len(candidates)},
-    )
+    return _result(point, draws, reference, classes, class_names, resamples, seed, confidence, pairs=len(candidates))
