@@ -790,12 +790,19 @@ def start_serving(
 @click.option("--imgsz", type=int, default=None)
 @click.option("--max-det", type=int, default=None)
 @click.option("--save", type=click.Path(path_type=Path), default=None, help="Also write the annotated image here.")
+@click.option(
+    "--deadline",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to keep retrying a refused or reset connection (an endpoint restarting its proxy).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON answer.")
-def query_command(image, url, model_id, conf, iou, imgsz, max_det, save, as_json):
+def query_command(image, url, model_id, conf, iou, imgsz, max_det, save, deadline, as_json):
     """Send IMAGE to a running endpoint and print its detections (API key from FACEMASK_API_KEY)."""
     from facemask.client import Client
 
-    client = Client(url)
+    client = Client(url, deadline_s=deadline)
     params = {"conf": conf, "iou": iou, "imgsz": imgsz, "max_det": max_det}
     try:
         result = client.predict(image, model=model_id, **params)
