@@ -31,9 +31,9 @@ import numpy as np
 
 from facemask.classes import CLASS_NAMES, class_counts
 from facemask.detector import load_detector, resolve_model, upright_rgb
+from facemask.drawing import draw_boxes
 from facemask.errors import ConfigError, InputNotFoundError
 from facemask.live import TRACK_CONF, LatestFrame, PeopleTracker
-from facemask.plots import draw_boxes
 from facemask.runtime import resolve_device, resolve_path
 from facemask.settings import IMAGE_SUFFIXES, PredictConfig, is_stream
 
@@ -150,7 +150,7 @@ def record(detections: list[dict], head: dict) -> dict:
 
 def annotate(image, detections: list[dict]):
     boxes = [(d["class_id"], d["box"]["x1"], d["box"]["y1"], d["box"]["x2"], d["box"]["y2"]) for d in detections]
-    return draw_boxes(image, boxes, width=max(2, round(max(image.size) / 300)))
+    return draw_boxes(image, boxes)
 
 
 def list_images(folder: Path) -> list[dict[str, str]]:

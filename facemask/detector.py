@@ -17,6 +17,7 @@ from facemask.classes import CLASS_NAMES
 from facemask.errors import ModelNotFoundError
 from facemask.modelref import ModelInfo, check_backend, find_weights
 from facemask.runtime import ultralytics_env
+from facemask.settings import INFERENCE
 from facemask.tracking.registry import fetch_model
 
 # Padding granularity: 64 px puts the Kaggle photos at 320 into 4 shapes instead of 12.
@@ -73,10 +74,10 @@ class Detector:
     def predict(
         self,
         images: Sequence[Any],
-        conf: float = 0.25,
-        iou: float = 0.7,
-        imgsz: int = 640,
-        max_det: int = 300,
+        conf: float = INFERENCE.conf,
+        iou: float = INFERENCE.iou,
+        imgsz: int = INFERENCE.imgsz,
+        max_det: int = INFERENCE.max_det,
     ) -> list[list[Detection]]:
         """Detect faces in each image (path, PIL image or HxWx3 RGB array); one list per image.
 

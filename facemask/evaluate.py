@@ -31,6 +31,7 @@ from facemask.manifest import data_fingerprint
 from facemask.modelref import REGISTERED_MODEL, parse_models_uri
 from facemask.pipeline import prepare_evaluation_set
 from facemask.runtime import resolve_device, resolve_path, ultralytics_env, where_relative
+from facemask.settings import INFERENCE
 from facemask.tracking import alias_version, log_to_run, model_version, set_alias, set_version_tags, version_metrics
 
 log = logging.getLogger("facemask.evaluate")
@@ -71,7 +72,7 @@ def evaluate(
     model_uri: str,
     data: Path,
     split: str = "test",
-    imgsz: int = 640,
+    imgsz: int = INFERENCE.imgsz,
     batch: int = 16,
     device: str = "auto",
     log_results: bool = True,
@@ -174,7 +175,7 @@ def compare(
     model_b: str,
     data: Path,
     split: str = "test",
-    imgsz: int = 640,
+    imgsz: int = INFERENCE.imgsz,
     batch: int = 16,
     device: str = "auto",
     resamples: int = DEFAULT_RESAMPLES,

@@ -19,6 +19,7 @@ from facemask.detector import resolve_model
 from facemask.errors import TrackingUnavailableError
 from facemask.modelref import ONNX_TAG, parse_models_uri
 from facemask.runtime import resolve_path, ultralytics_env
+from facemask.settings import INFERENCE
 from facemask.tracking import log_to_run, set_version_tags
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ class ExportResult:
     version: str | None
 
 
-def export_onnx(model_uri: str, imgsz: int = 640, opset: int | None = None, out: Path | None = None) -> ExportResult:
+def export_onnx(
+    model_uri: str, imgsz: int = INFERENCE.imgsz, opset: int | None = None, out: Path | None = None
+) -> ExportResult:
     """Write `<weights>.onnx` (or `out`) for `model_uri`; log and tag it when the model is registered."""
     ultralytics_env()
     from ultralytics import YOLO

@@ -11,6 +11,7 @@ from mlflow.pyfunc import PythonModel
 
 from facemask.detector import Detector
 from facemask.modelref import ModelInfo
+from facemask.settings import INFERENCE
 
 COLUMNS = ["image", "label", "class_id", "confidence", "x1", "y1", "x2", "y2"]
 
@@ -23,7 +24,7 @@ class FacemaskModel(PythonModel):
     def predict(self, context, model_input, params=None):
         params = params or {}
         rows = []
-        detections = self.detector.predict(list(model_input["image"]), conf=float(params.get("conf", 0.25)))
+        detections = self.detector.predict(list(model_input["image"]), conf=float(params.get("conf", INFERENCE.conf)))
         for index, found in enumerate(detections):
             for d in found:
                 rows.append([index, d.label, d.class_id, d.confidence, *d.box])

@@ -1,15 +1,14 @@
-"""The two pictures of a prepared dataset: class balance, and synthetic samples with boxes."""
+"""The pictures the project makes: a prepared dataset's class balance and synthetic samples, and a study's
+objective per trial and against each parameter. Boxes are drawn by `facemask.drawing`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from facemask.classes import CLASS_NAMES
-
-# One colour per class id, shared by every picture the project draws (BGR-free RGB).
-CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((46, 204, 113), (231, 76, 60), (241, 196, 15))
+from facemask.drawing import CLASS_COLORS, draw_boxes
 
 
 def class_distribution(counts: dict, path: Path) -> Path:
@@ -41,17 +40,6 @@ def class_distribution(counts: dict, path: Path) -> Path:
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
     return path
-
-
-def draw_boxes(image: Image.Image, boxes: list[tuple[int, float, float, float, float]], width: int = 2) -> Image.Image:
-    """Draw (class_id, x1, y1, x2, y2) boxes in class colours with their labels."""
-    out = image.convert("RGB")
-    draw = ImageDraw.Draw(out)
-    for cls, x1, y1, x2, y2 in boxes:
-        color = CLASS_COLORS[int(cls) % len(CLASS_COLORS)]
-        draw.rectangle((x1, y1, x2, y2), outline=color, width=width)
-        draw.text((x1 + 2, max(0, y1 - 11)), CLASS_NAMES[int(cls)], fill=color)
-    return out
 
 
 def read_yolo_boxes(label: Path, width: int, height: int) -> list[tuple[int, float, float, float, float]]:

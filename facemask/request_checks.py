@@ -18,6 +18,7 @@ from fastapi import Request
 
 from facemask.api_schema import MULTIPLEX_HEADER, SUPPORTED_FORMATS, APIError
 from facemask.detector import upright_rgb
+from facemask.settings import INFERENCE, INFERENCE_BOUNDS
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -212,8 +213,9 @@ def check_model_id(model_id: str) -> str:
 
 
 # The settings a live stream starts with; its first message and later text messages change them.
-LIVE_DEFAULTS = {"conf": 0.25, "iou": 0.7, "imgsz": 320, "max_det": 100, "model": "", "fps": 30.0}
-_LIVE_LIMITS = {"conf": (0.0, 1.0), "iou": (0.0, 1.0), "imgsz": (32, 2048), "max_det": (1, 1000), "fps": (1.0, 120.0)}
+# A live frame is smaller and holds fewer faces than a photo, hence its own imgsz and max_det.
+LIVE_DEFAULTS = {"conf": INFERENCE.conf, "iou": INFERENCE.iou, "imgsz": 320, "max_det": 100, "model": "", "fps": 30.0}
+_LIVE_LIMITS = {**INFERENCE_BOUNDS, "fps": (1.0, 120.0)}
 
 
 def live_settings(message: dict, current: dict) -> dict:

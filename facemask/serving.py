@@ -44,10 +44,10 @@ from facemask.api_schema import (
 )
 from facemask.classes import CLASS_NAMES, class_counts
 from facemask.detector import load_detector
+from facemask.drawing import CLASS_COLORS, draw_boxes
 from facemask.errors import ModelNotFoundError
 from facemask.live import TRACK_CONF, LatestFrame, PeopleTracker
 from facemask.modelref import model_uri_for, parse_models_uri
-from facemask.plots import CLASS_COLORS, draw_boxes
 from facemask.request_checks import (
     LIVE_DEFAULTS,
     PixelBudget,
@@ -60,7 +60,7 @@ from facemask.request_checks import (
     release_memory,
 )
 from facemask.runtime import SERVE_ENV, resolve_device
-from facemask.settings import ServeConfig
+from facemask.settings import INFERENCE, INFERENCE_BOUNDS, ServeConfig
 from facemask.tracking import list_versions, model_version, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -213,10 +213,16 @@ def scaled(detection: dict, scale: float, width: int, height: int) -> dict:
     return detection
 
 
+def inference_query(name: str, description: str | None = None):
+    """A query parameter with its default and bounds from `settings.INFERENCE`."""
+    low, high = INFERENCE_BOUNDS[name]
+    return Query(getattr(INFERENCE, name), ge=low, le=high, description=description)
+
+
 def annotated_jpeg(image, boxes: list[tuple]) -> bytes:
     """The image with its boxes drawn, as JPEG bytes."""
     buffer = io.BytesIO()
-    draw_boxes(image, boxes, width=max(2, round(max(image.size) / 300))).save(buffer, format="JPEG", quality=90)
+    draw_boxes(image, boxes).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 
@@ -462,10 +468,10 @@ class FacemaskServer:
     async def predict(
         self,
         request: Request,
-        conf: float = Query(0.25, ge=0.0, le=1.0, description="Minimum confidence"),
-        iou: float = Query(0.7, ge=0.0, le=1.0, description="IoU threshold of duplicate suppression"),
-        imgsz: int = Query(640, ge=32, le=2048, description="Inference size in pixels (rounded to a multiple of 32)"),
-        max_det: int = Query(300, ge=1, le=1000, description="Most detections returned"),
+        conf: float = inference_query("conf", "Minimum confidence"),
+        iou: float = inference_query("iou", "IoU threshold of duplicate suppression"),
+        imgsz: int = inference_query("imgsz", "Inference size in pixels (rounded to a multiple of 32)"),
+        max_det: int = inference_query("max_det", "Most detections returned"),
         _: None = Depends(require_key),
     ) -> Response:
         _, _, answer = await self.detect(request, conf, iou, imgsz, max_det)
@@ -482,10 +488,10 @@ class FacemaskServer:
     async def predict_image(
         self,
         request: Request,
-        conf: float = Query(0.25, ge=0.0, le=1.0),
-        iou: float = Query(0.7, ge=0.0, le=1.0),
-        imgsz: int = Query(640, ge=32, le=2048),
-        max_det: int = Query(300, ge=1, le=1000),
+        conf: float = inference_query("conf"),
+        iou: float = inference_query("iou"),
+        imgsz: int = inference_query("imgsz"),
+        max_det: int = inference_query("max_det"),
         _: None = Depends(require_key),
     ) -> Response:
         image, scale, answer = await self.detect(request, conf, iou, imgsz, max_det)

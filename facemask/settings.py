@@ -13,7 +13,7 @@ from typing import Any
 
 from facemask.classes import CLASS_NAMES, MINORITY_CLASSES
 from facemask.errors import ConfigError, InputNotFoundError
-from facemask.modelref import DEFAULT_MODEL_URI
+from facemask.modelref import DEFAULT_MODEL_URI, REGISTERED_MODEL
 from facemask.runtime import where_relative
 
 BLEND_MODES = ("overlay", "feather", "poisson")
@@ -46,6 +46,27 @@ def validate_fractions(fractions: tuple[float, float, float]) -> tuple[float, fl
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ConfigError(f"--split {fractions} sums to {sum(fractions):.3f}; the fractions must sum to 1")
     return tuple(float(f) for f in fractions)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class InferenceParams:
+    """How an image goes through the detector: the defaults every entry point shares (predict,
+    evaluate, export, the HTTP API, live streams, batch inference) and the bounds they check."""
+
+    conf: float = 0.25
+    iou: float = 0.7
+    imgsz: int = 640
+    max_det: int = 300
+
+
+INFERENCE = InferenceParams()
+# The inclusive range of each parameter, as the HTTP API and live streams enforce it.
+INFERENCE_BOUNDS: dict[str, tuple[float, float]] = {
+    "conf": (0.0, 1.0),
+    "iou": (0.0, 1.0),
+    "imgsz": (32, 2048),
+    "max_det": (1, 1000),
+}
 
 
 @dataclass(frozen=True)
@@ -125,13 +146,13 @@ class TrainConfig:
     data: Path
     model: str = "yolo26s.pt"
     epochs: int = 50
-    imgsz: int = 640
+    imgsz: int = INFERENCE.imgsz
     batch: int = 8
     device: str = "auto"
     experiment: str = "facemask"
     run_name: str | None = None
     register: bool = False
-    registered_model: str = "facemask-detector"
+    registered_model: str = REGISTERED_MODEL
     project: Path = Path("runs/train")
     seed: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -164,7 +185,7 @@ class StudyConfig:
     model: str = "yolo26s.pt"
     trials: int = 20
     epochs: int = 10
-    imgsz: int = 640
+    imgsz: int = INFERENCE.imgsz
     batch: int = 8
     search_space: Path | None = None
     cpus_per_trial: float = 2
@@ -184,7 +205,7 @@ class StudyConfig:
     mode: str = "max"
     seed: int = 0
     experiment: str = "facemask-tune"
-    registered_model: str = "facemask-detector"
+    registered_model: str = REGISTERED_MODEL
     promote: bool = True
     workers: int = 0
     # >1: each trial (and the final retrain) is one model trained by this many Ray Train
@@ -201,10 +222,10 @@ class PredictConfig:
     source: Path
     out: Path
     model_uri: str = DEFAULT_MODEL_URI
-    conf: float = 0.25
-    iou: float = 0.7
-    imgsz: int = 640
-    max_det: int = 300
+    conf: float = INFERENCE.conf
+    iou: float = INFERENCE.iou
+    imgsz: int = INFERENCE.imgsz
+    max_det: int = INFERENCE.max_det
     backend: str = "pt"
     device: str = "auto"
     batch_size: int = 8
