@@ -21,7 +21,14 @@ from pathlib import Path
 import click
 
 from facemask.errors import ConfigError, EndpointError, FacemaskError, StudyInterrupted
-from facemask.runtime import configure_runtime, handle_stop_signals, init_ray, stop_exit_code, stop_signal
+from facemask.runtime import (
+    at_forced_stop,
+    configure_runtime,
+    handle_stop_signals,
+    init_ray,
+    stop_exit_code,
+    stop_signal,
+)
 from facemask.settings import (
     AugmentConfig,
     DistributedConfig,
@@ -73,6 +80,12 @@ def _stopped(ctx: click.Context, detail: str | None = None) -> None:
 
 class FacemaskGroup(click.Group):
     """The one place errors become exit codes: FacemaskError 2, Ctrl-C 130, SIGTERM 143, a bug 1."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        # What a forced stop says, should one cut this command short (runtime.at_forced_stop).
+        at_forced_stop(lambda: f"facemask {name}: {STOP_HINTS.get(name, 'run the same command again')}")
+        return name, command, rest
 
     def invoke(self, ctx: click.Context):
         handle_stop_signals()

@@ -266,8 +266,9 @@ _forced_stop_actions: list = []
 
 
 def at_forced_stop(action: Callable[[], str | None]) -> Callable[[], None]:
-    """Run `action()` (it returns the line to print, or None) if a stop overruns STOP_DEADLINE_S,
-    just before the process exits by force; returns a function that unregisters it."""
+    """Run `action()` if a stop overruns STOP_DEADLINE_S (or the local Ray died), just before
+    the process exits by force. It may return what was stopped and how to go on, for the one
+    line printed then (the most recently registered wins). Returns a function that unregisters it."""
     _forced_stop_actions.append(action)
     return lambda: _forced_stop_actions.remove(action) if action in _forced_stop_actions else None
 
@@ -294,14 +295,15 @@ def _force_exit_after(deadline_s: float) -> None:
         while time.monotonic() < ends and not _local_ray_gone():
             time.sleep(0.5)
         message = None
-        for action in reversed(list(_forced_stop_actions)):
+        for action in reversed(list(_forced_stop_actions)):  # the most recent, most specific, first
             try:
-                message = action() or message
+                said = action()
+                message = message or said
             except Exception as exc:  # a last-resort cleanup: report it, never hang on it
                 print(f"warning: cleanup after a stop failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         name = signal.Signals(stop_signal() or signal.SIGINT).name
         why = "its local Ray was stopped with it" if time.monotonic() < ends else f"shut-down overran {deadline_s:.0f}s"
-        print(f"stopped by {name}: {why}" + (f"; {message}" if message else ""), file=sys.stderr, flush=True)
+        print(f"stopped by {name}: {message or 'the command'} ({why})", file=sys.stderr, flush=True)
         os._exit(stop_exit_code())
 
     threading.Thread(target=watch, name="facemask-stop-deadline", daemon=True).start()

@@ -435,7 +435,7 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
             )
         return resume
 
-    forget = at_forced_stop(lambda: close_runs("KILLED"))
+    forget = at_forced_stop(lambda: f"facemask tune: {close_runs('KILLED')}")
     try:
         with study_tracking_uri(store) as uri:
             return _run_study(
