@@ -24,6 +24,8 @@ from facemask.errors import ConfigError, EndpointError, FacemaskError, StudyInte
 from facemask.runtime import (
     at_forced_stop,
     configure_runtime,
+    descendants,
+    end_processes,
     handle_stop_signals,
     init_ray,
     stop_exit_code,
@@ -737,7 +739,13 @@ def serve_command(
         click.echo(f"serving {model_uri} ({backend}, {ingress}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
         wait_for_stop()
     finally:
+        started = descendants()
         stop_serving()
+        import ray
+
+        ray.shutdown()
+        # A HAProxy that Serve restarted after a crash outlives Serve's shutdown; nothing else should.
+        end_processes(started)
 
 
 def wait_for_stop() -> None:

@@ -6,6 +6,7 @@ functions, library code never calls `init_ray`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -197,6 +198,10 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
             for key, value in HAPROXY_ENV.items():
                 os.environ.setdefault(key, value)
             os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+            # HAProxy's stats page and metrics listen on fixed ports (8404, 9101) by default: a second
+            # endpoint on this machine (or a HAProxy outliving its Serve) made HAProxy refuse to start.
+            os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+            os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
     # Seen under `ray job submit` here: once ray.init() has run, importing torch can abort
     # with "oneMKL FATAL ERROR: Cannot load libtorch_cpu.so". Loading torch first avoids it.
     if torch:
@@ -218,6 +223,52 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
             _stopped_by(signal.SIGTERM)
             raise KeyboardInterrupt from None
         handle_stop_signals()
+
+
+def descendants(pid: int | None = None) -> set[int]:
+    """The PIDs of every process below `pid` (default: this one), read from /proc; empty elsewhere."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone while reading
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid or os.getpid()]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def end_processes(pids: set[int], grace_s: float = 5.0) -> list[int]:
+    """SIGTERM, then after `grace_s` SIGKILL, those of `pids` still alive: processes this command
+    started that outlived their parent (a HAProxy that Serve restarted is not stopped with
+    Serve). Returns the PIDs that had to be ended."""
+    import time
+
+    alive = [p for p in pids if _alive(p)]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in alive):
+        time.sleep(0.2)
+    for pid in alive:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    return alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def die_with_parent() -> None:
@@ -263,6 +314,7 @@ def stop_exit_code() -> int:
 # once, and Ray's own shutdown (Tune's, Serve's) can wait on it for ever.
 STOP_DEADLINE_S = 25.0
 _forced_stop_actions: list = []
+_started_processes: set[int] = set()  # below this process when the first stop signal came
 
 
 def at_forced_stop(action: Callable[[], str | None]) -> Callable[[], None]:
@@ -293,7 +345,10 @@ def _force_exit_after(deadline_s: float) -> None:
     def watch() -> None:
         ends = time.monotonic() + deadline_s
         while time.monotonic() < ends and not _local_ray_gone():
-            time.sleep(0.5)
+            # Noted as they appear: a process started during the stop (Serve restarting a HAProxy
+            # the signal ended) is re-parented away from this tree once its parent dies.
+            _started_processes.update(descendants())
+            time.sleep(0.2)
         message = None
         for action in reversed(list(_forced_stop_actions)):  # the most recent, most specific, first
             try:
@@ -301,6 +356,8 @@ def _force_exit_after(deadline_s: float) -> None:
                 message = message or said
             except Exception as exc:  # a last-resort cleanup: report it, never hang on it
                 print(f"warning: cleanup after a stop failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # A process that has left the tree since (a child re-parented when its parent died) is still ours.
+        end_processes(_started_processes | descendants(), grace_s=2.0)
         name = signal.Signals(stop_signal() or signal.SIGINT).name
         why = "its local Ray was stopped with it" if time.monotonic() < ends else f"shut-down overran {deadline_s:.0f}s"
         print(f"stopped by {name}: {message or 'the command'} ({why})", file=sys.stderr, flush=True)
@@ -310,8 +367,9 @@ def _force_exit_after(deadline_s: float) -> None:
 
 
 def _stopped_by(signum: int) -> None:
-    """Record a stop signal; the first one starts the deadline."""
+    """Record a stop signal; the first one notes the processes this one started, and starts the deadline."""
     if not _stop_received:
+        _started_processes.update(descendants())
         _force_exit_after(STOP_DEADLINE_S)
     _stop_received.append(signum)
 

@@ -944,7 +944,17 @@ def test_a_killed_ingress_is_back_within_seconds_and_the_client_rides_through(
         stop.set()
         for thread in threads[:-1]:
             thread.join(timeout=40)
+        # Everything below the command now, the ingress Serve started again included.
+        started = psutil.Process(proc.pid).children(recursive=True)
 
+    deadline = time.monotonic() + 15
+    while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in started) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = [" ".join(p.cmdline())[:80] for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in started:  # never leave one to the next test
+        if p.is_running():
+            p.kill()
+    assert not left, f"outlived facemask serve: {left}"
     after = [e for e in events if e[0] > killed]
     first_ok = min((done for sent, done, status in after if status == 200), default=None)
     lost = [status for sent, done, status in events if sent < killed < done and status != 200]

@@ -323,29 +323,34 @@ def test_predict_on_a_folder_stopped_by_sigterm_to_its_group(registered_detector
     assert "stopped by SIGTERM: facemask predict:" in output and "core dumped" not in output
 
 
-def test_two_worker_trials_fit_a_two_cpu_machine(tiny_data, tracking, tmp_path, ray_local):
-    """Each trial's driver reserves a token 0.01 CPU; its two Ray Train workers share the rest."""
-    from facemask.tune import StudyConfig, tune
+def test_two_worker_trials_fit_a_two_cpu_machine(tiny_data, mlflow_server, tmp_path):
+    """Each trial's driver reserves a token 0.01 CPU; its two Ray Train workers share the rest.
 
-    cfg = StudyConfig(
-        data=tiny_data,
-        model="yolo26n.yaml",
-        trials=2,
-        epochs=1,
-        imgsz=160,
-        batch=8,
-        cpus_per_trial=2,
-        ray_workers_per_trial=2,
-        storage=str(tmp_path / "studies"),
-        name="w2",
-        metric="cls_loss",
-        mode="min",
-        experiment=tracking["experiment"],
-        register=False,
-        max_failures=0,
+    In a process of its own with `ray.init(num_cpus=2)`, so that nothing this study's Ray Train
+    runs leave behind can reach the session's shared cluster.
+    """
+    code = (
+        "import json, sys, ray\n"
+        "from facemask.runtime import configure_runtime\n"
+        "from facemask.tune import StudyConfig, tune\n"
+        "configure_runtime()\n"
+        "ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+        "cfg = StudyConfig(data=sys.argv[1], model='yolo26n.yaml', trials=2, epochs=1, imgsz=160, batch=8,\n"
+        "                  cpus_per_trial=2, ray_workers_per_trial=2, storage=sys.argv[2], name='w2',\n"
+        "                  metric='cls_loss', mode='min', experiment='two-workers', register=False, max_failures=0)\n"
+        "print('RESULT ' + json.dumps(tune(cfg).counts))\n"
     )
-    result = tune(cfg)
-    assert result.counts["finished"] == 2, result.trials
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_data), str(tmp_path / "studies")],
+        env=command_env(MLFLOW_TRACKING_URI=mlflow_server.uri, PYTHONPATH=str(ROOT)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    counts = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert counts["finished"] == 2 and counts["failed"] == 0, counts
     logs = list((tmp_path / "studies" / "w2-yolo").glob("*/ray-train/*/ranks.jsonl"))
     assert len(logs) == 2
     for path in logs:
