@@ -70,6 +70,7 @@ def stop_and_time(proc: subprocess.Popen, group: bool, sig: int = signal.SIGTERM
         proc.wait()
         pytest.fail(f"still running {STOP_WITHIN_S + 30}s after the signal")
     seconds = time.monotonic() - started
+    print(f"{' '.join(proc.args[2:5])}: exit {code} {seconds:.1f} s after the signal")  # the figure in the docs
 
     def alive() -> list:
         return [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
@@ -89,7 +90,8 @@ def runs_of(uri: str, experiment: str):
     return [] if found is None else client.search_runs([found.experiment_id])
 
 
-def study_args(data: Path, space: Path, storage: Path, experiment: str, trials: int = 2) -> list[str]:
+def study_args(data: Path, space: Path, storage: Path, experiment: str, trials: int = 2, epochs: int = 2) -> list[str]:
+    """A small study: `trials` trials of `epochs` epochs, one at a time, none stopped early by ASHA."""
     return [
         "--data",
         str(data),
@@ -98,7 +100,7 @@ def study_args(data: Path, space: Path, storage: Path, experiment: str, trials: 
         "--trials",
         str(trials),
         "--epochs",
-        "2",
+        str(epochs),
         "--imgsz",
         "160",
         "--batch",
@@ -114,7 +116,7 @@ def study_args(data: Path, space: Path, storage: Path, experiment: str, trials: 
         "--mode",
         "min",
         "--grace-period",
-        "2",
+        str(epochs),
         "--storage",
         str(storage),
         "--name",
@@ -197,7 +199,8 @@ def test_tune_stopped_by_ray_job_stop_resumes(tiny_data, mlflow_server, tmp_path
     args = [
         "python",
         str(ROOT / "jobs" / "tune.py"),
-        *study_args(tiny_data, two_trial_space, tmp_path / "studies", experiment),
+        # Long enough that the stop, which takes the `ray` command a few seconds to send, lands mid-study.
+        *study_args(tiny_data, two_trial_space, tmp_path / "studies", experiment, epochs=5),
     ]
 
     def job(*command: str, timeout: float = 120) -> subprocess.CompletedProcess:
