@@ -289,10 +289,10 @@ def epoch_callback(path: Path, uri: str, tracking: bool):
     return EpochLog()
 
 
-# How many times Ray Train may try to start a worker group that did not come up in its
-# start-up timeout (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) before the run fails. Its
-# default is without end: a group that cannot be placed waited for ever, silently.
-WORKER_GROUP_START_ATTEMPTS = 2
+# How many times Ray Train may start again a worker group that did not come up in its start-up
+# timeout (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) before the run fails: three attempts
+# in all. Its default is without end: a group that cannot be placed waited for ever, silently.
+WORKER_GROUP_START_RETRIES = 2
 
 
 def node_resources(nodes: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -397,7 +397,7 @@ def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tu
             name=name,
             storage_path=storage,
             failure_config=FailureConfig(
-                max_failures=ray_cfg.max_failures, controller_failure_limit=WORKER_GROUP_START_ATTEMPTS
+                max_failures=ray_cfg.max_failures, controller_failure_limit=WORKER_GROUP_START_RETRIES
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[epoch_callback(run_dir / RANKS_FILE, uri, cfg.tracking), *tune_callback],
