@@ -74,10 +74,13 @@ def _stopped(ctx: click.Context, detail: str | None = None) -> None:
     import signal
 
     sig = signal.Signals(stop_signal() or signal.SIGINT).name
-    command = ctx.invoked_subcommand or "command"
-    hint = detail or STOP_HINTS.get(command, "run the same command again")
-    click.echo(f"stopped by {sig}: facemask {command}: {hint}", err=True)
+    click.echo(f"stopped by {sig}: {stop_summary(ctx.invoked_subcommand or 'command', detail)}", err=True)
     sys.exit(stop_exit_code())
+
+
+def stop_summary(command: str, detail: str | None = None) -> str:
+    """What was stopped and how to go on: `detail`, or the command's own hint."""
+    return f"facemask {command}: {detail or STOP_HINTS.get(command, 'run the same command again')}"
 
 
 class FacemaskGroup(click.Group):
@@ -86,7 +89,7 @@ class FacemaskGroup(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]):
         name, command, rest = super().resolve_command(ctx, args)
         # What a forced stop says, should one cut this command short (runtime.at_forced_stop).
-        at_forced_stop(lambda: f"facemask {name}: {STOP_HINTS.get(name, 'run the same command again')}")
+        at_forced_stop(lambda: stop_summary(name))
         return name, command, rest
 
     def invoke(self, ctx: click.Context):

@@ -18,11 +18,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from facemask import __version__
 from facemask.augment import SyntheticPlan, plan_synthetic, render_synthetic
-from facemask.classes import CLASS_NAMES, yolo_names
+from facemask.classes import CLASS_NAMES
 from facemask.convert import make_tree, tree_sha256, write_data_yaml, write_original, write_synthetic
 from facemask.errors import EmptyDatasetError, InputNotFoundError
 from facemask.manifest import write_manifest
@@ -324,9 +322,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
 
     entries = [w["entry"] for w in written]
     synthetic = [dict(w["synthetic"], image=w["entry"]["image"]) for w in written if "synthetic" in w]
-    inputs = hashlib.sha256(
-        "".join(f"{Path(p).relative_to(source)}\0{h}\n" for p, h in sorted(hashes.items())).encode()
-    ).hexdigest()
+    inputs = inputs_sha256(hashes, source)
     config = cfg.fingerprinted()
     fingerprint = hashlib.sha256(
         json.dumps({"inputs": inputs, "config": config, "version": __version__}, sort_keys=True).encode()
@@ -395,6 +391,13 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     return PrepareResult(manifest, data_yaml, manifest_path, seconds)
 
 
+def inputs_sha256(hashes: dict[str, str], source: Path) -> str:
+    """One hash over every input file (source-relative path and content hash), whatever the folder."""
+    return hashlib.sha256(
+        "".join(f"{Path(p).relative_to(source)}\0{h}\n" for p, h in sorted(hashes.items())).encode()
+    ).hexdigest()
+
+
 def prepare_evaluation_set(source: Path, out: Path) -> tuple[Path, dict]:
     """A plain Pascal VOC folder (images/ + annotations/) as a YOLO dataset whose test split is
     every usable image, for scoring a model on a user's own held-out photos: (data.yaml, problems).
@@ -420,14 +423,11 @@ def prepare_evaluation_set(source: Path, out: Path) -> tuple[Path, dict]:
     make_tree(out, SPLITS)
     entries = [write_original(r, "test", out) for r in records]
     summary = summarise_problems(problems, source)
-    inputs = hashlib.sha256(
-        "".join(f"{Path(p).relative_to(source)}\0{h}\n" for p, h in sorted(hashes.items())).encode()
-    )
     write_manifest(
         out,
         {
             "format": MANIFEST_FORMAT,
-            "fingerprint": inputs.hexdigest(),
+            "fingerprint": inputs_sha256(hashes, source),
             "source": str(source),
             "kind": "evaluation",
             "counts": _counts({"train": [], "val": [], "test": records}, []),
@@ -436,17 +436,5 @@ def prepare_evaluation_set(source: Path, out: Path) -> tuple[Path, dict]:
         },
     )
     # Ultralytics wants a train and a val entry: both name the test images, and nothing trains on them.
-    data = out / "data.yaml"
-    data.write_text(
-        yaml.safe_dump(
-            {
-                "path": str(out.resolve()),
-                "train": "images/test",
-                "val": "images/test",
-                "test": "images/test",
-                "names": yolo_names(),
-            },
-            sort_keys=False,
-        )
-    )
+    data = write_data_yaml(out, SPLITS, {"train": "images/test", "val": "images/test"})
     return data, summary
