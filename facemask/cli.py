@@ -683,7 +683,20 @@ def study_table(result) -> str:
         "model_uri",
         {"help": "models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx (air-gapped)."},
     ),
-    ("--backend", "backend", {"type": click.Choice(["pt", "onnx"])}),
+    (
+        "--backend",
+        "backend",
+        {
+            "type": click.Choice(["pt", "onnx", "simulated-gpu"]),
+            "help": "pt (PyTorch) or onnx (onnxruntime). simulated-gpu is for capacity tests only: no model, "
+            "each batch answered after a GPU's latency with a fixed pattern of boxes (docs/performance.md).",
+        },
+    ),
+    (
+        "--simulated-latency",
+        "simulated_latency",
+        {"help": "simulated-gpu: call time per batch size, BATCH:MS pairs (an H100's by default)."},
+    ),
     ("--device", "device", {"help": "auto, cpu or a GPU index."}),
     ("--host", "host", {"help": "Proxy address; 0.0.0.0 exposes it (set FACEMASK_API_KEY)."}),
     (
@@ -706,13 +719,31 @@ def study_table(result) -> str:
     ),
 )
 def serve_command(
-    model_uri, backend, device, host, ingress, port, replicas, num_cpus, num_gpus, max_batch_size, threads
+    model_uri,
+    backend,
+    simulated_latency,
+    device,
+    host,
+    ingress,
+    port,
+    replicas,
+    num_cpus,
+    num_gpus,
+    max_batch_size,
+    threads,
 ):
     """Serve the detector, its API and page on this machine's Ray (Ctrl-C stops it)."""
     configure_runtime()
     from facemask.detector import resolve_model
+    from facemask.simulated_gpu import NAME as SIMULATED
+    from facemask.simulated_gpu import parse_latency
 
-    resolve_model(model_uri, backend=backend)  # fail here, in one line, rather than in a replica's retries
+    # Fail here, in one line, rather than in a replica's retries.
+    if backend == SIMULATED:
+        parse_latency(simulated_latency)
+        model_uri = SIMULATED
+    else:
+        resolve_model(model_uri, backend=backend)
     # Imported here: the Serve application module imports Ray Serve itself.
 
     from facemask.serving import AppArgs
@@ -721,6 +752,7 @@ def serve_command(
         args = AppArgs(
             model_uri=model_uri,
             backend=backend,
+            simulated_latency=simulated_latency,
             device=device,
             max_batch_size=max_batch_size,
             threads=threads,

@@ -61,6 +61,8 @@ from facemask.request_checks import (
 )
 from facemask.runtime import SERVE_ENV, resolve_device
 from facemask.settings import INFERENCE, INFERENCE_BOUNDS, ServeConfig
+from facemask.simulated_gpu import NAME as SIMULATED
+from facemask.simulated_gpu import SimulatedGPU, parse_latency
 from facemask.tracking import list_versions, model_version, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,16 @@ class AppArgs(BaseModel):
     model_uri: str = Field(
         _DEFAULT.model_uri, description="models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx"
     )
-    backend: str = Field(_DEFAULT.backend, pattern="^(pt|onnx)$", description="pt (PyTorch) or onnx (onnxruntime, CPU)")
+    backend: str = Field(
+        _DEFAULT.backend,
+        pattern="^(pt|onnx|simulated-gpu)$",
+        description="pt (PyTorch), onnx (onnxruntime, CPU), or simulated-gpu (capacity tests only: no model, "
+        "a GPU's batch latency, a fixed pattern of boxes)",
+    )
+    simulated_latency: str = Field(
+        _DEFAULT.simulated_latency,
+        description="simulated-gpu: BATCH:MS pairs, the call time of each batch size (interpolated between)",
+    )
     device: str = Field(_DEFAULT.device, description="auto (the GPU if the replica has one), cpu, or a GPU index")
     tracking_uri: str | None = Field(None, description="MLflow server of the registry; default MLFLOW_TRACKING_URI")
     max_body_mb: float = Field(_DEFAULT.max_body_mb, gt=0, description="Larger bodies get 413")
@@ -196,7 +207,7 @@ def model_ref(detector) -> dict:
         "version": info.version,
         "run_id": info.run_id,
         "uri": info.uri,
-        "backend": "onnx" if info.weights.endswith(".onnx") else "pt",
+        "backend": SIMULATED if info.weights == SIMULATED else ("onnx" if info.weights.endswith(".onnx") else "pt"),
     }
 
 
@@ -260,9 +271,13 @@ class FacemaskServer:
         api.state.api_key = self.api_key
         self.limit = int(self.args.max_body_mb * 1e6)
         self.device = resolve_device(self.args.device) if self.args.backend == "pt" else "cpu"
-        self.default = load_detector(
-            self.args.model_uri, device=self.device, backend=self.args.backend, threads=self.args.threads, warm=True
-        )
+        if self.args.backend == SIMULATED:
+            self.default = SimulatedGPU(parse_latency(self.args.simulated_latency))
+            self.device = SIMULATED
+        else:
+            self.default = load_detector(
+                self.args.model_uri, device=self.device, backend=self.args.backend, threads=self.args.threads, warm=True
+            )
         self.predict_batch.set_max_batch_size(self.args.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self.aliases: dict[str, tuple[float, str]] = {}  # alias -> (looked up at, version)
@@ -302,6 +317,8 @@ class FacemaskServer:
         """The model a version number or alias names (checked), else the app's default."""
         model_id = check_model_id(model_id.strip())
         try:
+            if self.args.backend == SIMULATED:  # a simulated accelerator has no versions
+                return self.default
             if not model_id:
                 self.follow_default_alias()
                 return self.default

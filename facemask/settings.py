@@ -263,6 +263,10 @@ class ServeConfig:
 
     model_uri: str = DEFAULT_MODEL_URI
     backend: str = "pt"
+    # The simulated-gpu backend's call time per batch size (BATCH:MS): yolo26n at 640 on an H100
+    # (docs/performance.md). A call costs about the same up to a batch of 8 (kernel launches,
+    # not arithmetic); beyond it the time grows with the batch.
+    simulated_latency: str = "8:5.2,32:10.4"
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000

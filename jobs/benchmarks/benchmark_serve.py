@@ -1,32 +1,42 @@
-"""Benchmark: the Serve endpoint against a plain uvicorn app and the raw model call, PyTorch and ONNX.
+"""Benchmark: what the serving stack costs per request, per ingress, with the load from a separate process.
 
-In one run, on the same images and the same model:
-1. raw: `Detector.predict([image])` called sequentially in this process;
-2. plain: what a user would write instead of Ray Serve: one FastAPI app under uvicorn, in
-   its own process, with the same input checks, decoding and answer, the model called in a
-   worker thread, no batching;
-3. serve: the Serve application (one deployment, `@serve.batch`), through Serve's proxy with
-   facemask.proxy_guard or, with --ingress haproxy, through HAProxy straight to the replica
-   (direct ingress); serve-unguarded: the same through the bare proxy, on a fresh cluster;
-at concurrency 1, 4 and 16, for the PyTorch backend and for the ONNX export (onnxruntime).
-It prints requests/s and p50/p95/p99 latency, where a request's time goes (from the
-answers' own timings), then the ratios against their targets.
-Loopback only, and bounded: --requests per level and --max-seconds per level.
+Each server is started as a user starts it, and measured from outside:
+- proxy: `facemask serve` (Serve's Python proxy with facemask.proxy_guard);
+- proxy-bare: the same without the guard;
+- haproxy: `facemask serve --ingress haproxy` (HAProxy straight to the replica, direct ingress);
+- plain: what a user writes without Ray Serve, one FastAPI app under uvicorn, the same checks,
+  decoding and answer, no batching;
+and, for a real model, raw: `Detector.predict([image])` called one at a time in this process.
+Only the options named by --serve-args are added to `facemask serve`: its defaults are what is measured.
 
-    python jobs/benchmarks/benchmark_serve.py [--model-uri PATH.pt|models:/...] [--imgsz 320] [--requests 128] \
-        [--ingress proxy|haproxy]
+Backends: simulated-gpu (facemask.simulated_gpu: an H100's batch latency, no CPU; what the
+HTTP path costs when the model is not competing for the cores), and pt / onnx (the real
+model on this machine's CPU). Payloads: the shared real photos (mixed sizes, about 400x300),
+and one 1920x1080 JPEG.
+
+The load is wrk (C, one thread, a Lua script that rotates the bodies and reads each answer's
+batch size), at each concurrency for --seconds. Its own CPU is reported apart. For every
+process of the server (Serve's proxy or HAProxy, the replica, the controller, the rest of
+Ray, the `facemask serve` driver; uvicorn for plain) the CPU it used during the run comes
+from /proc, divided by the requests answered. Loopback only, bounded in time.
+
+    python jobs/benchmarks/benchmark_serve.py [--backends simulated-gpu,pt] [--ingresses proxy,haproxy,plain] \
+        [--payloads photos,1080p] [--concurrency 1,16,64] [--seconds 8] [--model-uri PATH.pt]
 
 Without --model-uri it builds an untrained yolo26n with our three classes: YOLO26 has no
-NMS, so its cost per image does not depend on training.
+NMS, so its cost per image does not depend on training. Needs wrk (Debian: apt-get install wrk).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import io
 import json
 import os
+import resource
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +52,54 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT.parent / "shared" / "datasets" / "face-mask-detection" / "images"
+SIMULATED = "simulated-gpu"
+# What each server process is, from its command line; the first match wins.
+ROLES = (
+    ("ray::ProxyActor", "proxy"),
+    ("haproxy", "haproxy"),
+    ("ray::ServeReplica", "replica"),
+    ("ray::ServeController", "controller"),
+)
+# Targets of the simulated accelerator at the top concurrency, and of the real CPU model.
+TARGET_CPU_MS, TARGET_RPS, TARGET_VS_PROXY, TARGET_BATCH, TARGET_CPU_VS_PLAIN = 2.5, 400, 4.0, 6.0, 0.71
+
+WRK_SCRIPT = """
+local paths = {%(paths)s}
+local bodies = {}
+for i, path in ipairs(paths) do
+  local f = assert(io.open(path, "rb"))
+  bodies[i] = f:read("*all")
+  f:close()
+end
+local headers = {["Content-Type"] = "image/jpeg"}
+local n = 0
+answered, failed, batches = 0, 0, 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "%(path)s", headers, bodies[(n %% #bodies) + 1])
+end
+response = function(status, _, body)
+  if status == 200 then
+    answered = answered + 1
+    local b = body:match('"batch_size":%%s*(%%d+)')
+    if b then batches = batches + tonumber(b) end
+  else
+    failed = failed + 1
+  end
+end
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+done = function(summary, latency, _)
+  local a, f, b = 0, 0, 0
+  for _, t in ipairs(threads) do
+    a, f, b = a + t:get("answered"), f + t:get("failed"), b + t:get("batches")
+  end
+  local e = summary.errors
+  io.write(string.format("FACEMASK-WRK %%d %%d %%d %%d %%.3f %%.3f %%.3f %%d\\n", a, f, b,
+    summary.duration, latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.mean / 1000,
+    e.connect + e.read + e.write + e.timeout))
+end
+"""
 
 
 def untrained_weights(folder: Path) -> Path:
@@ -59,6 +117,8 @@ def untrained_weights(folder: Path) -> Path:
 
 def load_images(count: int, folder: Path) -> list[bytes]:
     """JPEG bytes: the shared real images if present, else generated ones."""
+    from PIL import Image
+
     if REAL.is_dir():
         paths = sorted(REAL.iterdir())[:count]
     else:
@@ -68,114 +128,104 @@ def load_images(count: int, folder: Path) -> list[bytes]:
         paths = sorted((folder / "synth" / "images").iterdir())
     out = []
     for path in paths:
-        from PIL import Image
-
         buffer = io.BytesIO()
         Image.open(path).convert("RGB").save(buffer, format="JPEG", quality=90)
         out.append(buffer.getvalue())
     return out
 
 
-def stats(latencies: list[float], seconds: float, batch_sizes: list[int] | None = None) -> dict:
-    ordered = sorted(latencies)
-
-    def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000
-
-    return {
-        "requests": len(latencies),
-        "rps": len(latencies) / seconds,
-        "p50": pct(50),
-        "p95": pct(95),
-        "p99": pct(99),
-        "batch": statistics.mean(batch_sizes) if batch_sizes else 1.0,
-    }
-
-
-def raw(detector, images: list[bytes], imgsz: int, requests: int, max_seconds: float) -> dict:
+def full_hd(photo: bytes) -> bytes:
+    """A 1920x1080 JPEG made from a photo: the size of a phone or camera frame."""
     from PIL import Image
 
-    decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
-    for image in decoded[:3]:
-        detector.predict([image], imgsz=imgsz)
-    latencies, started = [], time.perf_counter()
-    for i in range(requests):
-        t = time.perf_counter()
-        detector.predict([decoded[i % len(decoded)]], imgsz=imgsz)
-        latencies.append(time.perf_counter() - t)
-        if time.perf_counter() - started > max_seconds:
-            break
-    return stats(latencies, time.perf_counter() - started)
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(photo)).convert("RGB").resize((1920, 1080)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
 
 
-async def load(url: str, images: list[bytes], imgsz: int, concurrency: int, requests: int, max_seconds: float) -> dict:
-    import httpx
-
-    latencies: list[float] = []
-    batches: list[int] = []
-    parts: dict[str, list[float]] = {"decode_ms": [], "queue_ms": [], "inference_ms": [], "total_ms": []}
-    errors: dict[int, int] = {}
-    deadline = time.perf_counter() + max_seconds
-    counter = iter(range(requests))
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        for i in counter:
-            if time.perf_counter() > deadline:
-                return
-            t = time.perf_counter()
-            r = await client.post("/predict", params={"imgsz": imgsz}, content=images[i % len(images)])
-            if r.status_code != 200:
-                errors[r.status_code] = errors.get(r.status_code, 0) + 1
-                continue
-            latencies.append(time.perf_counter() - t)
-            timings = r.json()["timings"]
-            batches.append(timings["batch_size"])
-            for key in parts:
-                parts[key].append(timings[key])
-
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
-        for b in images[: max(3, concurrency)]:  # warm every connection and the batch path
-            await client.post("/predict", params={"imgsz": imgsz}, content=b)
-        started = time.perf_counter()
-        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
-        seconds = time.perf_counter() - started
-    if not latencies:
-        raise SystemExit(f"every request at concurrency {concurrency} failed: {errors}")
-    result = stats(latencies, seconds, batches)
-    result["errors"] = errors
-    # Where a request's time goes: the server's own parts, and the rest (client, HTTP, proxy hops).
-    result["parts"] = {key: statistics.median(values) for key, values in parts.items()}
-    result["parts"]["outside_ms"] = result["p50"] - result["parts"]["total_ms"]
-    return result
+# ---------------------------------------------------------------- CPU from /proc
 
 
-def proxy_cpu_s() -> float | None:
-    """CPU seconds used so far by this machine's Serve proxy processes (Linux /proc), or None."""
-    total, found = 0.0, False
-    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+def process_tree(root: int) -> set[int]:
+    from facemask.runtime import descendants
+
+    return {root} | descendants(root)
+
+
+def cpu_by_role(pids: set[int], named: dict[int, str]) -> dict[str, float]:
+    """CPU seconds used so far by each role's processes (Linux /proc); a process that ended is not counted."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in pids:
         try:
-            if b"ray::ProxyActor" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total, found = total + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), True
-    return total if found else None
+        role = named.get(pid) or next((r for key, r in ROLES if key in cmdline), "ray, other")
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
-def mean_of_rounds(rounds: list[dict]) -> dict:
-    """One result from repeated passes: the mean of each figure and of each part of a request's time."""
-    merged = dict(rounds[0])
-    for key in ("rps", "p50", "p95", "p99", "batch", "proxy_ms"):
-        if all(r.get(key) is not None for r in rounds):
-            merged[key] = statistics.mean(r[key] for r in rounds)
-    merged["parts"] = {key: statistics.mean(r["parts"][key] for r in rounds) for key in rounds[0]["parts"]}
-    merged["requests"] = sum(r["requests"] for r in rounds)
-    merged["errors"] = {}
-    for r in rounds:
-        for status, count in r["errors"].items():
-            merged["errors"][status] = merged["errors"].get(status, 0) + count
-    return merged
+# ---------------------------------------------------------------- load
+
+
+def wrk(url: str, bodies: list[Path], imgsz: int, concurrency: int, seconds: float, folder: Path) -> dict:
+    """One wrk run; returns its counts, latency and its own CPU seconds."""
+    script = folder / "load.lua"
+    script.write_text(
+        WRK_SCRIPT % {"paths": ", ".join(json.dumps(str(p)) for p in bodies), "path": f"/predict?imgsz={imgsz}"}
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("FACEMASK-WRK")), None)
+    if line is None:
+        raise SystemExit(f"wrk gave no result:\n{out.stdout}\n{out.stderr}")
+    answered, failed, batches, duration_us, p50, p99, mean, socket_errors = line.split()[1:]
+    answered, duration = int(answered), int(duration_us) / 1e6
+    return {
+        "answered": answered,
+        "failed": int(failed),
+        "socket_errors": int(socket_errors),
+        "rps": answered / duration,
+        "p50": float(p50),
+        "p99": float(p99),
+        "mean_ms": float(mean),
+        "batch": int(batches) / answered if answered else 0.0,
+        "seconds": duration,
+        "load_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+    }
+
+
+def measure(url: str, server_pid: int, role: str, bodies, imgsz, levels, seconds, folder) -> dict[int, dict]:
+    """Every concurrency level against one running server, with the server's CPU per request by role."""
+    wrk(url, bodies, imgsz, max(levels), 2, folder)  # warm connections, the batch path and the decoder
+    results = {}
+    for c in levels:
+        pids = process_tree(server_pid)
+        before = cpu_by_role(pids, {server_pid: role})
+        result = wrk(url, bodies, imgsz, c, seconds, folder)
+        after = cpu_by_role(pids, {server_pid: role})
+        n = max(1, result["answered"])
+        result["cpu_ms"] = {role: (after[role] - before.get(role, 0.0)) * 1000 / n for role in after}
+        result["server_cpu_ms"] = sum(result["cpu_ms"].values())
+        result["load_cpu_ms"] = result["load_cpu_s"] * 1000 / n
+        results[c] = result
+        print(
+            f"    c={c:<3d} {result['rps']:7.1f} req/s  p50 {result['p50']:7.1f} ms  p99 {result['p99']:7.1f} ms  "
+            f"batch {result['batch']:4.1f}  server CPU {result['server_cpu_ms']:5.2f} ms/req",
+            flush=True,
+        )
+    return results
+
+
+# ---------------------------------------------------------------- the servers
 
 
 def plain_server(model_uri: str, backend: str, device: str, threads: int, port: int) -> None:
@@ -184,11 +234,17 @@ def plain_server(model_uri: str, backend: str, device: str, threads: int, port: 
     from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
 
-    from facemask.classes import CLASS_NAMES
-    from facemask.detector import load_detector
+    from facemask.classes import class_counts
     from facemask.request_checks import decode_image
 
-    detector = load_detector(model_uri, device=device, backend=backend, threads=threads, warm=True)
+    if backend == SIMULATED:
+        from facemask.simulated_gpu import SimulatedGPU
+
+        detector = SimulatedGPU()
+    else:
+        from facemask.detector import load_detector
+
+        detector = load_detector(model_uri, device=device, backend=backend, threads=threads, warm=True)
     app = FastAPI()
 
     @app.post("/predict")
@@ -199,12 +255,9 @@ def plain_server(model_uri: str, backend: str, device: str, threads: int, port: 
         found = await run_in_threadpool(detector.predict, [image], conf, 0.7, imgsz, 300)
         done = time.perf_counter()
         detections = [d.to_dict() for d in found[0]]
-        counts = dict.fromkeys(CLASS_NAMES, 0)
-        for d in detections:
-            counts[d["label"]] += 1
         answer = {
             "detections": detections,
-            "counts": counts,
+            "counts": class_counts(detections),
             "image": {"width": image.width, "height": image.height},
             "timings": {
                 "decode_ms": (decoded - started) * 1000,
@@ -216,57 +269,182 @@ def plain_server(model_uri: str, backend: str, device: str, threads: int, port: 
         }
         return Response(json.dumps(answer), media_type="application/json")
 
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def wait_ready(url: str, proc, timeout: float = 120) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the plain server exited with {proc.returncode}")
+            raise SystemExit(f"the server exited with {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise SystemExit(f"the server at {url} did not answer in {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def server(ingress: str, backend: str, model_uri: str, args, folder: Path):
+    """A server in its own process group, as a user starts it; yields (url, pid, what that process is)."""
+    from facemask.runtime import PROXY_ENV, free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FACEMASK_API_KEY")}
+    if ingress == "plain":
+        command = [sys.executable, __file__, "--plain-server", str(port), "--model-uri", model_uri]
+        command += ["--backend", backend, "--device", args.device, "--threads", str(args.threads)]
+    else:
+        command = [sys.executable, "-m", "facemask.cli", "serve", "--port", str(port), "--backend", backend]
+        if backend != SIMULATED:
+            command += ["--model-uri", model_uri]
+        if ingress == "haproxy":
+            command += ["--ingress", "haproxy"]
+        if ingress == "proxy-bare":
+            env.update(dict.fromkeys(PROXY_ENV, ""))
+        command += args.serve_args.split()
+    log = open(folder / f"{ingress}-{backend}.log", "w")
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield url, proc.pid, ("uvicorn" if ingress == "plain" else "serve driver")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT if ingress != "plain" else signal.SIGTERM)
         try:
-            httpx.get(f"{url}/docs", timeout=2)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise SystemExit(f"the plain server at {url} did not start in {timeout}s")
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def raw(model_uri: str, backend: str, device: str, threads: int, images: list[bytes], imgsz: int, seconds: float):
+    """The model called one image at a time in this process: the ceiling a server is compared with."""
+    from PIL import Image
+
+    from facemask.detector import load_detector
+
+    detector = load_detector(model_uri, device=device, backend=backend, threads=threads, warm=True)
+    decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    for image in decoded[:3]:
+        detector.predict([image], imgsz=imgsz)
+    latencies, started = [], time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        t = time.perf_counter()
+        detector.predict([decoded[len(latencies) % len(decoded)]], imgsz=imgsz)
+        latencies.append(time.perf_counter() - t)
+    return {
+        "rps": len(latencies) / (time.perf_counter() - started),
+        "p50": statistics.median(latencies) * 1000,
+        "answered": len(latencies),
+    }
+
+
+# ---------------------------------------------------------------- the report
+
+
+def report(results: dict, levels: list[int], default_ingress: str, device_name: str) -> list[tuple]:
+    roles = sorted({role for r in results.values() if "cpu_ms" in r for role in r["cpu_ms"]})
+    header = f"{'backend':14s} {'payload':8s} {'ingress':11s} {'c':>3s} {'req/s':>7s} {'p50':>7s} {'p99':>7s} "
+    header += f"{'batch':>5s} {'server':>6s} " + " ".join(f"{r[:10]:>10s}" for r in roles) + f" {'wrk':>5s} {'fail':>5s}"
+    print(f"\n[{device_name}] req/s, latency in ms, CPU in ms per answered request\n{header}")
+    for (backend, payload, ingress, c), r in results.items():
+        if ingress == "raw":
+            print(f"{backend:14s} {payload:8s} {'raw':11s} {'1':>3s} {r['rps']:7.1f} {r['p50']:7.1f}")
+            continue
+        cpu = " ".join(f"{r['cpu_ms'].get(role, 0.0):10.2f}" for role in roles)
+        failed = r["failed"] + r["socket_errors"]
+        print(
+            f"{backend:14s} {payload:8s} {ingress:11s} {c:3d} {r['rps']:7.1f} {r['p50']:7.1f} {r['p99']:7.1f} "
+            f"{r['batch']:5.1f} {r['server_cpu_ms']:6.2f} {cpu} {r['load_cpu_ms']:5.2f} {failed:5d}"
+        )
+    print(
+        "  (server: every process of the server together; wrk: the load generator's own CPU, not charged to the\n"
+        "   server; fail: non-200 answers and socket errors; default ingress of `facemask serve`: "
+        f"{default_ingress})"
+    )
+    top = max(levels)
+    checks = []
+    sim = {k[2]: v for k, v in results.items() if k[0] == SIMULATED and k[1] == "photos" and k[3] == top}
+    if default_ingress in sim:
+        d = sim[default_ingress]
+        checks.append(
+            (
+                f"simulated-gpu, c={top}: server CPU per request ({default_ingress}, the default)",
+                f"{d['server_cpu_ms']:.2f} ms",
+                f"<= {TARGET_CPU_MS} ms",
+                d["server_cpu_ms"] <= TARGET_CPU_MS,
+            )
+        )
+        checks.append((f"simulated-gpu, c={top}: req/s", f"{d['rps']:.0f}", f">= {TARGET_RPS}", d["rps"] >= TARGET_RPS))
+        if "proxy" in sim and default_ingress != "proxy":
+            ratio = d["rps"] / sim["proxy"]["rps"]
+            checks.append(
+                (
+                    f"simulated-gpu, c={top}: req/s / Serve's Python proxy",
+                    f"{ratio:.2f}x",
+                    f">= {TARGET_VS_PROXY:g}x",
+                    ratio >= TARGET_VS_PROXY,
+                )
+            )
+        checks.append(
+            (
+                f"simulated-gpu, c={top}: mean batch",
+                f"{d['batch']:.1f}",
+                f">= {TARGET_BATCH:g}",
+                d["batch"] >= TARGET_BATCH,
+            )
+        )
+    for backend in ("pt", "onnx"):
+        mid = 16 if 16 in levels else top
+        served = results.get((backend, "photos", default_ingress, mid))
+        plain = results.get((backend, "photos", "plain", mid))
+        if served and plain:
+            ratio = served["rps"] / plain["rps"]
+            checks.append(
+                (
+                    f"{backend} on CPU, c={mid}: `facemask serve` / plain uvicorn req/s",
+                    f"{ratio:.2f}x",
+                    f">= {TARGET_CPU_VS_PLAIN}x",
+                    ratio >= TARGET_CPU_VS_PLAIN,
+                )
+            )
+    print("\ntargets:")
+    for label, value, target, ok in checks:
+        print(f"  {label:62s} {value:>9s}  target {target:9s} {'met' if ok else 'MISSED'}")
+    return checks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default=f"{SIMULATED},pt", help="simulated-gpu, pt, onnx; comma-separated.")
+    parser.add_argument(
+        "--ingresses", default="proxy,haproxy,plain", help="proxy, proxy-bare, haproxy, plain; comma-separated."
+    )
+    parser.add_argument("--payloads", default="photos,1080p", help="photos (the real set), 1080p; comma-separated.")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument(
+        "--cpu-concurrency", default="1,16", help="Levels for the real model on CPU (more only queues)."
+    )
+    parser.add_argument("--seconds", type=float, default=8, help="Length of each load run.")
     parser.add_argument("--model-uri", default=None)
-    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--imgsz", type=int, default=640, help="Inference size asked for with simulated-gpu.")
+    parser.add_argument("--cpu-imgsz", type=int, default=320, help="Inference size of the real model on CPU.")
     parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=128, help="Requests per level.")
-    parser.add_argument("--max-seconds", type=float, default=60, help="Time bound per level.")
-    parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--device", default="cpu", help="cpu, or a GPU index for the PyTorch backend.")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="Inference threads of raw and plain.")
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count(), help="Inference threads (raw, plain, each replica)."
+        "--serve-args", default="", help="Extra `facemask serve` options, e.g. '--threads 2' (default: none)."
     )
-    parser.add_argument("--replicas", type=int, default=1, help="Serve replicas.")
-    parser.add_argument(
-        "--replica-threads", type=int, default=None, help="Inference threads per replica (default: threads / replicas)."
-    )
-    parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--batch-wait-s", type=float, default=0.0)
-    parser.add_argument(
-        "--ingress",
-        choices=["proxy", "haproxy"],
-        default="proxy",
-        help="Serve's proxy, or HAProxy in front of the replica's own HTTP server (direct ingress).",
-    )
-    parser.add_argument(
-        "--guard",
-        choices=["both", "on", "off"],
-        default="both",
-        help="Serve's proxy with facemask.proxy_guard, without it, or both (on a fresh cluster each).",
-    )
-    parser.add_argument("--guard-rounds", type=int, default=2, help="With --guard both: passes of each, alternating.")
-    parser.add_argument("--backends", default="pt,onnx")
-    parser.add_argument("--skip", default="", help="Modes to leave out, comma-separated: plain, serve.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     parser.add_argument("--plain-server", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="pt", help=argparse.SUPPRESS)
@@ -274,216 +452,62 @@ def main() -> None:
     if args.plain_server:
         plain_server(args.model_uri, args.backend, args.device, args.threads, args.plain_server)
         return
-    levels = [int(c) for c in args.concurrency.split(",")]
-    backends = args.backends.split(",")
-    skip = set(filter(None, args.skip.split(",")))
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk (Debian/Ubuntu), brew install wrk (macOS)")
 
-    from facemask.runtime import PROXY_ENV, configure_runtime, free_port, init_ray
+    from facemask.runtime import configure_runtime
+    from facemask.settings import ServeConfig
 
     configure_runtime()
-    import torch
-
-    from facemask.detector import load_detector
     from facemask.export import export_onnx
 
+    backends = args.backends.split(",")
+    ingresses = args.ingresses.split(",")
     work = Path(tempfile.mkdtemp(prefix="facemask-bench-serve-"))
-    model_uri = args.model_uri or str(untrained_weights(work))
-    images = load_images(args.images, work)
+    photos = load_images(args.images, work)
+    bodies = {"photos": [], "1080p": []}
+    for i, data in enumerate(photos):
+        (work / f"photo{i}.jpg").write_bytes(data)
+        bodies["photos"].append(work / f"photo{i}.jpg")
+    (work / "full-hd.jpg").write_bytes(full_hd(photos[0]))
+    bodies["1080p"].append(work / "full-hd.jpg")
+    model_uri = args.model_uri or (str(untrained_weights(work)) if set(backends) - {SIMULATED} else SIMULATED)
     if "onnx" in backends:
-        export_onnx(model_uri, imgsz=args.imgsz)
-    device_name = (
-        torch.cuda.get_device_name(0)
-        if args.device != "cpu" and torch.cuda.is_available()
-        else f"CPU ({os.cpu_count()} cores)"
-    )
-    print(
-        f"model {model_uri}, imgsz {args.imgsz}, {len(images)} images, {args.requests} requests per "
-        f"level, on {device_name}, "
-        f"Serve ingress: {args.ingress}",
-        flush=True,
-    )
+        export_onnx(model_uri, imgsz=args.cpu_imgsz)
+    default_ingress = ServeConfig.ingress
+    device_name = f"CPU, {os.cpu_count()} cores"
+    print(f"wrk load, {args.seconds:g} s per level; {len(photos)} photos and a 1920x1080 JPEG; on {device_name}")
 
-    results: dict[str, dict] = {}
+    results: dict[tuple, dict] = {}
     for backend in backends:
-        detector = load_detector(model_uri, device=args.device, backend=backend, threads=args.threads)
-        results[f"{backend} raw"] = raw(detector, images, args.imgsz, args.requests, args.max_seconds)
-        del detector
-        print(f"  {backend} raw done", flush=True)
-        if "plain" in skip:
-            continue
-        port = free_port()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--plain-server",
-                str(port),
-                "--model-uri",
-                model_uri,
-                "--backend",
-                backend,
-                "--device",
-                args.device,
-                "--threads",
-                str(args.threads),
-            ]
-        )
-        try:
-            wait_ready(f"http://127.0.0.1:{port}", proc)
-            for c in levels:
-                results[f"{backend} plain c={c}"] = asyncio.run(
-                    load(f"http://127.0.0.1:{port}", images, args.imgsz, c, args.requests, args.max_seconds)
-                )
-            print(f"  {backend} plain done", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-
-    if "serve" not in skip:
-        # Serve's proxy with facemask.proxy_guard (what `facemask serve` runs), and the bare proxy,
-        # each on a fresh cluster, alternating for --guard-rounds: a second cluster in one process
-        # runs a few percent slower than the first, so one pass each would charge that to one side.
-        # HAProxy ingress has no Python proxy to guard.
-        modes = {"on": ["serve"], "off": ["serve-unguarded"], "both": ["serve-unguarded", "serve"]}[
-            "on" if args.ingress == "haproxy" else args.guard
-        ]
-        import ray
-        from ray import serve
-
-        from facemask.serving import AppArgs, build_app
-
-        rounds: dict[str, list[dict]] = {}
-        for mode in modes * (args.guard_rounds if len(modes) > 1 else 1):
-            for key, value in PROXY_ENV.items():
-                os.environ[key] = value if mode == "serve" else ""
-            init_ray(serving=True, ingress=args.ingress)  # also Serve's throughput settings (SERVE_ENV)
-            port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            url = f"http://127.0.0.1:{port}"
-            try:
-                for backend in backends:
-                    gpus = 1 if backend == "pt" and args.device != "cpu" else 0
-                    serve.run(
-                        build_app(
-                            AppArgs(
-                                model_uri=model_uri,
-                                backend=backend,
-                                device=args.device,
-                                threads=args.replica_threads or max(1, args.threads // args.replicas),
-                                max_batch_size=args.max_batch_size,
-                                batch_wait_timeout_s=args.batch_wait_s,
-                                deployment_options={
-                                    "num_replicas": args.replicas,
-                                    "ray_actor_options": {"num_cpus": 0.5, "num_gpus": gpus / args.replicas},
-                                    "max_ongoing_requests": 64,
-                                    "max_queued_requests": 256,
-                                },
-                            )
-                        ),
-                        name="bench",
-                        route_prefix="/",
-                    )
-                    for c in levels:
-                        before = proxy_cpu_s()
-                        result = asyncio.run(load(url, images, args.imgsz, c, args.requests, args.max_seconds))
-                        after = proxy_cpu_s()
-                        # Includes the warm-up requests `load` sends first; a slight over-estimate.
-                        result["proxy_ms"] = (after - before) * 1000 / result["requests"] if after is not None else None
-                        rounds.setdefault(f"{backend} {mode} c={c}", []).append(result)
-                    print(f"  {backend} {mode} done", flush=True)
-                    serve.delete("bench")
-            finally:
-                serve.shutdown()
-                ray.shutdown()
-        for backend in backends:
-            for mode in dict.fromkeys(modes):
-                for c in levels:
-                    results[f"{backend} {mode} c={c}"] = mean_of_rounds(rounds[f"{backend} {mode} c={c}"])
-
-    print(
-        f"\n[{device_name}] {'backend / mode':20s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} "
-        f"{'p99 ms':>8s} {'batch':>6s} "
-        f"{'decode':>7s} {'queue':>7s} {'model':>7s} {'outside':>8s} {'proxy':>6s} {'n':>5s}"
-    )
-    for name, r in results.items():
-        errors = f"  errors {r['errors']}" if r.get("errors") else ""
-        p = r.get("parts") or {}
-        parts = (
-            f"{p['decode_ms']:7.1f} {p['queue_ms']:7.1f} {p['inference_ms']:7.1f} {p['outside_ms']:8.1f}"
-            if p
-            else f"{'':7s} {'':7s} {'':7s} {'':8s}"
-        )
-        proxy = f"{r['proxy_ms']:6.1f}" if r.get("proxy_ms") is not None else f"{'':6s}"
-        print(
-            f"{' ' * (len(device_name) + 3)}{name:20s} {r['rps']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} "
-            f"{r['batch']:6.1f} {parts} {proxy} {r['requests']:5d}{errors}"
-        )
-    print(
-        "  (decode, queue, model: the server's own medians per request; outside: client p50 minus the server's total,\n"
-        "   i.e. HTTP, the proxy and, for Serve, the hop to the replica; proxy: CPU ms per request in Serve's proxy\n"
-        "   process; with --guard both, serve and serve-unguarded are means over --guard-rounds alternating passes)"
-    )
-
-    print("\ntargets:")
-    checks = []
-    top = max(levels)
-    for backend in backends:
-        base = results[f"{backend} raw"]
-        serve_at = {c: results.get(f"{backend} serve c={c}") for c in levels}
-        if serve_at.get(1):
-            over = serve_at[1]["p50"] - base["p50"]
-            checks.append((f"{backend}: Serve p50 at c=1 minus raw p50", f"{over:+.1f} ms", "<= +5 ms", over <= 5))
-        if serve_at.get(top):
-            ratio = serve_at[top]["rps"] / base["rps"]
-            checks.append(
-                (f"{backend}: Serve req/s at c={top} / raw sequential", f"{ratio:.2f}x", ">= 0.9x", ratio >= 0.9)
+        simulated = backend == SIMULATED
+        levels = [int(c) for c in (args.concurrency if simulated else args.cpu_concurrency).split(",")]
+        payloads = args.payloads.split(",") if simulated else ["photos"]
+        imgsz = args.imgsz if simulated else args.cpu_imgsz
+        if not simulated:
+            results[(backend, "photos", "raw", 1)] = raw(
+                model_uri, backend, args.device, args.threads, photos, imgsz, args.seconds
             )
-            plain = results.get(f"{backend} plain c={top}")
-            if plain:
-                ratio = serve_at[top]["rps"] / plain["rps"]
-                checks.append(
-                    (f"{backend}: Serve / plain uvicorn req/s at c={top}", f"{ratio:.2f}x", ">= 0.95x", ratio >= 0.95)
-                )
-            tail = serve_at[top]["p99"] / serve_at[top]["p50"]
-            checks.append((f"{backend}: Serve p99 / p50 at c={top}", f"{tail:.2f}x", "<= 2x", tail <= 2))
-        bare = {c: results.get(f"{backend} serve-unguarded c={c}") for c in levels}
-        if serve_at.get(top) and bare.get(top) and serve_at[top].get("proxy_ms") and bare[top].get("proxy_ms"):
-            extra = serve_at[top]["proxy_ms"] - bare[top]["proxy_ms"]
-            checks.append(
-                (f"{backend}: proxy guard's CPU per request, c={top}", f"{extra:+.2f} ms", "<= +0.5 ms", extra <= 0.5)
-            )
-        if serve_at.get(1) and bare.get(1):
-            # Time outside the server (HTTP, the proxy, the hop), so the model call's own noise is left out.
-            over = serve_at[1]["parts"]["outside_ms"] - bare[1]["parts"]["outside_ms"]
-            checks.append(
-                (f"{backend}: proxy guard's latency outside the server, c=1", f"{over:+.1f} ms", "<= +1 ms", over <= 1)
-            )
-        if serve_at.get(top) and bare.get(top):
-            ratio = serve_at[top]["rps"] / bare[top]["rps"]
-            checks.append(
-                (
-                    f"{backend}: Serve req/s with / without the guard, c={top}",
-                    f"{ratio:.2f}x",
-                    ">= 0.97x",
-                    ratio >= 0.97,
-                )
-            )
-        plain1 = results.get(f"{backend} plain c=1")
-        if plain1:
-            checks.append(
-                (
-                    f"{backend}: plain uvicorn p50 at c=1 minus raw p50",
-                    f"{plain1['p50'] - base['p50']:+.1f} ms",
-                    "(reference)",
-                    True,
-                )
-            )
-    for label, value, target, ok in checks:
-        print(f"  {label:48s} {value:>9s}  target {target:11s} {'met' if ok else 'MISSED'}")
+        for ingress in ingresses:
+            print(f"  {backend}, {ingress}:", flush=True)
+            with server(ingress, backend, model_uri, args, work) as (url, pid, role):
+                for payload in payloads:
+                    print(f"   {payload}", flush=True)
+                    measured = measure(url, pid, role, bodies[payload], imgsz, levels, args.seconds, work)
+                    for c, result in measured.items():
+                        results[(backend, payload, ingress, c)] = result
+    all_levels = sorted({k[3] for k in results})
+    checks = report(results, all_levels, default_ingress, device_name)
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"device": device_name, "imgsz": args.imgsz, "ingress": args.ingress, "results": results}, indent=2
+                {
+                    "device": device_name,
+                    "default_ingress": default_ingress,
+                    "results": [{"key": list(k), **v} for k, v in results.items()],
+                    "targets": [{"target": t[0], "value": t[1], "goal": t[2], "met": t[3]} for t in checks],
+                },
+                indent=2,
             )
         )
 

@@ -710,7 +710,8 @@ def test_page_in_chromium_draws_boxes(endpoint, known_image):
 @contextmanager
 def facemask_serve(weights, tmp_path, *options: str):
     """`facemask serve` in its own process and session, with its own local Ray, air-gapped:
-    (process, URL, log path) once /healthz answers; stopped with Ctrl-C unless it already was."""
+    (process, URL, log path) once /healthz answers; stopped with Ctrl-C unless it already was.
+    weights None: no --model-uri (the simulated accelerator needs none)."""
     import signal
 
     from tests.services import wait_http
@@ -720,7 +721,9 @@ def facemask_serve(weights, tmp_path, *options: str):
     env.pop("RAY_ADDRESS", None)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "facemask.cli", "serve", "--model-uri", str(weights), "--port", str(port), *options],
+            [sys.executable, "-m", "facemask.cli", "serve", "--port", str(port)]
+            + (["--model-uri", str(weights)] if weights else [])
+            + list(options),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -780,6 +783,37 @@ def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(
             pytest.fail("processes of `facemask serve` outlived it")
     assert f"serving {weights} (pt, {ingress})" in log.read_text()
     assert f"stopped by {'SIGINT' if ingress == 'proxy' else 'SIGTERM'}: facemask serve:" in log.read_text()
+
+
+def test_facemask_serve_on_the_simulated_accelerator_batches_and_answers_in_the_real_shape(known_image, tmp_path):
+    """`facemask serve --backend simulated-gpu`: no model, no registry; the whole HTTP path as in production.
+
+    With a 40 ms call, 16 concurrent requests must meet in batches, each answer carries the
+    fixed pattern scaled to its image, and the page's /model says what is being served.
+    """
+    import concurrent.futures
+
+    width, height = Image.open(known_image).size
+    with facemask_serve(
+        None, tmp_path, "--backend", "simulated-gpu", "--simulated-latency", "8:40,32:80", "--num-cpus", "0.5"
+    ) as (_, url, log):
+        client = Client(url)
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda _: client.predict(known_image, imgsz=320), range(32)))
+        model = httpx.get(f"{url}/model").json()
+        refused = httpx.post(f"{url}/predict", content=b"not an image")
+    assert all(a["model"]["backend"] == "simulated-gpu" for a in answers)
+    assert model["device"] == "simulated-gpu" and model["backend"] == "simulated-gpu"
+    boxes = answers[0]["detections"]
+    assert [d["label"] for d in boxes] == ["with_mask", "without_mask", "mask_weared_incorrect"]
+    assert boxes[0]["box"]["x2"] == pytest.approx(0.3 * width, abs=1) and boxes[0]["box"]["y2"] == pytest.approx(
+        0.5 * height, abs=1
+    )
+    assert answers[0]["counts"] == {"with_mask": 1, "without_mask": 1, "mask_weared_incorrect": 1}
+    assert min(a["timings"]["inference_ms"] for a in answers) >= 40
+    assert max(a["timings"]["batch_size"] for a in answers) >= 4, [a["timings"]["batch_size"] for a in answers]
+    assert refused.status_code == 400 and refused.json()["error"] == "not_an_image"  # the checks still run
+    assert "serving simulated-gpu (simulated-gpu, " in log.read_text()
 
 
 def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_detector, known_image, tmp_path):
