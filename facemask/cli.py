@@ -775,9 +775,13 @@ def serve_command(
         wait_for_stop()
     finally:
         started = descendants()
-        stop_serving()
+        stopped = stop_serving()
         import ray
 
+        if not stopped:
+            # Serve's call still waits in its thread: Ray's shutdown under it crashes the process,
+            # so what Ray started here is ended first.
+            end_processes(started)
         ray.shutdown()
         # A HAProxy that Serve restarted after a crash outlives Serve's shutdown; nothing else should.
         end_processes(started)
@@ -793,8 +797,8 @@ def wait_for_stop() -> None:
 SHUTDOWN_TIMEOUT_S = 15.0
 
 
-def stop_serving(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
-    """Delete the apps and stop Serve, but never wait past `timeout_s`.
+def stop_serving(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
+    """Delete the apps and stop Serve, but never wait past `timeout_s`; False when it did not finish in time.
 
     When SIGTERM reaches the whole process group (`kill -- -PGID`, systemd), a local Ray
     started here dies with this process, and `serve.shutdown()` would wait for its
@@ -816,6 +820,8 @@ def stop_serving(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
         click.echo(
             f"warning: Serve did not shut down within {timeout_s:.0f}s (its cluster is gone?); exiting", err=True
         )
+        return False
+    return True
 
 
 def start_serving(

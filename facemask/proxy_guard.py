@@ -437,9 +437,30 @@ def bound_http_server(settings: GuardSettings) -> bool:
 
 
 def middlewares() -> list:
-    """The callback Serve's proxy calls (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH) before it starts its server."""
+    """The callback Serve's proxy calls (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH) before it starts its server.
+
+    With direct ingress (HAProxy) each replica starts an HTTP server of its own and calls this
+    too. There the server keeps its bounds on headers and connections, but not the guard:
+    the app it would guard is in the same process, so there is no replica to lose or wait
+    for (HAProxy resends what a dead replica held), and its per-request bookkeeping and its
+    watch of the controller cost the replica CPU on every request.
+    """
     from starlette.middleware import Middleware
 
     settings = GuardSettings.from_env()
     bound_http_server(settings)
+    if in_a_replica():
+        log.info("facemask proxy guard: a replica's own HTTP server (direct ingress): header and connection bounds")
+        return []
+    log.info("facemask proxy guard: on")
     return [Middleware(ProxyGuard, settings=settings)]
+
+
+def in_a_replica() -> bool:
+    """True in a Serve replica's process (it has a replica context), false in Serve's proxy."""
+    try:
+        from ray.serve.context import _get_internal_replica_context
+
+        return _get_internal_replica_context() is not None
+    except Exception:  # noqa: BLE001 - not where Ray Serve runs: not a replica
+        return False

@@ -46,9 +46,13 @@ PROXY_ENV = {
 # connections per replica killed under load here, 0-2 with these. HAProxy can
 # resend only a request still whole in its buffer: 256 KiB holds camera frames and the
 # dataset's photos (16 KiB, Ray's default, holds neither), and 1,024 connections keep the
-# worst case at 2 buffers x 1,024 = 512 MiB. Read when the node starts.
+# worst case at 2 buffers x 1,024 = 512 MiB. A stopping replica stays open 2 s, not Ray's 30 s
+# meant for an outside load balancer: Serve's own HAProxy drops it at its next reload (about
+# 0.1 s) and resends refused connections, and at 30 s `facemask serve` took 16 s to stop on
+# SIGTERM and crashed doing it. Read when the node starts.
 HAPROXY_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
     "RAY_SERVE_HAPROXY_RETRIES": "1",
     "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(256 * 1024),

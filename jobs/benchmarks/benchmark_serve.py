@@ -355,7 +355,8 @@ def raw(model_uri: str, backend: str, device: str, threads: int, images: list[by
 def report(results: dict, levels: list[int], default_ingress: str, device_name: str) -> list[tuple]:
     roles = sorted({role for r in results.values() if "cpu_ms" in r for role in r["cpu_ms"]})
     header = f"{'backend':14s} {'payload':8s} {'ingress':11s} {'c':>3s} {'req/s':>7s} {'p50':>7s} {'p99':>7s} "
-    header += f"{'batch':>5s} {'server':>6s} " + " ".join(f"{r[:10]:>10s}" for r in roles) + f" {'wrk':>5s} {'fail':>5s}"
+    header += f"{'batch':>5s} {'server':>6s} " + " ".join(f"{r[:10]:>10s}" for r in roles)
+    header += f" {'wrk':>5s} {'fail':>5s}"
     print(f"\n[{device_name}] req/s, latency in ms, CPU in ms per answered request\n{header}")
     for (backend, payload, ingress, c), r in results.items():
         if ingress == "raw":
