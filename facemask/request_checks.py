@@ -242,19 +242,44 @@ def live_settings(message: dict, current: dict) -> dict:
                 raise APIError(422, "invalid_parameter", "model: a version number or an alias, as a string")
             out[name] = check_model_id(value.strip())
             continue
-        low, high = _LIVE_LIMITS[name]
-        kind = int if isinstance(LIVE_DEFAULTS[name], int) else float
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not low <= value <= high
-            or (kind is int and value != int(value))
-        ):
-            raise APIError(
-                422,
-                "invalid_parameter",
-                f"{name}: expected {'an integer' if kind is int else 'a number'} "
-                f"from {low:g} to {high:g}, got {value!r}",
-            )
-        out[name] = kind(value)
+        out[name] = checked_setting(name, value, int if isinstance(LIVE_DEFAULTS[name], int) else float)
     return out
+
+
+def checked_setting(name: str, value, kind: type) -> int | float:
+    """`value` (a JSON number, or a query string's text) as `kind` within its bounds, else APIError 422 naming both."""
+    low, high = _LIVE_LIMITS[name]
+    if isinstance(value, str):
+        try:
+            value = float(value) if kind is float else int(value)
+        except ValueError:
+            pass
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not low <= value <= high
+        or (kind is int and value != int(value))
+    ):
+        raise APIError(
+            422,
+            "invalid_parameter",
+            f"{name}: expected {'an integer' if kind is int else 'a number'} from {low:g} to {high:g}, got {value!r}",
+        )
+    return kind(value)
+
+
+def inference_query(query) -> tuple[float, float, int, int]:
+    """conf, iou, imgsz, max_det from a request's query parameters (defaults: settings.INFERENCE), each checked.
+
+    The prediction routes read their query here rather than through FastAPI's parameter
+    solving, which cost the replica about a tenth of its CPU per request.
+    """
+    return tuple(
+        checked_setting(name, value, type(default)) if (value := query.get(name)) is not None else default
+        for name, default in (
+            ("conf", INFERENCE.conf),
+            ("iou", INFERENCE.iou),
+            ("imgsz", INFERENCE.imgsz),
+            ("max_det", INFERENCE.max_det),
+        )
+    )

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -55,6 +55,7 @@ from facemask.request_checks import (
     decode_cost,
     decode_for_model,
     image_bytes,
+    inference_query,
     inspect_image,
     live_settings,
     release_memory,
@@ -175,13 +176,50 @@ async def require_key(request: Request, credentials: HTTPAuthorizationCredential
     FastAPI runs dependencies before it validates query parameters, so a caller without the
     key gets 401 and learns nothing about the parameters (422 would come first otherwise).
     """
-    if not key_matches(getattr(request.app.state, "api_key", None), credentials.credentials if credentials else None):
+    check_key(request, credentials.credentials if credentials else None)
+
+
+def check_key(request: Request, given: str | None) -> None:
+    if not key_matches(getattr(request.app.state, "api_key", None), given):
         raise APIError(
             401,
             "unauthorized",
             "send the API key as 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, as HTTPBearer reads it; None without one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def predict_openapi(description: str) -> dict:
+    """What the prediction routes declare: the image body, the query parameters and the key.
+
+    They read all three themselves (`check_key`, `inference_query`) instead of through
+    FastAPI's parameter solving, the hot path's largest cost of our own; this says the same in
+    the schema. Parameters, defaults and bounds come from `settings.INFERENCE(_BOUNDS)`.
+    """
+    descriptions = {
+        "conf": "Minimum confidence",
+        "iou": "IoU threshold of duplicate suppression",
+        "imgsz": "Inference size in pixels (rounded to a multiple of 32)",
+        "max_det": "Most detections returned",
+    }
+    parameters = []
+    for name, text in descriptions.items():
+        default, (low, high) = getattr(INFERENCE, name), INFERENCE_BOUNDS[name]
+        kind = "integer" if isinstance(default, int) else "number"
+        schema = {"type": kind, "minimum": low, "maximum": high, "default": default}
+        parameters.append({"name": name, "in": "query", "required": False, "description": text, "schema": schema})
+    return {
+        "requestBody": IMAGE_BODY,
+        "parameters": parameters,
+        "security": [{bearer.scheme_name: []}],
+        "description": description,
+    }
 
 
 def _use_registry(tracking_uri: str | None) -> None:
@@ -225,12 +263,6 @@ def scaled(detection: dict, scale: float, width: int, height: int) -> dict:
             "y2": round(min(box["y2"] * scale, height), 1),
         }
     return detection
-
-
-def inference_query(name: str, description: str | None = None):
-    """A query parameter with its default and bounds from `settings.INFERENCE`."""
-    low, high = INFERENCE_BOUNDS[name]
-    return Query(getattr(INFERENCE, name), ge=low, le=high, description=description)
 
 
 def annotated_jpeg(image, boxes: list[tuple]) -> bytes:
@@ -484,19 +516,12 @@ class FacemaskServer:
         "/predict",
         response_model=PredictResponse,
         responses=ERRORS,
-        openapi_extra={"requestBody": IMAGE_BODY},
+        openapi_extra=predict_openapi("The detections, their counts per class, the model and the timings."),
         summary="Detect faces and their mask state in one image",
     )
-    async def predict(
-        self,
-        request: Request,
-        conf: float = inference_query("conf", "Minimum confidence"),
-        iou: float = inference_query("iou", "IoU threshold of duplicate suppression"),
-        imgsz: int = inference_query("imgsz", "Inference size in pixels (rounded to a multiple of 32)"),
-        max_det: int = inference_query("max_det", "Most detections returned"),
-        _: None = Depends(require_key),
-    ) -> Response:
-        _, _, answer = await self.detect(request, conf, iou, imgsz, max_det)
+    async def predict(self, request: Request) -> Response:
+        check_key(request, bearer_token(request))
+        _, _, answer = await self.detect(request, *inference_query(request.query_params))
         # The answer is built to the schema already: serialised directly, without a pydantic round-trip.
         return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
 
@@ -504,19 +529,12 @@ class FacemaskServer:
         "/predict/image",
         responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "The image with boxes drawn"}},
         response_class=Response,
-        openapi_extra={"requestBody": IMAGE_BODY},
+        openapi_extra=predict_openapi("The uploaded image with the detections drawn."),
         summary="The uploaded image with the detections drawn (JPEG)",
     )
-    async def predict_image(
-        self,
-        request: Request,
-        conf: float = inference_query("conf"),
-        iou: float = inference_query("iou"),
-        imgsz: int = inference_query("imgsz"),
-        max_det: int = inference_query("max_det"),
-        _: None = Depends(require_key),
-    ) -> Response:
-        image, scale, answer = await self.detect(request, conf, iou, imgsz, max_det)
+    async def predict_image(self, request: Request) -> Response:
+        check_key(request, bearer_token(request))
+        image, scale, answer = await self.detect(request, *inference_query(request.query_params))
         # Drawn on the image as decoded: a large JPEG comes back at once to twice imgsz.
         boxes = [(d["class_id"], *(v / scale for v in d["box"].values())) for d in answer["detections"]]
         jpeg = await asyncio.to_thread(annotated_jpeg, image, boxes)
