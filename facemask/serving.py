@@ -444,8 +444,13 @@ class FacemaskServer:
                 }
         return out
 
-    async def detect(self, request: Request, conf: float, iou: float, imgsz: int, max_det: int):
-        """Read, check and decode the image, run it through the batch, and build the answer."""
+    async def detect(self, request: Request):
+        """An HTTP request's key and query checked, its image read, checked and decoded, run through the batch.
+
+        Returns (decoded image, its scale to the source, the answer).
+        """
+        check_key(request, bearer_token(request))
+        params = inference_query(request.query_params)
         if self.pending >= self.args.max_pending:
             raise APIError(
                 503,
@@ -455,15 +460,12 @@ class FacemaskServer:
             )
         self.pending += 1
         try:
-            return await self._detect(request, conf, iou, imgsz, max_det)
+            started = time.perf_counter()
+            detector = await self.model_for_request(request)
+            data = await image_bytes(request, self.limit, self.args.body_timeout_s)
+            return await self.detect_bytes(detector, data, params, started)
         finally:
             self.pending -= 1
-
-    async def _detect(self, request: Request, conf: float, iou: float, imgsz: int, max_det: int):
-        started = time.perf_counter()
-        detector = await self.model_for_request(request)
-        data = await image_bytes(request, self.limit, self.args.body_timeout_s)
-        return await self.detect_bytes(detector, data, (conf, iou, imgsz, max_det), started)
 
     async def detect_bytes(self, detector, data: bytes, params: tuple, started: float):
         """Check and decode one image's bytes, run it through the batch, and build the answer."""
@@ -520,8 +522,7 @@ class FacemaskServer:
         summary="Detect faces and their mask state in one image",
     )
     async def predict(self, request: Request) -> Response:
-        check_key(request, bearer_token(request))
-        _, _, answer = await self.detect(request, *inference_query(request.query_params))
+        _, _, answer = await self.detect(request)
         # The answer is built to the schema already: serialised directly, without a pydantic round-trip.
         return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
 
@@ -533,8 +534,7 @@ class FacemaskServer:
         summary="The uploaded image with the detections drawn (JPEG)",
     )
     async def predict_image(self, request: Request) -> Response:
-        check_key(request, bearer_token(request))
-        image, scale, answer = await self.detect(request, *inference_query(request.query_params))
+        image, scale, answer = await self.detect(request)
         # Drawn on the image as decoded: a large JPEG comes back at once to twice imgsz.
         boxes = [(d["class_id"], *(v / scale for v in d["box"].values())) for d in answer["detections"]]
         jpeg = await asyncio.to_thread(annotated_jpeg, image, boxes)

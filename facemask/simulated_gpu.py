@@ -78,14 +78,8 @@ class SimulatedGPU:
         self.calls = 0
         self.images = 0
 
-    def predict(
-        self,
-        images: Sequence[Any],
-        conf: float = INFERENCE.conf,
-        iou: float = INFERENCE.iou,
-        imgsz: int = INFERENCE.imgsz,
-        max_det: int = INFERENCE.max_det,
-    ) -> list[list[Detection]]:
+    def predict(self, images, conf=INFERENCE.conf, iou=INFERENCE.iou, imgsz=INFERENCE.imgsz, max_det=INFERENCE.max_det):
+        """As `Detector.predict` (a list of detections per image); iou and imgsz change nothing here."""
         if not images:
             return []
         with self._device:
