@@ -15,6 +15,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.integration.test_tune import SPACE
+from tests.services import study_args
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,32 +79,8 @@ def submit_study(
         + [
             "--",
             *entrypoint,
-            "--data",
-            str(tiny_data),
-            "--model",
-            "yolo26n.yaml",
-            "--trials",
-            "2",
-            "--epochs",
-            "2",
-            "--imgsz",
-            "160",
-            "--cpus-per-trial",
-            "1",
-            "--search-space",
-            str(space),
-            "--metric",
-            "cls_loss",
-            "--mode",
-            "min",
-            "--grace-period",
-            "2",
-            "--storage",
-            str(tmp_path / "studies"),
-            "--name",
-            "study",
-            "--experiment",
-            experiment,
+            *study_args(tiny_data, space, experiment, trials=2, epochs=2, grace_period=2, name="study"),
+            *["--storage", str(tmp_path / "studies")],
             *extra,
         ],
         env=cluster.env,
@@ -194,31 +171,7 @@ def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tiny_da
         assert not results.exists()
         space = tmp_path / "space.yaml"
         space.write_text(yaml.safe_dump({"space": SPACE["space"], "baseline": SPACE["baseline"][:2]}))
-        studied = submit(
-            "jobs/tune.py",
-            "--data",
-            str(tiny_data),
-            "--model",
-            "yolo26n.yaml",
-            "--trials",
-            "2",
-            "--epochs",
-            "1",
-            "--imgsz",
-            "160",
-            "--cpus-per-trial",
-            "1",
-            "--search-space",
-            str(space),
-            "--metric",
-            "cls_loss",
-            "--mode",
-            "min",
-            "--name",
-            "study",
-            "--experiment",
-            "jobs",
-        )
+        studied = submit("jobs/tune.py", *study_args(tiny_data, space, "jobs", trials=2, epochs=1, name="study"))
         db = results / "mlflow.db"
         footer = studied.split("results:")[-1]
         assert f"MLflow:     sqlite:///{db}  (experiment 'jobs', run " in footer

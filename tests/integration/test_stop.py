@@ -21,6 +21,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.integration.test_tune import SPACE
+from tests.services import study_args as small_study
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,39 +93,8 @@ def runs_of(uri: str, experiment: str):
 
 def study_args(data: Path, space: Path, storage: Path, experiment: str, trials: int = 2, epochs: int = 2) -> list[str]:
     """A small study: `trials` trials of `epochs` epochs, one at a time, none stopped early by ASHA."""
-    return [
-        "--data",
-        str(data),
-        "--model",
-        "yolo26n.yaml",
-        "--trials",
-        str(trials),
-        "--epochs",
-        str(epochs),
-        "--imgsz",
-        "160",
-        "--batch",
-        "8",
-        "--cpus-per-trial",
-        "1",
-        "--max-concurrent",
-        "1",
-        "--search-space",
-        str(space),
-        "--metric",
-        "cls_loss",
-        "--mode",
-        "min",
-        "--grace-period",
-        str(epochs),
-        "--storage",
-        str(storage),
-        "--name",
-        "study",
-        "--experiment",
-        experiment,
-        "--no-promote",
-    ]
+    options = {"trials": trials, "epochs": epochs, "batch": 8, "max_concurrent": 1, "grace_period": epochs}
+    return small_study(data, space, experiment, **options, storage=storage, name="study", no_promote=True)
 
 
 @pytest.fixture()

@@ -14,6 +14,7 @@ import yaml
 from mlflow import MlflowClient
 
 from facemask.tune import StudyConfig, load_search_space, tune
+from tests.services import study_args
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,35 +133,8 @@ def test_interrupted_study_resumes_without_rerunning(tiny_data, tmp_path, mlflow
     args = [
         sys.executable,
         str(ROOT / "jobs" / "tune.py"),
-        "--data",
-        str(tiny_data),
-        "--model",
-        "yolo26n.yaml",
-        "--trials",
-        "3",
-        "--epochs",
-        "2",
-        "--imgsz",
-        "160",
-        "--cpus-per-trial",
-        "1",
-        "--max-concurrent",
-        "1",
-        "--search-space",
-        str(space_file),
-        "--metric",
-        "cls_loss",
-        "--mode",
-        "min",
-        "--grace-period",
-        "2",
-        "--storage",
-        str(tmp_path / "studies"),
-        "--name",
-        "resumable",
-        "--experiment",
-        experiment,
-        "--no-promote",
+        *study_args(tiny_data, space_file, experiment, trials=3, epochs=2, max_concurrent=1, grace_period=2),
+        *["--storage", str(tmp_path / "studies"), "--name", "resumable", "--no-promote"],
     ]
     client = MlflowClient(mlflow_server.uri)
     proc = subprocess.Popen(
