@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import tiny_training
+
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
 
@@ -116,23 +118,16 @@ def registered_detector(tiny_data, mlflow_server, tmp_path_factory) -> dict:
     Untrained enough that its scores are tiny, so tests that need boxes ask for conf=0.
     """
     from facemask.tracking import log_and_register, set_alias
-    from facemask.train import TrainConfig, train
+    from facemask.train import train
 
     name = "serve-test-detector"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
         result = train(
-            TrainConfig(
-                data=tiny_data,
-                model="yolo26n.yaml",
-                epochs=1,
-                imgsz=160,
-                batch=8,
-                device="cpu",
-                workers=0,
+            tiny_training(
+                tiny_data,
+                tmp_path_factory.mktemp("serve-train"),
                 experiment="serve-tests",
-                project=tmp_path_factory.mktemp("serve-train"),
-                plots=False,
                 register=True,
                 registered_model=name,
             )

@@ -28,6 +28,14 @@ API_KEY = "test-key-0123456789"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def tiny_training(data: Path, project: Path, **options):
+    """The TrainConfig of the smallest real training: yolo26n from its yaml at 160, batch 8, 1 epoch, CPU, no plots."""
+    from facemask.settings import TrainConfig
+
+    base = {"model": "yolo26n.yaml", "epochs": 1, "imgsz": 160, "batch": 8, "device": "cpu", "workers": 0}
+    return TrainConfig(**{"data": data, "project": project, **base, "plots": False, **options})
+
+
 def study_args(data: Path, space: Path, experiment: str, **options) -> list[str]:
     """Arguments of `facemask tune` / jobs/tune.py for a small study: yolo26n at 160, one CPU a trial,
     minimising cls_loss (it moves from the first epoch); each option adds `--name value`

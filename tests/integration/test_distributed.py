@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from facemask.distributed import RANKS_FILE, train_distributed
 from facemask.settings import DistributedConfig, TrainConfig
+from tests.services import tiny_training
 
 pytestmark = pytest.mark.integration
 
@@ -21,20 +22,8 @@ pytestmark = pytest.mark.integration
 def config(data, tracking, tmp_path, name: str, epochs: int = 2, plots: bool = False) -> TrainConfig:
     # nbs=8: an optimizer step every global batch of 8 (Ultralytics would otherwise accumulate
     # to 64 images, more than this tiny set's epoch holds, and the weights would not move).
-    return TrainConfig(
-        data=data,
-        model="yolo26n.yaml",
-        epochs=epochs,
-        imgsz=160,
-        batch=8,
-        device="cpu",
-        workers=0,
-        experiment=tracking["experiment"],
-        project=tmp_path / "runs",
-        plots=plots,
-        run_name=name,
-        overrides={"nbs": 8},
-    )
+    options = {"epochs": epochs, "plots": plots, "run_name": name, "overrides": {"nbs": 8}}
+    return tiny_training(data, tmp_path / "runs", experiment=tracking["experiment"], **options)
 
 
 def rank_log(storage, name: str) -> list[dict]:

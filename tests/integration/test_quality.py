@@ -12,12 +12,14 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from tests.services import tiny_training
+
 pytestmark = pytest.mark.integration
 
 
 def test_prepare_repeat_threshold_lists_rare_images_more_often_and_training_sees_them(synth_source, tmp_path):
     from facemask.pipeline import prepare
-    from facemask.settings import AugmentConfig, PrepareConfig, TrainConfig
+    from facemask.settings import AugmentConfig, PrepareConfig
     from facemask.train import train
 
     result = prepare(
@@ -47,19 +49,7 @@ def test_prepare_repeat_threshold_lists_rare_images_more_often_and_training_sees
         assert len(trainer.train_loader) == math.ceil(repeat["listed"] / 8)
 
     train(
-        TrainConfig(
-            data=result.data_yaml,
-            model="yolo26n.yaml",
-            epochs=1,
-            imgsz=160,
-            batch=8,
-            device="cpu",
-            workers=0,
-            project=tmp_path / "runs",
-            plots=False,
-            tracking=False,
-            overrides={"mosaic": 0.0},
-        ),
+        tiny_training(result.data_yaml, tmp_path / "runs", tracking=False, overrides={"mosaic": 0.0}),
         callbacks={"on_train_epoch_start": [count]},
     )
     assert seen == [listed]  # each image as many times as train.txt lists it, in one epoch

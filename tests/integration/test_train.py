@@ -14,25 +14,14 @@ from mlflow import MlflowClient
 from facemask.cli import main
 from facemask.detector import ModelNotFoundError, load_detector
 from facemask.evaluate import evaluate, promote
-from facemask.train import TrainConfig, train
+from facemask.train import train
+from tests.services import tiny_training
 
 pytestmark = pytest.mark.integration
 
 
-def tiny(data, tracking, tmp_path, **kw) -> TrainConfig:
-    base = dict(
-        data=data,
-        model="yolo26n.yaml",
-        epochs=2,
-        imgsz=160,
-        batch=8,
-        device="cpu",
-        workers=0,
-        experiment=tracking["experiment"],
-        project=tmp_path / "runs",
-        plots=False,
-    )
-    return TrainConfig(**{**base, **kw})
+def tiny(data, tracking, tmp_path, **kw):
+    return tiny_training(data, tmp_path / "runs", **{"epochs": 2, "experiment": tracking["experiment"], **kw})
 
 
 def test_training_run_has_params_metrics_artifacts_and_registers(tiny_data, tracking, tmp_path):
@@ -157,18 +146,7 @@ def test_server_that_disappears_mid_run(tiny_data, tmp_path, monkeypatch):
             threading.Thread(target=server.start, daemon=True).start()
 
     try:
-        cfg = TrainConfig(
-            data=tiny_data,
-            model="yolo26n.yaml",
-            epochs=3,
-            imgsz=160,
-            batch=8,
-            device="cpu",
-            workers=0,
-            experiment="flaky",
-            project=tmp_path / "runs",
-            plots=False,
-        )
+        cfg = tiny_training(tiny_data, tmp_path / "runs", epochs=3, experiment="flaky")
         result = train(cfg, callbacks={"on_fit_epoch_end": [kill_after_first_epoch]})
         assert restarted.is_set()
         assert result.epochs_run == 3
