@@ -270,9 +270,10 @@ class ServeConfig:
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
-    # proxy: Serve's own HTTP proxy; haproxy: HAProxy straight to each replica's HTTP server
-    # (Serve's direct ingress), faster on few cores; see docs/performance.md.
-    ingress: str = "proxy"
+    # haproxy: HAProxy straight to each replica's own HTTP server (Serve's direct ingress);
+    # proxy: Serve's Python proxy with facemask.proxy_guard, which spent more CPU per request
+    # than the whole HAProxy path (docs/performance.md, docs/reliability.md for what differs).
+    ingress: str = "haproxy"
     replicas: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from facemask.cli import study_table  # noqa: E402
 from facemask.runtime import configure_runtime, free_port, init_ray  # noqa: E402
+from facemask.settings import ServeConfig  # noqa: E402
 
 
 def main() -> None:
@@ -64,7 +65,7 @@ def main() -> None:
         print(f"[1/5] generated {args.images} images in {source}: {counts}", flush=True)
     else:
         print(f"[1/5] using the dataset in {source}", flush=True)
-    init_ray(serving=True)
+    init_ray(serving=True, ingress=ServeConfig.ingress)  # the endpoint as `facemask serve` runs it
     prepared = prepare(PrepareConfig(source=source, out=out / "yolo", engine="ray", seed=args.seed))
     counts = {k: v["images"] for k, v in prepared.manifest["counts"].items()}
     print(f"[2/5] prepared with Ray Data: {prepared.data_yaml}\n      images {counts}", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections import Counter
 from contextlib import contextmanager
 
 import httpx
@@ -896,6 +898,78 @@ def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_de
     assert all(-1 < t < 0.5 for t in dropped), f"requests were dropped away from the kill: {dropped}"
     assert max(seconds for _, seconds, _, _ in seen) < 5, "a request waited on the dead replica"
     assert not calls.is_alive() and len(answers) == 40, "Client lost a request"
+
+
+def test_a_lone_replica_killed_behind_the_default_ingress_gives_quick_json_503s(known_image, tmp_path):
+    """`facemask serve` as it starts by default (HAProxy), one replica, kill -9'd under load.
+
+    With no replica left, HAProxy hands requests to Serve's own proxy, where the guard answers
+    a JSON 503 with Retry-After within ready_wait_s: never a hang. The requests in flight at
+    the kill are the difference from Serve's proxy path (below). Client rides over the
+    restart. The simulated accelerator keeps the replica quick to start.
+    """
+    import threading
+
+    from facemask.proxy_guard import GuardSettings
+    from facemask.settings import ServeConfig
+
+    assert ServeConfig.ingress == "haproxy"
+    ready_wait_s = GuardSettings().ready_wait_s
+    data = known_image.read_bytes()
+    with facemask_serve(None, tmp_path, "--backend", "simulated-gpu", "--num-cpus", "0.5") as (proc, url, _):
+        (lone,) = [pid for pid, cmd in process_tree(proc.pid) if "ServeReplica" in cmd]
+        killed_at, seen = asyncio.run(load_through_a_kill(url, data, lone, clients=4, seconds=12))
+        # Client rides over a restart: the replacement is killed too, and 20 calls start at once.
+        (lone,) = wait_for_tree_replica(proc.pid, gone=lone)
+        os.kill(lone, 9)
+        answers: list[dict] = []
+        client = Client(url, retries=30, backoff_s=0.2)
+        calls = threading.Thread(target=lambda: answers.extend(client.predict(data) for _ in range(20)))
+        calls.start()
+        calls.join(timeout=120)
+    codes = Counter(status for _, _, status, _ in seen)
+    back = min((sent for sent, _, status, _ in seen if sent > killed_at and status == 200), default=None)
+    print(
+        "haproxy, a lone replica killed:",
+        dict(codes),
+        f"slowest {max(s for _, s, _, _ in seen):.2f} s,",
+        f"first 200 sent {back - killed_at:.1f} s after the kill" if back else "no 200 after the kill",
+    )
+    # What differs from Serve's proxy: a request the replica held when it died (one per client at
+    # most) finds its connection closed or gets HAProxy's plain 500, where the guard answered 503.
+    at_the_kill = [(sent - killed_at, status) for sent, _, status, _ in seen if status not in (200, 503)]
+    print("  not 200 or 503, sent at (from the kill):", [f"{t:+.2f} s {status}" for t, status in at_the_kill])
+    assert set(codes) <= {200, 503, 500, "RemoteProtocolError"}, codes
+    assert len(at_the_kill) <= 4 and all(-1.5 < t < 0.5 for t, _ in at_the_kill), at_the_kill
+    refused = [response for _, _, status, response in seen if status == 503]
+    assert refused, "no request met the restart window"
+    assert all(r.json()["error"] == "unavailable" and r.headers["retry-after"] == "1" for r in refused)
+    assert max(seconds for _, seconds, _, _ in seen) < ready_wait_s + 2.5, "a request waited for the restart"
+    assert not calls.is_alive() and len(answers) == 20, "Client lost a request"
+
+
+def process_tree(root: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below `root`."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(root).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found.append((child.pid, " ".join(child.cmdline())))
+    return found
+
+
+def wait_for_tree_replica(root: int, gone: int | None = None, timeout: float = 90) -> list[int]:
+    """The Serve replica PIDs below `root` once there is one that is not `gone`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replicas = [pid for pid, cmd in process_tree(root) if "ServeReplica" in cmd and pid != gone]
+        if replicas:
+            return replicas
+        time.sleep(0.5)
+    raise AssertionError(f"no new replica below {root} after {timeout:.0f} s")
 
 
 @pytest.mark.parametrize(
