@@ -34,7 +34,7 @@ from typing import Any
 from facemask.errors import ConfigError
 from facemask.runtime import resolve_path
 from facemask.settings import DistributedConfig, TrainConfig
-from facemask.tracking import RunLogger, check_tracking_reachable, tracking_uri
+from facemask.tracking import RunLogger, check_tracking_reachable, set_process_store, tracking_uri
 from facemask.train import TrainResult, epoch_metrics, train, tune_metric_names
 
 log = logging.getLogger("facemask.distributed")
@@ -159,7 +159,7 @@ def worker_loop(config: dict) -> None:
 
     cfg: TrainConfig = config["cfg"]
     # Workers start with their node's environment, not the driver's: log where the driver does.
-    os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
+    set_process_store(config["tracking_uri"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
     checkpoint = ray.train.get_checkpoint()

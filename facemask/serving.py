@@ -64,7 +64,7 @@ from facemask.runtime import SERVE_ENV, resolve_device
 from facemask.settings import INFERENCE, INFERENCE_BOUNDS, ServeConfig
 from facemask.simulated_gpu import NAME as SIMULATED
 from facemask.simulated_gpu import SimulatedGPU, parse_latency
-from facemask.tracking import list_versions, model_version, tracking_uri
+from facemask.tracking import list_versions, model_version, set_process_store, tracking_uri
 
 log = logging.getLogger(__name__)
 _DEFAULT = ServeConfig()
@@ -225,7 +225,7 @@ def predict_openapi(description: str) -> dict:
 def _use_registry(tracking_uri: str | None) -> None:
     """Point this replica's MLflow at the registry, with bounded retries (a dead server must not hang requests)."""
     if tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        set_process_store(tracking_uri)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 

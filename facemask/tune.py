@@ -38,6 +38,7 @@ from facemask.tracking import (
     find_child_run,
     find_tagged_run,
     log_and_register,
+    set_process_store,
     study_tracking_uri,
     tracking_uri,
     using_tracking_uri,
@@ -257,14 +258,13 @@ def trial_request(cfg: StudyConfig) -> dict[str, float]:
 
 def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     """The Tune trainable: one YOLO training that reports each epoch with a checkpoint."""
-    import os
 
     import ray
     from ray import tune
 
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
-    os.environ["MLFLOW_TRACKING_URI"] = base["tracking_uri"]
+    set_process_store(base["tracking_uri"])
     workdir = Path(base["workdir"]) / trial_id
     config = dict(config)
     data = Path(base["data"])

@@ -28,6 +28,7 @@ from facemask.tracking.runs import (
     flatten,
     log_to_run,
     metric_key,
+    set_process_store,
     tracking_uri,
     using_tracking_uri,
 )
@@ -36,6 +37,7 @@ from facemask.tracking.server import check_tracking_reachable, hosts_elsewhere, 
 __all__ = [
     "DEFAULT_EXPERIMENT",
     "RunLogger",
+    "set_process_store",
     "alias_version",
     "check_tracking_reachable",
     "client",

@@ -71,27 +71,41 @@ def client(uri: str | None = None):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+STORE_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_SAME = object()
+
+
+def set_process_store(uri: str | None, registry: str | None | object = _SAME) -> None:
+    """Make `uri` this process's MLflow store: the one place the library writes it into the environment.
+
+    Called where a process starts work for another one (a Tune trial, a Ray Train worker, a
+    Serve replica): those start with their node's environment, not the driver's, and the
+    store travels to them as an argument. None unsets it (back to `tracking_uri()`'s default);
+    the registry is the same store unless given.
+    """
+    for key, value in zip(STORE_ENV, (uri, uri if registry is _SAME else registry)):
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def using_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow (fluent API, registry, and `tracking_uri()`) at `uri` for a block, then restore."""
     import mlflow
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    os.environ["MLFLOW_REGISTRY_URI"] = uri
+    saved = [os.environ.get(k) for k in STORE_ENV]
+    set_process_store(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        set_process_store(*saved)
         # Back to "not set": MLflow then reads the environment again.
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"] or tracking_uri())
-        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"] or saved["MLFLOW_TRACKING_URI"] or tracking_uri())
+        mlflow.set_tracking_uri(saved[0] or tracking_uri())
+        mlflow.set_registry_uri(saved[1] or saved[0] or tracking_uri())
 
 
 def experiment_id(name: str, uri: str | None = None) -> str:

@@ -110,3 +110,59 @@ def test_importing_the_cli_loads_no_heavy_package() -> None:
     code = f"import sys, facemask.cli; print(','.join(sorted(m for m in {heavy!r} if m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"importing facemask.cli loads {out.stdout.strip()}"
+
+
+STORE_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+# The one place the library writes the MLflow store into a process's environment.
+STORE_WRITER = ("facemask.tracking.runs", "set_process_store")
+
+
+def environment_writes(root: Path, keys: tuple[str, ...] = STORE_KEYS) -> list[str]:
+    """`module:function:line` of each statement that writes one of `keys` into os.environ (or putenv).
+
+    A write is an assignment to `os.environ[...]`, or a call of environ's setdefault, update,
+    pop or __setitem__, or of os.putenv, whose statement names one of `keys`.
+    """
+    found = []
+    for path in root.rglob("*.py"):
+        module = module_name(path, root)
+        tree = ast.parse(path.read_text(), str(path))
+        functions = {
+            id(node): fn.name
+            for fn in ast.walk(tree)
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for node in ast.walk(fn)
+        }
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Assign, ast.AugAssign, ast.Expr)):
+                continue
+            text = ast.unparse(node)
+            writes = (isinstance(node, (ast.Assign, ast.AugAssign)) and "environ[" in text.split("=")[0]) or any(
+                f"{name}(" in text for name in ("environ.setdefault", "environ.update", "environ.pop", "putenv")
+            )
+            names_key = any(key in text for key in keys) or "STORE_ENV" in text
+            if writes and names_key:
+                found.append(f"{module}:{functions.get(id(node), '<module>')}:{node.lineno}")
+    return found
+
+
+def test_only_the_one_helper_writes_the_mlflow_store_into_the_environment() -> None:
+    import importlib
+
+    writes = [w for w in environment_writes(PACKAGE) if tuple(w.split(":")[:2]) != STORE_WRITER]
+    assert not writes, f"write the MLflow store through {'.'.join(STORE_WRITER)}, not directly: {writes}"
+    module, function = STORE_WRITER
+    assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_the_environment_check_sees_direct_writes(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text(
+        "import os\n"
+        "def trial(uri):\n    os.environ['MLFLOW_TRACKING_URI'] = uri\n"
+        "def other(uri):\n    os.environ.setdefault('MLFLOW_REGISTRY_URI', uri)\n"
+        "def fine():\n    os.environ['OTHER'] = '1'\n"
+    )
+    assert environment_writes(pkg) == ["pkg.a:trial:3", "pkg.a:other:5"]
