@@ -57,16 +57,16 @@ def test_image_matches_pinned_ray(cluster):
     assert "gpu" in cluster["docker"]["image"]
 
 
-def test_every_node_starts_with_the_serve_settings_and_the_proxy_guard(cluster):
-    """A node's Serve proxy reads these from the environment of `ray start`, nowhere else."""
+def test_every_node_starts_with_the_serve_settings_the_proxy_guard_and_haproxy(cluster):
+    """A node's Serve proxy and HAProxy read these from the environment of `ray start`, nowhere else."""
     from ray._common.utils import import_attr
 
-    from facemask.runtime import PROXY_ENV, SERVE_ENV
+    from facemask.runtime import HAPROXY_ENV, PROXY_ENV, SERVE_ENV
 
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = next(c for c in cluster[key] if "ray start" in c)
-        for name, value in {**SERVE_ENV, **PROXY_ENV}.items():
-            assert f"{name}={value}" in start, (key, name)
+        for name, value in {**SERVE_ENV, **PROXY_ENV, **HAPROXY_ENV}.items():
+            assert (f'{name}="{value}"' if " " in value else f"{name}={value}") in start, (key, name)
     assert callable(import_attr(PROXY_ENV["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]))
 
 

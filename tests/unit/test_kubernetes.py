@@ -179,11 +179,11 @@ def test_the_rayservice_serves_the_same_application_as_serve_config():
     assert deployed["applications"] == local["applications"]
     assert deployed["http_options"]["host"] == "0.0.0.0" and deployed["http_options"]["port"] == 8000
     assert deployed["applications"][0]["args"]["model_uri"] == "models:/facemask-detector@champion"
-    from facemask.runtime import PROXY_ENV, SERVE_ENV
+    from facemask.runtime import HAPROXY_ENV, PROXY_ENV, SERVE_ENV
 
     for pod in pod_specs(service):
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
-        for name, value in {**SERVE_ENV, **PROXY_ENV}.items():  # as cluster.yaml and `facemask serve` set them
+        for name, value in {**SERVE_ENV, **PROXY_ENV, **HAPROXY_ENV}.items():  # as cluster.yaml, `facemask serve`
             assert env[name]["value"] == value, name
         assert env["FACEMASK_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "facemask-secrets"
         assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
