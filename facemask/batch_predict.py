@@ -1,4 +1,4 @@
-"""Batch inference with Ray Data over a folder of images or a video file; live camera streams.
+"""Batch inference with Ray Data over a folder of images or a video file.
 
     facemask predict SOURCE --model-uri models:/facemask-detector@champion --out DIR
 
@@ -12,16 +12,13 @@ chunks of video frames). Outputs in DIR:
   seen per mask state.
 On a cluster, DIR must be on storage every node can write (NFS), as the actors write it.
 
-A camera index (`0`) or a stream URL (`rtsp://`, `http://` MJPEG, ...) runs in this
-process instead, as it arrives: a reader thread keeps only the newest frame (the ones the
-model had no time for are dropped and counted), until --max-frames or --max-seconds.
+A camera index (`0`) or a stream URL runs in one process as it arrives: `facemask.live.streams`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,8 +29,8 @@ import numpy as np
 from facemask.classes import CLASS_NAMES, class_counts
 from facemask.detector import load_detector, resolve_model, upright_rgb
 from facemask.drawing import draw_boxes
-from facemask.errors import ConfigError, InputNotFoundError
-from facemask.live import TRACK_CONF, LatestFrame, PeopleTracker
+from facemask.errors import ConfigError
+from facemask.live.tracking import PeopleTracker
 from facemask.runtime import resolve_device, resolve_path
 from facemask.settings import IMAGE_SUFFIXES, PredictConfig, is_stream
 
@@ -207,16 +204,25 @@ def run_batches(cfg: PredictConfig, rows: list[dict], batch_size: int) -> Iterat
         context.execution_options.preserve_order = saved
 
 
-def predict(cfg: PredictConfig) -> PredictResult:
-    """Annotate every image of a folder, or every frame of a video; write DIR as the module says."""
+def start_run(cfg: PredictConfig) -> tuple[PredictConfig, Any, float]:
+    """The checked config with absolute paths, the model's metadata, and the start time; DIR created."""
     # Relative paths resolve once, here: actors on other nodes or folders see the same absolute paths.
     source = cfg.source if is_stream(cfg.source) else resolve_path(cfg.source)
     cfg = replace(cfg, source=source, out=resolve_path(cfg.out)).validate()
     info = resolve_model(cfg.model_uri, backend=cfg.backend)  # a missing model fails here, once, clearly
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
+    return cfg, info, started
+
+
+def predict(cfg: PredictConfig) -> PredictResult:
+    """Annotate every image of a folder, or every frame of a video; write DIR as the module says.
+
+    A camera index or stream URL goes to `facemask.live.streams.predict_stream` instead.
+    """
     if is_stream(cfg.source):
-        return predict_stream(cfg, info, started)
+        raise ConfigError(f"{cfg.source}: a camera or stream; run it with facemask.live.streams.predict_stream")
+    cfg, info, started = start_run(cfg)
     jsonl = cfg.out / "detections.jsonl"
     totals = {name: 0 for name in CLASS_NAMES}
     skipped: list[dict[str, str]] = []
@@ -279,104 +285,3 @@ def predict(cfg: PredictConfig) -> PredictResult:
 
 def model_summary(info, cfg: PredictConfig) -> dict[str, Any]:
     return {"uri": info.uri, "name": info.name, "version": info.version, "run_id": info.run_id, "backend": cfg.backend}
-
-
-def open_stream(source: str):
-    """An OpenCV capture of a camera index or stream URL; InputNotFoundError naming it if it cannot open."""
-    import cv2
-
-    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
-    if not capture.isOpened():
-        capture.release()
-        what = f"camera {source}" if source.isdigit() else source
-        raise InputNotFoundError(
-            f"{what}: OpenCV could not open it; check the camera index or the URL, and that the stream is up"
-        )
-    return capture
-
-
-def predict_stream(cfg: PredictConfig, info, started: float) -> PredictResult:
-    """Detect and track faces on a live camera or stream until it ends or a limit is reached."""
-    import cv2
-
-    source = str(cfg.source)
-    capture = open_stream(source)
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    fps = fps if 1 <= fps <= 120 else 25.0  # cameras and MJPEG streams often report 0 or nonsense
-    slot, stop = LatestFrame(), threading.Event()
-    read = {"frames": 0, "ended": False}
-
-    def reader() -> None:
-        # Reads as fast as the source delivers, so the model always gets the newest frame.
-        try:
-            while not stop.is_set():
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                slot.put((read["frames"], time.perf_counter() - started, frame))
-                read["frames"] += 1
-        finally:
-            read["ended"] = True
-
-    annotator = Annotator(replace(cfg, engine="local"))
-    tracker = PeopleTracker(frame_rate=fps)
-    totals = {name: 0 for name in CLASS_NAMES}
-    jsonl, annotated = cfg.out / "detections.jsonl", (cfg.out / "annotated.mp4" if cfg.save else None)
-    writer, processed = None, 0
-    thread = threading.Thread(target=reader, name="stream-reader", daemon=True)
-    thread.start()
-    try:
-        with jsonl.open("w") as f:
-            while cfg.max_frames is None or processed < cfg.max_frames:
-                if cfg.max_seconds is not None and time.perf_counter() - started >= cfg.max_seconds:
-                    break
-                item = slot.take()
-                if item is None:
-                    if read["ended"]:
-                        break
-                    time.sleep(0.002)
-                    continue
-                index, at, frame = item
-                image = rgb_image(frame)
-                found = tracker.update(annotator.detect([image], conf=min(cfg.conf, TRACK_CONF))[0], show_conf=cfg.conf)
-                entry = record(found, {"frame": index, "time_s": round(at, 3)})
-                f.write(json.dumps(entry) + "\n")
-                processed += 1
-                for name, n in entry["counts"].items():
-                    totals[name] += n
-                if annotated is not None:
-                    drawn = cv2.cvtColor(np.asarray(annotate(image, found)), cv2.COLOR_RGB2BGR)
-                    if writer is None:
-                        writer = cv2.VideoWriter(
-                            str(annotated), cv2.VideoWriter_fourcc(*"mp4v"), fps, (drawn.shape[1], drawn.shape[0])
-                        )
-                    writer.write(drawn)
-    except KeyboardInterrupt:
-        log.warning("stopped by Ctrl-C after %d frames; writing what was seen", processed)
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        capture.release()
-        if writer is not None:
-            writer.release()
-    frames = {"read": read["frames"], "processed": processed, "dropped": slot.dropped}
-    result = PredictResult(
-        kind="stream",
-        items=processed,
-        detections=totals,
-        jsonl=jsonl,
-        annotated=annotated,
-        seconds=round(time.perf_counter() - started, 2),
-        model=model_summary(info, cfg),
-        people=tracker.summary(),
-        frames=frames,
-    )
-    (cfg.out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
-    return result
-
-
-def rgb_image(frame: np.ndarray):
-    import cv2
-    from PIL import Image
-
-    return Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))

@@ -955,11 +955,14 @@ def predict_command(source, out, **kw):
     """Annotate a folder of images or a video with Ray Data, or track faces live on a camera index (0)
     or stream URL (rtsp://, http://); write annotated files, detections.jsonl and summary.json."""
     configure_runtime()
-    from facemask.batch_predict import predict
-
     cfg = PredictConfig(source=source if is_stream(source) else Path(source), out=out, **kw).validate()
-    if cfg.engine == "ray" and not is_stream(source):
-        init_ray()
+    if is_stream(source):
+        from facemask.live.streams import predict_stream as predict
+    else:
+        from facemask.batch_predict import predict
+
+        if cfg.engine == "ray":
+            init_ray()
     with contextlib.redirect_stdout(sys.stderr):
         result = predict(cfg)
     noun = "images" if result.kind == "images" else "frames"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hmac
 import io
 import re
 import struct
@@ -205,6 +206,11 @@ def declared_size(data: bytes) -> tuple[int | None, int | None]:
     return None, None
 
 
+def key_matches(key: str | None, given: str | None) -> bool:
+    """True when no key is set, or `given` is it (compared in constant time)."""
+    return key is None or (given is not None and hmac.compare_digest(given.encode(), key.encode()))
+
+
 def check_model_id(model_id: str) -> str:
     if model_id and not MODEL_ID.match(model_id):
         raise APIError(
@@ -216,39 +222,9 @@ def check_model_id(model_id: str) -> str:
 
 
 # The settings a live stream starts with; its first message and later text messages change them.
-# A live frame is smaller and holds fewer faces than a photo, hence its own imgsz and max_det.
-LIVE_DEFAULTS = {"conf": INFERENCE.conf, "iou": INFERENCE.iou, "imgsz": 320, "max_det": 100, "model": "", "fps": 30.0}
-_LIVE_LIMITS = {**INFERENCE_BOUNDS, "fps": (1.0, 120.0)}
-
-
-def live_settings(message: dict, current: dict) -> dict:
-    """`current` updated with a stream message's settings, each checked as /predict checks its query.
-
-    Unknown fields and out-of-range values raise APIError 422 naming the field and its range.
-    """
-    if not isinstance(message, dict):
-        raise APIError(422, "invalid_parameter", "a text message must be a JSON object of settings")
-    unknown = sorted(set(message) - set(LIVE_DEFAULTS) - {"key"})
-    if unknown:
-        raise APIError(
-            422, "invalid_parameter", f"unknown setting {unknown[0]!r}; known: key, {', '.join(LIVE_DEFAULTS)}"
-        )
-    out = dict(current)
-    for name, value in message.items():
-        if name == "key":
-            continue
-        if name == "model":
-            if not isinstance(value, str):
-                raise APIError(422, "invalid_parameter", "model: a version number or an alias, as a string")
-            out[name] = check_model_id(value.strip())
-            continue
-        out[name] = checked_setting(name, value, int if isinstance(LIVE_DEFAULTS[name], int) else float)
-    return out
-
-
-def checked_setting(name: str, value, kind: type) -> int | float:
+def checked_setting(name: str, value, kind: type, bounds: dict = INFERENCE_BOUNDS) -> int | float:
     """`value` (a JSON number, or a query string's text) as `kind` within its bounds, else APIError 422 naming both."""
-    low, high = _LIVE_LIMITS[name]
+    low, high = bounds[name]
     if isinstance(value, str):
         try:
             value = float(value) if kind is float else int(value)

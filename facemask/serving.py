@@ -12,19 +12,16 @@ registry versions loaded per replica (`@serve.multiplexed`), chosen per request 
 """
 
 import asyncio
-import hmac
 import io
-import itertools
 import json
 import logging
 import os
 import time
-import weakref
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -46,10 +43,9 @@ from facemask.classes import CLASS_NAMES, class_counts
 from facemask.detector import load_detector
 from facemask.drawing import CLASS_COLORS, draw_boxes
 from facemask.errors import ModelNotFoundError
-from facemask.live import TRACK_CONF, LatestFrame, PeopleTracker
+from facemask.live.session import LiveStreams
 from facemask.modelref import model_uri_for, parse_models_uri
 from facemask.request_checks import (
-    LIVE_DEFAULTS,
     PixelBudget,
     check_model_id,
     decode_cost,
@@ -57,7 +53,7 @@ from facemask.request_checks import (
     image_bytes,
     inference_query,
     inspect_image,
-    live_settings,
+    key_matches,
     release_memory,
 )
 from facemask.runtime import SERVE_ENV, resolve_device
@@ -73,10 +69,6 @@ LARGE_IMAGE_PIXELS = 4_000_000
 # Images up to this many decoded pixels (a 640x480 frame) are decoded on the event loop: about
 # 1 ms, less than the hop to a worker thread and back costs the loop under load.
 INLINE_DECODE_PIXELS = 310_000
-# A live stream must say who it is (its first message) within this many seconds.
-LIVE_HELLO_TIMEOUT_S = 10.0
-# WebSocket close codes: the 4000 range is the application's own.
-CLOSE_UNAUTHORIZED, CLOSE_BAD_HELLO = 4401, 4400
 
 
 class AppArgs(BaseModel):
@@ -230,11 +222,6 @@ def _use_registry(tracking_uri: str | None) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
-def key_matches(key: str | None, given: str | None) -> bool:
-    """True when no key is set, or `given` is it (compared in constant time)."""
-    return key is None or (given is not None and hmac.compare_digest(given.encode(), key.encode()))
-
-
 def page_html() -> str:
     html = resources.files("facemask").joinpath("web/index.html").read_text()
     classes = [{"name": n, "color": "#%02x%02x%02x" % c} for n, c in zip(CLASS_NAMES, CLASS_COLORS)]
@@ -321,9 +308,7 @@ class FacemaskServer:
         self.pending = 0
         self.budget = PixelBudget(int(self.args.decode_budget_mp * 1e6))
         self.releasing: asyncio.TimerHandle | None = None
-        self.streams: dict[int, LatestFrame] = {}  # open live streams, by id
-        self.trackers: weakref.WeakSet = weakref.WeakSet()  # every live tracker still in memory
-        self.stream_ids = itertools.count(1)
+        self.live_streams = LiveStreams(self)
         log.info("serving %s (version %s) on %s", self.default.info.uri, self.default.info.version, self.device)
 
     # ------------------------------------------------------------ which model
@@ -577,190 +562,20 @@ class FacemaskServer:
             return {"default": uri, "versions": [], "registry_error": f"{type(exc).__name__}: {exc}"}
         return {"default": uri, "versions": versions}
 
-    # ------------------------------------------------------------ live video
+    # ------------------------------------------------------------ live video (facemask.live.session)
 
     @api.websocket("/live")
     async def live(self, ws: WebSocket) -> None:
-        """A live stream: binary messages are frames (JPEG/PNG/WebP), text messages are JSON settings.
-
-        The first message is `{"key": ..., "conf": ..., "imgsz": ..., "model": ..., "fps": ...}`
-        (the key may instead come as an Authorization header). Each processed frame gets a
-        `result` with tracked detections and the compliance summary; a bad frame or setting
-        gets an `error` naming it and the stream stays up. Frames are never queued: one
-        arriving while the model is busy replaces the one waiting, and counts as dropped.
-        """
-        await ws.accept()
-        try:
-            settings = await self.live_hello(ws)
-        except WebSocketDisconnect:
-            return
-        if settings is None:
-            return
-        stream_id, slot, wake = next(self.stream_ids), LatestFrame(), asyncio.Event()
-        tracker = PeopleTracker(frame_rate=settings["fps"])
-        self.streams[stream_id] = slot
-        self.trackers.add(tracker)
-        state = {"settings": settings, "open": True, "processed": 0, "rate_limited": 0}
-        receiver = asyncio.get_running_loop().create_task(self.live_receive(ws, slot, wake, state))
-        try:
-            while state["open"]:
-                await wake.wait()
-                wake.clear()
-                item = slot.take()
-                if item is not None:
-                    await ws.send_text(
-                        json.dumps(await self.live_frame(item, tracker, slot, state), separators=(",", ":"))
-                    )
-        except (WebSocketDisconnect, RuntimeError):
-            pass  # the client went away mid-send
-        finally:
-            receiver.cancel()
-            self.streams.pop(stream_id, None)
-            del tracker  # the stream's tracker goes with it
-
-    async def live_hello(self, ws: WebSocket) -> dict | None:
-        """The stream's first message: key and settings. None (and the socket closed) if refused."""
-        try:
-            message = await asyncio.wait_for(ws.receive_text(), LIVE_HELLO_TIMEOUT_S)
-            hello = json.loads(message)
-        except asyncio.TimeoutError:
-            await self.live_refuse(
-                ws,
-                CLOSE_BAD_HELLO,
-                "hello_timeout",
-                f"send the settings as a JSON text message within {LIVE_HELLO_TIMEOUT_S:g} s",
-            )
-            return None
-        except (ValueError, KeyError):
-            await self.live_refuse(
-                ws,
-                CLOSE_BAD_HELLO,
-                "bad_hello",
-                'the first message must be JSON text: {"key": ..., "conf": ..., "imgsz": ...}',
-            )
-            return None
-        header = ws.headers.get("authorization", "")
-        given = (
-            hello.get("key")
-            if isinstance(hello, dict) and hello.get("key")
-            else (header[7:] if header.lower().startswith("bearer ") else None)
-        )
-        if not key_matches(self.api_key, given):
-            await self.live_refuse(
-                ws, CLOSE_UNAUTHORIZED, "unauthorized", 'send the API key in the first message: {"key": "<key>"}'
-            )
-            return None
-        try:
-            settings = live_settings(hello, LIVE_DEFAULTS)
-            detector = await self.model_for_id(settings["model"])
-        except APIError as exc:
-            await self.live_refuse(ws, CLOSE_BAD_HELLO, exc.error, exc.message)
-            return None
-        await ws.send_text(json.dumps({"type": "ready", "settings": settings, "model": model_ref(detector)}))
-        return settings
-
-    async def live_refuse(self, ws: WebSocket, code: int, error: str, message: str) -> None:
-        await self.live_error(ws, None, error, message)
-        await ws.close(code=code, reason=error)
-
-    async def live_receive(self, ws: WebSocket, slot: LatestFrame, wake: asyncio.Event, state: dict) -> None:
-        """Read the socket as fast as it sends: frames into the one slot, settings applied at once.
-
-        A token bucket holds the stream to its `fps` on average (bursts of up to one second's
-        worth pass); frames over it are not even kept, and counted as rate_limited.
-        """
-        # Full from the start: a client's first two frames go out together, and a bucket that
-        # began at one token refused the second with an error on every new stream.
-        tokens, refilled, notified = float(state["settings"]["fps"]), time.perf_counter(), 0.0
-        try:
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                if message.get("text") is not None:
-                    try:
-                        state["settings"] = live_settings(json.loads(message["text"]), state["settings"])
-                    except ValueError:
-                        await self.live_error(ws, None, "invalid_parameter", "a text message must be JSON settings")
-                    except APIError as exc:
-                        await self.live_error(ws, None, exc.error, exc.message)
-                    continue
-                now, fps = time.perf_counter(), state["settings"]["fps"]
-                tokens, refilled = min(fps, tokens + (now - refilled) * fps), now
-                index = slot.received + state["rate_limited"]
-                if tokens < 1:
-                    state["rate_limited"] += 1  # faster than the stream's fps: not even kept
-                    if now - notified > 5:
-                        notified = now
-                        await self.live_error(
-                            ws,
-                            index,
-                            "rate_limited",
-                            f"frames arrive faster than fps={state['settings']['fps']:g}; the extra ones are dropped",
-                        )
-                    continue
-                tokens -= 1
-                slot.put((index, message.get("bytes") or b"", now))
-                wake.set()
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            state["open"] = False
-            wake.set()
-
-    async def live_error(self, ws: WebSocket, frame: int | None, error: str, message: str) -> None:
-        await ws.send_text(json.dumps({"type": "error", "frame": frame, "error": error, "message": message}))
-
-    async def live_frame(self, item: tuple, tracker: PeopleTracker, slot: LatestFrame, state: dict) -> dict:
-        """One frame through the same checks and batch as /predict, then the stream's tracker."""
-        index, data, received = item
-        settings = state["settings"]
-        stream = {
-            "received": slot.received + state["rate_limited"],
-            "dropped": slot.dropped,
-            "rate_limited": state["rate_limited"],
-            "processed": state["processed"],
-        }
-        try:
-            if not data:
-                raise APIError(400, "empty_body", "an empty frame; send one image per binary message")
-            if len(data) > self.limit:
-                raise APIError(
-                    413,
-                    "body_too_large",
-                    f"a frame of {len(data)} bytes is over the {self.args.max_body_mb:g} MB limit; send smaller frames",
-                )
-            if self.pending >= self.args.max_pending:
-                raise APIError(503, "overloaded", "the server is busy; this frame was skipped")
-            self.pending += 1
-            try:
-                detector = await self.model_for_id(settings["model"])
-                # The tracker also wants the weak detections (see live.TRACK_CONF); the answer shows conf and up.
-                params = (min(settings["conf"], TRACK_CONF), settings["iou"], settings["imgsz"], settings["max_det"])
-                _, _, answer = await self.detect_bytes(detector, data, params, received)
-            finally:
-                self.pending -= 1
-        except APIError as exc:
-            return {"type": "error", "frame": index, "error": exc.error, "message": exc.message, "stream": stream}
-        tracked_at = time.perf_counter()
-        answer["detections"] = tracker.update(answer["detections"], show_conf=settings["conf"])
-        answer["counts"] = class_counts(answer["detections"])
-        state["processed"] += 1
-        answer["timings"]["track_ms"] = round((time.perf_counter() - tracked_at) * 1000, 2)
-        answer["timings"]["total_ms"] = round((time.perf_counter() - received) * 1000, 2)
-        stream["processed"] = state["processed"]
-        return {"type": "result", "frame": index, **answer, "people": tracker.summary(), "stream": stream}
+        """A live stream of frames and settings over a WebSocket; see `facemask.live.session`."""
+        await self.live_streams.serve(ws)
 
     @api.get("/live/streams", responses=ERRORS, summary="Open live streams and the trackers still in memory")
-    async def live_streams(self, _: None = Depends(require_key)) -> dict:
-        import gc
+    async def live_stream_stats(self, _: None = Depends(require_key)) -> dict:
+        return self.live_streams.stats()
 
-        gc.collect()  # a closed stream's tracker is counted only until it is collected
-        return {
-            "open": len(self.streams),
-            "trackers": len(self.trackers),
-            "dropped": sum(s.dropped for s in self.streams.values()),
-        }
+    def describe(self, detector) -> dict:
+        """What answers say of the model that made them."""
+        return model_ref(detector)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:

@@ -64,7 +64,7 @@ def plain(model: str, jpegs: list[bytes], imgsz: int, count: int) -> dict:
     from PIL import Image
 
     from facemask.detector import load_detector
-    from facemask.live import PeopleTracker
+    from facemask.live.tracking import PeopleTracker
 
     detector, tracker = load_detector(model, warm=True), PeopleTracker()
     latencies, started = [], time.perf_counter()

@@ -1,6 +1,7 @@
-"""Live streams: newest-frame-wins intake, one tracked identity per person, and the compliance count.
+"""Newest-frame-wins intake, one tracked identity per person, and the compliance count.
 
-Shared by the endpoint's `/live` WebSocket and by `facemask predict` on a camera or stream URL.
+Shared by the endpoint's `/live` WebSocket (`live.session`) and by `facemask predict` on a
+camera or stream URL (`live.streams`).
 A person who stands in view for ten seconds is one person, not three hundred detections:
 ByteTrack (Ultralytics' implementation) gives each face a stable id across frames, and each
 person's mask state is the class seen most often on their track.

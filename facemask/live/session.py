@@ -1,0 +1,232 @@
+"""The endpoint's `/live` WebSocket: one `LiveSession` per stream, all of a replica's run by its `LiveStreams`.
+
+Binary messages are frames (JPEG/PNG/WebP), text messages are JSON settings. The first
+message is `{"key": ..., "conf": ..., "imgsz": ..., "model": ..., "fps": ...}` (the key may
+instead come as an Authorization header). Each processed frame gets a `result` with tracked
+detections and the compliance summary; a bad frame or setting gets an `error` naming it and
+the stream stays up. Frames are never queued: one arriving while the model is busy replaces
+the one waiting, and counts as dropped. Frames go through the server's own checks and batch
+(`detect_bytes`), the same as /predict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import weakref
+from dataclasses import dataclass, field
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from facemask.api_schema import APIError
+from facemask.classes import class_counts
+from facemask.live.settings import LIVE_DEFAULTS, live_settings
+from facemask.live.tracking import TRACK_CONF, LatestFrame, PeopleTracker
+from facemask.request_checks import key_matches
+
+# A live stream must say who it is (its first message) within this many seconds.
+HELLO_TIMEOUT_S = 10.0
+# WebSocket close codes: the 4000 range is the application's own.
+CLOSE_UNAUTHORIZED, CLOSE_BAD_HELLO = 4401, 4400
+
+
+@dataclass
+class LiveSession:
+    """One stream: its settings, the newest frame waiting, its tracker and its counts."""
+
+    settings: dict
+    tracker: PeopleTracker
+    slot: LatestFrame = field(default_factory=LatestFrame)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    open: bool = True
+    processed: int = 0
+    rate_limited: int = 0
+
+    @property
+    def received(self) -> int:
+        return self.slot.received + self.rate_limited
+
+    def counts(self) -> dict:
+        return {
+            "received": self.received,
+            "dropped": self.slot.dropped,
+            "rate_limited": self.rate_limited,
+            "processed": self.processed,
+        }
+
+
+class LiveStreams:
+    """A replica's live streams. `server` is the FacemaskServer: its key, limits, models and batch."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.open: dict[int, LiveSession] = {}  # by stream id
+        self.trackers: weakref.WeakSet = weakref.WeakSet()  # every live tracker still in memory
+        self.ids = itertools.count(1)
+
+    def stats(self) -> dict:
+        import gc
+
+        gc.collect()  # a closed stream's tracker is counted only until it is collected
+        return {
+            "open": len(self.open),
+            "trackers": len(self.trackers),
+            "dropped": sum(s.slot.dropped for s in self.open.values()),
+        }
+
+    async def serve(self, ws: WebSocket) -> None:
+        """Run one WebSocket stream until either side closes it."""
+        await ws.accept()
+        try:
+            settings = await self.hello(ws)
+        except WebSocketDisconnect:
+            return
+        if settings is None:
+            return
+        stream_id = next(self.ids)
+        session = LiveSession(settings=settings, tracker=PeopleTracker(frame_rate=settings["fps"]))
+        self.open[stream_id] = session
+        self.trackers.add(session.tracker)
+        receiver = asyncio.get_running_loop().create_task(self.receive(ws, session))
+        try:
+            while session.open:
+                await session.wake.wait()
+                session.wake.clear()
+                item = session.slot.take()
+                if item is not None:
+                    await ws.send_text(json.dumps(await self.frame(item, session), separators=(",", ":")))
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away mid-send
+        finally:
+            receiver.cancel()
+            self.open.pop(stream_id, None)  # the stream's tracker goes with it
+
+    async def hello(self, ws: WebSocket) -> dict | None:
+        """The stream's first message: key and settings. None (and the socket closed) if refused."""
+        try:
+            message = await asyncio.wait_for(ws.receive_text(), HELLO_TIMEOUT_S)
+            hello = json.loads(message)
+        except asyncio.TimeoutError:
+            await self.refuse(
+                ws,
+                CLOSE_BAD_HELLO,
+                "hello_timeout",
+                f"send the settings as a JSON text message within {HELLO_TIMEOUT_S:g} s",
+            )
+            return None
+        except (ValueError, KeyError):
+            await self.refuse(
+                ws,
+                CLOSE_BAD_HELLO,
+                "bad_hello",
+                'the first message must be JSON text: {"key": ..., "conf": ..., "imgsz": ...}',
+            )
+            return None
+        header = ws.headers.get("authorization", "")
+        given = (
+            hello.get("key")
+            if isinstance(hello, dict) and hello.get("key")
+            else (header[7:] if header.lower().startswith("bearer ") else None)
+        )
+        if not key_matches(self.server.api_key, given):
+            await self.refuse(
+                ws, CLOSE_UNAUTHORIZED, "unauthorized", 'send the API key in the first message: {"key": "<key>"}'
+            )
+            return None
+        try:
+            settings = live_settings(hello, LIVE_DEFAULTS)
+            detector = await self.server.model_for_id(settings["model"])
+        except APIError as exc:
+            await self.refuse(ws, CLOSE_BAD_HELLO, exc.error, exc.message)
+            return None
+        await ws.send_text(json.dumps({"type": "ready", "settings": settings, "model": self.server.describe(detector)}))
+        return settings
+
+    async def refuse(self, ws: WebSocket, code: int, error: str, message: str) -> None:
+        await self.error(ws, None, error, message)
+        await ws.close(code=code, reason=error)
+
+    async def error(self, ws: WebSocket, frame: int | None, error: str, message: str) -> None:
+        await ws.send_text(json.dumps({"type": "error", "frame": frame, "error": error, "message": message}))
+
+    async def receive(self, ws: WebSocket, session: LiveSession) -> None:
+        """Read the socket as fast as it sends: frames into the one slot, settings applied at once.
+
+        A token bucket holds the stream to its `fps` on average (bursts of up to one second's
+        worth pass); frames over it are not even kept, and counted as rate_limited.
+        """
+        # Full from the start: a client's first two frames go out together, and a bucket that
+        # began at one token refused the second with an error on every new stream.
+        tokens, refilled, notified = float(session.settings["fps"]), time.perf_counter(), 0.0
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("text") is not None:
+                    try:
+                        session.settings = live_settings(json.loads(message["text"]), session.settings)
+                    except ValueError:
+                        await self.error(ws, None, "invalid_parameter", "a text message must be JSON settings")
+                    except APIError as exc:
+                        await self.error(ws, None, exc.error, exc.message)
+                    continue
+                now, fps = time.perf_counter(), session.settings["fps"]
+                tokens, refilled = min(fps, tokens + (now - refilled) * fps), now
+                index = session.received
+                if tokens < 1:
+                    session.rate_limited += 1  # faster than the stream's fps: not even kept
+                    if now - notified > 5:
+                        notified = now
+                        await self.error(
+                            ws,
+                            index,
+                            "rate_limited",
+                            f"frames arrive faster than fps={fps:g}; the extra ones are dropped",
+                        )
+                    continue
+                tokens -= 1
+                session.slot.put((index, message.get("bytes") or b"", now))
+                session.wake.set()
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            session.open = False
+            session.wake.set()
+
+    async def frame(self, item: tuple, session: LiveSession) -> dict:
+        """One frame through the same checks and batch as /predict, then the stream's tracker."""
+        index, data, received = item
+        server, settings, stream = self.server, session.settings, session.counts()
+        try:
+            if not data:
+                raise APIError(400, "empty_body", "an empty frame; send one image per binary message")
+            if len(data) > server.limit:
+                raise APIError(
+                    413,
+                    "body_too_large",
+                    f"a frame of {len(data)} bytes is over the {server.args.max_body_mb:g} MB limit; "
+                    "send smaller frames",
+                )
+            if server.pending >= server.args.max_pending:
+                raise APIError(503, "overloaded", "the server is busy; this frame was skipped")
+            server.pending += 1
+            try:
+                detector = await server.model_for_id(settings["model"])
+                # The tracker also wants the weak detections (see tracking.TRACK_CONF); the answer shows conf and up.
+                params = (min(settings["conf"], TRACK_CONF), settings["iou"], settings["imgsz"], settings["max_det"])
+                _, _, answer = await server.detect_bytes(detector, data, params, received)
+            finally:
+                server.pending -= 1
+        except APIError as exc:
+            return {"type": "error", "frame": index, "error": exc.error, "message": exc.message, "stream": stream}
+        tracked_at = time.perf_counter()
+        answer["detections"] = session.tracker.update(answer["detections"], show_conf=settings["conf"])
+        answer["counts"] = class_counts(answer["detections"])
+        session.processed += 1
+        answer["timings"]["track_ms"] = round((time.perf_counter() - tracked_at) * 1000, 2)
+        answer["timings"]["total_ms"] = round((time.perf_counter() - received) * 1000, 2)
+        stream["processed"] = session.processed
+        return {"type": "result", "frame": index, **answer, "people": session.tracker.summary(), "stream": stream}

@@ -1,0 +1,36 @@
+"""A live stream's settings: the first message of a /live stream, and any JSON text message after it."""
+
+from __future__ import annotations
+
+from facemask.api_schema import APIError
+from facemask.request_checks import check_model_id, checked_setting
+from facemask.settings import INFERENCE, INFERENCE_BOUNDS
+
+# A live frame is smaller and holds fewer faces than a photo, hence its own imgsz and max_det.
+LIVE_DEFAULTS = {"conf": INFERENCE.conf, "iou": INFERENCE.iou, "imgsz": 320, "max_det": 100, "model": "", "fps": 30.0}
+LIVE_LIMITS = {**INFERENCE_BOUNDS, "fps": (1.0, 120.0)}
+
+
+def live_settings(message: dict, current: dict) -> dict:
+    """`current` updated with a stream message's settings, each checked as /predict checks its query.
+
+    Unknown fields and out-of-range values raise APIError 422 naming the field and its range.
+    """
+    if not isinstance(message, dict):
+        raise APIError(422, "invalid_parameter", "a text message must be a JSON object of settings")
+    unknown = sorted(set(message) - set(LIVE_DEFAULTS) - {"key"})
+    if unknown:
+        raise APIError(
+            422, "invalid_parameter", f"unknown setting {unknown[0]!r}; known: key, {', '.join(LIVE_DEFAULTS)}"
+        )
+    out = dict(current)
+    for name, value in message.items():
+        if name == "key":
+            continue
+        if name == "model":
+            if not isinstance(value, str):
+                raise APIError(422, "invalid_parameter", "model: a version number or an alias, as a string")
+            out[name] = check_model_id(value.strip())
+            continue
+        out[name] = checked_setting(name, value, int if isinstance(LIVE_DEFAULTS[name], int) else float, LIVE_LIMITS)
+    return out
