@@ -216,6 +216,18 @@ class StudyConfig:
     # False skips registering, evaluating and promoting the best trial.
     register: bool = True
 
+    @property
+    def device(self) -> str:
+        """The Ultralytics device of a process Ray gave this study's GPUs to (it sees them renumbered from 0)."""
+        return "0" if self.gpus_per_trial > 0 else "cpu"
+
+    def train_config(self, **fields_) -> "TrainConfig":
+        """The training of one trial (or of the final retrain): the study's model, sizes, seed and
+        experiment, with `fields_` (data, run_name, overrides, ...) on top."""
+        shared = {"model": self.model, "epochs": self.epochs, "imgsz": self.imgsz, "batch": self.batch}
+        shared |= {"device": self.device, "experiment": self.experiment, "seed": self.seed, "workers": self.workers}
+        return TrainConfig(**{**shared, **fields_})
+
 
 @dataclass(frozen=True)
 class PredictConfig:

@@ -43,7 +43,7 @@ from facemask.tracking import (
     tracking_uri,
     using_tracking_uri,
 )
-from facemask.train import TrainConfig, epoch_metrics, per_epoch, train, tune_metric_names
+from facemask.train import epoch_metrics, per_epoch, train, tune_metric_names
 
 log = logging.getLogger("facemask.tune")
 
@@ -157,11 +157,6 @@ def to_tune_space(space: dict[str, dict]) -> dict[str, Any]:
     return out
 
 
-def gpu_device(gpus_per_trial: float) -> str:
-    """The Ultralytics device for a process Ray gave GPUs to (it sees them renumbered from 0)."""
-    return "0" if gpus_per_trial > 0 else "cpu"
-
-
 # What a distributed trial's own function reserves: it only drives its Ray Train run, whose
 # controller reserves nothing and whose workers share the rest of the trial's CPUs.
 TRIAL_DRIVER_CPUS = 0.01
@@ -265,41 +260,34 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     set_process_store(base["tracking_uri"])
+    study: StudyConfig = base["study"]
     workdir = Path(base["workdir"]) / trial_id
     config = dict(config)
     data = Path(base["data"])
     threshold = config.pop("repeat_threshold", None)
     if threshold:
-        data, _ = data_with_repeats(data, float(threshold), base["seed"], workdir / "data", CLASS_NAMES)
-    cfg = TrainConfig(
+        data, _ = data_with_repeats(data, float(threshold), study.seed, workdir / "data", CLASS_NAMES)
+    cfg = study.train_config(
         data=data,
-        model=base["model"],
-        epochs=base["epochs"],
-        imgsz=base["imgsz"],
-        batch=base["batch"],
-        device=gpu_device(base["gpus_per_trial"]),
-        experiment=base["experiment"],
         run_name=f"trial-{trial_id}",
         project=workdir,
-        seed=base["seed"],
         overrides=dict(config),
         parent_run_id=base["parent_run_id"],
         tags={
             "facemask.trial_id": trial_id,
-            "facemask.study": base["study"],
+            "facemask.study": study.name,
             "facemask.node_id": ray.get_runtime_context().get_node_id(),
             "facemask.resources": json.dumps(ctx.get_trial_resources().required_resources, sort_keys=True),
         },
         plots=False,
-        workers=base["workers"],
     )
-    workers = base.get("ray_workers_per_trial", 1)
+    workers = study.ray_workers_per_trial
     if workers > 1:
         # The trial drives a Ray Train run: its rank 0 reports each epoch to Tune, and a
         # retried trial resumes from that run's own newest checkpoint and MLflow run.
         train_distributed(
             replace(cfg, device="auto"),
-            trial_workers(base["cpus_per_trial"], base["gpus_per_trial"], workers, workdir),
+            trial_workers(study.cpus_per_trial, study.gpus_per_trial, workers, workdir),
             report_to_tune=True,
         )
         return
@@ -518,22 +506,12 @@ def _run_study(
     # not in the trial's working directory, which is a temporary one under `ray job submit`.
     workdir = f"{path}-yolo" if "://" not in path else str(results_base() / "runs" / "tune-trials" / cfg.name)
     base = {
+        "study": cfg,
         "workdir": workdir,
         "data": str(data),
-        "model": cfg.model,
-        "epochs": cfg.epochs,
-        "imgsz": cfg.imgsz,
-        "batch": cfg.batch,
-        "gpus_per_trial": cfg.gpus_per_trial,
-        "experiment": cfg.experiment,
-        "seed": cfg.seed,
         "tracking_uri": uri,
         "parent_run_id": parent.run_id,
-        "study": cfg.name,
-        "workers": cfg.workers,
         "trial_callbacks": trial_callbacks or {},
-        "ray_workers_per_trial": cfg.ray_workers_per_trial,
-        "cpus_per_trial": cfg.cpus_per_trial,
     }
     # A distributed trial's function only drives its Ray Train run: the workers hold the
     # resources (Tune needs some request, so a token one, which trial_workers leaves out).
@@ -660,21 +638,14 @@ def _finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, ur
             train_data, _ = data_with_repeats(
                 data, float(threshold), cfg.seed, Path(tempfile.mkdtemp(prefix="facemask-final-data-")), CLASS_NAMES
             )
-        final_cfg = TrainConfig(
+        final_cfg = cfg.train_config(
             data=train_data,
-            model=cfg.model,
             epochs=cfg.final_epochs,
-            imgsz=cfg.imgsz,
-            batch=cfg.batch,
-            device=gpu_device(cfg.gpus_per_trial),
-            experiment=cfg.experiment,
             run_name=f"{cfg.name}-final",
             parent_run_id=parent.run_id,
             overrides=overrides,
             register=True,
             registered_model=cfg.registered_model,
-            seed=cfg.seed,
-            workers=cfg.workers,
         )
         if cfg.ray_workers_per_trial > 1:  # the final retrain is trained the way the trials were
             workdir = Path(tempfile.mkdtemp(prefix="facemask-final-"))
@@ -704,7 +675,7 @@ def _finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, ur
         }
         result.version = log_and_register(run_id, weights, tags, uri=uri, name=cfg.registered_model)
     model_uri = f"models:/{cfg.registered_model}/{result.version}"
-    result.test = evaluate(model_uri, data, imgsz=cfg.imgsz, device=gpu_device(cfg.gpus_per_trial)).overall
+    result.test = evaluate(model_uri, data, imgsz=cfg.imgsz, device=cfg.device).overall
     parent.log_metrics({f"test/{k}": v for k, v in result.test.items()})
     parent.set_tags({"facemask.registered_version": result.version})
     if cfg.promote:
