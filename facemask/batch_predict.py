@@ -276,12 +276,8 @@ def predict(cfg: PredictConfig) -> PredictResult:
         jsonl=jsonl,
         annotated=annotated,
         seconds=round(time.perf_counter() - started, 2),
-        model=model_summary(info, cfg),
+        model=info.summary(cfg.backend),
         people=people,
     )
     (cfg.out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
-
-
-def model_summary(info, cfg: PredictConfig) -> dict[str, Any]:
-    return {"uri": info.uri, "name": info.name, "version": info.version, "run_id": info.run_id, "backend": cfg.backend}

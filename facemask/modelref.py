@@ -33,6 +33,10 @@ class ModelInfo:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self, backend: str) -> dict[str, Any]:
+        """What an answer or a summary file says of the model: where it came from, and how it runs."""
+        return {"name": self.name, "version": self.version, "run_id": self.run_id, "uri": self.uri, "backend": backend}
+
 
 def parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
     """`models:/name@alias` or `models:/name/3` to (name, version, alias)."""

@@ -228,17 +228,6 @@ def page_html() -> str:
     return html.replace("/*CLASSES*/[]", json.dumps(classes)).replace("{{HEADER}}", MULTIPLEX_HEADER)
 
 
-def model_ref(detector) -> dict:
-    info = detector.info
-    return {
-        "name": info.name,
-        "version": info.version,
-        "run_id": info.run_id,
-        "uri": info.uri,
-        "backend": SIMULATED if info.weights == SIMULATED else ("onnx" if info.weights.endswith(".onnx") else "pt"),
-    }
-
-
 def scaled(detection: dict, scale: float, width: int, height: int) -> dict:
     """A detection's box from the decoded image's pixels to the source's."""
     if scale != 1:
@@ -475,7 +464,7 @@ class FacemaskServer:
             "detections": detections,
             "counts": counts,
             "image": {"width": width, "height": height},
-            "model": model_ref(detector),
+            "model": self.describe(detector),
             "timings": {
                 "decode_ms": round((queued - started) * 1000, 2),
                 "queue_ms": round(result["queue_ms"], 2),
@@ -539,7 +528,7 @@ class FacemaskServer:
     async def model(self, request: Request, _: None = Depends(require_key)) -> dict:
         detector = await self.model_for_request(request)
         return {
-            **model_ref(detector),
+            **self.describe(detector),
             "device": self.device,
             "classes": list(CLASS_NAMES),
             "metrics": detector.info.metrics,
@@ -574,8 +563,8 @@ class FacemaskServer:
         return self.live_streams.stats()
 
     def describe(self, detector) -> dict:
-        """What answers say of the model that made them."""
-        return model_ref(detector)
+        """What answers say of the model that made them (every model of a replica runs on its backend)."""
+        return detector.info.summary(self.args.backend)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from facemask.batch_predict import Annotator, PredictResult, annotate, model_summary, record, start_run
+from facemask.batch_predict import Annotator, PredictResult, annotate, record, start_run
 from facemask.classes import CLASS_NAMES
 from facemask.errors import InputNotFoundError
 from facemask.live.tracking import TRACK_CONF, LatestFrame, PeopleTracker
@@ -115,7 +115,7 @@ def predict_stream(cfg: PredictConfig) -> PredictResult:
         jsonl=jsonl,
         annotated=annotated,
         seconds=round(time.perf_counter() - started, 2),
-        model=model_summary(info, cfg),
+        model=info.summary(cfg.backend),
         people=tracker.summary(),
         frames=frames,
     )
