@@ -268,16 +268,12 @@ def predict(cfg: PredictConfig) -> PredictResult:
         people = tracker.summary()
     for problem in skipped:
         log.warning("skipped %s: %s", problem["file"], problem["reason"])
-    result = PredictResult(
-        kind=kind,
-        items=items,
-        detections=totals,
-        skipped=skipped,
-        jsonl=jsonl,
-        annotated=annotated,
-        seconds=round(time.perf_counter() - started, 2),
-        model=info.summary(cfg.backend),
-        people=people,
-    )
+    counts = {"items": items, "detections": totals, "skipped": skipped, "people": people}
+    return finish(cfg, info, started, kind=kind, jsonl=jsonl, annotated=annotated, **counts)
+
+
+def finish(cfg: PredictConfig, info, started: float, **fields) -> PredictResult:
+    """The run's result with its time and model, written to DIR/summary.json too."""
+    result = PredictResult(**fields, seconds=round(time.perf_counter() - started, 2), model=info.summary(cfg.backend))
     (cfg.out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from facemask.batch_predict import Annotator, PredictResult, annotate, record, start_run
+from facemask.batch_predict import Annotator, PredictResult, annotate, finish, record, start_run
 from facemask.classes import CLASS_NAMES
 from facemask.errors import InputNotFoundError
 from facemask.live.tracking import TRACK_CONF, LatestFrame, PeopleTracker
@@ -108,19 +108,8 @@ def predict_stream(cfg: PredictConfig) -> PredictResult:
         if writer is not None:
             writer.release()
     frames = {"read": read["frames"], "processed": processed, "dropped": slot.dropped}
-    result = PredictResult(
-        kind="stream",
-        items=processed,
-        detections=totals,
-        jsonl=jsonl,
-        annotated=annotated,
-        seconds=round(time.perf_counter() - started, 2),
-        model=info.summary(cfg.backend),
-        people=tracker.summary(),
-        frames=frames,
-    )
-    (cfg.out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
-    return result
+    counts = {"items": processed, "detections": totals, "people": tracker.summary(), "frames": frames}
+    return finish(cfg, info, started, kind="stream", jsonl=jsonl, annotated=annotated, **counts)
 
 
 def rgb_image(frame: np.ndarray):
