@@ -294,6 +294,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 def server(ingress: str, backend: str, model_uri: str, args, folder: Path):
     """A server in its own process group, as a user starts it; yields (url, pid, what that process is)."""
     from facemask.runtime import PROXY_ENV, free_port
+    from facemask.settings import ServeConfig
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FACEMASK_API_KEY")}
@@ -304,8 +305,9 @@ def server(ingress: str, backend: str, model_uri: str, args, folder: Path):
         command = [sys.executable, "-m", "facemask.cli", "serve", "--port", str(port), "--backend", backend]
         if backend != SIMULATED:
             command += ["--model-uri", model_uri]
-        if ingress == "haproxy":
-            command += ["--ingress", "haproxy"]
+        chosen = "proxy" if ingress.startswith("proxy") else ingress
+        if chosen != ServeConfig.ingress:  # the default ingress runs as `facemask serve` starts without options
+            command += ["--ingress", chosen]
         if ingress == "proxy-bare":
             env.update(dict.fromkeys(PROXY_ENV, ""))
         command += args.serve_args.split()
@@ -419,10 +421,33 @@ def report(results: dict, levels: list[int], default_ingress: str, device_name: 
                     ratio >= TARGET_CPU_VS_PLAIN,
                 )
             )
+    capacity(results, top)
     print("\ntargets:")
     for label, value, target, ok in checks:
         print(f"  {label:62s} {value:>9s}  target {target:9s} {'met' if ok else 'MISSED'}")
     return checks
+
+
+def capacity(results: dict, top: int) -> None:
+    """Cores a node needs to keep one H100 busy, from each ingress's measured server CPU per request."""
+    from facemask.settings import ServeConfig
+    from facemask.simulated_gpu import call_ms, parse_latency
+
+    latency = parse_latency(ServeConfig.simulated_latency)
+    rates = {batch: batch * 1000 / call_ms(latency, batch) for batch in (8, 32)}
+    rows = [(k, r) for k, r in results.items() if k[0] == SIMULATED and k[3] == top and k[2] != "raw"]
+    if not rows:
+        return
+    print(
+        f"\ncapacity: CPU cores to keep one H100 busy (yolo26n at 640: batch 8 = {rates[8]:,.0f} images/s, "
+        f"batch 32 = {rates[32]:,.0f} images/s), from the server CPU per request at c={top}"
+    )
+    for (_, payload, ingress, _), r in rows:
+        cores = {batch: rate * r["server_cpu_ms"] / 1000 for batch, rate in rates.items()}
+        print(
+            f"  {ingress:11s} {payload:8s} {r['server_cpu_ms']:6.2f} ms/request: "
+            f"{cores[8]:5.1f} cores at batch 8, {cores[32]:5.1f} at batch 32"
+        )
 
 
 def main() -> None:
