@@ -23,11 +23,16 @@ RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 # Ray Serve's throughput settings: user code and router on the replica's own event loop
 # (no thread hops per request) and buffered request logs. On 2 cores they raised
-# small-image requests/s by about 30%. Set for our replicas; `init_ray(serving=True)` sets them for the proxy.
+# small-image requests/s by about 30%. Serve's logs (a line per request among them) go to its
+# files under the session's logs/serve/ only, not also to stderr, which Ray's log monitor
+# tails and ships to the driver: that cost 0.9 ms of CPU per request, a quarter of the
+# whole path with HAProxy (docs/performance.md). Set for our replicas; `init_ray(serving=True)`
+# sets them for the proxy and the controller.
 SERVE_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
 }
 # Serve's proxy loads facemask.proxy_guard from this node setting: a request its replica died
 # holding is sent again, a JSON 503 when no replica runs, bounds on slow and large requests.

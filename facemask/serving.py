@@ -39,6 +39,7 @@ from facemask.api_schema import (
     ModelsResponse,
     PredictResponse,
 )
+from facemask.batching import Batcher
 from facemask.classes import CLASS_NAMES, class_counts
 from facemask.detector import load_detector
 from facemask.drawing import CLASS_COLORS, draw_boxes
@@ -115,7 +116,13 @@ class AppArgs(BaseModel):
         "waiting for or in the model); more get a JSON 503 with Retry-After at once",
     )
     max_batch_size: int = Field(_DEFAULT.max_batch_size, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(_DEFAULT.batch_wait_timeout_s, ge=0, le=1)
+    batch_wait_timeout_s: float = Field(
+        _DEFAULT.batch_wait_timeout_s,
+        ge=0,
+        le=1,
+        description="The longest a batch waits for requests already inside the replica (decoding) to join it; "
+        "with none on their way it starts at once",
+    )
     threads: int | None = Field(
         _DEFAULT.threads,
         ge=1,
@@ -289,8 +296,10 @@ class FacemaskServer:
             self.default = load_detector(
                 self.args.model_uri, device=self.device, backend=self.args.backend, threads=self.args.threads, warm=True
             )
-        self.predict_batch.set_max_batch_size(self.args.max_batch_size)
-        self.predict_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self.arriving = 0  # requests decoding, or waiting for their share of the pixel budget
+        self.batcher = Batcher(
+            self.run_batch, self.args.max_batch_size, self.args.batch_wait_timeout_s, lambda: self.arriving
+        )
         self.aliases: dict[str, tuple[float, str]] = {}  # alias -> (looked up at, version)
         self.default_checked = time.monotonic()
         self.refreshing: asyncio.Task | None = None
@@ -397,9 +406,8 @@ class FacemaskServer:
 
     # ------------------------------------------------------------ the model call
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
-    async def predict_batch(self, items: list[tuple[Any, Any, tuple, float]]) -> list[dict]:
-        """One model call per (model, parameters) group of the requests that queued together."""
+    async def run_batch(self, items: list[tuple[Any, Any, tuple, float]]) -> list[dict]:
+        """One model call per (model, parameters) group of the requests that queued together (`batching`)."""
         groups: dict[tuple, list[int]] = {}
         for i, (detector, _, params, _) in enumerate(items):
             groups.setdefault((id(detector), params), []).append(i)
@@ -446,13 +454,20 @@ class FacemaskServer:
         conf, iou, imgsz, max_det = params
         header = inspect_image(data, self.args.max_pixels)  # the header only: format, size, pixel count
         pixels = decode_cost(header, imgsz)
-        async with self.budget.hold(pixels):
-            if pixels <= INLINE_DECODE_PIXELS:
-                image, scale = decode_for_model(header, imgsz)
-            else:  # off the event loop: a large image must not stall other requests
-                image, scale = await asyncio.to_thread(decode_for_model, header, imgsz)
-            queued = time.perf_counter()
-            result = await self.predict_batch((detector, image, (conf, iou, imgsz, max_det), queued))
+        self.arriving += 1  # on its way to the batch, which may wait for it
+        arrived = False
+        try:
+            async with self.budget.hold(pixels):
+                if pixels <= INLINE_DECODE_PIXELS:
+                    image, scale = decode_for_model(header, imgsz)
+                else:  # off the event loop: a large image must not stall other requests
+                    image, scale = await asyncio.to_thread(decode_for_model, header, imgsz)
+                queued, arrived = time.perf_counter(), True
+                self.arriving -= 1
+                result = await self.batcher.submit((detector, image, (conf, iou, imgsz, max_det), queued))
+        finally:
+            if not arrived:
+                self.arriving -= 1
         if pixels > LARGE_IMAGE_PIXELS:
             self.schedule_release()
         width, height = header.size  # the source's size, turned as its EXIF orientation says

@@ -296,5 +296,7 @@ class ServeConfig:
     refresh_s: float = 30.0
     max_pending: int = 32
     max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.0
+    # A batch waits at most this long, and only for requests already decoding in the replica:
+    # at low load a request goes straight to the model (facemask.batching).
+    batch_wait_timeout_s: float = 0.005
     threads: int | None = None
