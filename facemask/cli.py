@@ -28,6 +28,7 @@ from facemask.runtime import (
     end_processes,
     handle_stop_signals,
     init_ray,
+    note_processes,
     stop_exit_code,
     stop_signal,
 )
@@ -779,7 +780,7 @@ def serve_command(
         click.echo(f"serving {model_uri} ({backend}, {ingress}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
         wait_for_stop()
     finally:
-        started = descendants()
+        started = descendants() | note_processes()
         stopped = stop_serving()
         import ray
 
@@ -793,10 +794,13 @@ def serve_command(
 
 
 def wait_for_stop() -> None:
-    """Block until Ctrl-C or SIGTERM, which arrive as KeyboardInterrupt (`handle_stop_signals`)."""
-    import threading
+    """Block until Ctrl-C or SIGTERM, which arrive as KeyboardInterrupt (`handle_stop_signals`),
+    noting what runs below this process meanwhile, so that a stop can end it all (`note_processes`)."""
+    import time
 
-    threading.Event().wait()
+    while True:
+        note_processes()
+        time.sleep(1.0)
 
 
 SHUTDOWN_TIMEOUT_S = 15.0

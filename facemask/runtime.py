@@ -334,6 +334,17 @@ def at_forced_stop(action: Callable[[], str | None]) -> Callable[[], None]:
     return lambda: _forced_stop_actions.remove(action) if action in _forced_stop_actions else None
 
 
+def note_processes() -> set[int]:
+    """Note the processes below this one that are alive now, and forget noted ones that ended;
+    returns all noted. A long-running command calls it as it runs: a stop signal sent to its
+    whole group (Ctrl-C in a terminal) kills its local Ray before this process can look, and
+    what Ray started (Serve's HAProxy) is re-parented away from this tree, out of sight."""
+    alive = {pid for pid in _started_processes if _alive(pid)}
+    _started_processes.clear()
+    _started_processes.update(alive | descendants())
+    return set(_started_processes)
+
+
 def _local_ray_gone() -> bool:
     """True when this process started a local Ray and its raylet or GCS has died (a stop signal
     sent to the whole process group reaches them too); then nothing Ray does will finish."""

@@ -318,8 +318,9 @@ def server(ingress: str, backend: str, model_uri: str, args, folder: Path):
         wait_ready(url, proc)
         yield url, proc.pid, ("uvicorn" if ingress == "plain" else "serve driver")
     finally:
+        # SIGTERM, not SIGINT: a benchmark started in the background hands its children SIGINT ignored.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT if ingress != "plain" else signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -15,6 +15,7 @@ from collections import Counter
 from contextlib import contextmanager
 
 import httpx
+import psutil
 import pytest
 from PIL import Image
 
@@ -745,14 +746,19 @@ def facemask_serve(weights, tmp_path, *options: str):
                     proc.wait()
 
 
-@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
+@pytest.mark.parametrize(
+    "ingress, stop",
+    [("proxy", "SIGINT to the process"), ("haproxy", "SIGINT to the group"), ("haproxy", "SIGTERM to the group")],
+)
 def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(
-    registered_detector, known_image, tmp_path, ingress
+    registered_detector, known_image, tmp_path, ingress, stop
 ):
     """The user-facing command in its own process (its own local Ray), air-gapped: a local .pt, no registry.
 
-    Stopped by Ctrl-C (proxy), or by SIGTERM to its whole process group (haproxy), as systemd
-    and `kill -- -PGID` do: that reaches the local Ray too, and the command must not wait on it.
+    Stopped by SIGINT to it alone, by SIGINT to its whole process group (Ctrl-C in a terminal),
+    or by SIGTERM to its group (systemd, `kill -- -PGID`). The group signals reach the local Ray
+    too: the command must not wait on it, and nothing it started may outlive it (Serve's
+    HAProxy, re-parented away when Ray dies, included).
     """
     import signal
     import time
@@ -767,12 +773,17 @@ def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(
         assert answer["model"]["version"] is None
         models = httpx.get(f"{url}/models").json()
         assert models["versions"] == [] and "local file" in models["registry_error"]
+        # Everything below it, other process groups included (Ray's actors, Serve's HAProxy).
+        below = {pid: cmd for pid, cmd in process_tree(proc.pid)}
+        assert any("ServeReplica" in cmd for cmd in below.values())
+        assert ingress != "haproxy" or any("haproxy" in cmd.split()[0] for cmd in below.values()), below
         stop_sent = time.monotonic()
-        if ingress == "proxy":
-            proc.send_signal(signal.SIGINT)  # Ctrl-C: Serve is shut down, then Ray
+        signum = signal.SIGTERM if stop.startswith("SIGTERM") else signal.SIGINT
+        if stop.endswith("process"):
+            proc.send_signal(signum)  # Serve is shut down, then Ray
         else:
-            os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=60) == (130 if ingress == "proxy" else 143)
+            os.killpg(proc.pid, signum)
+        assert proc.wait(timeout=60) == (143 if signum == signal.SIGTERM else 130)
         assert time.monotonic() - stop_sent < 30
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # nothing of its process group outlives it
@@ -783,8 +794,12 @@ def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(
             time.sleep(0.5)
         else:
             pytest.fail("processes of `facemask serve` outlived it")
+        deadline = time.monotonic() + 15
+        while (left := [cmd for pid, cmd in below.items() if psutil.pid_exists(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, f"outlived `facemask serve`: {left}"
     assert f"serving {weights} (pt, {ingress})" in log.read_text()
-    assert f"stopped by {'SIGINT' if ingress == 'proxy' else 'SIGTERM'}: facemask serve:" in log.read_text()
+    assert f"stopped by {stop.split()[0]}: facemask serve:" in log.read_text()
 
 
 def test_facemask_serve_on_the_simulated_accelerator_batches_and_answers_in_the_real_shape(known_image, tmp_path):
