@@ -705,7 +705,7 @@ def study_table(result) -> str:
         "ingress",
         {
             "type": click.Choice(["haproxy", "proxy"]),
-            "help": "haproxy: HAProxy straight to each replica (a third of the CPU per request); "
+            "help": "haproxy: HAProxy straight to each replica (a fifth of the CPU per request, or less); "
             "proxy: Serve's Python proxy with facemask's guard (docs/serving.md).",
         },
     ),
