@@ -600,10 +600,12 @@ def build_app(args: dict | AppArgs | None = None):
 
 
 def with_serve_env(options: dict, deployment) -> dict:
-    """Deployment options with SERVE_ENV added to the replicas' environment (the user's values win)."""
+    """Deployment options with SERVE_ENV added to the replicas' environment; the user's values win,
+    from the options or exported where the app is built (RAY_SERVE_LOG_TO_STDERR=1 to see Serve's logs)."""
     actor = {**(deployment.ray_actor_options or {}), **options.get("ray_actor_options", {})}
     runtime_env = dict(actor.get("runtime_env") or {})
-    runtime_env["env_vars"] = {**SERVE_ENV, **(runtime_env.get("env_vars") or {})}
+    exported = {key: os.environ[key] for key in SERVE_ENV if key in os.environ}
+    runtime_env["env_vars"] = {**SERVE_ENV, **exported, **(runtime_env.get("env_vars") or {})}
     return {**options, "ray_actor_options": {**actor, "runtime_env": runtime_env}}
 
 

@@ -48,3 +48,18 @@ def test_builder_of_serve_run_makes_the_deployment(tmp_path):
         app({"backend": "tensorrt"})
     with pytest.raises(ValueError, match="not_a_field"):
         app({"not_a_field": 1})
+
+
+def test_replicas_get_serve_env_with_what_the_user_set_winning(monkeypatch):
+    from facemask.runtime import SERVE_ENV
+    from facemask.serving import FacemaskServer, with_serve_env
+
+    monkeypatch.delenv("RAY_SERVE_LOG_TO_STDERR", raising=False)
+    env = with_serve_env({}, FacemaskServer)["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env == SERVE_ENV and env["RAY_SERVE_LOG_TO_STDERR"] == "0"
+    monkeypatch.setenv("RAY_SERVE_LOG_TO_STDERR", "1")  # exported where the app is built
+    env = with_serve_env({}, FacemaskServer)["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env["RAY_SERVE_LOG_TO_STDERR"] == "1"
+    options = {"ray_actor_options": {"runtime_env": {"env_vars": {"RAY_SERVE_LOG_TO_STDERR": "0", "X": "y"}}}}
+    env = with_serve_env(options, FacemaskServer)["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env["RAY_SERVE_LOG_TO_STDERR"] == "0" and env["X"] == "y"
