@@ -470,6 +470,19 @@ async def load_through_a_kill(url: str, data: bytes, victim: int, clients: int, 
     return killed_at, seen
 
 
+def report_kill(label: str, killed_at: float, seen: list) -> Counter:
+    """Print what the clients saw around a kill (from `load_through_a_kill`); returns the count per status."""
+    codes = Counter(status for _, _, status, _ in seen)
+    back = min((sent for sent, _, status, _ in seen if sent > killed_at and status == 200), default=None)
+    print(
+        label,
+        dict(codes),
+        f"slowest {max(s for _, s, _, _ in seen):.2f} s,",
+        f"first 200 sent {back - killed_at:.1f} s after the kill" if back else "no 200 after the kill",
+    )
+    return codes
+
+
 def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint, known_image):
     """kill -9 of a replica during a bounded load, over real HTTP through Serve's proxy and its guard.
 
@@ -514,14 +527,7 @@ def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint
         )
         (lone,) = wait_for_replicas("killable", 1, victim).values()
         killed_at, seen = asyncio.run(load_through_a_kill(url, data, lone, clients=4, seconds=14))
-        codes = Counter(status for _, _, status, _ in seen)
-        back = min((sent for sent, _, status, _ in seen if sent > killed_at and status == 200), default=None)
-        print(
-            "a lone replica killed:",
-            dict(codes),
-            f"slowest {max(s for _, s, _, _ in seen):.2f} s,",
-            f"first 200 sent {back - killed_at:.1f} s after the kill" if back else "no 200 after the kill",
-        )
+        codes = report_kill("a lone replica killed:", killed_at, seen)
         assert set(codes) <= {200, 503}, codes
         refused = [response for _, _, status, response in seen if status == 503]
         assert refused, "no request met the restart window"
@@ -942,14 +948,7 @@ def test_a_lone_replica_killed_behind_the_default_ingress_gives_quick_json_503s(
         calls = threading.Thread(target=lambda: answers.extend(client.predict(data) for _ in range(20)))
         calls.start()
         calls.join(timeout=120)
-    codes = Counter(status for _, _, status, _ in seen)
-    back = min((sent for sent, _, status, _ in seen if sent > killed_at and status == 200), default=None)
-    print(
-        "haproxy, a lone replica killed:",
-        dict(codes),
-        f"slowest {max(s for _, s, _, _ in seen):.2f} s,",
-        f"first 200 sent {back - killed_at:.1f} s after the kill" if back else "no 200 after the kill",
-    )
+    codes = report_kill("haproxy, a lone replica killed:", killed_at, seen)
     # What differs from Serve's proxy: a request the replica held when it died (one per client at
     # most) finds its connection closed or gets HAProxy's plain 500, where the guard answered 503.
     at_the_kill = [(sent - killed_at, status) for sent, _, status, _ in seen if status not in (200, 503)]
