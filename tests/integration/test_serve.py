@@ -815,6 +815,7 @@ def test_facemask_serve_on_the_simulated_accelerator_batches_and_answers_in_the_
     fixed pattern scaled to its image, and the page's /model says what is being served.
     """
     import concurrent.futures
+    import time
 
     width, height = Image.open(known_image).size
     with facemask_serve(
@@ -825,6 +826,9 @@ def test_facemask_serve_on_the_simulated_accelerator_batches_and_answers_in_the_
             answers = list(pool.map(lambda _: client.predict(known_image, imgsz=320), range(32)))
         model = httpx.get(f"{url}/model").json()
         refused = httpx.post(f"{url}/predict", content=b"not an image")
+        deadline = time.monotonic() + 60  # the command says where it serves once Serve reports the app running
+        while "serving " not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
     assert all(a["model"]["backend"] == "simulated-gpu" for a in answers)
     assert model["device"] == "simulated-gpu" and model["backend"] == "simulated-gpu"
     boxes = answers[0]["detections"]
