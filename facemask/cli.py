@@ -24,7 +24,6 @@ from facemask.errors import ConfigError, EndpointError, FacemaskError, StudyInte
 from facemask.runtime import (
     at_forced_stop,
     configure_runtime,
-    descendants,
     end_processes,
     handle_stop_signals,
     init_ray,
@@ -780,7 +779,7 @@ def serve_command(
         click.echo(f"serving {model_uri} ({backend}, {ingress}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
         wait_for_stop()
     finally:
-        started = descendants() | note_processes()
+        started = note_processes()  # what runs below this process now, and what ran below it
         stopped = stop_serving()
         import ray
 

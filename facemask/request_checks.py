@@ -221,7 +221,6 @@ def check_model_id(model_id: str) -> str:
     return model_id
 
 
-# The settings a live stream starts with; its first message and later text messages change them.
 def checked_setting(name: str, value, kind: type, bounds: dict = INFERENCE_BOUNDS) -> int | float:
     """`value` (a JSON number, or a query string's text) as `kind` within its bounds, else APIError 422 naming both."""
     low, high = bounds[name]

@@ -6,6 +6,7 @@ from facemask.api_schema import APIError
 from facemask.request_checks import check_model_id, checked_setting
 from facemask.settings import INFERENCE, INFERENCE_BOUNDS
 
+# The settings a live stream starts with; its first message and later text messages change them.
 # A live frame is smaller and holds fewer faces than a photo, hence its own imgsz and max_det.
 LIVE_DEFAULTS = {"conf": INFERENCE.conf, "iou": INFERENCE.iou, "imgsz": 320, "max_det": 100, "model": "", "fps": 30.0}
 LIVE_LIMITS = {**INFERENCE_BOUNDS, "fps": (1.0, 120.0)}
