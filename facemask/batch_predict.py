@@ -62,7 +62,12 @@ class Annotator:
         # A Ray Data actor holds one CPU: one inference thread each, so actors do not oversubscribe the node.
         threads = 1 if cfg.engine == "ray" else None
         self.detector = load_detector(
-            cfg.model_uri, device=resolve_device(cfg.device), backend=cfg.backend, threads=threads, warm=True
+            cfg.model_uri,
+            device=resolve_device(cfg.device),
+            backend=cfg.backend,
+            threads=threads,
+            warm=True,
+            uri=cfg.tracking_uri,
         )
 
     def detect(self, images: list, conf: float | None = None) -> list[list[dict]]:
@@ -209,7 +214,8 @@ def start_run(cfg: PredictConfig) -> tuple[PredictConfig, Any, float]:
     # Relative paths resolve once, here: actors on other nodes or folders see the same absolute paths.
     source = cfg.source if is_stream(cfg.source) else resolve_path(cfg.source)
     cfg = replace(cfg, source=source, out=resolve_path(cfg.out)).validate()
-    info = resolve_model(cfg.model_uri, backend=cfg.backend)  # a missing model fails here, once, clearly
+    # A missing model fails here, once, clearly.
+    info = resolve_model(cfg.model_uri, backend=cfg.backend, uri=cfg.tracking_uri)
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     return cfg, info, started

@@ -72,29 +72,18 @@ class ImagePredictions:
         return len(self.names)
 
     def save(self, path) -> None:
-        np.savez_compressed(
-            path,
-            names=np.asarray(self.names),
-            tp=self.tp,
-            conf=self.conf,
-            pred_cls=self.pred_cls,
-            pred_img=self.pred_img,
-            target_cls=self.target_cls,
-            target_img=self.target_img,
-        )
+        arrays = {name: getattr(self, name) for name in _ARRAY_TYPES}
+        np.savez_compressed(path, names=np.asarray(self.names), **arrays)
 
     @classmethod
     def load(cls, path) -> "ImagePredictions":
         with np.load(path, allow_pickle=False) as z:
-            return cls(
-                names=[str(n) for n in z["names"]],
-                tp=z["tp"].astype(bool),
-                conf=z["conf"],
-                pred_cls=z["pred_cls"].astype(int),
-                pred_img=z["pred_img"].astype(int),
-                target_cls=z["target_cls"].astype(int),
-                target_img=z["target_img"].astype(int),
-            )
+            arrays = {name: z[name].astype(kind) for name, kind in _ARRAY_TYPES.items()}
+            return cls(names=[str(n) for n in z["names"]], **arrays)
+
+
+# The arrays of ImagePredictions and their element types (a saved file keeps them as written).
+_ARRAY_TYPES = {"tp": bool, "conf": float, "pred_cls": int, "pred_img": int, "target_cls": int, "target_img": int}
 
 
 def _weighted_ap(tp: np.ndarray, weights: np.ndarray, n_targets: np.ndarray) -> np.ndarray:

@@ -286,12 +286,7 @@ def _csv(values) -> str:
     ("--pastes-per-image", "pastes_per_image", {}),
     ("--blend", "blend", {"type": click.Choice(["overlay", "feather", "poisson"])}),
 )
-@click.option(
-    "--pastes",
-    multiple=True,
-    callback=_parse_pastes,
-    help="Explicit CLASS=COUNT pastes; overrides --balance. Repeatable.",
-)
+@click.option("--pastes", multiple=True, callback=_parse_pastes, help="CLASS=COUNT (repeatable); overrides --balance.")
 @click.option(
     "--repeat-threshold",
     type=float,
@@ -300,39 +295,15 @@ def _csv(values) -> str:
     "of training images holding its rarest class (train.txt; val and test untouched).",
 )
 @click.option("--no-plots", is_flag=True, help="Skip class_distribution.png and synthetic_samples.jpg.")
-def data_prepare(
-    source,
-    out,
-    engine,
-    seed,
-    split_,
-    synthetic_classes,
-    balance_ratio,
-    pastes_per_image,
-    blend,
-    pastes,
-    repeat_threshold,
-    no_plots,
-):
+def data_prepare(source, out, split_, synthetic_classes, pastes, no_plots, **kw):
     """Parse VOC, split stratified, copy-paste on train only, write YOLO data.yaml + manifest.json."""
     from facemask.pipeline import choose_engine, prepare
 
-    cfg = PrepareConfig(
-        source=source,
-        out=out,
-        engine=engine,
-        seed=seed,
-        split=split_,
-        plots=not no_plots,
-        repeat_threshold=repeat_threshold,
-        augment=AugmentConfig(
-            classes=tuple(c for c in synthetic_classes.split(",") if c),
-            balance_ratio=balance_ratio,
-            pastes_per_class=pastes,
-            pastes_per_image=pastes_per_image,
-            blend=blend,
-        ),
-    ).validate()
+    # The options named as AugmentConfig's fields; the rest of `kw` are PrepareConfig's.
+    augment = {name: kw.pop(name) for name in ("balance_ratio", "pastes_per_image", "blend")}
+    classes = tuple(c for c in synthetic_classes.split(",") if c)
+    augment = AugmentConfig(classes=classes, pastes_per_class=pastes, **augment)
+    cfg = PrepareConfig(source=source, out=out, split=split_, plots=not no_plots, augment=augment, **kw).validate()
     engine, why = choose_engine(cfg)
     click.echo(f"engine: {engine} ({why})", err=True)
     if engine == "ray":
@@ -418,14 +389,9 @@ def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker
     from facemask.tracking import tracking_uri
     from facemask.train import train
 
-    cfg = TrainConfig(data=data, overrides=_parse_overrides(overrides), **kw)
-    ray_cfg = DistributedConfig(
-        workers=ray_workers,
-        gpus_per_worker=gpus_per_worker,
-        cpus_per_worker=cpus_per_worker,
-        storage=storage,
-        max_failures=max_failures,
-    )
+    cfg = TrainConfig(data=data, overrides=_parse_overrides(overrides), tracking_uri=tracking_uri(), **kw)
+    # The fields in their order, each option named as its field.
+    ray_cfg = DistributedConfig(ray_workers, gpus_per_worker, cpus_per_worker, storage, max_failures)
     if ray_cfg.workers > 1:
         from facemask.distributed import check_distributed, train_distributed
 
@@ -442,7 +408,7 @@ def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker
         click.echo(f"  warning: {result.logging_failures} MLflow calls failed; see the log above", err=True)
     click.echo(
         results_footer(
-            tracking_uri(),
+            cfg.tracking_uri,
             cfg.experiment,
             result.run_id,
             f"models:/{cfg.registered_model}/{result.version}" if result.version else None,
@@ -451,24 +417,25 @@ def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker
     )
 
 
-@main.command("evaluate")
-@click.option(
-    "--model-uri", required=True, help="models:/facemask-detector@champion, models:/NAME/N, runs:/ID/..., or a .pt"
-)
-@click.option(
+# What `evaluate` and `compare` score a model on.
+SCORED_DATA = click.option(
     "--data",
     type=click.Path(path_type=Path),
     required=True,
     help="data.yaml from `facemask data prepare`, or a plain Pascal VOC folder (images/ + annotations/) "
     "whose every image is scored.",
 )
-@click.option(
-    "--split",
-    default="test",
-    show_default=True,
-    type=click.Choice(["test", "val", "train"]),
-    help="Split of a data.yaml (a VOC folder is scored whole).",
+SCORED_SPLIT = click.option(
+    "--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]), help="Of a data.yaml."
 )
+
+
+@main.command("evaluate")
+@click.option(
+    "--model-uri", required=True, help="models:/facemask-detector@champion, models:/NAME/N, runs:/ID/..., or a .pt"
+)
+@SCORED_DATA
+@SCORED_SPLIT
 @click.option("--imgsz", default=default(TrainConfig, "imgsz"), show_default=True)
 @click.option("--batch", default=16, show_default=True)
 @click.option("--device", default=default(TrainConfig, "device"), show_default=True)
@@ -486,10 +453,19 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, se
 
     if resamples < 100:
         raise ConfigError(f"--resamples {resamples}: at least 100 (1000 gives stable 95% intervals)")
+    store = tracking_uri()
     # Ultralytics' progress bars write to stdout too; stdout carries only the result.
     with contextlib.redirect_stdout(sys.stderr):
         result = evaluate(
-            model_uri, data, split=split, imgsz=imgsz, batch=batch, device=device, resamples=resamples, seed=seed
+            model_uri,
+            data,
+            split=split,
+            imgsz=imgsz,
+            batch=batch,
+            device=device,
+            resamples=resamples,
+            seed=seed,
+            uri=store,
         )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -504,7 +480,7 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, se
     if not as_json and result.run_id:
         click.echo(
             results_footer(
-                tracking_uri(),
+                store,
                 run_id=result.run_id,
                 experiment=None,
                 model=model_uri if model_uri.startswith("models:/") else None,
@@ -515,13 +491,8 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, se
 @main.command("compare")
 @click.argument("model_a")
 @click.argument("model_b")
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="data.yaml from `facemask data prepare`, or a plain Pascal VOC folder.",
-)
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@SCORED_DATA
+@SCORED_SPLIT
 @click.option("--imgsz", default=default(TrainConfig, "imgsz"), show_default=True)
 @click.option("--device", default=default(TrainConfig, "device"), show_default=True)
 @click.option("--resamples", default=1000, show_default=True)
@@ -531,13 +502,13 @@ def compare_command(model_a, model_b, data, split, imgsz, device, resamples, con
     bootstrap intervals. MODEL_A and MODEL_B are model URIs or .pt files."""
     configure_runtime()
     from facemask.evaluate import compare, difference_table
+    from facemask.tracking import tracking_uri
 
     if not 0 < confidence < 1:
         raise ConfigError(f"--confidence {confidence}: a level between 0 and 1, such as 0.95")
+    scoring = {"split": split, "imgsz": imgsz, "device": device, "resamples": resamples, "uri": tracking_uri()}
     with contextlib.redirect_stdout(sys.stderr):
-        a, b, difference = compare(
-            model_a, model_b, data, split=split, imgsz=imgsz, device=device, resamples=resamples, confidence=confidence
-        )
+        a, b, difference = compare(model_a, model_b, data, confidence, **scoring)
     click.echo(a.intervals.table(f"A: {model_a}") + "\n\n" + b.intervals.table(f"B: {model_b}") + "\n")
     click.echo(difference_table(difference, model_a, model_b))
 
@@ -557,8 +528,9 @@ def promote_command(model_uri, alias, confidence, force):
     bootstrap of their test predictions on the same images."""
     configure_runtime()
     from facemask.evaluate import promote
+    from facemask.tracking import tracking_uri
 
-    decision = promote(model_uri, alias=alias, force=force, confidence=confidence)
+    decision = promote(model_uri, tracking_uri(), alias=alias, force=force, confidence=confidence)
     verb = "promoted" if decision.promoted else "kept"
     subject = decision.candidate if decision.promoted else (decision.champion or "none")
     click.echo(f"{verb} version {subject} @{alias}: {decision.reason}")
@@ -606,12 +578,7 @@ def _parse_resources(ctx, param, values: tuple[str, ...]) -> dict[str, float]:
     default=None,
     help="1, 0.5 or 0 (N with --ray-workers-per-trial N); default: 1 if the cluster has GPUs, else 0.",
 )
-@click.option(
-    "--trial-resources",
-    multiple=True,
-    callback=_parse_resources,
-    help="Custom Ray resource per trial as NAME=AMOUNT (pins trials to nodes).",
-)
+@click.option("--trial-resources", multiple=True, callback=_parse_resources, help="NAME=AMOUNT: a custom Ray resource.")
 @_options(
     StudyConfig,
     ("--max-concurrent", "max_concurrent", {"type": int, "help": "Cap on trials at once (never more than fit)."}),
@@ -634,6 +601,7 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, **kw):
     from facemask.tracking import tracking_uri
     from facemask.tune import check_trial_shape, tune
 
+    kw["tracking_uri"] = tracking_uri()
     # What can be refused without a cluster is refused before one starts.
     check_trial_shape(StudyConfig(gpus_per_trial=gpus_per_trial or 0, trial_resources=trial_resources, **kw))
     configure_runtime()
@@ -649,7 +617,7 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, **kw):
     if result.version:
         model = f"models:/{cfg.registered_model}" + ("@champion" if result.promoted else f"/{result.version}")
     click.echo(
-        results_footer(tracking_uri(), cfg.experiment, result.parent_run_id, model, {"study": result.storage_path})
+        results_footer(cfg.tracking_uri, cfg.experiment, result.parent_run_id, model, {"study": result.storage_path})
     )
 
 
@@ -719,49 +687,29 @@ def study_table(result) -> str:
         {"type": int, "help": "CPU inference threads per replica (on CPU: replicas x threads = cores)."},
     ),
 )
-def serve_command(
-    model_uri,
-    backend,
-    simulated_latency,
-    device,
-    host,
-    ingress,
-    port,
-    replicas,
-    num_cpus,
-    num_gpus,
-    max_batch_size,
-    threads,
-):
+def serve_command(model_uri, backend, simulated_latency, host, ingress, port, replicas, num_cpus, num_gpus, **app):
     """Serve the detector, its API and page on this machine's Ray (Ctrl-C stops it)."""
     configure_runtime()
     from facemask.detector import resolve_model
     from facemask.simulated_gpu import NAME as SIMULATED
     from facemask.simulated_gpu import parse_latency
+    from facemask.tracking import tracking_uri
 
     # Fail here, in one line, rather than in a replica's retries.
     if backend == SIMULATED:
         parse_latency(simulated_latency)
         model_uri = SIMULATED
     else:
-        resolve_model(model_uri, backend=backend)
+        resolve_model(model_uri, backend=backend, uri=tracking_uri())
     # Imported here: the Serve application module imports Ray Serve itself.
 
     from facemask.serving import AppArgs
 
     try:
-        args = AppArgs(
-            model_uri=model_uri,
-            backend=backend,
-            simulated_latency=simulated_latency,
-            device=device,
-            max_batch_size=max_batch_size,
-            threads=threads,
-            deployment_options={
-                "num_replicas": replicas,
-                "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
-            },
-        )
+        # `app` holds the options named as AppArgs' fields (device, max_batch_size, threads).
+        resources = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}}
+        app |= {"model_uri": model_uri, "backend": backend, "simulated_latency": simulated_latency}
+        args = AppArgs(**app, deployment_options=resources)
     except ValueError as exc:  # pydantic's ValidationError: an option out of range
         raise ConfigError(str(exc)) from None
     if (
@@ -923,8 +871,9 @@ def export_command(model_uri, fmt, imgsz, opset, out):
     """Export to ONNX and log it beside the .pt (serve it with --backend onnx)."""
     configure_runtime()
     from facemask.export import export_onnx
+    from facemask.tracking import tracking_uri
 
-    result = export_onnx(model_uri, imgsz=imgsz, opset=opset, out=out)
+    result = export_onnx(model_uri, imgsz=imgsz, opset=opset, out=out, uri=tracking_uri())
     click.echo(f"exported {result.path}")
     if result.artifact_uri:
         click.echo(
@@ -958,7 +907,10 @@ def predict_command(source, out, **kw):
     """Annotate a folder of images or a video with Ray Data, or track faces live on a camera index (0)
     or stream URL (rtsp://, http://); write annotated files, detections.jsonl and summary.json."""
     configure_runtime()
-    cfg = PredictConfig(source=source if is_stream(source) else Path(source), out=out, **kw).validate()
+    from facemask.tracking import tracking_uri
+
+    source = source if is_stream(source) else Path(source)
+    cfg = PredictConfig(source=source, out=out, tracking_uri=tracking_uri(), **kw).validate()
     if is_stream(source):
         from facemask.live.streams import predict_stream as predict
     else:

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from facemask.classes import CLASS_NAMES
-from facemask.errors import ModelNotFoundError
+from facemask.errors import ConfigError, ModelNotFoundError
 from facemask.modelref import ModelInfo, check_backend, find_weights
 from facemask.runtime import ultralytics_env
 from facemask.settings import INFERENCE
@@ -191,26 +191,39 @@ def to_bgr(image: Any) -> np.ndarray:
 
 
 def load_detector(
-    model_uri: str, device: str = "cpu", backend: str = "pt", threads: int | None = None, warm: bool = False
+    model_uri: str,
+    device: str = "cpu",
+    backend: str = "pt",
+    threads: int | None = None,
+    warm: bool = False,
+    uri: str | None = None,
 ) -> Detector:
-    """Load a detector from a registry/run URI or a local weights file.
+    """Load a detector from a registry/run URI (in the MLflow store `uri`) or a local weights file.
 
     backend "onnx" serves the ONNX export of that model (see `facemask export`) with onnxruntime.
     Raises ModelNotFoundError saying which model, version, alias, run or file is missing.
     """
     return Detector(
-        resolve_model(model_uri, backend=backend),
+        resolve_model(model_uri, backend=backend, uri=uri),
         device=device if backend == "pt" else "cpu",
         threads=threads,
         warm=warm,
     )
 
 
-def resolve_model(model_uri: str, backend: str = "pt") -> ModelInfo:
-    """Turn a model URI into local weights (PyTorch, or its ONNX export) plus its registry/run metadata."""
+def resolve_model(model_uri: str, backend: str = "pt", uri: str | None = None) -> ModelInfo:
+    """Turn a model URI into local weights (PyTorch, or its ONNX export) plus its registry/run metadata.
+
+    A `models:/` or `runs:/` URI is looked up in the MLflow store `uri`; a local file needs none.
+    """
     check_backend(backend)
     if model_uri.startswith(("models:/", "runs:/")):
-        return fetch_model(model_uri, backend=backend)
+        if not uri:
+            raise ConfigError(
+                f"{model_uri}: a registry or run URI is looked up in an MLflow store; pass its tracking URI "
+                "(the command line uses MLFLOW_TRACKING_URI, else mlflow.db here)"
+            )
+        return fetch_model(model_uri, uri, backend=backend)
     path = Path(model_uri).expanduser()
     if path.is_file() and path.suffix in (".pt", ".onnx"):
         if backend == "onnx" and path.suffix == ".pt":

@@ -34,7 +34,7 @@ from typing import Any
 from facemask.errors import ConfigError
 from facemask.runtime import resolve_path
 from facemask.settings import DistributedConfig, TrainConfig
-from facemask.tracking import RunLogger, check_tracking_reachable, set_process_store, tracking_uri
+from facemask.tracking import RunLogger, check_tracking_reachable, set_process_store
 from facemask.train import TrainResult, epoch_metrics, train, tune_metric_names
 
 log = logging.getLogger("facemask.distributed")
@@ -159,7 +159,7 @@ def worker_loop(config: dict) -> None:
 
     cfg: TrainConfig = config["cfg"]
     # Workers start with their node's environment, not the driver's: log where the driver does.
-    set_process_store(config["tracking_uri"])
+    set_process_store(cfg.tracking_uri)
     context = ray.train.get_context()
     rank = context.get_world_rank()
     checkpoint = ray.train.get_checkpoint()
@@ -366,7 +366,7 @@ def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tu
             node_resources(ray.nodes()),
             flags="--ray-workers or --cpus-per-worker/--gpus-per-worker",
         )
-    uri = tracking_uri()
+    uri = cfg.tracking_uri
     if cfg.tracking:
         check_tracking_reachable(uri, ray.nodes(), ray.util.get_node_ip_address(), who="rank 0")
     started = time.perf_counter()
@@ -389,7 +389,7 @@ def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tu
     }
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"cfg": cfg, "tune": report_to_tune, "tracking_uri": uri},
+        train_loop_config={"cfg": cfg, "tune": report_to_tune},
         scaling_config=ScalingConfig(
             num_workers=ray_cfg.workers, use_gpu=bool(ray_cfg.gpus_per_worker), resources_per_worker=resources
         ),

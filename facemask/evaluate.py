@@ -78,9 +78,11 @@ def evaluate(
     log_results: bool = True,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    uri: str | None = None,
 ) -> EvalResult:
     """Measure a model on one split of a prepared dataset, with bootstrap intervals over its
-    images (`resamples`, seeded); log it, and the per-image predictions, to the model's run and version.
+    images (`resamples`, seeded); log it, and the per-image predictions, to the model's run and
+    version in the MLflow store `uri` (a local weights file has neither, and needs no store).
 
     `data` may also be a plain Pascal VOC folder (images/ + annotations/): every usable image
     is then the test set, and what could not be used is counted in `problems`.
@@ -101,7 +103,19 @@ def evaluate(
                 "`facemask data prepare`, or pass a VOC folder (images/ + annotations/)"
             )
         return _evaluate(
-            model_uri, data, split, report_as, problems, imgsz, batch, device, log_results, resamples, seed, Path(tmp)
+            model_uri,
+            data,
+            split,
+            report_as,
+            problems,
+            imgsz,
+            batch,
+            device,
+            log_results,
+            resamples,
+            seed,
+            Path(tmp),
+            uri,
         )
 
 
@@ -118,9 +132,10 @@ def _evaluate(
     resamples: int,
     seed: int,
     tmp: Path,
+    uri: str | None,
 ) -> EvalResult:
     ultralytics_env()
-    detector = load_detector(model_uri, device=resolve_device(device))
+    detector = load_detector(model_uri, device=resolve_device(device), uri=uri)
     kept = keep_image_predictions(detector.model)
     metrics = detector.model.val(
         data=str(data),
@@ -166,33 +181,21 @@ def _evaluate(
         problems=problems,
     )
     if log_results:
-        _log(result, detector.info, Path(metrics.save_dir))
+        _log(result, detector.info, Path(metrics.save_dir), uri)
     return result
 
 
 def compare(
-    model_a: str,
-    model_b: str,
-    data: Path,
-    split: str = "test",
-    imgsz: int = INFERENCE.imgsz,
-    batch: int = 16,
-    device: str = "auto",
-    resamples: int = DEFAULT_RESAMPLES,
-    seed: int = 0,
-    confidence: float = 0.95,
+    model_a: str, model_b: str, data: Path, confidence: float = 0.95, **scoring: Any
 ) -> tuple[EvalResult, EvalResult, BootstrapResult]:
     """Score two models on the same images and return (A, B, A minus B by a paired bootstrap).
+
+    `scoring` is `evaluate`'s (split, imgsz, batch, device, resamples, seed, uri), the same for both.
     Nothing is logged: a comparison is a question, not a result of either model."""
-    a = evaluate(model_a, data, split, imgsz, batch, device, log_results=False, resamples=resamples, seed=seed)
-    b = evaluate(model_b, data, split, imgsz, batch, device, log_results=False, resamples=resamples, seed=seed)
-    return (
-        a,
-        b,
-        paired_bootstrap(
-            a.predictions, b.predictions, CLASS_NAMES, resamples=resamples, seed=seed, confidence=confidence
-        ),
-    )
+    scoring = {"resamples": DEFAULT_RESAMPLES, "seed": 0, **scoring, "log_results": False}
+    a, b = (evaluate(model, data, **scoring) for model in (model_a, model_b))
+    pairing = {"resamples": scoring["resamples"], "seed": scoring["seed"], "confidence": confidence}
+    return a, b, paired_bootstrap(a.predictions, b.predictions, CLASS_NAMES, **pairing)
 
 
 def difference_table(difference: BootstrapResult, a: str, b: str) -> str:
@@ -250,7 +253,7 @@ def keep_image_predictions(model) -> list[dict[str, Any]]:
     return images
 
 
-def _log(result: EvalResult, info, save_dir: Path) -> None:
+def _log(result: EvalResult, info, save_dir: Path, uri: str) -> None:
     prefix = result.split
     flat = {f"{prefix}/{k}": v for k, v in result.overall.items()}
     for name, m in result.per_class.items():
@@ -265,7 +268,7 @@ def _log(result: EvalResult, info, save_dir: Path) -> None:
             result.predictions.save(save_dir / PREDICTIONS_FILE)
             artifacts.append((save_dir / PREDICTIONS_FILE, f"evaluation/{prefix}"))
         artifacts += [(p, f"evaluation/{prefix}") for p in sorted(save_dir.glob("confusion_matrix*.png"))]
-        log_to_run(info.run_id, flat, artifacts)
+        log_to_run(info.run_id, flat, artifacts, uri)
     if info.name and info.version:
         tags = {f"{prefix}_{k}": round(v, 5) for k, v in result.overall.items()}
         tags[f"{prefix}.data.fingerprint"] = result.fingerprint
@@ -274,20 +277,23 @@ def _log(result: EvalResult, info, save_dir: Path) -> None:
                 tags[f"{prefix}_{k}_interval"] = f"[{i.low:.4f}, {i.high:.4f}]"
             if info.run_id and result.predictions is not None:
                 tags[f"{prefix}.predictions"] = f"runs:/{info.run_id}/evaluation/{prefix}/{PREDICTIONS_FILE}"
-        set_version_tags(info.name, info.version, tags)
+        set_version_tags(info.name, info.version, tags, uri)
 
 
 @dataclass
 class PromoteDecision:
+    """Whether `candidate` (a version) took `alias` from `champion`, and why (`reason`, one line, with
+    the paired interval); `details` holds that paired bootstrap (`BootstrapResult.to_dict()`)."""
+
     promoted: bool
     reason: str
     name: str
     alias: str
     candidate: str
+    details: dict[str, Any] = field(default_factory=dict)
     champion: str | None = None
     candidate_score: float | None = None
     champion_score: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def promotion_decision(
@@ -335,7 +341,7 @@ def promotion_decision(
     return False, f"not distinguishable from version {holder}: Δ {name} {difference.signed()}"
 
 
-def stored_predictions(mv, split: str = "test") -> ImagePredictions | None:
+def stored_predictions(mv, uri: str, split: str = "test") -> ImagePredictions | None:
     """The per-image predictions `facemask evaluate` logged for a registered version, or None."""
     source = (mv.tags or {}).get(f"{split}.predictions")
     if not source:
@@ -343,20 +349,22 @@ def stored_predictions(mv, split: str = "test") -> ImagePredictions | None:
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="facemask-preds-") as tmp:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
+        path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=uri)
         return ImagePredictions.load(path)
 
 
 def promote(
     model_uri: str,
+    uri: str,
     alias: str = "champion",
     force: bool = False,
     metric: str = GATE_METRIC,
     confidence: float = 0.95,
     resamples: int = DEFAULT_RESAMPLES,
 ) -> PromoteDecision:
-    """Move `alias` to the candidate only if a paired bootstrap of their test predictions says it
-    is better than the current holder at `confidence` (the lower bound of the difference > 0).
+    """Move `alias` (in the registry of the MLflow store `uri`) to the candidate only if a paired
+    bootstrap of their test predictions says it is better than the current holder at `confidence`
+    (the lower bound of the difference > 0).
 
     Both must have been evaluated (`facemask evaluate`) on the same prepared data;
     `force` skips every check.
@@ -366,9 +374,9 @@ def promote(
     if not 0 < confidence < 1:
         raise ConfigError(f"--confidence {confidence}: a level between 0 and 1, such as 0.95")
     name, _, _ = parse_models_uri(model_uri)
-    candidate = model_version(model_uri)
+    candidate = model_version(model_uri, uri)
     version = str(candidate.version)
-    current = alias_version(name, alias)
+    current = alias_version(name, alias, uri)
     score = version_metrics(candidate).get(metric)
     best = version_metrics(current).get(metric) if current else None
     fingerprint_key = "test.data.fingerprint"
@@ -377,7 +385,7 @@ def promote(
     )
     difference, details = None, {}
     if not force and same_data and score is not None and best is not None and str(current.version) != version:
-        mine, theirs = stored_predictions(candidate), stored_predictions(current)
+        mine, theirs = stored_predictions(candidate, uri), stored_predictions(current, uri)
         if mine is not None and theirs is not None:
             paired = paired_bootstrap(mine, theirs, CLASS_NAMES, resamples=resamples, confidence=confidence)
             difference = paired.overall[metric.replace("test_", "")]
@@ -395,7 +403,7 @@ def promote(
         difference=difference,
     )
     if promoted:
-        set_alias(name, alias, version)
+        set_alias(name, alias, version, uri)
     return PromoteDecision(
         promoted,
         reason,

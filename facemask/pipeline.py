@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from facemask import __version__
 from facemask.augment import SyntheticPlan, plan_synthetic, render_synthetic
@@ -321,50 +321,13 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     seconds["write"] = time.perf_counter() - mark
 
     entries = [w["entry"] for w in written]
-    synthetic = [dict(w["synthetic"], image=w["entry"]["image"]) for w in written if "synthetic" in w]
-    inputs = inputs_sha256(hashes, source)
-    config = cfg.fingerprinted()
-    fingerprint = hashlib.sha256(
-        json.dumps({"inputs": inputs, "config": config, "version": __version__}, sort_keys=True).encode()
-    ).hexdigest()
-    pasted = Counter(p["label"] for s in synthetic for p in s["pasted"])
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "fingerprint": fingerprint,
-        "package_version": __version__,
-        "source": str(source),
-        "inputs": {"annotations": len(annotations), "images": len(images), "sha256": inputs},
-        "config": config,
-        "counts": _counts(split, synthetic),
-        "problems": summarise_problems(problems, source),
-        "augment": {
-            "train_counts": plan.train_counts,
-            "target_counts": plan.target_counts,
-            "planned": plan.planned_pastes,
-            "pasted": dict(sorted(pasted.items())),
-            "unplaced": sum(s["unplaced"] for s in synthetic),
-            "poisson_fallbacks": sum(s["poisson_fallbacks"] for s in synthetic),
-            "notes": plan.notes,
-        },
-        "outputs": {"files": len(entries), "sha256": tree_sha256(out, entries)},
-    }
-    provenance = out / "synthetic.jsonl"
-    provenance.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "image": s["image"],
-                    "background": str(Path(s["background"]).relative_to(source)),
-                    "pasted": [
-                        dict(p, source_image=str(Path(p["source_image"]).relative_to(source))) for p in s["pasted"]
-                    ],
-                },
-                sort_keys=True,
-            )
-            + "\n"
-            for s in sorted(synthetic, key=lambda s: s["image"])
-        )
+    synthetic = sorted(
+        (dict(w["synthetic"], image=w["entry"]["image"]) for w in written if "synthetic" in w),
+        key=lambda s: s["image"],
     )
+    found = (annotations, images, hashes, summarise_problems(problems, source))
+    manifest = build_manifest(cfg, source, out, found, split, plan, synthetic, entries)
+    write_provenance(out / "synthetic.jsonl", synthetic, source)
     split_lists = {name: sorted(str(Path(r.image).relative_to(source)) for r in split[name]) for name in SPLITS}
     (out / "splits.json").write_text(json.dumps(split_lists, indent=1) + "\n")
     lists = {}
@@ -375,9 +338,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     manifest_path = write_manifest(out, manifest)
     if cfg.plots:
         class_distribution(manifest["counts"], out / "class_distribution.png")
-        synthetic_samples(
-            out, [s["image"] for s in sorted(synthetic, key=lambda s: s["image"])], out / "synthetic_samples.jpg"
-        )
+        synthetic_samples(out, [s["image"] for s in synthetic], out / "synthetic_samples.jpg")
     seconds["total"] = time.perf_counter() - started
     log.info(
         "prepared %s in %.1fs (engine %s; parse %.2fs, write %.2fs): %s",
@@ -389,6 +350,54 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         {k: v["images"] for k, v in manifest["counts"].items()},
     )
     return PrepareResult(manifest, data_yaml, manifest_path, seconds)
+
+
+def build_manifest(
+    cfg: PrepareConfig, source: Path, out: Path, inputs: tuple, split: dict, plan, synthetic: list, entries: list
+) -> dict[str, Any]:
+    """What a prepared dataset is: its fingerprint (inputs, config, version), counts, pastes and outputs.
+
+    `inputs` is what was read: (annotation files, image files, image sha256 by path, problems summary).
+    """
+    annotations, images, hashes, problems = inputs
+    digest = inputs_sha256(hashes, source)
+    config = cfg.fingerprinted()
+    identity = {"inputs": digest, "config": config, "version": __version__}
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    pasted = Counter(p["label"] for s in synthetic for p in s["pasted"])
+    return {
+        "format": MANIFEST_FORMAT,
+        "fingerprint": fingerprint,
+        "package_version": __version__,
+        "source": str(source),
+        "inputs": {"annotations": len(annotations), "images": len(images), "sha256": digest},
+        "config": config,
+        "counts": _counts(split, synthetic),
+        "problems": problems,
+        "augment": {
+            "train_counts": plan.train_counts,
+            "target_counts": plan.target_counts,
+            "planned": plan.planned_pastes,
+            "pasted": dict(sorted(pasted.items())),
+            "unplaced": sum(s["unplaced"] for s in synthetic),
+            "poisson_fallbacks": sum(s["poisson_fallbacks"] for s in synthetic),
+            "notes": plan.notes,
+        },
+        "outputs": {"files": len(entries), "sha256": tree_sha256(out, entries)},
+    }
+
+
+def write_provenance(path: Path, synthetic: list[dict], source: Path) -> None:
+    """One JSON line per synthetic image: its background and each pasted object's source, relative to `source`."""
+
+    def relative(name: str) -> str:
+        return str(Path(name).relative_to(source))
+
+    with path.open("w") as f:
+        for s in synthetic:
+            pasted = [dict(p, source_image=relative(p["source_image"])) for p in s["pasted"]]
+            line = {"image": s["image"], "background": relative(s["background"]), "pasted": pasted}
+            f.write(json.dumps(line, sort_keys=True) + "\n")
 
 
 def inputs_sha256(hashes: dict[str, str], source: Path) -> str:

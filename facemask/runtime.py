@@ -272,6 +272,23 @@ def end_processes(pids: set[int], grace_s: float = 5.0) -> list[int]:
     return alive
 
 
+def stop_process_group(proc, sig: int = signal.SIGTERM, grace_s: float = 30.0) -> None:
+    """Send `sig` to the process group `proc` leads (started with start_new_session=True: a server
+    with its workers), wait up to `grace_s` for it, then SIGKILL the group."""
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -294,7 +294,12 @@ class FacemaskServer:
             self.device = SIMULATED
         else:
             self.default = load_detector(
-                self.args.model_uri, device=self.device, backend=self.args.backend, threads=self.args.threads, warm=True
+                self.args.model_uri,
+                device=self.device,
+                backend=self.args.backend,
+                threads=self.args.threads,
+                warm=True,
+                uri=self.args.tracking_uri,
             )
         self.arriving = 0  # requests decoding, or waiting for their share of the pixel budget
         self.batcher = Batcher(
@@ -315,16 +320,20 @@ class FacemaskServer:
     async def load_version(self, model_id: str):
         uri = model_uri_for(model_id, self.args.model_uri)
         # An alias or number naming the default version reuses the loaded default.
-        mv = await asyncio.to_thread(model_version, uri)
+        mv = await asyncio.to_thread(model_version, uri, self.args.tracking_uri)
         if self.default.info.name == mv.name and self.default.info.version == str(mv.version):
             return self.default
-        return await asyncio.to_thread(
-            load_detector,
-            f"models:/{mv.name}/{mv.version}",
+        return await asyncio.to_thread(self.load_registered, mv.name, mv.version)
+
+    def load_registered(self, name: str, version: str | int):
+        """One registered version, loaded the way this replica serves its default."""
+        return load_detector(
+            f"models:/{name}/{version}",
             self.device,
             self.args.backend,
             self.args.threads,
             warm=True,
+            uri=self.args.tracking_uri,
         )
 
     async def model_for_request(self, request: Request):
@@ -352,7 +361,8 @@ class FacemaskServer:
         """The version an alias names, looked up at most every refresh_s (the registry is a network call)."""
         looked_up, version = self.aliases.get(alias, (0.0, ""))
         if not version or (self.args.refresh_s and time.monotonic() - looked_up > self.args.refresh_s):
-            mv = await asyncio.to_thread(model_version, model_uri_for(alias, self.args.model_uri))
+            uri = model_uri_for(alias, self.args.model_uri)
+            mv = await asyncio.to_thread(model_version, uri, self.args.tracking_uri)
             version = str(mv.version)
             self.aliases[alias] = (time.monotonic(), version)
         return version
@@ -375,14 +385,7 @@ class FacemaskServer:
                 version = await self.alias_version(alias)
                 if version != self.default.info.version:
                     name = self.default.info.name
-                    loaded = await asyncio.to_thread(
-                        load_detector,
-                        f"models:/{name}/{version}",
-                        self.device,
-                        self.args.backend,
-                        self.args.threads,
-                        warm=True,
-                    )
+                    loaded = await asyncio.to_thread(self.load_registered, name, version)
                     log.info(
                         "%s moved from version %s to %s; now serving %s",
                         self.args.model_uri,
@@ -561,7 +564,7 @@ class FacemaskServer:
             return {"default": uri, "versions": [], "registry_error": "serving a local file, not a registry model"}
         try:
             name = parse_models_uri(uri)[0]
-            versions = await asyncio.to_thread(list_versions, name)
+            versions = await asyncio.to_thread(list_versions, name, self.args.tracking_uri)
         except Exception as exc:  # an unreachable registry must not break the page
             return {"default": uri, "versions": [], "registry_error": f"{type(exc).__name__}: {exc}"}
         return {"default": uri, "versions": versions}

@@ -162,6 +162,8 @@ class TrainConfig:
     workers: int = 2
     # False trains without MLflow (the baseline the logging overhead is measured against).
     tracking: bool = True
+    # The MLflow store, resolved once by the entry point (`tracking.tracking_uri()`) and passed down.
+    tracking_uri: str = field(kw_only=True)
     # Continue an existing MLflow run (a Tune trial restarted after a crash) ...
     run_id: str | None = None
     # ... from this Ultralytics last.pt, with its optimizer state and epoch counter.
@@ -215,6 +217,7 @@ class StudyConfig:
     asha: bool = True
     # False skips registering, evaluating and promoting the best trial.
     register: bool = True
+    tracking_uri: str = field(kw_only=True)
 
     @property
     def device(self) -> str:
@@ -226,6 +229,7 @@ class StudyConfig:
         experiment, with `fields_` (data, run_name, overrides, ...) on top."""
         shared = {"model": self.model, "epochs": self.epochs, "imgsz": self.imgsz, "batch": self.batch}
         shared |= {"device": self.device, "experiment": self.experiment, "seed": self.seed, "workers": self.workers}
+        shared["tracking_uri"] = self.tracking_uri
         return TrainConfig(**{**shared, **fields_})
 
 
@@ -248,6 +252,7 @@ class PredictConfig:
     max_frames: int | None = None  # stop after this many processed frames
     max_seconds: float | None = None  # stop after this long
     save: bool = False  # also write annotated.mp4
+    tracking_uri: str = field(kw_only=True)
 
     def validate(self) -> "PredictConfig":
         if (self.max_frames is not None and self.max_frames < 1) or (

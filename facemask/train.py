@@ -144,6 +144,76 @@ def _read_results_csv(path: Path) -> list[dict[str, float]]:
         ]
 
 
+class TrainingLog:
+    """What one training writes to its MLflow run: params once, each epoch's metrics, and at the
+    end the Ultralytics outputs (results, plots, weights, the dataset's manifest)."""
+
+    def __init__(self, logger: RunLogger, data: Path, fingerprint: str, commit: str | None, resumed_from) -> None:
+        # resumed_from: None for a new run, else the checkpoint (or "scratch") a reopened run goes on from.
+        self.logger, self.data, self.fingerprint, self.resumed_from = logger, data, fingerprint, resumed_from
+        self.commit = commit
+        self.params_logged = False
+        self.epochs: set[int] = set()
+
+    def log_params(self, args: dict[str, Any]) -> None:
+        self.params_logged = True
+        args = {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}
+        identity = {"data_fingerprint": self.fingerprint, "facemask_version": __version__}
+        self.logger.log_params({**args, **identity, "git_commit": self.commit or "none"})
+        self.logger.log_dataset(self.data.parent.name, str(self.data), self.fingerprint)
+
+    def on_start(self, trainer) -> None:
+        strip_integrations(trainer)
+        if self.resumed_from is None:
+            self.log_params(vars(trainer.args))
+        else:
+            # A resumed run has its params already; MLflow refuses to change them (model, resume).
+            self.params_logged = True
+            self.logger.set_tags({"facemask.resumed_from": str(self.resumed_from)})
+
+    def on_epoch(self, trainer) -> None:
+        self.epochs.add(trainer.epoch + 1)
+        self.logger.log_metrics(epoch_metrics(trainer), step=trainer.epoch + 1)
+
+    def outputs(self, trainer, save_dir: Path, epoch_logging: bool) -> None:
+        """Everything a finished, failed or stopped training left in `save_dir`."""
+        # Under multi-GPU DDP our callbacks run in another process; fill the epochs in from results.csv.
+        if not self.params_logged and (save_dir / "args.yaml").is_file():
+            self.log_params(yaml.safe_load((save_dir / "args.yaml").read_text()) or {})
+        # Epochs up to a resume point were logged by the attempt that trained them.
+        first_epoch = int(getattr(trainer, "start_epoch", 0) or 0) + 1 if trainer is not None else 1
+        for row in _read_results_csv(save_dir / "results.csv") if epoch_logging else []:
+            epoch = int(row.get("epoch", 0))
+            if epoch >= first_epoch and epoch not in self.epochs:
+                self.logger.log_metrics({metric_key(k): v for k, v in row.items() if k != "epoch"}, step=epoch)
+        for artifact in TRAIN_ARTIFACTS:
+            self.logger.log_artifact(save_dir / artifact)
+        for pattern in PLOT_PATTERNS:
+            for plot in sorted(save_dir.glob(pattern)):
+                self.logger.log_artifact(plot, "plots")
+        for weights in ("best.pt", "last.pt"):
+            self.logger.log_artifact(save_dir / "weights" / weights, "weights")
+        self.logger.log_artifact(self.data.parent / "manifest.json", "data")
+
+
+def train_arguments(cfg: TrainConfig, data: Path, device: str, project: Path, name: str) -> dict[str, Any]:
+    """Ultralytics' `train()` arguments of `cfg`: its own, or on resume only what a checkpoint does not hold."""
+    if cfg.resume_from:
+        # Ultralytics takes every other argument from the checkpoint when resuming.
+        return {"resume": str(cfg.resume_from), "device": device, "workers": cfg.workers, "data": str(data)}
+    sizes = {"epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch, "device": device, "workers": cfg.workers}
+    where = {"project": str(project), "name": name, "exist_ok": True}
+    return {
+        "data": str(data),
+        **sizes,
+        **where,
+        "seed": cfg.seed,
+        "plots": cfg.plots,
+        "verbose": False,
+        **cfg.overrides,
+    }
+
+
 def train(
     cfg: TrainConfig,
     callbacks: dict[str, list[Callable]] | None = None,
@@ -181,6 +251,7 @@ def train(
         cfg.run_name,
         tags,
         parent_run_id=cfg.parent_run_id,
+        uri=cfg.tracking_uri,
         run_id=cfg.run_id,
         reopen=cfg.run_id is not None,
         enabled=cfg.tracking,
@@ -189,61 +260,18 @@ def train(
         on_run(logger.run_id)
     name = cfg.run_name or (logger.run_id[:12] if logger.run_id else time.strftime("run-%Y%m%d-%H%M%S"))
     started = time.perf_counter()
-    logged_epochs: set[int] = set()
-    params_logged = False
-
-    def log_params(args: dict[str, Any]) -> None:
-        nonlocal params_logged
-        params_logged = True
-        args = {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}
-        logger.log_params(
-            {**args, "data_fingerprint": fingerprint, "facemask_version": __version__, "git_commit": commit or "none"}
-        )
-        logger.log_dataset(data.parent.name, str(data), fingerprint)
-
-    def on_start(trainer) -> None:
-        strip_integrations(trainer)
-        if cfg.run_id is None:
-            log_params(vars(trainer.args))
-        else:
-            # A resumed run has its params already; MLflow refuses to change them (model, resume).
-            nonlocal params_logged
-            params_logged = True
-            logger.set_tags({"facemask.resumed_from": str(cfg.resume_from or "scratch")})
-
-    @per_epoch
-    def on_epoch(trainer) -> None:
-        logged_epochs.add(trainer.epoch + 1)
-        logger.log_metrics(epoch_metrics(trainer), step=trainer.epoch + 1)
-
+    resumed_from = (cfg.resume_from or "scratch") if cfg.run_id else None
+    run_log = TrainingLog(logger, data, fingerprint, commit, resumed_from)
     model = YOLO(source)
-    model.add_callback("on_pretrain_routine_start", on_start)
+    model.add_callback("on_pretrain_routine_start", run_log.on_start)
     if epoch_logging:
-        model.add_callback("on_fit_epoch_end", on_epoch)
+        model.add_callback("on_fit_epoch_end", per_epoch(run_log.on_epoch))
     for event, functions in (callbacks or {}).items():
         for fn in functions:
             model.add_callback(event, fn)
-    train_args = {
-        "data": str(data),
-        "epochs": cfg.epochs,
-        "imgsz": cfg.imgsz,
-        "batch": cfg.batch,
-        "device": device,
-        "project": str(project),
-        "name": name,
-        "exist_ok": True,
-        "seed": cfg.seed,
-        "plots": cfg.plots,
-        "workers": cfg.workers,
-        "verbose": False,
-        **cfg.overrides,
-    }
-    if cfg.resume_from:
-        # Ultralytics takes every other argument from the checkpoint when resuming.
-        train_args = {"resume": str(cfg.resume_from), "device": device, "workers": cfg.workers, "data": str(data)}
     status = "FAILED"
     try:
-        model.train(trainer=trainer, **train_args)
+        model.train(trainer=trainer, **train_arguments(cfg, data, device, project, name))
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
         # SystemExit is how Ray Tune stops a trial (ASHA); either way the run was cut short.
@@ -252,24 +280,7 @@ def train(
     finally:
         trainer = getattr(model, "trainer", None)
         save_dir = Path(trainer.save_dir) if trainer is not None else project / name
-        # Under multi-GPU DDP our callbacks run in another process; fill the epochs in from results.csv.
-        if not params_logged and (save_dir / "args.yaml").is_file():
-            log_params(yaml.safe_load((save_dir / "args.yaml").read_text()) or {})
-        # Epochs up to a resume point were logged by the attempt that trained them.
-        first_epoch = int(getattr(trainer, "start_epoch", 0) or 0) + 1 if trainer is not None else 1
-        for row in _read_results_csv(save_dir / "results.csv") if epoch_logging else []:
-            epoch = int(row.get("epoch", 0))
-            if epoch >= first_epoch and epoch not in logged_epochs:
-                logger.log_metrics({metric_key(k): v for k, v in row.items() if k != "epoch"}, step=epoch)
-        for artifact in TRAIN_ARTIFACTS:
-            logger.log_artifact(save_dir / artifact)
-        for pattern in PLOT_PATTERNS:
-            for plot in sorted(save_dir.glob(pattern)):
-                logger.log_artifact(plot, "plots")
-        for weights in ("best.pt", "last.pt"):
-            logger.log_artifact(save_dir / "weights" / weights, "weights")
-        manifest = data.parent / "manifest.json"
-        logger.log_artifact(manifest, "data")
+        run_log.outputs(trainer, save_dir, epoch_logging)
         if status != "FINISHED":
             logger.end(status)
 
@@ -279,13 +290,8 @@ def train(
     try:
         logger.log_metrics({f"final/{k.split('/', 1)[-1]}": v for k, v in final.items() if k.startswith("val/")})
         if cfg.register and logger.run_id:
-            version = log_and_register(
-                logger.run_id,
-                best,
-                {**version_tags(final), "data.fingerprint": fingerprint},
-                uri=logger.uri,
-                name=cfg.registered_model,
-            )
+            fields = {**version_tags(final), "data.fingerprint": fingerprint}
+            version = log_and_register(logger.run_id, best, fields, uri=logger.uri, name=cfg.registered_model)
     finally:
         logger.end("FINISHED")
     return TrainResult(

@@ -40,8 +40,6 @@ from facemask.tracking import (
     log_and_register,
     set_process_store,
     study_tracking_uri,
-    tracking_uri,
-    using_tracking_uri,
 )
 from facemask.train import epoch_metrics, per_epoch, train, tune_metric_names
 
@@ -270,6 +268,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     cfg = study.train_config(
         data=data,
         run_name=f"trial-{trial_id}",
+        tracking_uri=base["tracking_uri"],
         project=workdir,
         overrides=dict(config),
         parent_run_id=base["parent_run_id"],
@@ -401,10 +400,10 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
     if cfg.resume and not rt.Tuner.can_restore(path):
         raise ConfigError(f"--resume: no study to restore at {path}; check --storage and --name")
     concurrency = max_concurrency(cfg, ray.cluster_resources(), node_resources(ray.nodes()))
-    check_tracking_reachable(tracking_uri(), ray.nodes(), ray.util.get_node_ip_address())
+    store = cfg.tracking_uri
+    check_tracking_reachable(store, ray.nodes(), ray.util.get_node_ip_address())
     fingerprint = data_fingerprint(data)
     started = time.perf_counter()
-    store = tracking_uri()
     opened: list[str] = []  # the parent run's id, once there is one
     resume = (
         f"study {path} stopped; its state is saved and its MLflow runs are marked KILLED: run the same command "
@@ -467,10 +466,7 @@ def _run_study(
     resume: str,
 ) -> StudyResult:
     """The study itself, logging through `uri`; appends the parent run's id to `opened` as soon as it exists."""
-    import optuna
     from ray import tune as rt
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     previous = find_tagged_run(cfg.experiment, "facemask.study_path", path, uri=uri) if cfg.resume else None
     parent = RunLogger(
@@ -484,24 +480,7 @@ def _run_study(
     if parent.run_id:
         opened.append(parent.run_id)
     if previous is None:
-        parent.log_params(
-            {
-                "study": {k: str(v) for k, v in asdict(cfg).items()},
-                "data_fingerprint": fingerprint,
-                "scheduler": {
-                    "type": "ASHA",
-                    "time_attr": "epoch",
-                    "max_t": cfg.epochs,
-                    "grace_period": cfg.grace_period,
-                    "reduction_factor": cfg.reduction_factor,
-                },
-                "searcher": {"type": "Optuna TPE", "seed": cfg.seed, "points_to_evaluate": len(baseline)},
-                "max_concurrent": concurrency,
-            }
-        )
-        parent.log_dict({"space": space, "baseline": baseline}, "search_space.yaml")
-        # Logged once here so concurrent trials find the dataset instead of racing to create it.
-        parent.log_dataset(data.parent.name, str(data), fingerprint)
+        log_study(parent, cfg, fingerprint, space, baseline, concurrency, data)
     # Each trial's Ultralytics folder (plots, results.csv, weights) lives beside the study,
     # not in the trial's working directory, which is a temporary one under `ray job submit`.
     workdir = f"{path}-yolo" if "://" not in path else str(results_base() / "runs" / "tune-trials" / cfg.name)
@@ -522,45 +501,11 @@ def _run_study(
     )
     trainable = rt.with_resources(rt.with_parameters(run_trial, base=base), resources)
     try:
-        if cfg.resume:
-            tuner = rt.Tuner.restore(path, trainable, resume_errored=True)
-        else:
-            searcher = OptunaSearch(
-                points_to_evaluate=baseline or None, sampler=optuna.samplers.TPESampler(seed=cfg.seed)
-            )
-            # stop_last_trials=False: a trial that reaches max_t ends by itself, so it still
-            # validates best.pt and closes its run, instead of being cut off at its last report.
-            scheduler = (
-                ASHAScheduler(
-                    time_attr="epoch",
-                    max_t=cfg.epochs,
-                    grace_period=cfg.grace_period,
-                    reduction_factor=cfg.reduction_factor,
-                    stop_last_trials=False,
-                )
-                if cfg.asha
-                else None
-            )
-            tuner = rt.Tuner(
-                trainable,
-                param_space=to_tune_space(space),
-                tune_config=rt.TuneConfig(
-                    metric=cfg.metric,
-                    mode=cfg.mode,
-                    search_alg=searcher,
-                    scheduler=scheduler,
-                    num_samples=cfg.trials,
-                    max_concurrent_trials=concurrency,
-                    time_budget_s=cfg.time_budget_s,
-                ),
-                run_config=rt.RunConfig(
-                    name=cfg.name,
-                    storage_path=storage,
-                    verbose=1,
-                    failure_config=rt.FailureConfig(max_failures=cfg.max_failures),
-                    checkpoint_config=rt.CheckpointConfig(num_to_keep=1),
-                ),
-            )
+        tuner = (
+            rt.Tuner.restore(path, trainable, resume_errored=True)
+            if cfg.resume
+            else new_tuner(cfg, trainable, space, baseline, storage, concurrency)
+        )
         grid = tuner.fit()
     except BaseException:
         parent.stop_monitor()  # tune() closes the runs once the study's server is gone
@@ -577,6 +522,69 @@ def _run_study(
         parent.log_metrics({"study/seconds": result.seconds})
         parent.end("FINISHED")
     return result
+
+
+def log_study(
+    parent: RunLogger, cfg: StudyConfig, fingerprint: str, space: dict, baseline: list, concurrency: int, data: Path
+) -> None:
+    """A new study's parent run: its settings, scheduler and searcher, search space and dataset."""
+    scheduler = {"type": "ASHA", "time_attr": "epoch", "max_t": cfg.epochs, "grace_period": cfg.grace_period}
+    searcher = {"type": "Optuna TPE", "seed": cfg.seed, "points_to_evaluate": len(baseline)}
+    parent.log_params(
+        {
+            "study": {k: str(v) for k, v in asdict(cfg).items()},
+            "data_fingerprint": fingerprint,
+            "scheduler": scheduler | {"reduction_factor": cfg.reduction_factor},
+            "searcher": searcher,
+            "max_concurrent": concurrency,
+        }
+    )
+    parent.log_dict({"space": space, "baseline": baseline}, "search_space.yaml")
+    # Logged once here so concurrent trials find the dataset instead of racing to create it.
+    parent.log_dataset(data.parent.name, str(data), fingerprint)
+
+
+def new_tuner(cfg: StudyConfig, trainable, space: dict, baseline: list, storage: str, concurrency: int):
+    """A Tuner for a new study: Optuna's TPE (the baseline points first) under ASHA, unless asha is off."""
+    import optuna
+    from ray import tune as rt
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(points_to_evaluate=baseline or None, sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+    # stop_last_trials=False: a trial that reaches max_t ends by itself, so it still
+    # validates best.pt and closes its run, instead of being cut off at its last report.
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            max_t=cfg.epochs,
+            grace_period=cfg.grace_period,
+            reduction_factor=cfg.reduction_factor,
+            stop_last_trials=False,
+        )
+        if cfg.asha
+        else None
+    )
+    return rt.Tuner(
+        trainable,
+        param_space=to_tune_space(space),
+        tune_config=rt.TuneConfig(
+            metric=cfg.metric,
+            mode=cfg.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=cfg.trials,
+            max_concurrent_trials=concurrency,
+            time_budget_s=cfg.time_budget_s,
+        ),
+        run_config=rt.RunConfig(
+            name=cfg.name,
+            storage_path=storage,
+            verbose=1,
+            failure_config=rt.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=rt.CheckpointConfig(num_to_keep=1),
+        ),
+    )
 
 
 def summarise(cfg: StudyConfig, grid, parent: RunLogger, uri: str, started: float, path: str) -> StudyResult:
@@ -625,11 +633,6 @@ def summarise(cfg: StudyConfig, grid, parent: RunLogger, uri: str, started: floa
 
 def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri: str, data: Path) -> None:
     """Retrain (optional), register, evaluate on the clean test split, and gate the promotion."""
-    with using_tracking_uri(uri):
-        _finalise(cfg, grid, result, parent, uri, data)
-
-
-def _finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri: str, data: Path) -> None:
     if cfg.final_epochs:
         overrides = dict(result.best_config)
         threshold = overrides.pop("repeat_threshold", None)
@@ -642,6 +645,7 @@ def _finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, ur
             data=train_data,
             epochs=cfg.final_epochs,
             run_name=f"{cfg.name}-final",
+            tracking_uri=uri,
             parent_run_id=parent.run_id,
             overrides=overrides,
             register=True,
@@ -675,9 +679,9 @@ def _finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, ur
         }
         result.version = log_and_register(run_id, weights, tags, uri=uri, name=cfg.registered_model)
     model_uri = f"models:/{cfg.registered_model}/{result.version}"
-    result.test = evaluate(model_uri, data, imgsz=cfg.imgsz, device=cfg.device).overall
+    result.test = evaluate(model_uri, data, imgsz=cfg.imgsz, device=cfg.device, uri=uri).overall
     parent.log_metrics({f"test/{k}": v for k, v in result.test.items()})
     parent.set_tags({"facemask.registered_version": result.version})
     if cfg.promote:
-        decision = promote(model_uri)
+        decision = promote(model_uri, uri)
         result.promoted, result.promote_reason = decision.promoted, decision.reason

@@ -38,24 +38,24 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--imgsz", type=int, default=160)
-    parser.add_argument(
-        "--final-epochs",
-        type=int,
-        default=12,
-        help="Retrain the best trial's settings this long before registering (0: keep the trial's weights).",
-    )
+    retrain = "Retrain the best trial's settings this long before registering (0: keep the trial's weights)."
+    parser.add_argument("--final-epochs", type=int, default=12, help=retrain)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=8000, help="Serve's port (the next free one if taken).")
     parser.add_argument("--keep-serving", action="store_true", help="Leave the endpoint up until Ctrl-C.")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # In the environment too: a `facemask` command run from this shell afterwards finds the same store.
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow.db'}")
     configure_runtime()
     logging.basicConfig(level=logging.WARNING)
     from facemask.pipeline import PrepareConfig, prepare
     from facemask.synth import synthesize
+    from facemask.tracking import tracking_uri
     from facemask.tune import StudyConfig, tune
+
+    uri = tracking_uri()
 
     started = time.perf_counter()
     source = args.source
@@ -88,17 +88,17 @@ def main() -> None:
             experiment="facemask-demo",
             seed=args.seed,
             final_epochs=args.final_epochs,
+            tracking_uri=uri,
         )
     )
     print("[4/5] registered, evaluated on the clean test split, gated:")
     print(study_table(result))
-    uri = os.environ["MLFLOW_TRACKING_URI"]
     model_uri = (
         "models:/facemask-detector@champion"
         if result.promoted or result.version is None
         else f"models:/facemask-detector/{result.version}"
     )
-    url, query = serve_and_query(model_uri, prepared.data_yaml.parent / "images" / "test", args.port, args.imgsz)
+    url, query = serve_and_query(model_uri, uri, prepared.data_yaml.parent / "images" / "test", args.port, args.imgsz)
     if not args.keep_serving:
         import ray
         from ray import serve
@@ -126,13 +126,13 @@ def main() -> None:
             stop_serving()
 
 
-def serve_and_query(model_uri: str, test_images: Path, port: int, imgsz: int) -> tuple[str, str]:
+def serve_and_query(model_uri: str, uri: str, test_images: Path, port: int, imgsz: int) -> tuple[str, str]:
     """Start Serve with the model and send one held-out test image over HTTP: (URL, the answer as text)."""
     from facemask.cli import detections_table, start_serving
     from facemask.client import Client
     from facemask.serving import AppArgs
 
-    args = AppArgs(model_uri=model_uri, deployment_options={"ray_actor_options": {"num_cpus": 1}})
+    args = AppArgs(model_uri=model_uri, tracking_uri=uri, deployment_options={"ray_actor_options": {"num_cpus": 1}})
     url = start_serving(args, port=free_port(port), log_level="WARNING")
     image = sorted(test_images.iterdir())[0]
     # A few epochs from scratch leave confidences low; 0.1 shows what the model found.

@@ -130,10 +130,11 @@ def registered_detector(tiny_data, mlflow_server, tmp_path_factory) -> dict:
                 experiment="serve-tests",
                 register=True,
                 registered_model=name,
+                tracking_uri=mlflow_server.uri,
             )
         )
-        other = log_and_register(result.run_id, result.last, {"note": "second version"}, name=name)
-        set_alias(name, "champion", result.version)
+        other = log_and_register(result.run_id, result.last, {"note": "second version"}, mlflow_server.uri, name=name)
+        set_alias(name, "champion", result.version, mlflow_server.uri)
     return {
         "name": name,
         "weights": result.best,

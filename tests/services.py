@@ -17,7 +17,8 @@ import urllib.request
 from pathlib import Path
 
 from facemask.proxy_guard import ENV_PREFIX
-from facemask.runtime import PROXY_ENV, free_port
+from facemask.runtime import PROXY_ENV, free_port, stop_process_group
+from facemask.tracking.server import mlflow_server_command
 
 # The test endpoint's limits: a small max_pending so that the overload test can fill it with a few dozen requests.
 LIMITS = {"max_body_mb": 1.0, "max_pixels": 4_000_000, "max_pending": 6, "body_timeout_s": 2.0}
@@ -30,10 +31,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def tiny_training(data: Path, project: Path, **options):
-    """The TrainConfig of the smallest real training: yolo26n from its yaml at 160, batch 8, 1 epoch, CPU, no plots."""
+    """The TrainConfig of the smallest real training: yolo26n from its yaml at 160, batch 8, 1 epoch, CPU, no plots,
+    tracked in the store the test's environment names (the `tracking` fixture's server)."""
     from facemask.settings import TrainConfig
+    from facemask.tracking import tracking_uri
 
     base = {"model": "yolo26n.yaml", "epochs": 1, "imgsz": 160, "batch": 8, "device": "cpu", "workers": 0}
+    base["tracking_uri"] = tracking_uri()
     return TrainConfig(**{"data": data, "project": project, **base, "plots": False, **options})
 
 
@@ -78,23 +82,9 @@ class MlflowServer:
 
     def start(self, wait: bool = True) -> "MlflowServer":
         log = open(self.root / "server.log", "ab")
+        store, artifacts = f"sqlite:///{self.root / 'mlflow.db'}", str(self.root / "artifacts")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(self.root / "artifacts"),
-            ],
+            mlflow_server_command(self.port, store, "--artifacts-destination", artifacts),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -108,17 +98,8 @@ class MlflowServer:
         wait_http(f"{self.uri}/health", proc=self.proc)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process_group(self.proc, sig, grace_s=20)
 
 
 class RayCluster:
@@ -220,19 +201,12 @@ class RayCluster:
     def stop(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
         # `ray start --block` took up to 60 s to stop its node on SIGTERM, a minute of every
         # cluster test's teardown; what is left after 10 s is killed (the node is the test's own).
         for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            stop_process_group(proc, grace_s=10)
 
 
 def wait_port(port: int, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from facemask import __version__
 from facemask.errors import ModelNotFoundError
 from facemask.modelref import ONNX_TAG, REGISTERED_MODEL, ModelInfo, find_weights, parse_models_uri
-from facemask.tracking.runs import client, tracking_uri, using_tracking_uri
+from facemask.tracking.runs import client, using_tracking_uri
 
 # The pyfunc wrapper logged with every version (MLflow's models-from-code).
 PYFUNC_MODULE = Path(__file__).resolve().parent.parent / "mlflow_model.py"
@@ -22,7 +22,7 @@ def log_and_register(
     run_id: str,
     weights: Path,
     tags: dict[str, Any],
-    uri: str | None = None,
+    uri: str,
     name: str = REGISTERED_MODEL,
 ) -> str:
     """Log `weights` as a pyfunc MLflow model of run `run_id` and register a new version.
@@ -32,7 +32,6 @@ def log_and_register(
     """
     import mlflow
 
-    uri = uri or tracking_uri()
     with using_tracking_uri(uri):
         # Resuming the run is the only way to attach a logged model to it; the caller ends it.
         with mlflow.start_run(run_id=run_id):
@@ -71,7 +70,7 @@ def _pyfunc_signature():
     )
 
 
-def model_version(model_uri: str, uri: str | None = None):
+def model_version(model_uri: str, uri: str):
     """The registry ModelVersion a `models:/` URI points to, or ModelNotFoundError naming what is missing."""
     name, version, alias = parse_models_uri(model_uri)
     c = client(uri)
@@ -79,7 +78,7 @@ def model_version(model_uri: str, uri: str | None = None):
         c.get_registered_model(name)
     except Exception:
         raise ModelNotFoundError(
-            f"{model_uri}: no registered model {name!r} at {uri or tracking_uri()}; "
+            f"{model_uri}: no registered model {name!r} at {uri}; "
             "train with --register first, or set MLFLOW_TRACKING_URI"
         ) from None
     try:
@@ -103,14 +102,13 @@ def version_metrics(mv) -> dict[str, float]:
     return out
 
 
-def fetch_model(model_uri: str, uri: str | None = None, backend: str = "pt") -> ModelInfo:
+def fetch_model(model_uri: str, uri: str, backend: str = "pt") -> ModelInfo:
     """Download what a `models:/` or `runs:/` URI names; return a detector ModelInfo.
 
     backend "onnx" downloads the version's ONNX export (the `onnx_artifact` tag `facemask export` sets).
     """
     import mlflow
 
-    uri = uri or tracking_uri()
     name = version = run_id = None
     metrics: dict[str, float] = {}
     source = model_uri
@@ -140,13 +138,13 @@ def fetch_model(model_uri: str, uri: str | None = None, backend: str = "pt") -> 
     return ModelInfo(uri=model_uri, weights=str(weights), name=name, version=version, run_id=run_id, metrics=metrics)
 
 
-def set_version_tags(name: str, version: str, tags: dict[str, Any], uri: str | None = None) -> None:
+def set_version_tags(name: str, version: str, tags: dict[str, Any], uri: str) -> None:
     c = client(uri)
     for key, value in tags.items():
         c.set_model_version_tag(name, version, key, str(value))
 
 
-def alias_version(name: str, alias: str, uri: str | None = None):
+def alias_version(name: str, alias: str, uri: str):
     """The version holding `alias`, or None."""
     try:
         return client(uri).get_model_version_by_alias(name, alias)
@@ -154,11 +152,11 @@ def alias_version(name: str, alias: str, uri: str | None = None):
         return None
 
 
-def set_alias(name: str, alias: str, version: str, uri: str | None = None) -> None:
+def set_alias(name: str, alias: str, version: str, uri: str) -> None:
     client(uri).set_registered_model_alias(name, alias, version)
 
 
-def list_versions(name: str = REGISTERED_MODEL, uri: str | None = None) -> list[dict[str, Any]]:
+def list_versions(name: str, uri: str) -> list[dict[str, Any]]:
     """Every registered version with its aliases and metric tags, newest first."""
     c = client(uri)
     try:

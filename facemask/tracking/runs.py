@@ -30,6 +30,9 @@ _FAILED = object()  # what a guarded call returns when MLflow did not take it
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else `mlflow.db` (sqlite) in `runtime.results_base()`.
 
+    Read once, by an entry point (the CLI, a job, a Serve app's start-up); from there the
+    store travels down as an argument, so every call that writes to it names it.
+
     That is the current folder, or FACEMASK_HOME (~/facemask) inside a Ray job, whose working
     directory is a temporary copy. The path is absolute so Ray workers and Tune trials, whose
     working directories differ, all write to the same file.
@@ -64,10 +67,10 @@ def ensure_store(uri: str) -> str:
     return uri
 
 
-def client(uri: str | None = None):
+def client(uri: str):
     from mlflow import MlflowClient
 
-    uri = ensure_store(uri or tracking_uri())
+    uri = ensure_store(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -92,10 +95,12 @@ def set_process_store(uri: str | None, registry: str | None | object = _SAME) ->
 
 @contextlib.contextmanager
 def using_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow (fluent API, registry, and `tracking_uri()`) at `uri` for a block, then restore."""
+    """Point MLflow's fluent API and registry at `uri` for a block (its `log_model` and
+    `download_artifacts` take no store argument), then restore what they pointed at."""
     import mlflow
 
     saved = [os.environ.get(k) for k in STORE_ENV]
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     set_process_store(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -103,19 +108,18 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
         yield
     finally:
         set_process_store(*saved)
-        # Back to "not set": MLflow then reads the environment again.
-        mlflow.set_tracking_uri(saved[0] or tracking_uri())
-        mlflow.set_registry_uri(saved[1] or saved[0] or tracking_uri())
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
 
 
-def experiment_id(name: str, uri: str | None = None) -> str:
+def experiment_id(name: str, uri: str) -> str:
     """The id of experiment `name`, created if missing (safe against a concurrent creator)."""
     c = client(uri)
     found = c.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=artifact_root(uri or tracking_uri()))
+        return c.create_experiment(name, artifact_location=artifact_root(uri))
     except Exception:
         found = c.get_experiment_by_name(name)
         if found is None:
@@ -155,7 +159,8 @@ class RunLogger:
         run_name: str | None = None,
         tags: dict[str, str] | None = None,
         parent_run_id: str | None = None,
-        uri: str | None = None,
+        *,
+        uri: str,
         run_id: str | None = None,
         reopen: bool = False,
         enabled: bool = True,
@@ -163,7 +168,7 @@ class RunLogger:
         cooldown_s: float = 5.0,
         buffer: int = 10_000,
     ) -> None:
-        self.uri = uri or tracking_uri()
+        self.uri = uri
         self.run_id: str | None = run_id
         self.failures = 0
         self._warned = False
@@ -345,9 +350,7 @@ class RunLogger:
             self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
 
 
-def log_to_run(
-    run_id: str, metrics: dict[str, float], artifacts: list[tuple[Path, str]], uri: str | None = None
-) -> bool:
+def log_to_run(run_id: str, metrics: dict[str, float], artifacts: list[tuple[Path, str]], uri: str) -> bool:
     """Add metrics and artifacts to an existing (possibly finished) run, without reopening it.
 
     Best-effort like every RunLogger call; returns False if MLflow did not take all of it.
@@ -360,7 +363,7 @@ def log_to_run(
     return logger.failures == 0 and not logger._pending
 
 
-def find_child_run(parent_run_id: str, tag: str, value: str, uri: str | None = None) -> str | None:
+def find_child_run(parent_run_id: str, tag: str, value: str, uri: str) -> str | None:
     """The child run of `parent_run_id` tagged `tag=value` (a retried trial's run), or None.
 
     Best-effort: an unreachable server gives None, and the caller makes a new run.
@@ -378,7 +381,7 @@ def find_child_run(parent_run_id: str, tag: str, value: str, uri: str | None = N
         return None
 
 
-def find_tagged_run(experiment: str, tag: str, value: str, uri: str | None = None) -> str | None:
+def find_tagged_run(experiment: str, tag: str, value: str, uri: str) -> str | None:
     """The run of `experiment` tagged `tag=value` (a study's parent run), or None."""
     c = client(uri)
     found = c.get_experiment_by_name(experiment)
@@ -388,7 +391,7 @@ def find_tagged_run(experiment: str, tag: str, value: str, uri: str | None = Non
     return runs[0].info.run_id if runs else None
 
 
-def end_open_runs(run_id: str, status: str, uri: str | None = None, tags: dict[str, str] | None = None) -> list[str]:
+def end_open_runs(run_id: str, status: str, uri: str, tags: dict[str, str] | None = None) -> list[str]:
     """Mark `run_id` and every child run of it still RUNNING as `status` (KILLED after a stop):
     what a stopped study leaves open. Returns the ids it closed; `--resume` reopens them."""
     c = client(uri)
@@ -406,9 +409,7 @@ def end_open_runs(run_id: str, status: str, uri: str | None = None, tags: dict[s
     return closed
 
 
-def close_run(
-    run_id: str, status: str, tags: dict[str, str], weights: Path | None = None, uri: str | None = None
-) -> None:
+def close_run(run_id: str, status: str, tags: dict[str, str], uri: str, weights: Path | None = None) -> None:
     """End a run as `status` with `tags`; upload `weights` as weights/<name> unless the run has it already."""
     c = client(uri)
     if weights is not None and weights.is_file():

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,14 +11,21 @@ import urllib.request
 from typing import Any, Iterator
 
 from facemask.errors import ConfigError
-from facemask.runtime import die_with_parent, free_port
-from facemask.tracking.runs import artifact_root, ensure_store, sqlite_path, tracking_uri
+from facemask.runtime import die_with_parent, free_port, stop_process_group
+from facemask.tracking.runs import artifact_root, ensure_store, sqlite_path
 
 log = logging.getLogger("facemask.tracking")
 
 
+def mlflow_server_command(port: int, store: str, *artifacts: str) -> list[str]:
+    """`mlflow server` on loopback `port` over the backend `store`, one worker; `artifacts` are its
+    artifact options (where they go, whether the server serves them)."""
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    return command + ["--workers", "1", "--backend-store-uri", store, *artifacts]
+
+
 @contextlib.contextmanager
-def study_tracking_uri(uri: str | None = None) -> Iterator[str]:
+def study_tracking_uri(uri: str) -> Iterator[str]:
     """A tracking URI that many concurrent trials can write to.
 
     A sqlite file takes one writer at a time, and parallel trials would meet
@@ -28,7 +33,6 @@ def study_tracking_uri(uri: str | None = None) -> Iterator[str]:
     over that same file for the length of the study (the server is the only writer),
     and stops it, by its own process group, afterwards. Other URIs pass through.
     """
-    uri = uri or tracking_uri()
     if not uri.startswith("sqlite:"):
         yield uri
         return
@@ -37,23 +41,7 @@ def study_tracking_uri(uri: str | None = None) -> Iterator[str]:
     port = free_port()
     log_file = open(db.parent / f".mlflow-server-{port}.log", "ab")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            uri,
-            "--default-artifact-root",
-            str(artifacts),
-            "--no-serve-artifacts",
-        ],
+        mlflow_server_command(port, uri, "--default-artifact-root", str(artifacts), "--no-serve-artifacts"),
         stdout=log_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -75,13 +63,7 @@ def study_tracking_uri(uri: str | None = None) -> Iterator[str]:
         log.info("study logs through %s (a server over %s)", served, uri)
         yield served
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
         log_file.close()
 
 

@@ -65,8 +65,9 @@ def plain(model: str, jpegs: list[bytes], imgsz: int, count: int) -> dict:
 
     from facemask.detector import load_detector
     from facemask.live.tracking import PeopleTracker
+    from facemask.tracking import tracking_uri
 
-    detector, tracker = load_detector(model, warm=True), PeopleTracker()
+    detector, tracker = load_detector(model, warm=True, uri=tracking_uri()), PeopleTracker()
     latencies, started = [], time.perf_counter()
     for i in range(count):
         t = time.perf_counter()

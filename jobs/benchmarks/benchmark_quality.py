@@ -83,20 +83,11 @@ def run_study(data: Path, args, out: Path, parent: str) -> dict:
     from facemask.tune import tune
 
     init_ray()
-    cfg = StudyConfig(
-        data=data,
-        model=args.model,
-        trials=args.study_trials,
-        epochs=args.study_epochs,
-        imgsz=args.imgsz,
-        batch=args.batch,
-        cpus_per_trial=1,
-        storage=str(out / "study"),
-        name="quality-study",
-        experiment=args.experiment,
-        register=False,
-        seed=0,
-    )
+    # The trainings' model and sizes; the study's own length, its grace period, and one CPU a trial.
+    same = {"model": args.model, "imgsz": args.imgsz, "batch": args.batch, "experiment": args.experiment, "seed": 0}
+    study = {"trials": args.study_trials, "epochs": args.study_epochs, "grace_period": args.study_grace}
+    where = {"storage": str(out / "study"), "name": "quality-study", "tracking_uri": args.tracking_uri}
+    cfg = StudyConfig(data=data, cpus_per_trial=1, register=False, **same, **study, **where)
     result = tune(cfg)
     print(
         f"study: {args.study_trials} trials x {args.study_epochs} epochs in {result.seconds / 60:.1f} min; "
@@ -142,6 +133,7 @@ def train_and_score(
             parent_run_id=parent,
             overrides=dict(overrides or {}),
             tags={"facemask.variant": name},
+            tracking_uri=args.tracking_uri,
         )
     )
     seconds = time.perf_counter() - started
@@ -151,7 +143,7 @@ def train_and_score(
     preds = out / "predictions" / f"{name}-seed{seed}.npz"
     preds.parent.mkdir(parents=True, exist_ok=True)
     scored.predictions.save(preds)
-    logger = RunLogger(run_id=result.run_id, system_metrics=False)
+    logger = RunLogger(run_id=result.run_id, uri=args.tracking_uri, system_metrics=False)
     logger.log_metrics(scored.intervals.metrics("test_bootstrap") | {"benchmark/train_seconds": seconds})
     logger.log_artifact(preds, "evaluation/test")
     return {
@@ -223,8 +215,10 @@ def main() -> None:
     )
     parser.add_argument("--repeat-threshold", type=float, default=0.3)
     parser.add_argument("--cls-pw", type=float, default=0.5)
-    parser.add_argument("--study-trials", type=int, default=4)
-    parser.add_argument("--study-epochs", type=int, default=3)
+    parser.add_argument("--study-trials", type=int, default=6)
+    parser.add_argument("--study-epochs", type=int, default=6)
+    # From scratch the first epochs' scores are all near 0: ASHA must not rank trials on them.
+    parser.add_argument("--study-grace", type=int, default=3, help="ASHA's grace period (epochs).")
     parser.add_argument(
         "--tuned-config",
         type=Path,
@@ -246,7 +240,7 @@ def main() -> None:
     configure_runtime()
     out = args.out or Path(tempfile.mkdtemp(prefix="facemask-quality-"))
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out.resolve() / 'mlflow.db'}")
+    args.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out.resolve() / 'mlflow.db'}"
 
     from facemask.sampling import data_with_repeats
     from facemask.tracking import RunLogger
@@ -258,7 +252,9 @@ def main() -> None:
         datasets["repeat"], _ = data_with_repeats(
             datasets["originals"], args.repeat_threshold, 0, out / "data" / "repeat", CLASS_NAMES
         )
-    parent = RunLogger(args.experiment, f"ablation-{time.strftime('%Y%m%d-%H%M%S')}", system_metrics=False)
+    parent = RunLogger(
+        args.experiment, f"ablation-{time.strftime('%Y%m%d-%H%M%S')}", uri=args.tracking_uri, system_metrics=False
+    )
     parent.log_params({k: str(v) for k, v in vars(args).items()})
     baseline_steps = args.epochs * steps_per_epoch(datasets["originals"], args.batch)
     tuned_config = {}
@@ -320,10 +316,7 @@ def main() -> None:
     parent.log_dict(results, "results.json")
     parent.log_dict({"table": table}, "table.json")
     parent.end("FINISHED")
-    print(
-        f"\nresults: {out / 'results.json'}  MLflow: {os.environ['MLFLOW_TRACKING_URI']} (experiment "
-        f"{args.experiment!r})"
-    )
+    print(f"\nresults: {out / 'results.json'}  MLflow: {args.tracking_uri} (experiment {args.experiment!r})")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -243,8 +242,10 @@ def plain_server(model_uri: str, backend: str, device: str, threads: int, port: 
         detector = SimulatedGPU()
     else:
         from facemask.detector import load_detector
+        from facemask.tracking import tracking_uri
 
-        detector = load_detector(model_uri, device=device, backend=backend, threads=threads, warm=True)
+        store = tracking_uri()
+        detector = load_detector(model_uri, device=device, backend=backend, threads=threads, warm=True, uri=store)
     app = FastAPI()
 
     @app.post("/predict")
@@ -293,7 +294,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 @contextlib.contextmanager
 def server(ingress: str, backend: str, model_uri: str, args, folder: Path):
     """A server in its own process group, as a user starts it; yields (url, pid, what that process is)."""
-    from facemask.runtime import PROXY_ENV, free_port
+    from facemask.runtime import PROXY_ENV, free_port, stop_process_group
     from facemask.settings import ServeConfig
 
     port = free_port()
@@ -319,14 +320,7 @@ def server(ingress: str, backend: str, model_uri: str, args, folder: Path):
         yield url, proc.pid, ("uvicorn" if ingress == "plain" else "serve driver")
     finally:
         # SIGTERM, not SIGINT: a benchmark started in the background hands its children SIGINT ignored.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, grace_s=60)
         log.close()
 
 
@@ -335,8 +329,10 @@ def raw(model_uri: str, backend: str, device: str, threads: int, images: list[by
     from PIL import Image
 
     from facemask.detector import load_detector
+    from facemask.tracking import tracking_uri
 
-    detector = load_detector(model_uri, device=device, backend=backend, threads=threads, warm=True)
+    store = tracking_uri()
+    detector = load_detector(model_uri, device=device, backend=backend, threads=threads, warm=True, uri=store)
     decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
     for image in decoded[:3]:
         detector.predict([image], imgsz=imgsz)
@@ -487,6 +483,7 @@ def main() -> None:
 
     configure_runtime()
     from facemask.export import export_onnx
+    from facemask.tracking import tracking_uri
 
     backends = args.backends.split(",")
     ingresses = args.ingresses.split(",")
@@ -500,7 +497,7 @@ def main() -> None:
     bodies["1080p"].append(work / "full-hd.jpg")
     model_uri = args.model_uri or (str(untrained_weights(work)) if set(backends) - {SIMULATED} else SIMULATED)
     if "onnx" in backends:
-        export_onnx(model_uri, imgsz=args.cpu_imgsz)
+        export_onnx(model_uri, imgsz=args.cpu_imgsz, uri=tracking_uri())
     default_ingress = ServeConfig.ingress
     device_name = f"CPU, {os.cpu_count()} cores"
     print(f"wrk load, {args.seconds:g} s per level; {len(photos)} photos and a 1920x1080 JPEG; on {device_name}")

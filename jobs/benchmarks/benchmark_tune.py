@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ def main() -> None:
     configure_runtime()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        store = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         synthesize(Path(tmp) / "raw", images=args.images, seed=1)
         data = prepare(
             PrepareConfig(source=Path(tmp) / "raw", out=Path(tmp) / "data", engine="local", plots=False)
@@ -62,6 +61,7 @@ def main() -> None:
                     experiment="benchmark-tune",
                     grace_period=1,
                     reduction_factor=args.reduction_factor,
+                    tracking_uri=store,
                 )
             )
             rows[label] = (

@@ -18,18 +18,12 @@ import pytest
 from PIL import Image
 
 from facemask.classes import CLASS_NAMES
-from tests.services import (
-    API_KEY,
-    CHROMIUM,
-    LIMITS,
-    assert_last_box_in_its_class_colour,
-    free_port,
-    launch_chromium,
-    replica_pids,
-    wait_for_replicas,
-)
+from tests import services
+from tests.services import API_KEY, CHROMIUM, LIMITS, free_port
 
 pytestmark = pytest.mark.integration
+# `facemask` as a process of its own, from this interpreter.
+FACEMASK = [sys.executable, "-c", "from facemask.cli import main; main()"]
 
 
 def ws_url(endpoint, path: str = "/live") -> str:
@@ -191,7 +185,7 @@ def camera_page(clip, url: str):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = launch_chromium(
+        browser = services.launch_chromium(
             p,
             "--use-fake-device-for-media-stream",
             "--use-fake-ui-for-media-stream",
@@ -224,7 +218,7 @@ def test_page_camera_mode_streams_frames_and_draws_tracked_boxes(endpoint, known
         assert len(people) == len(CLASS_NAMES) and all("%" in p for p in people), people
         # The total is the people counted in each mask state (each person once, in one state).
         assert int(page.inner_text("#people-total")) == sum(int(p.split()[0]) for p in people), people
-        assert_last_box_in_its_class_colour(page)
+        services.assert_last_box_in_its_class_colour(page)
         page.click("#camera")  # stop: the page closes its stream
         page.wait_for_function("document.body.dataset.live === 'off'", timeout=10_000)
         assert not errors, errors
@@ -260,7 +254,7 @@ def test_page_camera_reconnects_when_its_streams_replica_dies(endpoint, known_im
         route_prefix="/livekill",
     )
     try:
-        (victim,) = wait_for_replicas("livekill", 1).values()
+        (victim,) = services.wait_for_replicas("livekill", 1).values()
         with camera_page(clip, endpoint["url"] + "/livekill/") as (page, errors):
             page.click("#camera")
             page.wait_for_function("window.liveStats.results >= 3", timeout=90_000)
@@ -274,7 +268,7 @@ def test_page_camera_reconnects_when_its_streams_replica_dies(endpoint, known_im
                 "live": page.get_attribute("body", "data-live"),
             }
             assert state["live"] == "on" and state["error"] == "", state
-            assert victim not in replica_pids("livekill").values()
+            assert victim not in services.replica_pids("livekill").values()
             page.click("#camera")
             page.wait_for_function("document.body.dataset.live === 'off'", timeout=10_000)
             assert not errors, errors
@@ -337,26 +331,8 @@ def test_predict_on_a_live_mjpeg_stream_tracks_and_stops_at_max_frames(registere
     out = tmp_path / "live"
     with MJPEGCamera(frames) as camera:
         done = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "from facemask.cli import main; main()",
-                "predict",
-                camera.url,
-                "--model-uri",
-                str(registered_detector["weights"]),
-                "--out",
-                str(out),
-                "--conf",
-                "0",
-                "--imgsz",
-                "160",
-                "--max-det",
-                "3",
-                "--max-frames",
-                "6",
-                "--save",
-            ],
+            [*FACEMASK, "predict", camera.url, "--model-uri", str(registered_detector["weights"]), "--out", str(out)]
+            + "--conf 0 --imgsz 160 --max-det 3 --max-frames 6 --save".split(),
             capture_output=True,
             text=True,
             timeout=300,
@@ -380,19 +356,8 @@ def test_predict_on_a_live_mjpeg_stream_tracks_and_stops_at_max_frames(registere
 def test_predict_names_a_camera_or_stream_it_cannot_open(registered_detector, tmp_path):
     port = free_port()  # nothing listens there
     done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from facemask.cli import main; main()",
-            "predict",
-            f"http://127.0.0.1:{port}/none.mjpg",
-            "--model-uri",
-            str(registered_detector["weights"]),
-            "--out",
-            str(tmp_path / "o"),
-            "--max-frames",
-            "2",
-        ],
+        [*FACEMASK, "predict", f"http://127.0.0.1:{port}/none.mjpg", "--model-uri", str(registered_detector["weights"])]
+        + ["--out", str(tmp_path / "o"), "--max-frames", "2"],
         capture_output=True,
         text=True,
         timeout=120,

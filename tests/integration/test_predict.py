@@ -31,24 +31,8 @@ def test_predict_folder_with_ray_data(ray_local, registered_detector, synth_sour
     out = tmp_path / "out"
     result = CliRunner().invoke(
         main,
-        [
-            "predict",
-            str(source),
-            "--model-uri",
-            str(registered_detector["weights"]),
-            "--out",
-            str(out),
-            "--conf",
-            "0",
-            "--imgsz",
-            "160",
-            "--max-det",
-            "5",
-            "--batch-size",
-            "3",
-            "--concurrency",
-            "2",
-        ],
+        ["predict", str(source), "--model-uri", str(registered_detector["weights"]), "--out", str(out)]
+        + "--conf 0 --imgsz 160 --max-det 5 --batch-size 3 --concurrency 2".split(),
     )
     assert result.exit_code == 0, result.output
     assert "12 images" in result.stdout and "skipped 4 unreadable" in result.stderr
@@ -97,6 +81,7 @@ def test_predict_video(ray_local, registered_detector, synth_source, tmp_path):
             max_det=3,
             frames_per_task=5,
             concurrency=2,
+            tracking_uri=registered_detector["tracking_uri"],
         )
     )
     assert result.kind == "video" and result.items == 12 and not result.skipped
@@ -126,9 +111,10 @@ def test_export_onnx_logs_it_and_the_onnx_backend_agrees(registered_detector, kn
 
     tags = MlflowClient(registered_detector["tracking_uri"]).get_model_version(name, other).tags
     assert tags["onnx_artifact"].endswith(".onnx") and tags["onnx_imgsz"] == "160"
-    onnx = load_detector(uri, backend="onnx")
+    store = registered_detector["tracking_uri"]
+    onnx = load_detector(uri, backend="onnx", uri=store)
     assert onnx.info.weights.endswith(".onnx") and onnx.info.version == other
-    torch_model = load_detector(uri)
+    torch_model = load_detector(uri, uri=store)
     image = Image.open(known_image)
     for size in (160, 224):  # the export takes any size and batch
         got = onnx.predict([image, image], conf=0, imgsz=size, max_det=10)
@@ -144,7 +130,7 @@ def test_export_onnx_logs_it_and_the_onnx_backend_agrees(registered_detector, kn
             ), d
 
     with pytest.raises(ModelNotFoundError, match="facemask export"):
-        load_detector(f"models:/{name}/{registered_detector['champion']}", backend="onnx")
+        load_detector(f"models:/{name}/{registered_detector['champion']}", backend="onnx", uri=store)
     missing = CliRunner().invoke(
         main,
         [

@@ -59,9 +59,7 @@ def splits(root: Path, *names: str) -> set[str]:
     return {p.name for name in names for p in (root / "images" / name).iterdir()}
 
 
-def test_evaluate_a_voc_folder_logs_intervals_and_counts_unknown_classes(
-    registered_detector, synth_source, tmp_path, monkeypatch
-):
+def test_evaluate_a_voc_folder_logs_intervals_and_counts_unknown_classes(registered_detector, synth_source, tmp_path):
     from facemask.evaluate import HELDOUT, evaluate
 
     folder = tmp_path / "my-photos"
@@ -74,9 +72,8 @@ def test_evaluate_a_voc_folder_logs_intervals_and_counts_unknown_classes(
     )
     unknown = xml.read_text().count("face_shield")
     assert unknown >= 1
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered_detector["tracking_uri"])
     model = f"models:/{registered_detector['name']}/{registered_detector['other']}"
-    result = evaluate(model, folder, imgsz=160, device="cpu", resamples=200)
+    result = evaluate(model, folder, imgsz=160, device="cpu", resamples=200, uri=registered_detector["tracking_uri"])
 
     assert result.split == HELDOUT and result.intervals.images == len(list((folder / "images").iterdir()))
     assert result.problems["counts"] == {"dropped_box": {"unknown_class": unknown}}

@@ -60,9 +60,7 @@ def test_predict_matches_the_model_called_in_process(http, endpoint, known_image
         response = http.post("/predict", params=params, files={"file": (known_image.name, f, "image/png")})
     assert response.status_code == 200, response.text
     body = response.json()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", endpoint["tracking_uri"])
-        detector = load_detector(f"models:/{endpoint['name']}/{endpoint['champion']}")
+    detector = load_detector(f"models:/{endpoint['name']}/{endpoint['champion']}", uri=endpoint["tracking_uri"])
     expected = [d.to_dict() for d in detector.predict([Image.open(known_image)], **params)[0]]
     assert len(expected) == 20
     assert [d["label"] for d in body["detections"]] == [d["label"] for d in expected]
@@ -362,20 +360,8 @@ def test_client_and_query_command(endpoint, known_image, tmp_path):
     saved = tmp_path / "annotated.jpg"
     result = CliRunner().invoke(
         main,
-        [
-            "query",
-            str(known_image),
-            "--url",
-            endpoint["url"],
-            "--conf",
-            "0",
-            "--imgsz",
-            "160",
-            "--max-det",
-            "4",
-            "--save",
-            str(saved),
-        ],
+        ["query", str(known_image), "--url", endpoint["url"], "--save", str(saved)]
+        + "--conf 0 --imgsz 160 --max-det 4".split(),
     )
     assert result.exit_code == 0, result.output
     assert "4 detections" in result.stdout and f"v{endpoint['champion']}" in result.stdout

@@ -305,12 +305,14 @@ def test_two_worker_trials_fit_a_two_cpu_machine(tiny_data, mlflow_server, tmp_p
     code = (
         "import json, sys, ray\n"
         "from facemask.runtime import configure_runtime\n"
+        "from facemask.tracking import tracking_uri\n"
         "from facemask.tune import StudyConfig, tune\n"
         "configure_runtime()\n"
         "ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
         "cfg = StudyConfig(data=sys.argv[1], model='yolo26n.yaml', trials=2, epochs=1, imgsz=160, batch=8,\n"
         "                  cpus_per_trial=2, ray_workers_per_trial=2, storage=sys.argv[2], name='w2',\n"
-        "                  metric='cls_loss', mode='min', experiment='two-workers', register=False, max_failures=0)\n"
+        "                  metric='cls_loss', mode='min', experiment='two-workers', register=False, max_failures=0,\n"
+        "                  tracking_uri=tracking_uri())\n"
         "print('RESULT ' + json.dumps(tune(cfg).counts))\n"
     )
     run = subprocess.run(

@@ -91,6 +91,7 @@ def test_study_asha_nested_runs_and_crash_retry(tiny_data, tracking, tmp_path, s
         max_failures=2,
         experiment=tracking["experiment"],
         registered_model=name,
+        tracking_uri=tracking["uri"],
     )
     result = tune(cfg, trial_callbacks={"on_fit_epoch_end": [crash_once]})
 

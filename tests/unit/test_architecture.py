@@ -89,14 +89,23 @@ def test_leaves_import_only_earlier_leaves(leaf: str) -> None:
     assert imported <= allowed, f"{leaf} imports {sorted(imported - allowed)}; a leaf may import only {sorted(allowed)}"
 
 
-def test_the_cycle_finder_sees_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
-    pkg = tmp_path / "pkg"
+def package(root: Path, **modules: str) -> Path:
+    """A package `pkg` under `root` holding `modules` (name -> source): what the checks are tried on."""
+    pkg = root / "pkg"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("from pkg.b import thing\n")
-    (pkg / "b.py").write_text("def thing():\n    from pkg import c\n")
-    (pkg / "c.py").write_text("import pkg.a\n")
-    (pkg / "d.py").write_text("from pkg import a\n")
+    for name, source in {"__init__": "", **modules}.items():
+        (pkg / f"{name}.py").write_text(source)
+    return pkg
+
+
+def test_the_cycle_finder_sees_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
+    pkg = package(
+        tmp_path,
+        a="from pkg.b import thing\n",
+        b="def thing():\n    from pkg import c\n",
+        c="import pkg.a\n",
+        d="from pkg import a\n",
+    )
     graph = import_graph(pkg)
     assert graph["pkg.b"] == {"pkg.c"} and graph["pkg.d"] == {"pkg.a"}
     assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
@@ -156,13 +165,52 @@ def test_only_the_one_helper_writes_the_mlflow_store_into_the_environment() -> N
 
 
 def test_the_environment_check_sees_direct_writes(tmp_path: Path) -> None:
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text(
-        "import os\n"
+    pkg = package(
+        tmp_path,
+        a="import os\n"
         "def trial(uri):\n    os.environ['MLFLOW_TRACKING_URI'] = uri\n"
         "def other(uri):\n    os.environ.setdefault('MLFLOW_REGISTRY_URI', uri)\n"
-        "def fine():\n    os.environ['OTHER'] = '1'\n"
+        "def fine():\n    os.environ['OTHER'] = '1'\n",
     )
     assert environment_writes(pkg) == ["pkg.a:trial:3", "pkg.a:other:5"]
+
+
+# Where the store is read from the environment: the command line, and a Serve application's
+# start-up (serve/config.yaml and the RayService build it without the CLI). Everything below
+# them is handed the store as an argument.
+STORE_READERS = {("facemask.cli", None), ("facemask.serving", "build_app")}
+
+
+def store_reads(root: Path) -> list[str]:
+    """`module:function:line` of each call of `tracking_uri()`, or use of the name MLFLOW_TRACKING_URI,
+    outside the function that defines it."""
+    found = []
+    for path in root.rglob("*.py"):
+        module = module_name(path, root)
+        tree = ast.parse(path.read_text(), str(path))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name == "tracking_uri":
+                continue
+            for node in ast.walk(fn):
+                called = isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] == "tracking_uri"
+                read = isinstance(node, ast.Constant) and node.value == "MLFLOW_TRACKING_URI"
+                if (called or read) and (module, None) not in STORE_READERS and (module, fn.name) not in STORE_READERS:
+                    found.append(f"{module}:{fn.name}:{node.lineno}")
+    return sorted(set(found))
+
+
+def test_the_tracking_store_is_read_only_by_entry_points() -> None:
+    reads = store_reads(PACKAGE)
+    assert not reads, f"pass the tracking URI down from the entry point instead of reading it here: {reads}"
+
+
+def test_the_store_read_check_sees_a_fallback(tmp_path: Path) -> None:
+    pkg = package(
+        tmp_path,
+        a="import os\n"
+        "from facemask.tracking import tracking_uri\n"
+        "def log(uri=None):\n    return uri or tracking_uri()\n"
+        "def env():\n    return os.environ.get('MLFLOW_TRACKING_URI')\n"
+        "def fine(uri):\n    return uri\n",
+    )
+    assert store_reads(pkg) == ["pkg.a:env:6", "pkg.a:log:4"]

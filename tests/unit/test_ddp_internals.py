@@ -54,4 +54,6 @@ def test_the_ddp_trainer_class_builds_and_overrides_what_it_must():
 )
 def test_distributed_settings_that_cannot_work_are_refused_in_one_line(train_kw, ray_kw, message):
     with pytest.raises(ConfigError, match=message):
-        check_distributed(TrainConfig(data="data.yaml", **train_kw), DistributedConfig(**ray_kw))
+        check_distributed(
+            TrainConfig(data="data.yaml", tracking_uri="sqlite:///mlflow.db", **train_kw), DistributedConfig(**ray_kw)
+        )

@@ -28,7 +28,7 @@ from facemask.tune import load_search_space, max_concurrency, trial_status
 
 
 def study(**kw) -> StudyConfig:
-    return StudyConfig(data="data.yaml", **kw)
+    return StudyConfig(data="data.yaml", tracking_uri="sqlite:///mlflow.db", **kw)
 
 
 @pytest.mark.parametrize(
