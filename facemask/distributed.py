@@ -160,25 +160,9 @@ def worker_loop(config: dict) -> None:
     cfg: TrainConfig = config["cfg"]
     # Workers start with their node's environment, not the driver's: log where the driver does.
     set_process_store(cfg.tracking_uri)
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    checkpoint = ray.train.get_checkpoint()
+    rank = ray.train.get_context().get_world_rank()
     local = Path(tempfile.mkdtemp(prefix="facemask-resume-"))
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = json.loads((Path(folder) / STATE_FILE).read_text())
-            shutil.copy2(Path(folder) / "last.pt", local / "last.pt")
-        # Ray restarted the group after a failure: every rank goes on from the same epoch.
-        cfg = replace(cfg, resume_from=local / "last.pt", run_id=state["run_id"])
-        log.warning("rank %d resumes from epoch %d of run %s", rank, state["epoch"], state["run_id"])
-    if rank != 0:
-        # Only logging differs: Ultralytics' collectives depend on its args (plots adds a
-        # confusion-matrix reduce), so every rank must run with the same ones.
-        cfg = replace(cfg, tracking=False, register=False)
-    import ray.train.torch
-
-    device = ray.train.torch.get_device()
-    cfg = replace(cfg, device="cpu" if device.type == "cpu" else str(device.index or 0))
+    cfg = rank_config(cfg, rank, local)
     run: dict[str, Any] = {"id": cfg.run_id}
     epoch_started = time.perf_counter()
     reported: set[int] = set()
@@ -223,8 +207,36 @@ def worker_loop(config: dict) -> None:
     shutil.rmtree(local, ignore_errors=True)
     if config.get("tune"):
         return  # Tune has every epoch; an extra report would count as one more
-    # One last report from every rank (reports are a barrier): rank 0's carries the outcome,
-    # with best.pt, to the driver through storage, wherever rank 0 ran.
+    report_outcome(result, rank)
+
+
+def rank_config(cfg: TrainConfig, rank: int, local: Path) -> TrainConfig:
+    """This rank's training: resumed from the group's checkpoint (into `local`) after a restart,
+    logged by rank 0 only, on the device Ray Train gave this worker."""
+    import ray.train
+    import ray.train.torch
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = json.loads((Path(folder) / STATE_FILE).read_text())
+            shutil.copy2(Path(folder) / "last.pt", local / "last.pt")
+        # Ray restarted the group after a failure: every rank goes on from the same epoch.
+        cfg = replace(cfg, resume_from=local / "last.pt", run_id=state["run_id"])
+        log.warning("rank %d resumes from epoch %d of run %s", rank, state["epoch"], state["run_id"])
+    if rank != 0:
+        # Only logging differs: Ultralytics' collectives depend on its args (plots adds a
+        # confusion-matrix reduce), so every rank must run with the same ones.
+        cfg = replace(cfg, tracking=False, register=False)
+    device = ray.train.torch.get_device()
+    return replace(cfg, device="cpu" if device.type == "cpu" else str(device.index or 0))
+
+
+def report_outcome(result, rank: int) -> None:
+    """One last report from every rank (reports are a barrier): rank 0's carries the outcome,
+    with best.pt, to the driver through storage, wherever rank 0 ran."""
+    import ray.train
+
     final = {"epoch": result.epochs_run, "rank": rank, "final": True}
     if rank != 0:
         ray.train.report(final)

@@ -187,6 +187,51 @@ def read_image_size(path: Path) -> tuple[int, int, str]:
     return width, height, _sha256(data)
 
 
+def check_declared_size(root, xml_path: Path, width: int, height: int) -> list[Problem]:
+    """The image's real size wins over <size>; a missing or different one is reported as corrected."""
+    size = root.find("size")
+    declared = (_number(size, "width"), _number(size, "height"))
+    if declared[0] is None or declared[1] is None:
+        return [
+            Problem(str(xml_path), "size_missing", "corrected", f"<size> missing; used the image's {width}x{height}")
+        ]
+    if (int(declared[0]), int(declared[1])) != (width, height):
+        said = f"{int(declared[0])}x{int(declared[1])}"
+        reason = f"<size> says {said} but the image is {width}x{height}; trusted the image"
+        return [Problem(str(xml_path), "size_mismatch", "corrected", reason)]
+    return []
+
+
+def parse_objects(root, xml_path: Path, width: int, height: int) -> tuple[list[Box], list[Problem]]:
+    """Every usable <object> as a Box clipped to the image; each dropped or clipped one as a Problem."""
+    boxes: list[Box] = []
+    problems: list[Problem] = []
+    for index, obj in enumerate(root.iter("object")):
+        where = f"{xml_path} object #{index}"
+        label = _text(obj, "name")
+        if label not in CLASS_IDS:
+            valid = ", ".join(CLASS_IDS)
+            problems.append(Problem(where, "unknown_class", "dropped_box", f"unknown class {label!r}; valid: {valid}"))
+            continue
+        bnd = obj.find("bndbox")
+        coords = [_number(bnd, tag) for tag in ("xmin", "ymin", "xmax", "ymax")]
+        if any(c is None for c in coords):
+            reason = "<bndbox> lacks a numeric xmin, ymin, xmax or ymax"
+            problems.append(Problem(where, "bad_box", "dropped_box", reason))
+            continue
+        x1, y1, x2, y2 = (float(c) for c in coords)  # type: ignore[arg-type]
+        cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+        cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+        box = f"box ({x1}, {y1}, {x2}, {y2})"
+        if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
+            problems.append(Problem(where, "empty_box", "dropped_box", f"{box} has no area inside the image"))
+            continue
+        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+            problems.append(Problem(where, "box_clipped", "corrected", f"{box} clipped to {width}x{height}"))
+        boxes.append(Box(label, cx1, cy1, cx2, cy2, _text(obj, "difficult") == "1"))
+    return boxes, problems
+
+
 def parse_annotation(xml_path: Path | str, images_dir: Path | str) -> ParseResult:
     """Parse one VOC XML file against its real image. Never raises for bad input."""
     xml_path, images_dir = Path(xml_path), Path(images_dir)
@@ -223,55 +268,9 @@ def parse_annotation(xml_path: Path | str, images_dir: Path | str) -> ParseResul
         )
         return result
 
-    size = root.find("size")
-    declared = (_number(size, "width"), _number(size, "height"))
-    if declared[0] is None or declared[1] is None:
-        result.problems.append(
-            Problem(str(xml_path), "size_missing", "corrected", f"<size> missing; used the image's {width}x{height}")
-        )
-    elif (int(declared[0]), int(declared[1])) != (width, height):
-        result.problems.append(
-            Problem(
-                str(xml_path),
-                "size_mismatch",
-                "corrected",
-                f"<size> says {int(declared[0])}x{int(declared[1])} but the image is "
-                f"{width}x{height}; trusted the image",
-            )
-        )
-
-    boxes: list[Box] = []
-    for index, obj in enumerate(root.iter("object")):
-        where = f"{xml_path} object #{index}"
-        label = _text(obj, "name")
-        if label not in CLASS_IDS:
-            result.problems.append(
-                Problem(
-                    where, "unknown_class", "dropped_box", f"unknown class {label!r}; valid: {', '.join(CLASS_IDS)}"
-                )
-            )
-            continue
-        bnd = obj.find("bndbox")
-        coords = [_number(bnd, tag) for tag in ("xmin", "ymin", "xmax", "ymax")]
-        if any(c is None for c in coords):
-            result.problems.append(
-                Problem(where, "bad_box", "dropped_box", "<bndbox> lacks a numeric xmin, ymin, xmax or ymax")
-            )
-            continue
-        x1, y1, x2, y2 = (float(c) for c in coords)  # type: ignore[arg-type]
-        cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
-        cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
-        if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
-            result.problems.append(
-                Problem(where, "empty_box", "dropped_box", f"box ({x1}, {y1}, {x2}, {y2}) has no area inside the image")
-            )
-            continue
-        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-            result.problems.append(
-                Problem(where, "box_clipped", "corrected", f"box ({x1}, {y1}, {x2}, {y2}) clipped to {width}x{height}")
-            )
-        difficult = _text(obj, "difficult") == "1"
-        boxes.append(Box(label, cx1, cy1, cx2, cy2, difficult))
+    result.problems += check_declared_size(root, xml_path, width, height)
+    boxes, problems = parse_objects(root, xml_path, width, height)
+    result.problems += problems
 
     result.record = Record(
         image=str(image_path),

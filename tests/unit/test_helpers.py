@@ -559,6 +559,15 @@ def test_the_results_footer_names_the_store_and_the_commands():
     assert "http://mlflow:5000 in a browser" in remote and "mlflow ui" not in remote
 
 
+@pytest.mark.parametrize("model_uri", ["models:/facemask-detector@champion", "runs:/abc123/weights/best.pt"])
+def test_a_registry_uri_without_its_store_is_refused_in_one_line(model_uri):
+    from facemask.detector import resolve_model
+    from facemask.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{model_uri}: a registry or run URI is looked up in an MLflow store"):
+        resolve_model(model_uri)
+
+
 # ---------------------------------------------------------------- unusual image files
 
 
