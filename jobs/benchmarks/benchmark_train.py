@@ -55,11 +55,12 @@ SCALING = r"""
 import json, logging, os, sys, time
 from pathlib import Path
 from facemask.settings import DistributedConfig, TrainConfig
+from facemask.tracking import tracking_uri
 data, project, epochs, imgsz = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 workers, gpus = int(sys.argv[5]), float(sys.argv[6])
 cfg = TrainConfig(data=Path(data), model="yolo26n.yaml", epochs=epochs, imgsz=imgsz, batch=16,
                   device="cpu" if not gpus else "auto", workers=0, project=project, run_name=f"w{workers}",
-                  plots=False, tracking=False, seed=0, experiment="benchmark-train", tracking_uri="")
+                  plots=False, tracking=False, seed=0, experiment="benchmark-train", tracking_uri=tracking_uri())
 start = time.perf_counter()
 if workers == 1:
     import torch
