@@ -532,7 +532,8 @@ def log_study(
     searcher = {"type": "Optuna TPE", "seed": cfg.seed, "points_to_evaluate": len(baseline)}
     parent.log_params(
         {
-            "study": {k: str(v) for k, v in asdict(cfg).items()},
+            # The store is where these params go, and its URI may carry credentials: not a param.
+            "study": {k: str(v) for k, v in asdict(cfg).items() if k != "tracking_uri"},
             "data_fingerprint": fingerprint,
             "scheduler": scheduler | {"reduction_factor": cfg.reduction_factor},
             "searcher": searcher,
