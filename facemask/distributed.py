@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from facemask.errors import ConfigError
 from facemask.runtime import resolve_path
@@ -201,9 +201,9 @@ def worker_loop(config: dict) -> None:
     def on_run(run_id: str | None) -> None:
         run["id"] = run_id
 
-    result = train(
-        cfg, callbacks={"on_fit_epoch_end": [report]}, on_run=on_run, trainer=ddp_trainer_class(), epoch_logging=False
-    )
+    callbacks: dict[str, list] = {event: list(fns) for event, fns in (config.get("callbacks") or {}).items()}
+    callbacks.setdefault("on_fit_epoch_end", []).append(report)
+    result = train(cfg, callbacks=callbacks, on_run=on_run, trainer=ddp_trainer_class(), epoch_logging=False)
     shutil.rmtree(local, ignore_errors=True)
     if config.get("tune"):
         return  # Tune has every epoch; an extra report would count as one more
@@ -354,11 +354,20 @@ def check_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig) -> None:
         raise ConfigError("--device picks devices for one process; with --ray-workers, use --gpus-per-worker")
 
 
-def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tune: bool = False) -> TrainResult | None:
+def train_distributed(
+    cfg: TrainConfig,
+    ray_cfg: DistributedConfig,
+    report_to_tune: bool = False,
+    callbacks: dict[str, list[Callable]] | None = None,
+) -> TrainResult | None:
     """Train one model with `ray_cfg.workers` Ray Train workers; the same result as `train()`.
 
     report_to_tune: inside a Tune trial, rank 0's epochs go to Tune as the trial's results
     (ASHA stops the trial between epochs) and this returns None.
+
+    callbacks: Ultralytics events to extra functions, run on every rank (as `train()`'s
+    callbacks); they travel to the workers by value, so they must pickle. A function reads
+    the rank from `ray.train.get_context()`.
 
     Needs a connected Ray cluster (the CLI and jobs/train.py join or start one). The
     storage folder (`ray_cfg.storage`, default `ray-train/` under the project) holds the
@@ -401,7 +410,7 @@ def train_distributed(cfg: TrainConfig, ray_cfg: DistributedConfig, report_to_tu
     }
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"cfg": cfg, "tune": report_to_tune},
+        train_loop_config={"cfg": cfg, "tune": report_to_tune, "callbacks": callbacks or {}},
         scaling_config=ScalingConfig(
             num_workers=ray_cfg.workers, use_gpu=bool(ray_cfg.gpus_per_worker), resources_per_worker=resources
         ),

@@ -15,6 +15,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any, Callable
+
+import pytest
 
 from facemask.proxy_guard import ENV_PREFIX
 from facemask.runtime import PROXY_ENV, free_port, stop_process_group
@@ -51,6 +54,29 @@ def study_args(data: Path, space: Path, experiment: str, **options) -> list[str]
         flag = "--" + key.replace("_", "-")
         args += [flag] if value is True else [flag, str(value)]
     return args
+
+
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    interval: float = 0.5,
+) -> Any:
+    """Poll `condition` until it returns something true, and return that. Fail, naming `what`
+    was awaited, at the deadline or as soon as `proc` (the process that should bring it) ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        tail = log.read_text(errors="replace")[-3000:] if log is not None and log.is_file() else ""
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the command ended ({proc.returncode}) before {what}: {tail}")
+        if time.monotonic() >= deadline:
+            pytest.fail(f"no {what} within {timeout:.0f} s: {tail}")
+        time.sleep(interval)
 
 
 def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
@@ -185,18 +211,42 @@ class RayCluster:
 
     def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
         ray = str(Path(sys.executable).with_name("ray"))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def alive() -> bool:
             out = subprocess.run(
                 [ray, "list", "nodes", "--address", self.address, "--format", "json", "--filter", "state=ALIVE"],
                 env=self.env,
                 capture_output=True,
                 text=True,
             )
-            if out.returncode == 0 and out.stdout.count('"node_id"') >= count:
-                return
-            time.sleep(2)
-        raise TimeoutError(f"fewer than {count} Ray nodes came up")
+            return out.returncode == 0 and out.stdout.count('"node_id"') >= count
+
+        wait_until(alive, timeout, f"{count} alive Ray nodes", interval=1)
+
+    def job(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`ray job ARGS --address <this head's dashboard>`, with the cluster's environment (its token)."""
+        ray = str(Path(sys.executable).with_name("ray"))
+        command, *rest = args
+        return subprocess.run(
+            [ray, "job", command, "--address", self.dashboard, *rest],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def submit(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        """`ray job submit ARGS` once the head's job agent takes jobs: a head that has just started
+        answers "No available agent" until its agent has registered."""
+        answered: list[subprocess.CompletedProcess] = []
+
+        def taken() -> bool:
+            run = self.job("submit", *args, timeout=timeout)
+            answered.append(run)
+            return "No available agent to submit job" not in run.stderr
+
+        wait_until(taken, 120, "job agent on the head", interval=1)
+        return answered[-1]
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -270,10 +320,9 @@ def replica_pids(app: str) -> dict[str, int]:
 
 def wait_for_replicas(app: str, count: int, gone: int | None = None) -> dict[str, int]:
     """Name -> PID of `app`'s replicas once there are `count` of them and none is the process `gone`."""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+
+    def ready() -> dict[str, int] | None:
         now = replica_pids(app)
-        if len(now) == count and gone not in now.values():
-            return now
-        time.sleep(1)
-    raise AssertionError(f"{app}: no {count} live replicas without {gone} after 90 s: {now}")
+        return now if len(now) == count and gone not in now.values() else None
+
+    return wait_until(ready, 90, f"{count} live replicas of {app} without PID {gone}", interval=0.5)

@@ -4,7 +4,9 @@ Binary messages are frames (JPEG/PNG/WebP), text messages are JSON settings. The
 message is `{"key": ..., "conf": ..., "imgsz": ..., "model": ..., "fps": ...}` (the key may
 instead come as an Authorization header). Each processed frame gets a `result` with tracked
 detections and the compliance summary; a bad frame or setting gets an `error` naming it and
-the stream stays up. Frames are never queued: one arriving while the model is busy replaces
+the stream stays up. Settings sent later are acknowledged with a `settings` message: the
+settings in force, the stream's counts, and `next_frame_in_s`, when its fps budget takes a
+frame again. Frames are never queued: one arriving while the model is busy replaces
 the one waiting, and counts as dropped. Frames go through the server's own checks and batch
 (`detect_bytes`), the same as /predict.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -170,8 +173,17 @@ class LiveStreams:
                         session.settings = live_settings(json.loads(message["text"]), session.settings)
                     except ValueError:
                         await self.error(ws, None, "invalid_parameter", "a text message must be JSON settings")
+                        continue
                     except APIError as exc:
                         await self.error(ws, None, exc.error, exc.message)
+                        continue
+                    # Read in order after every frame sent before it, so its counts are exact and
+                    # a client paced by `next_frame_in_s` is never refused.
+                    fps = session.settings["fps"]
+                    due = min(fps, tokens + (time.perf_counter() - refilled) * fps)
+                    ack = {"settings": session.settings, "stream": session.counts()}
+                    ack["next_frame_in_s"] = math.ceil(max(0.0, 1 - due) / fps * 1000) / 1000
+                    await ws.send_text(json.dumps({"type": "settings", **ack}))
                     continue
                 now, fps = time.perf_counter(), session.settings["fps"]
                 tokens, refilled = min(fps, tokens + (now - refilled) * fps), now

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -138,30 +137,7 @@ def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tiny_da
         runtime_env = json.dumps({"env_vars": {"YOLO_CONFIG_DIR": os.environ["YOLO_CONFIG_DIR"], "YOLO_OFFLINE": "1"}})
 
         def submit(*args: str) -> str:
-            for _ in range(30):  # a head that has just started may not have its job agent yet
-                run = subprocess.run(
-                    [
-                        ray,
-                        "job",
-                        "submit",
-                        "--address",
-                        cluster.dashboard,
-                        "--working-dir",
-                        str(ROOT),
-                        "--runtime-env-json",
-                        runtime_env,
-                        "--",
-                        "python",
-                        *args,
-                    ],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=900,
-                )
-                if "No available agent to submit job" not in run.stderr:
-                    break
-                time.sleep(2)
+            run = cluster.submit("--working-dir", str(ROOT), "--runtime-env-json", runtime_env, "--", "python", *args)
             assert run.returncode == 0 and "succeeded" in run.stdout + run.stderr, (
                 run.stdout[-6000:] + run.stderr[-2000:]
             )

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from facemask.distributed import RANKS_FILE, train_distributed
 from facemask.settings import DistributedConfig, TrainConfig
-from tests.services import tiny_training
+from tests.services import tiny_training, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -70,26 +70,45 @@ def test_two_workers_train_one_model_each_on_half_the_data(ray_local, tiny_data,
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint_in_the_same_run(ray_local, tiny_data, tracking, tmp_path):
-    storage, outcome = tmp_path / "storage", {}
+    storage, outcome, held = tmp_path / "storage", {}, tmp_path / "held-in-epoch-2"
+
+    def hold_rank_1_in_epoch_2(trainer) -> None:
+        # Runs in the workers. The first rank 1 to enter epoch 2 announces its PID and waits
+        # there to be killed; the one Ray Train starts in its place finds the file and goes on.
+        import ray.train
+
+        if trainer.epoch != 1 or ray.train.get_context().get_world_rank() != 1:
+            return
+        try:
+            with open(held, "x") as f:
+                f.write(str(os.getpid()))
+        except FileExistsError:
+            return
+        while True:
+            time.sleep(0.1)
 
     def run() -> None:
         try:
             outcome["result"] = train_distributed(
                 config(tiny_data, tracking, tmp_path, "fault", epochs=3),
                 DistributedConfig(workers=2, storage=str(storage), max_failures=2),
+                callbacks={"on_train_epoch_start": [hold_rank_1_in_epoch_2]},
             )
         except BaseException as exc:  # reported by the assertion below
             outcome["error"] = exc
 
     thread = threading.Thread(target=run)
     thread.start()
-    deadline = time.monotonic() + 600
-    while not rank_log(storage, "fault") and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.2)
+    wait_until(
+        lambda: (held.is_file() and held.read_text() and rank_log(storage, "fault")) or not thread.is_alive(),
+        600,
+        "rank 1 held in epoch 2 after epoch 1's report",
+    )
+    assert "error" not in outcome, outcome.get("error")
     first = rank_log(storage, "fault")
-    assert first and first[0]["epoch"] == 1, first
-    time.sleep(1.0)  # into epoch 2
-    victim = first[0]["ranks"][1]["pid"]
+    assert [e["epoch"] for e in first] == [1], first
+    victim = int(held.read_text())
+    assert victim == first[0]["ranks"][1]["pid"], (victim, first)
     os.kill(victim, signal.SIGKILL)  # a process of this test's own Ray instance
     thread.join(timeout=900)
     assert not thread.is_alive(), "training did not finish after the restart"

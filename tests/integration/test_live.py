@@ -138,12 +138,21 @@ def test_frames_over_the_streams_fps_are_refused_after_a_one_second_burst(endpoi
         assert receive(ws)["type"] == "ready"
         for _ in range(burst):
             ws.send(frame)
-        time.sleep(1.5)  # the bucket refills
-        ws.send(frame)
+        # Settings are read after every frame sent before them: the answer counts the whole
+        # burst and says when the bucket takes a frame again.
+        ws.send(json.dumps({"fps": 5}))
         messages = [receive(ws)]
+        while messages[-1]["type"] != "settings":
+            messages.append(receive(ws))
+        ack = messages.pop()
+        assert ack["stream"]["received"] == burst and 0 <= ack["next_frame_in_s"] <= 1 / 5, ack
+        time.sleep(ack["next_frame_in_s"])
+        ws.send(frame)
+        messages.append(receive(ws))
         while messages[-1]["type"] != "result" or messages[-1]["frame"] != burst:
             messages.append(receive(ws))
     errors = [m for m in messages if m["type"] == "error"]
+    assert ack["stream"]["rate_limited"] == messages[-1]["stream"]["rate_limited"], (ack, messages[-1])
     assert [e["error"] for e in errors] == ["rate_limited"] and errors[0]["frame"] >= 5, errors
     stream = messages[-1]["stream"]
     # The server reads the burst over a few ms, in which a token may come back (one per 200 ms).

@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 
 from tests.integration.test_tune import SPACE
 from tests.services import study_args as small_study
+from tests.services import wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,20 +41,6 @@ def start(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> subproc
     return subprocess.Popen(
         args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
     )
-
-
-def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(
-                f"the command ended ({proc.returncode}) before {what}: {log.read_text()[-3000:] if log else ''}"
-            )
-        time.sleep(0.5)
-    pytest.fail(f"no {what} within {timeout:.0f}s: {log.read_text()[-3000:] if log else ''}")
 
 
 def stop_and_time(proc: subprocess.Popen, group: bool, sig: int = signal.SIGTERM) -> tuple[int, float, list]:
@@ -154,7 +141,6 @@ def test_tune_stopped_by_ray_job_stop_resumes(tiny_data, mlflow_server, tmp_path
         Path(tempfile.mkdtemp(prefix="fm-ray-", dir="/tmp")),
         {**command_env(RAY_AUTH_MODE="token"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
     )
-    ray = str(Path(sys.executable).with_name("ray"))
     experiment = "stop-job"
     runtime_env = json.dumps(
         {
@@ -173,27 +159,9 @@ def test_tune_stopped_by_ray_job_stop_resumes(tiny_data, mlflow_server, tmp_path
         *study_args(tiny_data, two_trial_space, tmp_path / "studies", experiment, epochs=5),
     ]
 
-    def job(*command: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([ray, "job", *command], env=cluster.env, capture_output=True, text=True, timeout=timeout)
-
     def submit(extra: list[str], wait: bool) -> str:
-        for _ in range(30):  # a head that has just started may not have its job agent yet
-            run = job(
-                "submit",
-                "--address",
-                cluster.dashboard,
-                "--runtime-env-json",
-                runtime_env,
-                *([] if wait else ["--no-wait"]),
-                "--",
-                *args,
-                *extra,
-                timeout=900,
-            )
-            if "No available agent to submit job" not in run.stderr:
-                return run.stdout + run.stderr
-            time.sleep(2)
-        pytest.fail("the head's job agent never came up")
+        run = cluster.submit("--runtime-env-json", runtime_env, *([] if wait else ["--no-wait"]), "--", *args, *extra)
+        return run.stdout + run.stderr
 
     try:
         cluster.start_head(num_cpus=2, resources={"head": 1})
@@ -203,12 +171,12 @@ def test_tune_stopped_by_ray_job_stop_resumes(tiny_data, mlflow_server, tmp_path
             lambda: list((tmp_path / "studies" / "study").glob("run_trial_*/checkpoint_*")), 300, "trial checkpoint"
         )
         started = time.monotonic()
-        stop = job("stop", "--address", cluster.dashboard, job_id)  # returns once the job has ended
+        stop = cluster.job("stop", job_id)  # returns once the job has ended
         seconds = time.monotonic() - started
         assert stop.returncode == 0, stop.stdout[-2000:] + stop.stderr[-2000:]
-        status = job("status", "--address", cluster.dashboard, job_id)
+        status = cluster.job("status", job_id)
         assert "was stopped" in status.stdout + status.stderr
-        logs = job("logs", "--address", cluster.dashboard, job_id).stdout
+        logs = cluster.job("logs", job_id).stdout
         assert seconds < STOP_WITHIN_S + 5  # the job's exit, plus the CLI's one-second polling
         assert any(line.startswith("stopped by SIGTERM") and "--resume" in line for line in logs.splitlines()), logs[
             -3000:
