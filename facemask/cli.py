@@ -30,6 +30,7 @@ from facemask.runtime import (
     note_processes,
     stop_exit_code,
     stop_signal,
+    stopped_meanwhile,
 )
 from facemask.settings import (
     AugmentConfig,
@@ -105,6 +106,8 @@ class FacemaskGroup(click.Group):
         except KeyboardInterrupt as exc:
             _stopped(ctx, str(exc) or None)
         except Exception as exc:
+            if stopped_meanwhile():  # the stop's own doing (a worker it ended), not a bug
+                _stopped(ctx, None)
             if _debug():
                 traceback.print_exc()
             else:
@@ -595,15 +598,29 @@ def _parse_resources(ctx, param, values: tuple[str, ...]) -> dict[str, float]:
     ("--seed", "seed", {}),
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted study of this --storage/--name.")
+@click.option(
+    "--auto-resume",
+    is_flag=True,
+    help="Continue the study this --storage/--name holds, or start it if there is none; a finished one is "
+    "reported and not run again (for jobs that may be retried, such as a RayJob).",
+)
 @click.option("--no-promote", is_flag=True, help="Register but do not move @champion.")
-def tune_command(gpus_per_trial, trial_resources, no_promote, **kw):
+def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, **kw):
     """Search hyperparameters with Ray Tune (Optuna TPE + ASHA); register and gate the best."""
     from facemask.tracking import tracking_uri
-    from facemask.tune import check_trial_shape, tune
+    from facemask.tune import check_trial_shape, saved_study, tune
 
     kw["tracking_uri"] = tracking_uri()
     # What can be refused without a cluster is refused before one starts.
     check_trial_shape(StudyConfig(gpus_per_trial=gpus_per_trial or 0, trial_resources=trial_resources, **kw))
+    if auto_resume:
+        state, path, run_id = saved_study(StudyConfig(**kw))
+        if state == "finished":
+            click.echo(f"study {path} has finished (MLflow run {run_id}); nothing to run again")
+            click.echo(results_footer(kw["tracking_uri"], kw["experiment"], run_id, None, {"study": path}))
+            return
+        click.echo(f"study {path}: {'resumed' if state == 'interrupted' else 'new'}", err=True)
+        kw["resume"] = state == "interrupted"
     configure_runtime()
     init_ray()
     import ray

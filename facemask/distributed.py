@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from facemask.errors import ConfigError
-from facemask.runtime import resolve_path
+from facemask.runtime import check_given_gpus, resolve_path
 from facemask.settings import DistributedConfig, TrainConfig
 from facemask.tracking import RunLogger, check_tracking_reachable, set_process_store
 from facemask.train import TrainResult, epoch_metrics, train, tune_metric_names
@@ -161,6 +161,7 @@ def worker_loop(config: dict) -> None:
     # Workers start with their node's environment, not the driver's: log where the driver does.
     set_process_store(cfg.tracking_uri)
     rank = ray.train.get_context().get_world_rank()
+    check_given_gpus(f"Ray Train rank {rank}")
     local = Path(tempfile.mkdtemp(prefix="facemask-resume-"))
     cfg = rank_config(cfg, rank, local)
     run: dict[str, Any] = {"id": cfg.run_id}

@@ -19,6 +19,7 @@ from fastapi import Request
 
 from facemask.api_schema import MULTIPLEX_HEADER, SUPPORTED_FORMATS, APIError
 from facemask.detector import upright_rgb
+from facemask.errors import ConfigError
 from facemask.settings import INFERENCE, INFERENCE_BOUNDS
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -204,6 +205,28 @@ def declared_size(data: bytes) -> tuple[int | None, int | None]:
         width, height = struct.unpack("<ii", data[18:26])
         return width, abs(height)
     return None, None
+
+
+# The shortest key accepted, and what placeholders in the project's own files begin with.
+MIN_KEY_CHARS = 16
+PLACEHOLDER_PREFIX = "CHANGE-ME"
+
+
+def checked_api_key(key: str | None, required: bool, where: str) -> str | None:
+    """The endpoint's key, refused in one line when it cannot protect anything: a placeholder,
+    too short, or none where `required` (a deployment configured for a key fails closed)."""
+    key = key or None
+    fix = "set FACEMASK_API_KEY to a random string (`openssl rand -hex 24`) on every node, or in the Secret"
+    if key is not None and key.startswith(PLACEHOLDER_PREFIX):
+        raise ConfigError(f"FACEMASK_API_KEY in {where} is the placeholder {key[:40]!r}: {fix}")
+    if key is not None and len(key) < MIN_KEY_CHARS:
+        raise ConfigError(f"FACEMASK_API_KEY in {where} has {len(key)} characters, fewer than {MIN_KEY_CHARS}: {fix}")
+    if key is None and required:
+        raise ConfigError(
+            f"this deployment has require_api_key: true, and {where} has no FACEMASK_API_KEY: {fix}; "
+            "it will not serve without one"
+        )
+    return key
 
 
 def key_matches(key: str | None, given: str | None) -> bool:

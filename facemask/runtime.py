@@ -14,8 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
+
+from facemask.errors import ConfigError
 
 HOME_ENV = "FACEMASK_HOME"
 # Set by Ray in the driver process of `ray job submit` (the job's config: runtime env, metadata).
@@ -153,6 +156,40 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "0" if torch.cuda.is_available() else "cpu"
+
+
+# Emulating a GPU cluster on a machine without CUDA (tests, capacity rehearsals): Ray still
+# schedules GPU requests, and a process it gave a GPU computes on the CPU instead of failing.
+GPU_AS_CPU_ENV = "FACEMASK_GPU_AS_CPU"
+
+
+def gpu_as_cpu() -> bool:
+    """True where FACEMASK_GPU_AS_CPU=1 and torch sees no CUDA: a process given a GPU computes on the CPU."""
+    import torch
+
+    return os.environ.get(GPU_AS_CPU_ENV) == "1" and not torch.cuda.is_available()
+
+
+def check_given_gpus(who: str) -> list[str]:
+    """The GPUs Ray gave this process (CUDA_VISIBLE_DEVICES), refused in one line when torch sees
+    no CUDA device here: a trial or replica given a GPU must not train or serve on the CPU unseen.
+    With FACEMASK_GPU_AS_CPU=1 the CPU is used instead, and said so."""
+    import ray
+    import torch
+
+    ids = [str(i) for i in ray.get_gpu_ids()] if ray.is_initialized() else []
+    if not ids or torch.cuda.is_available():
+        return ids
+    if gpu_as_cpu():
+        logging.getLogger("facemask.runtime").warning(
+            "%s: GPU %s given by Ray, computing on the CPU (%s=1)", who, ids, GPU_AS_CPU_ENV
+        )
+        return ids
+    raise ConfigError(
+        f"{who} was given GPU {','.join(ids)} by Ray on {socket.gethostname()}, but torch {torch.__version__} sees no "
+        "CUDA device there: install a CUDA build of torch on the GPU nodes, or ask for no GPU (--gpus-per-trial 0, "
+        "num_gpus: 0)"
+    )
 
 
 def git_commit() -> str | None:
@@ -328,6 +365,19 @@ _stop_received: list[int] = []
 def stop_signal() -> int | None:
     """The stop signal this process received (SIGINT or SIGTERM), or None."""
     return _stop_received[-1] if _stop_received else None
+
+
+def stopped_meanwhile(grace_s: float = 1.0) -> bool:
+    """Whether a stop signal has come, or comes within `grace_s`: for an error that may be the
+    stop's doing. A signal to the whole process group also ends Ray's workers, and their deaths
+    can reach this process as an error just before its own signal does."""
+    deadline = time.monotonic() + grace_s
+    try:
+        while stop_signal() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except KeyboardInterrupt:  # the signal itself, arriving during the wait
+        pass
+    return stop_signal() is not None
 
 
 def stop_exit_code() -> int:

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import socket
 import time
 from importlib import resources
 from pathlib import Path
@@ -49,6 +50,7 @@ from facemask.modelref import model_uri_for, parse_models_uri
 from facemask.request_checks import (
     PixelBudget,
     check_model_id,
+    checked_api_key,
     decode_cost,
     decode_for_model,
     image_bytes,
@@ -57,7 +59,7 @@ from facemask.request_checks import (
     key_matches,
     release_memory,
 )
-from facemask.runtime import SERVE_ENV, resolve_device
+from facemask.runtime import SERVE_ENV, check_given_gpus, resolve_device
 from facemask.settings import INFERENCE, INFERENCE_BOUNDS, ServeConfig
 from facemask.simulated_gpu import NAME as SIMULATED
 from facemask.simulated_gpu import SimulatedGPU, parse_latency
@@ -128,6 +130,11 @@ class AppArgs(BaseModel):
         ge=1,
         description="CPU inference threads per detector replica (torch or onnxruntime); "
         "default: torch's under Ray (the replica's num_cpus), all cores for onnxruntime",
+    )
+    require_api_key: bool = Field(
+        _DEFAULT.require_api_key,
+        description="Refuse to start a replica that has no FACEMASK_API_KEY (from where the app is built, or "
+        "its own environment) or has a placeholder: a deployment meant to be protected never serves open",
     )
     # Replica count, resources and queue limits of the deployment: serve/config.yaml sets them
     # (its `deployments:` entry wins), `facemask serve` and `build_app` pass them here.
@@ -284,10 +291,18 @@ class FacemaskServer:
         self.args = AppArgs.model_validate(args)
         _use_registry(self.args.tracking_uri)
         Image.MAX_IMAGE_PIXELS = self.args.max_pixels
-        self.api_key = api_key or None
+        # The key from where the app was built, else this replica's own environment: Serve may
+        # build the app on a node that lacks it, while each node (pod) carries its own.
+        self.api_key = checked_api_key(
+            api_key or os.environ.get("FACEMASK_API_KEY"),
+            self.args.require_api_key,
+            f"the replica on {socket.gethostname()}",
+        )
         # Read by `require_key`, which runs before FastAPI validates a route's parameters.
         api.state.api_key = self.api_key
         self.limit = int(self.args.max_body_mb * 1e6)
+        if self.args.backend != SIMULATED:
+            check_given_gpus(f"the replica on {socket.gethostname()}")
         self.device = resolve_device(self.args.device) if self.args.backend == "pt" else "cpu"
         if self.args.backend == SIMULATED:
             self.default = SimulatedGPU(parse_latency(self.args.simulated_latency))
@@ -599,7 +614,9 @@ def build_app(args: dict | AppArgs | None = None):
         parsed = parsed.model_copy(update={"tracking_uri": uri})
     plain = parsed.model_dump(exclude={"deployment_options"})
     server = FacemaskServer.options(**with_serve_env(parsed.deployment_options, FacemaskServer))
-    return server.bind(plain, os.environ.get("FACEMASK_API_KEY"))
+    # Refused here already when the key is a placeholder; a missing one may still be on the replicas' nodes.
+    key = checked_api_key(os.environ.get("FACEMASK_API_KEY"), False, "the environment where the app is built")
+    return server.bind(plain, key)
 
 
 def with_serve_env(options: dict, deployment) -> dict:

@@ -305,3 +305,6 @@ class ServeConfig:
     # at low load a request goes straight to the model (facemask.batching).
     batch_wait_timeout_s: float = 0.005
     threads: int | None = None
+    # A deployment that must not answer without a key (serve/config.yaml, the RayService): a
+    # replica with no FACEMASK_API_KEY, or with a placeholder, refuses to start.
+    require_api_key: bool = False

@@ -27,12 +27,13 @@ from facemask.errors import ConfigError, InputNotFoundError, StudyInterrupted
 from facemask.evaluate import evaluate, promote
 from facemask.manifest import data_fingerprint
 from facemask.plots import study_plots
-from facemask.runtime import at_forced_stop, resolve_path, results_base, where_relative
+from facemask.runtime import at_forced_stop, check_given_gpus, gpu_as_cpu, resolve_path, results_base, where_relative
 from facemask.sampling import data_with_repeats
-from facemask.settings import DistributedConfig, StudyConfig
+from facemask.settings import DistributedConfig, StudyConfig, TrainConfig
 from facemask.tracking import (
     RunLogger,
     check_tracking_reachable,
+    client,
     close_run,
     end_open_runs,
     find_child_run,
@@ -41,7 +42,7 @@ from facemask.tracking import (
     set_process_store,
     study_tracking_uri,
 )
-from facemask.train import epoch_metrics, per_epoch, train, tune_metric_names
+from facemask.train import TrainResult, epoch_metrics, per_epoch, train, tune_metric_names
 
 log = logging.getLogger("facemask.tune")
 
@@ -257,6 +258,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
 
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
+    gpus = check_given_gpus(f"trial {trial_id}")
     set_process_store(base["tracking_uri"])
     study: StudyConfig = base["study"]
     workdir = Path(base["workdir"]) / trial_id
@@ -277,9 +279,12 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
             "facemask.study": study.name,
             "facemask.node_id": ray.get_runtime_context().get_node_id(),
             "facemask.resources": json.dumps(ctx.get_trial_resources().required_resources, sort_keys=True),
+            "facemask.gpus": ",".join(gpus),
         },
         plots=False,
     )
+    if gpus and gpu_as_cpu():
+        cfg = replace(cfg, device="cpu")
     workers = study.ray_workers_per_trial
     if workers > 1:
         # The trial drives a Ray Train run: its rank 0 reports each epoch to Tune, and a
@@ -380,6 +385,28 @@ def reconcile_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]], g
             close_run(run_id, MLFLOW_STATUS[row["status"]], tags, weights=Path(folder) / "best.pt", uri=uri)
 
 
+def study_path(cfg: StudyConfig) -> tuple[str, str]:
+    """(storage, the study's folder in it): a local --storage resolved as every path is, a URI as given."""
+    storage = cfg.storage if "://" in cfg.storage else str(resolve_path(cfg.storage))
+    return storage, f"{storage.rstrip('/')}/{cfg.name}"
+
+
+def saved_study(cfg: StudyConfig) -> tuple[str, str, str | None]:
+    """What --storage/--name holds, for a job that may run again (a retried RayJob):
+    (state, the study's folder, its MLflow parent run if any). The state is "none", or
+    "interrupted" (Tune can restore it), or "finished" (restorable, and its parent run ended
+    FINISHED: running it again would only retrain and register the same study twice)."""
+    from ray import tune as rt
+
+    _, path = study_path(cfg)
+    if not rt.Tuner.can_restore(path):
+        return "none", path, None
+    run_id = find_tagged_run(cfg.experiment, "facemask.study_path", path, uri=cfg.tracking_uri)
+    if run_id and client(cfg.tracking_uri).get_run(run_id).info.status == "FINISHED":
+        return "finished", path, run_id
+    return "interrupted", path, run_id
+
+
 def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = None) -> StudyResult:
     """Run (or with cfg.resume, continue) a study; register and gate its best model.
 
@@ -395,8 +422,7 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
         raise InputNotFoundError(
             f"--data {data}: no such file{where_relative(cfg.data)}; create it with `facemask data prepare`"
         )
-    storage = cfg.storage if "://" in cfg.storage else str(resolve_path(cfg.storage))
-    path = f"{storage.rstrip('/')}/{cfg.name}"
+    storage, path = study_path(cfg)
     if cfg.resume and not rt.Tuner.can_restore(path):
         raise ConfigError(f"--resume: no study to restore at {path}; check --storage and --name")
     concurrency = max_concurrency(cfg, ray.cluster_resources(), node_resources(ray.nodes()))
@@ -632,6 +658,36 @@ def summarise(cfg: StudyConfig, grid, parent: RunLogger, uri: str, started: floa
     )
 
 
+def on_trial_resources(cfg: StudyConfig, fn: Callable, *args):
+    """`fn(*args)` in a Ray task shaped as one of the study's training processes: a trial's CPUs,
+    GPUs and custom resources, or one Ray Train worker's share of them. The final retrain and the
+    test-split scoring need the GPU a trial had, while the study's driver may run on a head that
+    has none (cluster.yaml's, the RayJob's). Refused in one line when no node can hold it."""
+    import ray
+
+    one = trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial, ".")
+    if cfg.ray_workers_per_trial == 1:
+        one = replace(one, cpus_per_worker=cfg.cpus_per_trial, gpus_per_worker=cfg.gpus_per_trial)
+    check_workers_fit(1, one.cpus_per_worker, one.gpus_per_worker, node_resources(ray.nodes()))
+    options = {"num_cpus": one.cpus_per_worker, "num_gpus": one.gpus_per_worker, "max_retries": 0}
+    if cfg.ray_workers_per_trial == 1 and cfg.trial_resources:
+        options["resources"] = dict(cfg.trial_resources)
+    return ray.get(ray.remote(fn).options(**options).remote(*args))
+
+
+def final_training(cfg: TrainConfig) -> TrainResult:
+    """The final retrain, inside `on_trial_resources`."""
+    gpus = check_given_gpus("the study's final retrain")
+    return train(replace(cfg, device="cpu") if gpus and gpu_as_cpu() else cfg)
+
+
+def test_scores(model_uri: str, data: Path, imgsz: int, device: str, uri: str) -> dict[str, float]:
+    """The registered model's scores on the test split, inside `on_trial_resources`."""
+    gpus = check_given_gpus("the study's test-split scoring")
+    device = "cpu" if gpus and gpu_as_cpu() else device
+    return evaluate(model_uri, data, imgsz=imgsz, device=device, uri=uri).overall
+
+
 def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri: str, data: Path) -> None:
     """Retrain (optional), register, evaluate on the clean test split, and gate the promotion."""
     if cfg.final_epochs:
@@ -659,7 +715,8 @@ def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri
                 trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial, workdir),
             )
         else:
-            final = train(final_cfg)
+            # Its folder as the driver resolves it: the task's own working directory is Ray's.
+            final = on_trial_resources(cfg, final_training, replace(final_cfg, project=resolve_path(final_cfg.project)))
         result.version = final.version
     else:
         best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
@@ -680,7 +737,7 @@ def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri
         }
         result.version = log_and_register(run_id, weights, tags, uri=uri, name=cfg.registered_model)
     model_uri = f"models:/{cfg.registered_model}/{result.version}"
-    result.test = evaluate(model_uri, data, imgsz=cfg.imgsz, device=cfg.device, uri=uri).overall
+    result.test = on_trial_resources(cfg, test_scores, model_uri, data, cfg.imgsz, cfg.device, uri)
     parent.log_metrics({f"test/{k}": v for k, v in result.test.items()})
     parent.set_tags({"facemask.registered_version": result.version})
     if cfg.promote:

@@ -128,6 +128,78 @@ class MlflowServer:
             stop_process_group(self.proc, sig, grace_s=20)
 
 
+def postgres_bin() -> Path | None:
+    """Debian's PostgreSQL server programs (package postgresql; .ci/run installs it), if installed."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+class PostgresServer:
+    """A real PostgreSQL on loopback in a folder of its own, trust auth for its one user; as root it
+    runs as Debian's `postgres` user (initdb refuses root). Stopped by its process group."""
+
+    def __init__(self, user: str = "facemask") -> None:
+        import tempfile
+
+        self.bin = postgres_bin()
+        self.root = Path(tempfile.mkdtemp(prefix="fm-pg-", dir="/tmp"))  # other users must reach it
+        self.port = free_port()
+        self.user = user
+        self.proc: subprocess.Popen | None = None
+
+    def _as_owner(self, *args: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *args] if os.getuid() == 0 else list(args)
+
+    def start(self) -> "PostgresServer":
+        if os.getuid() == 0:
+            shutil.chown(self.root, "postgres")
+        data = self.root / "data"
+        subprocess.run(
+            self._as_owner(str(self.bin / "initdb"), "-D", str(data), "-U", self.user, "--auth=trust"),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        self.proc = subprocess.Popen(
+            self._as_owner(
+                str(self.bin / "postgres"),
+                "-D",
+                str(data),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.root),
+            ),
+            stdout=open(self.root / "server.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def create_database(self, name: str) -> str:
+        """A new database; its SQLAlchemy URI."""
+        self.psql("postgres", f"CREATE DATABASE {name}")
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
+
+    def psql(self, database: str, sql: str) -> str:
+        psql = shutil.which("psql") or str(self.bin / "psql")
+        command = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", database, "-tAc", sql]
+        wait_until(
+            lambda: subprocess.run(command[:-2] + ["-c", "SELECT 1"], capture_output=True).returncode == 0,
+            60,
+            "PostgreSQL accepting connections",
+        )
+        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=60).stdout
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process_group(self.proc, grace_s=20)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 class RayCluster:
     """A Ray cluster of real `ray start` nodes on loopback, token auth on, stopped by process group."""
 
@@ -146,7 +218,7 @@ class RayCluster:
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def _start(self, args: list[str], name: str) -> subprocess.Popen:
+    def _start(self, args: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "ab")
         ray = str(Path(sys.executable).with_name("ray"))
         # A small object store per node: several nodes share this machine's memory.
@@ -165,7 +237,7 @@ class RayCluster:
                 *ports,
                 *args,
             ],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -173,9 +245,19 @@ class RayCluster:
         self.procs.append(proc)
         return proc
 
-    def start_head(self, num_cpus: int, resources: dict[str, float]) -> None:
+    @staticmethod
+    def node_args(
+        num_cpus: float | None = None, resources: dict[str, float] | None = None, params: dict[str, str] | None = None
+    ) -> list[str]:
+        """`ray start` options: CPUs and custom resources, then `params` (rayStartParams) as `--key=value`."""
         import json
 
+        args = [] if num_cpus is None else ["--num-cpus", str(num_cpus)]
+        args += [] if resources is None else ["--resources", json.dumps(resources)]
+        return args + [f"--{key}={value}" for key, value in (params or {}).items()]
+
+    def start_head(self, env: dict[str, str] | None = None, **node) -> None:
+        """The head, with `node_args(**node)` and `env` added to the cluster's environment."""
         # Ray starts a head without authentication when no token exists; never start one like that.
         if self.env.get("RAY_AUTH_MODE") != "token":
             raise RuntimeError("refusing to start a Ray head without token auth: set RAY_AUTH_MODE=token")
@@ -184,10 +266,7 @@ class RayCluster:
                 "--head",
                 "--port",
                 str(self.port),
-                "--num-cpus",
-                str(num_cpus),
-                "--resources",
-                json.dumps(resources),
+                *self.node_args(**node),
                 "--include-dashboard",
                 "true",
                 "--dashboard-host",
@@ -198,16 +277,13 @@ class RayCluster:
                 str(self.root / "head"),
             ],
             "head",
+            env,
         )
         wait_port(self.dashboard_port, proc=proc)
 
-    def add_node(self, num_cpus: int, resources: dict[str, float]) -> None:
-        import json
-
-        self._start(
-            ["--address", self.address, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources)],
-            f"node{len(self.procs)}",
-        )
+    def add_node(self, env: dict[str, str] | None = None, **node) -> None:
+        """A worker node joining the head, as `start_head`."""
+        self._start(["--address", self.address, *self.node_args(**node)], f"node{len(self.procs)}", env)
 
     def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
         ray = str(Path(sys.executable).with_name("ray"))

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from facemask.client import Client, EndpointError
+from facemask.errors import ConfigError
 from tests.services import (
     API_KEY,
     CHROMIUM,
@@ -286,6 +287,48 @@ def test_overload_gets_quick_503s_not_hangs(endpoint, known_image):
     rejected = next(r for r in responses if r.status_code == 503)
     assert rejected.json()["error"] == "overloaded" and rejected.headers["retry-after"]
     assert_serves(httpx.Client(base_url=endpoint["url"], timeout=60), known_image)
+
+
+def test_a_deployment_that_requires_a_key_fails_closed(endpoint, known_image, monkeypatch):
+    """Serve may build the app on a node without FACEMASK_API_KEY (a RayService's build task, a
+    cluster.yaml head): with require_api_key, a replica takes the key from its own environment, as
+    a pod's comes from the Secret, and asks every request for it; a replica with no key, or with
+    the Secret's placeholder, does not start, so the endpoint never answers without a key."""
+    from ray import serve
+
+    from facemask.serving import build_app
+    from tests.kuberay import the_secret
+
+    monkeypatch.delenv("FACEMASK_API_KEY", raising=False)
+    base = {"backend": "simulated-gpu", "require_api_key": True, **LIMITS}
+
+    def app(env: dict[str, str]):
+        options = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25, "runtime_env": {"env_vars": env}}}
+        return build_app({**base, "deployment_options": options})
+
+    data = known_image.read_bytes()
+    serve.run(app({"FACEMASK_API_KEY": API_KEY}), name="keyed", route_prefix="/keyed")
+    try:
+        url = f"{endpoint['url']}/keyed/predict"
+        assert httpx.post(url, content=data, timeout=60).status_code == 401
+        assert (
+            httpx.post(url, content=data, timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+        )
+    finally:
+        serve.delete("keyed")
+    placeholder = the_secret()["FACEMASK_API_KEY"]
+    for env, why in (({}, "has no FACEMASK_API_KEY"), ({"FACEMASK_API_KEY": placeholder}, "is the placeholder")):
+        with pytest.raises(RuntimeError, match="Deploying application unkeyed failed"):
+            serve.run(app(env), name="unkeyed", route_prefix="/unkeyed")
+        # Serve keeps the replica's own error on the deployment.
+        status = serve.status().applications["unkeyed"].deployments["Facemask"]
+        assert why in status.message, status.message[-2000:]
+        serve.delete("unkeyed")
+        assert httpx.post(f"{endpoint['url']}/unkeyed/predict", content=data, timeout=60).status_code == 404
+    # Where the app is built, a placeholder is refused at once.
+    monkeypatch.setenv("FACEMASK_API_KEY", placeholder)
+    with pytest.raises(ConfigError, match="is the placeholder"):
+        app({})
 
 
 def test_api_key_on_and_off(endpoint, known_image):

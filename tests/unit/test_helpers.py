@@ -669,3 +669,26 @@ def test_explicit_engine_and_a_missing_source_are_left_to_prepare(no_cluster, tm
 
     assert choose_engine(PrepareConfig(source=tmp_path, out=tmp_path / "o", engine="ray"))[0] == "ray"
     assert choose_engine(PrepareConfig(source=tmp_path / "missing", out=tmp_path / "o"))[0] == "local"
+
+
+def test_a_gpu_that_torch_cannot_see_is_refused_unless_emulating(monkeypatch):
+    """Ray's GPU ids with no CUDA: one line naming the GPU and the fix; FACEMASK_GPU_AS_CPU=1 computes on the CPU."""
+    import ray
+    import torch
+
+    from facemask.errors import ConfigError
+    from facemask.runtime import GPU_AS_CPU_ENV, check_given_gpus
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [1])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv(GPU_AS_CPU_ENV, raising=False)
+    with pytest.raises(
+        ConfigError, match=r"trial t was given GPU 1 by Ray on .* sees no CUDA device.*--gpus-per-trial 0"
+    ):
+        check_given_gpus("trial t")
+    monkeypatch.setenv(GPU_AS_CPU_ENV, "1")
+    assert check_given_gpus("trial t") == ["1"]
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    monkeypatch.delenv(GPU_AS_CPU_ENV)
+    assert check_given_gpus("trial t") == []

@@ -22,7 +22,7 @@ CRD_FILES = {
     "RayJob": "ray.io_rayjobs.yaml",
     "RayService": "ray.io_rayservices.yaml",
 }
-CORE_KINDS = {"Deployment", "Service", "PersistentVolumeClaim", "Secret", "ConfigMap"}
+CORE_KINDS = {"Deployment", "Service", "PersistentVolumeClaim", "Secret", "ConfigMap", "NetworkPolicy"}
 TOKEN_AUTH_MIN_RAY = (2, 52, 0)
 
 
@@ -122,7 +122,9 @@ def operator_errors(doc: dict, ray_version: str, image: str) -> list[str]:
         parsed = tuple(int(x) for x in re.findall(r"\d+", version)[:3])
         if (cluster.get("authOptions") or {}).get("mode") == "token" and parsed < TOKEN_AUTH_MIN_RAY:
             errors.append(f"authOptions.mode token needs rayVersion >= 2.52.0, not {version!r}")
-    for pod in pod_specs(doc):
+    # Redis (the GCS's store) runs its own image; every pod of the project's code runs the project's.
+    pods = [] if doc["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "redis" else pod_specs(doc)
+    for pod in pods:
         for container in pod.get("containers", []) + pod.get("initContainers", []):
             if container.get("image") != image:
                 errors.append(f"container {container.get('name')}: image {container.get('image')!r}, expected {image}")
@@ -189,12 +191,64 @@ def test_the_rayservice_serves_the_same_application_as_serve_config():
         assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
 
 
+def serve_capacity_errors(service: dict) -> list[str]:
+    """Serve's replicas at their maximum must fit the worker groups at theirs, with an autoscaler to add them."""
+    errors = []
+    cluster = service["spec"]["rayClusterConfig"]
+    app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
+    deployment = app["deployments"][0]
+    most = deployment["autoscaling_config"]["max_replicas"]
+    cpus, gpus = deployment["ray_actor_options"]["num_cpus"], deployment["ray_actor_options"].get("num_gpus", 0)
+    held = 0
+    for group in cluster["workerGroupSpecs"]:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        per_node = int(float(group["rayStartParams"]["num-cpus"]) // cpus)
+        if gpus:
+            per_node = min(per_node, int(float(limits.get("nvidia.com/gpu", 0)) / gpus))
+        held += per_node * group["maxReplicas"]
+    if most > held:
+        errors.append(f"max_replicas {most} but the worker groups hold {held} at their maxReplicas")
+    if most > sum(g["replicas"] for g in cluster["workerGroupSpecs"]) and not cluster.get("enableInTreeAutoscaling"):
+        errors.append("Serve may ask for more replicas than the running workers hold, and no autoscaler adds workers")
+    return errors
+
+
+def test_the_rayservice_survives_its_head_upgrades_without_a_second_target_and_can_hold_its_replicas():
+    service = next(d for d in documents() if d["kind"] == "RayService")
+    spec = service["spec"]
+    assert spec["upgradeStrategy"]["type"] in ("NewCluster", "NewClusterWithIncrementalUpgrade")
+    ft = spec["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert (
+        ft["redisAddress"] == "redis:6379"
+        and ft["redisPassword"]["valueFrom"]["secretKeyRef"]["key"] == "REDIS_PASSWORD"
+    )
+    assert any(d["kind"] == "Deployment" and d["metadata"]["name"] == "redis" for d in documents())
+    # The endpoint's Service is KubeRay's (it follows the active cluster); none of ours selects serving pods.
+    assert spec["serveService"]["metadata"]["name"] == "facemask-endpoint"
+    assert not [d for d in documents() if d["kind"] == "Service" and "ray.io/serve" in d["spec"].get("selector", {})]
+    for group in spec["rayClusterConfig"]["workerGroupSpecs"]:
+        assert "readinessProbe" not in group["template"]["spec"]["containers"][0], "KubeRay's own probe is cheap"
+    assert serve_capacity_errors(service) == []
+
+
+def test_serve_beyond_what_the_workers_hold_is_refused():
+    service = copy.deepcopy(next(d for d in documents() if d["kind"] == "RayService"))
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    config["applications"][0]["deployments"][0]["autoscaling_config"]["max_replicas"] = 64
+    service["spec"]["serveConfigV2"] = yaml.safe_dump(config)
+    assert "max_replicas 64 but the worker groups hold 16" in serve_capacity_errors(service)[0]
+    del service["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"]
+    assert any("no autoscaler" in e for e in serve_capacity_errors(service))
+
+
 def test_the_rayjob_cleans_up_and_keeps_its_results_off_the_pod():
     job = next(d for d in documents() if d["kind"] == "RayJob")
     spec = job["spec"]
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0 and "backoffLimit" in spec
     assert spec["rayClusterSpec"]["authOptions"] == {"mode": "token"}
     assert "--storage /results/" in spec["entrypoint"]
+    # KubeRay pastes the entrypoint into its submitter's bash: shell syntax would run there, not in the job.
+    assert not re.search(r"&&|\|\||;|\$\(|`|\|", spec["entrypoint"]), spec["entrypoint"]
     workers = spec["rayClusterSpec"]["workerGroupSpecs"]
     assert all(w["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] >= 1 for w in workers)
     claims = {

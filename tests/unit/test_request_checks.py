@@ -5,7 +5,8 @@ import io
 import pytest
 from PIL import Image
 
-from facemask.request_checks import decode_cost, decode_for_model, inspect_image
+from facemask.errors import ConfigError
+from facemask.request_checks import checked_api_key, decode_cost, decode_for_model, inspect_image
 
 
 def jpeg(width: int, height: int) -> bytes:
@@ -38,3 +39,14 @@ def test_png_decodes_whole():
     header = inspect_image(buffer.getvalue(), 40_000_000)
     assert decode_cost(header, 640) == 1920 * 1080
     assert decode_for_model(header, 640)[0].size == (1920, 1080)
+
+
+def test_an_api_key_that_protects_nothing_is_refused():
+    assert checked_api_key("k" * 16, True, "here") == "k" * 16
+    assert checked_api_key(None, False, "here") is None and checked_api_key("", False, "here") is None
+    with pytest.raises(ConfigError, match="here is the placeholder"):
+        checked_api_key("CHANGE-ME-to-a-long-random-string", False, "here")
+    with pytest.raises(ConfigError, match="has 5 characters, fewer than 16"):
+        checked_api_key("short", False, "here")
+    with pytest.raises(ConfigError, match="require_api_key: true, and here has no FACEMASK_API_KEY"):
+        checked_api_key("", True, "here")

@@ -1,0 +1,143 @@
+"""What KubeRay does with a manifest's text, rebuilt here so that a test can run it the same way.
+
+Only the shape of the strings KubeRay makes is vendored, from ray-project/kuberay
+`ray-operator/controllers/ray/common/job.go` (`BuildJobSubmitCommand`, K8sJobMode) and
+`ray-operator/controllers/ray/rayjob_controller.go` (the submitter container runs
+`/bin/bash -c <the command joined with spaces>`); and, for the nodes, `ray start` with each
+`rayStartParams` entry as `--key=value` and the CPU, GPU and memory a container's resources
+declare when the parameters do not (`common/pod.go`). Nothing here talks to Kubernetes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from facemask.runtime import free_port
+
+MANIFESTS = Path(__file__).resolve().parents[1] / "kubernetes"
+# The Secret's values for a test: its placeholders replaced, as a user must.
+SECRET = {
+    "FACEMASK_API_KEY": "a-test-api-key-0123456789",
+    "MLFLOW_TRACKING_USERNAME": "facemask",
+    "MLFLOW_TRACKING_PASSWORD": "a-test-password-0123456789",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-signing-key-0123456789",
+}
+
+# KubeRay's wait for the head (utils.BasePythonHealthCommand on RayDashboardGCSHealthPath):
+# a Python GET of the dashboard's /api/gcs_healthz, which token auth leaves open.
+HEALTH_PROBE = "python -c \"import urllib.request; urllib.request.urlopen('{url}', timeout=5)\""
+
+
+def submitter_script(rayjob: dict, address: str, job_id: str) -> str:
+    """The submitter pod's bash script for `rayjob` (K8sJobMode): wait for the head, submit the
+    entrypoint unless a job with this id exists, then follow its logs.
+
+    The entrypoint is pasted as it is, unquoted, after `--`, and ended by `;`: whatever shell
+    syntax it holds is run by the submitter's bash, not by the job.
+    """
+    spec = rayjob["spec"]
+    entrypoint = spec["entrypoint"].strip()
+    cmd = ["until", HEALTH_PROBE.format(url=f"{address}/api/gcs_healthz"), ">/dev/null", "2>&1", ";"]
+    cmd += ["do", "echo", json.dumps(f"Waiting for Ray Dashboard GCS to become healthy at {address} ..."), ";"]
+    cmd += ["sleep", "2", ";", "done", ";"]
+    cmd += ["if", "!", "ray", "job", "status", "--address", address, job_id, ">/dev/null", "2>&1", ";", "then"]
+    cmd += ["ray", "job", "submit", "--address", address, "--no-wait"]
+    if spec.get("runtimeEnvYAML"):
+        # Go's strconv.Quote of the JSON: a double-quoted string, as json.dumps writes it.
+        cmd += ["--runtime-env-json", json.dumps(json.dumps(yaml.safe_load(spec["runtimeEnvYAML"])))]
+    cmd += ["--submission-id", job_id]
+    cmd += ["--", entrypoint, ";", "fi", ";", "ray", "job", "logs", "--address", address, "--follow", job_id]
+    return " ".join(cmd)
+
+
+def quantity(value: str) -> float:
+    """A Kubernetes quantity ("8", "500m", "32Gi") as a number (bytes for memory)."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value)).groups()
+    return float(number) * units.get(unit, 1)
+
+
+def ray_start_params(group: dict) -> dict[str, str]:
+    """A head or worker group's `ray start` parameters as KubeRay completes them: num-cpus from
+    the container's CPU limit (else its request), num-gpus from its nvidia.com/gpu limit, memory
+    from its memory limit, unless rayStartParams names them."""
+    params = dict(group.get("rayStartParams") or {})
+    resources = container(group).get("resources") or {}
+    limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
+    cpu = limits.get("cpu") or requests.get("cpu")
+    if "num-cpus" not in params and cpu is not None:
+        params["num-cpus"] = str(int(quantity(cpu)))
+    if "num-gpus" not in params and "nvidia.com/gpu" in limits:
+        params["num-gpus"] = str(limits["nvidia.com/gpu"])
+    if "memory" not in params and "memory" in limits:
+        params["memory"] = str(int(quantity(limits["memory"])))
+    return params
+
+
+def container(group_or_pod: dict) -> dict:
+    """The first container of a Deployment's, a worker group's or a head group's pod template."""
+    spec = group_or_pod["template"]["spec"] if "template" in group_or_pod else group_or_pod["spec"]["template"]["spec"]
+    return spec["containers"][0]
+
+
+def container_env(box: dict, secrets: dict[str, str]) -> dict[str, str]:
+    """The environment a container gets: its `value`s, and its `secretKeyRef`s read from
+    `secrets` (a Secret's stringData); a required key that is missing fails as the pod would."""
+    env = {}
+    for item in box.get("env") or []:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+            continue
+        ref = item["valueFrom"]["secretKeyRef"]
+        if ref["key"] in secrets:
+            env[item["name"]] = secrets[ref["key"]]
+        elif not ref.get("optional"):
+            raise KeyError(f"{item['name']}: the Secret {ref['name']} has no key {ref['key']}: the pod would not start")
+    return env
+
+
+def on_this_machine(text: str, paths: dict[str, str], replace: dict[str, str] | None = None) -> str:
+    """A manifest's string with each mount path in `paths` (a pod's volume, the image's folder)
+    put where it lies here, then each literal of `replace` (a port, a listen address) swapped."""
+    for inside, here in paths.items():
+        text = re.sub(rf"(?<![\w.-]){re.escape(inside)}(?=[/\s\"']|$)", here, text)
+    for old, new in (replace or {}).items():
+        text = text.replace(old, new)
+    return text
+
+
+def manifest(name: str, kind: str) -> dict:
+    """The first object of `kind` in kubernetes/`name`."""
+    return next(d for d in yaml.safe_load_all((MANIFESTS / name).read_text()) if d and d["kind"] == kind)
+
+
+def the_secret() -> dict[str, str]:
+    """kubernetes/secrets.yaml's stringData, placeholders and all."""
+    return manifest("secrets.yaml", "Secret")["stringData"]
+
+
+def start_mlflow_deployment(volume: Path, secrets: dict[str, str]) -> tuple[subprocess.Popen, str, Path]:
+    """kubernetes/mlflow.yaml's container as its pod runs it: its own command and args, its
+    environment from `secrets`, the volume's /mlflow at `volume`, a free port on loopback.
+    Returns (the process, its URL, its log)."""
+    box, port = container(manifest("mlflow.yaml", "Deployment")), free_port()
+    where = {"/mlflow": str(volume)}
+    swap = {"--port 5000": f"--port {port}", "--host 0.0.0.0": "--host 127.0.0.1"}
+    argv = [on_this_machine(part, where, swap) for part in box["command"] + box["args"]]
+    log = volume / "container.log"
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(volume)}
+    proc = subprocess.Popen(
+        argv,
+        env={**env, **container_env(box, secrets)},
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc, f"http://127.0.0.1:{port}", log
