@@ -31,7 +31,7 @@ from facemask.detector import load_detector, resolve_model, upright_rgb
 from facemask.drawing import draw_boxes
 from facemask.errors import ConfigError
 from facemask.live.tracking import PeopleTracker
-from facemask.runtime import resolve_device, resolve_path
+from facemask.runtime import cluster_connected, resolve_device, resolve_path
 from facemask.settings import IMAGE_SUFFIXES, PredictConfig, is_stream
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,8 @@ def predict(cfg: PredictConfig) -> PredictResult:
     """
     if is_stream(cfg.source):
         raise ConfigError(f"{cfg.source}: a camera or stream; run it with facemask.live.streams.predict_stream")
+    if cfg.engine == "auto":  # a library never starts Ray: only a cluster already connected counts
+        cfg = replace(cfg, engine="ray" if cluster_connected() else "local")
     cfg, info, started = start_run(cfg)
     jsonl = cfg.out / "detections.jsonl"
     totals = {name: 0 for name in CLASS_NAMES}

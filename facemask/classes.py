@@ -27,3 +27,17 @@ def class_counts(detections: list[dict]) -> dict[str, int]:
 def yolo_names() -> dict[int, str]:
     """The `names` mapping of a YOLO data.yaml."""
     return dict(enumerate(CLASS_NAMES))
+
+
+# A class-map target that drops a label's boxes on purpose (counted as `ignored_class`).
+IGNORE = "ignore"
+
+
+def map_label(label: str | None, class_map: dict[str, str]) -> str | None:
+    """The class a source label stands for: the map's entry, else the label itself when it is a
+    class name, else None (a label nobody mapped). May return IGNORE."""
+    if label is None:
+        return None
+    if label in class_map:
+        return class_map[label]
+    return label if label in CLASS_IDS else None

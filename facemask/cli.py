@@ -4,6 +4,8 @@ Every option's default comes from the stage's config dataclass in `facemask.sett
 A stage module is imported inside its command: the stages pull in numpy, Pillow, Ray and
 Ultralytics, and `facemask --help` must stay fast (under 150 ms). A `FacemaskError` (a
 mistake the user can fix) prints one line and exits 2; anything else is a bug and says so.
+Every command that produces a result prints it as one JSON object with `--json` (docs/cli.md
+documents each shape and the exit codes).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import click
 
+from facemask import __version__
 from facemask.errors import ConfigError, EndpointError, FacemaskError, StudyInterrupted
 from facemask.runtime import (
     at_forced_stop,
@@ -33,10 +36,12 @@ from facemask.runtime import (
     stopped_meanwhile,
 )
 from facemask.settings import (
+    SOURCE_FORMATS,
     AugmentConfig,
     DistributedConfig,
     PredictConfig,
     PrepareConfig,
+    ReadConfig,
     ServeConfig,
     StudyConfig,
     TrainConfig,
@@ -46,18 +51,76 @@ from facemask.settings import (
 
 KAGGLE_DATASET = "andrewmvd/face-mask-detection"
 DEBUG_ENV = "FACEMASK_DEBUG"
+# Exit codes (docs/cli.md): 0 done; 1 a failure that is not the input's (a bug, an endpoint's own
+# error or no endpoint at all); 2 a mistake the user can fix; 3 with --exit-code, a negative
+# answer (promote kept the champion, compare found no difference); 130/143 stopped by a signal.
+EXIT_FAILURE, EXIT_USAGE, EXIT_NEGATIVE = 1, 2, 3
 
 
 def _debug() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def _fail(message: str) -> None:
-    """One line on stderr and exit 2: the user's mistake, with its fix in `message`."""
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    """One line on stderr and exit `code` (2: the user's mistake, with its fix in `message`)."""
     if _debug():
         traceback.print_exc()
     click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+    sys.exit(code)
+
+
+class ServerFailure(FacemaskError):
+    """An endpoint failed, or none answered: not the user's input, so it exits 1, not 2."""
+
+
+JSON_OPTION = click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout (shapes: docs/cli.md)."
+)
+EXIT_CODE_OPTION = click.option(
+    "--exit-code", is_flag=True, help=f"Exit {EXIT_NEGATIVE} on a negative answer instead of 0 (docs/cli.md)."
+)
+
+
+def emit(as_json: bool, payload: dict, text: str | None = None) -> None:
+    """The command's result on stdout: `payload` as JSON, or `text` for a reader."""
+    if as_json:
+        click.echo(json.dumps(payload, indent=2, default=str))
+    elif text is not None:
+        click.echo(text)
+
+
+@contextlib.contextmanager
+def results_only(as_json: bool):
+    """With --json, stdout carries only the JSON: progress (Ultralytics prints to stdout) goes to stderr."""
+    if as_json:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    else:
+        yield
+
+
+def hidden_alias(old: str, param: str):
+    """Keep an option's former name working for a release: hidden from --help, it sets `param`
+    and says once on stderr that the name changed."""
+
+    def decorate(fn):
+        import functools
+
+        hidden = f"_former_{param}"
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kw):
+            value = kw.pop(hidden)
+            if value is not None:
+                ctx = click.get_current_context()
+                target = next(p for p in ctx.command.params if p.name == param)
+                click.echo(f"note: {old} is now {target.opts[0]}; {old} goes away in the next release", err=True)
+                kw[param] = target.type_cast_value(ctx, value)
+            return fn(*args, **kw)
+
+        return click.option(old, hidden, hidden=True, default=None)(wrapper)
+
+    return decorate
 
 
 # What a stopped command leaves behind, in the one line it prints (tune says it in StudyInterrupted).
@@ -101,6 +164,8 @@ class FacemaskGroup(click.Group):
             raise
         except StudyInterrupted as exc:
             _stopped(ctx, str(exc))
+        except ServerFailure as exc:
+            _fail(str(exc), EXIT_FAILURE)
         except FacemaskError as exc:
             _fail(str(exc))
         except KeyboardInterrupt as exc:
@@ -173,6 +238,7 @@ def _options(config: type, *specs: tuple) -> callable:
 
 
 @click.group(cls=FacemaskGroup)
+@click.version_option(__version__, "-V", "--version", prog_name="facemask")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress at INFO level.")
 def main(verbose: bool) -> None:
     """Train, tune, track and serve a YOLO26 face-mask detector on Ray."""
@@ -192,17 +258,20 @@ def data() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write images/ and annotations/.")
 @click.option("--images", default=120, show_default=True, help="Number of images.")
 @click.option("--seed", default=0, show_default=True)
-def data_synth(out: Path, images: int, seed: int) -> None:
+@JSON_OPTION
+def data_synth(out: Path, images: int, seed: int, as_json: bool) -> None:
     """Generate a procedural face-mask dataset in the Kaggle VOC layout."""
     from facemask.synth import synthesize
 
     counts = synthesize(out, images=images, seed=seed)
-    click.echo(f"wrote {images} images to {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    text = f"wrote {images} images to {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items())
+    emit(as_json, {"out": str(out), "format": "voc", "images": images, "objects": counts}, text)
 
 
 @data.command("fetch")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for images/ and annotations/.")
-def data_fetch(out: Path) -> None:
+@JSON_OPTION
+def data_fetch(out: Path, as_json: bool) -> None:
     """Download the Kaggle Face Mask Detection dataset (needs network and kagglehub)."""
     hint = f"use `facemask data synth --out {out}` for demo data, or pass --source DIR to prepare a local copy"
     try:
@@ -217,7 +286,7 @@ def data_fetch(out: Path) -> None:
         if not (downloaded / part).is_dir():
             raise ConfigError(f"{downloaded} has no {part}/ folder; the Kaggle layout changed?")
         shutil.copytree(downloaded / part, out / part, dirs_exist_ok=True)
-    click.echo(f"fetched {KAGGLE_DATASET} to {out}")
+    emit(as_json, {"out": str(out), "dataset": KAGGLE_DATASET, "format": "voc"}, f"fetched {KAGGLE_DATASET} to {out}")
 
 
 def _parse_split(ctx, param, value: str) -> tuple[float, float, float]:
@@ -244,10 +313,50 @@ def _csv(values) -> str:
     return ",".join(str(v) for v in values)
 
 
+def source_reading(fn):
+    """How a labelled source is read (`prepare --source`, `evaluate`/`compare --data`)."""
+    options = [
+        click.option(
+            "--format",
+            "source_format",
+            type=click.Choice(list(SOURCE_FORMATS)),
+            default=default(ReadConfig, "format"),
+            show_default=True,
+            help="The source's layout: voc, yolo (data.yaml + images + labels) or coco (JSON); "
+            "auto detects it (docs/your-own-data.md).",
+        ),
+        click.option(
+            "--class-map",
+            default="",
+            help="LABEL=CLASS pairs, comma-separated, or a YAML file of them: what the source's labels "
+            "mean (mask=with_mask,no_mask=without_mask,mask_incorrect=mask_weared_incorrect; ignore drops one).",
+        ),
+        click.option(
+            "--drop-unknown",
+            is_flag=True,
+            help="Drop and count boxes whose label maps to no class, instead of stopping.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def read_config(source_format: str, class_map: str, drop_unknown: bool) -> ReadConfig:
+    from facemask.sources import parse_class_map
+
+    pairs = tuple(parse_class_map(class_map).items())
+    return ReadConfig(format=source_format, class_map=pairs, drop_unknown=drop_unknown).validate()
+
+
 @data.command("prepare")
 @click.option(
-    "--source", type=click.Path(path_type=Path), required=True, help="VOC folder with annotations/ and images/."
+    "--source",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A labelled dataset: VOC folder, YOLO folder or COCO JSON (see --format).",
 )
+@source_reading
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder for the YOLO dataset.")
 @_options(
     PrepareConfig,
@@ -298,22 +407,31 @@ def _csv(values) -> str:
     "of training images holding its rarest class (train.txt; val and test untouched).",
 )
 @click.option("--no-plots", is_flag=True, help="Skip class_distribution.png and synthetic_samples.jpg.")
-def data_prepare(source, out, split_, synthetic_classes, pastes, no_plots, **kw):
-    """Parse VOC, split stratified, copy-paste on train only, write YOLO data.yaml + manifest.json."""
+@JSON_OPTION
+def data_prepare(source, out, split_, synthetic_classes, pastes, no_plots, as_json, **kw):
+    """Read VOC, YOLO or COCO, split stratified, copy-paste on train only, write YOLO data.yaml + manifest.json."""
     from facemask.pipeline import choose_engine, prepare
 
     # The options named as AugmentConfig's fields; the rest of `kw` are PrepareConfig's.
     augment = {name: kw.pop(name) for name in ("balance_ratio", "pastes_per_image", "blend")}
     classes = tuple(c for c in synthetic_classes.split(",") if c)
     augment = AugmentConfig(classes=classes, pastes_per_class=pastes, **augment)
-    cfg = PrepareConfig(source=source, out=out, split=split_, plots=not no_plots, augment=augment, **kw).validate()
+    read = read_config(kw.pop("source_format"), kw.pop("class_map"), kw.pop("drop_unknown"))
+    cfg = PrepareConfig(source=source, out=out, split=split_, plots=not no_plots, augment=augment, read=read, **kw)
+    cfg = cfg.validate()
     engine, why = choose_engine(cfg)
     click.echo(f"engine: {engine} ({why})", err=True)
     if engine == "ray":
         init_ray(torch=False)
     result = prepare(dataclasses.replace(cfg, engine=engine))
     m = result.manifest
-    click.echo(f"data.yaml: {result.data_yaml}")
+    if as_json:
+        keys = ("fingerprint", "inputs", "labels", "counts", "augment", "repeat")
+        payload = {"data_yaml": str(result.data_yaml), "manifest": str(result.manifest_path), "engine": engine}
+        payload |= {k: m[k] for k in keys if k in m} | {"problems": m["problems"]["counts"]}
+        emit(True, payload)
+        return
+    click.echo(f"data.yaml: {result.data_yaml}  ({m['inputs']['format']} source)")
     click.echo(f"manifest:  {result.manifest_path}  fingerprint {m['fingerprint'][:12]}")
     for split, c in m["counts"].items():
         objects = ", ".join(f"{k}={v['original']}+{v['pasted']}" for k, v in c["objects"].items())
@@ -327,6 +445,11 @@ def data_prepare(source, out, split_, synthetic_classes, pastes, no_plots, **kw)
             f"  repeat-factor sampling (threshold {r['threshold']:g}): {r['images']} training images listed "
             f"{r['listed']} times in {r['list']}; factor per class "
             + ", ".join(f"{k}={v:.2f}" for k, v in r["class_factor"].items())
+        )
+    renamed = {k: v for k, v in m["labels"].items() if v["class"] != k}
+    if renamed:
+        click.echo(
+            "  labels: " + ", ".join(f"{k} -> {v['class'] or 'dropped'} ({v['objects']})" for k, v in renamed.items())
         )
     problems = m["problems"]
     if problems["items"]:
@@ -351,7 +474,11 @@ def _parse_overrides(values: tuple[str, ...]) -> dict:
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="data.yaml from `facemask data prepare`.")
 @_options(
     TrainConfig,
-    ("--model", "model", {"help": "yolo26s.pt (pretrained), yolo26n.yaml (scratch) or a path."}),
+    (
+        "--weights",
+        "model",
+        {"help": "What training starts from: yolo26s.pt (pretrained), yolo26n.yaml (from scratch) or a path."},
+    ),
     ("--epochs", "epochs", {}),
     ("--imgsz", "imgsz", {}),
     ("--batch", "batch", {}),
@@ -385,9 +512,14 @@ def _parse_overrides(values: tuple[str, ...]) -> dict:
     ("--max-failures", "max_failures", {"help": "Restarts of the worker group from its newest checkpoint."}),
 )
 @click.option("--register", is_flag=True, help="Register best.pt as a new version of facemask-detector.")
+@JSON_OPTION
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker, storage, max_failures, **kw):
-    """Train one YOLO26 model, tracked in MLflow. Extra Ultralytics args as key=value."""
+@hidden_alias("--model", "model")
+def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker, storage, max_failures, as_json, **kw):
+    """Train one YOLO26 model, tracked in MLflow. Extra Ultralytics args as key=value.
+
+    The val scores it prints are the last epoch's, on the split that chose the best epoch:
+    `facemask evaluate` gives the test split's, with intervals."""
     configure_runtime()
     from facemask.tracking import tracking_uri
     from facemask.train import train
@@ -395,29 +527,41 @@ def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker
     cfg = TrainConfig(data=data, overrides=_parse_overrides(overrides), tracking_uri=tracking_uri(), **kw)
     # The fields in their order, each option named as its field.
     ray_cfg = DistributedConfig(ray_workers, gpus_per_worker, cpus_per_worker, storage, max_failures)
-    if ray_cfg.workers > 1:
-        from facemask.distributed import check_distributed, train_distributed
+    with results_only(as_json):
+        if ray_cfg.workers > 1:
+            from facemask.distributed import check_distributed, train_distributed
 
-        check_distributed(cfg, ray_cfg)
-        init_ray()
-        result = train_distributed(cfg, ray_cfg)
-    else:
-        result = train(cfg)
+            check_distributed(cfg, ray_cfg)
+            init_ray()
+            result = train_distributed(cfg, ray_cfg)
+        else:
+            result = train(cfg)
+    model = f"models:/{cfg.registered_model}/{result.version}" if result.version else None
+    if as_json:
+        payload = {
+            "run_id": result.run_id,
+            "epochs": result.epochs_run,
+            "seconds": round(result.seconds, 1),
+            "weights": str(result.best),
+            "metrics": result.metrics,
+            "version": result.version,
+            "model_uri": model,
+            "tracking_uri": cfg.tracking_uri,
+            "experiment": cfg.experiment,
+            "logging_failures": result.logging_failures,
+        }
+        emit(True, payload)
+        return
     click.echo(f"run {result.run_id}: {result.epochs_run} epochs in {result.seconds:.0f}s, weights {result.best}")
-    click.echo("  " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k.startswith("val/")))
+    click.echo(
+        "  last epoch on val (no interval; `facemask evaluate` scores the test split with one): "
+        + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k.startswith("val/"))
+    )
     if result.version:
-        click.echo(f"  registered models:/facemask-detector/{result.version}")
+        click.echo(f"  registered {model}")
     if result.logging_failures:
         click.echo(f"  warning: {result.logging_failures} MLflow calls failed; see the log above", err=True)
-    click.echo(
-        results_footer(
-            cfg.tracking_uri,
-            cfg.experiment,
-            result.run_id,
-            f"models:/{cfg.registered_model}/{result.version}" if result.version else None,
-            {"weights": result.best},
-        )
-    )
+    click.echo(results_footer(cfg.tracking_uri, cfg.experiment, result.run_id, model, {"weights": result.best}))
 
 
 # What `evaluate` and `compare` score a model on.
@@ -425,8 +569,8 @@ SCORED_DATA = click.option(
     "--data",
     type=click.Path(path_type=Path),
     required=True,
-    help="data.yaml from `facemask data prepare`, or a plain Pascal VOC folder (images/ + annotations/) "
-    "whose every image is scored.",
+    help="data.yaml from `facemask data prepare`, or your own labelled images (VOC or YOLO folder, COCO JSON), "
+    "every one of them scored.",
 )
 SCORED_SPLIT = click.option(
     "--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]), help="Of a data.yaml."
@@ -446,8 +590,9 @@ SCORED_SPLIT = click.option(
     "--resamples", default=1000, show_default=True, help="Bootstrap resamples of the images for the intervals."
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap resampling.")
-@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
-def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, seed, as_json):
+@source_reading
+@JSON_OPTION
+def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, seed, as_json, **reading):
     """Measure a model on the clean test split, with 95% bootstrap intervals over its images;
     log it to the model's run and version."""
     configure_runtime()
@@ -469,6 +614,7 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, se
             resamples=resamples,
             seed=seed,
             uri=store,
+            read=read_config(**reading),
         )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -499,44 +645,78 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, se
 @click.option("--imgsz", default=default(TrainConfig, "imgsz"), show_default=True)
 @click.option("--device", default=default(TrainConfig, "device"), show_default=True)
 @click.option("--resamples", default=1000, show_default=True)
-@click.option("--confidence", default=0.95, show_default=True)
-def compare_command(model_a, model_b, data, split, imgsz, device, resamples, confidence):
+@click.option("--level", default=0.95, show_default=True, help="Level of the paired intervals.")
+@source_reading
+@JSON_OPTION
+@EXIT_CODE_OPTION
+@hidden_alias("--confidence", "level")
+def compare_command(model_a, model_b, data, split, imgsz, device, resamples, level, as_json, exit_code, **reading):
     """Compare two models on the same images: per-class AP differences (A - B) with paired
-    bootstrap intervals. MODEL_A and MODEL_B are model URIs or .pt files."""
+    bootstrap intervals. MODEL_A and MODEL_B are model URIs or .pt files. With --exit-code,
+    exits 3 when the overall mAP50-95 difference is not distinguishable from 0."""
     configure_runtime()
     from facemask.evaluate import compare, difference_table
     from facemask.tracking import tracking_uri
 
-    if not 0 < confidence < 1:
-        raise ConfigError(f"--confidence {confidence}: a level between 0 and 1, such as 0.95")
+    if not 0 < level < 1:
+        raise ConfigError(f"--level {level}: a level between 0 and 1, such as 0.95")
     scoring = {"split": split, "imgsz": imgsz, "device": device, "resamples": resamples, "uri": tracking_uri()}
     with contextlib.redirect_stdout(sys.stderr):
-        a, b, difference = compare(model_a, model_b, data, confidence, **scoring)
-    click.echo(a.intervals.table(f"A: {model_a}") + "\n\n" + b.intervals.table(f"B: {model_b}") + "\n")
-    click.echo(difference_table(difference, model_a, model_b))
+        a, b, difference = compare(model_a, model_b, data, level, read=read_config(**reading), **scoring)
+    overall = difference.overall["mAP50-95"]
+    verdict = "A better" if overall.low > 0 else "B better" if overall.high < 0 else "not distinguishable"
+    text = a.intervals.table(f"A: {model_a}") + "\n\n" + b.intervals.table(f"B: {model_b}") + "\n\n"
+    text += difference_table(difference, model_a, model_b)
+    payload = {"a": model_a, "b": model_b, "verdict": verdict, "difference": difference.to_dict()}
+    payload |= {"scores": {"a": a.intervals.to_dict(), "b": b.intervals.to_dict()}}
+    emit(as_json, payload, text)
+    if exit_code and verdict == "not distinguishable":
+        sys.exit(EXIT_NEGATIVE)
 
 
 @main.command("promote")
 @click.option("--model-uri", required=True, help="models:/facemask-detector/N")
 @click.option("--alias", default="champion", show_default=True)
 @click.option(
-    "--confidence",
+    "--level",
     default=0.95,
     show_default=True,
     help="Promote only if the paired bootstrap interval of the gain, at this level, lies above 0.",
 )
-@click.option("--force", is_flag=True, help="Move the alias without comparing scores.")
-def promote_command(model_uri, alias, confidence, force):
+@click.option("--force", is_flag=True, help="Move the alias without comparing scores (also a rollback).")
+@JSON_OPTION
+@EXIT_CODE_OPTION
+@hidden_alias("--confidence", "level")
+def promote_command(model_uri, alias, level, force, as_json, exit_code):
     """Move an alias to a version only if it beats the current holder beyond noise: a paired
-    bootstrap of their test predictions on the same images."""
+    bootstrap of their test predictions on the same images. With --exit-code, exits 3 when
+    the alias stays where it was."""
     configure_runtime()
     from facemask.evaluate import promote
     from facemask.tracking import tracking_uri
 
-    decision = promote(model_uri, tracking_uri(), alias=alias, force=force, confidence=confidence)
-    verb = "promoted" if decision.promoted else "kept"
-    subject = decision.candidate if decision.promoted else (decision.champion or "none")
-    click.echo(f"{verb} version {subject} @{alias}: {decision.reason}")
+    decision = promote(model_uri, tracking_uri(), alias=alias, force=force, confidence=level)
+    if decision.promoted:
+        was = f" (was version {decision.champion})" if decision.champion else ""
+        text = f"promoted version {decision.candidate} @{alias}{was}: {decision.reason}"
+    else:
+        text = (
+            f"kept version {decision.champion or 'none'} @{alias}, not version {decision.candidate}: {decision.reason}"
+        )
+    payload = {
+        "promoted": decision.promoted,
+        "model": decision.name,
+        "alias": alias,
+        "candidate": decision.candidate,
+        "champion": decision.champion,
+        "holder": decision.candidate if decision.promoted else decision.champion,
+        "reason": decision.reason,
+        "candidate_score": decision.candidate_score,
+        "champion_score": decision.champion_score,
+    }
+    emit(as_json, payload, text)
+    if exit_code and not decision.promoted:
+        sys.exit(EXIT_NEGATIVE)
 
 
 def _parse_resources(ctx, param, values: tuple[str, ...]) -> dict[str, float]:
@@ -554,7 +734,7 @@ def _parse_resources(ctx, param, values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="data.yaml from `facemask data prepare`.")
 @_options(
     StudyConfig,
-    ("--model", "model", {}),
+    ("--weights", "model", {"help": "What every trial starts from: yolo26s.pt, yolo26n.yaml or a path."}),
     ("--trials", "trials", {}),
     ("--epochs", "epochs", {"help": "Epochs per trial (ASHA's max_t)."}),
     ("--imgsz", "imgsz", {}),
@@ -605,8 +785,13 @@ def _parse_resources(ctx, param, values: tuple[str, ...]) -> dict[str, float]:
     "reported and not run again (for jobs that may be retried, such as a RayJob).",
 )
 @click.option("--no-promote", is_flag=True, help="Register but do not move @champion.")
-def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, **kw):
-    """Search hyperparameters with Ray Tune (Optuna TPE + ASHA); register and gate the best."""
+@JSON_OPTION
+@hidden_alias("--model", "model")
+def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, as_json, **kw):
+    """Search hyperparameters with Ray Tune (Optuna TPE + ASHA); register and gate the best.
+
+    The best trial's val scores are the selection's (no interval); its test scores have their
+    intervals in `facemask evaluate`."""
     from facemask.tracking import tracking_uri
     from facemask.tune import check_trial_shape, saved_study, tune
 
@@ -616,8 +801,9 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, **kw)
     if auto_resume:
         state, path, run_id = saved_study(StudyConfig(**kw))
         if state == "finished":
-            click.echo(f"study {path} has finished (MLflow run {run_id}); nothing to run again")
-            click.echo(results_footer(kw["tracking_uri"], kw["experiment"], run_id, None, {"study": path}))
+            text = f"study {path} has finished (MLflow run {run_id}); nothing to run again\n"
+            text += results_footer(kw["tracking_uri"], kw["experiment"], run_id, None, {"study": path})
+            emit(as_json, {"state": "finished", "study": str(path), "parent_run_id": run_id}, text)
             return
         click.echo(f"study {path}: {'resumed' if state == 'interrupted' else 'new'}", err=True)
         kw["resume"] = state == "interrupted"
@@ -628,11 +814,19 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, **kw)
     if gpus_per_trial is None:  # one GPU per training process, when there are GPUs
         gpus_per_trial = float(kw["ray_workers_per_trial"]) if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     cfg = StudyConfig(gpus_per_trial=gpus_per_trial, promote=not no_promote, trial_resources=trial_resources, **kw)
-    result = tune(cfg)
-    click.echo(study_table(result))
+    with results_only(as_json):
+        result = tune(cfg)
     model = None
     if result.version:
         model = f"models:/{cfg.registered_model}" + ("@champion" if result.promoted else f"/{result.version}")
+    if as_json:
+        keys = ("parent_run_id", "best_trial", "best_val", "best_config", "counts", "trial_epochs", "test")
+        payload = {"state": "finished", "study": result.storage_path} | {k: getattr(result, k) for k in keys}
+        payload |= {"seconds": round(result.seconds, 1), "version": result.version, "model_uri": model}
+        payload |= {"promoted": result.promoted, "promote_reason": result.promote_reason}
+        emit(True, payload | {"tracking_uri": cfg.tracking_uri, "experiment": cfg.experiment})
+        return
+    click.echo(study_table(result))
     click.echo(
         results_footer(cfg.tracking_uri, cfg.experiment, result.parent_run_id, model, {"study": result.storage_path})
     )
@@ -819,7 +1013,12 @@ def start_serving(
     default=lambda: os.environ.get("FACEMASK_URL", "http://127.0.0.1:8000"),
     show_default="FACEMASK_URL or http://127.0.0.1:8000",
 )
-@click.option("--model", "model_id", default=None, help="A registered version or alias (default: the server's).")
+@click.option(
+    "--model-version",
+    "model_id",
+    default=None,
+    help="A registered version (3) or alias (champion); default: the server's.",
+)
 @click.option("--conf", type=float, default=None)
 @click.option("--iou", type=float, default=None)
 @click.option("--imgsz", type=int, default=None)
@@ -832,9 +1031,13 @@ def start_serving(
     show_default=True,
     help="Seconds to keep retrying a refused or reset connection (an endpoint restarting its proxy).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the full JSON answer.")
+@JSON_OPTION
+@hidden_alias("--model", "model_id")
 def query_command(image, url, model_id, conf, iou, imgsz, max_det, save, deadline, as_json):
-    """Send IMAGE to a running endpoint and print its detections (API key from FACEMASK_API_KEY)."""
+    """Send IMAGE to a running endpoint and print its detections (API key from FACEMASK_API_KEY).
+
+    Exits 2 when the endpoint refuses the request (4xx: the image, a parameter, the key) and
+    1 when it fails or none answers."""
     from facemask.client import Client
 
     client = Client(url, deadline_s=deadline)
@@ -844,9 +1047,11 @@ def query_command(image, url, model_id, conf, iou, imgsz, max_det, save, deadlin
         if save:
             save.write_bytes(client.predict_image(image, model=model_id, **params))
     except EndpointError as exc:
+        if exc.status >= 500:
+            raise ServerFailure(f"{url}: {exc.status} {exc.error}: {exc.message}") from None
         raise EndpointError(exc.status, exc.error, f"{url}: {exc.message}") from None
     except OSError as exc:
-        raise ConfigError(
+        raise ServerFailure(
             f"{url}: no endpoint answered ({getattr(exc, 'reason', exc)}); start one with `facemask serve`"
         ) from None
     if as_json:
@@ -884,13 +1089,18 @@ def detections_table(result: dict) -> str:
 )
 @click.option("--opset", type=int, default=None)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also copy the file here.")
-def export_command(model_uri, fmt, imgsz, opset, out):
+@JSON_OPTION
+def export_command(model_uri, fmt, imgsz, opset, out, as_json):
     """Export to ONNX and log it beside the .pt (serve it with --backend onnx)."""
     configure_runtime()
     from facemask.export import export_onnx
     from facemask.tracking import tracking_uri
 
-    result = export_onnx(model_uri, imgsz=imgsz, opset=opset, out=out, uri=tracking_uri())
+    with results_only(as_json):
+        result = export_onnx(model_uri, imgsz=imgsz, opset=opset, out=out, uri=tracking_uri())
+    if as_json:
+        emit(True, {"path": str(result.path), "artifact_uri": result.artifact_uri, "version": result.version})
+        return
     click.echo(f"exported {result.path}")
     if result.artifact_uri:
         click.echo(
@@ -913,14 +1123,23 @@ def export_command(model_uri, fmt, imgsz, opset, out):
     ("--max-det", "max_det", {}),
     ("--backend", "backend", {"type": click.Choice(["pt", "onnx"])}),
     ("--device", "device", {}),
-    ("--batch-size", "batch_size", {}),
+    ("--batch", "batch_size", {"help": "Images per model call."}),
     ("--concurrency", "concurrency", {"type": int, "help": "Model actors (default: one per CPU)."}),
-    ("--engine", "engine", {"type": click.Choice(["ray", "local"])}),
+    (
+        "--engine",
+        "engine",
+        {
+            "type": click.Choice(["auto", "ray", "local"]),
+            "help": "auto: Ray Data on a connected cluster or a machine with more than one core, else one process.",
+        },
+    ),
     ("--max-frames", "max_frames", {"type": int, "help": "Camera/stream: stop after this many processed frames."}),
     ("--max-seconds", "max_seconds", {"type": float, "help": "Camera/stream: stop after this many seconds."}),
 )
 @click.option("--save", is_flag=True, help="Camera/stream: also write annotated.mp4.")
-def predict_command(source, out, **kw):
+@JSON_OPTION
+@hidden_alias("--batch-size", "batch_size")
+def predict_command(source, out, as_json, **kw):
     """Annotate a folder of images or a video with Ray Data, or track faces live on a camera index (0)
     or stream URL (rtsp://, http://); write annotated files, detections.jsonl and summary.json."""
     configure_runtime()
@@ -932,11 +1151,22 @@ def predict_command(source, out, **kw):
         from facemask.live.streams import predict_stream as predict
     else:
         from facemask.batch_predict import predict
+        from facemask.runtime import cluster_connected
 
+        if cfg.engine == "auto":
+            ray_pays = cluster_connected() or (os.cpu_count() or 1) > 1  # docs/performance.md, batch inference
+            cfg = dataclasses.replace(cfg, engine="ray" if ray_pays else "local")
         if cfg.engine == "ray":
             init_ray()
     with contextlib.redirect_stdout(sys.stderr):
         result = predict(cfg)
+    paths = {"annotated": result.annotated, "detections": result.jsonl, "summary": result.jsonl.parent / "summary.json"}
+    if as_json:
+        payload = {"kind": result.kind, "items": result.items, "seconds": round(result.seconds, 2)}
+        payload |= {"detections": result.detections, "people": result.people, "frames": result.frames}
+        payload |= {"skipped": len(result.skipped), "files": {k: str(v) for k, v in paths.items() if v is not None}}
+        emit(True, payload)
+        return
     noun = "images" if result.kind == "images" else "frames"
     click.echo(
         f"{result.items} {noun} in {result.seconds:.1f}s: "
@@ -955,7 +1185,6 @@ def predict_command(source, out, **kw):
             f"  skipped {len(result.skipped)} unreadable files (listed in {result.jsonl.parent / 'summary.json'})",
             err=True,
         )
-    paths = {"annotated": result.annotated, "detections": result.jsonl, "summary": result.jsonl.parent / "summary.json"}
     click.echo(results_footer(paths={k: v for k, v in paths.items() if v is not None}))
 
 

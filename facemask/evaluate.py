@@ -31,7 +31,7 @@ from facemask.manifest import data_fingerprint
 from facemask.modelref import REGISTERED_MODEL, parse_models_uri
 from facemask.pipeline import prepare_evaluation_set
 from facemask.runtime import resolve_device, resolve_path, ultralytics_env, where_relative
-from facemask.settings import INFERENCE
+from facemask.settings import INFERENCE, ReadConfig
 from facemask.tracking import alias_version, log_to_run, model_version, set_alias, set_version_tags, version_metrics
 
 log = logging.getLogger("facemask.evaluate")
@@ -79,20 +79,22 @@ def evaluate(
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     uri: str | None = None,
+    read: ReadConfig | None = None,
 ) -> EvalResult:
     """Measure a model on one split of a prepared dataset, with bootstrap intervals over its
     images (`resamples`, seeded); log it, and the per-image predictions, to the model's run and
     version in the MLflow store `uri` (a local weights file has neither, and needs no store).
 
-    `data` may also be a plain Pascal VOC folder (images/ + annotations/): every usable image
-    is then the test set, and what could not be used is counted in `problems`.
+    `data` may also be a labelled folder or COCO JSON of the user's (VOC, YOLO or COCO, read
+    as `read` says): every usable image is then the test set, and what could not be used is
+    counted in `problems`.
     """
     given, data = data, resolve_path(data)
     with tempfile.TemporaryDirectory(prefix="facemask-eval-") as tmp:
         problems: dict[str, Any] = {}
         report_as = split
-        if data.is_dir():  # a plain VOC folder: every usable image is the test set
-            data, problems = prepare_evaluation_set(data, Path(tmp) / "voc")
+        if data.is_dir() or data.suffix.lower() == ".json":  # the user's own labelled images, all scored
+            data, problems = prepare_evaluation_set(data, Path(tmp) / "heldout", read)
             # Logged under its own name: the gate compares scores on the prepared test split only.
             split, report_as = "test", HELDOUT
             if problems.get("items"):
@@ -100,7 +102,7 @@ def evaluate(
         elif not data.is_file():
             raise InputNotFoundError(
                 f"--data {data}: no such file{where_relative(given)}; create it with "
-                "`facemask data prepare`, or pass a VOC folder (images/ + annotations/)"
+                "`facemask data prepare`, or pass a labelled folder or COCO JSON (docs/your-own-data.md)"
             )
         return _evaluate(
             model_uri,

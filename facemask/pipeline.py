@@ -1,4 +1,4 @@
-"""`prepare(cfg)`: raw VOC folder -> leak-free YOLO dataset, on Ray Data or in one process.
+"""`prepare(cfg)`: a labelled source (VOC, YOLO or COCO) -> leak-free YOLO dataset, on Ray Data or in one process.
 
 Parse, render and write are per-item pure functions run by `run_map`; split and
 planning are cheap global steps done by the driver. Both engines call the same
@@ -22,21 +22,16 @@ from facemask import __version__
 from facemask.augment import SyntheticPlan, plan_synthetic, render_synthetic
 from facemask.classes import CLASS_NAMES
 from facemask.convert import make_tree, tree_sha256, write_data_yaml, write_original, write_synthetic
-from facemask.errors import EmptyDatasetError, InputNotFoundError
+from facemask.errors import EmptyDatasetError, FacemaskError, InputNotFoundError
 from facemask.manifest import write_manifest
 from facemask.plots import class_distribution, synthetic_samples
+from facemask.records import ParseResult, Problem, Record
 from facemask.runtime import cluster_connected, resolve_path, where_relative
 from facemask.sampling import write_train_list
-from facemask.settings import PrepareConfig
+from facemask.settings import PrepareConfig, ReadConfig
+from facemask.sources import Listing, check_labels, list_source, parse_row
 from facemask.split import SPLITS, stratified_split
-from facemask.voc import (
-    ParseResult,
-    Problem,
-    Record,
-    find_source_files,
-    orphan_image_problems,
-    parse_annotation,
-)
+from facemask.voc import orphan_image_problems
 
 log = logging.getLogger("facemask.prepare")
 MANIFEST_FORMAT = 1
@@ -70,13 +65,15 @@ def choose_engine(cfg: PrepareConfig, local_cluster_ok: bool = True) -> tuple[st
         return cfg.engine, "asked for"
     if cluster_connected():
         return "ray", "a Ray cluster is connected"
-    folder = resolve_path(cfg.source) / "annotations"
-    # Only counted here; a missing or odd layout is prepare's to report.
-    items = sum(1 for p in folder.iterdir() if p.suffix.lower() == ".xml") if folder.is_dir() else 0
+    try:  # only counted here; a missing or odd source is prepare's to report
+        listing = list_source(resolve_path(cfg.source), cfg.read.format)
+        items, unit = len(listing.rows), listing.unit
+    except (FacemaskError, OSError):
+        items, unit = 0, "items"
     cpus = os.cpu_count() or 1
     if local_cluster_ok and cpus > 1 and items >= RAY_MIN_ITEMS:
-        return "ray", f"{items} annotations >= {RAY_MIN_ITEMS}, {cpus} CPUs: a local Ray cluster pays for its start-up"
-    why = f"{items} annotations < {RAY_MIN_ITEMS}" if cpus > 1 else "one CPU"
+        return "ray", f"{items} {unit} >= {RAY_MIN_ITEMS}, {cpus} CPUs: a local Ray cluster pays for its start-up"
+    why = f"{items} {unit} < {RAY_MIN_ITEMS}" if cpus > 1 else "one CPU"
     return "local", f"{why}, no Ray cluster connected: one process is faster"
 
 
@@ -143,7 +140,7 @@ def _limit_threads() -> None:
 
 
 def _parse_row(row: dict) -> dict:
-    result = parse_annotation(row["annotation"], row["images_dir"])
+    result = parse_row(row)
     return {
         "json": json.dumps(
             {
@@ -152,6 +149,7 @@ def _parse_row(row: dict) -> dict:
                 "problems": [asdict(p) for p in result.problems],
                 "image": result.image,
                 "annotation_sha256": result.annotation_sha256,
+                "labels": result.labels,
             }
         )
     }
@@ -165,6 +163,7 @@ def _load_parse(row: dict) -> ParseResult:
         problems=[Problem(**p) for p in data["problems"]],
         image=data["image"],
         annotation_sha256=data["annotation_sha256"],
+        labels=data["labels"],
     )
 
 
@@ -194,9 +193,10 @@ def _sha256_file(path: Path) -> str:
 
 
 def collect_records(
-    results: list[ParseResult], images: list[Path], source: Path
+    results: list[ParseResult], images: list[Path], source: Path, orphans: bool = True
 ) -> tuple[list[Record], list[Problem], dict[str, str]]:
-    """Turn parse results into unique records, every problem, and a sha256 per input file."""
+    """Turn parse results into unique records, every problem, and a sha256 per input file;
+    with `orphans`, images no result resolved to are problems too."""
     problems: list[Problem] = []
     hashes: dict[str, str] = {}
     records: list[Record] = []
@@ -224,7 +224,8 @@ def collect_records(
             continue
         stems.add(stem)
         records.append(record)
-    problems.extend(orphan_image_problems(images, claimed))
+    if orphans:
+        problems.extend(orphan_image_problems(images, claimed))
     for path in images:
         if str(path) not in hashes:
             hashes[str(path)] = _sha256_file(path)
@@ -276,6 +277,42 @@ def _counts(split: dict[str, list[Record]], synthetic: list[dict]) -> dict:
     return counts
 
 
+@dataclass
+class SourceData:
+    """A source as read: its listing, one record per usable image, every problem, a sha256 per
+    input path, and every label found with its count and class."""
+
+    listing: Listing
+    records: list[Record]
+    problems: list[Problem]
+    hashes: dict[str, str]
+    labels: dict
+
+
+def read_source(source: Path, read: ReadConfig, engine: str, option: str) -> SourceData:
+    """List and parse a labelled source of any format on `engine`, stop on unmapped labels
+    (unless `read.drop_unknown`), and keep one record per image.
+
+    Raises EmptyDatasetError, naming the counts and problems, when no image is usable or no
+    image holds a face of a known class.
+    """
+    listing: Listing = list_source(source, read.format, read.mapping)
+    parsed = [_load_parse(r) for r in run_map(_parse_row, listing.rows, engine, "parse")]
+    labels = check_labels(parsed, read.mapping, read.drop_unknown, listing.root)
+    images = listing.images
+    records, problems, hashes = collect_records(parsed, images, listing.root, listing.format != "yolo")
+    problems = listing.problems + problems
+    counts = f"{len(listing.rows)} {listing.unit}, {len(images)} images ({listing.format})"
+    if not records or not any(r.boxes for r in records):
+        summary = summarise_problems(problems, listing.root)
+        what = "no usable image" if not records else f"no face of a known class in {len(records)} usable images"
+        raise EmptyDatasetError(
+            f"{listing.root}: {what} ({counts}; problems: {summary['counts'] or 'none'}); check {option} "
+            "points at a VOC, YOLO or COCO dataset"
+        )
+    return SourceData(listing, records, problems, hashes, labels)
+
+
 def prepare(cfg: PrepareConfig) -> PrepareResult:
     """Build the YOLO dataset described by `cfg` and return its manifest.
 
@@ -289,22 +326,20 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
-    if not source.is_dir():
+    if not source.exists():
         raise InputNotFoundError(
             f"--source {source}: no such folder{where_relative(cfg.source)}; "
-            "pass --source DIR with annotations/ and images/ inside"
+            "pass a VOC, YOLO or COCO dataset (docs/your-own-data.md)"
         )
-    annotations, images, images_dir = find_source_files(source)
-    rows = [{"annotation": str(a), "images_dir": str(images_dir)} for a in annotations]
-    parsed = [_load_parse(r) for r in run_map(_parse_row, rows, cfg.engine, "parse")]
-    records, problems, hashes = collect_records(parsed, images, source)
+    source_data = read_source(source, cfg.read, cfg.engine, "--source")
+    listing, records, problems, hashes = (
+        source_data.listing,
+        source_data.records,
+        source_data.problems,
+        source_data.hashes,
+    )
+    source = listing.root
     seconds["parse"] = time.perf_counter() - started
-    if not records:
-        summary = summarise_problems(problems, source)
-        raise EmptyDatasetError(
-            f"{source}: no usable image ({len(annotations)} annotations, {len(images)} images; "
-            f"problems: {summary['counts'] or 'none'}); check --source points at a VOC dataset"
-        )
 
     split = stratified_split(records, cfg.split, cfg.seed)
     plan: SyntheticPlan = plan_synthetic(split["train"], cfg.augment, cfg.seed)
@@ -325,8 +360,9 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         (dict(w["synthetic"], image=w["entry"]["image"]) for w in written if "synthetic" in w),
         key=lambda s: s["image"],
     )
-    found = (annotations, images, hashes, summarise_problems(problems, source))
+    found = (listing, hashes, summarise_problems(problems, source))
     manifest = build_manifest(cfg, source, out, found, split, plan, synthetic, entries)
+    manifest["labels"] = source_data.labels
     write_provenance(out / "synthetic.jsonl", synthetic, source)
     split_lists = {name: sorted(str(Path(r.image).relative_to(source)) for r in split[name]) for name in SPLITS}
     (out / "splits.json").write_text(json.dumps(split_lists, indent=1) + "\n")
@@ -357,9 +393,9 @@ def build_manifest(
 ) -> dict[str, Any]:
     """What a prepared dataset is: its fingerprint (inputs, config, version), counts, pastes and outputs.
 
-    `inputs` is what was read: (annotation files, image files, image sha256 by path, problems summary).
+    `inputs` is what was read: (the source's listing, sha256 by input path, problems summary).
     """
-    annotations, images, hashes, problems = inputs
+    listing, hashes, problems = inputs
     digest = inputs_sha256(hashes, source)
     config = cfg.fingerprinted()
     identity = {"inputs": digest, "config": config, "version": __version__}
@@ -370,7 +406,12 @@ def build_manifest(
         "fingerprint": fingerprint,
         "package_version": __version__,
         "source": str(source),
-        "inputs": {"annotations": len(annotations), "images": len(images), "sha256": digest},
+        "inputs": {
+            "format": listing.format,
+            "annotations": len(listing.rows),
+            "images": len(listing.images),
+            "sha256": digest,
+        },
         "config": config,
         "counts": _counts(split, synthetic),
         "problems": problems,
@@ -407,38 +448,29 @@ def inputs_sha256(hashes: dict[str, str], source: Path) -> str:
     ).hexdigest()
 
 
-def prepare_evaluation_set(source: Path, out: Path) -> tuple[Path, dict]:
-    """A plain Pascal VOC folder (images/ + annotations/) as a YOLO dataset whose test split is
+def prepare_evaluation_set(source: Path, out: Path, read: ReadConfig | None = None) -> tuple[Path, dict]:
+    """A labelled folder or COCO JSON (VOC, YOLO or COCO) as a YOLO dataset whose test split is
     every usable image, for scoring a model on a user's own held-out photos: (data.yaml, problems).
 
     Nothing is split, pasted or repeated. Bad input is skipped and counted as in `prepare`;
-    a box of a class the detector does not know is dropped and counted (`unknown_class`).
+    labels go through `read`'s class map, and one that maps to no class stops the run unless
+    `read.drop_unknown` (then its boxes are dropped and counted as `unknown_class`).
     """
     source, out = resolve_path(source), Path(out)
-    if not (source / "annotations").is_dir():
-        raise InputNotFoundError(
-            f"--data {source}: not a data.yaml, nor a VOC folder with annotations/ and images/; "
-            "pass a prepared data.yaml or such a folder"
-        )
-    annotations, images, images_dir = find_source_files(source)
-    parsed = [parse_annotation(a, images_dir) for a in annotations]
-    records, problems, hashes = collect_records(parsed, images, source)
-    if not records:
-        raise EmptyDatasetError(
-            f"{source}: no usable image ({len(annotations)} annotations, {len(images)} images); "
-            "check --data points at a VOC dataset"
-        )
+    source_data = read_source(source, read or ReadConfig(), "local", "--data")
+    records, source = source_data.records, source_data.listing.root
     out.mkdir(parents=True, exist_ok=True)
     make_tree(out, SPLITS)
     entries = [write_original(r, "test", out) for r in records]
-    summary = summarise_problems(problems, source)
+    summary = summarise_problems(source_data.problems, source)
     write_manifest(
         out,
         {
             "format": MANIFEST_FORMAT,
-            "fingerprint": inputs_sha256(hashes, source),
+            "fingerprint": inputs_sha256(source_data.hashes, source),
             "source": str(source),
             "kind": "evaluation",
+            "labels": source_data.labels,
             "counts": _counts({"train": [], "val": [], "test": records}, []),
             "problems": summary,
             "outputs": {"files": len(entries)},

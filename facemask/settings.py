@@ -11,13 +11,14 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from facemask.classes import CLASS_NAMES, MINORITY_CLASSES
+from facemask.classes import CLASS_NAMES, IGNORE, MINORITY_CLASSES
 from facemask.errors import ConfigError, InputNotFoundError
 from facemask.modelref import DEFAULT_MODEL_URI, REGISTERED_MODEL
 from facemask.runtime import where_relative
 
 BLEND_MODES = ("overlay", "feather", "poisson")
 ENGINES = ("auto", "ray", "local")
+SOURCE_FORMATS = ("auto", "voc", "yolo", "coco")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
@@ -105,6 +106,31 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class ReadConfig:
+    """How a labelled source is read: its format and what its labels mean (facemask.sources)."""
+
+    format: str = "auto"  # auto, voc, yolo or coco
+    class_map: tuple[tuple[str, str], ...] = ()  # (source label, class name or IGNORE)
+    drop_unknown: bool = False  # drop boxes whose label maps to no class, instead of stopping
+
+    def validate(self) -> "ReadConfig":
+        if self.format not in SOURCE_FORMATS:
+            raise ConfigError(f"--format {self.format!r}: choose one of {', '.join(SOURCE_FORMATS)}")
+        targets = (*CLASS_NAMES, IGNORE)
+        for label, name in self.class_map:
+            if name not in targets:
+                raise ConfigError(f"--class-map {label}={name}: map to one of {', '.join(targets)}")
+        return self
+
+    @property
+    def mapping(self) -> dict[str, str]:
+        return dict(self.class_map)
+
+    def fingerprinted(self) -> dict:
+        return {"class_map": dict(self.class_map), "drop_unknown": self.drop_unknown}
+
+
+@dataclass(frozen=True)
 class PrepareConfig:
     """Everything that decides the prepared dataset. `engine` decides only how it runs."""
 
@@ -114,6 +140,7 @@ class PrepareConfig:
     seed: int = 0
     split: tuple[float, float, float] = (0.7, 0.2, 0.1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    read: ReadConfig = field(default_factory=ReadConfig)
     plots: bool = True
     # Repeat-factor sampling (facemask.sampling): training images holding a class found in
     # fewer than this fraction of them are listed more than once. None: every image once.
@@ -124,6 +151,7 @@ class PrepareConfig:
             raise ConfigError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         validate_fractions(self.split)
         self.augment.validate()
+        self.read.validate()
         if self.repeat_threshold is not None and not 0 < self.repeat_threshold <= 1:
             raise ConfigError(
                 f"--repeat-threshold {self.repeat_threshold}: a fraction of the training images in (0, 1], "
@@ -136,6 +164,8 @@ class PrepareConfig:
         out = {"seed": self.seed, "split": list(self.split), "augment": self.augment.to_dict()}
         if self.repeat_threshold is not None:  # absent by default, so earlier fingerprints stay valid
             out["repeat_threshold"] = self.repeat_threshold
+        if self.read != ReadConfig():  # likewise: a plain read leaves the fingerprint as it was
+            out["read"] = self.read.fingerprinted()
         return out
 
 
@@ -246,7 +276,7 @@ class PredictConfig:
     device: str = "auto"
     batch_size: int = 8
     concurrency: int | None = None  # model actors; default: one per CPU of the cluster
-    engine: str = "ray"
+    engine: str = "auto"  # auto: Ray on a connected cluster or a machine with cores to share, else one process
     frames_per_task: int = 32
     # Camera and stream sources (a camera index or an rtsp:// / http:// URL) only:
     max_frames: int | None = None  # stop after this many processed frames
@@ -269,8 +299,8 @@ class PredictConfig:
             raise ConfigError(f"{self.source}: expected a folder of images or a video ({', '.join(VIDEO_SUFFIXES)})")
         if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
             raise ConfigError("--conf and --iou must be between 0 and 1")
-        if self.engine not in ("ray", "local"):
-            raise ConfigError(f"--engine {self.engine!r}: expected ray or local")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         return self
 
 

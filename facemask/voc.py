@@ -7,86 +7,25 @@ becomes a `Problem` with its path and reason, and the pipeline counts and report
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
+from collections import Counter
 from pathlib import Path
 
-from PIL import Image
-
-from facemask.classes import CLASS_IDS
 from facemask.errors import InputNotFoundError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-# Larger files are reported as too large without being read: a photo of the set is ~100 KB,
-# and a multi-GB file named .jpg must not take the worker's memory.
-MAX_FILE_BYTES = 64 * 2**20
-MAX_XML_BYTES = 4 * 2**20
-
-
-@dataclass(frozen=True)
-class Box:
-    """One object, in source pixels (x1, y1) top-left to (x2, y2) bottom-right."""
-
-    label: str
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    difficult: bool = False
-
-
-@dataclass(frozen=True)
-class Record:
-    """One usable image with its valid boxes. `width`/`height` are the real image's."""
-
-    image: str
-    annotation: str
-    width: int
-    height: int
-    boxes: tuple[Box, ...]
-    image_sha256: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @staticmethod
-    def from_json(text: str) -> "Record":
-        data = json.loads(text)
-        data["boxes"] = tuple(Box(**b) for b in data["boxes"])
-        return Record(**data)
-
-    def class_names(self) -> set[str]:
-        return {b.label for b in self.boxes}
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something in the input that was skipped, dropped or corrected, and why.
-
-    `kind` is the counted category (for example "malformed_xml"); `action` says what
-    happened to the data: "skipped_file", "dropped_box" or "corrected".
-    """
-
-    path: str
-    kind: str
-    action: str
-    reason: str
-
-
-@dataclass
-class ParseResult:
-    """What reading one annotation produced: maybe a record, always its problems."""
-
-    annotation: str
-    record: Record | None
-    problems: list[Problem] = field(default_factory=list)
-    # The image this annotation resolved to, even when the record was rejected,
-    # so the driver can tell orphans from images that were merely bad.
-    image: str | None = None
-    annotation_sha256: str = ""
+from facemask.records import (
+    IMAGE_EXTENSIONS,
+    MAX_ANNOTATION_BYTES,
+    Box,
+    ParseResult,
+    Problem,
+    Record,
+    accept_box,
+    check_declared_size,
+    read_capped,
+    read_image_size,
+    sha256_bytes,
+    skip_image,
+)
 
 
 def find_source_files(source: Path) -> tuple[list[Path], list[Path], Path]:
@@ -149,91 +88,32 @@ def _number(element: ET.Element | None, tag: str) -> float | None:
         return None
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def read_capped(path: Path, limit: int) -> bytes:
-    """A file's bytes, or ValueError saying why not: a broken or looping link, a folder, too large."""
-    try:
-        if path.is_dir():
-            raise ValueError("a folder, not a file")
-        size = path.stat().st_size
-        if size > limit:
-            raise ValueError(f"{size / 2**20:.0f} MB, over the {limit / 2**20:.0f} MB limit; not read")
-        return path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read it ({exc.strerror or type(exc).__name__}); a broken or looping link?") from None
-
-
-def read_image_size(path: Path) -> tuple[int, int, str]:
-    """Decode an image fully and return (width, height, sha256 of its bytes).
-
-    A full decode, not just the header, is what catches truncated files. Raises
-    ValueError with the reason when the image cannot be used.
-    """
-    data = read_capped(path, MAX_FILE_BYTES)
-    try:
-        # Decode the bytes already read for the fingerprint instead of reading the file twice.
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            width, height = img.size
-    except Exception as exc:
-        # Not just PIL's own errors: once Ultralytics is imported it patches Image.open, and an
-        # unidentified file then raises ImportError (it reaches for an optional HEIF plugin).
-        raise ValueError(f"unreadable image: {type(exc).__name__}: {exc}") from None
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image has zero size {width}x{height}")
-    return width, height, _sha256(data)
-
-
-def check_declared_size(root, xml_path: Path, width: int, height: int) -> list[Problem]:
-    """The image's real size wins over <size>; a missing or different one is reported as corrected."""
-    size = root.find("size")
-    declared = (_number(size, "width"), _number(size, "height"))
-    if declared[0] is None or declared[1] is None:
-        return [
-            Problem(str(xml_path), "size_missing", "corrected", f"<size> missing; used the image's {width}x{height}")
-        ]
-    if (int(declared[0]), int(declared[1])) != (width, height):
-        said = f"{int(declared[0])}x{int(declared[1])}"
-        reason = f"<size> says {said} but the image is {width}x{height}; trusted the image"
-        return [Problem(str(xml_path), "size_mismatch", "corrected", reason)]
-    return []
-
-
-def parse_objects(root, xml_path: Path, width: int, height: int) -> tuple[list[Box], list[Problem]]:
-    """Every usable <object> as a Box clipped to the image; each dropped or clipped one as a Problem."""
+def parse_objects(
+    root, xml_path: Path, width: int, height: int, class_map: dict[str, str] | None = None
+) -> tuple[list[Box], list[Problem], Counter]:
+    """Every usable <object> as a Box clipped to the image, each dropped or clipped one as a
+    Problem, and every <name> counted."""
     boxes: list[Box] = []
     problems: list[Problem] = []
+    labels: Counter = Counter()
     for index, obj in enumerate(root.iter("object")):
-        where = f"{xml_path} object #{index}"
         label = _text(obj, "name")
-        if label not in CLASS_IDS:
-            valid = ", ".join(CLASS_IDS)
-            problems.append(Problem(where, "unknown_class", "dropped_box", f"unknown class {label!r}; valid: {valid}"))
-            continue
+        labels[str(label)] += 1
         bnd = obj.find("bndbox")
-        coords = [_number(bnd, tag) for tag in ("xmin", "ymin", "xmax", "ymax")]
-        if any(c is None for c in coords):
-            reason = "<bndbox> lacks a numeric xmin, ymin, xmax or ymax"
-            problems.append(Problem(where, "bad_box", "dropped_box", reason))
-            continue
-        x1, y1, x2, y2 = (float(c) for c in coords)  # type: ignore[arg-type]
-        cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
-        cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
-        box = f"box ({x1}, {y1}, {x2}, {y2})"
-        if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
-            problems.append(Problem(where, "empty_box", "dropped_box", f"{box} has no area inside the image"))
-            continue
-        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-            problems.append(Problem(where, "box_clipped", "corrected", f"{box} clipped to {width}x{height}"))
-        boxes.append(Box(label, cx1, cy1, cx2, cy2, _text(obj, "difficult") == "1"))
-    return boxes, problems
+        coords = tuple(_number(bnd, tag) for tag in ("xmin", "ymin", "xmax", "ymax"))
+        where = f"{xml_path} object #{index}"
+        box, found = accept_box(label, coords, (width, height), where, class_map or {}, _text(obj, "difficult") == "1")
+        problems += found
+        if box is not None:
+            boxes.append(box)
+    return boxes, problems, labels
 
 
-def parse_annotation(xml_path: Path | str, images_dir: Path | str) -> ParseResult:
-    """Parse one VOC XML file against its real image. Never raises for bad input."""
+def parse_annotation(
+    xml_path: Path | str, images_dir: Path | str, class_map: dict[str, str] | None = None
+) -> ParseResult:
+    """Parse one VOC XML file against its real image, its labels read through `class_map`.
+    Never raises for bad input."""
     xml_path, images_dir = Path(xml_path), Path(images_dir)
     result = ParseResult(annotation=str(xml_path), record=None)
 
@@ -242,10 +122,10 @@ def parse_annotation(xml_path: Path | str, images_dir: Path | str) -> ParseResul
         return result
 
     try:
-        raw = read_capped(xml_path, MAX_XML_BYTES)
+        raw = read_capped(xml_path, MAX_ANNOTATION_BYTES)
     except ValueError as exc:
         return skip("unreadable_annotation", f"{exc}; fix or remove the file")
-    result.annotation_sha256 = _sha256(raw)
+    result.annotation_sha256 = sha256_bytes(raw)
 
     try:
         root = ET.fromstring(raw)
@@ -263,14 +143,14 @@ def parse_annotation(xml_path: Path | str, images_dir: Path | str) -> ParseResul
     try:
         width, height, image_sha = read_image_size(image_path)
     except ValueError as exc:
-        result.problems.append(
-            Problem(str(image_path), "unreadable_image", "skipped_file", f"{exc}; re-export the image")
-        )
-        return result
+        return skip_image(result, image_path, str(exc))
 
-    result.problems += check_declared_size(root, xml_path, width, height)
-    boxes, problems = parse_objects(root, xml_path, width, height)
+    size = root.find("size")
+    declared = (_number(size, "width"), _number(size, "height"))
+    result.problems += check_declared_size(declared, str(xml_path), width, height)
+    boxes, problems, labels = parse_objects(root, xml_path, width, height, class_map)
     result.problems += problems
+    result.labels = dict(labels)
 
     result.record = Record(
         image=str(image_path),

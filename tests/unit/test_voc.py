@@ -200,7 +200,7 @@ def test_missing_source_layout_is_a_clear_error(tmp_path):
 
 def test_links_folders_and_huge_files_are_counted_not_fatal(tmp_path, monkeypatch):
     """A looping link, dangling links, a folder named like an image, an oversized file: one problem each."""
-    import facemask.voc as voc
+    import facemask.records as voc
 
     src = make_source(tmp_path / "src")
     for i in range(10):
