@@ -73,9 +73,28 @@ class ServerFailure(FacemaskError):
     """An endpoint failed, or none answered: not the user's input, so it exits 1, not 2."""
 
 
-JSON_OPTION = click.option(
-    "--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout (shapes: docs/cli.md)."
-)
+# Where a --json result goes: the real stdout, while everything else printed meanwhile
+# (Ultralytics writes progress and notices to stdout) goes to stderr.
+_results_out: list = []
+
+
+def JSON_OPTION(fn):
+    """--json: the command's result as one JSON object, and nothing else, on stdout (shapes: docs/cli.md)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        if not kw["as_json"]:
+            return fn(*args, **kw)
+        _results_out.append(sys.stdout)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return fn(*args, **kw)
+        finally:
+            _results_out.pop()
+
+    help_text = "Print the result as one JSON object on stdout, and nothing else there (shapes: docs/cli.md)."
+    return click.option("--json", "as_json", is_flag=True, help=help_text)(wrapper)
 EXIT_CODE_OPTION = click.option(
     "--exit-code", is_flag=True, help=f"Exit {EXIT_NEGATIVE} on a negative answer instead of 0 (docs/cli.md)."
 )
@@ -84,19 +103,9 @@ EXIT_CODE_OPTION = click.option(
 def emit(as_json: bool, payload: dict, text: str | None = None) -> None:
     """The command's result on stdout: `payload` as JSON, or `text` for a reader."""
     if as_json:
-        click.echo(json.dumps(payload, indent=2, default=str))
+        click.echo(json.dumps(payload, indent=2, default=str), file=_results_out[-1] if _results_out else None)
     elif text is not None:
         click.echo(text)
-
-
-@contextlib.contextmanager
-def results_only(as_json: bool):
-    """With --json, stdout carries only the JSON: progress (Ultralytics prints to stdout) goes to stderr."""
-    if as_json:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    else:
-        yield
 
 
 def hidden_alias(old: str, param: str):
@@ -527,15 +536,14 @@ def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker
     cfg = TrainConfig(data=data, overrides=_parse_overrides(overrides), tracking_uri=tracking_uri(), **kw)
     # The fields in their order, each option named as its field.
     ray_cfg = DistributedConfig(ray_workers, gpus_per_worker, cpus_per_worker, storage, max_failures)
-    with results_only(as_json):
-        if ray_cfg.workers > 1:
-            from facemask.distributed import check_distributed, train_distributed
+    if ray_cfg.workers > 1:
+        from facemask.distributed import check_distributed, train_distributed
 
-            check_distributed(cfg, ray_cfg)
-            init_ray()
-            result = train_distributed(cfg, ray_cfg)
-        else:
-            result = train(cfg)
+        check_distributed(cfg, ray_cfg)
+        init_ray()
+        result = train_distributed(cfg, ray_cfg)
+    else:
+        result = train(cfg)
     model = f"models:/{cfg.registered_model}/{result.version}" if result.version else None
     if as_json:
         payload = {
@@ -617,7 +625,7 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, se
             read=read_config(**reading),
         )
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        emit(True, result.to_dict())
     else:
         click.echo(result.table())
         click.echo("\n" + result.intervals.table(f"{result.split}, with 95% bootstrap intervals:"))
@@ -814,8 +822,7 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, as_js
     if gpus_per_trial is None:  # one GPU per training process, when there are GPUs
         gpus_per_trial = float(kw["ray_workers_per_trial"]) if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     cfg = StudyConfig(gpus_per_trial=gpus_per_trial, promote=not no_promote, trial_resources=trial_resources, **kw)
-    with results_only(as_json):
-        result = tune(cfg)
+    result = tune(cfg)
     model = None
     if result.version:
         model = f"models:/{cfg.registered_model}" + ("@champion" if result.promoted else f"/{result.version}")
@@ -1055,7 +1062,7 @@ def query_command(image, url, model_id, conf, iou, imgsz, max_det, save, deadlin
             f"{url}: no endpoint answered ({getattr(exc, 'reason', exc)}); start one with `facemask serve`"
         ) from None
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        emit(True, result)
         return
     click.echo(detections_table(result))
     if save:
@@ -1096,8 +1103,7 @@ def export_command(model_uri, fmt, imgsz, opset, out, as_json):
     from facemask.export import export_onnx
     from facemask.tracking import tracking_uri
 
-    with results_only(as_json):
-        result = export_onnx(model_uri, imgsz=imgsz, opset=opset, out=out, uri=tracking_uri())
+    result = export_onnx(model_uri, imgsz=imgsz, opset=opset, out=out, uri=tracking_uri())
     if as_json:
         emit(True, {"path": str(result.path), "artifact_uri": result.artifact_uri, "version": result.version})
         return

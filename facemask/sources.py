@@ -122,7 +122,7 @@ def check_labels(results: list[ParseResult], class_map: dict[str, str], drop_unk
     mapping = {label: map_label(label, class_map) for label in sorted(found)}
     unknown = [label for label, name in mapping.items() if name is None]
     if unknown and not drop_unknown:
-        listed = ", ".join(f"{label} ({found[label]})" for label in sorted(found, key=lambda k: -found[k]))
+        listed = ", ".join(f"{label} ({found[label]})" for label in sorted(found, key=lambda k: (-found[k], k)))
         guess = suggest_class_map(unknown)
         hint = ",".join(f"{k}={v}" for k, v in guess.items()) or f"{unknown[0]}={CLASS_NAMES[0]}"
         raise ConfigError(
