@@ -1055,7 +1055,7 @@ def query_command(image, url, model_id, conf, iou, imgsz, max_det, save, deadlin
             save.write_bytes(client.predict_image(image, model=model_id, **params))
     except EndpointError as exc:
         if exc.status >= 500:
-            raise ServerFailure(f"{url}: {exc.status} {exc.error}: {exc.message}") from None
+            raise ServerFailure(f"{exc.status} {exc.error}: {url}: {exc.message}") from None
         raise EndpointError(exc.status, exc.error, f"{url}: {exc.message}") from None
     except OSError as exc:
         raise ServerFailure(

@@ -61,20 +61,20 @@ class TrainResult:
 
 
 def resolve_model_source(model: str) -> str:
-    """Check a --model value before training so a bad one fails in one clear line."""
+    """Check a --weights value before training so a bad one fails in one clear line."""
     path = Path(model).expanduser()
     if path.is_file():
         return str(path.resolve())
     if path.suffix in (".yaml", ".yml"):
         if path.parent != Path("."):
             raise InputNotFoundError(
-                f"--model {model}: no such file; pass a path to a .yaml, or a built-in name like yolo26n.yaml"
+                f"--weights {model}: no such file; pass a path to a .yaml, or a built-in name like yolo26n.yaml"
             )
         return model  # an Ultralytics built-in config such as yolo26n.yaml
     if path.suffix == ".pt":
         if path.parent != Path("."):
             raise InputNotFoundError(
-                f"--model {model}: no such file; pass a path to a .pt, or a yaml like yolo26n.yaml"
+                f"--weights {model}: no such file; pass a path to a .pt, or a yaml like yolo26n.yaml"
             )
         ultralytics_env()
         from ultralytics.utils import SETTINGS, is_online
@@ -84,11 +84,11 @@ def resolve_model_source(model: str) -> str:
             return str(cached)
         if not is_online():
             raise PretrainedUnavailableError(
-                f"{model} is not on this machine and there is no network: pass --model {path.stem}.yaml "
+                f"{model} is not on this machine and there is no network: pass --weights {path.stem}.yaml "
                 "to train from scratch, or a path to a .pt"
             )
         return model
-    raise ConfigError(f"--model {model}: expected a .pt weights file or a .yaml model config")
+    raise ConfigError(f"--weights {model}: expected a .pt weights file or a .yaml model config")
 
 
 def strip_integrations(trainer) -> None:

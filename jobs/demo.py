@@ -1,6 +1,6 @@
 """The demo: the whole flow on generated data, offline, on a local Ray cluster.
 
-    python jobs/demo.py [--out demo] [--source DIR] [--model yolo26n.yaml] [--images N]
+    python jobs/demo.py [--out demo] [--source DIR] [--weights yolo26n.yaml] [--images N]
 
 1. synthesise a Kaggle-layout dataset (or use --source DIR, e.g. the real one);
 2. prepare it with Ray Data: stratified split, copy-paste on train only, YOLO format;
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("demo"))
     parser.add_argument("--source", type=Path, help="A VOC dataset (Kaggle layout) instead of generated data.")
     parser.add_argument(
-        "--model", default="yolo26n.yaml", help="yolo26n.yaml trains from scratch; yolo26s.pt (online) fine-tunes."
+        "--weights", "--model", dest="model", default="yolo26n.yaml", help="yolo26n.yaml trains from scratch; yolo26s.pt (online) fine-tunes."
     )
     parser.add_argument("--images", type=int, default=300, help="Generated images when no --source.")
     parser.add_argument("--trials", type=int, default=4)

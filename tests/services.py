@@ -48,7 +48,7 @@ def study_args(data: Path, space: Path, experiment: str, **options) -> list[str]
     """Arguments of `facemask tune` / jobs/tune.py for a small study: yolo26n at 160, one CPU a trial,
     minimising cls_loss (it moves from the first epoch); each option adds `--name value`
     (underscores to dashes; True: the bare flag)."""
-    args = ["--data", str(data), "--model", "yolo26n.yaml", "--imgsz", "160", "--cpus-per-trial", "1"]
+    args = ["--data", str(data), "--weights", "yolo26n.yaml", "--imgsz", "160", "--cpus-per-trial", "1"]
     args += ["--search-space", str(space), "--metric", "cls_loss", "--mode", "min", "--experiment", experiment]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")

@@ -32,7 +32,7 @@ def test_predict_folder_with_ray_data(ray_local, registered_detector, synth_sour
     result = CliRunner().invoke(
         main,
         ["predict", str(source), "--model-uri", str(registered_detector["weights"]), "--out", str(out)]
-        + "--conf 0 --imgsz 160 --max-det 5 --batch-size 3 --concurrency 2".split(),
+        + "--conf 0 --imgsz 160 --max-det 5 --batch 3 --concurrency 2".split(),
     )
     assert result.exit_code == 0, result.output
     assert "12 images" in result.stdout and "skipped 4 unreadable" in result.stderr

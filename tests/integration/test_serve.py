@@ -411,7 +411,7 @@ def test_client_and_query_command(endpoint, known_image, tmp_path):
     assert "4 detections" in result.stdout and f"v{endpoint['champion']}" in result.stdout
     assert Image.open(saved).format == "JPEG"
     offline = CliRunner().invoke(main, ["query", str(known_image), "--url", f"http://127.0.0.1:{free_port()}"])
-    assert offline.exit_code == 2 and "facemask serve" in offline.stderr
+    assert offline.exit_code == 1 and "facemask serve" in offline.stderr  # not the user's input: 1, not 2
 
 
 def test_client_retries_503_with_backoff(known_image):

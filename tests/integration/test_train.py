@@ -92,7 +92,24 @@ def test_promotion_gate_both_ways(tiny_data, tracking, tmp_path):
     forced = decision_for(name, second.version, uri, force=True)
     assert forced.promoted and load_detector(f"models:/{name}@champion", uri=uri).info.version == second.version
     run = CliRunner().invoke(main, ["promote", "--model-uri", f"models:/{name}/{first.version}"])
-    assert run.exit_code == 0 and "kept version 2 @champion: not distinguishable from version 2" in run.output
+    kept = f"kept version {second.version} @champion, not version {first.version}: not distinguishable from version"
+    assert run.exit_code == 0 and kept in run.output
+    # A script asks for the answer as JSON, and for "kept" as an exit code of its own.
+    run = CliRunner().invoke(
+        main, ["promote", "--model-uri", f"models:/{name}/{first.version}", "--json", "--exit-code"]
+    )
+    assert run.exit_code == 3, run.output
+    answer = json.loads(run.stdout)
+    assert answer["promoted"] is False and (answer["holder"], answer["candidate"]) == (second.version, first.version)
+    pair = [f"models:/{name}/{v}" for v in (first.version, second.version)]
+    run = CliRunner().invoke(
+        main, ["compare", *pair, "--data", str(tiny_data), "--imgsz", "160", "--json", "--exit-code"]
+    )
+    assert run.exit_code in (0, 3), run.output
+    answer = json.loads(run.stdout)
+    low, high = answer["difference"]["overall"]["mAP50-95"][1:]
+    distinguishable = low > 0 or high < 0
+    assert (run.exit_code == 3) == (not distinguishable) == (answer["verdict"] == "not distinguishable")
     # `evaluate --json` prints only the JSON on stdout (Ultralytics' chatter goes to stderr)
     run = CliRunner().invoke(
         main,
@@ -166,9 +183,9 @@ def test_server_that_disappears_mid_run(tiny_data, tmp_path, monkeypatch):
 def test_offline_pretrained_name_is_one_clear_line(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("YOLO_OFFLINE", "1")
-    run = CliRunner().invoke(main, ["train", "--data", str(tiny_data), "--model", "yolo26s.pt", "--epochs", "1"])
+    run = CliRunner().invoke(main, ["train", "--data", str(tiny_data), "--weights", "yolo26s.pt", "--epochs", "1"])
     assert run.exit_code == 2
     assert run.output.strip() == (
-        "error: yolo26s.pt is not on this machine and there is no network: pass --model yolo26s.yaml "
+        "error: yolo26s.pt is not on this machine and there is no network: pass --weights yolo26s.yaml "
         "to train from scratch, or a path to a .pt"
     )

@@ -27,6 +27,10 @@ class Answers(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
+
     def log_message(self, *args) -> None:
         pass
 
@@ -75,3 +79,25 @@ def test_a_bare_404_from_a_restarting_ingress_is_retried_but_the_apps_4xx_is_not
         Client(f"http://127.0.0.1:{port}").health()
     assert time.monotonic() - started < 1.0
     holder["server"].shutdown()
+
+
+def test_query_exits_1_when_the_endpoint_fails_and_2_when_it_refuses_the_input(tmp_path):
+    """A script tells "the server broke" (1) from "fix your request" (2) by the exit code alone."""
+    from click.testing import CliRunner
+
+    from facemask.cli import main
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"not really a jpeg: the scripted server does not look")
+    failed = (500, json.dumps({"error": "internal", "message": "the model crashed"}).encode(), "application/json")
+    refused = (422, json.dumps({"error": "bad_image", "message": "cannot decode"}).encode(), "application/json")
+    port = free_port()
+    holder = serve(port, after_s=0, script=[failed, refused])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        args = ["query", str(image), "--url", url, "--deadline", "10"]
+        first, second = CliRunner().invoke(main, args), CliRunner().invoke(main, args)
+        assert first.exit_code == 1 and f"500 internal: {url}: the model crashed" in first.stderr, first.output
+        assert second.exit_code == 2 and f"422 bad_image: {url}: cannot decode" in second.stderr, second.output
+    finally:
+        holder["server"].shutdown()
