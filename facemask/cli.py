@@ -95,6 +95,8 @@ def JSON_OPTION(fn):
 
     help_text = "Print the result as one JSON object on stdout, and nothing else there (shapes: docs/cli.md)."
     return click.option("--json", "as_json", is_flag=True, help=help_text)(wrapper)
+
+
 EXIT_CODE_OPTION = click.option(
     "--exit-code", is_flag=True, help=f"Exit {EXIT_NEGATIVE} on a negative answer instead of 0 (docs/cli.md)."
 )
@@ -801,10 +803,12 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, as_js
     The best trial's val scores are the selection's (no interval); its test scores have their
     intervals in `facemask evaluate`."""
     from facemask.tracking import tracking_uri
+    from facemask.train import resolve_model_source
     from facemask.tune import check_trial_shape, saved_study, tune
 
     kw["tracking_uri"] = tracking_uri()
     # What can be refused without a cluster is refused before one starts.
+    resolve_model_source(kw["model"])
     check_trial_shape(StudyConfig(gpus_per_trial=gpus_per_trial or 0, trial_resources=trial_resources, **kw))
     if auto_resume:
         state, path, run_id = saved_study(StudyConfig(**kw))
@@ -1167,6 +1171,11 @@ def predict_command(source, out, as_json, **kw):
     with contextlib.redirect_stdout(sys.stderr):
         result = predict(cfg)
     paths = {"annotated": result.annotated, "detections": result.jsonl, "summary": result.jsonl.parent / "summary.json"}
+    if result.skipped:
+        click.echo(
+            f"  skipped {len(result.skipped)} unreadable files (listed in {result.jsonl.parent / 'summary.json'})",
+            err=True,
+        )
     if as_json:
         payload = {"kind": result.kind, "items": result.items, "seconds": round(result.seconds, 2)}
         payload |= {"detections": result.detections, "people": result.people, "frames": result.frames}
@@ -1185,11 +1194,6 @@ def predict_command(source, out, as_json, **kw):
             + ", ".join(f"{k}={v}" for k, v in result.people["by_class"].items())
             + ")"
             + (f"; frames dropped while the model was busy: {result.frames['dropped']}" if result.frames else "")
-        )
-    if result.skipped:
-        click.echo(
-            f"  skipped {len(result.skipped)} unreadable files (listed in {result.jsonl.parent / 'summary.json'})",
-            err=True,
         )
     click.echo(results_footer(paths={k: v for k, v in paths.items() if v is not None}))
 

@@ -374,7 +374,7 @@ def promote(
     if not model_uri.startswith("models:/"):
         raise ConfigError(f"{model_uri}: promote takes a registry URI such as models:/{REGISTERED_MODEL}/3")
     if not 0 < confidence < 1:
-        raise ConfigError(f"--confidence {confidence}: a level between 0 and 1, such as 0.95")
+        raise ConfigError(f"--level {confidence}: a level between 0 and 1, such as 0.95")
     name, _, _ = parse_models_uri(model_uri)
     candidate = model_version(model_uri, uri)
     version = str(candidate.version)

@@ -163,6 +163,9 @@ TRIAL_DRIVER_CPUS = 0.01
 
 def check_trial_shape(cfg: StudyConfig) -> None:
     """Refuse, before any cluster is joined, a trial whose parts cannot work together."""
+    for option, value in (("--trials", cfg.trials), ("--epochs", cfg.epochs)):
+        if value < 1:
+            raise ConfigError(f"{option} {value}: at least 1")
     if cfg.cpus_per_trial <= 0:
         raise ConfigError("--cpus-per-trial must be > 0")
     workers = cfg.ray_workers_per_trial

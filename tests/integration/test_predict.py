@@ -32,10 +32,12 @@ def test_predict_folder_with_ray_data(ray_local, registered_detector, synth_sour
     result = CliRunner().invoke(
         main,
         ["predict", str(source), "--model-uri", str(registered_detector["weights"]), "--out", str(out)]
-        + "--conf 0 --imgsz 160 --max-det 5 --batch 3 --concurrency 2".split(),
+        + "--conf 0 --imgsz 160 --max-det 5 --batch 3 --concurrency 2 --json".split(),
     )
     assert result.exit_code == 0, result.output
-    assert "12 images" in result.stdout and "skipped 4 unreadable" in result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["items"] == 12 and answer["skipped"] == 4 and "skipped 4 unreadable" in result.stderr
+    assert answer["files"]["detections"] == str(out / "detections.jsonl") and sum(answer["detections"].values()) == 40
     lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
     assert [line["source"] for line in lines] == sorted(str(p.relative_to(source)) for p in source.rglob("*.*"))
     broken = {line["source"]: line["error"] for line in lines if "error" in line}
@@ -103,9 +105,11 @@ def test_export_onnx_logs_it_and_the_onnx_backend_agrees(registered_detector, kn
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registered_detector["tracking_uri"])
     name, other = registered_detector["name"], registered_detector["other"]
     uri = f"models:/{name}/{other}"
-    result = CliRunner().invoke(main, ["export", "--model-uri", uri, "--imgsz", "160"])
+    result = CliRunner().invoke(main, ["export", "--model-uri", uri, "--imgsz", "160", "--json"])
     assert result.exit_code == 0, result.output
-    assert f"runs:/{registered_detector['run_id']}/onnx/" in result.stdout
+    answer = json.loads(result.stdout)
+    assert answer["artifact_uri"].startswith(f"runs:/{registered_detector['run_id']}/onnx/")
+    assert answer["version"] == other and answer["path"].endswith(".onnx")
 
     from mlflow import MlflowClient
 

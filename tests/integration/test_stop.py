@@ -127,9 +127,15 @@ def test_tune_stopped_by_sigterm_to_its_process_group_resumes(tiny_data, tmp_pat
     assert "Aborted" not in output and "core dumped" not in output
     assert [r.info.status for r in runs_of(uri, experiment) if r.info.status == "RUNNING"] == []
 
-    resumed = subprocess.run(args + ["--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        args + ["--resume", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert_resumed_once(uri, experiment, trials=2)
+    # --json: stdout holds the study's result and nothing else, whatever Ray and Ultralytics printed.
+    answer = json.loads(resumed.stdout)
+    assert answer["state"] == "finished" and answer["counts"]["finished"] + answer["counts"]["stopped_early"] == 2
+    assert answer["parent_run_id"] and answer["best_config"] and "mAP50-95" in answer["best_val"]
 
 
 def test_tune_stopped_by_ray_job_stop_resumes(tiny_data, mlflow_server, tmp_path, two_trial_space):
