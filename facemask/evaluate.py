@@ -52,7 +52,7 @@ class EvalResult:
     version: str | None = None
     intervals: BootstrapResult | None = None
     predictions: ImagePredictions | None = None
-    # For a VOC folder given as --data: what was skipped or dropped (unknown classes among them), counted.
+    # For the user's own labelled images given as --data: what was skipped or dropped, counted.
     problems: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -500,6 +500,10 @@ def main() -> None:
         export_onnx(model_uri, imgsz=args.cpu_imgsz, uri=tracking_uri())
     default_ingress = ServeConfig.ingress
     device_name = f"CPU, {os.cpu_count()} cores"
+    if args.device != "cpu":  # the model runs on a GPU; the HTTP path still runs on the CPU's cores
+        import torch
+
+        device_name = f"{torch.cuda.get_device_name(int(args.device))} (model), CPU {os.cpu_count()} cores"
     print(f"wrk load, {args.seconds:g} s per level; {len(photos)} photos and a 1920x1080 JPEG; on {device_name}")
 
     results: dict[tuple, dict] = {}

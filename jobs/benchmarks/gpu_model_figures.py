@@ -51,25 +51,34 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu to rehearse the run without a GPU.")
     args = parser.parse_args()
     import numpy as np
     import torch
 
-    assert torch.cuda.is_available(), "no CUDA GPU"
-    card = torch.cuda.get_device_name(0)
+    if args.device == "cpu":
+        card, device = f"CPU, {torch.get_num_threads()} threads (a rehearsal: no GPU figure)", "cpu"
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA GPU; pass --device cpu to rehearse the run")
+        card, device = torch.cuda.get_device_name(0), "cuda"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
     for path in sorted(args.models.glob("*.torchscript")):
         size = int(path.stem.rsplit("-", 1)[1])
-        model = torch.jit.load(str(path), map_location="cuda").eval()
-        for dtype, name in ((torch.float32, "torch fp32"), (torch.float16, "torch fp16")):
+        model = torch.jit.load(str(path), map_location=device).eval()
+        dtypes = ((torch.float32, "torch fp32"), (torch.float16, "torch fp16"))
+        for dtype, name in dtypes if device == "cuda" else dtypes[:1]:
             model = model.to(dtype)
             for batch in batches:
-                x = torch.rand(batch, 3, size, size, device="cuda", dtype=dtype)
+                x = torch.rand(batch, 3, size, size, device=device, dtype=dtype)
                 with torch.inference_mode():
-                    ms = timed(lambda: model(x), 10, args.iters, torch.cuda.synchronize)
+                    ms = timed(lambda: model(x), 10, args.iters, sync)
                 rows.append(row(card, path.stem.rsplit("-", 1)[0], name, size, batch, ms))
                 print(json.dumps(rows[-1]), flush=True)
+        if device != "cuda":
+            continue
         # One image's trip from host memory and back, as a server pays it per request.
         x_host = torch.rand(1, 3, size, size).pin_memory()
         model = model.float()
@@ -91,7 +100,7 @@ def main() -> None:
             for path in sorted(args.models.glob("*.onnx")):
                 session = ort.InferenceSession(str(path), providers=[provider])
                 name = session.get_inputs()[0].name
-                for size in (320, 640):
+                for size in sorted({int(p.stem.rsplit("-", 1)[1]) for p in args.models.glob("*.torchscript")} or {320, 640}):
                     for batch in batches if provider != "CPUExecutionProvider" else [1]:
                         x = np.random.rand(batch, 3, size, size).astype(np.float32)
                         ms = timed(lambda: session.run(None, {name: x}), 5, args.iters, lambda: None)

@@ -8,11 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
 from facemask.cli import main
 from facemask.voc import parse_annotation
+
+pytestmark = pytest.mark.integration
 
 TOOL_NAMES = {"with_mask": "mask", "without_mask": "no_mask", "mask_weared_incorrect": "mask_incorrect"}
 CLASS_MAP = ",".join(f"{tool}={ours}" for ours, tool in TOOL_NAMES.items())

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from facemask.errors import ConfigError
+from facemask.settings import ReadConfig
 from tests.services import tiny_training
 
 pytestmark = pytest.mark.integration
@@ -59,7 +61,9 @@ def splits(root: Path, *names: str) -> set[str]:
     return {p.name for name in names for p in (root / "images" / name).iterdir()}
 
 
-def test_evaluate_a_voc_folder_logs_intervals_and_counts_unknown_classes(registered_detector, synth_source, tmp_path):
+def test_evaluate_a_voc_folder_logs_intervals_and_counts_dropped_unknown_classes(
+    registered_detector, synth_source, tmp_path
+):
     from facemask.evaluate import HELDOUT, evaluate
 
     folder = tmp_path / "my-photos"
@@ -73,7 +77,10 @@ def test_evaluate_a_voc_folder_logs_intervals_and_counts_unknown_classes(registe
     unknown = xml.read_text().count("face_shield")
     assert unknown >= 1
     model = f"models:/{registered_detector['name']}/{registered_detector['other']}"
-    result = evaluate(model, folder, imgsz=160, device="cpu", resamples=200, uri=registered_detector["tracking_uri"])
+    scoring = {"imgsz": 160, "device": "cpu", "resamples": 200, "uri": registered_detector["tracking_uri"]}
+    with pytest.raises(ConfigError, match=rf"face_shield \({unknown}\)"):  # a label nobody mapped stops it
+        evaluate(model, folder, **scoring)
+    result = evaluate(model, folder, read=ReadConfig(drop_unknown=True), **scoring)
 
     assert result.split == HELDOUT and result.intervals.images == len(list((folder / "images").iterdir()))
     assert result.problems["counts"] == {"dropped_box": {"unknown_class": unknown}}
