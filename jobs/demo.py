@@ -32,7 +32,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("demo"))
     parser.add_argument("--source", type=Path, help="A VOC dataset (Kaggle layout) instead of generated data.")
     parser.add_argument(
-        "--weights", "--model", dest="model", default="yolo26n.yaml", help="yolo26n.yaml trains from scratch; yolo26s.pt (online) fine-tunes."
+        "--weights",
+        "--model",
+        dest="model",
+        default="yolo26n.yaml",
+        help="yolo26n.yaml trains from scratch; yolo26s.pt (online) fine-tunes.",
     )
     parser.add_argument("--images", type=int, default=300, help="Generated images when no --source.")
     parser.add_argument("--trials", type=int, default=4)

@@ -95,12 +95,13 @@ def main() -> None:
         print("onnxruntime is not installed: ONNX rows skipped")
     if ort is not None:
         available = ort.get_available_providers()
+        sizes = sorted({int(p.stem.rsplit("-", 1)[1]) for p in args.models.glob("*.torchscript")} or {320, 640})
         print(f"onnxruntime {ort.__version__} providers: {available}")
         for provider in [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]:
             for path in sorted(args.models.glob("*.onnx")):
                 session = ort.InferenceSession(str(path), providers=[provider])
                 name = session.get_inputs()[0].name
-                for size in sorted({int(p.stem.rsplit("-", 1)[1]) for p in args.models.glob("*.torchscript")} or {320, 640}):
+                for size in sizes:
                     for batch in batches if provider != "CPUExecutionProvider" else [1]:
                         x = np.random.rand(batch, 3, size, size).astype(np.float32)
                         ms = timed(lambda: session.run(None, {name: x}), 5, args.iters, lambda: None)
