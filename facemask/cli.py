@@ -87,9 +87,11 @@ def JSON_OPTION(fn):
         if not kw["as_json"]:
             return fn(*args, **kw)
         _results_out.append(sys.stdout)
+        # Not put back afterwards: what prints after the result (Ray's log monitor relaying a
+        # worker's last lines, exit handlers) must not follow the JSON on stdout.
+        sys.stdout = sys.stderr
         try:
-            with contextlib.redirect_stdout(sys.stderr):
-                return fn(*args, **kw)
+            return fn(*args, **kw)
         finally:
             _results_out.pop()
 
@@ -894,7 +896,8 @@ def study_table(result) -> str:
         "ingress",
         {
             "type": click.Choice(["haproxy", "proxy"]),
-            "help": "haproxy: HAProxy straight to each replica (a fifth of the CPU per request, or less); "
+            "help": "haproxy: HAProxy straight to each replica (several times less CPU per request, "
+            "docs/performance.md); "
             "proxy: Serve's Python proxy with facemask's guard (docs/serving.md).",
         },
     ),
@@ -909,8 +912,26 @@ def study_table(result) -> str:
         {"type": int, "help": "CPU inference threads per replica (on CPU: replicas x threads = cores)."},
     ),
 )
-def serve_command(model_uri, backend, simulated_latency, host, ingress, port, replicas, num_cpus, num_gpus, **app):
-    """Serve the detector, its API and page on this machine's Ray (Ctrl-C stops it)."""
+@click.option(
+    "--print-node-env",
+    is_flag=True,
+    help="Print, as export lines, what a `ray start` node needs for this --ingress, and exit: "
+    'eval "$(facemask serve --print-node-env)" before `ray start`.',
+)
+def serve_command(
+    model_uri, backend, simulated_latency, host, ingress, port, replicas, num_cpus, num_gpus, print_node_env, **app
+):
+    """Serve the detector, its API and page on this machine's Ray (Ctrl-C stops it).
+
+    With no Ray running here it starts one set up for --ingress. On a Ray started beforehand
+    (`ray start`, a cluster), the ingress is the one its nodes were started with: it says which."""
+    if print_node_env:
+        import shlex
+
+        from facemask.runtime import node_env
+
+        click.echo("".join(f"export {k}={shlex.quote(v)}\n" for k, v in node_env(ingress).items()), nl=False)
+        return
     configure_runtime()
     from facemask.detector import resolve_model
     from facemask.simulated_gpu import NAME as SIMULATED
@@ -934,19 +955,20 @@ def serve_command(model_uri, backend, simulated_latency, host, ingress, port, re
         args = AppArgs(**app, deployment_options=resources)
     except ValueError as exc:  # pydantic's ValidationError: an option out of range
         raise ConfigError(str(exc)) from None
-    if (
-        os.environ.get("RAY_ADDRESS")
-        and click.get_current_context().get_parameter_source("ingress").name == "COMMANDLINE"
-    ):
+    init_ray(serving=True, ingress=ingress)
+    from facemask.runtime import node_ingress
+
+    running = node_ingress()
+    if running != ingress:
         click.echo(
-            f"note: on a running cluster the ingress is the one its nodes were started with (HAProxy with "
-            f"RAY_SERVE_ENABLE_HA_PROXY=1, see cluster.yaml); --ingress {ingress} changes nothing there",
+            f"note: this machine's Ray was started before, without the settings for --ingress {ingress}, so "
+            f"Serve runs its {'HAProxy' if running == 'haproxy' else 'Python proxy'} here; for {ingress}, start "
+            f'Ray with them: eval "$(facemask serve --ingress {ingress} --print-node-env)" before `ray start`',
             err=True,
         )
-    init_ray(serving=True, ingress=ingress)
     try:
         url = start_serving(args, host=host, port=port)
-        click.echo(f"serving {model_uri} ({backend}, {ingress}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
+        click.echo(f"serving {model_uri} ({backend}, {running}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
         wait_for_stop()
     finally:
         started = note_processes()  # what runs below this process now, and what ran below it

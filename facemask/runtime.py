@@ -225,6 +225,28 @@ def configure_runtime() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
+def node_env(ingress: str) -> dict[str, str]:
+    """What a Ray node must be started with for Serve to run `ingress` (haproxy or proxy) as
+    `facemask serve` does: Serve reads these when the node starts, never later."""
+    env = {**SERVE_ENV, **PROXY_ENV}
+    return env | HAPROXY_ENV if ingress == "haproxy" else env
+
+
+def node_ingress() -> str:
+    """The ingress Serve runs on this machine's node of the connected cluster: "haproxy" when
+    that node's Ray was started with RAY_SERVE_ENABLE_HA_PROXY=1, else "proxy". A task sees
+    the environment its node was started with, which a driver joining the cluster cannot change."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def read() -> str | None:
+        return os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return "haproxy" if ray.get(read.options(scheduling_strategy=here).remote(), timeout=120) == "1" else "proxy"
+
+
 def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) -> None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local one.
 

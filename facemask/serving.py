@@ -6,7 +6,8 @@
 
 Each replica checks every request (API key, body size, format, pixel count, parameters; see
 `request_checks`), so nothing malformed reaches the model; answers follow `api_schema`. It
-gathers concurrent requests into one model call (`@serve.batch`) and keeps up to three
+gathers concurrent requests into one model call (`facemask.batching`, in place of `@serve.batch`)
+and keeps up to three
 registry versions loaded per replica (`@serve.multiplexed`), chosen per request with the
 `serve_multiplexed_model_id` header (a version number or an alias; default: the app's model).
 """

@@ -171,7 +171,7 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. Defaults are the original notebook's: yolo26s, 50 epochs, batch 8, 640."""
+    """One training run. The defaults are the GPU recipe's: pretrained yolo26s, 50 epochs, batch 8, 640."""
 
     data: Path
     model: str = "yolo26s.pt"

@@ -4,8 +4,8 @@
     serve run serve.app:app model_uri=runs/train/exp/weights/best.pt     # air-gapped: a local file
     serve deploy serve/config.yaml                                       # a cluster (see docs/jobs-and-clusters.md)
 
-Any field of `facemask.serving.AppArgs` can be given as key=value. The deployments
-(a FastAPI ingress and a batched, multiplexed detector) live in `facemask.serving`, so
+Any field of `facemask.serving.AppArgs` can be given as key=value. The one deployment
+(a FastAPI ingress holding a batched, multiplexed detector) lives in `facemask.serving`, so
 an installed package serves the same app without this folder.
 """
 

@@ -32,7 +32,7 @@ fi
 export PYTHONPATH="$OUT/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export MLFLOW_TRACKING_URI="sqlite:///$OUT/mlflow.db" YOLO_OFFLINE=${YOLO_OFFLINE:-1} YOLO_AUTOINSTALL=false
 export YOLO_CONFIG_DIR="$OUT/ultralytics" FACEMASK_HOME="$OUT"
-FACEMASK=(python -m facemask.cli)
+facemask() { python -m facemask.cli "$@"; }  # the repository's, in place, with the wheels' packages
 
 if [ "$DEVICE" = cpu ]; then
     CARD="CPU, $(nproc) cores (a rehearsal: no GPU figure)" GPUS_PER_TRIAL=0
@@ -84,14 +84,14 @@ PY
 }
 
 train_once() {
-    "${FACEMASK[@]}" data prepare --source "$SOURCE" --out "$OUT/yolo" --engine local --no-plots --json > "$OUT/prepare.json"
-    "${FACEMASK[@]}" train --data "$OUT/yolo/data.yaml" --weights "$WEIGHTS" --epochs "$EPOCHS" --imgsz "$IMGSZ" \
+    facemask data prepare --source "$SOURCE" --out "$OUT/yolo" --engine local --no-plots --json > "$OUT/prepare.json"
+    facemask train --data "$OUT/yolo/data.yaml" --weights "$WEIGHTS" --epochs "$EPOCHS" --imgsz "$IMGSZ" \
         --batch "$BATCH" --device "$DEVICE" --project "$OUT/runs" --register --json > "$OUT/train.json"
     python -c "import json; t = json.load(open('$OUT/train.json')); print(f\"[$CARD] training: {t['epochs']} epochs in {t['seconds']} s; {t['metrics']}\")"
 }
 
 study() {
-    "${FACEMASK[@]}" tune --data "$OUT/yolo/data.yaml" --weights "$WEIGHTS" --trials 2 --epochs "$EPOCHS" \
+    facemask tune --data "$OUT/yolo/data.yaml" --weights "$WEIGHTS" --trials 2 --epochs "$EPOCHS" \
         --imgsz "$IMGSZ" --batch "$BATCH" --gpus-per-trial "$GPUS_PER_TRIAL" --cpus-per-trial 1 --grace-period 1 \
         --storage "$OUT/tune" --name gpu-study --experiment facemask-gpu --no-promote --json > "$OUT/study.json"
     python -c "import json; s = json.load(open('$OUT/study.json')); print(f\"[$CARD] study: {s['counts']} in {s['seconds']} s; best val {s['best_val']}\")"

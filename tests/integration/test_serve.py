@@ -1154,3 +1154,77 @@ def test_a_killed_ingress_is_back_within_seconds_and_the_client_rides_through(
         status in (200, 404, "ConnectionRefusedError", "ConnectionResetError", "RemoteDisconnected", "BrokenPipeError")
         for _, _, status in events
     ), {s for _, _, s in events}
+
+
+@pytest.mark.parametrize("started_with", ["print-node-env", "nothing"])
+def test_serve_on_a_ray_started_beforehand_says_which_ingress_runs(
+    registered_detector, known_image, tmp_path, started_with
+):
+    """docs/jobs-and-clusters.md's local walk: `ray start --head`, then `facemask serve` joins it.
+    Serve reads its ingress from the node's start, so the command reports the one that runs, and
+    says how to get the one asked for; `eval "$(facemask serve --print-node-env)"` before
+    `ray start` gives HAProxy, as the walk does it."""
+    import signal
+    import tempfile
+    from pathlib import Path
+
+    from tests.services import RayCluster
+
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for key in [k for k in env if k.startswith("RAY_SERVE_")] + ["RAY_ADDRESS"]:
+        env.pop(key, None)
+    node_env = {}
+    if started_with == "print-node-env":
+        shell = subprocess.run(
+            ["bash", "-c", 'eval "$(facemask serve --print-node-env)" && env -0'],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        node_env = {
+            k: v
+            for k, _, v in (item.partition("=") for item in shell.stdout.split("\0") if item)
+            if k.startswith("RAY_SERVE_")
+        }
+        assert node_env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="fm-ray-", dir="/tmp")), env)
+    log = tmp_path / "serve.log"
+    try:
+        cluster.start_head(env=node_env, num_cpus=2)
+        port = free_port()
+        serve_env = {**env, "RAY_ADDRESS": cluster.address, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "facemask.cli",
+                    "serve",
+                    "--model-uri",
+                    str(registered_detector["weights"]),
+                    "--port",
+                    str(port),
+                    "--num-cpus",
+                    "0.5",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=serve_env,
+                start_new_session=True,
+            )
+        try:
+            wait_until(lambda: "serving " in log.read_text(), 180, "'serving' line from facemask serve", proc, log)
+            text = log.read_text()
+            answer = Client(f"http://127.0.0.1:{port}").predict(known_image, conf=0, imgsz=160, max_det=1)
+            assert len(answer["detections"]) == 1
+            if started_with == "print-node-env":
+                assert "(pt, haproxy)" in text and "note: this machine's Ray was started before" not in text, text
+            else:
+                assert "(pt, proxy)" in text and "--print-node-env" in text, text
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+    finally:
+        cluster.stop()

@@ -1,13 +1,18 @@
-"""Every `facemask ...` command line in the README and docs/ names a command and options that exist.
+"""Every command line in the README, docs/, jobs/ scripts and the manifests names a command
+and options that exist: `facemask ...` against the CLI's own parser, `python jobs/...py` against
+the script's own `--help`.
 
-Nothing is run: each line is matched against the CLI's own parser (its commands and their
-options), so a renamed or removed option fails here instead of in a reader's terminal.
+Nothing is run but `--help`, so a renamed or removed option fails here instead of in a
+reader's terminal or a GPU machine's one run.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -17,6 +22,14 @@ from facemask.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# Files that are programs: every line of them is a command, not only their code blocks.
+SCRIPTS = [
+    *sorted((ROOT / "jobs").rglob("*.sh")),
+    ROOT / "cluster.yaml",
+    *sorted((ROOT / "kubernetes").glob("*.yaml")),
+    ROOT / "serve" / "config.yaml",
+    ROOT / "Makefile",
+]
 
 
 # `python jobs/X.py ...` takes the options of one command (jobs/*.py call the CLI).
@@ -85,3 +98,92 @@ def test_the_check_catches_a_wrong_option_and_a_wrong_command():
     assert len(command_lines(ROOT / "README.md")) >= 10
     jobs = command_lines(ROOT / "docs" / "jobs-and-clusters.md")
     assert any(words(line)[:2] == ["data", "prepare"] and "--source" in words(line) for line in jobs)
+
+
+def script_text(path: Path) -> str:
+    """A program's text with continuations joined; a YAML file's folded and block strings as one line each."""
+    text = path.read_text()
+    if path.suffix == ".yaml":
+        import yaml
+
+        strings: list[str] = []
+
+        def walk(node) -> None:
+            if isinstance(node, dict):
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+            elif isinstance(node, str):
+                strings.append(" ".join(node.replace("\\\n", " ").split()))
+
+        for document in yaml.safe_load_all(text):
+            walk(document)
+        return "\n".join(strings)
+    return re.sub(r"\\\n\s*", " ", text)
+
+
+def facemask_lines(text: str) -> list[str]:
+    """Lines that run a facemask command (a word `facemask` then one of its commands), not comments."""
+    command = re.compile(rf"(^|[\s\"(;&|])facemask ({'|'.join(main.commands)})\b")
+    return [line for line in text.splitlines() if command.search(line) and not line.lstrip().startswith("#")]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_facemask_command_in_a_script_or_manifest_parses(script):
+    bad = {}
+    for line in facemask_lines(script_text(script)):
+        problems = unknown_options(words(line[line.index("facemask ") :]))
+        if problems:
+            bad[line] = problems
+    assert not bad, bad
+
+
+JOB = re.compile(r"python3? \S*?(jobs/[\w/]+\.py)((?:[ \t]+(?![|&;>]|#)\S+)*)")
+
+
+@functools.cache
+def script_options(script: str) -> frozenset[str]:
+    """The options a jobs/ script's argparse accepts, read from its own --help."""
+    run = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"{script} --help: {run.stderr[-500:]}"
+    return frozenset(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", run.stdout))
+
+
+def job_problems(script: str, args: str) -> list[str]:
+    """Unknown options of one `python jobs/X.py ARGS` line: the CLI's for the thin entrypoints,
+    the script's own --help for the rest."""
+    parts = [p.strip("\"'") for p in shlex.split(args.replace("[", " ").replace("]", " "), comments=True)]
+    cli = {
+        "jobs/prepare.py": "data prepare",
+        "jobs/train.py": "train",
+        "jobs/tune.py": "tune",
+        "jobs/evaluate.py": "evaluate",
+    }
+    if script in cli:
+        return unknown_options([*cli[script].split(), *parts])
+    if script == "jobs/study.py":  # prepare's options, then -- and tune's
+        prepare, _, tune = " ".join(parts).partition(" -- ")
+        return unknown_options(["data", "prepare", *prepare.split()]) + unknown_options(["tune", *tune.split()])
+    known = script_options(script) | {"--help", "-h"}
+    return [
+        p for p in parts if p.startswith("-") and p.split("=")[0] not in known and not re.fullmatch(r"-?\d+(\.\d+)?", p)
+    ]
+
+
+@pytest.mark.parametrize("path", PAGES + SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_jobs_script_line_uses_options_its_script_has(path):
+    text = script_text(path) if path in SCRIPTS else path.read_text()
+    text = re.sub(r"\\\n\s*", " ", text)
+    bad = {}
+    for match in JOB.finditer(text):
+        script, args = match.group(1), match.group(2)
+        if problems := job_problems(script, args):
+            bad[match.group(0)] = problems
+    assert not bad, bad
+
+
+def test_the_script_check_catches_a_wrong_benchmark_option():
+    assert job_problems("jobs/benchmarks/benchmark_serve.py", " --requests 256 --seconds 5") == ["--requests"]
+    assert job_problems("jobs/study.py", " --source a --out b -- --model-uri x --trials 2") == ["--model-uri"]
