@@ -35,9 +35,9 @@ from facemask.voc import orphan_image_problems
 
 log = logging.getLogger("facemask.prepare")
 MANIFEST_FORMAT = 1
-# Below this many annotations, starting a local Ray cluster and Ray Data's first dataset
-# (about 6 s on a 2-core machine) costs more than the second core saves;
-# `jobs/benchmarks/benchmark_prepare.py` measures the crossover (docs/training.md).
+# Below this many items, starting a local Ray cluster and Ray Data's first dataset costs more
+# than the second core saves; `jobs/benchmarks/benchmark_prepare.py` measures the crossover
+# (docs/performance.md).
 RAY_MIN_ITEMS = 4000
 
 

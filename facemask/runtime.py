@@ -25,11 +25,10 @@ HOME_ENV = "FACEMASK_HOME"
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 # Ray Serve's throughput settings: user code and router on the replica's own event loop
-# (no thread hops per request) and buffered request logs. On 2 cores they raised
-# small-image requests/s by about 30%. Serve's logs (a line per request among them) go to its
-# files under the session's logs/serve/ only, not also to stderr, which Ray's log monitor
-# tails and ships to the driver: that cost 0.9 ms of CPU per request, a quarter of the
-# whole path with HAProxy (docs/performance.md). Set for our replicas; `init_ray(serving=True)`
+# (no thread hops per request) and buffered request logs. Serve's logs (a line per request
+# among them) go to its files under the session's logs/serve/ only, not also to stderr, which
+# Ray's log monitor tails and ships to the driver at a cost per request. What each setting
+# saved is measured in docs/performance.md. Set for our replicas; `init_ray(serving=True)`
 # sets them for the proxy and the controller.
 SERVE_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -40,24 +39,24 @@ SERVE_ENV = {
 # Serve's proxy loads facemask.proxy_guard from this node setting: a request its replica died
 # holding is sent again, a JSON 503 when no replica runs, bounds on slow and large requests.
 # Serve's controller restarts a proxy after three failed health checks in a row, one check per
-# period: with Ray's 10 s, a killed proxy left its port refusing connections for 27.6 s here;
-# at 0.5 s the first answer came 4.0 s after the kill (a dead actor fails its check at once;
-# the rest is the new proxy starting). Read when a node starts; `init_ray(serving=True)` sets
-# them for a cluster it starts.
+# period: with Ray's default period a killed proxy leaves its port refusing connections for
+# three periods; a short one brings the first answer back about when the new proxy has
+# started (docs/reliability.md has both). Read when a node starts; `init_ray(serving=True)`
+# sets them for a cluster it starts.
 PROXY_ENV = {
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "facemask.proxy_guard.middlewares",
     "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "0.5",
 }
 # With HAProxy as the ingress the guard is not in the path, so HAProxy resends instead: a
 # request whose replica closed without an answer goes once more to another replica
-# (inference has no side effects). Ray's default resends only failed connects: 3 dropped
-# connections per replica killed under load here, 0-2 with these. HAProxy can
+# (inference has no side effects). Ray's default resends only failed connects, which drops
+# the connections a killed replica held (docs/reliability.md). HAProxy can
 # resend only a request still whole in its buffer: 256 KiB holds camera frames and the
 # dataset's photos (16 KiB, Ray's default, holds neither), and 1,024 connections keep the
 # worst case at 2 buffers x 1,024 = 512 MiB. A stopping replica stays open 2 s, not Ray's 30 s
-# meant for an outside load balancer: Serve's own HAProxy drops it at its next reload (about
-# 0.1 s) and resends refused connections, and at 30 s `facemask serve` took 16 s to stop on
-# SIGTERM and crashed doing it. Read when the node starts.
+# meant for an outside load balancer: Serve's own HAProxy drops it at its next reload and
+# resends refused connections, and with 30 s `facemask serve` stopped slowly on SIGTERM and
+# crashed doing it. Read when the node starts.
 HAPROXY_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",

@@ -70,8 +70,8 @@ log = logging.getLogger(__name__)
 _DEFAULT = ServeConfig()
 # After a request this large, the replica hands freed memory back to the OS.
 LARGE_IMAGE_PIXELS = 4_000_000
-# Images up to this many decoded pixels (a 640x480 frame) are decoded on the event loop: about
-# 1 ms, less than the hop to a worker thread and back costs the loop under load.
+# Images up to this many decoded pixels (a 640x480 frame) are decoded on the event loop: their
+# decode costs less than the hop to a worker thread and back costs the loop under load.
 INLINE_DECODE_PIXELS = 310_000
 
 

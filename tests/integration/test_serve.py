@@ -410,6 +410,14 @@ def test_client_and_query_command(endpoint, known_image, tmp_path):
     assert result.exit_code == 0, result.output
     assert "4 detections" in result.stdout and f"v{endpoint['champion']}" in result.stdout
     assert Image.open(saved).format == "JPEG"
+    as_json = CliRunner().invoke(
+        main,
+        ["query", str(known_image), "--url", endpoint["url"], "--json", *"--conf 0 --imgsz 160 --max-det 3".split()],
+    )
+    answer = json.loads(as_json.stdout)
+    assert (
+        as_json.exit_code == 0 and len(answer["detections"]) == 3 and answer["model"]["version"] == endpoint["champion"]
+    )
     offline = CliRunner().invoke(main, ["query", str(known_image), "--url", f"http://127.0.0.1:{free_port()}"])
     assert offline.exit_code == 1 and "facemask serve" in offline.stderr  # not the user's input: 1, not 2
 

@@ -187,3 +187,40 @@ def test_every_jobs_script_line_uses_options_its_script_has(path):
 def test_the_script_check_catches_a_wrong_benchmark_option():
     assert job_problems("jobs/benchmarks/benchmark_serve.py", " --requests 256 --seconds 5") == ["--requests"]
     assert job_problems("jobs/study.py", " --source a --out b -- --model-uri x --trials 2") == ["--model-uri"]
+
+
+# A figure with its interval, "0.486 [0.403, 0.595]": the interval identifies the figure, so
+# the same interval beside two different values (or a value and its lower bound beside two
+# upper bounds) is a figure retyped wrong in one place.
+FIGURE = re.compile(r"(?<![\w.])([+−-]?\d+\.\d+) \[([+−-]?\d+\.\d+), ([+−-]?\d+\.\d+)\]")
+FIGURE_FILES = [
+    *PAGES,
+    ROOT / "serve" / "config.yaml",
+    ROOT / "cluster.yaml",
+    *sorted((ROOT / "facemask").rglob("*.py")),
+]
+
+
+def figure_conflicts(texts: dict[str, str]) -> list[str]:
+    by_interval: dict[tuple, set] = {}
+    by_start: dict[tuple, set] = {}
+    for name, text in texts.items():
+        for value, low, high in FIGURE.findall(text.replace("−", "-")):
+            by_interval.setdefault((low, high), set()).add((value, name))
+            if abs(float(value)) >= 0.05:  # near 0, different figures share a value and a bound
+                by_start.setdefault((value, low), set()).add((high, name))
+    out = []
+    for (low, high), seen in by_interval.items():
+        if len({v for v, _ in seen}) > 1:
+            out.append(f"[{low}, {high}] beside {sorted(seen)}")
+    for (value, low), seen in by_start.items():
+        if len({h for h, _ in seen}) > 1:
+            out.append(f"{value} [{low}, ...] ends differently: {sorted(seen)}")
+    return out
+
+
+def test_a_figure_written_twice_has_one_value():
+    texts = {str(p.relative_to(ROOT)): p.read_text() for p in FIGURE_FILES}
+    assert figure_conflicts(texts) == []
+    retyped = {"a.md": "mAP50 0.486 [0.403, 0.595]", "b.md": "scored 0.468 [0.403, 0.595] mAP50"}
+    assert len(figure_conflicts(retyped)) == 1
