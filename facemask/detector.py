@@ -142,21 +142,10 @@ def onnx_session_options(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    import onnxruntime
+    from facemask.compat.onnxruntime import session_options
 
-    original = onnxruntime.SessionOptions
-
-    def limited(*args, **kwargs):
-        options = original(*args, **kwargs)
-        options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return options
-
-    onnxruntime.SessionOptions = limited
-    try:
+    with session_options(threads):
         yield
-    finally:
-        onnxruntime.SessionOptions = original
 
 
 def upright_rgb(image):

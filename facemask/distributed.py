@@ -44,89 +44,6 @@ RESULT_FILE = "result.json"  # in the final checkpoint: what train() returned on
 EPOCH_GROUPS = ("train", "val", "lr")  # the per-epoch metrics rank 0 reports (see train.epoch_metrics)
 
 
-def ddp_trainer_class():
-    """Ultralytics' DetectionTrainer, made to train inside a Ray Train worker group.
-
-    Relies on these Ultralytics internals (checked by tests/unit/test_ddp_internals.py):
-    `BaseTrainer._setup_ddp` (replaced: Ray owns the process group and the device),
-    `BaseTrainer._setup_train` wrapping the model in `nn.parallel.DistributedDataParallel`
-    with `device_ids=[device.index]` (which a CPU module refuses), `world_size` and `ddp`
-    set in `__init__`, `preprocess_batch` called once per training batch, `validate`
-    returning (metrics, fitness), and `final_eval` (replaced: it assumes CUDA under DDP).
-    """
-    import torch
-    import torch.distributed as dist
-    from torch.nn import parallel
-    from ultralytics.models.yolo.detect import DetectionTrainer
-
-    class RayDDPTrainer(DetectionTrainer):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            # Ultralytics counts devices in --device; the group is Ray's, whatever the device.
-            self.world_size = dist.get_world_size() if dist.is_initialized() else 1
-            self.ddp = False  # never spawn Ultralytics' own launcher: this process is already a rank
-            self.images_seen = 0
-            if self.device.type == "cpu":
-                # Ultralytics sizes CPU threads to the machine (cores - 1); a worker gets the CPUs Ray gave it.
-                import ray
-
-                cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-                torch.set_num_threads(max(1, int(cpus)))
-
-        def _setup_ddp(self) -> None:
-            import ray.train.torch
-
-            self.device = ray.train.torch.get_device()
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            try:
-                from ultralytics.utils.torch_utils import get_torch_device_backend
-
-                self.accelerator = get_torch_device_backend(self.device)
-            except ImportError:  # older Ultralytics without accelerator backends
-                pass
-
-        def _setup_train(self) -> None:
-            original = parallel.DistributedDataParallel
-            cpu = self.device.type == "cpu"
-
-            class DDP(original):
-                def __init__(self, module, device_ids=None, **kwargs) -> None:
-                    super().__init__(module, device_ids=None if cpu else device_ids, **kwargs)
-
-            parallel.DistributedDataParallel = DDP
-            try:
-                super()._setup_train()
-            finally:
-                parallel.DistributedDataParallel = original
-
-        def preprocess_batch(self, batch: dict) -> dict:
-            self.images_seen += len(batch["img"])
-            return super().preprocess_batch(batch)
-
-        def validate(self):
-            metrics, fitness = super().validate()
-            if metrics is not None and fitness is not None and fitness == self.best_fitness:
-                self.best_metrics = dict(metrics)  # the epoch that best.pt holds
-            return metrics, fitness
-
-        def final_eval(self) -> None:
-            # Ultralytics validates best.pt again here, on every rank and on CUDA only. Its
-            # metrics are those of the epoch that saved it, which all ranks validated
-            # together (each its shard, gathered on rank 0), so keep those instead.
-            from ultralytics.utils.torch_utils import strip_optimizer
-
-            if dist.get_rank() == 0 and self.last.exists():
-                ckpt = strip_optimizer(self.last)
-                if self.best.exists():
-                    strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
-            dist.barrier()
-            if getattr(self, "best_metrics", None):
-                self.metrics = dict(self.best_metrics)
-
-    return RayDDPTrainer
-
-
 def weights_sha256(model) -> str:
     """A hash of a model's trained parameters (unwrapped from DDP): the same on every rank.
 
@@ -204,6 +121,8 @@ def worker_loop(config: dict) -> None:
 
     callbacks: dict[str, list] = {event: list(fns) for event, fns in (config.get("callbacks") or {}).items()}
     callbacks.setdefault("on_fit_epoch_end", []).append(report)
+    from facemask.compat.ultralytics import ddp_trainer_class
+
     result = train(cfg, callbacks=callbacks, on_run=on_run, trainer=ddp_trainer_class(), epoch_logging=False)
     shutil.rmtree(local, ignore_errors=True)
     if config.get("tune"):

@@ -138,6 +138,8 @@ def _evaluate(
 ) -> EvalResult:
     ultralytics_env()
     detector = load_detector(model_uri, device=resolve_device(device), uri=uri)
+    from facemask.compat.ultralytics import keep_image_predictions
+
     kept = keep_image_predictions(detector.model)
     metrics = detector.model.val(
         data=str(data),
@@ -220,39 +222,6 @@ def difference_table(difference: BootstrapResult, a: str, b: str) -> str:
         f"seed {difference.seed})"
     )
     return "\n".join(lines)
-
-
-def keep_image_predictions(model) -> list[dict[str, Any]]:
-    """A list that fills, during `model.val()`, with each image's matched predictions.
-
-    Ultralytics' validator matches every prediction to the ground truth at the ten IoU
-    thresholds and keeps the result per image, but only until it has computed its totals;
-    this copies each image's entry as it is made.
-    """
-    images: list[dict[str, Any]] = []
-
-    def wrap(validator) -> None:
-        metrics = validator.metrics
-        if getattr(metrics, "_facemask_kept", False):
-            return
-        update = metrics.update_stats
-
-        def update_stats(stat: dict[str, Any]) -> None:
-            images.append(
-                {
-                    "name": stat["im_name"],
-                    "tp": stat["tp"],
-                    "conf": stat["conf"],
-                    "pred_cls": stat["pred_cls"],
-                    "target_cls": stat["target_cls"],
-                }
-            )
-            update(stat)
-
-        metrics.update_stats, metrics._facemask_kept = update_stats, True
-
-    model.add_callback("on_val_batch_start", wrap)
-    return images
 
 
 def _log(result: EvalResult, info, save_dir: Path, uri: str) -> None:

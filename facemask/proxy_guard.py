@@ -127,7 +127,8 @@ class ReplicaWatch:
 
     async def _run(self) -> None:
         import ray
-        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        from facemask.compat.ray import serve_controller, serve_instance_details
 
         if not ray.is_initialized():  # not inside a Ray process: nothing to watch, and never start Ray here
             return
@@ -136,10 +137,10 @@ class ReplicaWatch:
         while True:
             try:
                 if controller is None:
-                    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+                    controller = serve_controller()
                 # The replica set changes seldom; read it every 4th tick, or every tick while an app waits for one.
                 if tick % 4 == 0 or self.unready_since or not details:
-                    details = await asyncio.wait_for(controller.get_serve_instance_details.remote(), 10)
+                    details = await asyncio.wait_for(serve_instance_details(controller), 10)
                 named = await asyncio.wait_for(asyncio.to_thread(ray.util.list_named_actors, True), 10)
                 self.update(details, {actor["name"] for actor in named}, loop.time())
                 failures, tick = 0, tick + 1
@@ -413,26 +414,13 @@ def bounded_protocol(base: type, settings: GuardSettings) -> type:
 
 def bound_http_server(settings: GuardSettings) -> bool:
     """Make the HTTP server this process starts next use `bounded_protocol`; False where it cannot."""
-    import uvicorn
+    from facemask.compat.uvicorn import http_tools_protocol, serve_new_servers_with
 
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:
+    base = http_tools_protocol()
+    if base is None:
         log.warning("facemask proxy guard: httptools is missing; header size and time are not bounded")
         return False
-    if getattr(uvicorn.Config, "facemask_bounded", False):
-        return True
-    protocol = bounded_protocol(HttpToolsProtocol, settings)
-
-    class BoundedConfig(uvicorn.Config):
-        facemask_bounded = True
-
-        def __init__(self, *args, **kwargs) -> None:
-            if kwargs.get("http", "auto") == "auto":
-                kwargs["http"] = protocol
-            super().__init__(*args, **kwargs)
-
-    uvicorn.Config = BoundedConfig
+    serve_new_servers_with(bounded_protocol(base, settings))
     return True
 
 
@@ -459,8 +447,8 @@ def middlewares() -> list:
 def in_a_replica() -> bool:
     """True in a Serve replica's process (it has a replica context), false in Serve's proxy."""
     try:
-        from ray.serve.context import _get_internal_replica_context
+        from facemask.compat.ray import in_serve_replica
 
-        return _get_internal_replica_context() is not None
+        return in_serve_replica()
     except Exception:  # noqa: BLE001 - not where Ray Serve runs: not a replica
         return False

@@ -436,12 +436,12 @@ def note_processes() -> set[int]:
 def _local_ray_gone() -> bool:
     """True when this process started a local Ray and its raylet or GCS has died (a stop signal
     sent to the whole process group reaches them too); then nothing Ray does will finish."""
-    ray = sys.modules.get("ray")
+    if "ray" not in sys.modules:  # no Ray in this process: none was started here
+        return False
     try:
-        node = ray._private.worker._global_node if ray is not None else None
-        processes = (node.all_processes or {}) if node is not None else {}
-        core = [info.process for kind in ("raylet", "gcs_server") for info in processes.get(kind, [])]
-        return any(proc.poll() is not None for proc in core)
+        from facemask.compat.ray import local_core_died
+
+        return local_core_died()
     except Exception:  # Ray's internals moved: fall back on the deadline alone
         return False
 

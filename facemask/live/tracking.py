@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -54,19 +53,6 @@ class LatestFrame:
             return item
 
 
-class _Detections:
-    """The Results-like view ByteTrack reads: xywh, conf and cls arrays, boolean-indexable."""
-
-    def __init__(self, xywh: np.ndarray, conf: np.ndarray, cls: np.ndarray) -> None:
-        self.xywh, self.conf, self.cls = xywh, conf, cls
-
-    def __len__(self) -> int:
-        return len(self.conf)
-
-    def __getitem__(self, index) -> "_Detections":
-        return _Detections(self.xywh[index], self.conf[index], self.cls[index])
-
-
 def iou(a: dict, b: dict) -> float:
     x1, y1 = max(a["x1"], b["x1"]), max(a["y1"], b["y1"])
     x2, y2 = min(a["x2"], b["x2"]), min(a["y2"], b["y2"])
@@ -84,20 +70,6 @@ def one_per_face(detections: list[dict]) -> list[dict]:
     return kept
 
 
-def tracker_settings(frame_rate: float) -> SimpleNamespace:
-    """ByteTrack's defaults (Ultralytics' bytetrack.yaml), with a lost face kept for `frame_rate`
-    updates: a second when every frame is processed."""
-    return SimpleNamespace(
-        tracker_type="bytetrack",
-        track_high_thresh=0.25,
-        track_low_thresh=0.1,
-        new_track_thresh=0.25,
-        track_buffer=max(1, round(frame_rate)),
-        match_thresh=0.8,
-        fuse_score=True,
-    )
-
-
 class PeopleTracker:
     """One stream's tracker: detections in, the same detections with a `track_id` out.
 
@@ -106,9 +78,9 @@ class PeopleTracker:
     """
 
     def __init__(self, frame_rate: float = 30.0, min_frames: int = MIN_FRAMES) -> None:
-        from ultralytics.trackers.byte_tracker import BYTETracker
+        from facemask.compat.ultralytics import ByteTracker
 
-        self.tracker = BYTETracker(tracker_settings(frame_rate))
+        self.tracker = ByteTracker(frame_rate)
         self.min_frames = min_frames
         self.frames = 0
         self.people: dict[int, Counter] = {}
@@ -134,14 +106,11 @@ class PeopleTracker:
                     boxes[:, 3] - boxes[:, 1],
                 ]
             )
-            found = _Detections(
-                xywh,
-                np.array([d["confidence"] for d in detections], dtype=np.float32),
-                np.array([class_id(d["label"]) for d in detections], dtype=np.float32),
-            )
+            conf = np.array([d["confidence"] for d in detections], dtype=np.float32)
+            cls = np.array([class_id(d["label"]) for d in detections], dtype=np.float32)
         else:
-            found = _Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
-        tracked = self.tracker.update(found)
+            xywh, conf, cls = np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)
+        tracked = self.tracker.update(xywh, conf, cls)
         out = [dict(d, track_id=None) for d in detections]
         for row in tracked:
             track_id, index = int(row[4]), int(row[-1])

@@ -213,12 +213,9 @@ class RunLogger:
         return run.info.run_id
 
     def _start_monitor(self) -> None:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        from facemask.compat.mlflow import system_metrics_monitor
 
-        self._monitor = SystemMetricsMonitor(
-            self.run_id, sampling_interval=5, samples_before_logging=1, tracking_uri=self.uri
-        )
-        self._monitor.start()
+        self._monitor = system_metrics_monitor(self.run_id, self.uri)
 
     def _call(self, fn, *args, **kwargs):
         """Run one MLflow call; on failure warn once, back off, return `_FAILED`."""
@@ -292,17 +289,9 @@ class RunLogger:
             return
 
         def send() -> None:
-            import warnings
+            from facemask.compat.mlflow import dataset_input
 
-            from mlflow.data.dataset_source_registry import resolve_dataset_source
-            from mlflow.data.meta_dataset import MetaDataset
-            from mlflow.entities import DatasetInput, InputTag
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": both are local files
-                dataset = MetaDataset(resolve_dataset_source(source), name=name, digest=digest[:36])
-            entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
-            self._c.log_inputs(self.run_id, datasets=[entity])
+            self._c.log_inputs(self.run_id, datasets=[dataset_input(source, name, digest, context)])
 
         self._call(send)
 

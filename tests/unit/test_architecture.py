@@ -17,6 +17,12 @@ PACKAGE = Path(__file__).resolve().parents[2] / "facemask"
 LEAVES = (
     "facemask.classes",
     "facemask.errors",
+    "facemask.compat",
+    "facemask.compat.ray",
+    "facemask.compat.ultralytics",
+    "facemask.compat.mlflow",
+    "facemask.compat.uvicorn",
+    "facemask.compat.onnxruntime",
     "facemask.modelref",
     "facemask.runtime",
     "facemask.manifest",
@@ -214,3 +220,58 @@ def test_the_store_read_check_sees_a_fallback(tmp_path: Path) -> None:
         "def fine(uri):\n    return uri\n",
     )
     assert store_reads(pkg) == ["pkg.a:env:6", "pkg.a:log:4"]
+
+
+# Vendors whose private parts facemask reaches into, only from facemask/compat/.
+VENDORS = ("ray", "ultralytics", "mlflow", "uvicorn", "onnxruntime")
+
+
+def private_reaches(path: Path) -> list[str]:
+    """Each private name (a `_x` part, not a dunder) of a vendor's that `path` imports or reads."""
+
+    def private(name: str) -> bool:
+        return any(part.startswith("_") and not part.startswith("__") for part in name.split("."))
+
+    found: list[str] = []
+    vendor_names: set[str] = set()
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in VENDORS:
+                    vendor_names.add((alias.asname or alias.name).split(".")[0])
+                    if private(alias.name):
+                        found.append(f"import {alias.name}")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in VENDORS:
+            names = [a.name for a in node.names]
+            if private(node.module) or any(private(n) for n in names):
+                found.append(f"from {node.module} import {', '.join(names)}")
+    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and id(node) not in inner and private(ast.unparse(node)):
+            base = node.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in vendor_names:
+                found.append(f"{ast.unparse(node)} (line {node.lineno})")
+    return found
+
+
+def test_private_parts_of_dependencies_are_reached_only_from_compat():
+    outside = {
+        str(path.relative_to(PACKAGE.parent)): reaches
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "compat" not in path.parts and (reaches := private_reaches(path))
+    }
+    assert outside == {}, outside
+    inside = [private_reaches(path) for path in sorted((PACKAGE / "compat").glob("*.py"))]
+    assert sum(len(r) for r in inside) >= 4  # the check sees the reaches where they are allowed
+
+
+def test_the_private_name_check_finds_each_kind(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import ray\nfrom ray.serve._private.constants import X\nfrom ray.serve.context import _get_ctx\n"
+        "node = ray._private.worker._global_node\nfrom ray import serve\nserve.run\n"
+    )
+    assert len(private_reaches(probe)) == 3

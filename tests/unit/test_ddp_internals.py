@@ -36,7 +36,7 @@ def test_the_trainer_internals_the_ddp_subclass_overrides_are_still_there():
 
 
 def test_the_ddp_trainer_class_builds_and_overrides_what_it_must():
-    from facemask.distributed import ddp_trainer_class
+    from facemask.compat.ultralytics import ddp_trainer_class
 
     trainer = ddp_trainer_class()
     for name in ("_setup_ddp", "_setup_train", "preprocess_batch", "validate", "final_eval", "__init__"):

@@ -188,26 +188,3 @@ def test_a_body_that_trickles_in_past_body_timeout_s_gets_408_and_never_reaches_
     status, _, body = call(guard_of(inner), [b"a", b"b", b"c", b"d"], gap_s=0.15)
     assert status == 408 and body["error"] == "body_timeout"
     assert inner.bodies == []
-
-
-def test_uvicorns_protocol_has_the_hooks_the_header_bounds_use():
-    """bounded_protocol overrides these; a uvicorn that renames them must fail here, not in production."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    for name in ("connection_made", "connection_lost", "data_received", "on_message_begin", "on_headers_complete"):
-        assert callable(getattr(HttpToolsProtocol, name)), name
-    import uvicorn
-
-    assert "http" in uvicorn.Config.__init__.__code__.co_varnames
-
-
-def test_the_serve_internals_the_replica_watch_reads_exist():
-    """The watch reads Serve's controller by its actor name; a Ray that renames these must fail here."""
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-    from ray.serve._private.controller import ServeController
-
-    assert SERVE_CONTROLLER_NAME and SERVE_NAMESPACE
-    assert callable(getattr(ServeController, "get_serve_instance_details", None))
-    from ray.serve.schema import ReplicaDetails
-
-    assert {"actor_name", "state"} <= set(ReplicaDetails.model_fields)

@@ -1,0 +1,110 @@
+"""A guard for each reach in facemask/compat/ on the installed versions: a dependency that moved
+a private part fails here, by name, instead of in a worker group, a proxy or a replica."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import numpy as np
+import pytest
+
+from facemask.compat import IncompatibleDependencyError, require
+
+MODULES = ("ray", "ultralytics", "mlflow", "uvicorn", "onnxruntime")
+
+
+@pytest.mark.parametrize("vendor", MODULES)
+def test_each_room_imports_on_the_installed_version_and_names_its_range(vendor):
+    module = importlib.import_module(f"facemask.compat.{vendor}")
+    package, low, below = module.CHECKED
+    assert package == vendor and module.VERSION
+
+
+def test_a_version_outside_the_range_is_refused_in_one_line():
+    with pytest.raises(IncompatibleDependencyError) as refused:
+        require("ray", "0.1", "0.2", "facemask.compat.ray")
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("ray 2.") and "pip install 'ray>=0.1,<0.2'" in message
+    with pytest.raises(IncompatibleDependencyError, match="not installed"):
+        require("no-such-package-here", "1", "2", "facemask.compat.x")
+
+
+def test_ray_the_local_node_processes_serve_controller_and_replica_context():
+    import ray._private.worker
+    from ray._private.node import Node
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    from ray.serve._private.controller import ServeController
+    from ray.serve.schema import ReplicaDetails
+
+    from facemask.compat.ray import in_serve_replica, local_core_died
+
+    assert hasattr(ray._private.worker, "_global_node") and "self.all_processes" in inspect.getsource(Node)
+    assert local_core_died() is False  # no Ray started in this process
+    assert SERVE_CONTROLLER_NAME and SERVE_NAMESPACE
+    assert callable(getattr(ServeController, "get_serve_instance_details", None))
+    assert {"actor_name", "state"} <= set(ReplicaDetails.model_fields)
+    assert in_serve_replica() is False
+
+
+def test_uvicorn_the_protocol_hooks_and_the_config_the_bounds_replace():
+    import uvicorn
+
+    from facemask.compat.uvicorn import http_tools_protocol
+
+    protocol = http_tools_protocol()
+    assert protocol is not None
+    for name in ("connection_made", "connection_lost", "data_received", "on_message_begin", "on_headers_complete"):
+        assert callable(getattr(protocol, name)), name
+    assert "http" in inspect.signature(uvicorn.Config.__init__).parameters
+
+
+def test_onnxruntime_sessions_made_inside_get_the_threads_and_no_spinning():
+    import onnxruntime
+
+    from facemask.compat.onnxruntime import session_options
+
+    original = onnxruntime.SessionOptions
+    with session_options(3):
+        options = onnxruntime.SessionOptions()
+        assert options.intra_op_num_threads == 3
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert onnxruntime.SessionOptions is original
+
+
+def test_mlflow_a_dataset_input_and_the_system_metrics_monitor(tmp_path):
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from facemask.compat.mlflow import dataset_input
+
+    data = tmp_path / "data.yaml"
+    data.write_text("names: [a]\n")
+    entity = dataset_input(str(data), "facemask-data", "0123456789abcdef" * 4, "training")
+    assert entity.dataset.name == "facemask-data" and entity.dataset.digest == ("0123456789abcdef" * 4)[:36]
+    assert [(t.key, t.value) for t in entity.tags] == [("mlflow.data.context", "training")]
+    parameters = inspect.signature(SystemMetricsMonitor.__init__).parameters
+    assert {"run_id", "sampling_interval", "samples_before_logging", "tracking_uri"} <= set(parameters)
+
+
+def test_ultralytics_the_validator_stats_each_image_passes_through():
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.utils.metrics import DetMetrics
+
+    source = inspect.getsource(DetectionValidator.update_metrics)
+    for key in ('"im_name"', '"conf"', '"pred_cls"', '"target_cls"', "self.metrics.update_stats("):
+        assert key in source, key
+    assert "self._process_batch(predn, pbatch)" in source
+    assert '"tp"' in inspect.getsource(DetectionValidator._process_batch)
+    assert callable(DetMetrics.update_stats)
+
+
+def test_ultralytics_bytetrack_on_plain_arrays_keeps_an_id_across_frames():
+    from facemask.compat.ultralytics import ByteTracker
+
+    tracker = ByteTracker(frame_rate=30)
+    xywh = np.array([[100, 100, 40, 50], [300, 120, 42, 52]], np.float32)
+    conf, cls = np.array([0.9, 0.8], np.float32), np.array([0, 1], np.float32)
+    rows = [tracker.update(xywh + shift, conf, cls) for shift in (0, 2, 4)]
+    assert rows[-1].shape == (2, 8)
+    ids = {int(r[7]): int(r[4]) for r in rows[-1]}
+    assert ids == {int(r[7]): int(r[4]) for r in rows[1]} and len(set(ids.values())) == 2
