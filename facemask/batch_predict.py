@@ -30,7 +30,7 @@ from facemask.classes import CLASS_NAMES, class_counts
 from facemask.detector import load_detector, resolve_model, upright_rgb
 from facemask.drawing import draw_boxes
 from facemask.errors import ConfigError
-from facemask.live.tracking import PeopleTracker
+from facemask.live.tracker import PeopleTracker
 from facemask.runtime import cluster_connected, resolve_device, resolve_path
 from facemask.settings import IMAGE_SUFFIXES, PredictConfig, is_stream
 

@@ -24,17 +24,16 @@ import click
 
 from facemask import __version__
 from facemask.errors import ConfigError, EndpointError, FacemaskError, StudyInterrupted
-from facemask.runtime import (
+from facemask.lifecycle import (
     at_forced_stop,
-    configure_runtime,
     end_processes,
     handle_stop_signals,
-    init_ray,
     note_processes,
     stop_exit_code,
     stop_signal,
     stopped_meanwhile,
 )
+from facemask.runtime import configure_runtime, init_ray
 from facemask.settings import (
     SOURCE_FORMATS,
     AugmentConfig,

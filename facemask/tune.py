@@ -25,9 +25,10 @@ from facemask.classes import CLASS_NAMES
 from facemask.distributed import check_workers_fit, node_resources, train_distributed
 from facemask.errors import ConfigError, InputNotFoundError, StudyInterrupted
 from facemask.evaluate import evaluate, promote
+from facemask.lifecycle import at_forced_stop
 from facemask.manifest import data_fingerprint
 from facemask.plots import study_plots
-from facemask.runtime import at_forced_stop, check_given_gpus, gpu_as_cpu, resolve_path, results_base, where_relative
+from facemask.runtime import check_given_gpus, gpu_as_cpu, resolve_path, results_base, where_relative
 from facemask.sampling import data_with_repeats
 from facemask.settings import DistributedConfig, StudyConfig, TrainConfig
 from facemask.tracking import (

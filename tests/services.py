@@ -19,8 +19,9 @@ from typing import Any, Callable
 
 import pytest
 
+from facemask.lifecycle import stop_process_group
 from facemask.proxy_guard import ENV_PREFIX
-from facemask.runtime import PROXY_ENV, free_port, stop_process_group
+from facemask.runtime import PROXY_ENV, free_port
 from facemask.tracking.server import mlflow_server_command
 
 # The test endpoint's limits: a small max_pending so that the overload test can fill it with a few dozen requests.

@@ -8,7 +8,7 @@ the stream stays up. Settings sent later are acknowledged with a `settings` mess
 settings in force, the stream's counts, and `next_frame_in_s`, when its fps budget takes a
 frame again. Frames are never queued: one arriving while the model is busy replaces
 the one waiting, and counts as dropped. Frames go through the server's own checks and batch
-(`detect_bytes`), the same as /predict.
+(`serving.inference`), the same as /predict.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from facemask.api_schema import APIError
 from facemask.classes import class_counts
 from facemask.live.settings import LIVE_DEFAULTS, live_settings
-from facemask.live.tracking import TRACK_CONF, LatestFrame, PeopleTracker
+from facemask.live.tracker import TRACK_CONF, LatestFrame, PeopleTracker
 from facemask.request_checks import key_matches
 
 # A live stream must say who it is (its first message) within this many seconds.
@@ -144,7 +144,9 @@ class LiveStreams:
         except APIError as exc:
             await self.refuse(ws, CLOSE_BAD_HELLO, exc.error, exc.message)
             return None
-        await ws.send_text(json.dumps({"type": "ready", "settings": settings, "model": self.server.describe(detector)}))
+        await ws.send_text(
+            json.dumps({"type": "ready", "settings": settings, "model": self.server.inference.describe(detector)})
+        )
         return settings
 
     async def refuse(self, ws: WebSocket, code: int, error: str, message: str) -> None:
@@ -213,25 +215,12 @@ class LiveStreams:
         index, data, received = item
         server, settings, stream = self.server, session.settings, session.counts()
         try:
-            if not data:
-                raise APIError(400, "empty_body", "an empty frame; send one image per binary message")
-            if len(data) > server.limit:
-                raise APIError(
-                    413,
-                    "body_too_large",
-                    f"a frame of {len(data)} bytes is over the {server.args.max_body_mb:g} MB limit; "
-                    "send smaller frames",
-                )
-            if server.pending >= server.args.max_pending:
-                raise APIError(503, "overloaded", "the server is busy; this frame was skipped")
-            server.pending += 1
-            try:
+            server.inference.check_frame(data)
+            async with server.inference.admitted("the server is busy; this frame was skipped"):
                 detector = await server.model_for_id(settings["model"])
-                # The tracker also wants the weak detections (see tracking.TRACK_CONF); the answer shows conf and up.
+                # The tracker also wants the weak detections (see tracker.TRACK_CONF); the answer shows conf and up.
                 params = (min(settings["conf"], TRACK_CONF), settings["iou"], settings["imgsz"], settings["max_det"])
-                _, _, answer = await server.detect_bytes(detector, data, params, received)
-            finally:
-                server.pending -= 1
+                _, _, answer = await server.inference.detect(detector, data, params, received)
         except APIError as exc:
             return {"type": "error", "frame": index, "error": exc.error, "message": exc.message, "stream": stream}
         tracked_at = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 from facemask.batch_predict import Annotator, PredictResult, annotate, finish, record, start_run
 from facemask.classes import CLASS_NAMES
 from facemask.errors import InputNotFoundError
-from facemask.live.tracking import TRACK_CONF, LatestFrame, PeopleTracker
+from facemask.live.tracker import TRACK_CONF, LatestFrame, PeopleTracker
 from facemask.settings import PredictConfig
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ import urllib.request
 from typing import Any, Iterator
 
 from facemask.errors import ConfigError
-from facemask.runtime import die_with_parent, free_port, stop_process_group
+from facemask.lifecycle import die_with_parent, stop_process_group
+from facemask.runtime import free_port
 from facemask.tracking.runs import artifact_root, ensure_store, sqlite_path
 
 log = logging.getLogger("facemask.tracking")

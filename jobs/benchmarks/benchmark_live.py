@@ -64,7 +64,7 @@ def plain(model: str, jpegs: list[bytes], imgsz: int, count: int) -> dict:
     from PIL import Image
 
     from facemask.detector import load_detector
-    from facemask.live.tracking import PeopleTracker
+    from facemask.live.tracker import PeopleTracker
     from facemask.tracking import tracking_uri
 
     detector, tracker = load_detector(model, warm=True, uri=tracking_uri()), PeopleTracker()

@@ -146,7 +146,7 @@ def full_hd(photo: bytes) -> bytes:
 
 
 def process_tree(root: int) -> set[int]:
-    from facemask.runtime import descendants
+    from facemask.lifecycle import descendants
 
     return {root} | descendants(root)
 
@@ -294,7 +294,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 @contextlib.contextmanager
 def server(ingress: str, backend: str, model_uri: str, args, folder: Path):
     """A server in its own process group, as a user starts it; yields (url, pid, what that process is)."""
-    from facemask.runtime import PROXY_ENV, free_port, stop_process_group
+    from facemask.lifecycle import stop_process_group
+    from facemask.runtime import PROXY_ENV, free_port
     from facemask.settings import ServeConfig
 
     port = free_port()

@@ -24,6 +24,7 @@ LEAVES = (
     "facemask.compat.uvicorn",
     "facemask.compat.onnxruntime",
     "facemask.modelref",
+    "facemask.lifecycle",
     "facemask.runtime",
     "facemask.manifest",
     "facemask.settings",
@@ -184,7 +185,7 @@ def test_the_environment_check_sees_direct_writes(tmp_path: Path) -> None:
 # Where the store is read from the environment: the command line, and a Serve application's
 # start-up (serve/config.yaml and the RayService build it without the CLI). Everything below
 # them is handed the store as an argument.
-STORE_READERS = {("facemask.cli", None), ("facemask.serving", "build_app")}
+STORE_READERS = {("facemask.cli", None), ("facemask.serving.deployment", "build_app")}
 
 
 def store_reads(root: Path) -> list[str]:

@@ -8,7 +8,7 @@ import pytest
 
 from facemask.api_schema import APIError
 from facemask.live.settings import LIVE_DEFAULTS, live_settings
-from facemask.live.tracking import LatestFrame, PeopleTracker
+from facemask.live.tracker import LatestFrame, PeopleTracker
 
 
 def test_latest_frame_keeps_only_the_newest_and_counts_the_rest():

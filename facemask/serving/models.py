@@ -1,0 +1,106 @@
+"""Which model answers a request: the app's default, a version or alias a request names, and the
+default's alias followed in the background so a promotion is served without a redeploy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from facemask.api_schema import APIError
+from facemask.detector import load_detector
+from facemask.errors import ModelNotFoundError
+from facemask.modelref import model_uri_for
+from facemask.request_checks import check_model_id
+from facemask.simulated_gpu import NAME as SIMULATED
+from facemask.tracking import model_version
+
+log = logging.getLogger("facemask.serving")
+
+
+class Models:
+    """A replica's models. `load_version` is the replica's multiplexed loader (Serve keeps up to
+    three versions per replica and routes a request to one that holds its version)."""
+
+    def __init__(self, args, default, device: str, load_version: Callable[[str], Awaitable]) -> None:
+        self.args, self.default, self.device = args, default, device
+        self.load_version = load_version
+        self.aliases: dict[str, tuple[float, str]] = {}  # alias -> (looked up at, version)
+        self.default_checked = time.monotonic()
+        self.refreshing: asyncio.Task | None = None
+
+    async def version(self, model_id: str):
+        """The loaded model of a version number: the default's when it is that version."""
+        uri = model_uri_for(model_id, self.args.model_uri)
+        mv = await asyncio.to_thread(model_version, uri, self.args.tracking_uri)
+        if self.default.info.name == mv.name and self.default.info.version == str(mv.version):
+            return self.default
+        return await asyncio.to_thread(self.load_registered, mv.name, mv.version)
+
+    def load_registered(self, name: str, version: str | int):
+        """One registered version, loaded the way this replica serves its default."""
+        args = self.args
+        return load_detector(
+            f"models:/{name}/{version}", self.device, args.backend, args.threads, warm=True, uri=args.tracking_uri
+        )
+
+    async def for_id(self, model_id: str):
+        """The model a version number or alias names (checked), else the app's default."""
+        model_id = check_model_id(model_id.strip())
+        try:
+            if self.args.backend == SIMULATED:  # a simulated accelerator has no versions
+                return self.default
+            if not model_id:
+                self.follow_default_alias()
+                return self.default
+            if not model_id.isdigit():
+                model_id = await self.alias_version(model_id)
+            return await self.load_version(model_id)
+        except ModelNotFoundError as exc:
+            # The registry's address (a server, or a database path) is for the operator's logs, not for clients.
+            uri = self.args.tracking_uri
+            raise APIError(404, "model_not_found", str(exc).replace(uri, "the registry") if uri else str(exc)) from None
+
+    async def alias_version(self, alias: str) -> str:
+        """The version an alias names, looked up at most every refresh_s (the registry is a network call)."""
+        looked_up, version = self.aliases.get(alias, (0.0, ""))
+        if not version or (self.args.refresh_s and time.monotonic() - looked_up > self.args.refresh_s):
+            uri = model_uri_for(alias, self.args.model_uri)
+            mv = await asyncio.to_thread(model_version, uri, self.args.tracking_uri)
+            version = str(mv.version)
+            self.aliases[alias] = (time.monotonic(), version)
+        return version
+
+    def follow_default_alias(self) -> None:
+        """Every refresh_s, in the background: if the app's alias moved, load the new version and swap it in."""
+        uri = self.args.model_uri
+        if (
+            not self.args.refresh_s
+            or "@" not in uri
+            or not uri.startswith("models:/")
+            or self.refreshing is not None
+            or time.monotonic() - self.default_checked < self.args.refresh_s
+        ):
+            return
+        self.refreshing = asyncio.get_running_loop().create_task(self._refresh(uri.split("@", 1)[1]))
+
+    async def _refresh(self, alias: str) -> None:
+        try:
+            self.aliases.pop(alias, None)
+            version = await self.alias_version(alias)
+            if version != self.default.info.version:
+                loaded = await asyncio.to_thread(self.load_registered, self.default.info.name, version)
+                log.info("%s moved from version %s to %s; now serving %s", self.args.model_uri,
+                         self.default.info.version, version, version)  # fmt: skip
+                self.default = loaded
+        except Exception as exc:  # a registry outage must not stop serving the loaded model
+            log.warning(
+                "could not look up %s (%s); still serving version %s",
+                self.args.model_uri,
+                exc,
+                self.default.info.version,
+            )
+        finally:
+            self.default_checked = time.monotonic()
+            self.refreshing = None
