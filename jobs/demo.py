@@ -120,7 +120,7 @@ def main() -> None:
         print(f"  the page:    {url}/ while `make serve` runs (or rerun with DEMO_ARGS=--keep-serving)")
     print(f"\n[5/5] {query}", flush=True)
     if args.keep_serving:
-        from facemask.cli import stop_serving, wait_for_stop
+        from facemask.serving.lifecycle import stop_serving, wait_for_stop
 
         try:
             wait_for_stop()
@@ -132,7 +132,8 @@ def main() -> None:
 
 def serve_and_query(model_uri: str, uri: str, test_images: Path, port: int, imgsz: int) -> tuple[str, str]:
     """Start Serve with the model and send one held-out test image over HTTP: (URL, the answer as text)."""
-    from facemask.cli import detections_table, start_serving
+    from facemask.cli import detections_table
+    from facemask.serving.lifecycle import start_serving
     from facemask.client import Client
     from facemask.serving import AppArgs
 

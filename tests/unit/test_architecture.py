@@ -185,7 +185,11 @@ def test_the_environment_check_sees_direct_writes(tmp_path: Path) -> None:
 # Where the store is read from the environment: the command line, and a Serve application's
 # start-up (serve/config.yaml and the RayService build it without the CLI). Everything below
 # them is handed the store as an argument.
-STORE_READERS = {("facemask.cli", None), ("facemask.serving.deployment", "build_app")}
+# The CLI's command modules, and Serve's application builder (a replica's start-up).
+STORE_READERS = {
+    *((f"facemask.cli.{name}", None) for name in ("base", "data", "train", "quality", "serve", "predict")),
+    ("facemask.serving.deployment", "build_app"),
+}
 
 
 def store_reads(root: Path) -> list[str]:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from facemask.api_schema import APIError
 from facemask.bootstrap import Interval
-from facemask.cli import FacemaskGroup
+from facemask.cli.base import FacemaskGroup
 from facemask.errors import ConfigError, FacemaskError, ModelNotFoundError
 from facemask.evaluate import promotion_decision
 from facemask.modelref import find_weights, model_uri_for, parse_models_uri

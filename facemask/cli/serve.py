@@ -1,0 +1,216 @@
+"""`facemask serve` and `facemask query`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from facemask.cli.base import (
+    JSON_OPTION,
+    ServerFailure,
+    config_options,
+    emit,
+    hidden_alias,
+    main,
+)
+from facemask.errors import ConfigError, EndpointError
+from facemask.lifecycle import (
+    end_processes,
+    note_processes,
+)
+from facemask.runtime import configure_runtime, init_ray
+from facemask.settings import (
+    ServeConfig,
+)
+
+
+@main.command("serve")
+@config_options(
+    ServeConfig,
+    (
+        "--model-uri",
+        "model_uri",
+        {"help": "models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx (air-gapped)."},
+    ),
+    (
+        "--backend",
+        "backend",
+        {
+            "type": click.Choice(["pt", "onnx", "simulated-gpu"]),
+            "help": "pt (PyTorch) or onnx (onnxruntime). simulated-gpu is for capacity tests only: no model, "
+            "each batch answered after a GPU's latency with a fixed pattern of boxes (docs/performance.md).",
+        },
+    ),
+    (
+        "--simulated-latency",
+        "simulated_latency",
+        {"help": "simulated-gpu: call time per batch size, BATCH:MS pairs (an H100's by default)."},
+    ),
+    ("--device", "device", {"help": "auto, cpu or a GPU index."}),
+    ("--host", "host", {"help": "Proxy address; 0.0.0.0 exposes it (set FACEMASK_API_KEY)."}),
+    (
+        "--ingress",
+        "ingress",
+        {
+            "type": click.Choice(["haproxy", "proxy"]),
+            "help": "haproxy: HAProxy straight to each replica (several times less CPU per request, "
+            "docs/performance.md); "
+            "proxy: Serve's Python proxy with facemask's guard (docs/serving.md).",
+        },
+    ),
+    ("--port", "port", {}),
+    ("--replicas", "replicas", {"help": "Serve replicas (each holds the model)."}),
+    ("--num-cpus", "num_cpus", {"help": "CPUs per replica."}),
+    ("--num-gpus", "num_gpus", {"help": "GPUs per replica (0.25: four share one)."}),
+    ("--max-batch-size", "max_batch_size", {}),
+    (
+        "--threads",
+        "threads",
+        {"type": int, "help": "CPU inference threads per replica (on CPU: replicas x threads = cores)."},
+    ),
+)
+@click.option(
+    "--print-node-env",
+    is_flag=True,
+    help="Print, as export lines, what a `ray start` node needs for this --ingress, and exit: "
+    'eval "$(facemask serve --print-node-env)" before `ray start`.',
+)
+def serve_command(
+    model_uri, backend, simulated_latency, host, ingress, port, replicas, num_cpus, num_gpus, print_node_env, **app
+):
+    """Serve the detector, its API and page on this machine's Ray (Ctrl-C stops it).
+
+    With no Ray running here it starts one set up for --ingress. On a Ray started beforehand
+    (`ray start`, a cluster), the ingress is the one its nodes were started with: it says which."""
+    if print_node_env:
+        import shlex
+
+        from facemask.runtime import node_env
+
+        click.echo("".join(f"export {k}={shlex.quote(v)}\n" for k, v in node_env(ingress).items()), nl=False)
+        return
+    configure_runtime()
+    from facemask.detector import resolve_model
+    from facemask.simulated_gpu import NAME as SIMULATED
+    from facemask.simulated_gpu import parse_latency
+    from facemask.tracking import tracking_uri
+
+    # Fail here, in one line, rather than in a replica's retries.
+    if backend == SIMULATED:
+        parse_latency(simulated_latency)
+        model_uri = SIMULATED
+    else:
+        resolve_model(model_uri, backend=backend, uri=tracking_uri())
+    # Imported here: the Serve application module imports Ray Serve itself.
+
+    from facemask.serving import AppArgs
+
+    try:
+        # `app` holds the options named as AppArgs' fields (device, max_batch_size, threads).
+        resources = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}}
+        app |= {"model_uri": model_uri, "backend": backend, "simulated_latency": simulated_latency}
+        args = AppArgs(**app, deployment_options=resources)
+    except ValueError as exc:  # pydantic's ValidationError: an option out of range
+        raise ConfigError(str(exc)) from None
+    init_ray(serving=True, ingress=ingress)
+    from facemask.runtime import node_ingress
+    from facemask.serving.lifecycle import start_serving, stop_serving, wait_for_stop
+
+    running = node_ingress()
+    if running != ingress:
+        click.echo(
+            f"note: this machine's Ray was started before, without the settings for --ingress {ingress}, so "
+            f"Serve runs its {'HAProxy' if running == 'haproxy' else 'Python proxy'} here; for {ingress}, start "
+            f'Ray with them: eval "$(facemask serve --ingress {ingress} --print-node-env)" before `ray start`',
+            err=True,
+        )
+    try:
+        url = start_serving(args, host=host, port=port)
+        click.echo(f"serving {model_uri} ({backend}, {running}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
+        wait_for_stop()
+    finally:
+        started = note_processes()  # what runs below this process now, and what ran below it
+        stopped = stop_serving()
+        import ray
+
+        if not stopped:
+            # Serve's call still waits in its thread: Ray's shutdown under it crashes the process,
+            # so what Ray started here is ended first.
+            end_processes(started)
+        ray.shutdown()
+        # A HAProxy that Serve restarted after a crash outlives Serve's shutdown; nothing else should.
+        end_processes(started)
+
+
+@main.command("query")
+@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--url",
+    default=lambda: os.environ.get("FACEMASK_URL", "http://127.0.0.1:8000"),
+    show_default="FACEMASK_URL or http://127.0.0.1:8000",
+)
+@click.option(
+    "--model-version",
+    "model_id",
+    default=None,
+    help="A registered version (3) or alias (champion); default: the server's.",
+)
+@click.option("--conf", type=float, default=None)
+@click.option("--iou", type=float, default=None)
+@click.option("--imgsz", type=int, default=None)
+@click.option("--max-det", type=int, default=None)
+@click.option("--save", type=click.Path(path_type=Path), default=None, help="Also write the annotated image here.")
+@click.option(
+    "--deadline",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to keep retrying a refused or reset connection (an endpoint restarting its proxy).",
+)
+@JSON_OPTION
+@hidden_alias("--model", "model_id")
+def query_command(image, url, model_id, conf, iou, imgsz, max_det, save, deadline, as_json):
+    """Send IMAGE to a running endpoint and print its detections (API key from FACEMASK_API_KEY).
+
+    Exits 2 when the endpoint refuses the request (4xx: the image, a parameter, the key) and
+    1 when it fails or none answers."""
+    from facemask.client import Client
+
+    client = Client(url, deadline_s=deadline)
+    params = {"conf": conf, "iou": iou, "imgsz": imgsz, "max_det": max_det}
+    try:
+        result = client.predict(image, model=model_id, **params)
+        if save:
+            save.write_bytes(client.predict_image(image, model=model_id, **params))
+    except EndpointError as exc:
+        if exc.status >= 500:
+            raise ServerFailure(f"{exc.status} {exc.error}: {url}: {exc.message}") from None
+        raise EndpointError(exc.status, exc.error, f"{url}: {exc.message}") from None
+    except OSError as exc:
+        raise ServerFailure(
+            f"{url}: no endpoint answered ({getattr(exc, 'reason', exc)}); start one with `facemask serve`"
+        ) from None
+    if as_json:
+        emit(True, result)
+        return
+    click.echo(detections_table(result))
+    if save:
+        click.echo(f"annotated image: {save}")
+
+
+def detections_table(result: dict) -> str:
+    m, t, size = result["model"], result["timings"], result["image"]
+    lines = [
+        f"{len(result['detections'])} detections in {size['width']}x{size['height']} by "
+        f"{m['name'] or m['uri']} v{m['version'] or '-'} ({m['backend']}), "
+        f"inference {t['inference_ms']:.0f} ms, total {t['total_ms']:.0f} ms",
+        "  counts: " + ", ".join(f"{k}={v}" for k, v in result["counts"].items()),
+    ]
+    for d in result["detections"]:
+        b = d["box"]
+        lines.append(
+            f"  {d['label']:22s} {d['confidence']:.3f}  ({b['x1']:.0f}, {b['y1']:.0f}, {b['x2']:.0f}, {b['y2']:.0f})"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""An endpoint's life in one process: Serve started and the app deployed, held until a stop
+signal, and Serve stopped within a deadline. `facemask serve` and `jobs/demo.py` use it."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from facemask.lifecycle import note_processes
+
+
+def wait_for_stop() -> None:
+    """Block until Ctrl-C or SIGTERM, which arrive as KeyboardInterrupt (`handle_stop_signals`),
+    noting what runs below this process meanwhile, so that a stop can end it all (`note_processes`)."""
+    import time
+
+    while True:
+        note_processes()
+        time.sleep(1.0)
+
+
+SHUTDOWN_TIMEOUT_S = 15.0
+
+
+def stop_serving(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
+    """Delete the apps and stop Serve, but never wait past `timeout_s`; False when it did not finish in time.
+
+    When SIGTERM reaches the whole process group (`kill -- -PGID`, systemd), a local Ray
+    started here dies with this process, and `serve.shutdown()` would wait for its
+    controller for ever; the Ray processes are gone then, so there is nothing left to stop.
+    """
+    import threading
+
+    from ray import serve
+
+    done = threading.Event()
+
+    def shutdown() -> None:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        done.set()
+
+    threading.Thread(target=shutdown, name="serve-shutdown", daemon=True).start()
+    if not done.wait(timeout_s):
+        print(
+            f"warning: Serve did not shut down within {timeout_s:.0f}s (its cluster is gone?); exiting", file=sys.stderr
+        )
+        return False
+    return True
+
+
+def start_serving(
+    args, host: str = "127.0.0.1", port: int = 8000, name: str = "facemask", log_level: str = "INFO"
+) -> str:
+    """Start Serve's proxy on host:port and deploy the app; returns its URL once it answers."""
+    from ray import serve
+
+    from facemask.serving.deployment import build_app
+
+    logging_config = {"log_level": log_level}
+    serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
+    serve.run(build_app(args), name=name, route_prefix="/", logging_config=logging_config)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}"
