@@ -10,27 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
-from importlib import resources
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from facemask.classes import CLASS_NAMES
-from facemask.distributed import check_workers_fit, node_resources, train_distributed
+from facemask.distributed import node_resources, train_distributed
 from facemask.errors import ConfigError, InputNotFoundError, StudyInterrupted
-from facemask.evaluate import evaluate, promote
 from facemask.lifecycle import at_forced_stop
 from facemask.manifest import data_fingerprint
 from facemask.plots import study_plots
 from facemask.runtime import check_given_gpus, gpu_as_cpu, resolve_path, results_base, where_relative
 from facemask.sampling import data_with_repeats
-from facemask.settings import DistributedConfig, StudyConfig, TrainConfig
+from facemask.settings import StudyConfig
 from facemask.tracking import (
     RunLogger,
     check_tracking_reachable,
@@ -39,219 +34,15 @@ from facemask.tracking import (
     end_open_runs,
     find_child_run,
     find_tagged_run,
-    log_and_register,
     set_process_store,
     study_tracking_uri,
 )
-from facemask.train import TrainResult, epoch_metrics, per_epoch, train, tune_metric_names
+from facemask.train import epoch_metrics, per_epoch, train, tune_metric_names
+from facemask.tune_finish import StudyResult, finalise
+from facemask.tune_resources import TRIAL_DRIVER_CPUS, max_concurrency, trial_workers
+from facemask.tune_space import load_search_space, to_tune_space
 
 log = logging.getLogger("facemask.tune")
-
-DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
-# Ultralytics train arguments that make sense to search; anything else is a typo or not a hyperparameter.
-TUNABLE = (
-    "lr0",
-    "lrf",
-    "momentum",
-    "weight_decay",
-    "warmup_epochs",
-    "warmup_momentum",
-    "warmup_bias_lr",
-    "optimizer",
-    "box",
-    "cls",
-    "dfl",
-    "hsv_h",
-    "hsv_s",
-    "hsv_v",
-    "degrees",
-    "translate",
-    "scale",
-    "shear",
-    "perspective",
-    "flipud",
-    "fliplr",
-    "bgr",
-    "mosaic",
-    "mixup",
-    "cutmix",
-    "copy_paste",
-    "close_mosaic",
-    "erasing",
-    "cos_lr",
-    "nbs",
-    "dropout",
-    "cls_pw",
-    # Not an Ultralytics argument: each trial trains on its own repeat-factor list (facemask.sampling).
-    "repeat_threshold",
-)
-
-
-@dataclass
-class StudyResult:
-    parent_run_id: str | None
-    best_config: dict[str, Any]
-    best_trial: str
-    best_val: dict[str, float]
-    counts: dict[str, int]
-    trial_epochs: int
-    seconds: float
-    storage_path: str
-    test: dict[str, float] = field(default_factory=dict)
-    version: str | None = None
-    promoted: bool = False
-    promote_reason: str = ""
-    trials: list[dict[str, Any]] = field(default_factory=list)
-
-
-def load_search_space(path: Path | None = None) -> tuple[dict[str, dict], list[dict[str, Any]]]:
-    """Read and validate a search-space YAML: (space, points to evaluate first).
-
-    `baseline` is one point or a list of points. Unknown keys name the valid ones.
-    """
-    text = (
-        Path(path).read_text()
-        if path
-        else resources.files("facemask").joinpath("configs/search_space.yaml").read_text()
-    )
-    where = str(path or "the packaged search_space.yaml")
-    doc = yaml.safe_load(text) or {}
-    space, baseline = doc.get("space") or {}, doc.get("baseline") or []
-    points = [baseline] if isinstance(baseline, dict) else list(baseline)
-    if not space:
-        raise ConfigError(f"{where}: no `space:` mapping of parameter -> distribution")
-    for key in list(space) + [k for point in points for k in point]:
-        if key not in TUNABLE:
-            raise ConfigError(f"{where}: unknown hyperparameter {key!r}; valid: {', '.join(TUNABLE)}")
-    for key, spec in space.items():
-        kind = (spec or {}).get("type")
-        if kind not in DISTRIBUTIONS:
-            raise ConfigError(f"{where}: {key}: type must be one of {', '.join(DISTRIBUTIONS)}, got {kind!r}")
-        if kind == "choice" and not spec.get("values"):
-            raise ConfigError(f"{where}: {key}: a choice needs `values: [...]`")
-        if kind != "choice" and not (
-            isinstance(spec.get("low"), (int, float))
-            and isinstance(spec.get("high"), (int, float))
-            and spec["low"] < spec["high"]
-        ):
-            raise ConfigError(f"{where}: {key}: needs numeric low < high")
-    for point in points:
-        missing = set(point) - set(space)
-        if missing:
-            raise ConfigError(f"{where}: baseline sets {sorted(missing)} which are not in `space`")
-    return space, points
-
-
-def to_tune_space(space: dict[str, dict]) -> dict[str, Any]:
-    from ray import tune
-
-    out = {}
-    for key, spec in space.items():
-        kind = spec["type"]
-        if kind == "choice":
-            out[key] = tune.choice(list(spec["values"]))
-        elif kind == "randint":
-            out[key] = tune.randint(int(spec["low"]), int(spec["high"]))
-        else:
-            out[key] = getattr(tune, kind)(float(spec["low"]), float(spec["high"]))
-    return out
-
-
-# What a distributed trial's own function reserves: it only drives its Ray Train run, whose
-# controller reserves nothing and whose workers share the rest of the trial's CPUs.
-TRIAL_DRIVER_CPUS = 0.01
-
-
-def check_trial_shape(cfg: StudyConfig) -> None:
-    """Refuse, before any cluster is joined, a trial whose parts cannot work together."""
-    for option, value in (("--trials", cfg.trials), ("--epochs", cfg.epochs)):
-        if value < 1:
-            raise ConfigError(f"{option} {value}: at least 1")
-    if cfg.cpus_per_trial <= 0:
-        raise ConfigError("--cpus-per-trial must be > 0")
-    workers = cfg.ray_workers_per_trial
-    if workers < 1:
-        raise ConfigError("--ray-workers-per-trial must be at least 1")
-    if cfg.gpus_per_trial > 1 and workers == 1:
-        # One training process drives one GPU: the rest would sit idle.
-        gpus = math.ceil(cfg.gpus_per_trial)
-        raise ConfigError(
-            f"--gpus-per-trial {cfg.gpus_per_trial:g}: one training process uses one GPU; add "
-            f"--ray-workers-per-trial {gpus} to train each trial on {gpus} GPUs (one Ray Train worker "
-            "each), or use --gpus-per-trial 1 to run more trials at once"
-        )
-    if workers > 1 and cfg.gpus_per_trial / workers not in (0, 1):
-        raise ConfigError(
-            f"--gpus-per-trial {cfg.gpus_per_trial:g} over {workers} workers: each worker needs 0 or 1 "
-            f"whole GPU; use --gpus-per-trial {workers} or 0"
-        )
-    if workers > 1 and cfg.trial_resources:
-        raise ConfigError(
-            "--trial-resources pins a one-process trial to a node; a trial of several Ray Train "
-            "workers is placed by Ray Train: drop --trial-resources"
-        )
-    if workers > 1 and cfg.cpus_per_trial < workers:
-        # A DDP rank with less than a core only slows its peers: every step waits for the slowest.
-        raise ConfigError(
-            f"--ray-workers-per-trial {workers} needs one CPU per worker, and --cpus-per-trial is "
-            f"{cfg.cpus_per_trial:g}: use --ray-workers-per-trial {max(1, math.floor(cfg.cpus_per_trial))}"
-            f" or fewer, or --cpus-per-trial {workers} on a cluster with {workers}+ CPUs"
-        )
-
-
-def max_concurrency(cfg: StudyConfig, cluster: dict[str, float], nodes: list[dict[str, float]] | None = None) -> int:
-    """Trials that fit the cluster at once; never more than asked or than there are trials.
-
-    `nodes` (each alive node's resources) also refuses a trial that fits the cluster's sum
-    but no node: Ray would wait for it without end.
-    """
-    cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
-    check_trial_shape(cfg)
-    workers = cfg.ray_workers_per_trial
-    if cfg.gpus_per_trial > 0 and gpus < cfg.gpus_per_trial:
-        raise ConfigError(
-            f"--gpus-per-trial {cfg.gpus_per_trial}: the cluster has {gpus:g} GPUs; use 0 to train on CPU"
-        )
-    if nodes is not None:
-        if workers > 1:
-            shares = trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, workers, "")
-            check_workers_fit(
-                workers,
-                shares.cpus_per_worker,
-                shares.gpus_per_worker,
-                nodes,
-                driver_cpus=TRIAL_DRIVER_CPUS,
-                flags="--ray-workers-per-trial, --cpus-per-trial or --gpus-per-trial",
-            )
-        elif not any(all(n.get(k, 0) + 1e-9 >= v for k, v in trial_request(cfg).items()) for n in nodes):
-            biggest = max((n.get("CPU", 0) for n in nodes), default=0)
-            raise ConfigError(
-                f"a trial asks for {trial_request(cfg)} in one process, and no node has that much (the "
-                f"largest has {biggest:g} CPUs): lower --cpus-per-trial, or train each trial across "
-                "nodes with --ray-workers-per-trial N"
-            )
-    fits = math.floor(cpus / cfg.cpus_per_trial + 1e-9)
-    if cfg.gpus_per_trial > 0:
-        fits = min(fits, math.floor(gpus / cfg.gpus_per_trial + 1e-9))
-    for name, amount in cfg.trial_resources.items():
-        have = cluster.get(name, 0)
-        if have < amount:
-            raise ConfigError(f"--trial-resources {name}={amount:g}: the cluster has {have:g} of {name!r}")
-        fits = min(fits, math.floor(have / amount + 1e-9))
-    if fits < 1:
-        raise ConfigError(f"--cpus-per-trial {cfg.cpus_per_trial}: the cluster has only {cpus:g} CPUs")
-    return max(1, min(fits, cfg.max_concurrent or fits, cfg.trials))
-
-
-def trial_request(cfg: StudyConfig) -> dict[str, float]:
-    """What one trial's function reserves, in Ray's resource names."""
-    if cfg.ray_workers_per_trial > 1:
-        return {"CPU": TRIAL_DRIVER_CPUS}
-    return {
-        "CPU": cfg.cpus_per_trial,
-        **({"GPU": cfg.gpus_per_trial} if cfg.gpus_per_trial else {}),
-        **cfg.trial_resources,
-    }
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
@@ -330,18 +121,6 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
         replace(cfg, run_id=run_id, resume_from=resume_from),
         callbacks=callbacks,
         on_run=lambda rid: holder.update(run_id=holder["run_id"] or rid),
-    )
-
-
-def trial_workers(cpus_per_trial: float, gpus_per_trial: float, workers: int, workdir: Path | str) -> DistributedConfig:
-    """A trial's CPUs and GPUs shared equally by its Ray Train workers, less what its driver
-    reserves, so that the whole trial takes exactly `cpus_per_trial`."""
-    return DistributedConfig(
-        workers=workers,
-        cpus_per_worker=(cpus_per_trial - TRIAL_DRIVER_CPUS) / workers,
-        gpus_per_worker=gpus_per_trial / workers,
-        storage=str(Path(workdir) / "ray-train"),
-        max_failures=1,
     )
 
 
@@ -660,90 +439,3 @@ def summarise(cfg: StudyConfig, grid, parent: RunLogger, uri: str, started: floa
         path,
         trials=rows,
     )
-
-
-def on_trial_resources(cfg: StudyConfig, fn: Callable, *args):
-    """`fn(*args)` in a Ray task shaped as one of the study's training processes: a trial's CPUs,
-    GPUs and custom resources, or one Ray Train worker's share of them. The final retrain and the
-    test-split scoring need the GPU a trial had, while the study's driver may run on a head that
-    has none (cluster.yaml's, the RayJob's). Refused in one line when no node can hold it."""
-    import ray
-
-    one = trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial, ".")
-    if cfg.ray_workers_per_trial == 1:
-        one = replace(one, cpus_per_worker=cfg.cpus_per_trial, gpus_per_worker=cfg.gpus_per_trial)
-    check_workers_fit(1, one.cpus_per_worker, one.gpus_per_worker, node_resources(ray.nodes()))
-    options = {"num_cpus": one.cpus_per_worker, "num_gpus": one.gpus_per_worker, "max_retries": 0}
-    if cfg.ray_workers_per_trial == 1 and cfg.trial_resources:
-        options["resources"] = dict(cfg.trial_resources)
-    return ray.get(ray.remote(fn).options(**options).remote(*args))
-
-
-def final_training(cfg: TrainConfig) -> TrainResult:
-    """The final retrain, inside `on_trial_resources`."""
-    gpus = check_given_gpus("the study's final retrain")
-    return train(replace(cfg, device="cpu") if gpus and gpu_as_cpu() else cfg)
-
-
-def test_scores(model_uri: str, data: Path, imgsz: int, device: str, uri: str) -> dict[str, float]:
-    """The registered model's scores on the test split, inside `on_trial_resources`."""
-    gpus = check_given_gpus("the study's test-split scoring")
-    device = "cpu" if gpus and gpu_as_cpu() else device
-    return evaluate(model_uri, data, imgsz=imgsz, device=device, uri=uri).overall
-
-
-def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri: str, data: Path) -> None:
-    """Retrain (optional), register, evaluate on the clean test split, and gate the promotion."""
-    if cfg.final_epochs:
-        overrides = dict(result.best_config)
-        threshold = overrides.pop("repeat_threshold", None)
-        train_data = data
-        if threshold:
-            train_data, _ = data_with_repeats(
-                data, float(threshold), cfg.seed, Path(tempfile.mkdtemp(prefix="facemask-final-data-")), CLASS_NAMES
-            )
-        final_cfg = cfg.train_config(
-            data=train_data,
-            epochs=cfg.final_epochs,
-            run_name=f"{cfg.name}-final",
-            tracking_uri=uri,
-            parent_run_id=parent.run_id,
-            overrides=overrides,
-            register=True,
-            registered_model=cfg.registered_model,
-        )
-        if cfg.ray_workers_per_trial > 1:  # the final retrain is trained the way the trials were
-            workdir = Path(tempfile.mkdtemp(prefix="facemask-final-"))
-            final = train_distributed(
-                replace(final_cfg, device="auto", project=workdir),
-                trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial, workdir),
-            )
-        else:
-            # Its folder as the driver resolves it: the task's own working directory is Ray's.
-            final = on_trial_resources(cfg, final_training, replace(final_cfg, project=resolve_path(final_cfg.project)))
-        result.version = final.version
-    else:
-        best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
-        run_id = next(row.get("run_id") for row in result.trials if row["trial_id"] == result.best_trial)
-        checkpoint = best.checkpoint
-        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
-
-        if checkpoint is None and best.metrics.get(CHECKPOINT_PATH_KEY):
-            # A distributed trial reports its Ray Train run's checkpoint by path.
-            from ray.train import Checkpoint
-
-            checkpoint = Checkpoint(best.metrics[CHECKPOINT_PATH_KEY])
-        with checkpoint.as_directory() as folder:
-            weights = Path(tempfile.mkdtemp(prefix="facemask-best-")) / "best.pt"
-            shutil.copyfile(Path(folder) / "best.pt", weights)
-        tags = {f"val_{k}": round(v, 5) for k, v in result.best_val.items()} | {
-            "data.fingerprint": data_fingerprint(data)
-        }
-        result.version = log_and_register(run_id, weights, tags, uri=uri, name=cfg.registered_model)
-    model_uri = f"models:/{cfg.registered_model}/{result.version}"
-    result.test = on_trial_resources(cfg, test_scores, model_uri, data, cfg.imgsz, cfg.device, uri)
-    parent.log_metrics({f"test/{k}": v for k, v in result.test.items()})
-    parent.set_tags({"facemask.registered_version": result.version})
-    if cfg.promote:
-        decision = promote(model_uri, uri)
-        result.promoted, result.promote_reason = decision.promoted, decision.reason

@@ -203,7 +203,8 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, as_js
     intervals in `facemask evaluate`."""
     from facemask.tracking import tracking_uri
     from facemask.train import resolve_model_source
-    from facemask.tune import check_trial_shape, saved_study, tune
+    from facemask.tune import saved_study, tune
+    from facemask.tune_resources import check_trial_shape
 
     kw["tracking_uri"] = tracking_uri()
     # What can be refused without a cluster is refused before one starts.

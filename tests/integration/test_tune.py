@@ -13,7 +13,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from facemask.tune import StudyConfig, load_search_space, tune
+from facemask.tune import StudyConfig, tune
+from facemask.tune_space import load_search_space
 from tests.services import study_args
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,9 @@ from facemask.request_checks import check_model_id, declared_size, decode_image,
 from facemask.settings import AugmentConfig, PrepareConfig, StudyConfig, TrainConfig, default, validate_fractions
 from facemask.tracking import check_tracking_reachable, hosts_elsewhere
 from facemask.tracking.runs import RunLogger, flatten, metric_key
-from facemask.tune import load_search_space, max_concurrency, trial_status
+from facemask.tune import trial_status
+from facemask.tune_resources import max_concurrency
+from facemask.tune_space import load_search_space
 
 # ---------------------------------------------------------------- tune
 
@@ -99,7 +101,7 @@ def test_a_trial_that_fits_no_node_is_refused(kw, nodes, message):
 
 
 def test_two_workers_and_their_driver_fit_two_cpus_exactly():
-    from facemask.tune import TRIAL_DRIVER_CPUS, trial_workers
+    from facemask.tune_resources import TRIAL_DRIVER_CPUS, trial_workers
 
     assert max_concurrency(study(cpus_per_trial=2, ray_workers_per_trial=2, trials=2), {"CPU": 2}, [{"CPU": 2}]) == 1
     shares = trial_workers(2, 0, 2, "w")
