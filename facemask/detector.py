@@ -18,7 +18,7 @@ from facemask.errors import ConfigError, ModelNotFoundError
 from facemask.modelref import ModelInfo, check_backend, find_weights
 from facemask.runtime import ultralytics_env
 from facemask.settings import INFERENCE
-from facemask.tracking.registry import fetch_model
+from facemask.tracking.registry import check_model_reference, fetch_model
 
 # Padding granularity: 64 px puts the Kaggle photos at 320 into 4 shapes instead of 12.
 PAD_MULTIPLE = 64
@@ -200,10 +200,12 @@ def load_detector(
     )
 
 
-def resolve_model(model_uri: str, backend: str = "pt", uri: str | None = None) -> ModelInfo:
+def resolve_model(model_uri: str, backend: str = "pt", uri: str | None = None, download: bool = True) -> ModelInfo:
     """Turn a model URI into local weights (PyTorch, or its ONNX export) plus its registry/run metadata.
 
     A `models:/` or `runs:/` URI is looked up in the MLflow store `uri`; a local file needs none.
+    With `download=False` a registry or run URI is only checked, from metadata (`facemask serve`
+    checks before its replicas each download), and the ModelInfo holds no weights.
     """
     check_backend(backend)
     if model_uri.startswith(("models:/", "runs:/")):
@@ -212,6 +214,9 @@ def resolve_model(model_uri: str, backend: str = "pt", uri: str | None = None) -
                 f"{model_uri}: a registry or run URI is looked up in an MLflow store; pass its tracking URI "
                 "(the command line uses MLFLOW_TRACKING_URI, else mlflow.db here)"
             )
+        if not download:
+            check_model_reference(model_uri, uri, backend=backend)
+            return ModelInfo(uri=model_uri, weights="")
         return fetch_model(model_uri, uri, backend=backend)
     path = Path(model_uri).expanduser()
     if path.is_file() and path.suffix in (".pt", ".onnx"):

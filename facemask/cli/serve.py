@@ -102,7 +102,7 @@ def serve_command(
         parse_latency(simulated_latency)
         model_uri = SIMULATED
     else:
-        resolve_model(model_uri, backend=backend, uri=tracking_uri())
+        resolve_model(model_uri, backend=backend, uri=tracking_uri(), download=False)  # each replica downloads it
     # Imported here: the Serve application module imports Ray Serve itself.
 
     from facemask.serving import AppArgs

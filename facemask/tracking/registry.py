@@ -102,6 +102,25 @@ def version_metrics(mv) -> dict[str, float]:
     return out
 
 
+def check_model_reference(model_uri: str, uri: str, backend: str = "pt") -> None:
+    """ModelNotFoundError unless a `models:/` or `runs:/` URI names something loadable, from the
+    registry's and the run's metadata alone: nothing is downloaded (each replica downloads it)."""
+    if model_uri.startswith("models:/"):
+        mv = model_version(model_uri, uri)
+        if backend == "onnx" and not (mv.tags or {}).get(ONNX_TAG):
+            raise ModelNotFoundError(
+                f"{model_uri}: version {mv.version} has no ONNX export; run `facemask export --model-uri {model_uri}`"
+            )
+        return
+    run_id, _, path = model_uri[len("runs:/") :].partition("/")
+    try:
+        listed = client(uri).list_artifacts(run_id, path or None)
+    except Exception as exc:
+        raise ModelNotFoundError(f"{model_uri}: no such run or artifact at {uri} ({exc})") from None
+    if not listed and not path.endswith((".pt", ".onnx")):
+        raise ModelNotFoundError(f"{model_uri}: nothing logged there; check the run id and the path")
+
+
 def fetch_model(model_uri: str, uri: str, backend: str = "pt") -> ModelInfo:
     """Download what a `models:/` or `runs:/` URI names; return a detector ModelInfo.
 

@@ -189,3 +189,28 @@ def test_offline_pretrained_name_is_one_clear_line(tiny_data, tmp_path, monkeypa
         "error: yolo26s.pt is not on this machine and there is no network: pass --weights yolo26s.yaml "
         "to train from scratch, or a path to a .pt"
     )
+
+
+def test_a_model_reference_is_checked_from_metadata_without_a_download(registered_detector, tmp_path, monkeypatch):
+    """`facemask serve` checks the reference its replicas will each download, without downloading it itself."""
+    import mlflow
+
+    from facemask.detector import resolve_model
+
+    store, name = registered_detector["tracking_uri"], registered_detector["name"]
+    downloads = []
+    real = mlflow.artifacts.download_artifacts
+    monkeypatch.setattr(
+        mlflow.artifacts, "download_artifacts", lambda *a, **k: downloads.append(a or k) or real(*a, **k)
+    )
+    info = resolve_model(f"models:/{name}/{registered_detector['other']}", uri=store, download=False)
+    assert info.weights == "" and downloads == []
+    with pytest.raises(ModelNotFoundError, match="has no version 999"):
+        resolve_model(f"models:/{name}/999", uri=store, download=False)
+    with pytest.raises(ModelNotFoundError, match="no ONNX export"):
+        resolve_model(f"models:/{name}@champion", backend="onnx", uri=store, download=False)
+    with pytest.raises(ModelNotFoundError, match="no such run"):
+        resolve_model("runs:/0123456789abcdef/model", uri=store, download=False)
+    assert downloads == []
+    assert resolve_model(f"models:/{name}/{registered_detector['other']}", uri=store).weights.endswith(".pt")
+    assert len(downloads) == 1
