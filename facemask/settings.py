@@ -30,6 +30,12 @@ def is_stream(source: str | Path) -> bool:
     return text.isdigit() or text.lower().startswith(STREAM_SCHEMES)
 
 
+def app_field(value: Any, description: str, **bounds: Any) -> Any:
+    """A ServeConfig default that is also an argument of the Serve application, with its description
+    and bounds (pydantic's `gt`, `ge`, `le`, `pattern`) for `serving.config.AppArgs`."""
+    return field(default=value, metadata={"app": {"description": description, **bounds}})
+
+
 def default(config: type, name: str) -> Any:
     """The default of field `name` of a config dataclass (for CLI options)."""
     for f in fields(config):
@@ -306,15 +312,24 @@ class PredictConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Defaults of the Serve application (`serving.AppArgs`) and of `facemask serve`."""
+    """Defaults of the Serve application and of `facemask serve`. A field with `app(...)` metadata
+    is also an argument of the application (`serving.config.AppArgs` is built from them, with
+    their bounds and descriptions), so each is written once."""
 
-    model_uri: str = DEFAULT_MODEL_URI
-    backend: str = "pt"
+    model_uri: str = app_field(DEFAULT_MODEL_URI, "models:/NAME@ALIAS, models:/NAME/N, runs:/..., or a local .pt/.onnx")
+    backend: str = app_field(
+        "pt",
+        "pt (PyTorch), onnx (onnxruntime, CPU), or simulated-gpu (capacity tests only: no model, "
+        "a GPU's batch latency, a fixed pattern of boxes)",
+        pattern="^(pt|onnx|simulated-gpu)$",
+    )
     # The simulated-gpu backend's call time per batch size (BATCH:MS): yolo26n at 640 on an H100
     # (docs/performance.md). A call costs about the same up to a batch of 8 (kernel launches,
     # not arithmetic); beyond it the time grows with the batch.
-    simulated_latency: str = "8:5.2,32:10.4"
-    device: str = "auto"
+    simulated_latency: str = app_field(
+        "8:5.2,32:10.4", "simulated-gpu: BATCH:MS pairs, the call time of each batch size (interpolated between)"
+    )
+    device: str = app_field("auto", "auto (the GPU if the replica has one), cpu, or a GPU index")
     host: str = "127.0.0.1"
     port: int = 8000
     # haproxy: HAProxy straight to each replica's own HTTP server (Serve's direct ingress);
@@ -324,17 +339,47 @@ class ServeConfig:
     replicas: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    max_body_mb: float = 10.0
-    body_timeout_s: float = 30.0
-    max_pixels: int = 40_000_000
-    decode_budget_mp: float = 64.0
-    refresh_s: float = 30.0
-    max_pending: int = 32
-    max_batch_size: int = 8
+    max_body_mb: float = app_field(10.0, "Larger bodies get 413", gt=0)
+    body_timeout_s: float = app_field(30.0, "A body not all arrived after this gets 408", gt=0)
+    max_pixels: int = app_field(40_000_000, "Larger images (decompression bombs) get 413", gt=0)
+    decode_budget_mp: float = app_field(
+        64.0,
+        "Megapixels a replica holds decoded at once; more requests wait for their share (bounds memory under "
+        "large images)",
+        gt=0,
+    )
+    refresh_s: float = app_field(
+        30.0,
+        "How often an alias (the default @champion, or one named in the header) is looked up again, so a "
+        "promotion is served without a redeploy; 0: never",
+        ge=0,
+    )
+    max_pending: int = app_field(
+        32,
+        "Requests a replica holds (reading, decoding, waiting for or in the model); more get a JSON 503 with "
+        "Retry-After at once",
+        ge=1,
+    )
+    max_batch_size: int = app_field(8, "The most requests in one model call", ge=1, le=256)
     # A batch waits at most this long, and only for requests already decoding in the replica:
     # at low load a request goes straight to the model (facemask.batching).
-    batch_wait_timeout_s: float = 0.005
-    threads: int | None = None
+    batch_wait_timeout_s: float = app_field(
+        0.005,
+        "The longest a batch waits for requests already inside the replica (decoding) to join it; with none on "
+        "their way it starts at once",
+        ge=0,
+        le=1,
+    )
+    threads: int | None = app_field(
+        None,
+        "CPU inference threads per detector replica (torch or onnxruntime); default: torch's under Ray (the "
+        "replica's num_cpus), all cores for onnxruntime",
+        ge=1,
+    )
     # A deployment that must not answer without a key (serve/config.yaml, the RayService): a
     # replica with no FACEMASK_API_KEY, or with a placeholder, refuses to start.
-    require_api_key: bool = False
+    require_api_key: bool = app_field(
+        False,
+        "Refuse to start a replica that has no FACEMASK_API_KEY (from where the app is built, or its own "
+        "environment) or has a placeholder: a deployment meant to be protected never serves open",
+    )
