@@ -13,7 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -190,6 +190,31 @@ def saved_study(cfg: StudyConfig) -> tuple[str, str, str | None]:
     return "interrupted", path, run_id
 
 
+@dataclass
+class Study:
+    """One study as it runs: its config, search space, data, where Tune keeps it, how many trials
+    run at once, and its MLflow parent run once that is open."""
+
+    cfg: StudyConfig
+    space: dict
+    baseline: list
+    data: Path
+    storage: str
+    path: str
+    concurrency: int
+    fingerprint: str
+    trial_callbacks: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    parent_run_id: str | None = None
+
+    @property
+    def how_to_go_on(self) -> str:
+        return (
+            f"study {self.path} stopped; its state is saved and its MLflow runs are marked KILLED: run the same "
+            "command with --resume to continue"
+        )
+
+
 def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = None) -> StudyResult:
     """Run (or with cfg.resume, continue) a study; register and gate its best model.
 
@@ -211,44 +236,24 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
     concurrency = max_concurrency(cfg, ray.cluster_resources(), node_resources(ray.nodes()))
     store = cfg.tracking_uri
     check_tracking_reachable(store, ray.nodes(), ray.util.get_node_ip_address())
-    fingerprint = data_fingerprint(data)
-    started = time.perf_counter()
-    opened: list[str] = []  # the parent run's id, once there is one
-    resume = (
-        f"study {path} stopped; its state is saved and its MLflow runs are marked KILLED: run the same command "
-        "with --resume to continue"
-    )
+    study = Study(cfg, space, baseline, data, storage, path, concurrency, data_fingerprint(data), trial_callbacks or {})
 
     def close_runs(status: str) -> str:
         # Straight to the store, not through the study's own server: `ray job stop` signals that server too.
         # Interrupted trials' runs are reopened by --resume.
-        if opened:
+        if study.parent_run_id:
             end_open_runs(
-                opened[0],
+                study.parent_run_id,
                 status,
                 uri=store,
                 tags={"facemask.study_status": "interrupted" if status == "KILLED" else "failed"},
             )
-        return resume
+        return study.how_to_go_on
 
     forget = at_forced_stop(lambda: f"facemask tune: {close_runs('KILLED')}")
     try:
         with study_tracking_uri(store) as uri:
-            return _run_study(
-                cfg,
-                uri,
-                space,
-                baseline,
-                data,
-                path,
-                storage,
-                concurrency,
-                fingerprint,
-                started,
-                trial_callbacks,
-                opened,
-                resume,
-            )
+            return _run_study(study, uri)
     except BaseException as exc:
         try:
             close_runs("KILLED" if isinstance(exc, (KeyboardInterrupt, StudyInterrupted)) else "FAILED")
@@ -259,24 +264,12 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
         forget()
 
 
-def _run_study(
-    cfg: StudyConfig,
-    uri: str,
-    space: dict,
-    baseline: list,
-    data: Path,
-    path: str,
-    storage: str,
-    concurrency: int,
-    fingerprint: str,
-    started: float,
-    trial_callbacks: dict | None,
-    opened: list[str],
-    resume: str,
-) -> StudyResult:
-    """The study itself, logging through `uri`; appends the parent run's id to `opened` as soon as it exists."""
+def _run_study(study: Study, uri: str) -> StudyResult:
+    """The study itself, logging through `uri`; sets `study.parent_run_id` as soon as the run exists."""
     from ray import tune as rt
 
+    cfg, path, data, started = study.cfg, study.path, study.data, study.started
+    fingerprint, space, baseline = study.fingerprint, study.space, study.baseline
     previous = find_tagged_run(cfg.experiment, "facemask.study_path", path, uri=uri) if cfg.resume else None
     parent = RunLogger(
         cfg.experiment,
@@ -286,10 +279,9 @@ def _run_study(
         run_id=previous,
         reopen=previous is not None,
     )
-    if parent.run_id:
-        opened.append(parent.run_id)
+    study.parent_run_id = parent.run_id
     if previous is None:
-        log_study(parent, cfg, fingerprint, space, baseline, concurrency, data)
+        log_study(parent, cfg, fingerprint, space, baseline, study.concurrency, data)
     # Each trial's Ultralytics folder (plots, results.csv, weights) lives beside the study,
     # not in the trial's working directory, which is a temporary one under `ray job submit`.
     workdir = f"{path}-yolo" if "://" not in path else str(results_base() / "runs" / "tune-trials" / cfg.name)
@@ -299,7 +291,7 @@ def _run_study(
         "data": str(data),
         "tracking_uri": uri,
         "parent_run_id": parent.run_id,
-        "trial_callbacks": trial_callbacks or {},
+        "trial_callbacks": study.trial_callbacks,
     }
     # A distributed trial's function only drives its Ray Train run: the workers hold the
     # resources (Tune needs some request, so a token one, which trial_workers leaves out).
@@ -313,7 +305,7 @@ def _run_study(
         tuner = (
             rt.Tuner.restore(path, trainable, resume_errored=True)
             if cfg.resume
-            else new_tuner(cfg, trainable, space, baseline, storage, concurrency)
+            else new_tuner(cfg, trainable, space, baseline, study.storage, study.concurrency)
         )
         grid = tuner.fit()
     except BaseException:
@@ -321,7 +313,7 @@ def _run_study(
         raise
     if interrupted(grid, cfg, time.perf_counter() - started):
         parent.stop_monitor()
-        raise StudyInterrupted(resume)
+        raise StudyInterrupted(study.how_to_go_on)
     result = summarise(cfg, grid, parent, uri, started, path)
     try:
         if cfg.register:
