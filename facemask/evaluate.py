@@ -1,10 +1,8 @@
-"""Evaluation on the clean test split, and the promotion gate that uses its result.
+"""Evaluation on the clean test split (or the user's own labelled photos), and two models compared.
 
 Every evaluation keeps each image's matched predictions (`predictions.npz`, logged with the
 report), and reports AP50 and AP50-95 with 95% bootstrap intervals over the images
-(`facemask.bootstrap`). The gate compares a candidate with the holder of the alias by a
-paired bootstrap of those stored predictions, on the same prepared data (same fingerprint):
-it promotes only when the lower bound of the difference is above zero.
+(`facemask.bootstrap`); `facemask.promotion` gates an alias on those stored predictions.
 """
 
 from __future__ import annotations
@@ -20,24 +18,21 @@ from facemask.bootstrap import (
     DEFAULT_RESAMPLES,
     BootstrapResult,
     ImagePredictions,
-    Interval,
     bootstrap,
     paired_bootstrap,
 )
 from facemask.classes import CLASS_NAMES
 from facemask.detector import load_detector
-from facemask.errors import ConfigError, InputNotFoundError
+from facemask.errors import InputNotFoundError
 from facemask.manifest import data_fingerprint
-from facemask.modelref import REGISTERED_MODEL, parse_models_uri
 from facemask.pipeline import prepare_evaluation_set
 from facemask.runtime import resolve_device, resolve_path, ultralytics_env, where_relative
 from facemask.settings import INFERENCE, ReadConfig
-from facemask.tracking import alias_version, log_to_run, model_version, set_alias, set_version_tags, version_metrics
+from facemask.tracking import log_to_run, set_version_tags
 
 log = logging.getLogger("facemask.evaluate")
-GATE_METRIC = "test_mAP50-95"
 PREDICTIONS_FILE = "predictions.npz"
-HELDOUT = "heldout"  # what an evaluation on a plain VOC folder is logged as
+HELDOUT = "heldout"  # what an evaluation of the user's own labelled photos is logged as
 
 
 @dataclass
@@ -249,140 +244,3 @@ def _log(result: EvalResult, info, save_dir: Path, uri: str) -> None:
             if info.run_id and result.predictions is not None:
                 tags[f"{prefix}.predictions"] = f"runs:/{info.run_id}/evaluation/{prefix}/{PREDICTIONS_FILE}"
         set_version_tags(info.name, info.version, tags, uri)
-
-
-@dataclass
-class PromoteDecision:
-    """Whether `candidate` (a version) took `alias` from `champion`, and why (`reason`, one line, with
-    the paired interval); `details` holds that paired bootstrap (`BootstrapResult.to_dict()`)."""
-
-    promoted: bool
-    reason: str
-    name: str
-    alias: str
-    candidate: str
-    details: dict[str, Any] = field(default_factory=dict)
-    champion: str | None = None
-    candidate_score: float | None = None
-    champion_score: float | None = None
-
-
-def promotion_decision(
-    candidate: str,
-    score: float | None,
-    holder: str | None,
-    holder_score: float | None,
-    same_data: bool,
-    alias: str = "champion",
-    force: bool = False,
-    metric: str = GATE_METRIC,
-    uri: str | None = None,
-    difference: Interval | None = None,
-) -> tuple[bool, str]:
-    """Whether `candidate` takes `alias` from `holder`, and why: the gate, with no registry calls.
-
-    `difference` is the paired bootstrap interval of candidate minus holder on `metric`: the
-    candidate is promoted only when its lower bound is above 0. Without it (a holder evaluated
-    before predictions were stored) nothing is promoted: a bare `>` promotes noise.
-    Raises ConfigError when the candidate (`uri`, for the message) was never evaluated.
-    """
-    if holder == candidate:
-        return False, f"version {candidate} already holds @{alias}"
-    if force:
-        return True, "forced"
-    if score is None:
-        uri = uri or f"models:/{REGISTERED_MODEL}/{candidate}"
-        raise ConfigError(
-            f"{uri} has no {metric} yet: run `facemask evaluate --model-uri {uri} --data DATA_YAML` first"
-        )
-    if holder is None:
-        return True, f"no version held @{alias}"
-    if holder_score is None:
-        return True, f"current @{alias} (version {holder}) was never evaluated"
-    if not same_data:
-        return False, "evaluated on different data (the test.data.fingerprint tags differ): not comparable; use --force"
-    name = metric.replace("test_", "")
-    if difference is None:
-        return False, (
-            f"version {holder} has no stored per-image predictions to compare with ({name} {score:.4f} vs "
-            f"{holder_score:.4f}): run `facemask evaluate` on it again, or use --force"
-        )
-    if difference.low > 0:
-        return True, f"better than version {holder}: Δ {name} {difference.signed()}"
-    return False, f"not distinguishable from version {holder}: Δ {name} {difference.signed()}"
-
-
-def stored_predictions(mv, uri: str, split: str = "test") -> ImagePredictions | None:
-    """The per-image predictions `facemask evaluate` logged for a registered version, or None."""
-    source = (mv.tags or {}).get(f"{split}.predictions")
-    if not source:
-        return None
-    import mlflow
-
-    with tempfile.TemporaryDirectory(prefix="facemask-preds-") as tmp:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=uri)
-        return ImagePredictions.load(path)
-
-
-def promote(
-    model_uri: str,
-    uri: str,
-    alias: str = "champion",
-    force: bool = False,
-    metric: str = GATE_METRIC,
-    confidence: float = 0.95,
-    resamples: int = DEFAULT_RESAMPLES,
-) -> PromoteDecision:
-    """Move `alias` (in the registry of the MLflow store `uri`) to the candidate only if a paired
-    bootstrap of their test predictions says it is better than the current holder at `confidence`
-    (the lower bound of the difference > 0).
-
-    Both must have been evaluated (`facemask evaluate`) on the same prepared data;
-    `force` skips every check.
-    """
-    if not model_uri.startswith("models:/"):
-        raise ConfigError(f"{model_uri}: promote takes a registry URI such as models:/{REGISTERED_MODEL}/3")
-    if not 0 < confidence < 1:
-        raise ConfigError(f"--level {confidence}: a level between 0 and 1, such as 0.95")
-    name, _, _ = parse_models_uri(model_uri)
-    candidate = model_version(model_uri, uri)
-    version = str(candidate.version)
-    current = alias_version(name, alias, uri)
-    score = version_metrics(candidate).get(metric)
-    best = version_metrics(current).get(metric) if current else None
-    fingerprint_key = "test.data.fingerprint"
-    same_data = current is not None and (candidate.tags or {}).get(fingerprint_key) == (current.tags or {}).get(
-        fingerprint_key
-    )
-    difference, details = None, {}
-    if not force and same_data and score is not None and best is not None and str(current.version) != version:
-        mine, theirs = stored_predictions(candidate, uri), stored_predictions(current, uri)
-        if mine is not None and theirs is not None:
-            paired = paired_bootstrap(mine, theirs, CLASS_NAMES, resamples=resamples, confidence=confidence)
-            difference = paired.overall[metric.replace("test_", "")]
-            details = paired.to_dict()
-    promoted, reason = promotion_decision(
-        version,
-        score,
-        str(current.version) if current else None,
-        best,
-        same_data,
-        alias=alias,
-        force=force,
-        metric=metric,
-        uri=model_uri,
-        difference=difference,
-    )
-    if promoted:
-        set_alias(name, alias, version, uri)
-    return PromoteDecision(
-        promoted,
-        reason,
-        name,
-        alias,
-        version,
-        champion=str(current.version) if current else None,
-        candidate_score=score,
-        champion_score=best,
-        details=details,
-    )

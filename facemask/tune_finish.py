@@ -12,8 +12,9 @@ from typing import Any
 
 from facemask.classes import CLASS_NAMES
 from facemask.distributed import train_distributed
-from facemask.evaluate import evaluate, promote
+from facemask.evaluate import evaluate
 from facemask.manifest import data_fingerprint
+from facemask.promotion import promote
 from facemask.runtime import check_given_gpus, gpu_as_cpu, resolve_path
 from facemask.sampling import data_with_repeats
 from facemask.settings import StudyConfig, TrainConfig

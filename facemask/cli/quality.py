@@ -154,7 +154,7 @@ def promote_command(model_uri, alias, level, force, as_json, exit_code):
     bootstrap of their test predictions on the same images. With --exit-code, exits 3 when
     the alias stays where it was."""
     configure_runtime()
-    from facemask.evaluate import promote
+    from facemask.promotion import promote
     from facemask.tracking import tracking_uri
 
     decision = promote(model_uri, tracking_uri(), alias=alias, force=force, confidence=level)

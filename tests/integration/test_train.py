@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 
 from facemask.cli import main
 from facemask.detector import ModelNotFoundError, load_detector
-from facemask.evaluate import evaluate, promote
+from facemask.evaluate import evaluate
+from facemask.promotion import promote
 from facemask.train import train
 from tests.services import tiny_training
 

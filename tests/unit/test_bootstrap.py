@@ -7,7 +7,7 @@ import pytest
 
 from facemask.bootstrap import ImagePredictions, bootstrap, paired_bootstrap
 from facemask.classes import CLASS_NAMES
-from facemask.evaluate import promotion_decision
+from facemask.promotion import promotion_decision
 
 
 def images(n: int, found: float, seed: int = 0, false_positives: int = 0) -> ImagePredictions:

@@ -16,8 +16,8 @@ from facemask.api_schema import APIError
 from facemask.bootstrap import Interval
 from facemask.cli.base import FacemaskGroup
 from facemask.errors import ConfigError, FacemaskError, ModelNotFoundError
-from facemask.evaluate import promotion_decision
 from facemask.modelref import find_weights, model_uri_for, parse_models_uri
+from facemask.promotion import promotion_decision
 from facemask.request_checks import check_model_id, declared_size, decode_image, inspect_image
 from facemask.settings import AugmentConfig, PrepareConfig, StudyConfig, TrainConfig, default, validate_fractions
 from facemask.tracking import check_tracking_reachable, hosts_elsewhere
