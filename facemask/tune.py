@@ -234,8 +234,8 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
     if cfg.resume and not rt.Tuner.can_restore(path):
         raise ConfigError(f"--resume: no study to restore at {path}; check --storage and --name")
     concurrency = max_concurrency(cfg, ray.cluster_resources(), node_resources(ray.nodes()))
-    store = cfg.tracking_uri
-    check_tracking_reachable(store, ray.nodes(), ray.util.get_node_ip_address())
+    tracking_uri = cfg.tracking_uri
+    check_tracking_reachable(tracking_uri, ray.nodes(), ray.util.get_node_ip_address())
     study = Study(cfg, space, baseline, data, storage, path, concurrency, data_fingerprint(data), trial_callbacks or {})
 
     def close_runs(status: str) -> str:
@@ -245,20 +245,21 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
             end_open_runs(
                 study.parent_run_id,
                 status,
-                uri=store,
+                uri=tracking_uri,
                 tags={"facemask.study_status": "interrupted" if status == "KILLED" else "failed"},
             )
         return study.how_to_go_on
 
     forget = at_forced_stop(lambda: f"facemask tune: {close_runs('KILLED')}")
     try:
-        with study_tracking_uri(store) as uri:
-            return _run_study(study, uri)
+        # The trials log through a server of the study's own in front of the store (study_tracking_uri).
+        with study_tracking_uri(tracking_uri) as through:
+            return _run_study(study, through)
     except BaseException as exc:
         try:
             close_runs("KILLED" if isinstance(exc, (KeyboardInterrupt, StudyInterrupted)) else "FAILED")
         except Exception as close_error:  # the original error matters more than this one
-            log.warning("could not close the study's MLflow runs in %s: %s", store, close_error)
+            log.warning("could not close the study's MLflow runs in %s: %s", tracking_uri, close_error)
         raise
     finally:
         forget()
