@@ -13,26 +13,15 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from facemask.records import (
-    IMAGE_EXTENSIONS,
-    MAX_ANNOTATION_BYTES,
-    ParseResult,
-    Problem,
-    Record,
-    accept_box,
-    check_declared_size,
-    read_capped,
-    read_image_size,
-    sha256_bytes,
-    skip_image,
-)
+from facemask import records
+from facemask.records import ParseResult, Problem, Record
 
 COCO_KEYS = ("images", "annotations", "categories")
 
 
 def load(path: Path) -> dict | None:
     """The JSON at `path` when it is COCO detection data, else None; ValueError when unreadable."""
-    raw = read_capped(path, MAX_ANNOTATION_BYTES)
+    raw = records.read_capped(path, records.MAX_ANNOTATION_BYTES)
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -99,7 +88,7 @@ def entries(json_path: Path, data: dict) -> tuple[list[dict], list[Problem]]:
 def images_beside(json_paths: list[Path], claimed: list[str]) -> list[Path]:
     """Every image in the folders that the JSON files' images live in (to find the unlisted ones)."""
     folders = {Path(p).parent for p in claimed if p} or {p.parent for p in json_paths}
-    return sorted(p for f in folders for p in f.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for f in folders for p in f.iterdir() if p.suffix.lower() in records.IMAGE_EXTENSIONS)
 
 
 def rle_box(segmentation: dict) -> tuple[float, float, float, float] | None:
@@ -147,17 +136,19 @@ def parse_entry(row: dict, class_map: dict[str, str]) -> ParseResult:
     entry = json.loads(row["entry"])
     categories = json.loads(row["categories"])
     result = ParseResult(annotation=row["annotation"], record=None, image=row["image"] or None)
-    result.annotation_sha256 = sha256_bytes(row["entry"].encode())
+    result.annotation_sha256 = records.sha256_bytes(row["entry"].encode())
     image = entry["image"]
     if not row["image"]:
         reason = f"no image {image['file_name']!r} beside the JSON or in an images/ folder next to it"
         result.problems.append(Problem(row["annotation"], "annotation_without_image", "skipped_file", reason))
         return result
     try:
-        width, height, image_sha = read_image_size(Path(row["image"]))
+        width, height, image_sha = records.read_image_size(Path(row["image"]))
     except ValueError as exc:
-        return skip_image(result, Path(row["image"]), str(exc))
-    result.problems += check_declared_size((image.get("width"), image.get("height")), row["annotation"], width, height)
+        return records.skip_image(result, Path(row["image"]), str(exc))
+    result.problems += records.check_declared_size(
+        (image.get("width"), image.get("height")), row["annotation"], width, height
+    )
     boxes, labels = [], Counter()
     for ann in entry["annotations"]:
         where = f"{row['annotation']} object #{ann.get('id')}"
@@ -177,7 +168,7 @@ def parse_entry(row: dict, class_map: dict[str, str]) -> ParseResult:
             continue
         if note:
             result.problems.append(Problem(where, "box_from_segmentation", "corrected", note))
-        box, found = accept_box(label, coords, (width, height), where, class_map)
+        box, found = records.accept_box(label, coords, (width, height), where, class_map)
         result.problems += found
         if box is not None:
             boxes.append(box)

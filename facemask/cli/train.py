@@ -6,14 +6,7 @@ from pathlib import Path
 
 import click
 
-from facemask.cli.base import (
-    JSON_OPTION,
-    config_options,
-    emit,
-    hidden_alias,
-    main,
-    results_footer,
-)
+from facemask.cli.base import JSON_OPTION, config_options, emit, hidden_alias, main, results_footer
 from facemask.runtime import configure_runtime, init_ray
 from facemask.settings import (
     DistributedConfig,
