@@ -93,6 +93,29 @@ def list_items(root: Path) -> tuple[list[str], list[Path], list[tuple[Path, Path
     return names, images, pairs, orphans
 
 
+def parse_line(fields: list[str], classes: int) -> tuple[int, tuple[float, ...]] | str:
+    """One label line as (class id, normalised x1, y1, x2, y2), or why it cannot be used. A polygon
+    line (segmentation exports) becomes its bounding box."""
+    try:
+        class_index = int(float(fields[0]))
+        values = [float(v) for v in fields[1:]]
+    except ValueError:
+        return f"line {' '.join(fields)!r} is not numbers"
+    if not 0 <= class_index < classes:
+        return f"class id {class_index} is not among the {classes} names of the folder's data.yaml"
+    if len(values) == 4:
+        cx, cy, w, h = values
+        coords = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+    elif len(values) >= 6 and len(values) % 2 == 0:  # a polygon x1 y1 x2 y2 ...
+        xs, ys = values[0::2], values[1::2]
+        coords = (min(xs), min(ys), max(xs), max(ys))
+    else:
+        return f"{len(values)} numbers after the class id; YOLO wants 4 (cx cy w h) or a polygon"
+    if any(abs(v) > 1.5 for v in coords):
+        return f"coordinates {values[:4]} are not normalised to 0..1 (YOLO format); re-export normalised"
+    return class_index, coords
+
+
 def parse_labels(image: str, label: str, names: list[str], class_map: dict[str, str]) -> ParseResult:
     """One image and its YOLO label file as a Record. Never raises for bad input.
 
@@ -125,30 +148,11 @@ def parse_labels(image: str, label: str, names: list[str], class_map: dict[str, 
         if not fields:
             continue
         where = f"{label} object #{number}"
-        try:
-            class_index = int(float(fields[0]))
-            values = [float(v) for v in fields[1:]]
-        except ValueError:
-            result.problems.append(Problem(where, "bad_box", "dropped_box", f"line {line.strip()!r} is not numbers"))
+        parsed = parse_line(fields, len(names))
+        if isinstance(parsed, str):
+            result.problems.append(Problem(where, "bad_box", "dropped_box", parsed))
             continue
-        if not 0 <= class_index < len(names):
-            reason = f"class id {class_index} is not among the {len(names)} names of the folder's data.yaml"
-            result.problems.append(Problem(where, "bad_box", "dropped_box", reason))
-            continue
-        if len(values) == 4:
-            cx, cy, w, h = values
-            coords = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
-        elif len(values) >= 6 and len(values) % 2 == 0:  # a polygon x1 y1 x2 y2 ...
-            xs, ys = values[0::2], values[1::2]
-            coords = (min(xs), min(ys), max(xs), max(ys))
-        else:
-            reason = f"{len(values)} numbers after the class id; YOLO wants 4 (cx cy w h) or a polygon"
-            result.problems.append(Problem(where, "bad_box", "dropped_box", reason))
-            continue
-        if any(abs(v) > 1.5 for v in coords):
-            reason = f"coordinates {values[:4]} are not normalised to 0..1 (YOLO format); re-export normalised"
-            result.problems.append(Problem(where, "bad_box", "dropped_box", reason))
-            continue
+        class_index, coords = parsed
         name = names[class_index]
         labels[name] += 1
         pixels = (coords[0] * width, coords[1] * height, coords[2] * width, coords[3] * height)

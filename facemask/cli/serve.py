@@ -16,10 +16,6 @@ from facemask.cli.base import (
     main,
 )
 from facemask.errors import ConfigError, EndpointError
-from facemask.lifecycle import (
-    end_processes,
-    note_processes,
-)
 from facemask.runtime import configure_runtime, init_ray
 from facemask.settings import (
     ServeConfig,
@@ -116,7 +112,7 @@ def serve_command(
         raise ConfigError(str(exc)) from None
     init_ray(serving=True, ingress=ingress)
     from facemask.runtime import node_ingress
-    from facemask.serving.lifecycle import start_serving, stop_serving, wait_for_stop
+    from facemask.serving.lifecycle import serve_until_stopped
 
     running = node_ingress()
     if running != ingress:
@@ -126,22 +122,12 @@ def serve_command(
             f'Ray with them: eval "$(facemask serve --ingress {ingress} --print-node-env)" before `ray start`',
             err=True,
         )
-    try:
-        url = start_serving(args, host=host, port=port)
-        click.echo(f"serving {model_uri} ({backend}, {running}) at {url}/  (API docs {url}/docs); Ctrl-C stops")
-        wait_for_stop()
-    finally:
-        started = note_processes()  # what runs below this process now, and what ran below it
-        stopped = stop_serving()
-        import ray
-
-        if not stopped:
-            # Serve's call still waits in its thread: Ray's shutdown under it crashes the process,
-            # so what Ray started here is ended first.
-            end_processes(started)
-        ray.shutdown()
-        # A HAProxy that Serve restarted after a crash outlives Serve's shutdown; nothing else should.
-        end_processes(started)
+    serve_until_stopped(
+        args,
+        host,
+        port,
+        lambda url: f"serving {model_uri} ({backend}, {running}) at {url}/  (API docs {url}/docs); Ctrl-C stops",
+    )
 
 
 @main.command("query")

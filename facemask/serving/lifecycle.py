@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from facemask.lifecycle import note_processes
+from facemask.lifecycle import end_processes, note_processes
 
 
 def wait_for_stop() -> None:
@@ -62,3 +62,24 @@ def start_serving(
     serve.run(build_app(args), name=name, route_prefix="/", logging_config=logging_config)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{shown}:{port}"
+
+
+def serve_until_stopped(args, host: str, port: int, announce) -> None:
+    """Serve `args` on this process's Ray until Ctrl-C or SIGTERM, then stop Serve and Ray and
+    everything they started here. `announce(url)` is the line printed once the app answers."""
+    import ray
+
+    try:
+        url = start_serving(args, host=host, port=port)
+        print(announce(url), flush=True)
+        wait_for_stop()
+    finally:
+        started = note_processes()  # what runs below this process now, and what ran below it
+        stopped = stop_serving()
+        if not stopped:
+            # Serve's call still waits in its thread: Ray's shutdown under it crashes the process,
+            # so what Ray started here is ended first.
+            end_processes(started)
+        ray.shutdown()
+        # A HAProxy that Serve restarted after a crash outlives Serve's shutdown; nothing else should.
+        end_processes(started)
