@@ -148,7 +148,7 @@ class FacemaskGroup(click.Group):
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         name, command, rest = super().resolve_command(ctx, args)
-        # What a forced stop says, should one cut this command short (runtime.at_forced_stop).
+        # What a forced stop says, should one cut this command short (lifecycle.at_forced_stop).
         at_forced_stop(lambda: stop_summary(name))
         return name, command, rest
 
