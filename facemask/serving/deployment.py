@@ -1,8 +1,8 @@
 """The deployment and its application: one replica holds the routes, its models (`models`) and
 its images in flight (`inference`); `build_app` binds it to its arguments (`config`)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the routes' annotations (`Request`,
+# `WebSocket`, `Depends`) as objects; as strings, Serve's ingress cannot resolve them.
 import asyncio
 import json
 import logging

@@ -1,8 +1,8 @@
 """The HTTP surface the replica's routes share: the FastAPI app and its error shape, the API key
 check, the OpenAPI of the prediction routes, the page and the annotated image."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the routes' annotations (`Request`,
+# `WebSocket`, `Depends`) as objects; as strings, Serve's ingress cannot resolve them.
 import io
 import json
 from importlib import resources
