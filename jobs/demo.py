@@ -133,9 +133,9 @@ def main() -> None:
 def serve_and_query(model_uri: str, uri: str, test_images: Path, port: int, imgsz: int) -> tuple[str, str]:
     """Start Serve with the model and send one held-out test image over HTTP: (URL, the answer as text)."""
     from facemask.cli import detections_table
-    from facemask.serving.lifecycle import start_serving
     from facemask.client import Client
     from facemask.serving import AppArgs
+    from facemask.serving.lifecycle import start_serving
 
     args = AppArgs(model_uri=model_uri, tracking_uri=uri, deployment_options={"ray_actor_options": {"num_cpus": 1}})
     url = start_serving(args, port=free_port(port), log_level="WARNING")
