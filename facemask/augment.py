@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from facemask.classes import CLASS_NAMES
+from facemask.records import Box, Record
 from facemask.settings import AugmentConfig
-from facemask.voc import Box, Record
 
 JPEG_QUALITY = 95
 

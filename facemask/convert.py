@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from facemask.classes import class_id, yolo_names
-from facemask.voc import Box, Record
+from facemask.records import Box, Record
 
 
 def yolo_lines(boxes: tuple[Box, ...] | list[Box], width: int, height: int) -> str:

@@ -25,13 +25,12 @@ from facemask.convert import make_tree, tree_sha256, write_data_yaml, write_orig
 from facemask.errors import EmptyDatasetError, FacemaskError, InputNotFoundError
 from facemask.manifest import write_manifest
 from facemask.plots import class_distribution, synthetic_samples
-from facemask.records import ParseResult, Problem, Record
+from facemask.records import ParseResult, Problem, Record, orphan_image_problems
 from facemask.runtime import cluster_connected, resolve_path, where_relative
 from facemask.sampling import write_train_list
 from facemask.settings import PrepareConfig, ReadConfig
 from facemask.sources import Listing, check_labels, list_source, parse_row
 from facemask.split import SPLITS, stratified_split
-from facemask.voc import orphan_image_problems
 
 log = logging.getLogger("facemask.prepare")
 MANIFEST_FORMAT = 1

@@ -186,3 +186,12 @@ def skip_image(result: ParseResult, image: Path, reason: str) -> ParseResult:
     """Record an image that cannot be decoded as a skipped file, with how to fix it."""
     result.problems.append(Problem(str(image), "unreadable_image", "skipped_file", f"{reason}; re-export the image"))
     return result
+
+
+def orphan_image_problems(images: list[Path], claimed: set[str]) -> list[Problem]:
+    """Problems for images that no annotation resolved to."""
+    return [
+        Problem(str(p), "image_without_annotation", "skipped_file", "no annotation names this image; add its XML")
+        for p in images
+        if str(p) not in claimed
+    ]

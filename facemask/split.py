@@ -10,8 +10,8 @@ import random
 from collections import Counter
 
 from facemask.classes import CLASS_NAMES
+from facemask.records import Record
 from facemask.settings import validate_fractions
-from facemask.voc import Record
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 

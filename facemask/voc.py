@@ -161,12 +161,3 @@ def parse_annotation(
         image_sha256=image_sha,
     )
     return result
-
-
-def orphan_image_problems(images: list[Path], claimed: set[str]) -> list[Problem]:
-    """Problems for images that no annotation resolved to."""
-    return [
-        Problem(str(p), "image_without_annotation", "skipped_file", "no annotation names this image; add its XML")
-        for p in images
-        if str(p) not in claimed
-    ]

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from facemask.augment import AugmentConfig, paste_targets, plan_synthetic, render_synthetic, transform_crop
-from facemask.voc import Box, Record
+from facemask.records import Box, Record
 
 
 def train_records(tmp_path, n=6):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from facemask.classes import CLASS_NAMES
+from facemask.records import Box, Record
 from facemask.split import class_presence, stratified_split
-from facemask.voc import Box, Record
 
 
 def records(n: int = 200) -> list[Record]:
