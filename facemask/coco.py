@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from facemask import records
+from facemask.errors import ConfigError
 from facemask.records import ParseResult, Problem, Record
 
 COCO_KEYS = ("images", "annotations", "categories")
@@ -29,20 +30,28 @@ def load(path: Path) -> dict | None:
     return data if isinstance(data, dict) and all(k in data for k in COCO_KEYS) else None
 
 
-def find_files(source: Path) -> list[Path]:
-    """A COCO source's JSON files: the file itself, or those in the folder, its annotations/
-    folder and its split folders (Roboflow's train/_annotations.coco.json)."""
+def find_files(source: Path) -> list[tuple[Path, dict]]:
+    """A COCO source's JSON files, each with its data (read once): the file itself, or those in
+    the folder, its annotations/ folder and its split folders (Roboflow's
+    train/_annotations.coco.json). A file named directly that is not COCO is a ConfigError."""
     if source.is_file():
-        return [source]
+        try:
+            data = load(source)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}; pass COCO detection JSON") from None
+        if data is None:
+            raise ConfigError(f"{source}: not COCO detection JSON; it needs images, annotations and categories")
+        return [(source, data)]
     places = [source, source / "annotations", *sorted(p for p in source.iterdir() if p.is_dir())]
-    found = []
+    found: list[tuple[Path, dict]] = []
     for place in places:
         for path in sorted(place.glob("*.json")) if place.is_dir() else []:
             try:
-                if path not in found and load(path) is not None:
-                    found.append(path)
-            except ValueError:
+                data = load(path)
+            except ValueError:  # a JSON file of something else, or broken: not one of the source's
                 continue
+            if data is not None and all(path != seen for seen, _ in found):
+                found.append((path, data))
     return found
 
 

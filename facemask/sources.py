@@ -47,24 +47,29 @@ class Listing:
 
 def detect_format(source: Path) -> str:
     """The format of `source`; InputNotFoundError naming the three layouts when it is none of them."""
+    return _detect(source)[0]
+
+
+def _detect(source: Path) -> tuple[str, list | None]:
+    """(format, the COCO files found with their data when detecting read them: None otherwise)."""
     if source.is_file() and source.suffix.lower() == ".json":
-        return "coco"
+        return "coco", None
     if not source.is_dir():
         raise InputNotFoundError(f"{source}: no such folder or .json file; pass {LAYOUTS}")
     if (source / "annotations").is_dir() and any((source / "annotations").glob("*.xml")):
-        return "voc"
+        return "voc", None
     if yolo_folder.looks_like_yolo(source):
-        return "yolo"
-    if coco.find_files(source):
-        return "coco"
-    found = sorted(p.name for p in source.iterdir())[:10]
-    raise InputNotFoundError(f"{source}: found {found}, which is none of {LAYOUTS}; or name it with --format")
+        return "yolo", None
+    if found := coco.find_files(source):
+        return "coco", found
+    names = sorted(p.name for p in source.iterdir())[:10]
+    raise InputNotFoundError(f"{source}: found {names}, which is none of {LAYOUTS}; or name it with --format")
 
 
 def list_source(source: Path, fmt: str = "auto", class_map: dict[str, str] | None = None) -> Listing:
     """The items of `source` in format `fmt` ("auto": detected), each row carrying the class map."""
     source = Path(source)
-    fmt = detect_format(source) if fmt == "auto" else fmt
+    fmt, coco_files = _detect(source) if fmt == "auto" else (fmt, None)
     mapping = json.dumps(class_map or {}, sort_keys=True)
     if fmt == "voc":
         annotations, images, images_dir = voc.find_source_files(source)
@@ -77,7 +82,7 @@ def list_source(source: Path, fmt: str = "auto", class_map: dict[str, str] | Non
         rows = [{"image": str(i), "label": str(lbl), "names": json.dumps(names)} for i, lbl in pairs]
         listing = Listing("yolo", source, rows, images, orphans)
     elif fmt == "coco":
-        listing = _list_coco(source)
+        listing = _list_coco(source, coco_files)
     else:
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(SOURCE_FORMATS)}")
     for row in listing.rows:
@@ -85,17 +90,17 @@ def list_source(source: Path, fmt: str = "auto", class_map: dict[str, str] | Non
     return listing
 
 
-def _list_coco(source: Path) -> Listing:
-    files = coco.find_files(source) if source.exists() else []
-    if not files:
+def _list_coco(source: Path, found: list | None = None) -> Listing:
+    """`found`: the files and data detection already read, so no JSON is parsed twice."""
+    if found is None:
+        found = coco.find_files(source) if source.exists() else []
+    if not found:
         raise InputNotFoundError(f"{source}: no COCO JSON (a file with images, annotations and categories)")
+    files = [path for path, _ in found]
     rows, problems = [], []
-    for path in files:
-        data = coco.load(path)
-        if data is None:
-            raise ConfigError(f"{path}: not COCO detection JSON; it needs images, annotations and categories")
-        found, bad = coco.entries(path, data)
-        rows += found
+    for path, data in found:
+        found_rows, bad = coco.entries(path, data)
+        rows += found_rows
         problems += bad
     images = coco.images_beside(files, [r["image"] for r in rows])
     # Reports are relative to the folder that holds both the JSON files and the images.

@@ -235,6 +235,12 @@ def test_class_map_parsing_and_the_layouts_it_does_not_know(tmp_path):
         "mask_weared_incorrect": "mask_weared_incorrect",
         "Incorrect Mask": "mask_weared_incorrect",
     }
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="broken.json: not valid JSON"):  # a user's mistake, not a crash
+        prepare_read(tmp_path / "broken.json", tmp_path / "out")
+    (tmp_path / "other.json").write_text('{"images": []}')
+    with pytest.raises(ConfigError, match="not COCO detection JSON"):
+        prepare_read(tmp_path / "other.json", tmp_path / "out")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
     with pytest.raises(InputNotFoundError, match="none of Pascal VOC"):
