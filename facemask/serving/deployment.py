@@ -95,8 +95,7 @@ class FacemaskServer:
         the batch: (decoded image, its scale to the source, the answer)."""
         check_key(request, bearer_token(request))
         params = inference_query(request.query_params)
-        pending = self.inference.pending
-        async with self.inference.admitted(f"the server holds {pending} requests already; retry shortly"):
+        async with self.inference.admitted("the server holds {pending} requests already; retry shortly"):
             started = time.perf_counter()
             detector = await self.model_for_id(request.headers.get(MULTIPLEX_HEADER, ""))
             data = await image_bytes(request, self.inference.limit, self.args.body_timeout_s)

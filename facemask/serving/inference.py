@@ -52,9 +52,10 @@ class Inference:
     @contextlib.asynccontextmanager
     async def admitted(self, refusal: str) -> AsyncIterator[None]:
         """Hold one of the replica's `max_pending` places while inside; a JSON 503 at once when
-        they are all taken (`refusal` says what that means for this caller)."""
+        they are all taken (`refusal` says what that means for this caller; `{pending}` in it
+        becomes the count, formatted only then: this runs on every request)."""
         if self.pending >= self.args.max_pending:
-            raise APIError(503, "overloaded", refusal, headers={"Retry-After": "1"})
+            raise APIError(503, "overloaded", refusal.format(pending=self.pending), headers={"Retry-After": "1"})
         self.pending += 1
         try:
             yield
