@@ -190,6 +190,22 @@ def _blend(background: Image.Image, sprite: Image.Image, xy: tuple[int, int], mo
     return True
 
 
+def free_spot(
+    rng: random.Random, size: tuple[int, int], canvas: tuple[int, int], taken: list, attempts: int
+) -> tuple[int, int] | None:
+    """A random top-left corner where a sprite of `size` overlaps none of `taken`, or None after `attempts`."""
+    (w, h), (width, height) = size, canvas
+    margin = 2  # Poisson cloning fails when the mask touches the image border.
+    if w <= 0 or h <= 0 or w + 2 * margin >= width or h + 2 * margin >= height:
+        return None
+    for _ in range(attempts):
+        x = rng.randint(margin, width - w - margin)
+        y = rng.randint(margin, height - h - margin)
+        if not _overlaps((x, y, x + w, y + h), taken):
+            return x, y
+    return None
+
+
 def render_synthetic(job: dict) -> dict:
     """Render one planned synthetic image. Pure: same job, same bytes.
 
@@ -213,15 +229,7 @@ def render_synthetic(job: dict) -> dict:
         crop = sources[paste["image"]].crop((math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)))
         sprite = transform_crop(crop, rng.getrandbits(32))
         w, h = sprite.size
-        margin = 2  # Poisson cloning fails when the mask touches the image border.
-        spot = None
-        if w > 0 and h > 0 and w + 2 * margin < width and h + 2 * margin < height:
-            for _ in range(job["max_attempts"]):
-                x = rng.randint(margin, width - w - margin)
-                y = rng.randint(margin, height - h - margin)
-                if not _overlaps((x, y, x + w, y + h), taken):
-                    spot = (x, y)
-                    break
+        spot = free_spot(rng, (w, h), (width, height), taken, job["max_attempts"])
         if spot is None:
             unplaced += 1
             continue

@@ -67,7 +67,7 @@ class Annotator:
             backend=cfg.backend,
             threads=threads,
             warm=True,
-            uri=cfg.tracking_uri,
+            tracking_uri=cfg.tracking_uri,
         )
 
     def detect(self, images: list, conf: float | None = None) -> list[list[dict]]:
@@ -215,7 +215,7 @@ def start_run(cfg: PredictConfig) -> tuple[PredictConfig, Any, float]:
     source = cfg.source if is_stream(cfg.source) else resolve_path(cfg.source)
     cfg = replace(cfg, source=source, out=resolve_path(cfg.out)).validate()
     # A missing model fails here, once, clearly.
-    info = resolve_model(cfg.model_uri, backend=cfg.backend, uri=cfg.tracking_uri)
+    info = resolve_model(cfg.model_uri, backend=cfg.backend, tracking_uri=cfg.tracking_uri)
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     return cfg, info, started

@@ -185,7 +185,7 @@ def load_detector(
     backend: str = "pt",
     threads: int | None = None,
     warm: bool = False,
-    uri: str | None = None,
+    tracking_uri: str | None = None,
 ) -> Detector:
     """Load a detector from a registry/run URI (in the MLflow store `uri`) or a local weights file.
 
@@ -193,14 +193,16 @@ def load_detector(
     Raises ModelNotFoundError saying which model, version, alias, run or file is missing.
     """
     return Detector(
-        resolve_model(model_uri, backend=backend, uri=uri),
+        resolve_model(model_uri, backend=backend, tracking_uri=tracking_uri),
         device=device if backend == "pt" else "cpu",
         threads=threads,
         warm=warm,
     )
 
 
-def resolve_model(model_uri: str, backend: str = "pt", uri: str | None = None, download: bool = True) -> ModelInfo:
+def resolve_model(
+    model_uri: str, backend: str = "pt", tracking_uri: str | None = None, download: bool = True
+) -> ModelInfo:
     """Turn a model URI into local weights (PyTorch, or its ONNX export) plus its registry/run metadata.
 
     A `models:/` or `runs:/` URI is looked up in the MLflow store `uri`; a local file needs none.
@@ -209,15 +211,15 @@ def resolve_model(model_uri: str, backend: str = "pt", uri: str | None = None, d
     """
     check_backend(backend)
     if model_uri.startswith(("models:/", "runs:/")):
-        if not uri:
+        if not tracking_uri:
             raise ConfigError(
                 f"{model_uri}: a registry or run URI is looked up in an MLflow store; pass its tracking URI "
                 "(the command line uses MLFLOW_TRACKING_URI, else mlflow.db here)"
             )
         if not download:
-            check_model_reference(model_uri, uri, backend=backend)
+            check_model_reference(model_uri, tracking_uri, backend=backend)
             return ModelInfo(uri=model_uri, weights="")
-        return fetch_model(model_uri, uri, backend=backend)
+        return fetch_model(model_uri, tracking_uri, backend=backend)
     path = Path(model_uri).expanduser()
     if path.is_file() and path.suffix in (".pt", ".onnx"):
         if backend == "onnx" and path.suffix == ".pt":

@@ -181,7 +181,7 @@ def report_outcome(result, rank: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def epoch_callback(path: Path, uri: str, tracking: bool):
+def epoch_callback(path: Path, tracking_uri: str, tracking: bool):
     """A Ray Train controller callback, run once all ranks have reported an epoch (and its
     checkpoint is saved): it logs rank 0's metrics for that epoch to MLflow and appends
     every rank's figures to `path` (ranks.jsonl).
@@ -213,7 +213,7 @@ def epoch_callback(path: Path, uri: str, tracking: bool):
             run_id = first.get("run_id")
             if tracking and run_id and not first.get("final"):
                 if run_id not in self.loggers:
-                    self.loggers[run_id] = RunLogger(run_id=run_id, uri=uri, system_metrics=False)
+                    self.loggers[run_id] = RunLogger(run_id=run_id, tracking_uri=tracking_uri, system_metrics=False)
                 self.loggers[run_id].log_metrics(
                     {k: v for k, v in first.items() if k.split("/")[0] in EPOCH_GROUPS}, step=first["epoch"]
                 )
@@ -295,8 +295,6 @@ def train_distributed(
     (NFS, or an s3:// URI for the checkpoints).
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     check_distributed(cfg, ray_cfg)
     if not report_to_tune:  # a Tune trial was checked against the cluster before the study started
@@ -307,9 +305,8 @@ def train_distributed(
             node_resources(ray.nodes()),
             flags="--ray-workers or --cpus-per-worker/--gpus-per-worker",
         )
-    uri = cfg.tracking_uri
     if cfg.tracking:
-        check_tracking_reachable(uri, ray.nodes(), ray.util.get_node_ip_address(), who="rank 0")
+        check_tracking_reachable(cfg.tracking_uri, ray.nodes(), ray.util.get_node_ip_address(), who="rank 0")
     started = time.perf_counter()
     data = resolve_path(cfg.data)
     project = resolve_path(cfg.project)
@@ -319,34 +316,51 @@ def train_distributed(
     run_dir = Path(storage) / name if "://" not in storage else project / name
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = replace(cfg, data=data, project=project, run_name=name)
-    tune_callback = []
+    result = ray_trainer(cfg, ray_cfg, storage, run_dir, report_to_tune, callbacks).fit()
+    return None if report_to_tune else collect_result(result, run_dir, started)
+
+
+def ray_trainer(
+    cfg: TrainConfig,
+    ray_cfg: DistributedConfig,
+    storage: str,
+    run_dir: Path,
+    report_to_tune: bool,
+    callbacks: dict[str, list[Callable]] | None,
+):
+    """The TorchTrainer that runs `worker_loop` on `ray_cfg.workers` ranks, checkpointing to `storage`."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    extra_callbacks = []
     if report_to_tune:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        tune_callback = [TuneReportCallback()]
+        extra_callbacks = [TuneReportCallback()]
     resources = {
         "CPU": ray_cfg.cpus_per_worker,
         **({"GPU": ray_cfg.gpus_per_worker} if ray_cfg.gpus_per_worker else {}),
     }
-    trainer = TorchTrainer(
+    return TorchTrainer(
         worker_loop,
         train_loop_config={"cfg": cfg, "tune": report_to_tune, "callbacks": callbacks or {}},
         scaling_config=ScalingConfig(
             num_workers=ray_cfg.workers, use_gpu=bool(ray_cfg.gpus_per_worker), resources_per_worker=resources
         ),
         run_config=RunConfig(
-            name=name,
+            name=cfg.run_name,
             storage_path=storage,
             failure_config=FailureConfig(
                 max_failures=ray_cfg.max_failures, controller_failure_limit=WORKER_GROUP_START_RETRIES
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[epoch_callback(run_dir / RANKS_FILE, uri, cfg.tracking), *tune_callback],
+            callbacks=[epoch_callback(run_dir / RANKS_FILE, cfg.tracking_uri, cfg.tracking), *extra_callbacks],
         ),
     )
-    result = trainer.fit()
-    if report_to_tune:
-        return None
+
+
+def collect_result(result, run_dir: Path, started: float) -> TrainResult:
+    """The TrainResult that rank 0's final checkpoint holds, its weights copied out of Ray's storage."""
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train finished without a checkpoint; see {run_dir}")
     with result.checkpoint.as_directory() as folder:

@@ -73,7 +73,7 @@ def evaluate(
     log_results: bool = True,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
-    uri: str | None = None,
+    tracking_uri: str | None = None,
     read: ReadConfig | None = None,
 ) -> EvalResult:
     """Measure a model on one split of a prepared dataset, with bootstrap intervals over its
@@ -112,7 +112,7 @@ def evaluate(
             resamples,
             seed,
             Path(tmp),
-            uri,
+            tracking_uri,
         )
 
 
@@ -129,10 +129,10 @@ def _evaluate(
     resamples: int,
     seed: int,
     tmp: Path,
-    uri: str | None,
+    tracking_uri: str | None,
 ) -> EvalResult:
     ultralytics_env()
-    detector = load_detector(model_uri, device=resolve_device(device), uri=uri)
+    detector = load_detector(model_uri, device=resolve_device(device), tracking_uri=tracking_uri)
     from facemask.compat.ultralytics import keep_image_predictions
 
     kept = keep_image_predictions(detector.model)
@@ -148,22 +148,7 @@ def _evaluate(
         verbose=False,
         workers=0,
     )
-    box = metrics.box
-    overall = {
-        "precision": float(box.mp),
-        "recall": float(box.mr),
-        "mAP50": float(box.map50),
-        "mAP50-95": float(box.map),
-    }
-    per_class = {}
-    for i, class_index in enumerate(box.ap_class_index):
-        p, r, ap50, ap = box.class_result(i)
-        per_class[CLASS_NAMES[int(class_index)]] = {
-            "precision": float(p),
-            "recall": float(r),
-            "mAP50": float(ap50),
-            "mAP50-95": float(ap),
-        }
+    overall, per_class = ultralytics_scores(metrics.box)
     matrix = metrics.confusion_matrix.matrix.tolist()
     predictions = ImagePredictions.from_images(sorted(kept, key=lambda image: image["name"]))
     result = EvalResult(
@@ -180,8 +165,18 @@ def _evaluate(
         problems=problems,
     )
     if log_results:
-        _log(result, detector.info, Path(metrics.save_dir), uri)
+        _log(result, detector.info, Path(metrics.save_dir), tracking_uri)
     return result
+
+
+def ultralytics_scores(box) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Precision, recall, mAP50 and mAP50-95 of Ultralytics' box metrics: overall, and per class."""
+
+    def scores(p, r, ap50, ap) -> dict[str, float]:
+        return {"precision": float(p), "recall": float(r), "mAP50": float(ap50), "mAP50-95": float(ap)}
+
+    per_class = {CLASS_NAMES[int(c)]: scores(*box.class_result(i)) for i, c in enumerate(box.ap_class_index)}
+    return scores(box.mp, box.mr, box.map50, box.map), per_class
 
 
 def compare(
@@ -219,7 +214,7 @@ def difference_table(difference: BootstrapResult, a: str, b: str) -> str:
     return "\n".join(lines)
 
 
-def _log(result: EvalResult, info, save_dir: Path, uri: str) -> None:
+def _log(result: EvalResult, info, save_dir: Path, tracking_uri: str) -> None:
     prefix = result.split
     flat = {f"{prefix}/{k}": v for k, v in result.overall.items()}
     for name, m in result.per_class.items():
@@ -234,7 +229,7 @@ def _log(result: EvalResult, info, save_dir: Path, uri: str) -> None:
             result.predictions.save(save_dir / PREDICTIONS_FILE)
             artifacts.append((save_dir / PREDICTIONS_FILE, f"evaluation/{prefix}"))
         artifacts += [(p, f"evaluation/{prefix}") for p in sorted(save_dir.glob("confusion_matrix*.png"))]
-        log_to_run(info.run_id, flat, artifacts, uri)
+        log_to_run(info.run_id, flat, artifacts, tracking_uri)
     if info.name and info.version:
         tags = {f"{prefix}_{k}": round(v, 5) for k, v in result.overall.items()}
         tags[f"{prefix}.data.fingerprint"] = result.fingerprint
@@ -243,4 +238,4 @@ def _log(result: EvalResult, info, save_dir: Path, uri: str) -> None:
                 tags[f"{prefix}_{k}_interval"] = f"[{i.low:.4f}, {i.high:.4f}]"
             if info.run_id and result.predictions is not None:
                 tags[f"{prefix}.predictions"] = f"runs:/{info.run_id}/evaluation/{prefix}/{PREDICTIONS_FILE}"
-        set_version_tags(info.name, info.version, tags, uri)
+        set_version_tags(info.name, info.version, tags, tracking_uri)

@@ -37,14 +37,14 @@ def export_onnx(
     imgsz: int = INFERENCE.imgsz,
     opset: int | None = None,
     out: Path | None = None,
-    uri: str | None = None,
+    tracking_uri: str | None = None,
 ) -> ExportResult:
     """Write `<weights>.onnx` (or `out`) for `model_uri`; log and tag it in the MLflow store `uri`
     when the model is registered there."""
     ultralytics_env()
     from ultralytics import YOLO
 
-    info = resolve_model(model_uri, uri=uri)
+    info = resolve_model(model_uri, tracking_uri=tracking_uri)
     options = {"format": "onnx", "imgsz": imgsz, "dynamic": True, "simplify": False, "device": "cpu"}
     if opset:
         options["opset"] = opset
@@ -58,7 +58,7 @@ def export_onnx(
         exported = out
     artifact_uri = None
     if info.run_id:
-        if not log_to_run(info.run_id, {}, [(exported, "onnx")], uri):
+        if not log_to_run(info.run_id, {}, [(exported, "onnx")], tracking_uri):
             raise TrackingUnavailableError(
                 f"{model_uri}: could not log {exported.name} to run {info.run_id}; "
                 "is the tracking server up? The export is at " + str(exported)
@@ -66,6 +66,6 @@ def export_onnx(
         artifact_uri = f"runs:/{info.run_id}/onnx/{exported.name}"
         if info.version:
             name = info.name or parse_models_uri(model_uri)[0]
-            set_version_tags(name, info.version, {ONNX_TAG: artifact_uri, "onnx_imgsz": imgsz}, uri)
+            set_version_tags(name, info.version, {ONNX_TAG: artifact_uri, "onnx_imgsz": imgsz}, tracking_uri)
         log.info("logged %s to run %s", exported.name, info.run_id)
     return ExportResult(path=exported, artifact_uri=artifact_uri, version=info.version)

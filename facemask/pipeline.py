@@ -331,35 +331,17 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
             "pass a VOC, YOLO or COCO dataset (docs/your-own-data.md)"
         )
     source_data = read_source(source, cfg.read, cfg.engine, "--source")
-    listing, records, problems, hashes = (
-        source_data.listing,
-        source_data.records,
-        source_data.problems,
-        source_data.hashes,
-    )
+    listing, records = source_data.listing, source_data.records
     source = listing.root
     seconds["parse"] = time.perf_counter() - started
 
     split = stratified_split(records, cfg.split, cfg.seed)
     plan: SyntheticPlan = plan_synthetic(split["train"], cfg.augment, cfg.seed)
-
-    out.mkdir(parents=True, exist_ok=True)
-    make_tree(out, SPLITS)
-    synthetic_rows = [{"kind": "synthetic", "job": json.dumps(job)} for job in plan.jobs]
-    original_rows = [{"kind": "original", "split": name, "record": r.to_json()} for name in SPLITS for r in split[name]]
-    write_rows = interleave(synthetic_rows, original_rows)
     mark = time.perf_counter()
-    written = [
-        json.loads(r["json"]) for r in run_map(functools.partial(_write_row, str(out)), write_rows, cfg.engine, "write")
-    ]
+    entries, synthetic = write_images(cfg, out, split, plan)
     seconds["write"] = time.perf_counter() - mark
 
-    entries = [w["entry"] for w in written]
-    synthetic = sorted(
-        (dict(w["synthetic"], image=w["entry"]["image"]) for w in written if "synthetic" in w),
-        key=lambda s: s["image"],
-    )
-    found = (listing, hashes, summarise_problems(problems, source))
+    found = (listing, source_data.hashes, summarise_problems(source_data.problems, source))
     manifest = build_manifest(cfg, source, out, found, split, plan, synthetic, entries)
     manifest["labels"] = source_data.labels
     write_provenance(out / "synthetic.jsonl", synthetic, source)
@@ -385,6 +367,24 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         {k: v["images"] for k, v in manifest["counts"].items()},
     )
     return PrepareResult(manifest, data_yaml, manifest_path, seconds)
+
+
+def write_images(cfg: PrepareConfig, out: Path, split: dict, plan: SyntheticPlan) -> tuple[list, list]:
+    """Write every original and pasted image with its labels, in parallel on `cfg.engine`: each
+    image's entry, and each paste's provenance (sorted by image)."""
+    out.mkdir(parents=True, exist_ok=True)
+    make_tree(out, SPLITS)
+    synthetic_rows = [{"kind": "synthetic", "job": json.dumps(job)} for job in plan.jobs]
+    original_rows = [{"kind": "original", "split": name, "record": r.to_json()} for name in SPLITS for r in split[name]]
+    rows = interleave(synthetic_rows, original_rows)
+    written = [
+        json.loads(r["json"]) for r in run_map(functools.partial(_write_row, str(out)), rows, cfg.engine, "write")
+    ]
+    synthetic = sorted(
+        (dict(w["synthetic"], image=w["entry"]["image"]) for w in written if "synthetic" in w),
+        key=lambda s: s["image"],
+    )
+    return [w["entry"] for w in written], synthetic
 
 
 def build_manifest(

@@ -50,7 +50,7 @@ def promotion_decision(
     alias: str = "champion",
     force: bool = False,
     metric: str = GATE_METRIC,
-    uri: str | None = None,
+    model_uri: str | None = None,
     difference: Interval | None = None,
 ) -> tuple[bool, str]:
     """Whether `candidate` takes `alias` from `holder`, and why: the gate, with no registry calls.
@@ -58,16 +58,16 @@ def promotion_decision(
     `difference` is the paired bootstrap interval of candidate minus holder on `metric`: the
     candidate is promoted only when its lower bound is above 0. Without it (a holder evaluated
     before predictions were stored) nothing is promoted: a bare `>` promotes noise.
-    Raises ConfigError when the candidate (`uri`, for the message) was never evaluated.
+    Raises ConfigError when the candidate (`model_uri`, for the message) was never evaluated.
     """
     if holder == candidate:
         return False, f"version {candidate} already holds @{alias}"
     if force:
         return True, "forced"
     if score is None:
-        uri = uri or f"models:/{REGISTERED_MODEL}/{candidate}"
+        model_uri = model_uri or f"models:/{REGISTERED_MODEL}/{candidate}"
         raise ConfigError(
-            f"{uri} has no {metric} yet: run `facemask evaluate --model-uri {uri} --data DATA_YAML` first"
+            f"{model_uri} has no {metric} yet: run `facemask evaluate --model-uri {model_uri} --data DATA_YAML` first"
         )
     if holder is None:
         return True, f"no version held @{alias}"
@@ -86,7 +86,7 @@ def promotion_decision(
     return False, f"not distinguishable from version {holder}: Δ {name} {difference.signed()}"
 
 
-def stored_predictions(mv, uri: str, split: str = "test") -> ImagePredictions | None:
+def stored_predictions(mv, tracking_uri: str, split: str = "test") -> ImagePredictions | None:
     """The per-image predictions `facemask evaluate` logged for a registered version, or None."""
     source = (mv.tags or {}).get(f"{split}.predictions")
     if not source:
@@ -94,20 +94,32 @@ def stored_predictions(mv, uri: str, split: str = "test") -> ImagePredictions | 
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="facemask-preds-") as tmp:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=uri)
+        path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
         return ImagePredictions.load(path)
+
+
+def paired_difference(
+    candidate, current, tracking_uri: str, metric: str, confidence: float, resamples: int
+) -> tuple[Interval | None, dict]:
+    """The paired bootstrap interval of candidate minus current on `metric`, from the test
+    predictions each version stored, and the whole comparison; (None, {}) when one has none."""
+    mine, theirs = stored_predictions(candidate, tracking_uri), stored_predictions(current, tracking_uri)
+    if mine is None or theirs is None:
+        return None, {}
+    paired = paired_bootstrap(mine, theirs, CLASS_NAMES, resamples=resamples, confidence=confidence)
+    return paired.overall[metric.replace("test_", "")], paired.to_dict()
 
 
 def promote(
     model_uri: str,
-    uri: str,
+    tracking_uri: str,
     alias: str = "champion",
     force: bool = False,
     metric: str = GATE_METRIC,
     confidence: float = 0.95,
     resamples: int = DEFAULT_RESAMPLES,
 ) -> PromoteDecision:
-    """Move `alias` (in the registry of the MLflow store `uri`) to the candidate only if a paired
+    """Move `alias` (in the registry of the MLflow store `tracking_uri`) to the candidate only if a paired
     bootstrap of their test predictions says it is better than the current holder at `confidence`
     (the lower bound of the difference > 0).
 
@@ -119,9 +131,9 @@ def promote(
     if not 0 < confidence < 1:
         raise ConfigError(f"--level {confidence}: a level between 0 and 1, such as 0.95")
     name, _, _ = parse_models_uri(model_uri)
-    candidate = model_version(model_uri, uri)
+    candidate = model_version(model_uri, tracking_uri)
     version = str(candidate.version)
-    current = alias_version(name, alias, uri)
+    current = alias_version(name, alias, tracking_uri)
     score = version_metrics(candidate).get(metric)
     best = version_metrics(current).get(metric) if current else None
     fingerprint_key = "test.data.fingerprint"
@@ -130,11 +142,7 @@ def promote(
     )
     difference, details = None, {}
     if not force and same_data and score is not None and best is not None and str(current.version) != version:
-        mine, theirs = stored_predictions(candidate, uri), stored_predictions(current, uri)
-        if mine is not None and theirs is not None:
-            paired = paired_bootstrap(mine, theirs, CLASS_NAMES, resamples=resamples, confidence=confidence)
-            difference = paired.overall[metric.replace("test_", "")]
-            details = paired.to_dict()
+        difference, details = paired_difference(candidate, current, tracking_uri, metric, confidence, resamples)
     promoted, reason = promotion_decision(
         version,
         score,
@@ -144,11 +152,11 @@ def promote(
         alias=alias,
         force=force,
         metric=metric,
-        uri=model_uri,
+        model_uri=model_uri,
         difference=difference,
     )
     if promoted:
-        set_alias(name, alias, version, uri)
+        set_alias(name, alias, version, tracking_uri)
     return PromoteDecision(
         promoted,
         reason,

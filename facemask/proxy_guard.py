@@ -338,6 +338,12 @@ def raw_error(status: int, reason: bytes, error: str, message: str) -> bytes:
     ) + body
 
 
+# What the guard answers before a request reaches the app: status, reason phrase, error code.
+TOO_MANY_CONNECTIONS = (503, b"Service Unavailable", "too_many_connections")
+HEADERS_TOO_LARGE = (431, b"Request Header Fields Too Large", "headers_too_large")
+HEADER_TIMEOUT = (408, b"Request Timeout", "header_timeout")
+
+
 def bounded_protocol(base: type, settings: GuardSettings) -> type:
     """`base` (uvicorn's httptools protocol) with bounds on header size, header time and connections."""
     max_bytes = settings.max_header_kb * 1024
@@ -348,10 +354,7 @@ def bounded_protocol(base: type, settings: GuardSettings) -> type:
             self._header_timer = None
             if len(self.connections) > settings.max_connections:
                 self._refuse(
-                    503,
-                    b"Service Unavailable",
-                    "too_many_connections",
-                    f"the server holds {settings.max_connections} connections; retry shortly",
+                    *TOO_MANY_CONNECTIONS, f"the server holds {settings.max_connections} connections; retry shortly"
                 )
                 return
             self._start_headers()
@@ -375,12 +378,7 @@ def bounded_protocol(base: type, settings: GuardSettings) -> type:
                 # Refused before parsing: the parser would take any amount, and dispatch a
                 # request whose oversized headers all came in one read.
                 if len(data) > room and data.find(b"\r\n\r\n", 0, max(room, 0) + 4) == -1:
-                    self._refuse(
-                        431,
-                        b"Request Header Fields Too Large",
-                        "headers_too_large",
-                        f"the request line and headers exceed {settings.max_header_kb} KB",
-                    )
+                    self._refuse(*HEADERS_TOO_LARGE, f"the request line and headers exceed {settings.max_header_kb} KB")
                     return
                 self._header_bytes += len(data)
             super().data_received(data)
@@ -396,12 +394,7 @@ def bounded_protocol(base: type, settings: GuardSettings) -> type:
 
         def _headers_late(self) -> None:
             self._header_timer = None
-            self._refuse(
-                408,
-                b"Request Timeout",
-                "header_timeout",
-                f"the headers did not arrive within {settings.header_timeout_s:g} s",
-            )
+            self._refuse(*HEADER_TIMEOUT, f"the headers did not arrive within {settings.header_timeout_s:g} s")
 
         def _refuse(self, status: int, reason: bytes, error: str, message: str) -> None:
             self._stop_header_timer()

@@ -242,20 +242,7 @@ def train(
     fingerprint = data_fingerprint(data)
     device = resolve_device(cfg.device)
     project = resolve_path(cfg.project)
-    tags = {"facemask.version": __version__, "data.fingerprint": fingerprint, **cfg.tags}
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    logger = RunLogger(
-        cfg.experiment,
-        cfg.run_name,
-        tags,
-        parent_run_id=cfg.parent_run_id,
-        uri=cfg.tracking_uri,
-        run_id=cfg.run_id,
-        reopen=cfg.run_id is not None,
-        enabled=cfg.tracking,
-    )
+    logger, commit = open_run(cfg, fingerprint)
     if on_run is not None:
         on_run(logger.run_id)
     name = cfg.run_name or (logger.run_id[:12] if logger.run_id else time.strftime("run-%Y%m%d-%H%M%S"))
@@ -284,6 +271,33 @@ def train(
         if status != "FINISHED":
             logger.end(status)
 
+    return finish_run(cfg, logger, trainer, save_dir, fingerprint, started)
+
+
+def open_run(cfg: TrainConfig, fingerprint: str) -> tuple[RunLogger, str | None]:
+    """The training's MLflow run (new, or reopened when a restarted trial continues its own), and
+    the git commit it records."""
+    tags = {"facemask.version": __version__, "data.fingerprint": fingerprint, **cfg.tags}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    logger = RunLogger(
+        cfg.experiment,
+        cfg.run_name,
+        tags,
+        parent_run_id=cfg.parent_run_id,
+        tracking_uri=cfg.tracking_uri,
+        run_id=cfg.run_id,
+        reopen=cfg.run_id is not None,
+        enabled=cfg.tracking,
+    )
+    return logger, commit
+
+
+def finish_run(
+    cfg: TrainConfig, logger: RunLogger, trainer, save_dir: Path, fingerprint: str, started: float
+) -> TrainResult:
+    """Log a finished training's final metrics, register its best weights when asked, and end its run."""
     final = {metric_key(k): float(v) for k, v in (trainer.metrics or {}).items()}
     best = save_dir / "weights" / "best.pt"
     version = None
@@ -291,7 +305,9 @@ def train(
         logger.log_metrics({f"final/{k.split('/', 1)[-1]}": v for k, v in final.items() if k.startswith("val/")})
         if cfg.register and logger.run_id:
             fields = {**version_tags(final), "data.fingerprint": fingerprint}
-            version = log_and_register(logger.run_id, best, fields, uri=logger.uri, name=cfg.registered_model)
+            version = log_and_register(
+                logger.run_id, best, fields, tracking_uri=logger.tracking_uri, name=cfg.registered_model
+            )
     finally:
         logger.end("FINISHED")
     return TrainResult(

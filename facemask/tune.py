@@ -47,21 +47,47 @@ log = logging.getLogger("facemask.tune")
 
 def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     """The Tune trainable: one YOLO training that reports each epoch with a checkpoint."""
-
-    import ray
     from ray import tune
 
-    ctx = tune.get_context()
-    trial_id = ctx.get_trial_id()
+    trial_id = tune.get_context().get_trial_id()
     gpus = check_given_gpus(f"trial {trial_id}")
     set_process_store(base["tracking_uri"])
     study: StudyConfig = base["study"]
     workdir = Path(base["workdir"]) / trial_id
-    config = dict(config)
+    cfg = trial_config(dict(config), base, trial_id, gpus, workdir)
+    workers = study.ray_workers_per_trial
+    if workers > 1:
+        # The trial drives a Ray Train run: its rank 0 reports each epoch to Tune, and a
+        # retried trial resumes from that run's own newest checkpoint and MLflow run.
+        train_distributed(
+            replace(cfg, device="auto"),
+            trial_workers(study.cpus_per_trial, study.gpus_per_trial, workers, workdir),
+            report_to_tune=True,
+        )
+        return
+    run_id, resume_from = restored_trial(base, trial_id, workdir)
+    holder: dict[str, Any] = {"run_id": run_id}
+    callbacks: dict[str, list[Callable]] = {"on_fit_epoch_end": [epoch_reporter(holder)]}
+    for event, fns in (base.get("trial_callbacks") or {}).items():
+        callbacks.setdefault(event, []).extend(fns)
+    train(
+        replace(cfg, run_id=run_id, resume_from=resume_from),
+        callbacks=callbacks,
+        on_run=lambda rid: holder.update(run_id=holder["run_id"] or rid),
+    )
+
+
+def trial_config(config: dict[str, Any], base: dict[str, Any], trial_id: str, gpus: list[str], workdir: Path):
+    """The TrainConfig of one trial: the study's settings with the sampled `config` applied."""
+    import ray
+    from ray import tune
+
+    study: StudyConfig = base["study"]
     data = Path(base["data"])
     threshold = config.pop("repeat_threshold", None)
     if threshold:
         data, _ = data_with_repeats(data, float(threshold), study.seed, workdir / "data", CLASS_NAMES)
+    resources = tune.get_context().get_trial_resources().required_resources
     cfg = study.train_config(
         data=data,
         run_name=f"trial-{trial_id}",
@@ -73,23 +99,18 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
             "facemask.trial_id": trial_id,
             "facemask.study": study.name,
             "facemask.node_id": ray.get_runtime_context().get_node_id(),
-            "facemask.resources": json.dumps(ctx.get_trial_resources().required_resources, sort_keys=True),
+            "facemask.resources": json.dumps(resources, sort_keys=True),
             "facemask.gpus": ",".join(gpus),
         },
         plots=False,
     )
-    if gpus and gpu_as_cpu():
-        cfg = replace(cfg, device="cpu")
-    workers = study.ray_workers_per_trial
-    if workers > 1:
-        # The trial drives a Ray Train run: its rank 0 reports each epoch to Tune, and a
-        # retried trial resumes from that run's own newest checkpoint and MLflow run.
-        train_distributed(
-            replace(cfg, device="auto"),
-            trial_workers(study.cpus_per_trial, study.gpus_per_trial, workers, workdir),
-            report_to_tune=True,
-        )
-        return
+    return replace(cfg, device="cpu") if gpus and gpu_as_cpu() else cfg
+
+
+def restored_trial(base: dict[str, Any], trial_id: str, workdir: Path) -> tuple[str | None, Path | None]:
+    """The MLflow run a retried trial continues, and the weights it resumes from (its Tune checkpoint's)."""
+    from ray import tune
+
     run_id, resume_from = find_trial_run(base["tracking_uri"], base["parent_run_id"], trial_id), None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -100,7 +121,13 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
             resume_from.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(folder) / "last.pt", resume_from)
             log.warning("trial %s resumes after epoch %s from its checkpoint", trial_id, state.get("epoch"))
-    holder: dict[str, Any] = {"run_id": run_id}
+    return run_id, resume_from
+
+
+def epoch_reporter(holder: dict[str, Any]) -> Callable:
+    """An epoch-end callback that reports the epoch's metrics to Tune with a checkpoint of the
+    weights and the trial's MLflow run (`holder["run_id"]`, known once the run exists)."""
+    from ray import tune
 
     @per_epoch
     def report(trainer) -> None:
@@ -114,19 +141,12 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
             (Path(tmp) / "trial.json").write_text(json.dumps({"run_id": holder["run_id"], "epoch": trainer.epoch + 1}))
             tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    callbacks: dict[str, list[Callable]] = {"on_fit_epoch_end": [report]}
-    for event, fns in (base.get("trial_callbacks") or {}).items():
-        callbacks.setdefault(event, []).extend(fns)
-    train(
-        replace(cfg, run_id=run_id, resume_from=resume_from),
-        callbacks=callbacks,
-        on_run=lambda rid: holder.update(run_id=holder["run_id"] or rid),
-    )
+    return report
 
 
-def find_trial_run(uri: str, parent_run_id: str, trial_id: str) -> str | None:
+def find_trial_run(tracking_uri: str, parent_run_id: str, trial_id: str) -> str | None:
     """The child run already made for this trial (a retry, a resumed study), if any."""
-    return find_child_run(parent_run_id, "facemask.trial_id", trial_id, uri=uri)
+    return find_child_run(parent_run_id, "facemask.trial_id", trial_id, tracking_uri=tracking_uri)
 
 
 def interrupted(grid, cfg: StudyConfig, elapsed: float) -> bool:
@@ -147,7 +167,7 @@ def trial_status(result, epochs: int) -> str:
 MLFLOW_STATUS = {"finished": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
 
 
-def reconcile_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]], grid) -> None:
+def reconcile_trials(tracking_uri: str, parent_run_id: str, rows: list[dict[str, Any]], grid) -> None:
     """Give each trial's child run its final status, tag and weights, whatever its worker managed.
 
     A trial stopped by the scheduler is torn down soon after its last report, maybe
@@ -155,17 +175,19 @@ def reconcile_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]], g
     """
     checkpoints = {(r.metrics or {}).get("trial_id"): r.checkpoint for r in grid}
     for row in rows:
-        run_id = find_trial_run(uri, parent_run_id, row["trial_id"])
+        run_id = find_trial_run(tracking_uri, parent_run_id, row["trial_id"])
         if run_id is None:
             continue
         row["run_id"] = run_id
         checkpoint = checkpoints.get(row["trial_id"])
         tags = {"facemask.trial_status": row["status"]}
         if checkpoint is None:
-            close_run(run_id, MLFLOW_STATUS[row["status"]], tags, uri=uri)
+            close_run(run_id, MLFLOW_STATUS[row["status"]], tags, tracking_uri=tracking_uri)
             continue
         with checkpoint.as_directory() as folder:
-            close_run(run_id, MLFLOW_STATUS[row["status"]], tags, weights=Path(folder) / "best.pt", uri=uri)
+            close_run(
+                run_id, MLFLOW_STATUS[row["status"]], tags, weights=Path(folder) / "best.pt", tracking_uri=tracking_uri
+            )
 
 
 def study_path(cfg: StudyConfig) -> tuple[str, str]:
@@ -184,7 +206,7 @@ def saved_study(cfg: StudyConfig) -> tuple[str, str, str | None]:
     _, path = study_path(cfg)
     if not rt.Tuner.can_restore(path):
         return "none", path, None
-    run_id = find_tagged_run(cfg.experiment, "facemask.study_path", path, uri=cfg.tracking_uri)
+    run_id = find_tagged_run(cfg.experiment, "facemask.study_path", path, tracking_uri=cfg.tracking_uri)
     if run_id and client(cfg.tracking_uri).get_run(run_id).info.status == "FINISHED":
         return "finished", path, run_id
     return "interrupted", path, run_id
@@ -245,7 +267,7 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
             end_open_runs(
                 study.parent_run_id,
                 status,
-                uri=tracking_uri,
+                tracking_uri=tracking_uri,
                 tags={"facemask.study_status": "interrupted" if status == "KILLED" else "failed"},
             )
         return study.how_to_go_on
@@ -265,43 +287,27 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
         forget()
 
 
-def _run_study(study: Study, uri: str) -> StudyResult:
-    """The study itself, logging through `uri`; sets `study.parent_run_id` as soon as the run exists."""
+def _run_study(study: Study, tracking_uri: str) -> StudyResult:
+    """The study itself, logging through `tracking_uri`; sets `study.parent_run_id` as soon as the run exists."""
     from ray import tune as rt
 
     cfg, path, data, started = study.cfg, study.path, study.data, study.started
     fingerprint, space, baseline = study.fingerprint, study.space, study.baseline
-    previous = find_tagged_run(cfg.experiment, "facemask.study_path", path, uri=uri) if cfg.resume else None
+    previous = (
+        find_tagged_run(cfg.experiment, "facemask.study_path", path, tracking_uri=tracking_uri) if cfg.resume else None
+    )
     parent = RunLogger(
         cfg.experiment,
         cfg.name,
         {"facemask.study_path": path, "data.fingerprint": fingerprint},
-        uri=uri,
+        tracking_uri=tracking_uri,
         run_id=previous,
         reopen=previous is not None,
     )
     study.parent_run_id = parent.run_id
     if previous is None:
         log_study(parent, cfg, fingerprint, space, baseline, study.concurrency, data)
-    # Each trial's Ultralytics folder (plots, results.csv, weights) lives beside the study,
-    # not in the trial's working directory, which is a temporary one under `ray job submit`.
-    workdir = f"{path}-yolo" if "://" not in path else str(results_base() / "runs" / "tune-trials" / cfg.name)
-    base = {
-        "study": cfg,
-        "workdir": workdir,
-        "data": str(data),
-        "tracking_uri": uri,
-        "parent_run_id": parent.run_id,
-        "trial_callbacks": study.trial_callbacks,
-    }
-    # A distributed trial's function only drives its Ray Train run: the workers hold the
-    # resources (Tune needs some request, so a token one, which trial_workers leaves out).
-    resources = (
-        {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **cfg.trial_resources}
-        if cfg.ray_workers_per_trial == 1
-        else {"cpu": TRIAL_DRIVER_CPUS}
-    )
-    trainable = rt.with_resources(rt.with_parameters(run_trial, base=base), resources)
+    trainable = study_trainable(study, parent.run_id, tracking_uri)
     try:
         tuner = (
             rt.Tuner.restore(path, trainable, resume_errored=True)
@@ -315,15 +321,41 @@ def _run_study(study: Study, uri: str) -> StudyResult:
     if interrupted(grid, cfg, time.perf_counter() - started):
         parent.stop_monitor()
         raise StudyInterrupted(study.how_to_go_on)
-    result = summarise(cfg, grid, parent, uri, started, path)
+    result = summarise(cfg, grid, parent, tracking_uri, started, path)
     try:
         if cfg.register:
-            finalise(cfg, grid, result, parent, uri, data)
+            finalise(cfg, grid, result, parent, tracking_uri, data)
     finally:
         result.seconds = time.perf_counter() - started
         parent.log_metrics({"study/seconds": result.seconds})
         parent.end("FINISHED")
     return result
+
+
+def study_trainable(study: Study, parent_run_id: str, tracking_uri: str):
+    """`run_trial` with what every trial shares bound to it, and the resources one trial asks for."""
+    from ray import tune as rt
+
+    cfg, path, data = study.cfg, study.path, study.data
+    # Each trial's Ultralytics folder (plots, results.csv, weights) lives beside the study,
+    # not in the trial's working directory, which is a temporary one under `ray job submit`.
+    workdir = f"{path}-yolo" if "://" not in path else str(results_base() / "runs" / "tune-trials" / cfg.name)
+    base = {
+        "study": cfg,
+        "workdir": workdir,
+        "data": str(data),
+        "tracking_uri": tracking_uri,
+        "parent_run_id": parent_run_id,
+        "trial_callbacks": study.trial_callbacks,
+    }
+    # A distributed trial's function only drives its Ray Train run: the workers hold the
+    # resources (Tune needs some request, so a token one, which trial_workers leaves out).
+    resources = (
+        {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **cfg.trial_resources}
+        if cfg.ray_workers_per_trial == 1
+        else {"cpu": TRIAL_DRIVER_CPUS}
+    )
+    return rt.with_resources(rt.with_parameters(run_trial, base=base), resources)
 
 
 def log_study(
@@ -390,7 +422,7 @@ def new_tuner(cfg: StudyConfig, trainable, space: dict, baseline: list, storage:
     )
 
 
-def summarise(cfg: StudyConfig, grid, parent: RunLogger, uri: str, started: float, path: str) -> StudyResult:
+def summarise(cfg: StudyConfig, grid, parent: RunLogger, tracking_uri: str, started: float, path: str) -> StudyResult:
     """Per-trial rows, final child-run statuses, plots and the best trial on the parent run."""
     rows = []
     for r in grid:
@@ -406,7 +438,7 @@ def summarise(cfg: StudyConfig, grid, parent: RunLogger, uri: str, started: floa
                 "config": r.config,
             }
         )
-    reconcile_trials(uri, parent.run_id, rows, grid)
+    reconcile_trials(tracking_uri, parent.run_id, rows, grid)
     counts = {s: sum(1 for row in rows if row["status"] == s) for s in ("finished", "stopped_early", "failed")}
     best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
     best_row = next(row for row in rows if row["config"] == best.config)

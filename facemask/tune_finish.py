@@ -51,14 +51,14 @@ def final_training(cfg: TrainConfig) -> TrainResult:
     return train(replace(cfg, device="cpu") if gpus and gpu_as_cpu() else cfg)
 
 
-def test_scores(model_uri: str, data: Path, imgsz: int, device: str, uri: str) -> dict[str, float]:
+def test_scores(model_uri: str, data: Path, imgsz: int, device: str, tracking_uri: str) -> dict[str, float]:
     """The registered model's scores on the test split, inside `on_trial_resources`."""
     gpus = check_given_gpus("the study's test-split scoring")
     device = "cpu" if gpus and gpu_as_cpu() else device
-    return evaluate(model_uri, data, imgsz=imgsz, device=device, uri=uri).overall
+    return evaluate(model_uri, data, imgsz=imgsz, device=device, tracking_uri=tracking_uri).overall
 
 
-def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri: str, data: Path) -> None:
+def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, tracking_uri: str, data: Path) -> None:
     """Retrain (optional), register, evaluate on the clean test split, and gate the promotion."""
     if cfg.final_epochs:
         overrides = dict(result.best_config)
@@ -72,7 +72,7 @@ def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri
             data=train_data,
             epochs=cfg.final_epochs,
             run_name=f"{cfg.name}-final",
-            tracking_uri=uri,
+            tracking_uri=tracking_uri,
             parent_run_id=parent.run_id,
             overrides=overrides,
             register=True,
@@ -105,11 +105,11 @@ def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, uri
         tags = {f"val_{k}": round(v, 5) for k, v in result.best_val.items()} | {
             "data.fingerprint": data_fingerprint(data)
         }
-        result.version = log_and_register(run_id, weights, tags, uri=uri, name=cfg.registered_model)
+        result.version = log_and_register(run_id, weights, tags, tracking_uri=tracking_uri, name=cfg.registered_model)
     model_uri = f"models:/{cfg.registered_model}/{result.version}"
-    result.test = on_trial_resources(cfg, test_scores, model_uri, data, cfg.imgsz, cfg.device, uri)
+    result.test = on_trial_resources(cfg, test_scores, model_uri, data, cfg.imgsz, cfg.device, tracking_uri)
     parent.log_metrics({f"test/{k}": v for k, v in result.test.items()})
     parent.set_tags({"facemask.registered_version": result.version})
     if cfg.promote:
-        decision = promote(model_uri, uri)
+        decision = promote(model_uri, tracking_uri)
         result.promoted, result.promote_reason = decision.promoted, decision.reason

@@ -56,10 +56,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     from facemask.pipeline import PrepareConfig, prepare
     from facemask.synth import synthesize
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
     from facemask.tune import StudyConfig, tune
 
-    uri = tracking_uri()
+    tracking_uri = default_tracking_uri()
 
     started = time.perf_counter()
     source = args.source
@@ -92,7 +92,7 @@ def main() -> None:
             experiment="facemask-demo",
             seed=args.seed,
             final_epochs=args.final_epochs,
-            tracking_uri=uri,
+            tracking_uri=tracking_uri,
         )
     )
     print("[4/5] registered, evaluated on the clean test split, gated:")
@@ -102,7 +102,9 @@ def main() -> None:
         if result.promoted or result.version is None
         else f"models:/facemask-detector/{result.version}"
     )
-    url, query = serve_and_query(model_uri, uri, prepared.data_yaml.parent / "images" / "test", args.port, args.imgsz)
+    url, query = serve_and_query(
+        model_uri, tracking_uri, prepared.data_yaml.parent / "images" / "test", args.port, args.imgsz
+    )
     if not args.keep_serving:
         import ray
         from ray import serve
@@ -110,7 +112,9 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()  # before the summary, so that Ray's shutdown lines do not follow it
     print(f"\ndone in {time.perf_counter() - started:.0f}s. Where to look next:")
-    print(f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000   (then http://127.0.0.1:5000)")
+    print(
+        f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000   (then http://127.0.0.1:5000)"
+    )
     print(f"  the data:    {out / 'yolo' / 'class_distribution.png'}, {out / 'yolo' / 'synthetic_samples.jpg'}")
     print(f"  the study:   {out / 'tune' / 'demo-study'}")
     print(f"  the model:   {model_uri}  (facemask evaluate --model-uri ... --data {prepared.data_yaml})")
@@ -130,14 +134,16 @@ def main() -> None:
             stop_serving()
 
 
-def serve_and_query(model_uri: str, uri: str, test_images: Path, port: int, imgsz: int) -> tuple[str, str]:
+def serve_and_query(model_uri: str, tracking_uri: str, test_images: Path, port: int, imgsz: int) -> tuple[str, str]:
     """Start Serve with the model and send one held-out test image over HTTP: (URL, the answer as text)."""
     from facemask.cli import detections_table
     from facemask.client import Client
     from facemask.serving import AppArgs
     from facemask.serving.lifecycle import start_serving
 
-    args = AppArgs(model_uri=model_uri, tracking_uri=uri, deployment_options={"ray_actor_options": {"num_cpus": 1}})
+    args = AppArgs(
+        model_uri=model_uri, tracking_uri=tracking_uri, deployment_options={"ray_actor_options": {"num_cpus": 1}}
+    )
     url = start_serving(args, port=free_port(port), log_level="WARNING")
     image = sorted(test_images.iterdir())[0]
     # A few epochs from scratch leave confidences low; 0.1 shows what the model found.

@@ -38,10 +38,10 @@ def tiny_training(data: Path, project: Path, **options):
     """The TrainConfig of the smallest real training: yolo26n from its yaml at 160, batch 8, 1 epoch, CPU, no plots,
     tracked in the store the test's environment names (the `tracking` fixture's server)."""
     from facemask.settings import TrainConfig
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
 
     base = {"model": "yolo26n.yaml", "epochs": 1, "imgsz": 160, "batch": 8, "device": "cpu", "workers": 0}
-    base["tracking_uri"] = tracking_uri()
+    base["tracking_uri"] = default_tracking_uri()
     return TrainConfig(**{"data": data, "project": project, **base, "plots": False, **options})
 
 

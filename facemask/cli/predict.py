@@ -36,9 +36,9 @@ def export_command(model_uri, fmt, imgsz, opset, out, as_json):
     """Export to ONNX and log it beside the .pt (serve it with --backend onnx)."""
     configure_runtime()
     from facemask.export import export_onnx
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
 
-    result = export_onnx(model_uri, imgsz=imgsz, opset=opset, out=out, uri=tracking_uri())
+    result = export_onnx(model_uri, imgsz=imgsz, opset=opset, out=out, tracking_uri=default_tracking_uri())
     if as_json:
         emit(True, {"path": str(result.path), "artifact_uri": result.artifact_uri, "version": result.version})
         return
@@ -84,10 +84,10 @@ def predict_command(source, out, as_json, **kw):
     """Annotate a folder of images or a video with Ray Data, or track faces live on a camera index (0)
     or stream URL (rtsp://, http://); write annotated files, detections.jsonl and summary.json."""
     configure_runtime()
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
 
     source = source if is_stream(source) else Path(source)
-    cfg = PredictConfig(source=source, out=out, tracking_uri=tracking_uri(), **kw).validate()
+    cfg = PredictConfig(source=source, out=out, tracking_uri=default_tracking_uri(), **kw).validate()
     if is_stream(source):
         from facemask.live.streams import predict_stream as predict
     else:

@@ -59,11 +59,11 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, se
     log it to the model's run and version."""
     configure_runtime()
     from facemask.evaluate import evaluate
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
 
     if resamples < 100:
         raise ConfigError(f"--resamples {resamples}: at least 100 (1000 gives stable 95% intervals)")
-    store = tracking_uri()
+    store = default_tracking_uri()
     # Ultralytics' progress bars write to stdout too; stdout carries only the result.
     with contextlib.redirect_stdout(sys.stderr):
         result = evaluate(
@@ -75,7 +75,7 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, se
             device=device,
             resamples=resamples,
             seed=seed,
-            uri=store,
+            tracking_uri=store,
             read=read_config(**reading),
         )
     if as_json:
@@ -118,11 +118,17 @@ def compare_command(model_a, model_b, data, split, imgsz, device, resamples, lev
     exits 3 when the overall mAP50-95 difference is not distinguishable from 0."""
     configure_runtime()
     from facemask.evaluate import compare, difference_table
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
 
     if not 0 < level < 1:
         raise ConfigError(f"--level {level}: a level between 0 and 1, such as 0.95")
-    scoring = {"split": split, "imgsz": imgsz, "device": device, "resamples": resamples, "uri": tracking_uri()}
+    scoring = {
+        "split": split,
+        "imgsz": imgsz,
+        "device": device,
+        "resamples": resamples,
+        "tracking_uri": default_tracking_uri(),
+    }
     with contextlib.redirect_stdout(sys.stderr):
         a, b, difference = compare(model_a, model_b, data, level, read=read_config(**reading), **scoring)
     overall = difference.overall["mAP50-95"]
@@ -155,9 +161,9 @@ def promote_command(model_uri, alias, level, force, as_json, exit_code):
     the alias stays where it was."""
     configure_runtime()
     from facemask.promotion import promote
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
 
-    decision = promote(model_uri, tracking_uri(), alias=alias, force=force, confidence=level)
+    decision = promote(model_uri, default_tracking_uri(), alias=alias, force=force, confidence=level)
     if decision.promoted:
         was = f" (was version {decision.champion})" if decision.champion else ""
         text = f"promoted version {decision.candidate} @{alias}{was}: {decision.reason}"

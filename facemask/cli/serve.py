@@ -91,14 +91,16 @@ def serve_command(
     from facemask.detector import resolve_model
     from facemask.simulated_gpu import NAME as SIMULATED
     from facemask.simulated_gpu import parse_latency
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
 
     # Fail here, in one line, rather than in a replica's retries.
     if backend == SIMULATED:
         parse_latency(simulated_latency)
         model_uri = SIMULATED
     else:
-        resolve_model(model_uri, backend=backend, uri=tracking_uri(), download=False)  # each replica downloads it
+        resolve_model(
+            model_uri, backend=backend, tracking_uri=default_tracking_uri(), download=False
+        )  # each replica downloads it
     # Imported here: the Serve application module imports Ray Serve itself.
 
     from facemask.serving import AppArgs

@@ -79,10 +79,10 @@ def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker
     The val scores it prints are the last epoch's, on the split that chose the best epoch:
     `facemask evaluate` gives the test split's, with intervals."""
     configure_runtime()
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
     from facemask.train import train
 
-    cfg = TrainConfig(data=data, overrides=_parse_overrides(overrides), tracking_uri=tracking_uri(), **kw)
+    cfg = TrainConfig(data=data, overrides=_parse_overrides(overrides), tracking_uri=default_tracking_uri(), **kw)
     # The fields in their order, each option named as its field.
     ray_cfg = DistributedConfig(ray_workers, gpus_per_worker, cpus_per_worker, storage, max_failures)
     if ray_cfg.workers > 1:
@@ -194,12 +194,12 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, as_js
 
     The best trial's val scores are the selection's (no interval); its test scores have their
     intervals in `facemask evaluate`."""
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
     from facemask.train import resolve_model_source
     from facemask.tune import saved_study, tune
     from facemask.tune_resources import check_trial_shape
 
-    kw["tracking_uri"] = tracking_uri()
+    kw["tracking_uri"] = default_tracking_uri()
     # What can be refused without a cluster is refused before one starts.
     resolve_model_source(kw["model"])
     check_trial_shape(StudyConfig(gpus_per_trial=gpus_per_trial or 0, trial_resources=trial_resources, **kw))

@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,16 +28,12 @@ VERSION = require(*CHECKED, __name__)
 def ddp_trainer_class():
     """Ultralytics' DetectionTrainer, made to train inside a Ray Train worker group.
 
-    Relies on these Ultralytics internals (checked by tests/unit/test_ddp_internals.py):
-    `BaseTrainer._setup_ddp` (replaced: Ray owns the process group and the device),
-    `BaseTrainer._setup_train` wrapping the model in `nn.parallel.DistributedDataParallel`
-    with `device_ids=[device.index]` (which a CPU module refuses), `world_size` and `ddp`
-    set in `__init__`, `preprocess_batch` called once per training batch, `validate`
-    returning (metrics, fitness), and `final_eval` (replaced: it assumes CUDA under DDP).
+    Relies on (tests/unit/test_ddp_internals.py checks each): `_setup_ddp` and `final_eval`
+    (replaced), `_setup_train`'s DistributedDataParallel call, `world_size`/`ddp` set in
+    `__init__`, `preprocess_batch` once per batch, `validate` returning (metrics, fitness).
     """
     import torch
     import torch.distributed as dist
-    from torch.nn import parallel
     from ultralytics.models.yolo.detect import DetectionTrainer
 
     class RayDDPTrainer(DetectionTrainer):
@@ -57,26 +56,12 @@ def ddp_trainer_class():
             self.device = ray.train.torch.get_device()
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            try:
-                from ultralytics.utils.torch_utils import get_torch_device_backend
-
-                self.accelerator = get_torch_device_backend(self.device)
-            except ImportError:  # older Ultralytics without accelerator backends
-                pass
+            if (backend := device_backend(self.device)) is not None:
+                self.accelerator = backend
 
         def _setup_train(self) -> None:
-            original = parallel.DistributedDataParallel
-            cpu = self.device.type == "cpu"
-
-            class DDP(original):
-                def __init__(self, module, device_ids=None, **kwargs) -> None:
-                    super().__init__(module, device_ids=None if cpu else device_ids, **kwargs)
-
-            parallel.DistributedDataParallel = DDP
-            try:
+            with ddp_without_device_ids(cpu=self.device.type == "cpu"):
                 super()._setup_train()
-            finally:
-                parallel.DistributedDataParallel = original
 
         def preprocess_batch(self, batch: dict) -> dict:
             self.images_seen += len(batch["img"])
@@ -92,17 +77,51 @@ def ddp_trainer_class():
             # Ultralytics validates best.pt again here, on every rank and on CUDA only. Its
             # metrics are those of the epoch that saved it, which all ranks validated
             # together (each its shard, gathered on rank 0), so keep those instead.
-            from ultralytics.utils.torch_utils import strip_optimizer
-
-            if dist.get_rank() == 0 and self.last.exists():
-                ckpt = strip_optimizer(self.last)
-                if self.best.exists():
-                    strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
+            strip_checkpoints(self.last, self.best, rank=dist.get_rank())
             dist.barrier()
             if getattr(self, "best_metrics", None):
                 self.metrics = dict(self.best_metrics)
 
     return RayDDPTrainer
+
+
+def device_backend(device):
+    """Ultralytics' accelerator backend for `device`; None on versions without them."""
+    try:
+        from ultralytics.utils.torch_utils import get_torch_device_backend
+    except ImportError:
+        return None
+    return get_torch_device_backend(device)
+
+
+@contextlib.contextmanager
+def ddp_without_device_ids(cpu: bool) -> Iterator[None]:
+    """While `_setup_train` wraps the model: on CPU, DistributedDataParallel without the
+    `device_ids=[device.index]` that Ultralytics passes and a CPU module refuses."""
+    from torch.nn import parallel
+
+    original = parallel.DistributedDataParallel
+
+    class DDP(original):
+        def __init__(self, module, device_ids=None, **kwargs) -> None:
+            super().__init__(module, device_ids=None if cpu else device_ids, **kwargs)
+
+    parallel.DistributedDataParallel = DDP
+    try:
+        yield
+    finally:
+        parallel.DistributedDataParallel = original
+
+
+def strip_checkpoints(last: Path, best: Path, rank: int) -> None:
+    """What Ultralytics' final_eval does to the checkpoints, once (on rank 0): drop the optimizer,
+    and give best.pt the run's results."""
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    if rank == 0 and last.exists():
+        ckpt = strip_optimizer(last)
+        if best.exists():
+            strip_optimizer(best, updates={"train_results": ckpt.get("train_results")})
 
 
 def keep_image_predictions(model) -> list[dict[str, Any]]:

@@ -42,45 +42,78 @@ def open_stream(source: str):
     return capture
 
 
+class StreamReader:
+    """Reads a capture on its own thread as fast as the source delivers, keeping only the newest
+    frame (with its index and time since `started`), so the model always gets the newest one."""
+
+    def __init__(self, capture, started: float) -> None:
+        self.capture, self.started = capture, started
+        self.slot, self.stopping = LatestFrame(), threading.Event()
+        self.frames, self.ended = 0, False
+        self.thread = threading.Thread(target=self._read, name="stream-reader", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                ok, frame = self.capture.read()
+                if not ok:
+                    break
+                self.slot.put((self.frames, time.perf_counter() - self.started, frame))
+                self.frames += 1
+        finally:
+            self.ended = True
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self.capture.release()
+
+
+class AnnotatedVideo:
+    """An mp4 of the annotated frames, opened at the first frame's size; nothing when `path` is None."""
+
+    def __init__(self, path, fps: float) -> None:
+        self.path, self.fps, self.writer = path, fps, None
+
+    def write(self, image, found: list[dict]) -> None:
+        import cv2
+
+        if self.path is None:
+            return
+        drawn = cv2.cvtColor(np.asarray(annotate(image, found)), cv2.COLOR_RGB2BGR)
+        if self.writer is None:
+            size = (drawn.shape[1], drawn.shape[0])
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size)
+        self.writer.write(drawn)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+
+
 def predict_stream(cfg: PredictConfig) -> PredictResult:
     """Detect and track faces on a live camera or stream until it ends or a limit is reached."""
     import cv2
 
     cfg, info, started = start_run(cfg)
-    source = str(cfg.source)
-    capture = open_stream(source)
+    capture = open_stream(str(cfg.source))
     fps = capture.get(cv2.CAP_PROP_FPS)
     fps = fps if 1 <= fps <= 120 else 25.0  # cameras and MJPEG streams often report 0 or nonsense
-    slot, stop = LatestFrame(), threading.Event()
-    read = {"frames": 0, "ended": False}
-
-    def reader() -> None:
-        # Reads as fast as the source delivers, so the model always gets the newest frame.
-        try:
-            while not stop.is_set():
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                slot.put((read["frames"], time.perf_counter() - started, frame))
-                read["frames"] += 1
-        finally:
-            read["ended"] = True
-
     annotator = Annotator(replace(cfg, engine="local"))
     tracker = PeopleTracker(frame_rate=fps)
     totals = {name: 0 for name in CLASS_NAMES}
     jsonl, annotated = cfg.out / "detections.jsonl", (cfg.out / "annotated.mp4" if cfg.save else None)
-    writer, processed = None, 0
-    thread = threading.Thread(target=reader, name="stream-reader", daemon=True)
-    thread.start()
+    video, processed = AnnotatedVideo(annotated, fps), 0
+    reader = StreamReader(capture, started)
     try:
         with jsonl.open("w") as f:
             while cfg.max_frames is None or processed < cfg.max_frames:
                 if cfg.max_seconds is not None and time.perf_counter() - started >= cfg.max_seconds:
                     break
-                item = slot.take()
+                item = reader.slot.take()
                 if item is None:
-                    if read["ended"]:
+                    if reader.ended:
                         break
                     time.sleep(0.002)
                     continue
@@ -92,22 +125,13 @@ def predict_stream(cfg: PredictConfig) -> PredictResult:
                 processed += 1
                 for name, n in entry["counts"].items():
                     totals[name] += n
-                if annotated is not None:
-                    drawn = cv2.cvtColor(np.asarray(annotate(image, found)), cv2.COLOR_RGB2BGR)
-                    if writer is None:
-                        writer = cv2.VideoWriter(
-                            str(annotated), cv2.VideoWriter_fourcc(*"mp4v"), fps, (drawn.shape[1], drawn.shape[0])
-                        )
-                    writer.write(drawn)
+                video.write(image, found)
     except KeyboardInterrupt:
         log.warning("stopped by Ctrl-C after %d frames; writing what was seen", processed)
     finally:
-        stop.set()
-        thread.join(timeout=5)
-        capture.release()
-        if writer is not None:
-            writer.release()
-    frames = {"read": read["frames"], "processed": processed, "dropped": slot.dropped}
+        reader.stop()
+        video.close()
+    frames = {"read": reader.frames, "processed": processed, "dropped": reader.slot.dropped}
     counts = {"items": processed, "detections": totals, "people": tracker.summary(), "frames": frames}
     return finish(cfg, info, started, kind="stream", jsonl=jsonl, annotated=annotated, **counts)
 

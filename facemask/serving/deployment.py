@@ -28,7 +28,7 @@ from facemask.serving.inference import Inference
 from facemask.serving.models import Models
 from facemask.simulated_gpu import NAME as SIMULATED
 from facemask.simulated_gpu import SimulatedGPU, parse_latency
-from facemask.tracking import list_versions, set_process_store, tracking_uri
+from facemask.tracking import default_tracking_uri, list_versions, set_process_store
 
 log = logging.getLogger("facemask.serving")
 
@@ -76,7 +76,9 @@ class FacemaskServer:
             check_given_gpus(where)
             self.device = resolve_device(self.args.device) if self.args.backend == "pt" else "cpu"
             a = self.args
-            default = load_detector(a.model_uri, self.device, a.backend, a.threads, warm=True, uri=a.tracking_uri)
+            default = load_detector(
+                a.model_uri, self.device, a.backend, a.threads, warm=True, tracking_uri=a.tracking_uri
+            )
         self.catalog = Models(self.args, default, self.device, self.load_version)
         self.inference = Inference(self.args, self.args.backend)
         self.live_streams = LiveStreams(self)
@@ -147,14 +149,14 @@ class FacemaskServer:
         summary=f"Registered versions with their metrics; pick one with the {MULTIPLEX_HEADER} header",
     )
     async def models(self, _: None = Depends(require_key)) -> dict:
-        uri = self.args.model_uri
-        if not uri.startswith("models:/"):
-            return {"default": uri, "versions": [], "registry_error": "serving a local file, not a registry model"}
+        ref = self.args.model_uri
+        if not ref.startswith("models:/"):
+            return {"default": ref, "versions": [], "registry_error": "serving a local file, not a registry model"}
         try:
-            versions = await asyncio.to_thread(list_versions, parse_models_uri(uri)[0], self.args.tracking_uri)
+            versions = await asyncio.to_thread(list_versions, parse_models_uri(ref)[0], self.args.tracking_uri)
         except Exception as exc:  # an unreachable registry must not break the page
-            return {"default": uri, "versions": [], "registry_error": f"{type(exc).__name__}: {exc}"}
-        return {"default": uri, "versions": versions}
+            return {"default": ref, "versions": [], "registry_error": f"{type(exc).__name__}: {exc}"}
+        return {"default": ref, "versions": versions}
 
     @api.websocket("/live")
     async def live(self, ws: WebSocket) -> None:
@@ -174,10 +176,10 @@ def build_app(args: dict | AppArgs | None = None):
     """The Serve application for `args` (see AppArgs); used by serve/app.py and `facemask serve`."""
     parsed = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     if parsed.tracking_uri is None:
-        uri = tracking_uri()
-        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            uri = f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"  # replicas run in other folders
-        parsed = parsed.model_copy(update={"tracking_uri": uri})
+        store = default_tracking_uri()
+        if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
+            store = f"sqlite:///{Path(store[len('sqlite:///') :]).resolve()}"  # replicas run in other folders
+        parsed = parsed.model_copy(update={"tracking_uri": store})
     plain = parsed.model_dump(exclude={"deployment_options"})
     server = FacemaskServer.options(**with_serve_env(parsed.deployment_options, FacemaskServer))
     # Refused here already when the key is a placeholder; a missing one may still be on the replicas' nodes.

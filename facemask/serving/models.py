@@ -32,8 +32,8 @@ class Models:
 
     async def version(self, model_id: str):
         """The loaded model of a version number: the default's when it is that version."""
-        uri = model_uri_for(model_id, self.args.model_uri)
-        mv = await asyncio.to_thread(model_version, uri, self.args.tracking_uri)
+        ref = model_uri_for(model_id, self.args.model_uri)
+        mv = await asyncio.to_thread(model_version, ref, self.args.tracking_uri)
         if self.default.info.name == mv.name and self.default.info.version == str(mv.version):
             return self.default
         return await asyncio.to_thread(self.load_registered, mv.name, mv.version)
@@ -42,7 +42,12 @@ class Models:
         """One registered version, loaded the way this replica serves its default."""
         args = self.args
         return load_detector(
-            f"models:/{name}/{version}", self.device, args.backend, args.threads, warm=True, uri=args.tracking_uri
+            f"models:/{name}/{version}",
+            self.device,
+            args.backend,
+            args.threads,
+            warm=True,
+            tracking_uri=args.tracking_uri,
         )
 
     async def for_id(self, model_id: str):
@@ -59,31 +64,33 @@ class Models:
             return await self.load_version(model_id)
         except ModelNotFoundError as exc:
             # The registry's address (a server, or a database path) is for the operator's logs, not for clients.
-            uri = self.args.tracking_uri
-            raise APIError(404, "model_not_found", str(exc).replace(uri, "the registry") if uri else str(exc)) from None
+            store = self.args.tracking_uri
+            raise APIError(
+                404, "model_not_found", str(exc).replace(store, "the registry") if store else str(exc)
+            ) from None
 
     async def alias_version(self, alias: str) -> str:
         """The version an alias names, looked up at most every refresh_s (the registry is a network call)."""
         looked_up, version = self.aliases.get(alias, (0.0, ""))
         if not version or (self.args.refresh_s and time.monotonic() - looked_up > self.args.refresh_s):
-            uri = model_uri_for(alias, self.args.model_uri)
-            mv = await asyncio.to_thread(model_version, uri, self.args.tracking_uri)
+            ref = model_uri_for(alias, self.args.model_uri)
+            mv = await asyncio.to_thread(model_version, ref, self.args.tracking_uri)
             version = str(mv.version)
             self.aliases[alias] = (time.monotonic(), version)
         return version
 
     def follow_default_alias(self) -> None:
         """Every refresh_s, in the background: if the app's alias moved, load the new version and swap it in."""
-        uri = self.args.model_uri
+        ref = self.args.model_uri
         if (
             not self.args.refresh_s
-            or "@" not in uri
-            or not uri.startswith("models:/")
+            or "@" not in ref
+            or not ref.startswith("models:/")
             or self.refreshing is not None
             or time.monotonic() - self.default_checked < self.args.refresh_s
         ):
             return
-        self.refreshing = asyncio.get_running_loop().create_task(self._refresh(uri.split("@", 1)[1]))
+        self.refreshing = asyncio.get_running_loop().create_task(self._refresh(ref.split("@", 1)[1]))
 
     async def _refresh(self, alias: str) -> None:
         try:

@@ -20,6 +20,7 @@ from facemask.tracking.runs import (
     RunLogger,
     client,
     close_run,
+    default_tracking_uri,
     end_open_runs,
     ensure_store,
     experiment_id,
@@ -29,12 +30,12 @@ from facemask.tracking.runs import (
     log_to_run,
     metric_key,
     set_process_store,
-    tracking_uri,
     using_tracking_uri,
 )
 from facemask.tracking.server import check_tracking_reachable, hosts_elsewhere, study_tracking_uri
 
 __all__ = [
+    "default_tracking_uri",
     "DEFAULT_EXPERIMENT",
     "RunLogger",
     "set_process_store",
@@ -58,7 +59,6 @@ __all__ = [
     "set_alias",
     "set_version_tags",
     "study_tracking_uri",
-    "tracking_uri",
     "using_tracking_uri",
     "version_metrics",
 ]

@@ -22,7 +22,7 @@ def log_and_register(
     run_id: str,
     weights: Path,
     tags: dict[str, Any],
-    uri: str,
+    tracking_uri: str,
     name: str = REGISTERED_MODEL,
 ) -> str:
     """Log `weights` as a pyfunc MLflow model of run `run_id` and register a new version.
@@ -32,7 +32,7 @@ def log_and_register(
     """
     import mlflow
 
-    with using_tracking_uri(uri):
+    with using_tracking_uri(tracking_uri):
         # Resuming the run is the only way to attach a logged model to it; the caller ends it.
         with mlflow.start_run(run_id=run_id):
             logged = mlflow.pyfunc.log_model(
@@ -43,7 +43,7 @@ def log_and_register(
                 signature=_pyfunc_signature(),
             )
         version = mlflow.register_model(logged.model_uri, name, tags={k: str(v) for k, v in tags.items()})
-    c = client(uri)
+    c = client(tracking_uri)
     c.set_model_version_tag(name, version.version, "run_id", run_id)
     return str(version.version)
 
@@ -70,15 +70,15 @@ def _pyfunc_signature():
     )
 
 
-def model_version(model_uri: str, uri: str):
+def model_version(model_uri: str, tracking_uri: str):
     """The registry ModelVersion a `models:/` URI points to, or ModelNotFoundError naming what is missing."""
     name, version, alias = parse_models_uri(model_uri)
-    c = client(uri)
+    c = client(tracking_uri)
     try:
         c.get_registered_model(name)
     except Exception:
         raise ModelNotFoundError(
-            f"{model_uri}: no registered model {name!r} at {uri}; "
+            f"{model_uri}: no registered model {name!r} at {tracking_uri}; "
             "train with --register first, or set MLFLOW_TRACKING_URI"
         ) from None
     try:
@@ -102,11 +102,11 @@ def version_metrics(mv) -> dict[str, float]:
     return out
 
 
-def check_model_reference(model_uri: str, uri: str, backend: str = "pt") -> None:
+def check_model_reference(model_uri: str, tracking_uri: str, backend: str = "pt") -> None:
     """ModelNotFoundError unless a `models:/` or `runs:/` URI names something loadable, from the
     registry's and the run's metadata alone: nothing is downloaded (each replica downloads it)."""
     if model_uri.startswith("models:/"):
-        mv = model_version(model_uri, uri)
+        mv = model_version(model_uri, tracking_uri)
         if backend == "onnx" and not (mv.tags or {}).get(ONNX_TAG):
             raise ModelNotFoundError(
                 f"{model_uri}: version {mv.version} has no ONNX export; run `facemask export --model-uri {model_uri}`"
@@ -114,14 +114,14 @@ def check_model_reference(model_uri: str, uri: str, backend: str = "pt") -> None
         return
     run_id, _, path = model_uri[len("runs:/") :].partition("/")
     try:
-        listed = client(uri).list_artifacts(run_id, path or None)
+        listed = client(tracking_uri).list_artifacts(run_id, path or None)
     except Exception as exc:
-        raise ModelNotFoundError(f"{model_uri}: no such run or artifact at {uri} ({exc})") from None
+        raise ModelNotFoundError(f"{model_uri}: no such run or artifact at {tracking_uri} ({exc})") from None
     if not listed and not path.endswith((".pt", ".onnx")):
         raise ModelNotFoundError(f"{model_uri}: nothing logged there; check the run id and the path")
 
 
-def fetch_model(model_uri: str, uri: str, backend: str = "pt") -> ModelInfo:
+def fetch_model(model_uri: str, tracking_uri: str, backend: str = "pt") -> ModelInfo:
     """Download what a `models:/` or `runs:/` URI names; return a detector ModelInfo.
 
     backend "onnx" downloads the version's ONNX export (the `onnx_artifact` tag `facemask export` sets).
@@ -132,7 +132,7 @@ def fetch_model(model_uri: str, uri: str, backend: str = "pt") -> ModelInfo:
     metrics: dict[str, float] = {}
     source = model_uri
     if model_uri.startswith("models:/"):
-        mv = model_version(model_uri, uri)
+        mv = model_version(model_uri, tracking_uri)
         name, version, run_id = mv.name, str(mv.version), mv.run_id
         metrics = version_metrics(mv)
         source = f"models:/{name}/{version}"
@@ -145,10 +145,10 @@ def fetch_model(model_uri: str, uri: str, backend: str = "pt") -> ModelInfo:
     else:
         run_id = model_uri[len("runs:/") :].split("/", 1)[0]
     try:
-        with using_tracking_uri(uri):
+        with using_tracking_uri(tracking_uri):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
     except Exception as exc:
-        raise ModelNotFoundError(f"{model_uri}: could not download its artifacts from {uri} ({exc})") from None
+        raise ModelNotFoundError(f"{model_uri}: could not download its artifacts from {tracking_uri} ({exc})") from None
     weights = local if local.is_file() else find_weights(local, prefer=f".{backend}")
     if weights.suffix != f".{backend}":
         raise ModelNotFoundError(
@@ -157,27 +157,27 @@ def fetch_model(model_uri: str, uri: str, backend: str = "pt") -> ModelInfo:
     return ModelInfo(uri=model_uri, weights=str(weights), name=name, version=version, run_id=run_id, metrics=metrics)
 
 
-def set_version_tags(name: str, version: str, tags: dict[str, Any], uri: str) -> None:
-    c = client(uri)
+def set_version_tags(name: str, version: str, tags: dict[str, Any], tracking_uri: str) -> None:
+    c = client(tracking_uri)
     for key, value in tags.items():
         c.set_model_version_tag(name, version, key, str(value))
 
 
-def alias_version(name: str, alias: str, uri: str):
+def alias_version(name: str, alias: str, tracking_uri: str):
     """The version holding `alias`, or None."""
     try:
-        return client(uri).get_model_version_by_alias(name, alias)
+        return client(tracking_uri).get_model_version_by_alias(name, alias)
     except Exception:
         return None
 
 
-def set_alias(name: str, alias: str, version: str, uri: str) -> None:
-    client(uri).set_registered_model_alias(name, alias, version)
+def set_alias(name: str, alias: str, version: str, tracking_uri: str) -> None:
+    client(tracking_uri).set_registered_model_alias(name, alias, version)
 
 
-def list_versions(name: str, uri: str) -> list[dict[str, Any]]:
+def list_versions(name: str, tracking_uri: str) -> list[dict[str, Any]]:
     """Every registered version with its aliases and metric tags, newest first."""
-    c = client(uri)
+    c = client(tracking_uri)
     try:
         versions = c.search_model_versions(f"name='{name}'")
     except Exception:

@@ -9,6 +9,7 @@ as FINISHED or FAILED.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -27,7 +28,7 @@ _PARAM_LIMIT = 6000
 _FAILED = object()  # what a guarded call returns when MLflow did not take it
 
 
-def tracking_uri() -> str:
+def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else `mlflow.db` (sqlite) in `runtime.results_base()`.
 
     Read once, by an entry point (the CLI, a job, a Serve app's start-up); from there the
@@ -37,56 +38,56 @@ def tracking_uri() -> str:
     directory is a temporary copy. The path is absolute so Ray workers and Tune trials, whose
     working directories differ, all write to the same file.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking_uri:
+        return tracking_uri
     return f"sqlite:///{results_base() / 'mlflow.db'}"
 
 
-def sqlite_path(uri: str) -> Path | None:
+def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI, else None."""
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    return Path(tracking_uri[len("sqlite:///") :]) if tracking_uri.startswith("sqlite:///") else None
 
 
-def artifact_root(uri: str) -> str | None:
+def artifact_root(tracking_uri: str) -> str | None:
     """Where a new experiment of a sqlite store keeps artifacts: `mlruns/` beside the database.
 
     MLflow's own default is `./mlruns` in the working directory at the time, which under
     `ray job submit` is Ray's temporary copy: the weights would vanish with it.
     """
-    db = sqlite_path(uri)
+    db = sqlite_path(tracking_uri)
     return str(db.parent / "mlruns") if db is not None else None
 
 
-def ensure_store(uri: str) -> str:
+def ensure_store(tracking_uri: str) -> str:
     """`uri`, with the folder of a sqlite store created: MLflow cannot create the file in a
     folder that does not exist (the results base on a fresh machine)."""
-    db = sqlite_path(uri)
+    db = sqlite_path(tracking_uri)
     if db is not None:
         ensure_dir(db.parent)
-    return uri
+    return tracking_uri
 
 
-def client(uri: str):
+def client(tracking_uri: str):
     from mlflow import MlflowClient
 
-    uri = ensure_store(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    tracking_uri = ensure_store(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 STORE_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _SAME = object()
 
 
-def set_process_store(uri: str | None, registry: str | None | object = _SAME) -> None:
+def set_process_store(tracking_uri: str | None, registry: str | None | object = _SAME) -> None:
     """Make `uri` this process's MLflow store: the one place the library writes it into the environment.
 
     Called where a process starts work for another one (a Tune trial, a Ray Train worker, a
     Serve replica): those start with their node's environment, not the driver's, and the
-    store travels to them as an argument. None unsets it (back to `tracking_uri()`'s default);
+    store travels to them as an argument. None unsets it (back to `default_tracking_uri()`'s default);
     the registry is the same store unless given.
     """
-    for key, value in zip(STORE_ENV, (uri, uri if registry is _SAME else registry)):
+    for key, value in zip(STORE_ENV, (tracking_uri, tracking_uri if registry is _SAME else registry)):
         if value is None:
             os.environ.pop(key, None)
         else:
@@ -94,16 +95,16 @@ def set_process_store(uri: str | None, registry: str | None | object = _SAME) ->
 
 
 @contextlib.contextmanager
-def using_tracking_uri(uri: str) -> Iterator[None]:
+def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
     """Point MLflow's fluent API and registry at `uri` for a block (its `log_model` and
     `download_artifacts` take no store argument), then restore what they pointed at."""
     import mlflow
 
     saved = [os.environ.get(k) for k in STORE_ENV]
     before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    set_process_store(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    set_process_store(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     try:
         yield
     finally:
@@ -112,14 +113,14 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_registry_uri(before[1])
 
 
-def experiment_id(name: str, uri: str) -> str:
+def experiment_id(name: str, tracking_uri: str) -> str:
     """The id of experiment `name`, created if missing (safe against a concurrent creator)."""
-    c = client(uri)
+    c = client(tracking_uri)
     found = c.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=artifact_root(uri))
+        return c.create_experiment(name, artifact_location=artifact_root(tracking_uri))
     except Exception:
         found = c.get_experiment_by_name(name)
         if found is None:
@@ -145,6 +146,18 @@ def metric_key(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
+def dataset_input(source: str, name: str, digest: str, context: str):
+    """A DatasetInput for `MlflowClient.log_inputs`, from MLflow's public entities: a dataset known by
+    its source and digest only, recorded as MLflow records a file's (`{"uri": ...}`, its scheme or
+    "local"). Logged by run id: `mlflow.log_input` logs only to this thread's active run, which a
+    logger shared by Ultralytics' callbacks and Ray workers does not have."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    source_type = source.split("://", 1)[0] if "://" in source else "local"
+    dataset = Dataset(name=name, digest=digest[:36], source_type=source_type, source=json.dumps({"uri": source}))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
+
+
 class RunLogger:
     """One MLflow run, logged best-effort. Use as a context manager or call `end()`.
 
@@ -160,7 +173,7 @@ class RunLogger:
         tags: dict[str, str] | None = None,
         parent_run_id: str | None = None,
         *,
-        uri: str,
+        tracking_uri: str,
         run_id: str | None = None,
         reopen: bool = False,
         enabled: bool = True,
@@ -168,7 +181,7 @@ class RunLogger:
         cooldown_s: float = 5.0,
         buffer: int = 10_000,
     ) -> None:
-        self.uri = uri
+        self.tracking_uri = tracking_uri
         self.run_id: str | None = run_id
         self.failures = 0
         self._warned = False
@@ -201,7 +214,7 @@ class RunLogger:
     @property
     def _c(self):
         if self._client is None:
-            self._client = client(self.uri)
+            self._client = client(self.tracking_uri)
         return self._client
 
     @property
@@ -209,13 +222,13 @@ class RunLogger:
         return self.run_id is not None
 
     def _start(self, experiment: str, tags: dict[str, str]) -> str:
-        run = self._c.create_run(experiment_id(experiment, self.uri), tags=tags)
+        run = self._c.create_run(experiment_id(experiment, self.tracking_uri), tags=tags)
         return run.info.run_id
 
     def _start_monitor(self) -> None:
         from facemask.compat.mlflow import system_metrics_monitor
 
-        self._monitor = system_metrics_monitor(self.run_id, self.uri)
+        self._monitor = system_metrics_monitor(self.run_id, self.tracking_uri)
 
     def _call(self, fn, *args, **kwargs):
         """Run one MLflow call; on failure warn once, back off, return `_FAILED`."""
@@ -289,8 +302,6 @@ class RunLogger:
             return
 
         def send() -> None:
-            from facemask.compat.mlflow import dataset_input
-
             self._c.log_inputs(self.run_id, datasets=[dataset_input(source, name, digest, context)])
 
         self._call(send)
@@ -325,7 +336,7 @@ class RunLogger:
             "could not mark MLflow run %s as %s: the tracking server at %s did not answer",
             self.run_id,
             status,
-            self.uri,
+            self.tracking_uri,
         )
         return False
 
@@ -339,12 +350,12 @@ class RunLogger:
             self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
 
 
-def log_to_run(run_id: str, metrics: dict[str, float], artifacts: list[tuple[Path, str]], uri: str) -> bool:
+def log_to_run(run_id: str, metrics: dict[str, float], artifacts: list[tuple[Path, str]], tracking_uri: str) -> bool:
     """Add metrics and artifacts to an existing (possibly finished) run, without reopening it.
 
     Best-effort like every RunLogger call; returns False if MLflow did not take all of it.
     """
-    logger = RunLogger(run_id=run_id, uri=uri, system_metrics=False)
+    logger = RunLogger(run_id=run_id, tracking_uri=tracking_uri, system_metrics=False)
     if metrics:
         logger.log_metrics(metrics)
     for path, folder in artifacts:
@@ -352,13 +363,13 @@ def log_to_run(run_id: str, metrics: dict[str, float], artifacts: list[tuple[Pat
     return logger.failures == 0 and not logger._pending
 
 
-def find_child_run(parent_run_id: str, tag: str, value: str, uri: str) -> str | None:
+def find_child_run(parent_run_id: str, tag: str, value: str, tracking_uri: str) -> str | None:
     """The child run of `parent_run_id` tagged `tag=value` (a retried trial's run), or None.
 
     Best-effort: an unreachable server gives None, and the caller makes a new run.
     """
     try:
-        c = client(uri)
+        c = client(tracking_uri)
         parent = c.get_run(parent_run_id)
         runs = c.search_runs(
             [parent.info.experiment_id],
@@ -370,9 +381,9 @@ def find_child_run(parent_run_id: str, tag: str, value: str, uri: str) -> str | 
         return None
 
 
-def find_tagged_run(experiment: str, tag: str, value: str, uri: str) -> str | None:
+def find_tagged_run(experiment: str, tag: str, value: str, tracking_uri: str) -> str | None:
     """The run of `experiment` tagged `tag=value` (a study's parent run), or None."""
-    c = client(uri)
+    c = client(tracking_uri)
     found = c.get_experiment_by_name(experiment)
     if found is None:
         return None
@@ -380,10 +391,10 @@ def find_tagged_run(experiment: str, tag: str, value: str, uri: str) -> str | No
     return runs[0].info.run_id if runs else None
 
 
-def end_open_runs(run_id: str, status: str, uri: str, tags: dict[str, str] | None = None) -> list[str]:
+def end_open_runs(run_id: str, status: str, tracking_uri: str, tags: dict[str, str] | None = None) -> list[str]:
     """Mark `run_id` and every child run of it still RUNNING as `status` (KILLED after a stop):
     what a stopped study leaves open. Returns the ids it closed; `--resume` reopens them."""
-    c = client(uri)
+    c = client(tracking_uri)
     parent = c.get_run(run_id)
     children = c.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"
@@ -398,9 +409,9 @@ def end_open_runs(run_id: str, status: str, uri: str, tags: dict[str, str] | Non
     return closed
 
 
-def close_run(run_id: str, status: str, tags: dict[str, str], uri: str, weights: Path | None = None) -> None:
+def close_run(run_id: str, status: str, tags: dict[str, str], tracking_uri: str, weights: Path | None = None) -> None:
     """End a run as `status` with `tags`; upload `weights` as weights/<name> unless the run has it already."""
-    c = client(uri)
+    c = client(tracking_uri)
     if weights is not None and weights.is_file():
         present = {a.path for a in c.list_artifacts(run_id, "weights")}
         if f"weights/{weights.name}" not in present:

@@ -18,15 +18,16 @@ from facemask.tracking.runs import artifact_root, ensure_store, sqlite_path
 log = logging.getLogger("facemask.tracking")
 
 
-def mlflow_server_command(port: int, store: str, *artifacts: str) -> list[str]:
-    """`mlflow server` on loopback `port` over the backend `store`, one worker; `artifacts` are its
-    artifact options (where they go, whether the server serves them)."""
+def mlflow_server_command(port: int, backend_store_uri: str, *artifacts: str) -> list[str]:
+    """`mlflow server` on loopback `port` over `backend_store_uri`, one worker; its clients' store is
+    then `http://127.0.0.1:<port>`. `artifacts` are its artifact options (where they go, whether the
+    server serves them)."""
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
-    return command + ["--workers", "1", "--backend-store-uri", store, *artifacts]
+    return command + ["--workers", "1", "--backend-store-uri", backend_store_uri, *artifacts]
 
 
 @contextlib.contextmanager
-def study_tracking_uri(uri: str) -> Iterator[str]:
+def study_tracking_uri(tracking_uri: str) -> Iterator[str]:
     """A tracking URI that many concurrent trials can write to.
 
     A sqlite file takes one writer at a time, and parallel trials would meet
@@ -34,15 +35,15 @@ def study_tracking_uri(uri: str) -> Iterator[str]:
     over that same file for the length of the study (the server is the only writer),
     and stops it, by its own process group, afterwards. Other URIs pass through.
     """
-    if not uri.startswith("sqlite:"):
-        yield uri
+    if not tracking_uri.startswith("sqlite:"):
+        yield tracking_uri
         return
-    db = sqlite_path(ensure_store(uri))
-    artifacts = artifact_root(uri)
+    db = sqlite_path(ensure_store(tracking_uri))
+    artifacts = artifact_root(tracking_uri)
     port = free_port()
     log_file = open(db.parent / f".mlflow-server-{port}.log", "ab")
     proc = subprocess.Popen(
-        mlflow_server_command(port, uri, "--default-artifact-root", str(artifacts), "--no-serve-artifacts"),
+        mlflow_server_command(port, tracking_uri, "--default-artifact-root", str(artifacts), "--no-serve-artifacts"),
         stdout=log_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -53,15 +54,17 @@ def study_tracking_uri(uri: str) -> Iterator[str]:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server for {uri} exited with {proc.returncode}; see {log_file.name}")
+                raise RuntimeError(
+                    f"mlflow server for {tracking_uri} exited with {proc.returncode}; see {log_file.name}"
+                )
             try:
                 with urllib.request.urlopen(f"{served}/health", timeout=2):
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"mlflow server for {uri} did not start in 120s; see {log_file.name}")
+                    raise TimeoutError(f"mlflow server for {tracking_uri} did not start in 120s; see {log_file.name}")
                 time.sleep(0.5)
-        log.info("study logs through %s (a server over %s)", served, uri)
+        log.info("study logs through %s (a server over %s)", served, tracking_uri)
         yield served
     finally:
         stop_process_group(proc)
@@ -73,15 +76,15 @@ def hosts_elsewhere(nodes: list[dict[str, Any]], here: str) -> list[str]:
     return sorted({n["NodeManagerAddress"] for n in nodes if n.get("Alive") and n.get("NodeManagerAddress") != here})
 
 
-def check_tracking_reachable(uri: str, nodes: list[dict[str, Any]], here: str, who: str = "trials") -> None:
+def check_tracking_reachable(tracking_uri: str, nodes: list[dict[str, Any]], here: str, who: str = "trials") -> None:
     """Refuse a run whose remote processes could not log: a sqlite store is on this machine only
     (a study even serves it on this node's loopback)."""
-    if not uri.startswith("sqlite:"):
+    if not tracking_uri.startswith("sqlite:"):
         return
     elsewhere = hosts_elsewhere(nodes, here)
     if elsewhere:
         raise ConfigError(
             f"the cluster has nodes on other machines ({', '.join(elsewhere[:5])}), and the tracking store is on this "
-            f"machine ({uri}), which {who} there cannot reach; set "
+            f"machine ({tracking_uri}), which {who} there cannot reach; set "
             "MLFLOW_TRACKING_URI to a tracking server every node reaches (docs/jobs-and-clusters.md)"
         )

@@ -65,9 +65,9 @@ def plain(model: str, jpegs: list[bytes], imgsz: int, count: int) -> dict:
 
     from facemask.detector import load_detector
     from facemask.live.tracker import PeopleTracker
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
 
-    detector, tracker = load_detector(model, warm=True, uri=tracking_uri()), PeopleTracker()
+    detector, tracker = load_detector(model, warm=True, tracking_uri=default_tracking_uri()), PeopleTracker()
     latencies, started = [], time.perf_counter()
     for i in range(count):
         t = time.perf_counter()

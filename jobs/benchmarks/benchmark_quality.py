@@ -143,7 +143,7 @@ def train_and_score(
     preds = out / "predictions" / f"{name}-seed{seed}.npz"
     preds.parent.mkdir(parents=True, exist_ok=True)
     scored.predictions.save(preds)
-    logger = RunLogger(run_id=result.run_id, uri=args.tracking_uri, system_metrics=False)
+    logger = RunLogger(run_id=result.run_id, tracking_uri=args.tracking_uri, system_metrics=False)
     logger.log_metrics(scored.intervals.metrics("test_bootstrap") | {"benchmark/train_seconds": seconds})
     logger.log_artifact(preds, "evaluation/test")
     return {
@@ -253,7 +253,10 @@ def main() -> None:
             datasets["originals"], args.repeat_threshold, 0, out / "data" / "repeat", CLASS_NAMES
         )
     parent = RunLogger(
-        args.experiment, f"ablation-{time.strftime('%Y%m%d-%H%M%S')}", uri=args.tracking_uri, system_metrics=False
+        args.experiment,
+        f"ablation-{time.strftime('%Y%m%d-%H%M%S')}",
+        tracking_uri=args.tracking_uri,
+        system_metrics=False,
     )
     parent.log_params({k: str(v) for k, v in vars(args).items()})
     baseline_steps = args.epochs * steps_per_epoch(datasets["originals"], args.batch)

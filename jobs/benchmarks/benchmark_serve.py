@@ -242,10 +242,12 @@ def plain_server(model_uri: str, backend: str, device: str, threads: int, port: 
         detector = SimulatedGPU()
     else:
         from facemask.detector import load_detector
-        from facemask.tracking import tracking_uri
+        from facemask.tracking import default_tracking_uri
 
-        store = tracking_uri()
-        detector = load_detector(model_uri, device=device, backend=backend, threads=threads, warm=True, uri=store)
+        store = default_tracking_uri()
+        detector = load_detector(
+            model_uri, device=device, backend=backend, threads=threads, warm=True, tracking_uri=store
+        )
     app = FastAPI()
 
     @app.post("/predict")
@@ -330,10 +332,10 @@ def raw(model_uri: str, backend: str, device: str, threads: int, images: list[by
     from PIL import Image
 
     from facemask.detector import load_detector
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
 
-    store = tracking_uri()
-    detector = load_detector(model_uri, device=device, backend=backend, threads=threads, warm=True, uri=store)
+    store = default_tracking_uri()
+    detector = load_detector(model_uri, device=device, backend=backend, threads=threads, warm=True, tracking_uri=store)
     decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
     for image in decoded[:3]:
         detector.predict([image], imgsz=imgsz)
@@ -484,7 +486,7 @@ def main() -> None:
 
     configure_runtime()
     from facemask.export import export_onnx
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
 
     backends = args.backends.split(",")
     ingresses = args.ingresses.split(",")
@@ -498,7 +500,7 @@ def main() -> None:
     bodies["1080p"].append(work / "full-hd.jpg")
     model_uri = args.model_uri or (str(untrained_weights(work)) if set(backends) - {SIMULATED} else SIMULATED)
     if "onnx" in backends:
-        export_onnx(model_uri, imgsz=args.cpu_imgsz, uri=tracking_uri())
+        export_onnx(model_uri, imgsz=args.cpu_imgsz, tracking_uri=default_tracking_uri())
     default_ingress = ServeConfig.ingress
     device_name = f"CPU, {os.cpu_count()} cores"
     if args.device != "cpu":  # the model runs on a GPU; the HTTP path still runs on the CPU's cores

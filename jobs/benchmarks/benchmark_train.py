@@ -31,7 +31,7 @@ DEFAULT_SOURCE = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
 CHILD = r"""
 import json, os, resource, sys, time
 from pathlib import Path
-from facemask.tracking import tracking_uri
+from facemask.tracking import default_tracking_uri
 from facemask.train import TrainConfig, train
 data, project, epochs, imgsz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 tracking = sys.argv[5] == "on"
@@ -41,7 +41,7 @@ def mark(trainer):
 start = time.perf_counter()
 train(TrainConfig(data=Path(data), model="yolo26n.yaml", epochs=epochs, imgsz=imgsz, batch=16, device="cpu", workers=1,
                   project=Path(project), run_name="bench-" + sys.argv[5], plots=False, tracking=tracking,
-                  experiment="benchmark-train", tracking_uri=tracking_uri()),
+                  experiment="benchmark-train", tracking_uri=default_tracking_uri()),
       callbacks={"on_train_epoch_start": [mark]})
 end = time.perf_counter()
 # Epoch k runs from its start to the next one's; the last ends at the end of training (incl. final validation).
@@ -55,12 +55,13 @@ SCALING = r"""
 import json, logging, os, sys, time
 from pathlib import Path
 from facemask.settings import DistributedConfig, TrainConfig
-from facemask.tracking import tracking_uri
+from facemask.tracking import default_tracking_uri
 data, project, epochs, imgsz = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 workers, gpus = int(sys.argv[5]), float(sys.argv[6])
 cfg = TrainConfig(data=Path(data), model="yolo26n.yaml", epochs=epochs, imgsz=imgsz, batch=16,
                   device="cpu" if not gpus else "auto", workers=0, project=project, run_name=f"w{workers}",
-                  plots=False, tracking=False, seed=0, experiment="benchmark-train", tracking_uri=tracking_uri())
+                  plots=False, tracking=False, seed=0, experiment="benchmark-train",
+                  tracking_uri=default_tracking_uri())
 start = time.perf_counter()
 if workers == 1:
     import torch

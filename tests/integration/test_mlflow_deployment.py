@@ -40,7 +40,7 @@ def check_the_cluster_can_use_it(url: str, tmp_path: Path, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", auth[1])
     weights = tmp_path / "best.pt"
     weights.write_bytes(b"weights")
-    run = RunLogger("deployment", "a-trial", {"facemask.test": "1"}, uri=url, system_metrics=False)
+    run = RunLogger("deployment", "a-trial", {"facemask.test": "1"}, tracking_uri=url, system_metrics=False)
     run.log_params({"epochs": 1})
     run.log_metrics({"val/mAP50": 0.5}, step=1)
     run.log_artifact(weights, "weights")

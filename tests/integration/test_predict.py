@@ -104,8 +104,8 @@ def test_predict_video(ray_local, registered_detector, synth_source, tmp_path):
 def test_export_onnx_logs_it_and_the_onnx_backend_agrees(registered_detector, known_image, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registered_detector["tracking_uri"])
     name, other = registered_detector["name"], registered_detector["other"]
-    uri = f"models:/{name}/{other}"
-    result = CliRunner().invoke(main, ["export", "--model-uri", uri, "--imgsz", "160", "--json"])
+    tracking_uri = f"models:/{name}/{other}"
+    result = CliRunner().invoke(main, ["export", "--model-uri", tracking_uri, "--imgsz", "160", "--json"])
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)
     assert answer["artifact_uri"].startswith(f"runs:/{registered_detector['run_id']}/onnx/")
@@ -116,9 +116,9 @@ def test_export_onnx_logs_it_and_the_onnx_backend_agrees(registered_detector, kn
     tags = MlflowClient(registered_detector["tracking_uri"]).get_model_version(name, other).tags
     assert tags["onnx_artifact"].endswith(".onnx") and tags["onnx_imgsz"] == "160"
     store = registered_detector["tracking_uri"]
-    onnx = load_detector(uri, backend="onnx", uri=store)
+    onnx = load_detector(tracking_uri, backend="onnx", tracking_uri=store)
     assert onnx.info.weights.endswith(".onnx") and onnx.info.version == other
-    torch_model = load_detector(uri, uri=store)
+    torch_model = load_detector(tracking_uri, tracking_uri=store)
     image = Image.open(known_image)
     for size in (160, 224):  # the export takes any size and batch
         got = onnx.predict([image, image], conf=0, imgsz=size, max_det=10)
@@ -134,7 +134,7 @@ def test_export_onnx_logs_it_and_the_onnx_backend_agrees(registered_detector, kn
             ), d
 
     with pytest.raises(ModelNotFoundError, match="facemask export"):
-        load_detector(f"models:/{name}/{registered_detector['champion']}", backend="onnx", uri=store)
+        load_detector(f"models:/{name}/{registered_detector['champion']}", backend="onnx", tracking_uri=store)
     missing = CliRunner().invoke(
         main,
         [

@@ -77,7 +77,7 @@ def test_evaluate_a_voc_folder_logs_intervals_and_counts_dropped_unknown_classes
     unknown = xml.read_text().count("face_shield")
     assert unknown >= 1
     model = f"models:/{registered_detector['name']}/{registered_detector['other']}"
-    scoring = {"imgsz": 160, "device": "cpu", "resamples": 200, "uri": registered_detector["tracking_uri"]}
+    scoring = {"imgsz": 160, "device": "cpu", "resamples": 200, "tracking_uri": registered_detector["tracking_uri"]}
     with pytest.raises(ConfigError, match=rf"face_shield \({unknown}\)"):  # a label nobody mapped stops it
         evaluate(model, folder, **scoring)
     result = evaluate(model, folder, read=ReadConfig(drop_unknown=True), **scoring)

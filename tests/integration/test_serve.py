@@ -62,7 +62,9 @@ def test_predict_matches_the_model_called_in_process(http, endpoint, known_image
         response = http.post("/predict", params=params, files={"file": (known_image.name, f, "image/png")})
     assert response.status_code == 200, response.text
     body = response.json()
-    detector = load_detector(f"models:/{endpoint['name']}/{endpoint['champion']}", uri=endpoint["tracking_uri"])
+    detector = load_detector(
+        f"models:/{endpoint['name']}/{endpoint['champion']}", tracking_uri=endpoint["tracking_uri"]
+    )
     expected = [d.to_dict() for d in detector.predict([Image.open(known_image)], **params)[0]]
     assert len(expected) == 20
     assert [d["label"] for d in body["detections"]] == [d["label"] for d in expected]
@@ -236,10 +238,10 @@ def test_a_promotion_is_served_without_a_redeploy(http, endpoint, known_image):
     name, champion, other = endpoint["name"], endpoint["champion"], endpoint["other"]
     assert versions() == (champion, champion)
     try:
-        set_alias(name, "champion", other, uri=endpoint["tracking_uri"])
+        set_alias(name, "champion", other, tracking_uri=endpoint["tracking_uri"])
         converge(other)
     finally:
-        set_alias(name, "champion", champion, uri=endpoint["tracking_uri"])
+        set_alias(name, "champion", champion, tracking_uri=endpoint["tracking_uri"])
     converge(champion)
 
 

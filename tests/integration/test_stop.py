@@ -72,8 +72,8 @@ def stop_and_time(proc: subprocess.Popen, group: bool, sig: int = signal.SIGTERM
     return code, seconds, [" ".join(p.cmdline())[:120] for p in left]
 
 
-def runs_of(uri: str, experiment: str):
-    client = MlflowClient(uri)
+def runs_of(tracking_uri: str, experiment: str):
+    client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     return [] if found is None else client.search_runs([found.experiment_id])
 
@@ -92,8 +92,8 @@ def two_trial_space(tmp_path) -> Path:
     return path
 
 
-def assert_resumed_once(uri: str, experiment: str, trials: int) -> None:
-    runs = runs_of(uri, experiment)
+def assert_resumed_once(tracking_uri: str, experiment: str, trials: int) -> None:
+    runs = runs_of(tracking_uri, experiment)
     parents = [r for r in runs if "facemask.study_path" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if "facemask.trial_id" in r.data.tags]
@@ -106,7 +106,7 @@ def test_tune_stopped_by_sigterm_to_its_process_group_resumes(tiny_data, tmp_pat
     experiment = "stop-group"
     env = command_env()
     env.pop("MLFLOW_TRACKING_URI", None)  # the default store: sqlite under the working dir, behind the study's server
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = FACEMASK + ["tune", *study_args(tiny_data, two_trial_space, tmp_path / "studies", experiment)]
     log = tmp_path / "tune.log"
     proc = start(args, log, env, tmp_path)
@@ -125,13 +125,13 @@ def test_tune_stopped_by_sigterm_to_its_process_group_resumes(tiny_data, tmp_pat
     last = [line for line in output.splitlines() if line.startswith("stopped by SIGTERM")]
     assert last and "--resume" in last[-1], output[-2000:]
     assert "Aborted" not in output and "core dumped" not in output
-    assert [r.info.status for r in runs_of(uri, experiment) if r.info.status == "RUNNING"] == []
+    assert [r.info.status for r in runs_of(tracking_uri, experiment) if r.info.status == "RUNNING"] == []
 
     resumed = subprocess.run(
         args + ["--resume", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert_resumed_once(uri, experiment, trials=2)
+    assert_resumed_once(tracking_uri, experiment, trials=2)
     # --json: stdout holds the study's result and nothing else, whatever Ray and Ultralytics printed.
     answer = json.loads(resumed.stdout)
     assert answer["state"] == "finished" and answer["counts"]["finished"] + answer["counts"]["stopped_early"] == 2
@@ -279,14 +279,14 @@ def test_two_worker_trials_fit_a_two_cpu_machine(tiny_data, mlflow_server, tmp_p
     code = (
         "import json, sys, ray\n"
         "from facemask.runtime import configure_runtime\n"
-        "from facemask.tracking import tracking_uri\n"
+        "from facemask.tracking import default_tracking_uri\n"
         "from facemask.tune import StudyConfig, tune\n"
         "configure_runtime()\n"
         "ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
         "cfg = StudyConfig(data=sys.argv[1], model='yolo26n.yaml', trials=2, epochs=1, imgsz=160, batch=8,\n"
         "                  cpus_per_trial=2, ray_workers_per_trial=2, storage=sys.argv[2], name='w2',\n"
         "                  metric='cls_loss', mode='min', experiment='two-workers', register=False, max_failures=0,\n"
-        "                  tracking_uri=tracking_uri())\n"
+        "                  tracking_uri=default_tracking_uri())\n"
         "print('RESULT ' + json.dumps(tune(cfg).counts))\n"
     )
     run = subprocess.run(

@@ -51,24 +51,26 @@ def test_training_run_has_params_metrics_artifacts_and_registers(tiny_data, trac
     version = client.get_model_version(name, result.version)
     assert version.tags["data.fingerprint"] == result.fingerprint
     assert "val_mAP50-95" in version.tags
-    by_version = load_detector(f"models:/{name}/{result.version}", uri=tracking["uri"])
+    by_version = load_detector(f"models:/{name}/{result.version}", tracking_uri=tracking["uri"])
     assert by_version.info.run_id == result.run_id and by_version.info.version == result.version
 
     # evaluation on the clean test split is logged to the run and to the version
-    evaluation = evaluate(f"models:/{name}/{result.version}", tiny_data, imgsz=160, device="cpu", uri=tracking["uri"])
+    evaluation = evaluate(
+        f"models:/{name}/{result.version}", tiny_data, imgsz=160, device="cpu", tracking_uri=tracking["uri"]
+    )
     assert set(evaluation.overall) == {"precision", "recall", "mAP50", "mAP50-95"}
     assert len(evaluation.confusion_matrix) == 4
     assert "test_mAP50-95" in client.get_model_version(name, result.version).tags
     assert "test/mAP50-95" in client.get_run(result.run_id).data.metrics
     assert decision_for(name, result.version, tracking["uri"]).promoted  # first one takes the empty alias
-    champion = load_detector(f"models:/{name}@champion", uri=tracking["uri"])
+    champion = load_detector(f"models:/{name}@champion", tracking_uri=tracking["uri"])
     assert champion.info.version == result.version
     detections = champion.predict([str(next((tiny_data.parent / "images" / "test").iterdir()))], imgsz=160, conf=0.0001)
     assert len(detections) == 1
 
 
-def decision_for(name: str, version: str, uri: str, force: bool = False):
-    return promote(f"models:/{name}/{version}", uri, force=force)
+def decision_for(name: str, version: str, tracking_uri: str, force: bool = False):
+    return promote(f"models:/{name}/{version}", tracking_uri, force=force)
 
 
 def test_promotion_gate_both_ways(tiny_data, tracking, tmp_path):
@@ -77,21 +79,26 @@ def test_promotion_gate_both_ways(tiny_data, tracking, tmp_path):
     name = f"gate-{tracking['experiment']}"
     first = train(tiny(tiny_data, tracking, tmp_path, epochs=1, register=True, registered_model=name, run_name="a"))
     second = train(tiny(tiny_data, tracking, tmp_path, epochs=1, register=True, registered_model=name, run_name="b"))
-    uri = tracking["uri"]
+    tracking_uri = tracking["uri"]
     with pytest.raises(ValueError, match="facemask evaluate"):
-        decision_for(name, first.version, uri)
+        decision_for(name, first.version, tracking_uri)
     for version in (first.version, second.version):
-        evaluated = evaluate(f"models:/{name}/{version}", tiny_data, imgsz=160, device="cpu", resamples=200, uri=uri)
+        evaluated = evaluate(
+            f"models:/{name}/{version}", tiny_data, imgsz=160, device="cpu", resamples=200, tracking_uri=tracking_uri
+        )
         assert evaluated.intervals.images == len(list((tiny_data.parent / "images" / "test").iterdir()))
-    assert decision_for(name, first.version, uri).promoted
-    within = decision_for(name, second.version, uri)
+    assert decision_for(name, first.version, tracking_uri).promoted
+    within = decision_for(name, second.version, tracking_uri)
     assert not within.promoted and re.fullmatch(
         r"not distinguishable from version 1: Δ mAP50-95 [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", within.reason
     ), within.reason
     assert within.details["resamples"] == 1000 and within.details["images"] > 0
-    assert load_detector(f"models:/{name}@champion", uri=uri).info.version == first.version
-    forced = decision_for(name, second.version, uri, force=True)
-    assert forced.promoted and load_detector(f"models:/{name}@champion", uri=uri).info.version == second.version
+    assert load_detector(f"models:/{name}@champion", tracking_uri=tracking_uri).info.version == first.version
+    forced = decision_for(name, second.version, tracking_uri, force=True)
+    assert (
+        forced.promoted
+        and load_detector(f"models:/{name}@champion", tracking_uri=tracking_uri).info.version == second.version
+    )
     run = CliRunner().invoke(main, ["promote", "--model-uri", f"models:/{name}/{first.version}"])
     kept = f"kept version {second.version} @champion, not version {first.version}: not distinguishable from version"
     assert run.exit_code == 0 and kept in run.output
@@ -134,7 +141,7 @@ def test_promotion_gate_both_ways(tiny_data, tracking, tmp_path):
 
 def test_loader_says_what_is_missing(tracking):
     with pytest.raises(ModelNotFoundError, match="no registered model 'nobody'"):
-        load_detector("models:/nobody@champion", uri=tracking["uri"])
+        load_detector("models:/nobody@champion", tracking_uri=tracking["uri"])
     with pytest.raises(ValueError, match="looked up in an MLflow store"):
         load_detector("models:/nobody@champion")
     with pytest.raises(ModelNotFoundError, match="no such weights file"):
@@ -204,14 +211,14 @@ def test_a_model_reference_is_checked_from_metadata_without_a_download(registere
     monkeypatch.setattr(
         mlflow.artifacts, "download_artifacts", lambda *a, **k: downloads.append(a or k) or real(*a, **k)
     )
-    info = resolve_model(f"models:/{name}/{registered_detector['other']}", uri=store, download=False)
+    info = resolve_model(f"models:/{name}/{registered_detector['other']}", tracking_uri=store, download=False)
     assert info.weights == "" and downloads == []
     with pytest.raises(ModelNotFoundError, match="has no version 999"):
-        resolve_model(f"models:/{name}/999", uri=store, download=False)
+        resolve_model(f"models:/{name}/999", tracking_uri=store, download=False)
     with pytest.raises(ModelNotFoundError, match="no ONNX export"):
-        resolve_model(f"models:/{name}@champion", backend="onnx", uri=store, download=False)
+        resolve_model(f"models:/{name}@champion", backend="onnx", tracking_uri=store, download=False)
     with pytest.raises(ModelNotFoundError, match="no such run"):
-        resolve_model("runs:/0123456789abcdef/model", uri=store, download=False)
+        resolve_model("runs:/0123456789abcdef/model", tracking_uri=store, download=False)
     assert downloads == []
-    assert resolve_model(f"models:/{name}/{registered_detector['other']}", uri=store).weights.endswith(".pt")
+    assert resolve_model(f"models:/{name}/{registered_detector['other']}", tracking_uri=store).weights.endswith(".pt")
     assert len(downloads) == 1

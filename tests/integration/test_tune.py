@@ -46,8 +46,8 @@ def space_file(tmp_path) -> Path:
     return path
 
 
-def child_runs(uri: str, parent_run_id: str):
-    client = MlflowClient(uri)
+def child_runs(tracking_uri: str, parent_run_id: str):
+    client = MlflowClient(tracking_uri)
     parent = client.get_run(parent_run_id)
     return client, client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
 

@@ -193,17 +193,17 @@ STORE_READERS = {
 
 
 def store_reads(root: Path) -> list[str]:
-    """`module:function:line` of each call of `tracking_uri()`, or use of the name MLFLOW_TRACKING_URI,
+    """`module:function:line` of each call of `default_tracking_uri()`, or use of the name MLFLOW_TRACKING_URI,
     outside the function that defines it."""
     found = []
     for path in root.rglob("*.py"):
         module = module_name(path, root)
         tree = ast.parse(path.read_text(), str(path))
         for fn in ast.walk(tree):
-            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name == "tracking_uri":
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name == "default_tracking_uri":
                 continue
             for node in ast.walk(fn):
-                called = isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] == "tracking_uri"
+                called = isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] == "default_tracking_uri"
                 read = isinstance(node, ast.Constant) and node.value == "MLFLOW_TRACKING_URI"
                 if (called or read) and (module, None) not in STORE_READERS and (module, fn.name) not in STORE_READERS:
                     found.append(f"{module}:{fn.name}:{node.lineno}")
@@ -219,8 +219,8 @@ def test_the_store_read_check_sees_a_fallback(tmp_path: Path) -> None:
     pkg = package(
         tmp_path,
         a="import os\n"
-        "from facemask.tracking import tracking_uri\n"
-        "def log(uri=None):\n    return uri or tracking_uri()\n"
+        "from facemask.tracking import default_tracking_uri\n"
+        "def log(uri=None):\n    return uri or default_tracking_uri()\n"
         "def env():\n    return os.environ.get('MLFLOW_TRACKING_URI')\n"
         "def fine(uri):\n    return uri\n",
     )
@@ -280,3 +280,58 @@ def test_the_private_name_check_finds_each_kind(tmp_path):
         "node = ray._private.worker._global_node\nfrom ray import serve\nserve.run\n"
     )
     assert len(private_reaches(probe)) == 3
+
+
+# The MLflow store has one name from the CLI to the MLflow call: `tracking_uri`.
+OTHER_STORE_NAMES = {"uri", "store", "store_uri", "mlflow_uri"}
+
+
+def store_parameters(root: Path) -> list[str]:
+    """`module:function:parameter` of each function parameter that names the store otherwise."""
+    found = []
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
+                found += [f"{module_name(path, root)}:{fn.name}:{a.arg}" for a in args if a.arg in OTHER_STORE_NAMES]
+    return sorted(found)
+
+
+def test_the_store_has_one_name() -> None:
+    others = store_parameters(PACKAGE)
+    assert not others, f"name the MLflow store `tracking_uri`: {others}"
+
+
+def test_the_store_name_check_sees_another_name(tmp_path: Path) -> None:
+    pkg = package(tmp_path, a="def log(run_id, uri):\n    pass\ndef fine(run_id, tracking_uri):\n    pass\n")
+    assert store_parameters(pkg) == ["pkg.a:log:uri"]
+
+
+# A file or function past these reads as more than one idea: split it where the ideas part.
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 500, 60
+
+
+def oversized(root: Path) -> list[str]:
+    """`module (N lines)` for each file, and `module:function (N lines)` for each function, over the limits."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        module = module_name(path, root)
+        if (lines := len(text.splitlines())) > MAX_FILE_LINES:
+            found.append(f"{module} ({lines} lines)")
+        for fn in ast.walk(ast.parse(text, str(path))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if (lines := fn.end_lineno - fn.lineno + 1) > MAX_FUNCTION_LINES:
+                    found.append(f"{module}:{fn.name} ({lines} lines)")
+    return found
+
+
+def test_no_file_or_function_is_oversized() -> None:
+    found = oversized(PACKAGE)
+    assert not found, f"split these (files over {MAX_FILE_LINES} lines, functions over {MAX_FUNCTION_LINES}): {found}"
+
+
+def test_the_size_check_sees_a_long_function(tmp_path: Path) -> None:
+    pkg = package(tmp_path, a="def long():\n" + "    x = 1\n" * 60 + "def short():\n    pass\n")
+    assert oversized(pkg) == ["pkg.a:long (61 lines)"]

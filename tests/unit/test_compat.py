@@ -72,16 +72,9 @@ def test_onnxruntime_sessions_made_inside_get_the_threads_and_no_spinning():
     assert onnxruntime.SessionOptions is original
 
 
-def test_mlflow_a_dataset_input_and_the_system_metrics_monitor(tmp_path):
+def test_mlflow_the_system_metrics_monitor():
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    from facemask.compat.mlflow import dataset_input
-
-    data = tmp_path / "data.yaml"
-    data.write_text("names: [a]\n")
-    entity = dataset_input(str(data), "facemask-data", "0123456789abcdef" * 4, "training")
-    assert entity.dataset.name == "facemask-data" and entity.dataset.digest == ("0123456789abcdef" * 4)[:36]
-    assert [(t.key, t.value) for t in entity.tags] == [("mlflow.data.context", "training")]
     parameters = inspect.signature(SystemMetricsMonitor.__init__).parameters
     assert {"run_id", "sampling_interval", "samples_before_logging", "tracking_uri"} <= set(parameters)
 

@@ -190,7 +190,7 @@ class FlakyClient:
 
 
 def flaky_logger(failures: int, cooldown_s: float) -> tuple[RunLogger, FlakyClient]:
-    logger = RunLogger(run_id="run", uri="http://127.0.0.1:9", system_metrics=False, cooldown_s=cooldown_s)
+    logger = RunLogger(run_id="run", tracking_uri="http://127.0.0.1:9", system_metrics=False, cooldown_s=cooldown_s)
     fake = FlakyClient(failures)
     logger._client = fake
     return logger, fake
@@ -495,7 +495,7 @@ def test_relative_paths_resolve_against_the_results_base(tmp_path, monkeypatch):
     from pathlib import Path
 
     from facemask.runtime import RAY_JOB_ENV, resolve_path, results_base, where_relative
-    from facemask.tracking import tracking_uri
+    from facemask.tracking import default_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FACEMASK_HOME", raising=False)
@@ -503,18 +503,18 @@ def test_relative_paths_resolve_against_the_results_base(tmp_path, monkeypatch):
     monkeypatch.delenv(RAY_JOB_ENV, raising=False)
     here = tmp_path.resolve()
     assert resolve_path("data/yolo") == here / "data" / "yolo" and where_relative("data/yolo") == ""
-    assert tracking_uri() == f"sqlite:///{here / 'mlflow.db'}"
+    assert default_tracking_uri() == f"sqlite:///{here / 'mlflow.db'}"
     monkeypatch.setenv(RAY_JOB_ENV, "{}")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert results_base() == here / "home" / "facemask"
     assert resolve_path("data/yolo") == here / "home" / "facemask" / "data" / "yolo"
     assert resolve_path("/abs/out") == Path("/abs/out")
     assert "FACEMASK_HOME" in where_relative("data/yolo") and where_relative("/abs") == ""
-    assert tracking_uri() == f"sqlite:///{here / 'home' / 'facemask' / 'mlflow.db'}"
+    assert default_tracking_uri() == f"sqlite:///{here / 'home' / 'facemask' / 'mlflow.db'}"
     monkeypatch.setenv("FACEMASK_HOME", str(tmp_path / "results"))
     assert resolve_path("runs/tune") == here / "results" / "runs" / "tune"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
-    assert tracking_uri() == "http://tracking:5000"
+    assert default_tracking_uri() == "http://tracking:5000"
 
 
 NODES = [
@@ -694,3 +694,29 @@ def test_a_gpu_that_torch_cannot_see_is_refused_unless_emulating(monkeypatch):
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
     monkeypatch.delenv(GPU_AS_CPU_ENV)
     assert check_given_gpus("trial t") == []
+
+
+def test_a_dataset_input_is_recorded_as_mlflow_records_a_file(tmp_path):
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from facemask.tracking.runs import dataset_input
+
+    data = tmp_path / "data.yaml"
+    data.write_text("names: [a]\n")
+    digest = "0123456789abcdef" * 4
+    entity = dataset_input(str(data), "facemask-data", digest, "training")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = MetaDataset(resolve_dataset_source(str(data)), name="facemask-data", digest=digest[:36])
+    expected = theirs._to_mlflow_entity()
+    mine = entity.dataset
+    assert (mine.name, mine.digest, mine.source_type, mine.source) == (
+        expected.name,
+        expected.digest,
+        expected.source_type,
+        expected.source,
+    )
+    assert [(t.key, t.value) for t in entity.tags] == [("mlflow.data.context", "training")]
