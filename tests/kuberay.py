@@ -5,7 +5,9 @@ Only the shape of the strings KubeRay makes is vendored, from ray-project/kubera
 `ray-operator/controllers/ray/rayjob_controller.go` (the submitter container runs
 `/bin/bash -c <the command joined with spaces>`); and, for the nodes, `ray start` with each
 `rayStartParams` entry as `--key=value` and the CPU, GPU and memory a container's resources
-declare when the parameters do not (`common/pod.go`). Nothing here talks to Kubernetes.
+declare when the parameters do not, what GCS fault tolerance adds to the head and the workers
+(`configureGCSFaultTolerance`, `configureRedisFT`) and a RayService worker's readiness probe
+(`initLivenessAndReadinessProbe`), all in `common/pod.go`. Nothing here talks to Kubernetes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ SECRET = {
     "MLFLOW_TRACKING_USERNAME": "facemask",
     "MLFLOW_TRACKING_PASSWORD": "a-test-password-0123456789",
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-signing-key-0123456789",
+    "REDIS_PASSWORD": "a-test-redis-password-0123456789",
 }
 
 # KubeRay's wait for the head (utils.BasePythonHealthCommand on RayDashboardGCSHealthPath):
@@ -79,6 +82,62 @@ def ray_start_params(group: dict) -> dict[str, str]:
     if "memory" not in params and "memory" in limits:
         params["memory"] = str(int(quantity(limits["memory"])))
     return params
+
+
+def start_flags(params: dict[str, str]) -> list[str]:
+    """rayStartParams as `ray start` options, as KubeRay writes them (`convertParamMap`): "true"
+    is a bare flag and "false" none, except for options that take true/false as a value."""
+    flags = []
+    for option, argument in params.items():
+        if argument.lower() in ("true", "false") and option not in ("log-color", "include-dashboard"):
+            flags += [f"--{option}"] if argument.lower() == "true" else []
+        else:
+            flags.append(f"--{option}={argument}")
+    return flags
+
+
+def gcs_fault_tolerance(cluster: dict, node: str, secrets: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The environment and rayStartParams that `gcsFaultToleranceOptions` adds to a `node`
+    ("head" or "worker"): the head gets the Redis address, its password (`--redis-password`,
+    from the Secret) and the storage namespace (the RayCluster's UID, here a fixed one); a
+    worker waits up to 600 s for a restarted GCS instead of Ray's 60."""
+    options = cluster.get("gcsFaultToleranceOptions")
+    if not options:
+        return {}, {}
+    if node == "worker":
+        return {"RAY_gcs_rpc_server_reconnect_timeout_s": "600"}, {}
+    env = {"RAY_external_storage_namespace": "facemask-rayservice-test", "RAY_REDIS_ADDRESS": options["redisAddress"]}
+    params = {}
+    if "redisPassword" in options:
+        password = options["redisPassword"]
+        env["REDIS_PASSWORD"] = password.get("value") or secrets[password["valueFrom"]["secretKeyRef"]["key"]]
+        params["redis-password"] = env["REDIS_PASSWORD"]  # "$REDIS_PASSWORD", which the container's shell expands
+    return env, params
+
+
+# KubeRay's probe defaults (`utils/constant.go`): the kubelet gives an exec probe 2 s.
+READINESS_PROBE_TIMEOUT_S, READINESS_PROBE_INITIAL_DELAY_S = 2, 10
+
+
+def worker_readiness_probe(group: dict) -> str:
+    """The bash command a RayService worker is probed with. The container's own readinessProbe if it
+    sets one (an exec command, or an httpGet as a wget with the probe's timeout); else KubeRay's:
+    the node's raylet through the dashboard agent, then the Serve proxy's /-/healthz on the `serve`
+    port (the second wget's timeout is KubeRay's initial delay, as it writes it)."""
+    box = container(group)
+    ports = {p.get("name"): p["containerPort"] for p in box.get("ports") or []}
+    own = box.get("readinessProbe")
+    if own and "exec" in own:
+        return " ".join(own["exec"]["command"])
+    if own and "httpGet" in own:
+        get, timeout = own["httpGet"], own.get("timeoutSeconds", 1)
+        port = ports.get(get["port"], get["port"])
+        return f"wget --tries 1 -T {timeout} -q -O- http://localhost:{port}{get.get('path', '/')}"
+    agent = int((group.get("rayStartParams") or {}).get("dashboard-agent-listen-port", 52365))
+    check = "wget --tries 1 -T {timeout} -q -O- http://localhost:{port}/{path} | grep success"
+    raylet = check.format(timeout=READINESS_PROBE_TIMEOUT_S, port=agent, path="api/local_raylet_healthz")
+    proxy = check.format(timeout=READINESS_PROBE_INITIAL_DELAY_S, port=ports.get("serve", 8000), path="-/healthz")
+    return f"{raylet} && {proxy}"
 
 
 def container(group_or_pod: dict) -> dict:
