@@ -220,6 +220,13 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
         )
         # Both nodes' ingresses serve the app; the replica refuses a request without the key.
         assert predict(head_url) == 200 and predict(worker_url, headers=None) == 401
+        # The replica asks for what serveConfigV2 says and is placed on the GPU worker.
+        options = yaml.safe_load(service["serveConfigV2"])["applications"][0]["deployments"][0]["ray_actor_options"]
+        nodes = {n["node_id"]: n["node_ip"] for n in state("nodes", dashboard, base)}
+        replicas = [a for a in state("actors", dashboard, base) if a.get("class_name") == REPLICA]
+        assert replicas and all(nodes.get(a["node_id"]) == pods.address("worker") for a in replicas), replicas
+        wanted = {"CPU": options["num_cpus"], "GPU": options["num_gpus"]}
+        assert all(a["required_resources"] == wanted for a in replicas), [a["required_resources"] for a in replicas]
 
         # The head pod dies and comes back: the worker keeps answering, and its replica is not
         # restarted. (Before the saturation below, whose load lets the autoscaler add a replica.)
@@ -306,27 +313,19 @@ def _ok(url: str) -> bool:
         return False
 
 
-def replica_pids(dashboard: str, env: dict[str, str]) -> dict[str, int]:
-    """The alive Serve replicas of the app, by actor id, with their PIDs (Ray's state API)."""
+def state(kind: str, dashboard: str, env: dict[str, str]) -> list[dict]:
+    """Ray's state API: `ray list KIND --detail` of the cluster, alive ones only."""
     listed = subprocess.run(
-        [
-            RAY,
-            "list",
-            "actors",
-            "--address",
-            dashboard,
-            "--filter",
-            "state=ALIVE",
-            "--format",
-            "json",
-            "--limit",
-            "1000",
-        ],
+        [RAY, "list", kind, "--address", dashboard, "--filter", "state=ALIVE", "--detail", "--format", "json"],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert listed.returncode == 0, listed.stderr[-2000:]
-    actors = json.loads(listed.stdout or "[]")
-    return {a["actor_id"]: a["pid"] for a in actors if a.get("class_name") == REPLICA}
+    return json.loads(listed.stdout or "[]")
+
+
+def replica_pids(dashboard: str, env: dict[str, str]) -> dict[str, int]:
+    """The alive Serve replicas of the app, by actor id, with their PIDs."""
+    return {a["actor_id"]: a["pid"] for a in state("actors", dashboard, env) if a.get("class_name") == REPLICA}
