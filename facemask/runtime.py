@@ -265,8 +265,9 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
             os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
             # HAProxy's stats page and metrics listen on fixed ports (8404, 9101) by default: a second
             # endpoint on this machine (or a HAProxy outliving its Serve) made HAProxy refuse to start.
+            # The metrics keep their documented port while it is free; `facemask serve` prints it.
             os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
-            os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+            os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port(HAPROXY_METRICS_PORT)))
     # Seen under `ray job submit` here: once ray.init() has run, importing torch can abort
     # with "oneMKL FATAL ERROR: Cannot load libtorch_cpu.so". Loading torch first avoids it.
     if torch:
@@ -274,12 +275,17 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
     import ray
 
     if not ray.is_initialized():
+        from facemask.compat.ray import metrics_port_option
+
+        # A node started here exports Ray's and the app's metrics on the documented port while it is free.
+        metrics = metrics_port_option(free_port(METRICS_PORT)) if serving else {}
         try:
             ray.init(
                 address=os.environ.get("RAY_ADDRESS") or None,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 log_to_driver=True,
+                **metrics,
             )
         except SystemExit as exc:
             if exc.code != signal.SIGTERM:
@@ -288,6 +294,27 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
             stopped_by(signal.SIGTERM)
             raise KeyboardInterrupt from None
         handle_stop_signals()
+
+
+# Where Prometheus scrapes a node: Ray's and the app's metrics (KubeRay's `metrics` port), and
+# HAProxy's (Ray's default). docs/operating.md.
+METRICS_PORT, HAPROXY_METRICS_PORT = 8080, 9101
+
+
+def metrics_endpoints(ingress: str) -> list[str]:
+    """The URLs Prometheus scrapes for this cluster's endpoint: each alive node's metrics (Ray's,
+    Serve's and the app's), and this node's HAProxy when it is the ingress."""
+    import ray
+
+    urls = [
+        f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+        for node in ray.nodes()
+        if node.get("Alive") and node.get("MetricsExportPort")
+    ]
+    if ingress == "haproxy":
+        port = os.environ.get("RAY_SERVE_HAPROXY_METRICS_PORT", str(HAPROXY_METRICS_PORT))
+        urls.append(f"http://127.0.0.1:{port}/metrics")
+    return urls
 
 
 def free_port(preferred: int | None = None) -> int:

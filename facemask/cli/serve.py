@@ -118,17 +118,25 @@ def serve_command(
 
     running = node_ingress()
     if running != ingress:
-        click.echo(
-            f"note: this machine's Ray was started before, without the settings for --ingress {ingress}, so "
-            f"Serve runs its {'HAProxy' if running == 'haproxy' else 'Python proxy'} here; for {ingress}, start "
-            f'Ray with them: eval "$(facemask serve --ingress {ingress} --print-node-env)" before `ray start`',
-            err=True,
+        click.echo(ingress_note(ingress, running), err=True)
+    from facemask.runtime import metrics_endpoints
+
+    def announce(url: str) -> str:
+        scrape = ", ".join(metrics_endpoints(running))
+        return (
+            f"serving {model_uri} ({backend}, {running}) at {url}/  (API docs {url}/docs); Ctrl-C stops\n"
+            f"metrics for Prometheus: {scrape}  (docs/operating.md)"
         )
-    serve_until_stopped(
-        args,
-        host,
-        port,
-        lambda url: f"serving {model_uri} ({backend}, {running}) at {url}/  (API docs {url}/docs); Ctrl-C stops",
+
+    serve_until_stopped(args, host, port, announce)
+
+
+def ingress_note(asked: str, running: str) -> str:
+    """Why the ingress is not the one asked for: Ray ran before, started without its settings."""
+    return (
+        f"note: this machine's Ray was started before, without the settings for --ingress {asked}, so "
+        f"Serve runs its {'HAProxy' if running == 'haproxy' else 'Python proxy'} here; for {asked}, start "
+        f'Ray with them: eval "$(facemask serve --ingress {asked} --print-node-env)" before `ray start`'
     )
 
 

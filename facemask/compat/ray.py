@@ -1,8 +1,9 @@
 """Ray's private parts the platform reads: whether the local cluster this process started is
-still alive, Serve's controller and its replica table, and whether this process is a Serve
-replica. None of them has a public equivalent in Ray 2.60 (`serve.status()` gives neither the
-replicas' actor names nor their states per route, which the proxy guard matches against the
-live actors)."""
+still alive, Serve's controller and its replica table, whether this process is a Serve
+replica, and the option that fixes a local node's metrics port. None of them has a public
+equivalent in Ray 2.60 (`serve.status()` gives neither the replicas' actor names nor their
+states per route, which the proxy guard matches against the live actors; `ray start` has
+--metrics-export-port, `ray.init` only `_metrics_export_port`)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,9 @@ def in_serve_replica() -> bool:
     from ray.serve.context import _get_internal_replica_context
 
     return _get_internal_replica_context() is not None
+
+
+def metrics_port_option(port: int) -> dict:
+    """`ray.init`'s keyword for the Prometheus port of the node it starts (`_metrics_export_port`,
+    listed in its docstring)."""
+    return {"_metrics_export_port": port}

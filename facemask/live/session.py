@@ -44,6 +44,7 @@ class LiveSession:
     slot: LatestFrame = field(default_factory=LatestFrame)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     open: bool = True
+    stream_id: int = 0
     processed: int = 0
     rate_limited: int = 0
 
@@ -89,7 +90,7 @@ class LiveStreams:
         if settings is None:
             return
         stream_id = next(self.ids)
-        session = LiveSession(settings=settings, tracker=PeopleTracker(frame_rate=settings["fps"]))
+        session = LiveSession(settings, PeopleTracker(frame_rate=settings["fps"]), stream_id=stream_id)
         self.open[stream_id] = session
         self.trackers.add(session.tracker)
         receiver = asyncio.get_running_loop().create_task(self.receive(ws, session))
@@ -230,4 +231,6 @@ class LiveStreams:
         answer["timings"]["track_ms"] = round((time.perf_counter() - tracked_at) * 1000, 2)
         answer["timings"]["total_ms"] = round((time.perf_counter() - received) * 1000, 2)
         stream["processed"] = session.processed
-        return {"type": "result", "frame": index, **answer, "people": session.tracker.summary(), "stream": stream}
+        people = session.tracker.summary()
+        server.inference.record_live(session.stream_id, people)
+        return {"type": "result", "frame": index, **answer, "people": people, "stream": stream}

@@ -113,7 +113,8 @@ class FacemaskServer:
     async def predict(self, request: Request) -> Response:
         _, _, answer = await self.detect(request)
         # The answer is built to the schema already: serialised directly, without a pydantic round-trip.
-        return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
+        headers = {"X-Model-Version": str(answer["model"]["version"])}
+        return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json", headers=headers)
 
     @api.post(
         "/predict/image",

@@ -18,6 +18,7 @@ from facemask.api_schema import IMAGE_BODY, MULTIPLEX_HEADER, APIError
 from facemask.classes import CLASS_NAMES
 from facemask.drawing import CLASS_COLORS, draw_boxes
 from facemask.request_checks import key_matches
+from facemask.serving.metrics import RequestMetrics
 from facemask.settings import INFERENCE, INFERENCE_BOUNDS
 
 api = FastAPI(
@@ -26,6 +27,7 @@ api = FastAPI(
     description="Face-mask detection (YOLO26): with_mask, without_mask, mask_weared_incorrect. "
     f"Send `{MULTIPLEX_HEADER}: <version or alias>` to pick a registered model.",
 )
+api.add_middleware(RequestMetrics)
 bearer = HTTPBearer(auto_error=False, description="Required when the server has FACEMASK_API_KEY set")
 
 

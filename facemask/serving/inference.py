@@ -14,6 +14,7 @@ from facemask.api_schema import APIError
 from facemask.batching import Batcher
 from facemask.classes import class_counts
 from facemask.request_checks import PixelBudget, decode_cost, decode_for_model, inspect_image, release_memory
+from facemask.serving.metrics import replica_metrics
 
 # After a request this large, the replica hands freed memory back to the OS.
 LARGE_IMAGE_PIXELS = 4_000_000
@@ -132,7 +133,12 @@ class Inference:
                 "batch_size": result["batch_size"],
             },
         }
+        replica_metrics().answer(answer)
         return image, scale, answer
+
+    def record_live(self, stream_id: int, people: dict) -> None:
+        """A live stream's people so far, for the metrics."""
+        replica_metrics().live(stream_id, people)
 
     def describe(self, detector) -> dict:
         """What answers say of the model that made them (every model of a replica runs on its backend)."""

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -1233,8 +1234,24 @@ def test_serve_on_a_ray_started_beforehand_says_which_ingress_runs(
                 assert "(pt, haproxy)" in text and "note: this machine's Ray was started before" not in text, text
             else:
                 assert "(pt, proxy)" in text and "--print-node-env" in text, text
+            # Where to scrape, as printed: the node's metrics hold the app's, and HAProxy's its own.
+            scrape = re.search(r"metrics for Prometheus: (.+?)  \(docs", text).group(1).split(", ")
+
+            def scraped(name: str) -> bool:
+                return any(name in metrics_text(url) for url in scrape)
+
+            wait_until(lambda: scraped("ray_facemask_requests_total"), 60, f"the app's metrics at {scrape}")
+            assert started_with != "print-node-env" or scraped("haproxy_"), scrape
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
     finally:
         cluster.stop()
+
+
+def metrics_text(url: str) -> str:
+    """What a metrics URL serves, or "" when it does not answer."""
+    try:
+        return httpx.get(url, timeout=5).text
+    except httpx.HTTPError:
+        return ""

@@ -47,6 +47,16 @@ def test_ray_the_local_node_processes_serve_controller_and_replica_context():
     assert in_serve_replica() is False
 
 
+def test_ray_init_takes_the_metrics_port_option():
+    import ray
+
+    from facemask.compat.ray import metrics_port_option
+
+    (keyword,) = metrics_port_option(8080)
+    source = inspect.getsource(ray.init)
+    assert f'kwargs.pop("{keyword}"' in source and keyword in (ray.init.__doc__ or "")
+
+
 def test_uvicorn_the_protocol_hooks_and_the_config_the_bounds_replace():
     import uvicorn
 

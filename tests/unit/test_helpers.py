@@ -720,3 +720,23 @@ def test_a_dataset_input_is_recorded_as_mlflow_records_a_file(tmp_path):
         expected.source,
     )
     assert [(t.key, t.value) for t in entity.tags] == [("mlflow.data.context", "training")]
+
+
+@pytest.mark.parametrize(
+    "path, route",
+    [
+        ("/predict", "/predict"),
+        ("/secured/predict", "/predict"),
+        ("/predict/image", "/predict/image"),
+        ("/models", "/models"),
+        ("/model", "/model"),
+        ("/live/streams", "/live/streams"),
+        ("/", "/"),
+        ("/secured", "/"),
+        ("/wp-admin/setup.php", "other"),
+    ],
+)
+def test_a_request_path_becomes_a_bounded_route_label(path, route):
+    from facemask.serving.metrics import route_of
+
+    assert route_of(path) == route

@@ -1,0 +1,126 @@
+"""The endpoint's metrics in a real Prometheus (Debian's `prometheus`), started on loopback with
+monitoring/prometheus.yml; every panel of monitoring/grafana-dashboard.json is queried from it.
+
+Mapped to this machine: the scrape targets to the ports this session's Ray and Serve got (the
+file's are the documented defaults), the scrape interval to 1 s so the test waits seconds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from facemask.lifecycle import stop_process_group
+from tests.services import free_port, wait_until
+
+pytestmark = pytest.mark.integration
+MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
+
+
+def panels() -> list[tuple[str, str]]:
+    """(title, PromQL) of every query of the dashboard."""
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p["targets"]]
+
+
+class Prometheus:
+    def __init__(self, config: Path, root: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [
+                shutil.which("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={root / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=open(root / "prometheus.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(lambda: self.ready(), 60, "Prometheus ready", proc=self.proc, log=root / "prometheus.log")
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def query(self, expr: str) -> list[dict]:
+        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"]
+
+    def value(self, expr: str) -> float:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else 0.0
+
+    def stop(self) -> None:
+        stop_process_group(self.proc, grace_s=10)
+
+
+def test_prometheus_scrapes_the_endpoint_and_every_dashboard_panel_has_data(endpoint, known_image, tmp_path):
+    from websockets.sync.client import connect
+
+    from facemask.runtime import metrics_endpoints
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("Debian's prometheus is not installed")
+    # What `facemask serve` prints: this node's metrics, where Prometheus must scrape.
+    (node,) = [url for url in metrics_endpoints("proxy")]
+    target = node.removeprefix("http://").removesuffix("/metrics")
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    jobs["facemask"]["static_configs"] = [{"targets": [target]}]
+    config["scrape_configs"] = [jobs["facemask"]]  # this endpoint runs Serve's Python proxy, not HAProxy
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    prometheus = Prometheus(tmp_path / "prometheus.yml", tmp_path)
+    try:
+        answered = 'sum(ray_facemask_requests_total{route="/predict",status="200"})'
+        wait_until(lambda: prometheus.query("up") and prometheus.value('up{job="facemask"}') == 1, 60, "a scrape")
+        before = prometheus.value(answered)
+        sent = 12
+        image = known_image.read_bytes()
+        for _ in range(sent):
+            answer = httpx.post(
+                f"{endpoint['url']}/predict", params={"conf": 0, "imgsz": 160}, content=image, timeout=60
+            )
+            assert answer.status_code == 200 and answer.headers["x-model-version"] == str(endpoint["champion"])
+        ws_url = endpoint["url"].replace("http://", "ws://") + "/live"
+        with connect(ws_url) as ws:
+            ws.send(json.dumps({"conf": 0, "imgsz": 160, "max_det": 3, "fps": 120}))
+            json.loads(ws.recv(timeout=60))  # the stream's settings
+            for _ in range(6):
+                ws.send(image)
+                last = json.loads(ws.recv(timeout=60))
+            assert last["type"] == "result", last
+        # The counter holds exactly the requests sent, by the version that answered them.
+        wait_until(lambda: prometheus.value(answered) == before + sent, 90, f"{sent} more answers counted", interval=1)
+        version = prometheus.query(f"sum by (model_version) ({answered.removeprefix('sum(').removesuffix(')')})")
+        assert {r["metric"]["model_version"] for r in version} == {str(endpoint["champion"])}, version
+        # The stream's gauge is what the stream itself reported.
+        ratio = last["people"]["share"]["with_mask"]
+        wait_until(
+            lambda: (
+                prometheus.query("ray_facemask_live_compliance_ratio")
+                and ratio in [float(r["value"][1]) for r in prometheus.query("ray_facemask_live_compliance_ratio")]
+            ),
+            60,
+            f"the live stream's compliance ratio ({ratio})",
+            interval=1,
+        )
+        empty = []
+        for title, expr in panels():
+            try:
+                wait_until(lambda: prometheus.query(expr), 60, title, interval=1)
+            except pytest.fail.Exception:
+                empty.append(title)
+        assert not empty, f"dashboard panels without data: {empty}"
+    finally:
+        prometheus.stop()
