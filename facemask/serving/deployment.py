@@ -25,6 +25,7 @@ from facemask.runtime import SERVE_ENV, check_given_gpus, resolve_device
 from facemask.serving.config import AppArgs
 from facemask.serving.http import annotated_jpeg, api, bearer_token, check_key, page_html, predict_openapi, require_key
 from facemask.serving.inference import Inference
+from facemask.serving.metrics import version_label
 from facemask.serving.models import Models
 from facemask.simulated_gpu import NAME as SIMULATED
 from facemask.simulated_gpu import SimulatedGPU, parse_latency
@@ -113,7 +114,7 @@ class FacemaskServer:
     async def predict(self, request: Request) -> Response:
         _, _, answer = await self.detect(request)
         # The answer is built to the schema already: serialised directly, without a pydantic round-trip.
-        headers = {"X-Model-Version": str(answer["model"]["version"])}
+        headers = {"X-Model-Version": version_label(answer["model"])}
         return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json", headers=headers)
 
     @api.post(
@@ -128,7 +129,7 @@ class FacemaskServer:
         # Drawn on the image as decoded: a large JPEG comes back at once to twice imgsz.
         boxes = [(d["class_id"], *(v / scale for v in d["box"].values())) for d in answer["detections"]]
         jpeg = await asyncio.to_thread(annotated_jpeg, image, boxes)
-        headers = {"X-Detections": str(len(boxes)), "X-Model-Version": str(answer["model"]["version"])}
+        headers = {"X-Detections": str(len(boxes)), "X-Model-Version": version_label(answer["model"])}
         return Response(jpeg, media_type="image/jpeg", headers=headers)
 
     @api.get("/healthz", summary="Liveness: always open, no model call")

@@ -20,6 +20,11 @@ BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64]
 STAGES = {"decode_ms": "decode", "queue_ms": "queue", "inference_ms": "inference", "total_ms": "total"}
 
 
+def version_label(model: dict) -> str:
+    """An answer's model version as a label and header value: "none" for a model outside the registry."""
+    return str(model.get("version") or "none")
+
+
 def route_of(path: str) -> str:
     """A request path as a bounded route label (a prefix such as /secured is the app's mount, not a route)."""
     for route in sorted(ROUTES, key=len, reverse=True):
@@ -74,7 +79,7 @@ class ReplicaMetrics:
             if key in timings:
                 self.latency.observe(timings[key] / 1000, tags={"stage": stage})
         self.batch.observe(timings["batch_size"])
-        version = str(answer["model"].get("version") or "none")
+        version = version_label(answer["model"])
         for name, count in answer["counts"].items():
             if count:
                 self.detections.inc(count, tags={"class": name, "model_version": version})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -60,6 +61,21 @@ class Prometheus:
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else 0.0
 
+    def settled(self, expr: str, quiet_s: float = 12) -> float:
+        """The value of `expr` once it has held for `quiet_s`: Ray's agent reports every 10 s, so
+        an earlier test's last requests may still be on their way."""
+        seen = {"value": None, "since": 0.0}
+
+        def steady() -> bool:
+            value, now = self.value(expr), time.monotonic()
+            if value != seen["value"]:
+                seen.update(value=value, since=now)
+                return False
+            return now - seen["since"] >= quiet_s
+
+        wait_until(steady, 120, f"{expr} steady for {quiet_s:g} s", interval=1)
+        return seen["value"]
+
     def stop(self) -> None:
         stop_process_group(self.proc, grace_s=10)
 
@@ -82,16 +98,19 @@ def test_prometheus_scrapes_the_endpoint_and_every_dashboard_panel_has_data(endp
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     prometheus = Prometheus(tmp_path / "prometheus.yml", tmp_path)
     try:
-        answered = 'sum(ray_facemask_requests_total{route="/predict",status="200"})'
+        # Earlier replicas of this Ray session (other test modules' endpoints) keep their series:
+        # what counts is the change.
+        champion = str(endpoint["champion"])
+        answered = f'sum(ray_facemask_requests_total{{route="/predict",status="200",model_version="{champion}"}})'
         wait_until(lambda: prometheus.query("up") and prometheus.value('up{job="facemask"}') == 1, 60, "a scrape")
-        before = prometheus.value(answered)
+        before = prometheus.settled(answered)
         sent = 12
         image = known_image.read_bytes()
         for _ in range(sent):
             answer = httpx.post(
                 f"{endpoint['url']}/predict", params={"conf": 0, "imgsz": 160}, content=image, timeout=60
             )
-            assert answer.status_code == 200 and answer.headers["x-model-version"] == str(endpoint["champion"])
+            assert answer.status_code == 200 and answer.headers["x-model-version"] == champion
         ws_url = endpoint["url"].replace("http://", "ws://") + "/live"
         with connect(ws_url) as ws:
             ws.send(json.dumps({"conf": 0, "imgsz": 160, "max_det": 3, "fps": 120}))
@@ -100,10 +119,8 @@ def test_prometheus_scrapes_the_endpoint_and_every_dashboard_panel_has_data(endp
                 ws.send(image)
                 last = json.loads(ws.recv(timeout=60))
             assert last["type"] == "result", last
-        # The counter holds exactly the requests sent, by the version that answered them.
+        # The counter grew by exactly the requests sent, under the version that answered them.
         wait_until(lambda: prometheus.value(answered) == before + sent, 90, f"{sent} more answers counted", interval=1)
-        version = prometheus.query(f"sum by (model_version) ({answered.removeprefix('sum(').removesuffix(')')})")
-        assert {r["metric"]["model_version"] for r in version} == {str(endpoint["champion"])}, version
         # The stream's gauge is what the stream itself reported.
         ratio = last["people"]["share"]["with_mask"]
         wait_until(
