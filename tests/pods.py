@@ -43,11 +43,24 @@ class PodNetwork:
         if shutil.which("ip") is None:
             return "no `ip` command (iproute2)"
         probe = f"fmprobe{os.getpid() % 100000}"
-        made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-        if made.returncode != 0:
-            return f"cannot create a network namespace: {made.stderr.strip()}"
-        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-        return None
+        steps = [
+            (["ip", "netns", "add", probe], "a network namespace"),
+            (["ip", "link", "add", probe, "type", "bridge"], "a bridge"),
+            (["ip", "link", "add", f"{probe}v", "type", "veth", "peer", "name", "eth0", "netns", probe], "a veth pair"),
+        ]
+        try:
+            for argv, what in steps:
+                made = subprocess.run(argv, capture_output=True, text=True)
+                if made.returncode != 0:
+                    return f"cannot create {what}: {made.stderr.strip()}"
+            return None
+        finally:
+            for argv in (
+                ["ip", "link", "del", f"{probe}v"],
+                ["ip", "link", "del", probe],
+                ["ip", "netns", "del", probe],
+            ):
+                subprocess.run(argv, capture_output=True)
 
     def namespace(self, pod: str) -> str:
         return f"fm{self.tag}{pod}"[:15]

@@ -44,7 +44,7 @@ from facemask.settings import IMAGE_SUFFIXES
 from facemask.tracking import default_tracking_uri
 model, folder, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 imgsz, conf, batch = int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
-detector = load_detector(model, warm=True, uri=default_tracking_uri())
+detector = load_detector(model, warm=True, tracking_uri=default_tracking_uri())
 paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 (out / "annotated").mkdir(parents=True)
 started = time.perf_counter()

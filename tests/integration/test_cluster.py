@@ -177,7 +177,7 @@ def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tiny_da
             "c = MlflowClient(default_tracking_uri())\n"
             "runs = c.search_runs([c.get_experiment_by_name('jobs').experiment_id])\n"
             "trials = [r for r in runs if 'facemask.trial_id' in r.data.tags]\n"
-            "info = resolve_model('models:/facemask-detector@champion', uri=default_tracking_uri())\n"
+            "info = resolve_model('models:/facemask-detector@champion', tracking_uri=default_tracking_uri())\n"
             "print(json.dumps({'trials': len(trials), 'finished': sum(r.info.status == 'FINISHED' for r in trials),\n"
             "  'weights': [a.path for r in trials for a in c.list_artifacts(r.info.run_id, 'weights')],\n"
             "  'champion': info.version, 'model_files': [info.weights.rsplit('/', 1)[-1]]}))\n"

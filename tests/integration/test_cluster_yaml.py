@@ -176,7 +176,8 @@ def test_cluster_yaml_starts_mlflow_with_auth_and_gives_every_node_the_secrets(t
             # A client on the node, built as a trial builds it, logs to the head's MLflow.
             code = (
                 "from facemask.tracking import RunLogger\n"
-                "run = RunLogger('cluster-yaml', 'from-a-node', uri=__import__('os').environ['MLFLOW_TRACKING_URI'],"
+                "import os\n"
+                "run = RunLogger('cluster-yaml', 'from-a-node', tracking_uri=os.environ['MLFLOW_TRACKING_URI'],"
                 " system_metrics=False)\n"
                 "run.log_metrics({'m': 1.0}, step=1)\n"
                 "run.end('FINISHED')\n"

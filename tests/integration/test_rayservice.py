@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,7 +64,7 @@ set_alias("facemask-detector", "champion", version, store)
 def needs() -> str | None:
     """Why this tier cannot run here, or None."""
     for tool in ("redis-server", "wget"):
-        if not any((Path(d) / tool).exists() for d in os.environ.get("PATH", "").split(":")):
+        if shutil.which(tool) is None:
             return f"{tool} is not installed (Debian's redis-server and wget)"
     return PodNetwork.unavailable()
 
@@ -143,6 +144,8 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
     # KubeRay puts the cluster's token in every Ray container (authOptions: token).
     token = (home / ".ray" / "auth_token").read_text().strip()
     base |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    # Ray's session folders hold its sockets, whose paths must stay short: under /tmp, not tmp_path.
+    ray_temp = {pod: Path("/tmp") / f"fm-rs-{pod}-{os.getpid()}" for pod in ("head", "worker")}
     pods = Pods(tmp_path)
     try:
         redis_box = container(manifest("redis.yaml", "Deployment"))
@@ -177,7 +180,7 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
         worker_env, _ = gcs_fault_tolerance(cluster, "worker", secrets)
         # enableInTreeAutoscaling: KubeRay runs the autoscaler as a sidecar and starts the head without Ray's monitor.
         head_params |= {"no-monitor": "true"} if cluster.get("enableInTreeAutoscaling") else {}
-        head_argv = ray_node(head_group, head_params, Path("/tmp") / f"fm-rs-head-{os.getpid()}", head=True)
+        head_argv = ray_node(head_group, head_params, ray_temp["head"], head=True)
         head_environment = ray_env(base, head_group, head_env)
         head = pods.start("head", head_argv, head_environment)
         dashboard = f"http://{pods.address('head')}:8265"
@@ -185,7 +188,7 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
             lambda: _ok(f"{dashboard}/api/gcs_healthz"), 180, "the head's dashboard", head, tmp_path / "head.log", 1
         )
         worker_extra = {**worker_env, "FACEMASK_GPU_AS_CPU": "1"}
-        worker_argv = ray_node(worker_group, {}, Path("/tmp") / f"fm-rs-worker-{os.getpid()}", head=False)
+        worker_argv = ray_node(worker_group, {}, ray_temp["worker"], head=False)
         pods.start("worker", worker_argv, ray_env(base, worker_group, worker_extra))
 
         config = tmp_path / "serve-config.yaml"
@@ -276,7 +279,7 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
                     in_flight[0] -= 1
                     answers.append(status)
 
-        clients = [threading.Thread(target=client) for _ in range(2 * admits)]
+        clients = [threading.Thread(target=client) for _ in range(admits + 8)]  # 8 more than it admits
         for thread in clients:
             thread.start()
         probes = []
@@ -304,6 +307,8 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
         raise
     finally:
         pods.close()
+        for folder in ray_temp.values():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _ok(url: str) -> bool:
