@@ -182,19 +182,29 @@ def the_secret() -> dict[str, str]:
     return manifest("secrets.yaml", "Secret")["stringData"]
 
 
+def deployment_command(
+    name: str, paths: dict[str, str], secrets: dict[str, str], replace: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """kubernetes/`name`'s Deployment container as its pod runs it: its own command and args, its
+    volumes at `paths` here (and `replace` swapped, see `on_this_machine`), and its environment
+    from `secrets`."""
+    box = container(manifest(name, "Deployment"))
+    argv = [on_this_machine(part, paths, replace) for part in box["command"] + box["args"]]
+    return argv, container_env(box, secrets)
+
+
 def start_mlflow_deployment(volume: Path, secrets: dict[str, str]) -> tuple[subprocess.Popen, str, Path]:
     """kubernetes/mlflow.yaml's container as its pod runs it: its own command and args, its
     environment from `secrets`, the volume's /mlflow at `volume`, a free port on loopback.
     Returns (the process, its URL, its log)."""
-    box, port = container(manifest("mlflow.yaml", "Deployment")), free_port()
-    where = {"/mlflow": str(volume)}
+    port = free_port()
     swap = {"--port 5000": f"--port {port}", "--host 0.0.0.0": "--host 127.0.0.1"}
-    argv = [on_this_machine(part, where, swap) for part in box["command"] + box["args"]]
+    argv, box_env = deployment_command("mlflow.yaml", {"/mlflow": str(volume)}, secrets, swap)
     log = volume / "container.log"
     env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(volume)}
     proc = subprocess.Popen(
         argv,
-        env={**env, **container_env(box, secrets)},
+        env={**env, **box_env},
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,

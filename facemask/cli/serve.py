@@ -98,9 +98,8 @@ def serve_command(
         parse_latency(simulated_latency)
         model_uri = SIMULATED
     else:
-        resolve_model(
-            model_uri, backend=backend, tracking_uri=default_tracking_uri(), download=False
-        )  # each replica downloads it
+        # Checked from the registry's metadata only: each replica downloads the weights.
+        resolve_model(model_uri, backend=backend, tracking_uri=default_tracking_uri(), download=False)
     # Imported here: the Serve application module imports Ray Serve itself.
 
     from facemask.serving import AppArgs

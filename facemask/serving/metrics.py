@@ -13,6 +13,7 @@ from facemask.classes import CLASS_NAMES
 
 # The app's routes; any other path is counted as "other", so a scan cannot grow the label set.
 ROUTES = ("/predict", "/predict/image", "/live", "/live/streams", "/models", "/model", "/healthz", "/")
+LONGEST_FIRST = sorted(ROUTES, key=len, reverse=True)  # /predict/image before /predict
 # Seconds: from a frame's 5 ms decode to a saturated CPU replica's multi-second queue.
 LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64]
@@ -27,7 +28,7 @@ def version_label(model: dict) -> str:
 
 def route_of(path: str) -> str:
     """A request path as a bounded route label (a prefix such as /secured is the app's mount, not a route)."""
-    for route in sorted(ROUTES, key=len, reverse=True):
+    for route in LONGEST_FIRST:
         if path == route or (route != "/" and path.endswith(route)):
             return route
     return "/" if path.rstrip("/").count("/") <= 1 else "other"

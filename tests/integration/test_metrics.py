@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from facemask.lifecycle import stop_process_group
-from tests.services import free_port, wait_until
+from tests.services import free_port, wait_http, wait_until
 
 pytestmark = pytest.mark.integration
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
@@ -44,13 +44,7 @@ class Prometheus:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_until(lambda: self.ready(), 60, "Prometheus ready", proc=self.proc, log=root / "prometheus.log")
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        wait_http(f"{self.url}/-/ready", 60, proc=self.proc)
 
     def query(self, expr: str) -> list[dict]:
         answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()

@@ -34,16 +34,16 @@ from tests.kuberay import (
     SECRET,
     container,
     container_env,
+    deployment_command,
     gcs_fault_tolerance,
     manifest,
-    on_this_machine,
     ray_start_params,
     start_flags,
     the_secret,
     worker_readiness_probe,
 )
 from tests.pods import PodNetwork
-from tests.services import wait_until
+from tests.services import wait_http, wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,22 +148,13 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
     ray_temp = {pod: Path("/tmp") / f"fm-rs-{pod}-{os.getpid()}" for pod in ("head", "worker")}
     pods = Pods(tmp_path)
     try:
-        redis_box = container(manifest("redis.yaml", "Deployment"))
-        (tmp_path / "redis-data").mkdir()
-        argv = [
-            on_this_machine(p, {"/data": str(tmp_path / "redis-data")})
-            for p in redis_box["command"] + redis_box["args"]
-        ]
-        pods.start("redis", argv, {**base, **container_env(redis_box, secrets)})
-
-        mlflow_box = container(manifest("mlflow.yaml", "Deployment"))
-        (tmp_path / "mlflow-volume").mkdir()
-        argv = [
-            on_this_machine(p, {"/mlflow": str(tmp_path / "mlflow-volume")})
-            for p in mlflow_box["command"] + mlflow_box["args"]
-        ]
-        pods.start("mlflow", argv, {**base, **container_env(mlflow_box, secrets)})
-        wait_until(lambda: _ok(f"http://{pods.address('mlflow')}:5000/health"), 180, "MLflow's /health", interval=1)
+        # Redis and MLflow as their Deployments' containers run, each volume a folder here.
+        for pod, name, mount in (("redis", "redis.yaml", "/data"), ("mlflow", "mlflow.yaml", "/mlflow")):
+            volume = tmp_path / f"{pod}-volume"
+            volume.mkdir()
+            argv, env = deployment_command(name, {mount: str(volume)}, secrets)
+            pods.start(pod, argv, {**base, **env})
+        wait_http(f"http://{pods.address('mlflow')}:5000/health", 180, proc=pods.procs["mlflow"])
 
         store_env = {**base, **{k: secrets[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}}
         registered = subprocess.run(
@@ -184,9 +175,7 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
         head_environment = ray_env(base, head_group, head_env)
         head = pods.start("head", head_argv, head_environment)
         dashboard = f"http://{pods.address('head')}:8265"
-        wait_until(
-            lambda: _ok(f"{dashboard}/api/gcs_healthz"), 180, "the head's dashboard", head, tmp_path / "head.log", 1
-        )
+        wait_http(f"{dashboard}/api/gcs_healthz", 180, proc=head)
         worker_extra = {**worker_env, "FACEMASK_GPU_AS_CPU": "1"}
         worker_argv = ray_node(worker_group, {}, ray_temp["worker"], head=False)
         pods.start("worker", worker_argv, ray_env(base, worker_group, worker_extra))
@@ -309,13 +298,6 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
         pods.close()
         for folder in ray_temp.values():
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def state(kind: str, dashboard: str, env: dict[str, str]) -> list[dict]:
