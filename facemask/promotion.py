@@ -1,6 +1,7 @@
 """The promotion gate: an alias moves to a candidate version only when a paired bootstrap of
 their stored test predictions, on the same prepared data (same fingerprint), puts the lower
-bound of the gain above zero. `--force` moves it anyway (a rollback is one)."""
+bound of the gain above zero. `--force` moves it anyway. A move is recorded for `facemask
+rollback`, and `--canary P` gives the candidate P% of the alias's traffic instead (`rollout`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from facemask.bootstrap import (
 from facemask.classes import CLASS_NAMES
 from facemask.errors import ConfigError
 from facemask.modelref import REGISTERED_MODEL, parse_models_uri
-from facemask.tracking import alias_version, model_version, set_alias, version_metrics
+from facemask.rollout import move_alias, start_canary
+from facemask.tracking import alias_version, model_version, version_metrics
 
 log = logging.getLogger("facemask.promotion")
 # What the gate compares: the test split's mAP50-95, as `facemask evaluate` tags a version with it.
@@ -118,13 +120,15 @@ def promote(
     metric: str = GATE_METRIC,
     confidence: float = 0.95,
     resamples: int = DEFAULT_RESAMPLES,
+    canary: float | None = None,
 ) -> PromoteDecision:
     """Move `alias` (in the registry of the MLflow store `tracking_uri`) to the candidate only if a paired
     bootstrap of their test predictions says it is better than the current holder at `confidence`
     (the lower bound of the difference > 0).
 
     Both must have been evaluated (`facemask evaluate`) on the same prepared data;
-    `force` skips every check.
+    `force` skips every check. `canary` (a percentage): a candidate that passes takes that share
+    of the alias's default traffic as its challenger, and the alias stays where it is.
     """
     if not model_uri.startswith("models:/"):
         raise ConfigError(f"{model_uri}: promote takes a registry URI such as models:/{REGISTERED_MODEL}/3")
@@ -156,7 +160,10 @@ def promote(
         difference=difference,
     )
     if promoted:
-        set_alias(name, alias, version, tracking_uri)
+        if canary is None:
+            move_alias(name, alias, version, tracking_uri)
+        else:
+            start_canary(name, alias, version, canary, tracking_uri)
     return PromoteDecision(
         promoted,
         reason,

@@ -329,12 +329,18 @@ class Replay:
         return message
 
 
-def raw_error(status: int, reason: bytes, error: str, message: str) -> bytes:
-    """A whole JSON error answer that closes the connection, for a protocol that has no ASGI app yet."""
+def raw_error(
+    status: int, reason: bytes, error: str, message: str, retry_after: int | None = None, close: bool = True
+) -> bytes:
+    """A whole JSON error answer, for a protocol that has no ASGI app yet (and HAProxy's error
+    files): it closes the connection unless `close` is False."""
     body = json.dumps({"error": error, "message": message}).encode()
+    extra = (b"retry-after: %d\r\n" % retry_after if retry_after is not None else b"") + (
+        b"connection: close\r\n" if close else b""
+    )
     return (
-        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n\r\n" % (status, reason, len(body))
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n"
+        % (status, reason, len(body), extra)
     ) + body
 
 

@@ -226,7 +226,16 @@ def node_env(ingress: str) -> dict[str, str]:
     """What a Ray node must be started with for Serve to run `ingress` (haproxy or proxy) as
     `facemask serve` does: Serve reads these when the node starts, never later."""
     env = {**SERVE_ENV, **PROXY_ENV}
-    return env | HAPROXY_ENV if ingress == "haproxy" else env
+    return env | haproxy_env() if ingress == "haproxy" else env
+
+
+def haproxy_env() -> dict[str, str]:
+    """HAPROXY_ENV, and HAProxy started as `facemask-haproxy` where it is installed: the API's JSON
+    errors where HAProxy answers by itself (facemask.haproxy_guard)."""
+    from facemask.haproxy_guard import BINARY_ENV, script_path
+
+    script = script_path()
+    return HAPROXY_ENV | ({BINARY_ENV: script} if script else {})
 
 
 def node_ingress() -> str:
@@ -260,7 +269,7 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
         for key, value in {**SERVE_ENV, **PROXY_ENV}.items():
             os.environ.setdefault(key, value)
         if ingress == "haproxy":
-            for key, value in HAPROXY_ENV.items():
+            for key, value in haproxy_env().items():
                 os.environ.setdefault(key, value)
             os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
             # HAProxy's stats page and metrics listen on fixed ports (8404, 9101) by default: a second

@@ -337,6 +337,13 @@ class ServeConfig:
     # than the whole HAProxy path (docs/performance.md, docs/reliability.md for what differs).
     ingress: str = "haproxy"
     replicas: int = 1
+    # MIN:MAX replicas scaled on the requests each holds (Serve's autoscaler) instead of a fixed
+    # count: one more replica when they hold over target_ongoing each for upscale_delay_s, one
+    # fewer when under it for downscale_delay_s (docs/operating.md has a ramp measured here).
+    autoscale: str | None = None
+    target_ongoing: float = 8.0  # a full default batch (max_batch_size) per replica
+    upscale_delay_s: float = 10.0
+    downscale_delay_s: float = 120.0
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_body_mb: float = app_field(10.0, "Larger bodies get 413", gt=0)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -403,3 +404,47 @@ def wait_for_replicas(app: str, count: int, gone: int | None = None) -> dict[str
         return now if len(now) == count and gone not in now.values() else None
 
     return wait_until(ready, 90, f"{count} live replicas of {app} without PID {gone}", interval=0.5)
+
+
+@contextmanager
+def facemask_serve(weights, tmp_path, *options: str, tracking_uri: str | None = None):
+    """`facemask serve` in its own process and session, with its own local Ray, air-gapped:
+    (process, URL, log path) once /healthz answers; stopped with Ctrl-C unless it already was.
+    weights None: no --model-uri (the simulated accelerator needs none); tracking_uri: the
+    registry (default: an empty one of its own)."""
+    port, log_path = free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri or f"sqlite:///{tmp_path / 'none.db'}"}
+    env.pop("RAY_ADDRESS", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "facemask.cli", "serve", "--port", str(port)]
+            + (["--model-uri", str(weights)] if weights else [])
+            + list(options),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_http(f"{url}/healthz", timeout=180, proc=proc)
+            yield proc, url, log_path
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def process_tree(root: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below `root`."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(root).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found.append((child.pid, " ".join(child.cmdline())))
+    return found

@@ -10,7 +10,7 @@ shape and the exit codes).
     base      the group, exit codes, --json, former option names, the stop line, the results footer
     data      data synth, fetch, prepare; how a labelled source is read
     train     train, tune
-    quality   evaluate, compare, promote
+    quality   evaluate, compare, promote, rollback
     serve     serve, query
     predict   export, predict
 """

@@ -20,6 +20,7 @@ from facemask.cli.base import (
 )
 from facemask.cli.data import read_config, source_reading
 from facemask.errors import ConfigError
+from facemask.modelref import REGISTERED_MODEL
 from facemask.runtime import configure_runtime
 from facemask.settings import (
     TrainConfig,
@@ -151,20 +152,36 @@ def compare_command(model_a, model_b, data, split, imgsz, device, resamples, lev
     show_default=True,
     help="Promote only if the paired bootstrap interval of the gain, at this level, lies above 0.",
 )
-@click.option("--force", is_flag=True, help="Move the alias without comparing scores (also a rollback).")
+@click.option("--force", is_flag=True, help="Move the alias without comparing scores.")
+@click.option(
+    "--canary",
+    type=float,
+    default=None,
+    metavar="P",
+    help="Instead of moving the alias, send P% of its default traffic to the version (@challenger); "
+    "`promote` without --canary or `rollback` ends it (docs/operating.md).",
+)
 @JSON_OPTION
 @EXIT_CODE_OPTION
 @hidden_alias("--confidence", "level")
-def promote_command(model_uri, alias, level, force, as_json, exit_code):
+def promote_command(model_uri, alias, level, force, canary, as_json, exit_code):
     """Move an alias to a version only if it beats the current holder beyond noise: a paired
-    bootstrap of their test predictions on the same images. With --exit-code, exits 3 when
-    the alias stays where it was."""
+    bootstrap of their test predictions on the same images. Every move is recorded for
+    `facemask rollback`; endpoints serving the alias follow within their refresh_s. With
+    --exit-code, exits 3 when the alias stays where it was."""
     configure_runtime()
     from facemask.promotion import promote
     from facemask.tracking import default_tracking_uri
 
-    decision = promote(model_uri, default_tracking_uri(), alias=alias, force=force, confidence=level)
-    if decision.promoted:
+    decision = promote(model_uri, default_tracking_uri(), alias=alias, force=force, confidence=level, canary=canary)
+    if decision.promoted and canary is not None:
+        from facemask.rollout import challenger_alias
+
+        text = (
+            f"version {decision.candidate} takes {canary:g}% of @{alias}'s traffic as @{challenger_alias(alias)}, "
+            f"version {decision.champion} the rest: {decision.reason}"
+        )
+    elif decision.promoted:
         was = f" (was version {decision.champion})" if decision.champion else ""
         text = f"promoted version {decision.candidate} @{alias}{was}: {decision.reason}"
     else:
@@ -177,11 +194,38 @@ def promote_command(model_uri, alias, level, force, as_json, exit_code):
         "alias": alias,
         "candidate": decision.candidate,
         "champion": decision.champion,
-        "holder": decision.candidate if decision.promoted else decision.champion,
+        "holder": decision.candidate if decision.promoted and canary is None else decision.champion,
         "reason": decision.reason,
+        "canary_percent": canary if decision.promoted else None,
         "candidate_score": decision.candidate_score,
         "champion_score": decision.champion_score,
     }
     emit(as_json, payload, text)
     if exit_code and not decision.promoted:
         sys.exit(EXIT_NEGATIVE)
+
+
+@main.command("rollback")
+@click.option("--model", "name", default=REGISTERED_MODEL, show_default=True, help="The registered model.")
+@click.option("--alias", default="champion", show_default=True)
+@JSON_OPTION
+def rollback_command(name, alias, as_json):
+    """Undo the last rollout step of an alias: end a running canary, else give the alias back to
+    the version that held it before the last `promote`. Endpoints follow within their refresh_s."""
+    configure_runtime()
+    from facemask.rollout import rollback
+    from facemask.tracking import default_tracking_uri
+
+    done = rollback(name, alias, default_tracking_uri())
+    if done.ended_canary:
+        text = f"ended the canary of version {done.from_version}: version {done.to_version} takes all of @{alias}"
+    else:
+        text = f"rolled @{alias} back from version {done.from_version} to version {done.to_version}"
+    payload = {
+        "model": name,
+        "alias": alias,
+        "from": done.from_version,
+        "holder": done.to_version,
+        "ended_canary": done.ended_canary,
+    }
+    emit(as_json, payload, text)

@@ -58,6 +58,26 @@ from facemask.settings import (
     ),
     ("--port", "port", {}),
     ("--replicas", "replicas", {"help": "Serve replicas (each holds the model)."}),
+    (
+        "--autoscale",
+        "autoscale",
+        {
+            "metavar": "MIN:MAX",
+            "help": "Scale between MIN and MAX replicas on the requests each holds, instead of --replicas.",
+        },
+    ),
+    ("--target-ongoing", "target_ongoing", {"help": "--autoscale: requests per replica it aims for."}),
+    ("--upscale-delay", "upscale_delay_s", {"help": "--autoscale: seconds over target before a replica is added."}),
+    (
+        "--downscale-delay",
+        "downscale_delay_s",
+        {"help": "--autoscale: seconds under target before a replica is removed."},
+    ),
+    (
+        "--refresh-s",
+        "refresh_s",
+        {"help": "How often the model's alias is looked up again: promotions, canaries, rollbacks reach replicas."},
+    ),
     ("--num-cpus", "num_cpus", {"help": "CPUs per replica."}),
     ("--num-gpus", "num_gpus", {"help": "GPUs per replica (0.25: four share one)."}),
     ("--max-batch-size", "max_batch_size", {}),
@@ -74,7 +94,21 @@ from facemask.settings import (
     'eval "$(facemask serve --print-node-env)" before `ray start`.',
 )
 def serve_command(
-    model_uri, backend, simulated_latency, host, ingress, port, replicas, num_cpus, num_gpus, print_node_env, **app
+    model_uri,
+    backend,
+    simulated_latency,
+    host,
+    ingress,
+    port,
+    replicas,
+    autoscale,
+    target_ongoing,
+    upscale_delay_s,
+    downscale_delay_s,
+    num_cpus,
+    num_gpus,
+    print_node_env,
+    **app,
 ):
     """Serve the detector, its API and page on this machine's Ray (Ctrl-C stops it).
 
@@ -106,7 +140,16 @@ def serve_command(
 
     try:
         # `app` holds the options named as AppArgs' fields (device, max_batch_size, threads).
-        resources = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}}
+        if autoscale and replicas != 1:
+            raise ConfigError(
+                f"--replicas {replicas} and --autoscale {autoscale}: give one (--autoscale sets the count)"
+            )
+        scaling = (
+            {"autoscaling_config": autoscaling_config(autoscale, target_ongoing, upscale_delay_s, downscale_delay_s)}
+            if autoscale
+            else {"num_replicas": replicas}
+        )
+        resources = {**scaling, "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}}
         app |= {"model_uri": model_uri, "backend": backend, "simulated_latency": simulated_latency}
         args = AppArgs(**app, deployment_options=resources)
     except ValueError as exc:  # pydantic's ValidationError: an option out of range
@@ -128,6 +171,30 @@ def serve_command(
         )
 
     serve_until_stopped(args, host, port, announce)
+
+
+def autoscaling_config(bounds: str, target: float, upscale_delay_s: float, downscale_delay_s: float) -> dict:
+    """Serve's autoscaling_config for `--autoscale MIN:MAX`; ConfigError naming the fix when malformed."""
+    low, sep, high = bounds.partition(":")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        lo = hi = -1
+    if not sep or not 1 <= lo <= hi:
+        raise ConfigError(
+            f"--autoscale {bounds}: give MIN:MAX replicas with 1 <= MIN <= MAX, such as 1:4 (a replica must stay "
+            "up: Serve's scale-to-zero would answer 503 while the model loads)"
+        )
+    if target <= 0 or upscale_delay_s < 0 or downscale_delay_s < 0:
+        raise ConfigError("--target-ongoing must be above 0, --upscale-delay and --downscale-delay 0 or more")
+    return {
+        "min_replicas": lo,
+        "initial_replicas": lo,
+        "max_replicas": hi,
+        "target_ongoing_requests": target,
+        "upscale_delay_s": upscale_delay_s,
+        "downscale_delay_s": downscale_delay_s,
+    }
 
 
 def ingress_note(asked: str, running: str) -> str:

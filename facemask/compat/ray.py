@@ -1,11 +1,15 @@
 """Ray's private parts the platform reads: whether the local cluster this process started is
 still alive, Serve's controller and its replica table, whether this process is a Serve
-replica, and the option that fixes a local node's metrics port. None of them has a public
-equivalent in Ray 2.60 (`serve.status()` gives neither the replicas' actor names nor their
-states per route, which the proxy guard matches against the live actors; `ray start` has
---metrics-export-port, `ray.init` only `_metrics_export_port`)."""
+replica, the option that fixes a local node's metrics port, and the lines of the HAProxy
+configuration Serve writes that give its own answers. None of them has a public equivalent in
+Ray 2.60 (`serve.status()` gives neither the replicas' actor names nor their states per route,
+which the proxy guard matches against the live actors; `ray start` has --metrics-export-port,
+`ray.init` only `_metrics_export_port`; HAProxy's error files and its answer outside every
+route are fixed in Serve's template, `ray.serve._private.haproxy_templates`)."""
 
 from __future__ import annotations
+
+import re
 
 from facemask.compat import require
 
@@ -49,3 +53,30 @@ def metrics_port_option(port: int) -> dict:
     """`ray.init`'s keyword for the Prometheus port of the node it starts (`_metrics_export_port`,
     listed in its docstring)."""
     return {"_metrics_export_port": port}
+
+
+# The lines of Serve's HAProxy template (HAPROXY_CONFIG_TEMPLATE) that answer for HAProxy itself:
+# its error files, which Serve points at one plain-text 500 for 502, 503 and 504, and the
+# default backend's plain-text 404 for a path outside every route.
+HAPROXY_ERRORFILE = re.compile(r"^(?P<indent>[ \t]*)errorfile (?P<status>50[234]) \S+[ \t]*$", re.M)
+HAPROXY_NOT_FOUND = re.compile(
+    r"^(?P<indent>[ \t]*)http-request return status 404 content-type text/plain "
+    r"lf-string \"Path '%\[path\]' not found\.[^\n]*$",
+    re.M,
+)
+HAPROXY_ROUTE = re.compile(r"^[ \t]*use_backend ", re.M)
+
+
+def haproxy_config_answers(config: str, error_files: dict[int, str], not_found: str, no_routes: str) -> str:
+    """Serve's HAProxy configuration with HAProxy's own answers replaced: `error_files` by status
+    (502, 503, 504: a whole HTTP answer each, on disk), and the answer to a path outside every
+    route: `not_found` while the configuration has routes, `no_routes` while it has none (an
+    HAProxy started again before Serve gave it its routes). Both are `http-request return`
+    arguments. Raises ValueError when a line it replaces is not in `config`."""
+    if len(HAPROXY_ERRORFILE.findall(config)) != 3 or len(HAPROXY_NOT_FOUND.findall(config)) != 1:
+        raise ValueError("Serve's HAProxy configuration no longer has the error files and 404 line checked for")
+    config = HAPROXY_ERRORFILE.sub(
+        lambda m: f"{m['indent']}errorfile {m['status']} {error_files[int(m['status'])]}", config
+    )
+    answer = not_found if HAPROXY_ROUTE.search(config) else no_routes
+    return HAPROXY_NOT_FOUND.sub(lambda m: f"{m['indent']}http-request return {answer}", config)

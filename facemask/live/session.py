@@ -29,8 +29,14 @@ from facemask.live.settings import LIVE_DEFAULTS, live_settings
 from facemask.live.tracker import TRACK_CONF, LatestFrame, PeopleTracker
 from facemask.request_checks import key_matches
 
-# A live stream must say who it is (its first message) within this many seconds.
-HELLO_TIMEOUT_S = 10.0
+# A live stream must say who it is (its first message) within this many seconds. A browser
+# sends it as the socket opens; one that waits longer holds one of the replica's slots
+# (max_ongoing_requests) that a real stream is queued behind.
+HELLO_TIMEOUT_S = 5.0
+# Sockets a replica keeps waiting for their first message; one more closes the longest waiting.
+# Idle sockets then cannot hold the replica's slots (docs/reliability.md measured 200 of them
+# delaying a real stream by 11 s, one that is ready within a second now).
+MAX_WAITING_HELLOS = 8
 # WebSocket close codes: the 4000 range is the application's own.
 CLOSE_UNAUTHORIZED, CLOSE_BAD_HELLO = 4401, 4400
 
@@ -69,6 +75,9 @@ class LiveStreams:
         self.open: dict[int, LiveSession] = {}  # by stream id
         self.trackers: weakref.WeakSet = weakref.WeakSet()  # every live tracker still in memory
         self.ids = itertools.count(1)
+        # Sockets waiting for their first message, oldest first: each one's event closes it early.
+        self.waiting: dict[int, asyncio.Event] = {}
+        self.evicted = 0  # sockets closed to make room for newer ones
 
     def stats(self) -> dict:
         import gc
@@ -78,6 +87,8 @@ class LiveStreams:
             "open": len(self.open),
             "trackers": len(self.trackers),
             "dropped": sum(s.slot.dropped for s in self.open.values()),
+            "waiting_hello": len(self.waiting),
+            "evicted": self.evicted,
         }
 
     async def serve(self, ws: WebSocket) -> None:
@@ -110,16 +121,16 @@ class LiveStreams:
     async def hello(self, ws: WebSocket) -> dict | None:
         """The stream's first message: key and settings. None (and the socket closed) if refused."""
         try:
-            message = await asyncio.wait_for(ws.receive_text(), HELLO_TIMEOUT_S)
+            message = await self.first_message(ws)
+            if message is None:
+                await self.refuse(
+                    ws,
+                    CLOSE_BAD_HELLO,
+                    "hello_timeout",
+                    f"send the settings as a JSON text message as the socket opens (within {HELLO_TIMEOUT_S:g} s)",
+                )
+                return None
             hello = json.loads(message)
-        except asyncio.TimeoutError:
-            await self.refuse(
-                ws,
-                CLOSE_BAD_HELLO,
-                "hello_timeout",
-                f"send the settings as a JSON text message within {HELLO_TIMEOUT_S:g} s",
-            )
-            return None
         except (ValueError, KeyError):
             await self.refuse(
                 ws,
@@ -149,6 +160,25 @@ class LiveStreams:
             json.dumps({"type": "ready", "settings": settings, "model": self.server.inference.describe(detector)})
         )
         return settings
+
+    async def first_message(self, ws: WebSocket) -> str | None:
+        """The socket's first text message; None when it took over HELLO_TIMEOUT_S, or when
+        MAX_WAITING_HELLOS newer sockets were waiting too and this one waited longest."""
+        ticket, evict = next(self.ids), asyncio.Event()
+        self.waiting[ticket] = evict
+        if len(self.waiting) > MAX_WAITING_HELLOS:
+            oldest = next(iter(self.waiting))
+            self.waiting.pop(oldest).set()
+            self.evicted += 1
+        receiving = asyncio.ensure_future(ws.receive_text())
+        evicted = asyncio.ensure_future(evict.wait())
+        try:
+            done, _ = await asyncio.wait({receiving, evicted}, timeout=HELLO_TIMEOUT_S, return_when="FIRST_COMPLETED")
+            return receiving.result() if receiving in done else None
+        finally:
+            self.waiting.pop(ticket, None)
+            for task in (receiving, evicted):
+                task.cancel()
 
     async def refuse(self, ws: WebSocket, code: int, error: str, message: str) -> None:
         await self.error(ws, None, error, message)

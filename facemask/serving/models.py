@@ -1,5 +1,6 @@
 """Which model answers a request: the app's default, a version or alias a request names, and the
-default's alias followed in the background so a promotion is served without a redeploy."""
+default's alias followed in the background (`rollout`: its holder, and a canary's challenger
+with its share) so a promotion, a canary or a rollback is served without a redeploy."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from facemask.detector import load_detector
 from facemask.errors import ModelNotFoundError
 from facemask.modelref import model_uri_for
 from facemask.request_checks import check_model_id
+from facemask.rollout import Traffic, traffic
 from facemask.simulated_gpu import NAME as SIMULATED
 from facemask.tracking import model_version
 
@@ -29,6 +31,9 @@ class Models:
         self.aliases: dict[str, tuple[float, str]] = {}  # alias -> (looked up at, version)
         self.default_checked = time.monotonic()
         self.refreshing: asyncio.Task | None = None
+        # A canary: the challenger's model and its share of the default traffic, in percent.
+        self.challenger, self.percent = None, 0.0
+        self.defaults_served = 0
 
     async def version(self, model_id: str):
         """The loaded model of a version number: the default's when it is that version."""
@@ -58,7 +63,7 @@ class Models:
                 return self.default
             if not model_id:
                 self.follow_default_alias()
-                return self.default
+                return self.default_or_challenger()
             if not model_id.isdigit():
                 model_id = await self.alias_version(model_id)
             return await self.load_version(model_id)
@@ -68,6 +73,15 @@ class Models:
             raise APIError(
                 404, "model_not_found", str(exc).replace(store, "the registry") if store else str(exc)
             ) from None
+
+    def default_or_challenger(self):
+        """The default model, or during a canary the challenger for exactly its share of this
+        replica's default requests: the n-th goes to the challenger when floor(n * P / 100) steps up."""
+        if self.challenger is None:
+            return self.default
+        n, share = self.defaults_served + 1, self.percent / 100
+        self.defaults_served = n
+        return self.challenger if int(n * share) > int((n - 1) * share) else self.default
 
     async def alias_version(self, alias: str) -> str:
         """The version an alias names, looked up at most every refresh_s (the registry is a network call)."""
@@ -94,13 +108,14 @@ class Models:
 
     async def _refresh(self, alias: str) -> None:
         try:
-            self.aliases.pop(alias, None)
-            version = await self.alias_version(alias)
-            if version != self.default.info.version:
-                loaded = await asyncio.to_thread(self.load_registered, self.default.info.name, version)
+            name = self.default.info.name
+            state = await asyncio.to_thread(traffic, name, alias, self.args.tracking_uri)
+            if state.holder and state.holder != self.default.info.version:
+                loaded = await asyncio.to_thread(self.load_registered, name, state.holder)
                 log.info("%s moved from version %s to %s; now serving %s", self.args.model_uri,
-                         self.default.info.version, version, version)  # fmt: skip
+                         self.default.info.version, state.holder, state.holder)  # fmt: skip
                 self.default = loaded
+            await self.follow_canary(name, state)
         except Exception as exc:  # a registry outage must not stop serving the loaded model
             log.warning(
                 "could not look up %s (%s); still serving version %s",
@@ -111,3 +126,16 @@ class Models:
         finally:
             self.default_checked = time.monotonic()
             self.refreshing = None
+
+    async def follow_canary(self, name: str, state: Traffic) -> None:
+        """Load a new challenger before it takes its share; drop it when the canary ends."""
+        if state.challenger is None:
+            if self.challenger is not None:
+                log.info("the canary of version %s ended", self.challenger.info.version)
+            self.challenger, self.percent = None, 0.0
+            return
+        if self.challenger is None or self.challenger.info.version != state.challenger:
+            self.challenger = await asyncio.to_thread(self.load_registered, name, state.challenger)
+            self.defaults_served = 0
+            log.info("canary: version %s takes %g%% of the default traffic", state.challenger, state.percent)
+        self.percent = state.percent

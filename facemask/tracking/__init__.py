@@ -7,11 +7,14 @@
 
 from facemask.tracking.registry import (
     alias_version,
+    aliases_and_tags,
+    delete_alias,
     fetch_model,
     list_versions,
     log_and_register,
     model_version,
     set_alias,
+    set_model_tag,
     set_version_tags,
     version_metrics,
 )
@@ -40,6 +43,8 @@ __all__ = [
     "RunLogger",
     "set_process_store",
     "alias_version",
+    "aliases_and_tags",
+    "delete_alias",
     "check_tracking_reachable",
     "client",
     "close_run",
@@ -57,6 +62,7 @@ __all__ = [
     "metric_key",
     "model_version",
     "set_alias",
+    "set_model_tag",
     "set_version_tags",
     "study_tracking_uri",
     "using_tracking_uri",

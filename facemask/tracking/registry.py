@@ -175,6 +175,32 @@ def set_alias(name: str, alias: str, version: str, tracking_uri: str) -> None:
     client(tracking_uri).set_registered_model_alias(name, alias, version)
 
 
+def aliases_and_tags(name: str, tracking_uri: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A registered model's aliases (alias -> version) and its own tags, in one registry call;
+    ModelNotFoundError when there is no such model."""
+    try:
+        registered = client(tracking_uri).get_registered_model(name)
+    except Exception as exc:
+        raise ModelNotFoundError(f"no registered model {name!r} in {tracking_uri} ({type(exc).__name__})") from None
+    aliases = {alias: str(version) for alias, version in (registered.aliases or {}).items()}
+    return aliases, dict(registered.tags or {})
+
+
+def set_model_tag(name: str, key: str, value: str | None, tracking_uri: str) -> None:
+    """Set a registered model's tag, or delete it when `value` is None."""
+    c = client(tracking_uri)
+    if value is None:
+        with contextlib.suppress(Exception):  # already absent
+            c.delete_registered_model_tag(name, key)
+    else:
+        c.set_registered_model_tag(name, key, value)
+
+
+def delete_alias(name: str, alias: str, tracking_uri: str) -> None:
+    with contextlib.suppress(Exception):  # already absent
+        client(tracking_uri).delete_registered_model_alias(name, alias)
+
+
 def list_versions(name: str, tracking_uri: str) -> list[dict[str, Any]]:
     """Every registered version with its aliases and metric tags, newest first."""
     c = client(tracking_uri)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import zlib
 from collections import Counter
-from contextlib import contextmanager
 
 import httpx
 import psutil
@@ -27,8 +26,10 @@ from tests.services import (
     CHROMIUM,
     LIMITS,
     assert_last_box_in_its_class_colour,
+    facemask_serve,
     free_port,
     launch_chromium,
+    process_tree,
     replica_pids,
     wait_for_replicas,
     wait_until,
@@ -774,42 +775,6 @@ def test_page_in_chromium_draws_boxes(endpoint, known_image):
             browser.close()
 
 
-@contextmanager
-def facemask_serve(weights, tmp_path, *options: str):
-    """`facemask serve` in its own process and session, with its own local Ray, air-gapped:
-    (process, URL, log path) once /healthz answers; stopped with Ctrl-C unless it already was.
-    weights None: no --model-uri (the simulated accelerator needs none)."""
-    import signal
-
-    from tests.services import wait_http
-
-    port, log_path = free_port(), tmp_path / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}
-    env.pop("RAY_ADDRESS", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "facemask.cli", "serve", "--port", str(port)]
-            + (["--model-uri", str(weights)] if weights else [])
-            + list(options),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_http(f"{url}/healthz", timeout=180, proc=proc)
-            yield proc, url, log_path
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-
-
 @pytest.mark.parametrize(
     "ingress, stop",
     [("proxy", "SIGINT to the process"), ("haproxy", "SIGINT to the group"), ("haproxy", "SIGTERM to the group")],
@@ -907,7 +872,6 @@ def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_de
     still see its connection closed (Ray's defaults: 3 per kill here, HAPROXY_ENV: 0-2) or,
     on a loaded machine, HAProxy's bare 500; never a hang, and `Client` retries both.
     """
-    import contextlib
     import threading
     from collections import Counter
     from pathlib import Path
@@ -1024,17 +988,6 @@ def test_a_lone_replica_killed_behind_the_default_ingress_gives_quick_json_503s(
     assert all(r.json()["error"] == "unavailable" and r.headers["retry-after"] == "1" for r in refused)
     assert max(seconds for _, seconds, _, _ in seen) < ready_wait_s + 2.5, "a request waited for the restart"
     assert not calls.is_alive() and len(answers) == 20, "Client lost a request"
-
-
-def process_tree(root: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every process below `root`."""
-    import psutil
-
-    found = []
-    for child in psutil.Process(root).children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            found.append((child.pid, " ".join(child.cmdline())))
-    return found
 
 
 def wait_for_tree_replica(root: int, gone: int | None = None, timeout: float = 90) -> list[int]:
