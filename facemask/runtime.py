@@ -229,13 +229,23 @@ def node_env(ingress: str) -> dict[str, str]:
     return env | haproxy_env() if ingress == "haproxy" else env
 
 
-def haproxy_env() -> dict[str, str]:
-    """HAPROXY_ENV, and HAProxy started as `facemask-haproxy` where it is installed: the API's JSON
-    errors where HAProxy answers by itself (facemask.haproxy_guard)."""
-    from facemask.haproxy_guard import BINARY_ENV, script_path
+# Serve starts the HAProxy binary this names: facemask's (facemask.haproxy_guard), installed
+# with the package as a script, gives the API's JSON errors where HAProxy answers by itself.
+HAPROXY_BINARY_ENV, HAPROXY_SCRIPT = "RAY_SERVE_HAPROXY_BINARY_PATH", "facemask-haproxy"
 
-    script = script_path()
-    return HAPROXY_ENV | ({BINARY_ENV: script} if script else {})
+
+def haproxy_env() -> dict[str, str]:
+    """HAPROXY_ENV, and HAProxy started as `facemask-haproxy` where it is installed."""
+    script = haproxy_script_path()
+    return HAPROXY_ENV | ({HAPROXY_BINARY_ENV: script} if script else {})
+
+
+def haproxy_script_path() -> str | None:
+    """The absolute path of `facemask-haproxy` beside this Python, else on PATH; None if not installed."""
+    beside = Path(sys.executable).with_name(HAPROXY_SCRIPT)
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(HAPROXY_SCRIPT)
 
 
 def node_ingress() -> str:

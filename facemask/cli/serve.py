@@ -134,21 +134,11 @@ def serve_command(
     else:
         # Checked from the registry's metadata only: each replica downloads the weights.
         resolve_model(model_uri, backend=backend, tracking_uri=default_tracking_uri(), download=False)
-    # Imported here: the Serve application module imports Ray Serve itself.
+    from facemask.serving import AppArgs  # here: the Serve application module imports Ray Serve itself
 
-    from facemask.serving import AppArgs
-
+    scaling = replica_count(replicas, autoscale, target_ongoing, upscale_delay_s, downscale_delay_s)
     try:
         # `app` holds the options named as AppArgs' fields (device, max_batch_size, threads).
-        if autoscale and replicas != 1:
-            raise ConfigError(
-                f"--replicas {replicas} and --autoscale {autoscale}: give one (--autoscale sets the count)"
-            )
-        scaling = (
-            {"autoscaling_config": autoscaling_config(autoscale, target_ongoing, upscale_delay_s, downscale_delay_s)}
-            if autoscale
-            else {"num_replicas": replicas}
-        )
         resources = {**scaling, "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}}
         app |= {"model_uri": model_uri, "backend": backend, "simulated_latency": simulated_latency}
         args = AppArgs(**app, deployment_options=resources)
@@ -161,16 +151,27 @@ def serve_command(
     running = node_ingress()
     if running != ingress:
         click.echo(ingress_note(ingress, running), err=True)
+    serve_until_stopped(args, host, port, lambda url: announcement(url, model_uri, backend, running))
+
+
+def announcement(url: str, model_uri: str, backend: str, ingress: str) -> str:
+    """What `facemask serve` prints once it serves: where, and where Prometheus scrapes it."""
     from facemask.runtime import metrics_endpoints
 
-    def announce(url: str) -> str:
-        scrape = ", ".join(metrics_endpoints(running))
-        return (
-            f"serving {model_uri} ({backend}, {running}) at {url}/  (API docs {url}/docs); Ctrl-C stops\n"
-            f"metrics for Prometheus: {scrape}  (docs/operating.md)"
-        )
+    scrape = ", ".join(metrics_endpoints(ingress))
+    return (
+        f"serving {model_uri} ({backend}, {ingress}) at {url}/  (API docs {url}/docs); Ctrl-C stops" + "\n"
+        f"metrics for Prometheus: {scrape}  (docs/operating.md)"
+    )
 
-    serve_until_stopped(args, host, port, announce)
+
+def replica_count(replicas: int, autoscale: str | None, target: float, up_s: float, down_s: float) -> dict:
+    """The deployment's replica options: a fixed count, or Serve's autoscaling for --autoscale."""
+    if not autoscale:
+        return {"num_replicas": replicas}
+    if replicas != 1:
+        raise ConfigError(f"--replicas {replicas} and --autoscale {autoscale}: give one (--autoscale sets the count)")
+    return {"autoscaling_config": autoscaling_config(autoscale, target, up_s, down_s)}
 
 
 def autoscaling_config(bounds: str, target: float, upscale_delay_s: float, downscale_delay_s: float) -> dict:

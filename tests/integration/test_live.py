@@ -373,3 +373,49 @@ def test_predict_names_a_camera_or_stream_it_cannot_open(registered_detector, tm
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "could not open it" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_idle_sockets_that_never_say_hello_do_not_hold_a_real_stream_off(known_image, tmp_path):
+    """200 /live sockets open and silent beside a real stream, on `facemask serve` as it starts
+    (HAProxy, one replica). Each socket holds one of the replica's slots while it waits for its
+    first message; the replica keeps at most MAX_WAITING_HELLOS waiting and closes the longest
+    waiting for each newer one, so the real stream is ready within seconds (11 s, or refused,
+    when every socket could wait HELLO_TIMEOUT_S)."""
+    import asyncio
+
+    import websockets
+
+    from facemask.live.session import MAX_WAITING_HELLOS
+    from tests.services import facemask_serve
+
+    async def attack_and_stream(url: str) -> tuple[float, dict, int]:
+        live = url.replace("http://", "ws://") + "/live"
+
+        async def silent():
+            return await websockets.connect(live, open_timeout=60)
+
+        idle = [asyncio.create_task(silent()) for _ in range(200)]
+        await asyncio.sleep(1.0)
+        started = time.perf_counter()
+        async with websockets.connect(live, open_timeout=60) as ws:
+            await ws.send(json.dumps({"conf": 0.25}))
+            ready = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            waited = time.perf_counter() - started
+            await ws.send(jpeg(Image.open(known_image).convert("RGB")))
+            result = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        opened = 0
+        for socket in await asyncio.gather(*idle, return_exceptions=True):
+            if not isinstance(socket, BaseException):
+                opened += 1
+                await socket.close()
+        return waited, {"ready": ready["type"], "result": result["type"]}, opened
+
+    with facemask_serve(None, tmp_path, "--backend", "simulated-gpu", "--num-cpus", "0.5") as (_, url, _):
+        services.wait_until(lambda: httpx.get(url + "/live/streams", timeout=10).status_code == 200, 60, "the app")
+        time.sleep(3)  # HAProxy has the replica itself, not only the fallback proxy
+        waited, answers, opened = asyncio.run(attack_and_stream(url))
+        stats = httpx.get(url + "/live/streams", timeout=10).json()
+    print(f"/live beside 200 silent sockets: ready after {waited:.2f} s; {opened} of them opened, stats {stats}")
+    assert answers == {"ready": "ready", "result": "result"}
+    assert waited < 5.0
+    assert stats["evicted"] >= opened - MAX_WAITING_HELLOS - 1 and stats["waiting_hello"] <= MAX_WAITING_HELLOS

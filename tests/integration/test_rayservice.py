@@ -37,6 +37,7 @@ from tests.kuberay import (
     deployment_command,
     gcs_fault_tolerance,
     manifest,
+    on_this_machine,
     ray_start_params,
     start_flags,
     the_secret,
@@ -118,9 +119,13 @@ def ray_node(group: dict, extra: dict[str, str], temp: Path, head: bool) -> list
     return argv + start_flags({**ray_start_params(group), **extra})
 
 
+# The image's Python (kubernetes/Dockerfile) is this interpreter's folder here.
+IMAGE_BIN = {"/home/ray/anaconda3/bin": str(Path(sys.executable).parent)}
+
+
 def ray_env(base: dict[str, str], group: dict, extra: dict[str, str]) -> dict[str, str]:
     env = container_env(container(group), {**the_secret(), **SECRET})
-    return {**base, **env, **extra}
+    return {**base, **{name: on_this_machine(value, IMAGE_BIN) for name, value in env.items()}, **extra}
 
 
 def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_detector, known_image, tmp_path):

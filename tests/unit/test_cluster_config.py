@@ -61,12 +61,15 @@ def test_every_node_starts_with_the_serve_settings_the_proxy_guard_and_haproxy(c
     """A node's Serve proxy and HAProxy read these from the environment of `ray start`, nowhere else."""
     from ray._common.utils import import_attr
 
+    from facemask.haproxy_guard import BINARY_ENV, SCRIPT
     from facemask.runtime import HAPROXY_ENV, PROXY_ENV, SERVE_ENV
 
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = next(c for c in cluster[key] if "ray start" in c)
         for name, value in {**SERVE_ENV, **PROXY_ENV, **HAPROXY_ENV}.items():
             assert (f'{name}="{value}"' if " " in value else f"{name}={value}") in start, (key, name)
+        # HAProxy as facemask-haproxy, found on the node's PATH where the package installed it.
+        assert f'{BINARY_ENV}="$(command -v {SCRIPT})"' in start, key
     assert callable(import_attr(PROXY_ENV["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]))
 
 

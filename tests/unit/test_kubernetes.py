@@ -189,6 +189,12 @@ def test_the_rayservice_serves_the_same_application_as_serve_config():
             assert env[name]["value"] == value, name
         assert env["FACEMASK_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "facemask-secrets"
         assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
+        # The script kubernetes/Dockerfile checks is where the image installed it.
+        assert env["RAY_SERVE_HAPROXY_BINARY_PATH"]["value"] == "/home/ray/anaconda3/bin/facemask-haproxy"
+    assert (
+        'test "$(command -v facemask-haproxy)" = /home/ray/anaconda3/bin/facemask-haproxy'
+        in (ROOT / "kubernetes" / "Dockerfile").read_text()
+    )
 
 
 def serve_capacity_errors(service: dict) -> list[str]:
