@@ -210,3 +210,21 @@ def start_mlflow_deployment(volume: Path, secrets: dict[str, str]) -> tuple[subp
         start_new_session=True,
     )
     return proc, f"http://127.0.0.1:{port}", log
+
+
+def pod_monitor_targets(monitor: dict, group: dict) -> list[tuple[int, str]]:
+    """(port, path) of each endpoint a PodMonitor scrapes on the pods of `group` (a head or worker
+    group): none unless its selector's labels are on the group's pod template (KubeRay copies them
+    to the pods); each named port resolved on the Ray container, as the Prometheus Operator's
+    relabelling does. A port name the container lacks raises: the operator would drop it silently."""
+    labels = (group["template"].get("metadata") or {}).get("labels") or {}
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    if any(labels.get(key) != value for key, value in wanted.items()):
+        return []
+    ports = {p["name"]: p["containerPort"] for p in container(group).get("ports") or []}
+    targets = []
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        if endpoint["port"] not in ports:
+            raise KeyError(f"the PodMonitor scrapes port {endpoint['port']!r}, which the container does not name")
+        targets.append((ports[endpoint["port"]], endpoint.get("path", "/metrics")))
+    return targets

@@ -38,6 +38,7 @@ from tests.kuberay import (
     gcs_fault_tolerance,
     manifest,
     on_this_machine,
+    pod_monitor_targets,
     ray_start_params,
     start_flags,
     the_secret,
@@ -224,6 +225,8 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
         assert replicas and all(nodes.get(a["node_id"]) == pods.address("worker") for a in replicas), replicas
         wanted = {"CPU": options["num_cpus"], "GPU": options["num_gpus"]}
         assert all(a["required_resources"] == wanted for a in replicas), [a["required_resources"] for a in replicas]
+        scraped = scrape_as_the_pod_monitor(pods, {"head": head_group, "worker": worker_group})
+        print(f"monitoring.yaml's PodMonitor: {scraped}")
 
         # The head pod dies and comes back: the worker keeps answering, and its replica is not
         # restarted. (Before the saturation below, whose load lets the autoscaler add a replica.)
@@ -303,6 +306,28 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
         pods.close()
         for folder in ray_temp.values():
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def scrape_as_the_pod_monitor(pods: Pods, groups: dict[str, dict]) -> dict[str, list[str]]:
+    """Every endpoint monitoring.yaml's PodMonitor scrapes, on each pod, read as Prometheus would;
+    the worker, which holds the replica, exports the app's request counter (after Ray's metrics
+    agent's next report) and each pod's HAProxy its own metrics. Returns what was read where."""
+    monitor = manifest("monitoring.yaml", "PodMonitor")
+    read = {}
+    for pod, group in groups.items():
+        targets = pod_monitor_targets(monitor, group)
+        assert targets, f"the PodMonitor selects no {pod} pod"
+        for port, path in targets:
+            url = f"http://{pods.address(pod)}:{port}{path}"
+            expected = "haproxy_" if port == 9101 else ("ray_facemask_requests_total" if pod == "worker" else "ray_")
+            wait_until(
+                lambda url=url, expected=expected: expected in httpx.get(url, timeout=10).text,
+                90,
+                f"{expected} at {url}",
+                interval=2,
+            )
+            read.setdefault(pod, []).append(f":{port}{path} has {expected}")
+    return read
 
 
 def state(kind: str, dashboard: str, env: dict[str, str]) -> list[dict]:

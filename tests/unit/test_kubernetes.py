@@ -313,3 +313,19 @@ def test_old_ray_with_token_auth_another_image_and_a_drifted_version_are_refused
     assert any("needs rayVersion >= 2.52.0" in e for e in errors)
     assert any("pins ray==" in e for e in errors)
     assert any("expected facemask:" in e for e in errors)
+
+
+def test_the_pod_monitor_scrapes_every_ray_pod_where_ray_and_haproxy_export():
+    """monitoring.yaml's PodMonitor selects the RayService's head and workers, and its ports are
+    where Ray's metrics agent (metrics-export-port) and HAProxy's exporter listen."""
+    from facemask.runtime import HAPROXY_METRICS_PORT, METRICS_PORT
+    from tests.kuberay import manifest, pod_monitor_targets
+
+    monitor = manifest("monitoring.yaml", "PodMonitor")
+    cluster = next(d for d in documents() if d["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        assert group["rayStartParams"]["metrics-export-port"] == str(METRICS_PORT)
+        assert pod_monitor_targets(monitor, group) == [(METRICS_PORT, "/metrics"), (HAPROXY_METRICS_PORT, "/metrics")]
+    # Nothing else carries its labels: the MLflow and Redis pods are not Ray nodes.
+    others = [d for d in documents() if d["kind"] == "Deployment"]
+    assert others and not any(pod_monitor_targets(monitor, d["spec"]) for d in others)
