@@ -54,6 +54,10 @@ class ReplicaMetrics:
         self.batch = Histogram(
             "facemask_batch_size", description="Images per model call.", boundaries=BATCH_BOUNDS, tag_keys=()
         )
+        # Model calls, counted from their images (1/batch size each): with the images counted in
+        # the latency histogram, the mean batch size. Ray 2.60 exports a histogram's `_sum` from
+        # its buckets' midpoints, not the values observed, so a mean from `_sum` is wrong.
+        self.calls = Counter("facemask_model_calls", description="Model calls (batches).", tag_keys=())
         self.detections = Counter(
             "facemask_detections",
             description="Faces detected, by class and model version.",
@@ -80,6 +84,7 @@ class ReplicaMetrics:
             if key in timings:
                 self.latency.observe(timings[key] / 1000, tags={"stage": stage})
         self.batch.observe(timings["batch_size"])
+        self.calls.inc(1 / max(1, timings["batch_size"]))
         version = version_label(answer["model"])
         for name, count in answer["counts"].items():
             if count:
