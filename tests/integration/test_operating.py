@@ -143,8 +143,8 @@ def test_promote_canary_and_rollback_under_load_cost_no_request(registered_detec
                 wait_until(lambda: len(load.answers) > 20, 120, "answers to the load", proc, log)
                 assert {v for _, _, v in load.answers} == {champion}
 
+                switched = time.monotonic()  # from the command's start (it changes the registry within it)
                 cli("promote", "--model-uri", f"models:/{name}/{other}", "--force", tracking_uri=uri)
-                switched = time.monotonic()  # the registry has changed: replicas follow within refresh_s
                 times["promote"] = converged(load, switched, other, 60)
 
                 switched = time.monotonic()
@@ -164,8 +164,8 @@ def test_promote_canary_and_rollback_under_load_cost_no_request(registered_detec
                 window = [v for _, status, v in load.since(window_start) if status == 200]
                 share = sum(1 for v in window if v == other) / len(window)
 
-                assert "ended the canary" in cli("rollback", "--model", name, tracking_uri=uri)
                 switched = time.monotonic()
+                assert "ended the canary" in cli("rollback", "--model", name, tracking_uri=uri)
                 times["canary ended"] = converged(load, switched, champion, 60)
             scrape = log.read_text().split("metrics for Prometheus: ", 1)[1].split()[0].rstrip(",")
             exported = wait_until(
