@@ -77,6 +77,7 @@ class LiveStreams:
         self.ids = itertools.count(1)
         # Sockets waiting for their first message, oldest first: each one's event closes it early.
         self.waiting: dict[int, asyncio.Event] = {}
+        self.tickets = itertools.count(1)
         self.evicted = 0  # sockets closed to make room for newer ones
 
     def stats(self) -> dict:
@@ -164,7 +165,7 @@ class LiveStreams:
     async def first_message(self, ws: WebSocket) -> str | None:
         """The socket's first text message; None when it took over HELLO_TIMEOUT_S, or when
         MAX_WAITING_HELLOS newer sockets were waiting too and this one waited longest."""
-        ticket, evict = next(self.ids), asyncio.Event()
+        ticket, evict = next(self.tickets), asyncio.Event()
         self.waiting[ticket] = evict
         if len(self.waiting) > MAX_WAITING_HELLOS:
             oldest = next(iter(self.waiting))
