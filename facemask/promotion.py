@@ -19,7 +19,7 @@ from facemask.bootstrap import (
 from facemask.classes import CLASS_NAMES
 from facemask.errors import ConfigError
 from facemask.modelref import REGISTERED_MODEL, parse_models_uri
-from facemask.rollout import move_alias, start_canary
+from facemask.rollout import check_canary_percent, move_alias, start_canary
 from facemask.tracking import alias_version, model_version, version_metrics
 
 log = logging.getLogger("facemask.promotion")
@@ -133,6 +133,7 @@ def promote(
         raise ConfigError(f"{model_uri}: promote takes a registry URI such as models:/{REGISTERED_MODEL}/3")
     if not 0 < confidence < 1:
         raise ConfigError(f"--level {confidence}: a level between 0 and 1, such as 0.95")
+    check_canary_percent(canary)  # before the bootstrap, not after it
     name, _, _ = parse_models_uri(model_uri)
     candidate = model_version(model_uri, tracking_uri)
     version = str(candidate.version)

@@ -53,27 +53,34 @@ def traffic(name: str, alias: str, tracking_uri: str) -> Traffic:
     previous = tuple(v for v in tags.get(history_tag(alias), "").split(",") if v)
     challenger = aliases.get(challenger_alias(alias))
     try:
-        percent = float(tags.get(canary_tag(alias), 0)) if challenger else 0.0
+        percent = float(tags.get(canary_tag(alias), 0))
     except ValueError:
         percent = 0.0  # a tag edited by hand: no canary rather than a failing replica
-    return Traffic(aliases.get(alias), challenger if percent > 0 else None, percent if percent > 0 else 0.0, previous)
+    if not challenger or percent <= 0:
+        challenger, percent = None, 0.0
+    return Traffic(aliases.get(alias), challenger, percent, previous)
 
 
-def move_alias(name: str, alias: str, version: str, tracking_uri: str) -> Traffic:
-    """Give `alias` to `version`, remember the version it leaves, and end any canary. Returns the state before."""
+def move_alias(name: str, alias: str, version: str, tracking_uri: str) -> None:
+    """Give `alias` to `version`, remember the version it leaves, and end any canary."""
     before = traffic(name, alias, tracking_uri)
     if before.holder is not None and before.holder != version:
         history = (*before.previous, before.holder)[-HISTORY_LIMIT:]
         set_model_tag(name, history_tag(alias), ",".join(history), tracking_uri)
     set_alias(name, alias, version, tracking_uri)
     end_canary(name, alias, tracking_uri)
-    return before
 
 
-def start_canary(name: str, alias: str, version: str, percent: float, tracking_uri: str) -> Traffic:
-    """Send `percent` of `alias`'s default traffic to `version`, the rest staying with the holder."""
-    if not 0 < percent < 100:
+def check_canary_percent(percent: float | None) -> None:
+    """ConfigError unless `percent` is a share a canary can take, or None (no canary); checked
+    before any registry work."""
+    if percent is not None and not 0 < percent < 100:
         raise ConfigError(f"--canary {percent:g}: a share of the traffic between 0 and 100 (exclusive), such as 10")
+
+
+def start_canary(name: str, alias: str, version: str, percent: float, tracking_uri: str) -> None:
+    """Send `percent` of `alias`'s default traffic to `version`, the rest staying with the holder."""
+    check_canary_percent(percent)
     before = traffic(name, alias, tracking_uri)
     if before.holder is None:
         raise ConfigError(f"no version holds @{alias} of {name}: promote one first; a canary shares its traffic")
@@ -81,7 +88,6 @@ def start_canary(name: str, alias: str, version: str, percent: float, tracking_u
         raise ConfigError(f"version {version} already holds @{alias}: a canary is for another version")
     set_alias(name, challenger_alias(alias), version, tracking_uri)
     set_model_tag(name, canary_tag(alias), f"{percent:g}", tracking_uri)
-    return before
 
 
 def end_canary(name: str, alias: str, tracking_uri: str) -> None:

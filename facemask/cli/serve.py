@@ -160,7 +160,7 @@ def announcement(url: str, model_uri: str, backend: str, ingress: str) -> str:
 
     scrape = ", ".join(metrics_endpoints(ingress))
     return (
-        f"serving {model_uri} ({backend}, {ingress}) at {url}/  (API docs {url}/docs); Ctrl-C stops" + "\n"
+        f"serving {model_uri} ({backend}, {ingress}) at {url}/  (API docs {url}/docs); Ctrl-C stops\n"
         f"metrics for Prometheus: {scrape}  (docs/operating.md)"
     )
 

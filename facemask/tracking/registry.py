@@ -211,8 +211,8 @@ def list_versions(name: str, tracking_uri: str) -> list[dict[str, Any]]:
     # Searches leave ModelVersion.aliases empty; the registered model has the alias map.
     aliases: dict[str, list[str]] = {}
     with contextlib.suppress(Exception):
-        for alias, version in (c.get_registered_model(name).aliases or {}).items():
-            aliases.setdefault(str(version), []).append(alias)
+        for alias, version in aliases_and_tags(name, tracking_uri)[0].items():
+            aliases.setdefault(version, []).append(alias)
     out = []
     for mv in sorted(versions, key=lambda v: -int(v.version)):
         out.append(

@@ -79,6 +79,9 @@ def test_the_commands_promote_a_canary_and_roll_back(registry):
     assert "ended the canary of version 2" in runner.invoke(main, ["rollback", "--model", "m"]).output
     refused = runner.invoke(main, ["rollback", "--model", "m"])
     assert refused.exit_code == 2 and "no earlier holder recorded" in refused.output
+    # A share out of range is refused before the gate reads anything.
+    bad = runner.invoke(main, ["promote", "--model-uri", "models:/m/3", "--canary", "150"])
+    assert bad.exit_code == 2 and "--canary 150: a share of the traffic between 0 and 100" in bad.output
 
 
 @pytest.mark.parametrize("percent, requests, expected", [(25, 100, 25), (10, 95, 9), (50, 7, 3), (1, 99, 0)])
