@@ -390,3 +390,44 @@ class ServeConfig:
         "Refuse to start a replica that has no FACEMASK_API_KEY (from where the app is built, or its own "
         "environment) or has a placeholder: a deployment meant to be protected never serves open",
     )
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """`facemask watch`: many cameras, one batched detector, compliance per camera per window."""
+
+    cameras: Path
+    out: Path
+    model_uri: str = DEFAULT_MODEL_URI
+    backend: str = "pt"  # pt, onnx, or simulated-gpu (capacity tests: a GPU's batch latency, no model)
+    simulated_latency: str = ServeConfig.simulated_latency
+    device: str = "auto"
+    conf: float = INFERENCE.conf
+    imgsz: int = INFERENCE.imgsz
+    max_batch: int = 32  # frames per model call, across cameras
+    window_s: float = 60.0  # one compliance row per camera per window
+    history_minutes: float = 15.0  # the page's compliance chart
+    host: str = "127.0.0.1"
+    port: int | None = 8010  # the camera grid page and the control API; None: no page
+    reload_s: float = 1.0  # how often the camera list is looked at for changes
+    reader_cpus: float = 0.1  # Ray CPUs reserved per camera reader (about one 1080p15 decode)
+    detector_cpus: float = 1.0
+    detector_gpus: float = 0.0
+    threads: int | None = None  # CPU inference threads of the detector
+    max_seconds: float | None = None
+    tracking_uri: str = field(kw_only=True)
+
+    def validate(self) -> "WatchConfig":
+        if not 0 <= self.conf <= 1:
+            raise ConfigError(f"--conf {self.conf}: must be between 0 and 1")
+        if self.backend not in ("pt", "onnx", "simulated-gpu"):
+            raise ConfigError(f"--backend {self.backend!r}: choose pt, onnx or simulated-gpu")
+        if self.window_s <= 0 or self.history_minutes <= 0 or self.reload_s <= 0:
+            raise ConfigError("--window-s, --history-minutes and --reload-s must be positive")
+        if self.max_batch < 1 or self.imgsz < 32:
+            raise ConfigError("--max-batch must be at least 1 and --imgsz at least 32")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ConfigError("--max-seconds must be positive")
+        if self.reader_cpus < 0 or self.detector_cpus < 0 or self.detector_gpus < 0:
+            raise ConfigError("--reader-cpus, --detector-cpus and --detector-gpus cannot be negative")
+        return self

@@ -13,9 +13,10 @@ shape and the exit codes).
     quality   evaluate, compare, promote, rollback
     serve     serve, query
     predict   export, predict
+    watch     watch (many cameras)
 """
 
-from facemask.cli import data, predict, quality, serve, train  # noqa: F401 - each registers its commands
+from facemask.cli import data, predict, quality, serve, train, watch  # noqa: F401 - each registers its commands
 from facemask.cli.base import EXIT_FAILURE, EXIT_NEGATIVE, EXIT_USAGE, main, results_footer, stop_summary
 from facemask.cli.serve import detections_table
 from facemask.cli.train import study_table

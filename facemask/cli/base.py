@@ -126,6 +126,7 @@ STOP_HINTS = {
     "predict": "the files written so far are in --out; run the same command again to redo the rest",
     "serve": "the endpoint and its replicas are down; run the same command to serve again",
     "evaluate": "nothing was logged; run the same command again",
+    "watch": "each camera's window so far is in compliance.jsonl (partial: true); run the same command to go on",
 }
 
 

@@ -4,8 +4,6 @@ check, the OpenAPI of the prediction routes, the page and the annotated image.""
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations (`Request`,
 # `WebSocket`, `Depends`) as objects; as strings, Serve's ingress cannot resolve them.
 import io
-import json
-from importlib import resources
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,8 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facemask import __version__
 from facemask.api_schema import IMAGE_BODY, MULTIPLEX_HEADER, APIError
-from facemask.classes import CLASS_NAMES
-from facemask.drawing import CLASS_COLORS, draw_boxes
+from facemask.drawing import draw_boxes, web_page
 from facemask.request_checks import key_matches
 from facemask.serving.metrics import RequestMetrics
 from facemask.settings import INFERENCE, INFERENCE_BOUNDS
@@ -110,9 +107,7 @@ def predict_openapi(description: str) -> dict:
 
 
 def page_html() -> str:
-    html = resources.files("facemask").joinpath("web/index.html").read_text()
-    classes = [{"name": n, "color": "#%02x%02x%02x" % c} for n, c in zip(CLASS_NAMES, CLASS_COLORS)]
-    return html.replace("/*CLASSES*/[]", json.dumps(classes)).replace("{{HEADER}}", MULTIPLEX_HEADER)
+    return web_page("index.html").replace("{{HEADER}}", MULTIPLEX_HEADER)
 
 
 def annotated_jpeg(image, boxes: list[tuple]) -> bytes:

@@ -1,0 +1,97 @@
+"""`facemask watch`: many cameras at once, compliance per camera over time (docs/cameras.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from facemask.cli.base import JSON_OPTION, config_options, emit, main, results_footer, stop_summary
+from facemask.lifecycle import stop_exit_code
+from facemask.runtime import configure_runtime, init_ray
+from facemask.settings import WatchConfig
+
+
+@main.command("watch")
+@click.argument("cameras", type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Folder for compliance.jsonl, summary.json."
+)
+@config_options(
+    WatchConfig,
+    ("--model-uri", "model_uri", {}),
+    ("--backend", "backend", {"type": click.Choice(["pt", "onnx", "simulated-gpu"])}),
+    ("--simulated-latency", "simulated_latency", {"help": "simulated-gpu: BATCH:MS call times."}),
+    ("--device", "device", {}),
+    ("--conf", "conf", {"help": "Faces under this confidence are not shown or counted (tracking uses weaker)."}),
+    ("--imgsz", "imgsz", {"help": "Frames are shrunk to this long side by their reader, then detected at it."}),
+    ("--max-batch", "max_batch", {"help": "Frames per model call, across cameras."}),
+    ("--window-s", "window_s", {"help": "One compliance row per camera per window of this many seconds."}),
+    ("--history-minutes", "history_minutes", {"help": "How much compliance history the page shows."}),
+    ("--host", "host", {}),
+    ("--port", "port", {"type": int, "help": "The camera grid page and control API; 0 picks a free port."}),
+    ("--reader-cpus", "reader_cpus", {"help": "Ray CPUs reserved per camera reader."}),
+    ("--detector-cpus", "detector_cpus", {}),
+    ("--detector-gpus", "detector_gpus", {}),
+    ("--threads", "threads", {"type": int, "help": "CPU inference threads of the detector."}),
+    ("--max-seconds", "max_seconds", {"type": float, "help": "Stop after this long (default: until stopped)."}),
+)
+@click.option("--no-page", is_flag=True, help="Serve no page or control API.")
+@JSON_OPTION
+def watch_command(cameras, out, no_page, as_json, **kw):
+    """Watch every camera in CAMERAS (a YAML list: id, url, fps, zone) until Ctrl-C, SIGTERM or
+    `ray job stop`: one reader per camera, one batched detector, people and mask compliance per
+    camera per window in OUT/compliance.jsonl, and a live camera grid page. The list is read again
+    when it changes; cameras can also be added with POST /cameras and removed with DELETE /cameras/ID."""
+    configure_runtime()
+    from facemask.tracking import default_tracking_uri
+    from facemask.watch.cameras import check_sources, load_cameras
+
+    cfg = WatchConfig(cameras=cameras, out=out, tracking_uri=default_tracking_uri(), **kw)
+    cfg = cfg.validate()
+    check_sources(load_cameras(cameras), cameras.parent)  # a mistake is reported before Ray starts
+    init_ray(torch=False)
+    result = run_watch(cfg, page=not no_page)
+    if as_json:
+        emit(True, result.to_dict())
+    else:
+        click.echo(cameras_table(result.cameras))
+        click.echo(f"{result.windows} compliance rows in {result.seconds:.0f}s")
+        click.echo(results_footer(paths={"compliance": result.log, "summary": result.summary}))
+    if result.stopped_by:
+        click.echo(f"stopped by {result.stopped_by}: {stop_summary('watch')}", err=True)
+        sys.exit(stop_exit_code())
+
+
+def run_watch(cfg: WatchConfig, page: bool = True):
+    """The watch with its page (when asked) and metrics; returns when stopped or out of time."""
+    from facemask.watch.metrics import WatchMetrics
+    from facemask.watch.page import WatchPage
+    from facemask.watch.runner import Watch
+
+    watch = Watch(cfg, metrics=WatchMetrics())
+    server = None
+    if page and cfg.port is not None:
+        server = WatchPage(watch, cfg.host, cfg.port, os.environ.get("FACEMASK_API_KEY") or None)
+        click.echo(f"camera grid: {server.url}  (GET /cameras, POST /cameras, DELETE /cameras/ID)", err=True)
+        (cfg.out).mkdir(parents=True, exist_ok=True)
+        (cfg.out / "page.json").write_text(json.dumps({"url": server.url}))
+    try:
+        return watch.run()
+    finally:
+        if server is not None:
+            server.close()
+
+
+def cameras_table(cameras: dict[str, dict]) -> str:
+    lines = [f"{'camera':16s} {'state':9s} {'frames':>7s} {'dropped':>7s} {'fps':>6s} {'p50 ms':>7s} {'p99 ms':>7s}"]
+    for name, c in cameras.items():
+        lat = c["latency_ms"]
+        lines.append(
+            f"{name:16s} {str(c['state']):9s} {c['processed']:7d} {c['dropped']:7d} {c['processed_fps']:6.1f} "
+            f"{str(lat['p50']):>7s} {str(lat['p99']):>7s}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""`facemask watch`: many cameras, one batched detector, compliance per camera over time (docs/cameras.md)."""

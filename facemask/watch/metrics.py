@@ -1,0 +1,57 @@
+"""The watch's metrics, exported by Ray's metrics agent beside the endpoint's (docs/operating.md).
+
+People and compliance use the endpoint's names (`facemask_live_people`, `facemask_live_compliance_ratio`)
+with the camera id as `stream`, set from each closed window; the rest are the watch's own.
+"""
+
+from __future__ import annotations
+
+from facemask.classes import CLASS_NAMES
+from facemask.serving.metrics import LATENCY_BOUNDS
+
+
+class WatchMetrics:
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter, Gauge, Histogram
+
+        self.people = Gauge(
+            "facemask_live_people",
+            description="People seen on a live stream (each once), by mask state.",
+            tag_keys=("stream", "state"),
+        )
+        self.compliance = Gauge(
+            "facemask_live_compliance_ratio",
+            description="Share of a live stream's people wearing a mask correctly.",
+            tag_keys=("stream",),
+        )
+        self.frames = Counter(
+            "facemask_camera_frames",
+            description="A camera's frames: processed by the model, or dropped (a newer one replaced them).",
+            tag_keys=("camera", "outcome"),
+        )
+        self.up = Gauge(
+            "facemask_camera_up", description="1 while a camera's stream is being read.", tag_keys=("camera",)
+        )
+        self.latency = Histogram(
+            "facemask_camera_latency_seconds",
+            description="From a frame's capture to its detections, across cameras.",
+            boundaries=LATENCY_BOUNDS,
+            tag_keys=(),
+        )
+
+    def window(self, row: dict) -> None:
+        for state in CLASS_NAMES:
+            self.people.set(row["by_class"][state], tags={"stream": row["camera"], "state": state})
+        if row["compliance"] is not None:
+            self.compliance.set(row["compliance"], tags={"stream": row["camera"]})
+
+    def processed(self, camera: str, latency_s: float) -> None:
+        self.frames.inc(1, tags={"camera": camera, "outcome": "processed"})
+        self.latency.observe(latency_s)
+
+    def dropped(self, camera: str, count: int) -> None:
+        if count > 0:
+            self.frames.inc(count, tags={"camera": camera, "outcome": "dropped"})
+
+    def camera_up(self, camera: str, up: bool) -> None:
+        self.up.set(1.0 if up else 0.0, tags={"camera": camera})
