@@ -39,9 +39,15 @@ from facemask.settings import WatchConfig
     ("--threads", "threads", {"type": int, "help": "CPU inference threads of the detector."}),
     ("--max-seconds", "max_seconds", {"type": float, "help": "Stop after this long (default: until stopped)."}),
 )
+@click.option(
+    "--fast-decode",
+    is_flag=True,
+    help="Skip H.264/HEVC deblocking when decoding: about a quarter less CPU per frame, for frames the model "
+    "shrinks anyway.",
+)
 @click.option("--no-page", is_flag=True, help="Serve no page or control API.")
 @JSON_OPTION
-def watch_command(cameras, out, no_page, as_json, **kw):
+def watch_command(cameras, out, fast_decode, no_page, as_json, **kw):
     """Watch every camera in CAMERAS (a YAML list: id, url, fps, zone) until Ctrl-C, SIGTERM or
     `ray job stop`: one reader per camera, one batched detector, people and mask compliance per
     camera per window in OUT/compliance.jsonl, and a live camera grid page. The list is read again
@@ -50,7 +56,7 @@ def watch_command(cameras, out, no_page, as_json, **kw):
     from facemask.tracking import default_tracking_uri
     from facemask.watch.cameras import check_sources, load_cameras
 
-    cfg = WatchConfig(cameras=cameras, out=out, tracking_uri=default_tracking_uri(), **kw)
+    cfg = WatchConfig(cameras=cameras, out=out, fast_decode=fast_decode, tracking_uri=default_tracking_uri(), **kw)
     cfg = cfg.validate()
     check_sources(load_cameras(cameras), cameras.parent)  # a mistake is reported before Ray starts
     init_ray(torch=False)

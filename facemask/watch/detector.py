@@ -7,6 +7,7 @@ GPU does; the runner sends the next batch before it reads this one's answer.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -36,6 +37,7 @@ class FrameDetector:
                 cfg.model_uri, device, cfg.backend, threads=cfg.threads, warm=True, tracking_uri=cfg.tracking_uri
             )
         self.info = {"uri": self.model.info.uri, "device": str(self.model.device), "backend": cfg.backend}
+        self.info["pid"] = os.getpid()
 
     def describe(self) -> dict[str, Any]:
         return self.info

@@ -22,21 +22,19 @@ import numpy as np
 
 from facemask.live.tracker import LatestFrame
 from facemask.watch.cameras import Camera
+from facemask.watch.decode import StreamError, open_stream
 
 BACKOFF_S = (0.25, 0.5, 1.0)
-OPEN_TIMEOUT_MS = 5000
-# A stream that sends nothing for this long is treated as dead and opened again.
-READ_TIMEOUT_MS = 3000
 FILE_FPS_FALLBACK = 15.0
 
 
 class CameraReader:
     """Reads one camera until `stop()`; `latest()` hands over the newest frame and its metadata."""
 
-    def __init__(self, camera: Camera, size: int) -> None:
-        self.camera, self.size = camera, size
+    def __init__(self, camera: Camera, size: int, fast_decode: bool = False) -> None:
+        self.camera, self.size, self.fast_decode = camera, size, fast_decode
         self.slot = LatestFrame()
-        self.stopping = threading.Event()
+        self.stopping, self.fresh = threading.Event(), threading.Event()
         self.counts = {"decoded": 0, "skipped_by_cap": 0, "reconnects": 0, "failures": 0, "offered": 0}
         self.ms = {"decode": 0.0, "resize": 0.0}
         self.state, self.error, self.source_size = "connecting", None, None
@@ -49,9 +47,17 @@ class CameraReader:
         item = self.slot.take()
         return (None, None) if item is None else self._prepared(item)
 
+    def next_frame(self, timeout_s: float = 1.0) -> tuple[dict | None, np.ndarray | None]:
+        """As `latest`, but waits up to `timeout_s` for a frame: the runner keeps one call waiting
+        on each camera, so a frame costs one call, sent when it is there (no polling)."""
+        self.fresh.wait(timeout_s)
+        self.fresh.clear()
+        return self.latest()
+
     def status(self) -> dict[str, Any]:
         return {
             "id": self.camera.id,
+            "pid": os.getpid(),
             "state": self.state,
             "error": self.error,
             "source_size": self.source_size,
@@ -64,19 +70,27 @@ class CameraReader:
 
     def stop(self) -> dict[str, Any]:
         self.stopping.set()
+        self.fresh.set()
         self.thread.join(timeout=5)
         return self.status()
 
     def _run(self) -> None:
         failures = 0
         while not self.stopping.is_set():
-            capture = self._open()
-            if capture is not None:
+            try:
+                stream = open_stream(self.camera.url, self.camera.transport, self.fast_decode)
+            except StreamError as exc:
+                stream, self.error = None, str(exc)
+            if stream is not None:
                 self.state, self.error, self.connected_at = "live", None, time.time()
                 if self.counts["decoded"] or failures:
                     self.counts["reconnects"] += 1
-                got_frames = self._read(capture)
-                capture.release()
+                try:
+                    got_frames = self._read(stream)
+                except StreamError as exc:
+                    got_frames, self.error = True, str(exc)
+                finally:
+                    stream.close()
                 failures = 0 if got_frames else failures + 1
                 if self.stopping.is_set():
                     break
@@ -88,41 +102,10 @@ class CameraReader:
             self.stopping.wait(BACKOFF_S[min(failures, len(BACKOFF_S)) - 1] if failures else BACKOFF_S[0])
         self.state = "stopped"
 
-    def _open(self):
-        import cv2
-
-        url = self.camera.url
-        try:
-            if url.isdigit():
-                capture = cv2.VideoCapture(int(url))
-            else:
-                if url.lower().startswith("rtsp"):
-                    # Read by OpenCV's FFmpeg when it opens the stream; this process reads one camera.
-                    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{self.camera.transport}"
-                timeouts = [
-                    cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-                    OPEN_TIMEOUT_MS,
-                    cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-                    READ_TIMEOUT_MS,
-                ]
-                capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts)
-        except cv2.error as exc:
-            self.error = f"OpenCV could not open it: {exc}"
-            return None
-        if not capture.isOpened():
-            capture.release()
-            self.error = "could not open it (check the URL, and that the stream is up)"
-            return None
-        return capture
-
-    def _read(self, capture) -> bool:
-        """Read until the stream fails or a stop; True if any frame came."""
-        import cv2
-
-        fps = self.camera.fps
-        if self.camera.is_file:
-            native = capture.get(cv2.CAP_PROP_FPS)
-            fps = fps or (native if 1 <= native <= 240 else FILE_FPS_FALLBACK)
+    def _read(self, stream) -> bool:
+        """Read until the stream ends or a stop; True if any frame came. StreamError when it fails."""
+        fps = self.camera.fps or (stream.fps if self.camera.is_file else None)
+        fps = fps or (FILE_FPS_FALLBACK if self.camera.is_file else None)
         period = 1.0 / fps if fps else 0.0
         started, index, got, next_kept = time.time(), 0, False, 0.0
         while not self.stopping.is_set():
@@ -130,12 +113,13 @@ class CameraReader:
             if self.camera.is_file and due > time.time():
                 self.stopping.wait(due - time.time())  # a file plays at its rate, as a camera would
             cpu = time.thread_time()
-            if not capture.grab():
-                if self.camera.is_file and got and capture.set(cv2.CAP_PROP_POS_FRAMES, 0):
+            frame = stream.read()
+            if frame is None:
+                if self.camera.is_file and got and stream.rewind():
                     started, index = time.time(), 0
                     continue
                 return got
-            # A live frame is captured when it arrives: grab() waits for it, then decodes it.
+            # A live frame is captured when it arrives: read() waits for it, then decodes it.
             received = due if self.camera.is_file else time.time()
             got, index = True, index + 1
             self.counts["offered"] += 1
@@ -144,32 +128,26 @@ class CameraReader:
                     self.counts["skipped_by_cap"] += 1  # over the cap: decoded (H.264 needs it), not sent
                     continue
                 next_kept = max(next_kept + period, received - period)
-            ok, frame = capture.retrieve()
-            if not ok:
-                return got
-            self._keep(frame, received, time.thread_time() - cpu)
+            self._keep(stream, frame, received, time.thread_time() - cpu)
         return got
 
-    def _keep(self, frame: np.ndarray, captured: float, decode_s: float) -> None:
+    def _keep(self, stream, frame: Any, captured: float, decode_s: float) -> None:
         """decode_s: this thread's CPU time for the frame (a wait for the network is not decoding)."""
         self.counts["decoded"] += 1
         self.ms["decode"] += decode_s * 1000
-        self.source_size = [frame.shape[1], frame.shape[0]]
-        self.slot.put((self.counts["decoded"], captured, decode_s, frame))
+        self.source_size = list(stream.size(frame))
+        self.slot.put((self.counts["decoded"], captured, decode_s, frame, stream.to_rgb, self.source_size))
+        self.fresh.set()
 
     def _prepared(self, item: tuple) -> tuple[dict, np.ndarray]:
         """The frame shrunk to the model's size, in RGB, with its metadata: done only for the frames
         the model takes, not for those a newer one replaced."""
-        import cv2
-
-        index, captured, decode_s, frame = item
-        t0 = time.perf_counter()
-        h, w = frame.shape[:2]
+        index, captured, decode_s, frame, to_rgb, (w, h) = item
+        t0 = time.thread_time()
         scale = min(1.0, self.size / max(h, w))
-        if scale < 1:
-            frame = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        resize_s = time.perf_counter() - t0
+        # Even sizes: the chroma planes are half the size of the picture.
+        rgb = to_rgb(frame, max(2, round(w * scale / 2) * 2), max(2, round(h * scale / 2) * 2))
+        resize_s = time.thread_time() - t0
         self.ms["resize"] += resize_s * 1000
         meta = {
             "camera": self.camera.id,

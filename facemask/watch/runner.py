@@ -8,9 +8,9 @@
         ▼
     compliance.jsonl, summary.json, metrics, the camera grid page (`watch.page`)
 
-The runner asks every reader for its newest frame about 30 times a second (never faster than
-that, so idle cameras cost no RPCs), sends the frames that are new as one batch, and reads the
-previous batch's answer while the detector works on the next. A camera's reader that dies is
+Each reader has one `next_frame` call from the runner waiting in it, answered when a frame is
+decoded (one call per frame, no polling). Up to 30 times a second the runner sends the frames
+that came as one batch, and reads earlier batches' answers while the detector works. A camera's reader that dies is
 restarted by Ray; one whose stream fails retries on its own; neither holds up the others.
 """
 
@@ -32,7 +32,7 @@ from facemask.watch.compliance import CameraCompliance
 
 log = logging.getLogger(__name__)
 
-CYCLE_S = 1 / 30  # the fastest the runner asks the readers for frames
+CYCLE_S = 1 / 30  # the fastest the runner sends batches: frames that arrive meanwhile join the next
 STATUS_S = 1.0  # how often reader statuses (and the camera list) are read
 LATENCY_KEPT = 20_000  # per camera, for the percentiles in summary.json
 
@@ -87,7 +87,10 @@ class Watch:
         self.cfg, self.metrics = cfg, metrics
         self.lock = threading.RLock()
         self.watched: dict[str, Watched] = {}
-        self.reader_class = ray.remote(CameraReader).options(num_cpus=cfg.reader_cpus, max_restarts=-1)
+        # Two threads: one for the waiting `next_frame` call, one for `status` and `stop`.
+        self.reader_class = ray.remote(CameraReader).options(
+            num_cpus=cfg.reader_cpus, max_restarts=-1, max_concurrency=2
+        )
         self.detector = (
             ray.remote(FrameDetector).options(num_cpus=cfg.detector_cpus, num_gpus=cfg.detector_gpus).remote(cfg)
         )
@@ -104,7 +107,7 @@ class Watch:
         with self.lock:
             if camera.id in self.watched:
                 self.remove(camera.id)
-            reader = self.reader_class.remote(camera, self.cfg.imgsz)
+            reader = self.reader_class.remote(camera, self.cfg.imgsz, self.cfg.fast_decode)
             fps = camera.fps or 15.0
             compliance = CameraCompliance(camera.id, self.cfg.window_s, self.keep_windows, fps, self.cfg.conf)
             self.watched[camera.id] = Watched(camera, reader, compliance, origin)
@@ -171,34 +174,37 @@ class Watch:
 
     # --- one cycle ------------------------------------------------------------------------------
 
-    def submit(self) -> dict | None:
-        """Ask each camera for its newest frame; send those that are new to the detector as one batch."""
+    def submit(self) -> list[dict]:
+        """Send the frames that arrived since the last cycle to the detector, in batches of max_batch.
+
+        Each camera has one `next_frame` call waiting in its reader; those answered are this
+        cycle's frames, and their cameras are asked again at once."""
         import ray
 
         with self.lock:
             watched = list(self.watched.values())
         for w in watched:
             if w.pending is None:
-                w.pending = w.reader.latest.options(num_returns=2).remote()
-        ready, _ = ray.wait([w.pending[0] for w in watched], num_returns=len(watched), timeout=0.5)
+                w.pending = w.reader.next_frame.options(num_returns=2).remote()
+        ready, _ = ray.wait([w.pending[0] for w in watched], num_returns=len(watched), timeout=0)
         ready_set = set(ready)
-        batch = []
-        for w in watched:
-            if w.pending is None or w.pending[0] not in ready_set:
-                continue  # a reader busy restarting: asked again once it answers
+        answered = [w for w in watched if w.pending[0] in ready_set]
+        frames = []
+        for w in answered:
             meta_ref, frame_ref = w.pending
-            w.pending = None
+            w.pending = w.reader.next_frame.options(num_returns=2).remote()
             try:
                 meta = ray.get(meta_ref)
             except ray.exceptions.RayError as exc:
                 log.warning("camera %s: its reader failed (%s); Ray restarts it", w.camera.id, type(exc).__name__)
                 continue
             if meta is not None:
-                batch.append((w, meta, frame_ref))
-        batch = batch[: self.cfg.max_batch]
-        if not batch:
-            return None
-        return {"batch": batch, "result": self.detector.detect.remote(*[ref for _, _, ref in batch])}
+                frames.append((w, meta, frame_ref))
+        step = self.cfg.max_batch
+        return [
+            {"batch": batch, "result": self.detector.detect.remote(*[ref for _, _, ref in batch])}
+            for batch in (frames[i : i + step] for i in range(0, len(frames), step))
+        ]
 
     def finish(self, sent: dict) -> None:
         """Track the detections of a batch and account for each frame."""
@@ -321,9 +327,7 @@ class Watch:
                 if time.time() >= next_status:
                     self.housekeeping(time.time())
                     next_status = time.time() + STATUS_S
-                sent = self.submit()
-                if sent is not None:
-                    in_flight.append(sent)
+                in_flight.extend(self.submit())
                 self.collect(in_flight, cycle_ends)
         except KeyboardInterrupt:
             import signal

@@ -49,8 +49,10 @@ function placeLabels(detections, widthOf, h, W, H) {
 // Draws boxes and their labels on ctx at `scale` (canvas pixels per box pixel); returns what
 // it drew, for tests: [{x1, y1, x2, y2, color, label: {x, y, w, h}}].
 function drawDetections(ctx, detections, classes, scale, W, H) {
-  const line = Math.max(2, Math.round(Math.max(W, H) / 400));
-  const font = Math.max(11, Math.min(16, Math.round(Math.max(W, H) / 60)));
+  // Sized in the pixels the page shows, not the image's: a 1080p frame in a 400-pixel tile
+  // still gets 13-pixel labels on screen.
+  const shown = ctx.canvas.clientWidth ? ctx.canvas.width / ctx.canvas.clientWidth : 1;
+  const line = Math.max(1, Math.round(2 * shown)), font = Math.round(13 * shown);
   ctx.lineWidth = line;
   ctx.font = `${font}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
@@ -59,6 +61,7 @@ function drawDetections(ctx, detections, classes, scale, W, H) {
   const rects = placeLabels(scaled, (d) => ctx.measureText(labelText(d)).width + 6, h, W, H);
   const drawn = [];
   scaled.forEach((d, i) => {
+    ctx.lineWidth = line;
     const color = classes[d.class_id].color, b = d.box;
     ctx.strokeStyle = color;
     ctx.strokeRect(b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1);
@@ -67,7 +70,7 @@ function drawDetections(ctx, detections, classes, scale, W, H) {
   scaled.forEach((d, i) => {  // labels after every box, so no box line crosses a label
     const r = rects[i], b = d.box;
     if (r.y > b.y2 + 2 || r.y + r.h < b.y1 - 2) {  // moved away: a line from the label to its box
-      ctx.lineWidth = 1;
+      ctx.lineWidth = Math.max(1, line / 2);
       ctx.strokeStyle = classes[d.class_id].color;
       ctx.beginPath();
       ctx.moveTo(r.x + r.w / 2, r.y > b.y2 ? r.y : r.y + r.h);
