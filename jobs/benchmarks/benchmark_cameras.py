@@ -5,6 +5,7 @@ and each resolution (1080p, 720p) at --fps, with N looped H.264 files as cameras
 camera's stream is: the reader paces them at --fps):
 - watch: `facemask watch`'s runner (Ray actors for the readers and the detector, one batch across
   cameras, ByteTrack per camera);
+- fast: the same with --fast-decode (no deblocking filter);
 - plain: what a user writes without Ray: one process, a reader thread per camera (the same
   reader), and a loop that sends each camera's newest frame to the model on its own, then tracks it.
 
@@ -16,7 +17,7 @@ its raylet and GCS). The ladder stops at the first N a mode cannot sustain. --so
 --soak-streams 1080p streams that long and samples the memory (USS) of every process every 10 s.
 
     python jobs/benchmarks/benchmark_cameras.py [--backends simulated-gpu,pt] [--resolutions 1080p,720p]
-        [--streams 4,8,12,16] [--pt-streams 1,2,4] [--seconds 20] [--bitrate 4M] [--soak-minutes 10] [--out DIR]
+        [--streams 4,8,10,12,14,16] [--pt-streams 1,2,4] [--seconds 15] [--bitrate 2M] [--soak-minutes 10] [--out DIR]
 
 The clips are the shared real photos (generated ones without ../shared) scaled to the size,
 panning, with sensor-like noise, x264 at --bitrate, no B-frames, a keyframe a second, as IP
@@ -301,15 +302,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backends", default="simulated-gpu,pt")
     parser.add_argument("--resolutions", default="1080p,720p")
-    parser.add_argument("--streams", default="4,8,12,16", help="simulated-gpu's ladder")
+    parser.add_argument("--streams", default="4,8,10,12,14,16", help="simulated-gpu's ladder")
     parser.add_argument("--pt-streams", default="1,2,4", help="the CPU model's ladder")
     parser.add_argument("--fps", type=int, default=15)
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--warmup", type=float, default=8)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--warmup", type=float, default=6)
     parser.add_argument("--bitrate", default="2M", help="x264's average bitrate: a 1080p15 camera's main stream")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--pt-imgsz", type=int, default=320, help="the CPU model's size (the hour recipe's)")
-    parser.add_argument("--modes", default="watch,plain")
+    parser.add_argument("--modes", default="watch,fast,plain", help="fast: watch with --fast-decode")
     parser.add_argument("--soak-minutes", type=float, default=0)
     parser.add_argument("--soak-streams", type=int, default=12)
     parser.add_argument("--out", type=Path, default=None)
@@ -341,8 +342,9 @@ def main() -> None:
             clips = make_clips(work, size, args.fps, args.bitrate)
             for mode in args.modes.split(","):
                 print(f"\n{backend} {size} {mode}", flush=True)
-                if mode == "watch":
-                    step = lambda n: watch_step(base, clips, n, args.warmup, args.seconds)  # noqa: E731
+                if mode in ("watch", "fast"):
+                    cfg = WatchConfig(**{**base.__dict__, "fast_decode": mode == "fast"})
+                    step = lambda n, cfg=cfg: watch_step(cfg, clips, n, args.warmup, args.seconds)  # noqa: E731
                 else:
                     model = plain_model(backend, weights)
                     step = lambda n: plain_step(model, clips, n, args.warmup, args.seconds, base.imgsz)  # noqa: E731
