@@ -68,6 +68,16 @@ class AvStream:
         except (av.FFmpegError, OSError) as exc:
             raise StreamError(f"the stream failed: {exc}") from exc
 
+    @staticmethod
+    def timestamp(frame) -> float | None:
+        """The frame's time in the stream, in seconds (None when the stream gives none)."""
+        return frame.time
+
+    def keyframes_only(self, on: bool) -> bool:
+        """Skip every frame but keyframes (a reader that cannot keep up), or stop skipping; True if done."""
+        self.stream.codec_context.skip_frame = "NONKEY" if on else "DEFAULT"
+        return True
+
     def rewind(self) -> bool:
         """Back to the start (a file played in a loop); False if the source cannot seek."""
         import av
@@ -122,6 +132,13 @@ class DeviceStream:
 
     def rewind(self) -> bool:
         return False
+
+    @staticmethod
+    def timestamp(frame: np.ndarray) -> None:
+        return None
+
+    def keyframes_only(self, on: bool) -> bool:
+        return False  # a local camera's frames come one by one: nothing to skip
 
     @staticmethod
     def size(frame: np.ndarray) -> tuple[int, int]:

@@ -25,6 +25,9 @@ from facemask.watch.cameras import Camera
 from facemask.watch.decode import StreamError, open_stream
 
 BACKOFF_S = (0.25, 0.5, 1.0)
+# Further behind its stream than this, a reader decodes keyframes only until it catches up.
+LAG_LIMIT_S = 0.5
+COUNTS = ("offered", "decoded", "skipped_by_cap", "skipped_behind", "fell_behind", "reconnects", "failures")
 FILE_FPS_FALLBACK = 15.0
 
 
@@ -35,7 +38,8 @@ class CameraReader:
         self.camera, self.size, self.fast_decode = camera, size, fast_decode
         self.slot = LatestFrame()
         self.stopping, self.fresh = threading.Event(), threading.Event()
-        self.counts = {"decoded": 0, "skipped_by_cap": 0, "reconnects": 0, "failures": 0, "offered": 0}
+        self.counts = dict.fromkeys(COUNTS, 0)
+        self.behind = False
         self.ms = {"decode": 0.0, "resize": 0.0}
         self.state, self.error, self.source_size = "connecting", None, None
         self.connected_at: float | None = None
@@ -89,6 +93,8 @@ class CameraReader:
                     got_frames = self._read(stream)
                 except StreamError as exc:
                     got_frames, self.error = True, str(exc)
+                except Exception as exc:  # a bug must not leave the camera "live" and silent: say it, retry
+                    got_frames, self.error = False, f"the reader failed: {type(exc).__name__}: {exc}"
                 finally:
                     stream.close()
                 failures = 0 if got_frames else failures + 1
@@ -104,32 +110,44 @@ class CameraReader:
 
     def _read(self, stream) -> bool:
         """Read until the stream ends or a stop; True if any frame came. StreamError when it fails."""
-        fps = self.camera.fps or (stream.fps if self.camera.is_file else None)
-        fps = fps or (FILE_FPS_FALLBACK if self.camera.is_file else None)
-        period = 1.0 / fps if fps else 0.0
-        started, index, got, next_kept = time.time(), 0, False, 0.0
+        native = stream.fps or (FILE_FPS_FALLBACK if self.camera.is_file else None)
+        cap = 1.0 / self.camera.fps if self.camera.fps else 0.0
+        clock = StreamClock(1.0 / native if native else 0.0, live=not self.camera.is_file)
+        got, next_kept = False, 0.0
         while not self.stopping.is_set():
-            due = started + index * period
-            if self.camera.is_file and due > time.time():
-                self.stopping.wait(due - time.time())  # a file plays at its rate, as a camera would
             cpu = time.thread_time()
             frame = stream.read()
             if frame is None:
                 if self.camera.is_file and got and stream.rewind():
-                    started, index = time.time(), 0
+                    clock = StreamClock(clock.period, live=False)
                     continue
                 return got
-            # A live frame is captured when it arrives: read() waits for it, then decodes it.
-            received = due if self.camera.is_file else time.time()
-            got, index = True, index + 1
-            self.counts["offered"] += 1
-            if period and not self.camera.is_file:
-                if received < next_kept - period / 4:
+            decode_s, got = time.thread_time() - cpu, True
+            due = clock.due(stream.timestamp(frame))
+            if self.camera.is_file and due > time.time():
+                self.stopping.wait(due - time.time())  # a file plays at its own rate, as a camera would
+            captured = min(due, time.time())  # a live frame that waited for us was captured earlier
+            self.counts["offered"] += 1 + clock.skipped
+            self._keep_up(stream, clock)
+            if cap:
+                if captured < next_kept - cap / 4:
                     self.counts["skipped_by_cap"] += 1  # over the cap: decoded (H.264 needs it), not sent
                     continue
-                next_kept = max(next_kept + period, received - period)
-            self._keep(stream, frame, received, time.thread_time() - cpu)
+                next_kept = max(next_kept + cap, captured - cap)
+            self._keep(stream, frame, captured, decode_s)
         return got
+
+    def _keep_up(self, stream, clock: "StreamClock") -> None:
+        """Decode only keyframes while this reader is over LAG_LIMIT_S behind its stream (the CPU
+        cannot decode every frame), and every frame again once it has caught up: the camera's
+        frame rate drops, its latency stays bounded and the other cameras keep their share."""
+        lag = clock.behind_s
+        if not self.behind and lag > LAG_LIMIT_S:
+            self.behind = stream.keyframes_only(True)
+            self.counts["fell_behind"] += 1
+        elif self.behind and lag < max(clock.period, 0.1):
+            self.behind = not stream.keyframes_only(False)
+        self.counts["skipped_behind"] += clock.skipped
 
     def _keep(self, stream, frame: Any, captured: float, decode_s: float) -> None:
         """decode_s: this thread's CPU time for the frame (a wait for the network is not decoding)."""
@@ -161,3 +179,33 @@ class CameraReader:
             "source_size": [w, h],
         }
         return meta, rgb
+
+
+class StreamClock:
+    """A stream's time against the wall clock: when each frame was due, and how far behind we are.
+
+    A file is anchored at its first frame. A live stream is anchored at the earliest a frame has
+    ever arrived relative to its timestamp, so a burst of frames buffered at connection does not
+    count as being ahead, and network jitter does not count as falling behind."""
+
+    def __init__(self, period: float, live: bool) -> None:
+        self.period, self.live = period, live
+        self.anchor: float | None = None  # wall time of the stream's time 0
+        self.last: float | None = None
+        self.skipped = 0  # frames the decoder skipped before the latest one (keyframes only)
+        self.behind_s = 0.0
+
+    def due(self, timestamp: float | None) -> float:
+        now = time.time()
+        if timestamp is None and not self.period:  # no timestamps, no rate: each frame is due as it comes
+            self.skipped, self.behind_s = 0, 0.0
+            return now
+        if timestamp is None:  # no timestamps: one period after the last frame
+            timestamp = (self.last + self.period) if self.last is not None else 0.0
+        gap = timestamp - self.last if self.last is not None else self.period
+        self.skipped = max(0, round(gap / self.period) - 1) if self.period and gap > 0 else 0
+        self.last = timestamp
+        if self.anchor is None or (self.live and now - timestamp < self.anchor):
+            self.anchor = now - timestamp
+        self.behind_s = now - (self.anchor + timestamp)
+        return self.anchor + timestamp

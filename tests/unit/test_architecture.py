@@ -187,7 +187,7 @@ def test_the_environment_check_sees_direct_writes(tmp_path: Path) -> None:
 # them is handed the store as an argument.
 # The CLI's command modules, and Serve's application builder (a replica's start-up).
 STORE_READERS = {
-    *((f"facemask.cli.{name}", None) for name in ("base", "data", "train", "quality", "serve", "predict")),
+    *((f"facemask.cli.{name}", None) for name in ("base", "data", "train", "quality", "serve", "predict", "watch")),
     ("facemask.serving.deployment", "build_app"),
 }
 

@@ -33,14 +33,14 @@ SCRIPTS = [
 
 
 # `python jobs/X.py ...` takes the options of one command (jobs/*.py call the CLI).
-JOBS = {"prepare": "data prepare", "train": "train", "tune": "tune", "evaluate": "evaluate"}
+JOBS = {"prepare": "data prepare", "train": "train", "tune": "tune", "evaluate": "evaluate", "watch": "watch"}
 
 
 def command_lines(page: Path) -> list[str]:
     """The `facemask` commands inside the page's code blocks and inline code, continuations joined;
     `python jobs/X.py` entrypoints as the command they run."""
     text = re.sub(
-        r"python (?:\S*/)?jobs/(prepare|train|tune|evaluate)\.py",
+        r"python (?:\S*/)?jobs/(prepare|train|tune|evaluate|watch)\.py",
         lambda m: f"facemask {JOBS[m.group(1)]}",
         page.read_text(),
     )
