@@ -263,7 +263,7 @@ def node_ingress() -> str:
     return "haproxy" if ray.get(read.options(scheduling_strategy=here).remote(), timeout=120) == "1" else "proxy"
 
 
-def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) -> None:
+def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True, metrics: bool = False) -> None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local one.
 
     serving: a local cluster started here also gets Serve's throughput settings and the proxy
@@ -273,7 +273,8 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
     proxy (HAPROXY_ENV); Serve reads that when it starts, so a cluster must be started with
     those settings already. torch=False: this process will not run a model
     (data preparation), so it skips the two-second torch import that guards against the
-    fault below.
+    fault below. metrics: a local cluster started here exports metrics on METRICS_PORT while it
+    is free, as a serving one does (`facemask watch`).
     """
     if serving:
         for key, value in {**SERVE_ENV, **PROXY_ENV}.items():
@@ -297,14 +298,14 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True) 
         from facemask.compat.ray import metrics_port_option
 
         # A node started here exports Ray's and the app's metrics on the documented port while it is free.
-        metrics = metrics_port_option(free_port(METRICS_PORT)) if serving else {}
+        export = metrics_port_option(free_port(METRICS_PORT)) if serving or metrics else {}
         try:
             ray.init(
                 address=os.environ.get("RAY_ADDRESS") or None,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 log_to_driver=True,
-                **metrics,
+                **export,
             )
         except SystemExit as exc:
             if exc.code != signal.SIGTERM:

@@ -133,6 +133,12 @@ class MjpegServer:
         self.server.shutdown()
         self.server.server_close()
 
+    def __enter__(self) -> "MjpegServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
 
 def jpeg_frames(width: int, height: int, count: int, seed: int = 0) -> list[bytes]:
     import cv2

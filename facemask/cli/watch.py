@@ -59,7 +59,7 @@ def watch_command(cameras, out, fast_decode, no_page, as_json, **kw):
     cfg = WatchConfig(cameras=cameras, out=out, fast_decode=fast_decode, tracking_uri=default_tracking_uri(), **kw)
     cfg = cfg.validate()
     check_sources(load_cameras(cameras), cameras.parent)  # a mistake is reported before Ray starts
-    init_ray(torch=False)
+    init_ray(torch=False, metrics=True)
     result = run_watch(cfg, page=not no_page)
     if as_json:
         emit(True, result.to_dict())
@@ -74,11 +74,13 @@ def watch_command(cameras, out, fast_decode, no_page, as_json, **kw):
 
 def run_watch(cfg: WatchConfig, page: bool = True):
     """The watch with its page (when asked) and metrics; returns when stopped or out of time."""
+    from facemask.runtime import metrics_endpoints
     from facemask.watch.metrics import WatchMetrics
     from facemask.watch.page import WatchPage
     from facemask.watch.runner import Watch
 
     watch = Watch(cfg, metrics=WatchMetrics())
+    click.echo(f"metrics for Prometheus: {', '.join(metrics_endpoints('none'))}  (docs/operating.md)", err=True)
     server = None
     if page and cfg.port is not None:
         server = WatchPage(watch, cfg.host, cfg.port, os.environ.get("FACEMASK_API_KEY") or None)

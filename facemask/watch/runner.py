@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ class Watched:
     status: dict = field(default_factory=dict)
     processed: int = 0
     dropped_reported: int = 0
-    latencies_ms: list = field(default_factory=list)
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_KEPT))
     tracking_ms: float = 0.0
     last: dict | None = None  # the last processed frame: ref, size, shown detections, time
     jpeg: tuple[int, bytes] | None = None
@@ -183,6 +184,8 @@ class Watch:
 
         with self.lock:
             watched = list(self.watched.values())
+        if not watched:
+            return []
         for w in watched:
             if w.pending is None:
                 w.pending = w.reader.next_frame.options(num_returns=2).remote()
@@ -212,18 +215,22 @@ class Watch:
 
         answer = ray.get(sent["result"])
         now = time.time()
-        for (w, meta, frame_ref), found in zip(sent["batch"], answer["detections"]):
-            t0 = time.perf_counter()
-            width, height = meta["width"], meta["height"]
-            shown = w.compliance.update(found, w.camera.zone, width, height)
-            w.tracking_ms += (time.perf_counter() - t0) * 1000
-            latency = now - meta["captured"]
-            w.processed += 1
-            w.latencies_ms = (w.latencies_ms + [latency * 1000])[-LATENCY_KEPT:]
-            w.last = {"ref": frame_ref, "index": meta["index"], "size": [width, height], "detections": shown}
-            w.last["at"], w.last["latency_ms"] = now, round(latency * 1000, 1)
-            if self.metrics:
-                self.metrics.processed(w.camera.id, latency)
+        with self.lock:  # the page reads the trackers from its own threads
+            for (w, meta, frame_ref), found in zip(sent["batch"], answer["detections"]):
+                self._account(w, meta, frame_ref, found, now)
+
+    def _account(self, w: Watched, meta: dict, frame_ref, found: list[dict], now: float) -> None:
+        t0 = time.perf_counter()
+        width, height = meta["width"], meta["height"]
+        shown = w.compliance.update(found, w.camera.zone, width, height)
+        w.tracking_ms += (time.perf_counter() - t0) * 1000
+        latency = now - meta["captured"]
+        w.processed += 1
+        w.latencies_ms.append(latency * 1000)
+        w.last = {"ref": frame_ref, "index": meta["index"], "size": [width, height], "detections": shown}
+        w.last["at"], w.last["latency_ms"] = now, round(latency * 1000, 1)
+        if self.metrics:
+            self.metrics.processed(w.camera.id, latency)
 
     # --- every second ---------------------------------------------------------------------------
 
@@ -246,9 +253,10 @@ class Watch:
                 self.metrics.dropped(w.camera.id, w.status.get("dropped", 0) - w.dropped_reported)
                 self.metrics.camera_up(w.camera.id, w.status.get("state") == "live")
             w.dropped_reported = w.status.get("dropped", w.dropped_reported)
-        for w in watched:
-            if w.compliance.due(now):
-                self._write(self._close_window(w, now))
+        with self.lock:
+            closed = [self._close_window(w, now) for w in watched if w.compliance.due(now)]
+        for row in closed:
+            self._write(row)
 
     def _close_window(self, w: Watched, now: float, partial: bool = False) -> dict:
         counters = {"processed": w.processed, **{k: w.status.get(k, 0) for k in ("dropped", "reconnects", "failures")}}
@@ -268,31 +276,29 @@ class Watch:
 
     def state(self) -> dict[str, Any]:
         with self.lock:
-            watched = list(self.watched.values())
-        cameras = []
-        for w in watched:
-            last = w.last or {}
-            cameras.append(
-                {
-                    "id": w.camera.id,
-                    "url": redacted(w.camera.url),
-                    "zone": w.camera.zone,
-                    "origin": w.origin,
-                    "state": w.status.get("state", "connecting"),
-                    "error": w.status.get("error"),
-                    "processed": w.processed,
-                    "decoded": w.status.get("decoded", 0),
-                    "dropped": w.status.get("dropped", 0),
-                    "reconnects": w.status.get("reconnects", 0),
-                    "frame": last.get("index"),
-                    "size": last.get("size"),
-                    "latency_ms": last.get("latency_ms"),
-                    "detections": last.get("detections", []),
-                    "window": w.compliance.current(time.time()),
-                    "history": w.compliance.history,
-                }
-            )
-        return {"cameras": cameras, "model": self.model, "window_s": self.cfg.window_s, "started": self.started}
+            return {"cameras": [self._camera_state(w) for w in self.watched.values()], **self._about()}
+
+    def _about(self) -> dict[str, Any]:
+        return {"model": self.model, "window_s": self.cfg.window_s, "started": self.started}
+
+    def _camera_state(self, w: Watched) -> dict[str, Any]:
+        last = w.last or {}
+        return {
+            "id": w.camera.id,
+            "url": redacted(w.camera.url),
+            "zone": w.camera.zone,
+            "origin": w.origin,
+            "state": w.status.get("state", "connecting"),
+            "error": w.status.get("error"),
+            "processed": w.processed,
+            **{k: w.status.get(k, 0) for k in ("decoded", "dropped", "skipped_behind", "reconnects")},
+            "frame": last.get("index"),
+            "size": last.get("size"),
+            "latency_ms": last.get("latency_ms"),
+            "detections": last.get("detections", []),
+            "window": w.compliance.current(time.time()),
+            "history": w.compliance.history,
+        }
 
     def frame_jpeg(self, camera_id: str) -> bytes | None:
         """The camera's last processed frame as JPEG, made once per frame however many pages ask."""

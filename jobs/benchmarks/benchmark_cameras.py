@@ -122,7 +122,7 @@ def snapshot(watch) -> dict:
     return {
         "time": time.time(),
         "processed": sum(w.processed for w in watched),
-        "latencies": {w.camera.id: len(w.latencies_ms) for w in watched},
+        "latencies": {w.camera.id: w.processed for w in watched},
         "watched": watched,
         "decode_ms": sum(w.status.get("decode_ms", 0.0) for w in watched),
         "resize_ms": sum(w.status.get("resize_ms", 0.0) for w in watched),
@@ -139,7 +139,14 @@ def snapshot(watch) -> dict:
 def step_figures(a: dict, b: dict, streams: int) -> dict:
     seconds = b["time"] - a["time"]
     processed = b["processed"] - a["processed"]
-    latencies = [ms for w in b["watched"] for ms in w.latencies_ms[a["latencies"].get(w.camera.id, 0) :]]
+    # The frames each camera processed in between: the newest of its kept latencies.
+    latencies = [
+        ms
+        for w in b["watched"]
+        for ms in list(w.latencies_ms)[
+            len(w.latencies_ms) - (b["latencies"][w.camera.id] - a["latencies"].get(w.camera.id, 0)) :
+        ]
+    ]
     cpu = {k: (b["cpu"][k] - a["cpu"][k]) * 1000 for k in a["cpu"]}
     per = max(1, processed)
     decode, resize = (b["decode_ms"] - a["decode_ms"]) / per, (b["resize_ms"] - a["resize_ms"]) / per

@@ -7,10 +7,8 @@ import io
 import json
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import numpy as np
@@ -20,6 +18,7 @@ from PIL import Image
 from facemask.classes import CLASS_NAMES
 from tests import services
 from tests.services import API_KEY, CHROMIUM, LIMITS, free_port
+from tests.streams import MjpegServer
 
 pytestmark = pytest.mark.integration
 # `facemask` as a process of its own, from this interpreter.
@@ -286,50 +285,6 @@ def test_page_camera_reconnects_when_its_streams_replica_dies(endpoint, known_im
         serve.delete("livekill")
 
 
-class MJPEGCamera:
-    """A camera stand-in on loopback: an HTTP multipart/x-mixed-replace stream of JPEG frames, bounded."""
-
-    def __init__(self, frames: list[bytes], fps: float = 20, repeat: int = 20) -> None:
-        camera = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                try:
-                    for _ in range(repeat):
-                        for jpeg in frames:
-                            if camera.stopping.is_set():
-                                return
-                            self.wfile.write(
-                                b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                + f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
-                                + jpeg
-                                + b"\r\n"
-                            )
-                            time.sleep(1 / fps)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.stopping = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def jpeg(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
@@ -339,7 +294,7 @@ def jpeg(image: Image.Image) -> bytes:
 def test_predict_on_a_live_mjpeg_stream_tracks_and_stops_at_max_frames(registered_detector, known_image, tmp_path):
     frames = [jpeg(f) for f in moving_clip(known_image, count=10, size=(320, 240))]
     out = tmp_path / "live"
-    with MJPEGCamera(frames) as camera:
+    with MjpegServer(frames, fps=20) as camera:
         done = subprocess.run(
             [*FACEMASK, "predict", camera.url, "--model-uri", str(registered_detector["weights"]), "--out", str(out)]
             + "--conf 0 --imgsz 160 --max-det 3 --max-frames 6 --save".split(),

@@ -89,6 +89,7 @@ def test_watch_reads_rtsp_mjpeg_and_a_file_and_survives_a_dead_stream(streams, t
         restart_a_dead_stream(url, streams["rtsp"], proc, log)
         add_and_remove_cameras(url, listing, entries, proc, log)
         check_the_page(url, tmp_path)
+        check_the_metrics(log, proc)
     finally:
         code, seconds = stop(proc)
     assert code == 143 and seconds < STOP_WITHIN_S, (code, seconds, log.read_text()[-3000:])
@@ -163,6 +164,26 @@ def add_and_remove_cameras(url: str, listing: Path, entries: list[dict], proc, l
     assert "field `url`" in log.read_text() or "url" in log.read_text()
     listing.write_text(yaml.safe_dump({"cameras": entries}))
     wait_until(lambda: all_live(url, {"door", "hall", "lobby"}, frames=1), 30, "the list restored", proc=proc)
+
+
+def check_the_metrics(log: Path, proc) -> None:
+    """The metrics the watch prints it exports: frames per camera, and compliance under the names /live uses."""
+    endpoint = re.search(r"metrics for Prometheus: (\S+)", log.read_text()).group(1).rstrip(",")
+
+    def scraped() -> str | None:
+        text = httpx.get(endpoint, timeout=10).text
+        wanted = ("ray_facemask_camera_frames_total{", "ray_facemask_live_compliance_ratio{", 'camera="lobby"')
+        return text if all(w in text for w in wanted) else None
+
+    text = wait_until(scraped, 60, "the watch's metrics", proc=proc)
+    frames = [line for line in text.splitlines() if line.startswith("ray_facemask_camera_frames_total{")]
+    assert any(
+        'camera="lobby"' in line and 'outcome="processed"' in line and float(line.split()[-1]) > 0 for line in frames
+    )
+    compliance = [line for line in text.splitlines() if line.startswith("ray_facemask_live_compliance_ratio{")]
+    assert any('stream="lobby"' in line and abs(float(line.split()[-1]) - 1 / 3) < 1e-3 for line in compliance), (
+        compliance
+    )
 
 
 def check_the_page(url: str, tmp_path: Path) -> None:
