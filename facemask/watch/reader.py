@@ -1,8 +1,8 @@
 """One camera's reader: decodes its stream on a thread, keeps only the newest frame, reconnects.
 
-`facemask watch` runs one per camera as a Ray actor, anywhere in the cluster. The model takes
-the newest frame when it is ready for it (`latest`); a frame that a newer one replaced first
-is dropped and counted. Frames travel to the detector as arrays in Ray's object store, shrunk
+`facemask watch` runs one per camera as a Ray actor, anywhere in the cluster. The runner takes
+the newest frame as soon as there is one (`next_frame`); a frame that a newer one replaced
+first is dropped and counted. Frames travel to the detector as arrays in Ray's object store, shrunk
 here to the model's input size: no JPEG, and 1/9 of a 1080p frame's bytes at 640.
 
 A stream that ends or fails is opened again after 0.25, 0.5, then every 1 s (a refused
@@ -32,7 +32,7 @@ FILE_FPS_FALLBACK = 15.0
 
 
 class CameraReader:
-    """Reads one camera until `stop()`; `latest()` hands over the newest frame and its metadata."""
+    """Reads one camera until `stop()`; `next_frame()` hands over the newest frame and its metadata."""
 
     def __init__(self, camera: Camera, size: int, fast_decode: bool = False) -> None:
         self.camera, self.size, self.fast_decode = camera, size, fast_decode

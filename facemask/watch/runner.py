@@ -65,12 +65,14 @@ class WatchResult:
     log: Path
     summary: Path
     stopped_by: str | None = None
+    lost_batches: int = 0  # batches in a detector that died (Ray restarted it)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "seconds": round(self.seconds, 1),
             "cameras": self.cameras,
             "windows": self.windows,
+            "lost_batches": self.lost_batches,
             "files": {"log": str(self.log), "summary": str(self.summary)},
             "stopped_by": self.stopped_by,
         }
@@ -89,12 +91,16 @@ class Watch:
         self.lock = threading.RLock()
         self.watched: dict[str, Watched] = {}
         # Two threads: one for the waiting `next_frame` call, one for `status` and `stop`.
+        # A reader or the detector whose process dies is started again by Ray; a reader's calls
+        # wait for it (asking for a frame again is harmless), a batch in the dead detector is lost.
         self.reader_class = ray.remote(CameraReader).options(
-            num_cpus=cfg.reader_cpus, max_restarts=-1, max_concurrency=2
+            num_cpus=cfg.reader_cpus, max_restarts=-1, max_task_retries=-1, max_concurrency=2
         )
-        self.detector = (
-            ray.remote(FrameDetector).options(num_cpus=cfg.detector_cpus, num_gpus=cfg.detector_gpus).remote(cfg)
+        detector = ray.remote(FrameDetector).options(
+            num_cpus=cfg.detector_cpus, num_gpus=cfg.detector_gpus, max_restarts=-1
         )
+        self.detector = detector.remote(cfg)
+        self.lost_batches = 0
         self.model = ray.get(self.detector.describe.remote())
         self.keep_windows = max(1, int(np.ceil(cfg.history_minutes * 60 / cfg.window_s)))
         self.log_path = cfg.out / "compliance.jsonl"
@@ -119,9 +125,10 @@ class Watch:
 
         with self.lock:
             watched = self.watched.pop(camera_id, None)
-        if watched is None:
-            return False
-        self._write(self._close_window(watched, time.time(), partial=True))
+            if watched is None:
+                return False
+            row = self._close_window(watched, time.time(), partial=True)
+        self._write(row)
         ray.kill(watched.reader)
         if self.metrics:
             self.metrics.camera_up(camera_id, False)
@@ -213,7 +220,14 @@ class Watch:
         """Track the detections of a batch and account for each frame."""
         import ray
 
-        answer = ray.get(sent["result"])
+        try:
+            answer = ray.get(sent["result"])
+        except ray.exceptions.RayActorError as exc:
+            self.lost_batches += 1
+            log.warning(
+                "a batch of %d frames was lost with the detector (%s); Ray restarts it", len(sent["batch"]), exc
+            )
+            return
         now = time.time()
         with self.lock:  # the page reads the trackers from its own threads
             for (w, meta, frame_ref), found in zip(sent["batch"], answer["detections"]):
@@ -389,7 +403,7 @@ class Watch:
         seconds = time.time() - self.started
         cameras = {w.camera.id: camera_totals(w, seconds) for w in self.watched.values()}
         summary = self.cfg.out / "summary.json"
-        result = WatchResult(seconds, cameras, self.windows, self.log_path, summary, stopped)
+        result = WatchResult(seconds, cameras, self.windows, self.log_path, summary, stopped, self.lost_batches)
         summary.write_text(json.dumps(result.to_dict() | {"model": self.model}, indent=2))
         return result
 

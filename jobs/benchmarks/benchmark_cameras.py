@@ -131,8 +131,8 @@ def snapshot(watch) -> dict:
             "readers": sum(cpu_of(p) for p in readers),
             "detector": cpu_of(detector),
             "runner": cpu_of(os.getpid()),
-            "ray": sum(cpu_of(p) for p in ray_pids(own)),
         },
+        "ray_pids": {p: cpu_of(p) for p in ray_pids(own)},
     }
 
 
@@ -148,6 +148,8 @@ def step_figures(a: dict, b: dict, streams: int) -> dict:
         ]
     ]
     cpu = {k: (b["cpu"][k] - a["cpu"][k]) * 1000 for k in a["cpu"]}
+    # Ray's own processes: those alive at the end, from their CPU at the start (0 if started since).
+    cpu["ray"] = sum(used - a["ray_pids"].get(pid, 0.0) for pid, used in b["ray_pids"].items()) * 1000
     per = max(1, processed)
     decode, resize = (b["decode_ms"] - a["decode_ms"]) / per, (b["resize_ms"] - a["resize_ms"]) / per
     tracking = (b["tracking_ms"] - a["tracking_ms"]) / per
