@@ -55,6 +55,9 @@ class AvStream:
             self.stream.codec_context.options = {"skip_loop_filter": "all"}
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else None
+        # Whose timestamps keep time: a file's, and RTSP's (RTP carries the camera's clock). MJPEG
+        # over HTTP has none; FFmpeg numbers its frames at 25 fps whatever the camera sends.
+        self.clocked = "://" not in url or url.lower().startswith("rtsp")
         self.frames = self.container.decode(self.stream)
 
     def read(self) -> Any | None:
@@ -113,6 +116,8 @@ class AvStream:
 
 class DeviceStream:
     """A local camera (/dev/videoN) through OpenCV: frames are BGR arrays."""
+
+    clocked = False
 
     def __init__(self, index: int) -> None:
         import cv2

@@ -112,7 +112,9 @@ class CameraReader:
         """Read until the stream ends or a stop; True if any frame came. StreamError when it fails."""
         native = stream.fps or (FILE_FPS_FALLBACK if self.camera.is_file else None)
         cap = 1.0 / self.camera.fps if self.camera.fps else 0.0
-        clock = StreamClock(1.0 / native if native else 0.0, live=not self.camera.is_file)
+        # Without timestamps that keep time, a frame is due as it comes: no lag can be measured.
+        period = 1.0 / native if native and stream.clocked else 0.0
+        clock = StreamClock(period, live=not self.camera.is_file)
         got, next_kept = False, 0.0
         while not self.stopping.is_set():
             cpu = time.thread_time()
@@ -123,7 +125,7 @@ class CameraReader:
                     continue
                 return got
             decode_s, got = time.thread_time() - cpu, True
-            due = clock.due(stream.timestamp(frame))
+            due = clock.due(stream.timestamp(frame) if stream.clocked else None)
             if self.camera.is_file and due > time.time():
                 self.stopping.wait(due - time.time())  # a file plays at its own rate, as a camera would
             captured = min(due, time.time())  # a live frame that waited for us was captured earlier
