@@ -50,7 +50,7 @@ class AvStream:
         self.stream.thread_type = "NONE"
         self.stream.codec_context.thread_count = 1
         if fast_decode:
-            # No deblocking filter: 26% of a 1080p H.264 frame's decoding here; the blocks it
+            # No deblocking filter: 12-26% of a 1080p H.264 frame's decoding here; the blocks it
             # smooths are gone once the frame is shrunk by 3 for the model.
             self.stream.codec_context.options = {"skip_loop_filter": "all"}
         rate = self.stream.average_rate or self.stream.guessed_rate
