@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -84,8 +83,6 @@ def run_watch(cfg: WatchConfig, page: bool = True):
     if page and cfg.port is not None:
         server = WatchPage(watch, cfg.host, cfg.port, os.environ.get("FACEMASK_API_KEY") or None)
         click.echo(f"camera grid: {server.url}  (GET /cameras, POST /cameras, DELETE /cameras/ID)", err=True)
-        (cfg.out).mkdir(parents=True, exist_ok=True)
-        (cfg.out / "page.json").write_text(json.dumps({"url": server.url}))
     try:
         return watch.run()
     finally:

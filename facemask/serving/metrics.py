@@ -38,7 +38,7 @@ class ReplicaMetrics:
     """The replica's counters, histograms and gauges (ray.util.metrics)."""
 
     def __init__(self) -> None:
-        from ray.util.metrics import Counter, Gauge, Histogram
+        from ray.util.metrics import Counter, Histogram
 
         self.requests = Counter(
             "facemask_requests",
@@ -63,16 +63,7 @@ class ReplicaMetrics:
             description="Faces detected, by class and model version.",
             tag_keys=("class", "model_version"),
         )
-        self.people = Gauge(
-            "facemask_live_people",
-            description="People seen on a live stream (each once), by mask state.",
-            tag_keys=("stream", "state"),
-        )
-        self.compliance = Gauge(
-            "facemask_live_compliance_ratio",
-            description="Share of a live stream's people wearing a mask correctly.",
-            tag_keys=("stream",),
-        )
+        self.live_streams = LiveGauges()
 
     def request(self, path: str, status: int, version: str) -> None:
         self.requests.inc(1, tags={"route": route_of(path), "status": str(status), "model_version": version})
@@ -92,9 +83,33 @@ class ReplicaMetrics:
 
     def live(self, stream: int, summary: dict) -> None:
         """A live stream's people so far (`PeopleTracker.summary()`) and its compliance ratio."""
+        self.live_streams.set(str(stream), summary["by_class"], summary["share"]["with_mask"])
+
+
+class LiveGauges:
+    """People by mask state and the share masked, per stream: a /live stream's, or a watched
+    camera's (`facemask.watch.metrics`), under the same names so one query covers both."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Gauge
+
+        self.people = Gauge(
+            "facemask_live_people",
+            description="People seen on a live stream (each once), by mask state.",
+            tag_keys=("stream", "state"),
+        )
+        self.compliance = Gauge(
+            "facemask_live_compliance_ratio",
+            description="Share of a live stream's people wearing a mask correctly.",
+            tag_keys=("stream",),
+        )
+
+    def set(self, stream: str, by_class: dict[str, int], compliance: float | None) -> None:
+        """compliance None (nobody seen): the ratio keeps its last value rather than a made-up one."""
         for state in CLASS_NAMES:
-            self.people.set(summary["by_class"][state], tags={"stream": str(stream), "state": state})
-        self.compliance.set(summary["share"]["with_mask"], tags={"stream": str(stream)})
+            self.people.set(by_class[state], tags={"stream": stream, "state": state})
+        if compliance is not None:
+            self.compliance.set(compliance, tags={"stream": stream})
 
 
 class NoMetrics:

@@ -6,24 +6,14 @@ with the camera id as `stream`, set from each closed window; the rest are the wa
 
 from __future__ import annotations
 
-from facemask.classes import CLASS_NAMES
-from facemask.serving.metrics import LATENCY_BOUNDS
+from facemask.serving.metrics import LATENCY_BOUNDS, LiveGauges
 
 
 class WatchMetrics:
     def __init__(self) -> None:
         from ray.util.metrics import Counter, Gauge, Histogram
 
-        self.people = Gauge(
-            "facemask_live_people",
-            description="People seen on a live stream (each once), by mask state.",
-            tag_keys=("stream", "state"),
-        )
-        self.compliance = Gauge(
-            "facemask_live_compliance_ratio",
-            description="Share of a live stream's people wearing a mask correctly.",
-            tag_keys=("stream",),
-        )
+        self.live = LiveGauges()
         self.frames = Counter(
             "facemask_camera_frames",
             description="A camera's frames: processed by the model, or dropped (a newer one replaced them).",
@@ -40,10 +30,7 @@ class WatchMetrics:
         )
 
     def window(self, row: dict) -> None:
-        for state in CLASS_NAMES:
-            self.people.set(row["by_class"][state], tags={"stream": row["camera"], "state": state})
-        if row["compliance"] is not None:
-            self.compliance.set(row["compliance"], tags={"stream": row["camera"]})
+        self.live.set(row["camera"], row["by_class"], row["compliance"])
 
     def processed(self, camera: str, latency_s: float) -> None:
         self.frames.inc(1, tags={"camera": camera, "outcome": "processed"})
