@@ -293,3 +293,25 @@ def paired_bootstrap(
             point[key] = point.get(key, 0.0) + (pa[key][0] - pb[key][0]) / len(candidates)
             draws[key] = draws.get(key, 0.0) + (da[key] - db[key]) / len(candidates)
     return _result(point, draws, reference, classes, class_names, resamples, seed, confidence, pairs=len(candidates))
+
+
+def ratio_interval(
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
+    """sum(numerator) / sum(denominator) over the images, with its interval over resamples of the images.
+
+    One value of each per image: true positives over detections is precision, over faces is
+    recall; an absolute count error over ones is the mean absolute error. The same `seed`
+    draws the same resamples, so the difference of two models' per-image values gives a
+    paired interval.
+    """
+    numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+    point = numerator.sum() / denominator.sum() if denominator.sum() else float("nan")
+    counts = resample_counts(len(numerator), resamples, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        draws = (counts @ numerator) / (counts @ denominator)
+    return _interval(point, draws, confidence)

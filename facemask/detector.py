@@ -78,6 +78,7 @@ class Detector:
         iou: float = INFERENCE.iou,
         imgsz: int = INFERENCE.imgsz,
         max_det: int = INFERENCE.max_det,
+        augment: bool = False,
     ) -> list[list[Detection]]:
         """Detect faces in each image (path, PIL image or HxWx3 RGB array); one list per image.
 
@@ -87,6 +88,7 @@ class Detector:
         images shared its call, and a batch of mixed photo sizes runs as a few same-shape
         batches instead of one padded to squares (on CPU, same-shape batches of 8 cost a third
         of the time per image of single calls; mixed ones cost more than single calls).
+        augment: Ultralytics' test-time augmentation (flipped and rescaled copies, merged).
         """
         if not images:
             return []
@@ -116,6 +118,7 @@ class Detector:
                 imgsz=list(shape),
                 max_det=max_det,
                 device=self.device,
+                augment=augment,
                 verbose=False,
             )
             for i, result in zip(indexes, results):
