@@ -41,12 +41,22 @@ class ImageSize(BaseModel):
     height: int
 
 
+class OperatingPointOut(BaseModel):
+    imgsz: int = Field(description="The size the model answers at unless a request gives imgsz")
+    conf: dict[str, float] = Field(description="Per class, the threshold used unless a request gives conf")
+    chosen_on: str = Field(description="The split it was chosen on")
+    rule: str = Field(description="f1 (best F1 per class) or precision>=P")
+
+
 class ModelRef(BaseModel):
     name: str | None
     version: str | None
     run_id: str | None
     uri: str
     backend: str
+    operating_point: OperatingPointOut | None = Field(
+        None, description="The version's operating point (facemask calibrate); absent: conf 0.25 at 640"
+    )
 
 
 class Timings(BaseModel):
@@ -79,6 +89,7 @@ class ModelInfoResponse(BaseModel):
     device: str
     classes: list[str]
     metrics: dict[str, float]
+    operating_point: OperatingPointOut | None = None
 
 
 class VersionInfo(BaseModel):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -15,7 +16,9 @@ import numpy as np
 
 from facemask.classes import CLASS_NAMES
 from facemask.errors import ConfigError, ModelNotFoundError
-from facemask.modelref import ModelInfo, check_backend, find_weights
+from facemask.fusion import DEFAULT_IOU, Boxes, weighted_boxes_fusion
+from facemask.modelref import ENSEMBLE_FILE, ModelInfo, check_backend, find_weights
+from facemask.operating_point import OperatingPoint, lowest, shown_thresholds
 from facemask.runtime import ultralytics_env
 from facemask.settings import INFERENCE
 from facemask.tracking.registry import check_model_reference, fetch_model
@@ -54,6 +57,8 @@ class Detector:
 
         self.info = info
         self.device = device
+        # The version's own operating point (chosen on val); None: the defaults, for every class.
+        self.point = OperatingPoint.from_tag(info.point)
         if threads:
             import torch
 
@@ -74,9 +79,9 @@ class Detector:
     def predict(
         self,
         images: Sequence[Any],
-        conf: float = INFERENCE.conf,
+        conf: float | None = None,
         iou: float = INFERENCE.iou,
-        imgsz: int = INFERENCE.imgsz,
+        imgsz: int | None = None,
         max_det: int = INFERENCE.max_det,
         augment: bool = False,
     ) -> list[list[Detection]]:
@@ -89,9 +94,14 @@ class Detector:
         batches instead of one padded to squares (on CPU, same-shape batches of 8 cost a third
         of the time per image of single calls; mixed ones cost more than single calls).
         augment: Ultralytics' test-time augmentation (flipped and rescaled copies, merged).
+        conf and imgsz left None: the model's operating point (its size and one threshold per
+        class), else conf 0.25 for every class at 640; a number given applies to every class.
         """
         if not images:
             return []
+        per_class = self.point if conf is None else None
+        conf = per_class.lowest if per_class else INFERENCE.conf if conf is None else conf
+        imgsz = self.imgsz if imgsz is None else imgsz
         import cv2
 
         stride = int(max(getattr(self.model.model, "stride", [32]))) if hasattr(self.model, "model") else 32
@@ -122,17 +132,13 @@ class Detector:
                 verbose=False,
             )
             for i, result in zip(indexes, results):
-                _, sx, sy, w, h = prepared[i]
-                boxes = result.boxes
-                if not len(boxes):
-                    continue
-                xyxy = boxes.xyxy.cpu().numpy() * np.array([sx, sy, sx, sy])
-                xyxy = np.clip(xyxy, 0, [w, h, w, h])
-                out[i] = [
-                    Detection(CLASS_NAMES[c], int(c), float(score), tuple(float(v) for v in box))
-                    for box, c, score in zip(xyxy, boxes.cls.cpu().numpy().astype(int), boxes.conf.cpu().numpy())
-                ]
+                out[i] = source_detections(result.boxes, *prepared[i][1:], per_class)
         return out
+
+    @property
+    def imgsz(self) -> int:
+        """The size this model answers at unless asked otherwise."""
+        return self.point.imgsz if self.point else INFERENCE.imgsz
 
 
 @contextlib.contextmanager
@@ -182,6 +188,93 @@ def to_bgr(image: Any) -> np.ndarray:
     return np.ascontiguousarray(array[:, :, 2::-1], dtype=np.uint8)
 
 
+class EnsembleDetector:
+    """Several YOLO models behind one `predict`: each member's boxes of an image merged by
+    weighted-box fusion (`facemask.fusion`), then kept at the ensemble's own operating point.
+
+    `info.weights` is the ensemble's ENSEMBLE_FILE: its members' weights files (beside it),
+    their fusion weights and the IoU that joins two boxes.
+    """
+
+    def __init__(self, info: ModelInfo, device: str = "cpu", threads: int | None = None, warm: bool = False) -> None:
+        spec = json.loads(Path(info.weights).read_text())
+        folder = Path(info.weights).parent
+        self.info, self.device = info, device
+        self.point = OperatingPoint.from_tag(info.point)
+        self.members = [
+            Detector(
+                ModelInfo(uri=m.get("uri", m["weights"]), weights=str(folder / m["weights"])), device, threads, warm
+            )
+            for m in spec["members"]
+        ]
+        self.weights = spec.get("weights") or [1.0] * len(self.members)
+        self.fusion_iou = float(spec.get("fusion_iou", DEFAULT_IOU))
+
+    @property
+    def imgsz(self) -> int:
+        return self.point.imgsz if self.point else INFERENCE.imgsz
+
+    def predict(
+        self,
+        images: Sequence[Any],
+        conf: float | None = None,
+        iou: float = INFERENCE.iou,
+        imgsz: int | None = None,
+        max_det: int = INFERENCE.max_det,
+        augment: bool = False,
+    ) -> list[list[Detection]]:
+        """As `Detector.predict`. Members answer at half the lowest threshold asked for: a fused box's
+        confidence is its members' mean, so boxes under the threshold still add to a face's vote."""
+        if not images:
+            return []
+        shown = shown_thresholds(conf, self.point, INFERENCE.conf)
+        limits = [shown] * len(CLASS_NAMES) if isinstance(shown, (int, float)) else shown
+        imgsz = self.imgsz if imgsz is None else imgsz
+        settings = {"conf": lowest(shown) / 2, "iou": iou, "imgsz": imgsz, "max_det": max_det, "augment": augment}
+        answers = [member.predict(images, **settings) for member in self.members]
+        out = []
+        for i in range(len(images)):
+            per_model = [as_boxes(answer[i]) for answer in answers]
+            fused = weighted_boxes_fusion(per_model, self.weights, self.fusion_iou)
+            out.append(
+                [
+                    Detection(CLASS_NAMES[c], int(c), float(score), tuple(float(v) for v in box))
+                    for box, score, c in zip(fused.xyxy, fused.conf, fused.cls)
+                    if score >= limits[c]
+                ][:max_det]
+            )
+        return out
+
+
+def source_detections(boxes, sx: float, sy: float, w: int, h: int, point: OperatingPoint | None) -> list[Detection]:
+    """An Ultralytics result's boxes in the source image's pixels; only those its class's threshold keeps."""
+    if not len(boxes):
+        return []
+    xyxy = np.clip(boxes.xyxy.cpu().numpy() * np.array([sx, sy, sx, sy]), 0, [w, h, w, h])
+    return [
+        Detection(CLASS_NAMES[c], int(c), float(score), tuple(float(v) for v in box))
+        for box, c, score in zip(xyxy, boxes.cls.cpu().numpy().astype(int), boxes.conf.cpu().numpy())
+        if point is None or point.keeps(int(c), float(score))
+    ]
+
+
+def as_boxes(detections: Sequence[Detection]) -> Boxes:
+    """One image's detections as the arrays fusion reads."""
+    if not detections:
+        return Boxes.empty()
+    return Boxes(
+        np.asarray([d.box for d in detections], float),
+        np.asarray([d.confidence for d in detections], float),
+        np.asarray([d.class_id for d in detections], int),
+    )
+
+
+def make_detector(info: ModelInfo, device: str = "cpu", threads: int | None = None, warm: bool = False):
+    """A `Detector`, or an `EnsembleDetector` where the weights are an ensemble's file."""
+    kind = EnsembleDetector if Path(info.weights).name == ENSEMBLE_FILE else Detector
+    return kind(info, device=device, threads=threads, warm=warm)
+
+
 def load_detector(
     model_uri: str,
     device: str = "cpu",
@@ -195,7 +288,7 @@ def load_detector(
     backend "onnx" serves the ONNX export of that model (see `facemask export`) with onnxruntime.
     Raises ModelNotFoundError saying which model, version, alias, run or file is missing.
     """
-    return Detector(
+    return make_detector(
         resolve_model(model_uri, backend=backend, tracking_uri=tracking_uri),
         device=device if backend == "pt" else "cpu",
         threads=threads,
@@ -224,6 +317,8 @@ def resolve_model(
             return ModelInfo(uri=model_uri, weights="")
         return fetch_model(model_uri, tracking_uri, backend=backend)
     path = Path(model_uri).expanduser()
+    if path.is_file() and path.name == ENSEMBLE_FILE and backend == "pt":
+        return ModelInfo(uri=model_uri, weights=str(path.resolve()))
     if path.is_file() and path.suffix in (".pt", ".onnx"):
         if backend == "onnx" and path.suffix == ".pt":
             path = path.with_suffix(".onnx")

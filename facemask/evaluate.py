@@ -22,11 +22,20 @@ from facemask.bootstrap import (
     paired_bootstrap,
 )
 from facemask.classes import CLASS_NAMES
-from facemask.detector import load_detector
+from facemask.detector import EnsembleDetector, load_detector
 from facemask.errors import InputNotFoundError
 from facemask.manifest import data_fingerprint
+from facemask.operating_point import shown_thresholds
 from facemask.pipeline import prepare_evaluation_set
 from facemask.runtime import resolve_device, resolve_path, ultralytics_env, where_relative
+from facemask.scoring import (
+    at_thresholds,
+    detect_split,
+    detector_boxes,
+    image_predictions,
+    point_scores,
+    split_images,
+)
 from facemask.settings import INFERENCE, ReadConfig
 from facemask.tracking import log_to_run, set_version_tags
 
@@ -133,6 +142,32 @@ def _evaluate(
 ) -> EvalResult:
     ultralytics_env()
     detector = load_detector(model_uri, device=resolve_device(device), tracking_uri=tracking_uri)
+    if isinstance(detector, EnsembleDetector):  # Ultralytics' validator runs one model: scored from its boxes
+        predictions, overall, per_class = scored_from_boxes(detector, data, split, imgsz)
+        matrix, save_dir = [], tmp
+    else:
+        predictions, overall, per_class, matrix, save_dir = validated(detector, data, split, imgsz, batch, device, tmp)
+    result = EvalResult(
+        model_uri,
+        report_as,
+        overall,
+        per_class,
+        matrix,
+        data_fingerprint(data),
+        run_id=detector.info.run_id,
+        version=detector.info.version,
+        intervals=bootstrap(predictions, CLASS_NAMES, resamples=resamples, seed=seed),
+        predictions=predictions,
+        problems=problems,
+    )
+    if log_results:
+        _log(result, detector.info, save_dir, tracking_uri)
+    return result
+
+
+def validated(detector, data: Path, split: str, imgsz: int, batch: int, device: str, tmp: Path):
+    """Ultralytics' validator over one split, each image's matched predictions kept:
+    (predictions, overall scores, per-class scores, confusion matrix, the folder of its plots)."""
     from facemask.compat.ultralytics import keep_image_predictions
 
     kept = keep_image_predictions(detector.model)
@@ -151,22 +186,31 @@ def _evaluate(
     overall, per_class = ultralytics_scores(metrics.box)
     matrix = metrics.confusion_matrix.matrix.tolist()
     predictions = ImagePredictions.from_images(sorted(kept, key=lambda image: image["name"]))
-    result = EvalResult(
-        model_uri,
-        report_as,
-        overall,
-        per_class,
-        matrix,
-        data_fingerprint(data),
-        run_id=detector.info.run_id,
-        version=detector.info.version,
-        intervals=bootstrap(predictions, CLASS_NAMES, resamples=resamples, seed=seed),
-        predictions=predictions,
-        problems=problems,
+    return predictions, overall, per_class, matrix, Path(metrics.save_dir)
+
+
+def scored_from_boxes(detector, data: Path, split: str, imgsz: int) -> tuple[ImagePredictions, dict, dict]:
+    """A detector the validator cannot run (an ensemble), scored from its boxes of every image
+    (`facemask.scoring`): matched predictions, and precision and recall at its operating point."""
+    images = split_images(data, split)
+    found = detect_split(detector_boxes(detector, imgsz), images)
+    predictions = image_predictions(images, found)
+    shown = shown_thresholds(None, detector.point, INFERENCE.conf)
+    at_point = point_scores(
+        images, at_thresholds(found, [shown] * len(CLASS_NAMES) if isinstance(shown, float) else shown), 1
     )
-    if log_results:
-        _log(result, detector.info, Path(metrics.save_dir), tracking_uri)
-    return result
+    aps = bootstrap(predictions, CLASS_NAMES, resamples=1)
+
+    def scores(name: str, ap) -> dict[str, float]:
+        return {
+            "precision": at_point[name]["precision"].value,
+            "recall": at_point[name]["recall"].value,
+            "mAP50": ap["mAP50"].value,
+            "mAP50-95": ap["mAP50-95"].value,
+        }
+
+    per_class = {name: scores(name, ap) for name, ap in aps.per_class.items()}
+    return predictions, scores("all", aps.overall), per_class
 
 
 def ultralytics_scores(box) -> tuple[dict[str, float], dict[str, dict[str, float]]]:

@@ -5,13 +5,14 @@ and MLflow's model tooling can call any registered version without pickled code.
 Input: a DataFrame with an `image` column of file paths; output: one row per detection.
 """
 
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from facemask.detector import Detector
-from facemask.modelref import ModelInfo
-from facemask.settings import INFERENCE
+from facemask.detector import make_detector
+from facemask.modelref import ModelInfo, find_weights
 
 COLUMNS = ["image", "label", "class_id", "confidence", "x1", "y1", "x2", "y2"]
 
@@ -19,12 +20,15 @@ COLUMNS = ["image", "label", "class_id", "confidence", "x1", "y1", "x2", "y2"]
 class FacemaskModel(PythonModel):
     def load_context(self, context) -> None:
         weights = context.artifacts["weights"]
-        self.detector = Detector(ModelInfo(uri=weights, weights=weights))
+        if Path(weights).is_dir():  # an ensemble: its members and the file that names them
+            weights = str(find_weights(Path(weights)))
+        self.detector = make_detector(ModelInfo(uri=weights, weights=weights))
 
     def predict(self, context, model_input, params=None):
         params = params or {}
         rows = []
-        detections = self.detector.predict(list(model_input["image"]), conf=float(params.get("conf", INFERENCE.conf)))
+        conf = params.get("conf")  # none given: the model's own thresholds
+        detections = self.detector.predict(list(model_input["image"]), conf=None if conf is None else float(conf))
         for index, found in enumerate(detections):
             for d in found:
                 rows.append([index, d.label, d.class_id, d.confidence, *d.box])

@@ -16,7 +16,11 @@ REGISTERED_MODEL = "facemask-detector"
 DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL}@champion"
 # Version tag holding the runs:/ URI of a version's ONNX export.
 ONNX_TAG = "onnx_artifact"
+# Version tag holding the version's operating point (facemask.operating_point), chosen on val.
+OPERATING_POINT_TAG = "facemask.operating_point"
 BACKENDS = ("pt", "onnx")
+# In a registered version's folder: the members of a weighted-box-fusion ensemble (facemask ensemble).
+ENSEMBLE_FILE = "ensemble.json"
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,8 @@ class ModelInfo:
     version: str | None = None
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # The version's operating point as its tag holds it (JSON); None: answer at the defaults.
+    point: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +67,11 @@ def model_uri_for(model_id: str, default_uri: str) -> str:
 
 
 def find_weights(folder: Path, prefer: str = ".pt") -> Path:
-    """The weights file inside a downloaded MLflow model folder (or any folder); best.* wins."""
+    """The weights file inside a downloaded MLflow model folder (or any folder); best.* wins.
+    An ensemble's folder holds its members' weights and ENSEMBLE_FILE, which is what names it."""
+    ensemble = sorted(folder.rglob(ENSEMBLE_FILE))
+    if ensemble and prefer == ".pt":
+        return ensemble[0]
     candidates = sorted(folder.rglob(f"*{prefer}")) or sorted(folder.rglob("*.pt")) or sorted(folder.rglob("*.onnx"))
     if not candidates:
         raise ModelNotFoundError(f"{folder}: no .pt or .onnx weights inside")

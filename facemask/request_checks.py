@@ -266,18 +266,20 @@ def checked_setting(name: str, value, kind: type, bounds: dict = INFERENCE_BOUND
     return kind(value)
 
 
-def inference_query(query) -> tuple[float, float, int, int]:
-    """conf, iou, imgsz, max_det from a request's query parameters (defaults: settings.INFERENCE), each checked.
+def inference_query(query) -> tuple[float | None, float, int | None, int]:
+    """conf, iou, imgsz, max_det from a request's query parameters, each checked. Absent: iou and
+    max_det are settings.INFERENCE's; conf and imgsz are None, which the detector reads as its
+    model's operating point (chosen on val; else 0.25 for every class at 640).
 
     The prediction routes read their query here rather than through FastAPI's parameter
     solving, which cost the replica about a tenth of its CPU per request.
     """
     return tuple(
-        checked_setting(name, value, type(default)) if (value := query.get(name)) is not None else default
-        for name, default in (
-            ("conf", INFERENCE.conf),
-            ("iou", INFERENCE.iou),
-            ("imgsz", INFERENCE.imgsz),
-            ("max_det", INFERENCE.max_det),
+        checked_setting(name, value, kind) if (value := query.get(name)) is not None else default
+        for name, kind, default in (
+            ("conf", float, None),
+            ("iou", float, INFERENCE.iou),
+            ("imgsz", int, None),
+            ("max_det", int, INFERENCE.max_det),
         )
     )

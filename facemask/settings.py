@@ -274,9 +274,10 @@ class PredictConfig:
     source: Path
     out: Path
     model_uri: str = DEFAULT_MODEL_URI
-    conf: float = INFERENCE.conf
+    # None: the version's operating point (its per-class thresholds and size), else 0.25 at 640.
+    conf: float | None = None
     iou: float = INFERENCE.iou
-    imgsz: int = INFERENCE.imgsz
+    imgsz: int | None = None
     max_det: int = INFERENCE.max_det
     backend: str = "pt"
     device: str = "auto"
@@ -296,14 +297,14 @@ class PredictConfig:
         ):
             raise ConfigError("--max-frames and --max-seconds must be positive")
         if is_stream(self.source):
-            if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
+            if not 0 <= (self.conf or 0) <= 1 or not 0 <= self.iou <= 1:
                 raise ConfigError("--conf and --iou must be between 0 and 1")
             return self
         if not self.source.exists():
             raise InputNotFoundError(f"{self.source}: no such folder or video file{where_relative(self.source)}")
         if self.source.is_file() and self.source.suffix.lower() not in VIDEO_SUFFIXES:
             raise ConfigError(f"{self.source}: expected a folder of images or a video ({', '.join(VIDEO_SUFFIXES)})")
-        if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
+        if not 0 <= (self.conf or 0) <= 1 or not 0 <= self.iou <= 1:
             raise ConfigError("--conf and --iou must be between 0 and 1")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")

@@ -78,10 +78,14 @@ class SimulatedGPU:
         self.calls = 0
         self.images = 0
 
-    def predict(self, images, conf=INFERENCE.conf, iou=INFERENCE.iou, imgsz=INFERENCE.imgsz, max_det=INFERENCE.max_det):
+    imgsz = INFERENCE.imgsz  # as `Detector.imgsz`: no operating point of its own
+    point = None
+
+    def predict(self, images, conf=None, iou=INFERENCE.iou, imgsz=None, max_det=INFERENCE.max_det):
         """As `Detector.predict` (a list of detections per image); iou and imgsz change nothing here."""
         if not images:
             return []
+        conf = INFERENCE.conf if conf is None else conf
         with self._device:
             time.sleep(call_ms(self.latency, len(images)) / 1000)
             self.calls += 1

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from facemask import __version__
+from facemask.calibrate import calibrate_version
 from facemask.errors import ConfigError, InputNotFoundError, PretrainedUnavailableError
 from facemask.manifest import data_fingerprint
 from facemask.runtime import git_commit, resolve_device, resolve_path, ultralytics_env, where_relative
@@ -308,6 +309,7 @@ def finish_run(
             version = log_and_register(
                 logger.run_id, best, fields, tracking_uri=logger.tracking_uri, name=cfg.registered_model
             )
+            calibrate_version(f"models:/{cfg.registered_model}/{version}", cfg.data, cfg.imgsz, logger.tracking_uri)
     finally:
         logger.end("FINISHED")
     return TrainResult(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from facemask.calibrate import calibrate_version
 from facemask.classes import CLASS_NAMES
 from facemask.distributed import train_distributed
 from facemask.evaluate import evaluate
@@ -108,6 +109,7 @@ def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, tra
         result.version = log_and_register(run_id, weights, tags, tracking_uri=tracking_uri, name=cfg.registered_model)
     model_uri = f"models:/{cfg.registered_model}/{result.version}"
     result.test = on_trial_resources(cfg, test_scores, model_uri, data, cfg.imgsz, cfg.device, tracking_uri)
+    on_trial_resources(cfg, calibrate_version, model_uri, data, cfg.imgsz, tracking_uri)
     parent.log_metrics({f"test/{k}": v for k, v in result.test.items()})
     parent.set_tags({"facemask.registered_version": result.version})
     if cfg.promote:

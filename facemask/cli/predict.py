@@ -58,9 +58,13 @@ def export_command(model_uri, fmt, imgsz, opset, out, as_json):
 @config_options(
     PredictConfig,
     ("--model-uri", "model_uri", {}),
-    ("--conf", "conf", {}),
+    (
+        "--conf",
+        "conf",
+        {"type": float, "help": "Threshold for every class [default: the version's per class, else 0.25]."},
+    ),
     ("--iou", "iou", {}),
-    ("--imgsz", "imgsz", {}),
+    ("--imgsz", "imgsz", {"type": int, "help": "Inference size [default: the version's, else 640]."}),
     ("--max-det", "max_det", {}),
     ("--backend", "backend", {"type": click.Choice(["pt", "onnx"])}),
     ("--device", "device", {}),

@@ -229,3 +229,90 @@ def rollback_command(name, alias, as_json):
         "ended_canary": done.ended_canary,
     }
     emit(as_json, payload, text)
+
+
+@main.command("calibrate")
+@click.option("--model-uri", required=True, help="models:/facemask-detector/N (or @alias): the version to calibrate.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="data.yaml: chosen on its val split.")
+@click.option(
+    "--sizes",
+    default="320,416,640",
+    show_default=True,
+    help="Inference sizes to try; the one of best val mAP50 is kept. Registering a version tries the size it "
+    "was trained at, a third larger, and 640.",
+)
+@click.option(
+    "--precision",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Per class, the lowest threshold reaching this precision on val (default: the threshold of best F1).",
+)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the point; do not store it.")
+@JSON_OPTION
+def calibrate_command(model_uri, data, sizes, precision, device, dry_run, as_json):
+    """Choose a version's operating point on val (its inference size, one threshold per class) and
+    store it with the version: `predict`, Serve, /live and the page answer at it unless a request
+    gives conf or imgsz."""
+    configure_runtime()
+    from facemask.calibrate import calibrate, store
+    from facemask.tracking import default_tracking_uri
+
+    try:
+        candidates = sorted({int(s) for s in sizes.split(",") if s.strip()})
+    except ValueError:
+        raise ConfigError(f"--sizes {sizes!r}: comma-separated integers, e.g. 320,416,640") from None
+    if not candidates or min(candidates) < 32:
+        raise ConfigError(f"--sizes {sizes!r}: at least one size, each at least 32")
+    store_uri = default_tracking_uri()
+    with contextlib.redirect_stdout(sys.stderr):
+        point, read = calibrate(model_uri, data, candidates, precision, tracking_uri=store_uri, device=device)
+    version = None if dry_run else store(model_uri, point, store_uri)
+    payload = {"model_uri": model_uri, "version": version, "operating_point": point.describe(), "val_mAP50": read}
+    text = (
+        f"{model_uri}: answers at {point.imgsz} px (val mAP50 by size: "
+        + ", ".join(f"{k}: {v:.3f}" for k, v in read.items())
+        + ")\nthresholds ("
+        + point.rule
+        + "): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in point.conf.items())
+        + ("\nnot stored (--dry-run)" if dry_run else f"\nstored with version {version}")
+    )
+    emit(as_json, payload, text)
+
+
+@main.command("ensemble")
+@click.argument("members", nargs=-1, required=True)
+@click.option(
+    "--data", type=click.Path(path_type=Path), required=True, help="data.yaml: scored on test, calibrated on val."
+)
+@click.option(
+    "--imgsz", default=default(TrainConfig, "imgsz"), show_default=True, help="Size the members are scored at."
+)
+@click.option("--weights", default=None, help="Fusion weight of each member, comma-separated (default: equal).")
+@click.option("--fusion-iou", default=0.55, show_default=True, help="IoU above which two members' boxes are one face.")
+@click.option("--name", default=REGISTERED_MODEL, show_default=True, help="The registered model to add the version to.")
+@click.option("--resamples", default=1000, show_default=True)
+@JSON_OPTION
+def ensemble_command(members, data, imgsz, weights, fusion_iou, name, resamples, as_json):
+    """Register MEMBERS (model URIs, e.g. models:/facemask-detector/3 ...) as one version whose
+    answer is the weighted-box fusion of theirs; it is scored on the test split against each member
+    (paired) and calibrated on val. Serve it like any version; it costs one model call per member."""
+    configure_runtime()
+    from facemask.ensemble import register_ensemble
+    from facemask.tracking import default_tracking_uri
+
+    try:
+        fusion_weights = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise ConfigError(f"--weights {weights!r}: comma-separated numbers, one per member") from None
+    with contextlib.redirect_stdout(sys.stderr):
+        result = register_ensemble(
+            list(members), data, default_tracking_uri(), imgsz, fusion_weights, fusion_iou, name, resamples=resamples
+        )
+    lines = [f"registered {name} version {result.version} (run {result.run_id}): the fusion of {len(members)} models"]
+    for member, gain in result.test.items():
+        d = gain["overall"]["mAP50"]
+        lines.append(f"  test mAP50, ensemble minus {member}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+    lines.append("  ms per image: " + ", ".join(f"{k} {v:.0f}" for k, v in result.ms_per_image.items()))
+    emit(as_json, {**result.__dict__}, "\n".join(lines))

@@ -25,9 +25,11 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from facemask.api_schema import APIError
 from facemask.classes import class_counts
-from facemask.live.settings import LIVE_DEFAULTS, live_settings
+from facemask.live.settings import LIVE_DEFAULTS, LIVE_IMGSZ, live_settings
 from facemask.live.tracker import TRACK_CONF, LatestFrame, PeopleTracker
+from facemask.operating_point import lowest, shown_thresholds
 from facemask.request_checks import key_matches
+from facemask.settings import INFERENCE
 
 # A live stream must say who it is (its first message) within this many seconds. A browser
 # sends it as the socket opens; one that waits longer holds one of the replica's slots
@@ -251,12 +253,14 @@ class LiveStreams:
             async with server.inference.admitted("the server is busy; this frame was skipped"):
                 detector = await server.model_for_id(settings["model"])
                 # The tracker also wants the weak detections (see tracker.TRACK_CONF); the answer shows conf and up.
-                params = (min(settings["conf"], TRACK_CONF), settings["iou"], settings["imgsz"], settings["max_det"])
+                shown = shown_thresholds(settings["conf"], detector.point, INFERENCE.conf)
+                imgsz = settings["imgsz"] or (detector.point.imgsz if detector.point else LIVE_IMGSZ)
+                params = (min(lowest(shown), TRACK_CONF), settings["iou"], imgsz, settings["max_det"])
                 _, _, answer = await server.inference.detect(detector, data, params, received)
         except APIError as exc:
             return {"type": "error", "frame": index, "error": exc.error, "message": exc.message, "stream": stream}
         tracked_at = time.perf_counter()
-        answer["detections"] = session.tracker.update(answer["detections"], show_conf=settings["conf"])
+        answer["detections"] = session.tracker.update(answer["detections"], show_conf=shown)
         answer["counts"] = class_counts(answer["detections"])
         session.processed += 1
         answer["timings"]["track_ms"] = round((time.perf_counter() - tracked_at) * 1000, 2)

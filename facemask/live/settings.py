@@ -7,8 +7,11 @@ from facemask.request_checks import check_model_id, checked_setting
 from facemask.settings import INFERENCE, INFERENCE_BOUNDS
 
 # The settings a live stream starts with; its first message and later text messages change them.
-# A live frame is smaller and holds fewer faces than a photo, hence its own imgsz and max_det.
-LIVE_DEFAULTS = {"conf": INFERENCE.conf, "iou": INFERENCE.iou, "imgsz": 320, "max_det": 100, "model": "", "fps": 30.0}
+# A live frame holds fewer faces than a photo, hence its own max_det. conf and imgsz None: the
+# model's operating point (per-class thresholds and size, chosen on val), else 0.25 at 640.
+LIVE_DEFAULTS = {"conf": None, "iou": INFERENCE.iou, "imgsz": None, "max_det": 100, "model": "", "fps": 30.0}
+LIVE_IMGSZ = 320  # a live frame's size for a version without an operating point
+LIVE_KINDS = {"conf": float, "iou": float, "imgsz": int, "max_det": int, "fps": float}
 LIVE_LIMITS = {**INFERENCE_BOUNDS, "fps": (1.0, 120.0)}
 
 
@@ -33,5 +36,8 @@ def live_settings(message: dict, current: dict) -> dict:
                 raise APIError(422, "invalid_parameter", "model: a version number or an alias, as a string")
             out[name] = check_model_id(value.strip())
             continue
-        out[name] = checked_setting(name, value, int if isinstance(LIVE_DEFAULTS[name], int) else float, LIVE_LIMITS)
+        if value is None and name in ("conf", "imgsz"):  # back to the model's own
+            out[name] = None
+            continue
+        out[name] = checked_setting(name, value, LIVE_KINDS[name], LIVE_LIMITS)
     return out

@@ -23,7 +23,8 @@ from facemask.batch_predict import Annotator, PredictResult, annotate, finish, r
 from facemask.classes import CLASS_NAMES
 from facemask.errors import InputNotFoundError
 from facemask.live.tracker import TRACK_CONF, LatestFrame, PeopleTracker
-from facemask.settings import PredictConfig
+from facemask.operating_point import lowest, shown_thresholds
+from facemask.settings import INFERENCE, PredictConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def predict_stream(cfg: PredictConfig) -> PredictResult:
     fps = fps if 1 <= fps <= 120 else 25.0  # cameras and MJPEG streams often report 0 or nonsense
     annotator = Annotator(replace(cfg, engine="local"))
     tracker = PeopleTracker(frame_rate=fps)
+    shown = shown_thresholds(cfg.conf, annotator.detector.point, INFERENCE.conf)
     totals = {name: 0 for name in CLASS_NAMES}
     jsonl, annotated = cfg.out / "detections.jsonl", (cfg.out / "annotated.mp4" if cfg.save else None)
     video, processed = AnnotatedVideo(annotated, fps), 0
@@ -119,7 +121,9 @@ def predict_stream(cfg: PredictConfig) -> PredictResult:
                     continue
                 index, at, frame = item
                 image = rgb_image(frame)
-                found = tracker.update(annotator.detect([image], conf=min(cfg.conf, TRACK_CONF))[0], show_conf=cfg.conf)
+                found = tracker.update(
+                    annotator.detect([image], conf=min(lowest(shown), TRACK_CONF))[0], show_conf=shown
+                )
                 entry = record(found, {"frame": index, "time_s": round(at, 3)})
                 f.write(json.dumps(entry) + "\n")
                 processed += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -85,11 +85,12 @@ class PeopleTracker:
         self.frames = 0
         self.people: dict[int, Counter] = {}
 
-    def update(self, detections: list[dict], show_conf: float = 0.0) -> list[dict]:
+    def update(self, detections: list[dict], show_conf: float | Sequence[float] = 0.0) -> list[dict]:
         """Give each detection (`box` x1..y2, `confidence`, `label`) a `track_id`; None while unconfirmed.
 
         Every detection helps tracking (ByteTrack matches weak ones to existing tracks);
-        those under `show_conf` are then left out of the answer, and of all boxes on one face
+        those under `show_conf` (one threshold, or one per class id: a model's operating point)
+        are then left out of the answer, and of all boxes on one face
         (more than SAME_FACE_IOU overlap) only the most confident is kept.
         """
         detections = one_per_face(detections)
@@ -115,9 +116,9 @@ class PeopleTracker:
         for row in tracked:
             track_id, index = int(row[4]), int(row[-1])
             out[index]["track_id"] = track_id
-            if out[index]["confidence"] >= show_conf:
+            if shown(out[index], show_conf):
                 self.people.setdefault(track_id, Counter())[out[index]["label"]] += 1
-        return [d for d in out if d["confidence"] >= show_conf]
+        return [d for d in out if shown(d, show_conf)]
 
     def state(self, track_id: int) -> str | None:
         """A person's mask state: the class seen most often on their track (ties: the more severe)."""
@@ -141,3 +142,9 @@ class PeopleTracker:
             "share": {name: round(n / total, 3) if total else 0.0 for name, n in counts.items()},
             "frames": self.frames,
         }
+
+
+def shown(detection: dict, show_conf: float | Sequence[float]) -> bool:
+    """Whether a detection is confident enough to show: one threshold, or its class's."""
+    limit = show_conf if isinstance(show_conf, (int, float)) else show_conf[class_id(detection["label"])]
+    return detection["confidence"] >= limit

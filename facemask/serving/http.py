@@ -87,16 +87,18 @@ def predict_openapi(description: str) -> dict:
     the schema. Parameters, defaults and bounds come from `settings.INFERENCE(_BOUNDS)`.
     """
     descriptions = {
-        "conf": "Minimum confidence",
+        "conf": "Minimum confidence, for every class (default: the version's per-class thresholds, else 0.25)",
         "iou": "IoU threshold of duplicate suppression",
-        "imgsz": "Inference size in pixels (rounded to a multiple of 32)",
+        "imgsz": "Inference size in pixels, rounded to a multiple of 32 (default: the version's, else 640)",
         "max_det": "Most detections returned",
     }
     parameters = []
     for name, text in descriptions.items():
         default, (low, high) = getattr(INFERENCE, name), INFERENCE_BOUNDS[name]
         kind = "integer" if isinstance(default, int) else "number"
-        schema = {"type": kind, "minimum": low, "maximum": high, "default": default}
+        schema = {"type": kind, "minimum": low, "maximum": high}
+        if name not in ("conf", "imgsz"):  # those two default to the version's operating point
+            schema["default"] = default
         parameters.append({"name": name, "in": "query", "required": False, "description": text, "schema": schema})
     return {
         "requestBody": IMAGE_BODY,

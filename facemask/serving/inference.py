@@ -99,15 +99,16 @@ class Inference:
         (decoded image, its scale to the source, the answer)."""
         conf, iou, imgsz, max_det = params
         header = inspect_image(data, self.args.max_pixels)  # the header only: format, size, pixel count
-        pixels = decode_cost(header, imgsz)
+        size = detector.imgsz if imgsz is None else imgsz  # None: the model's operating point
+        pixels = decode_cost(header, size)
         self.arriving += 1  # on its way to the batch, which may wait for it
         arrived = False
         try:
             async with self.budget.hold(pixels):
                 if pixels <= INLINE_DECODE_PIXELS:
-                    image, scale = decode_for_model(header, imgsz)
+                    image, scale = decode_for_model(header, size)
                 else:  # off the event loop: a large image must not stall other requests
-                    image, scale = await asyncio.to_thread(decode_for_model, header, imgsz)
+                    image, scale = await asyncio.to_thread(decode_for_model, header, size)
                 queued, arrived = time.perf_counter(), True
                 self.arriving -= 1
                 result = await self.batcher.submit((detector, image, (conf, iou, imgsz, max_det), queued))
@@ -141,8 +142,12 @@ class Inference:
         replica_metrics().live(stream_id, people)
 
     def describe(self, detector) -> dict:
-        """What answers say of the model that made them (every model of a replica runs on its backend)."""
-        return detector.info.summary(self.backend)
+        """What answers say of the model that made them (every model of a replica runs on its backend),
+        with the operating point it answers at when not asked otherwise."""
+        summary = detector.info.summary(self.backend)
+        if detector.point is not None:
+            summary["operating_point"] = detector.point.describe()
+        return summary
 
     def schedule_release(self) -> None:
         """Return freed memory to the OS once a burst of large images is over (at most once a second)."""

@@ -11,7 +11,15 @@ from typing import Any
 
 from facemask import __version__
 from facemask.errors import ModelNotFoundError
-from facemask.modelref import ONNX_TAG, REGISTERED_MODEL, ModelInfo, find_weights, parse_models_uri
+from facemask.modelref import (
+    ENSEMBLE_FILE,
+    ONNX_TAG,
+    OPERATING_POINT_TAG,
+    REGISTERED_MODEL,
+    ModelInfo,
+    find_weights,
+    parse_models_uri,
+)
 from facemask.tracking.runs import client, using_tracking_uri
 
 # The pyfunc wrapper logged with every version (MLflow's models-from-code).
@@ -128,13 +136,14 @@ def fetch_model(model_uri: str, tracking_uri: str, backend: str = "pt") -> Model
     """
     import mlflow
 
-    name = version = run_id = None
+    name = version = run_id = point = None
     metrics: dict[str, float] = {}
     source = model_uri
     if model_uri.startswith("models:/"):
         mv = model_version(model_uri, tracking_uri)
         name, version, run_id = mv.name, str(mv.version), mv.run_id
         metrics = version_metrics(mv)
+        point = (mv.tags or {}).get(OPERATING_POINT_TAG)
         source = f"models:/{name}/{version}"
         if backend == "onnx":
             source = (mv.tags or {}).get(ONNX_TAG)
@@ -150,11 +159,13 @@ def fetch_model(model_uri: str, tracking_uri: str, backend: str = "pt") -> Model
     except Exception as exc:
         raise ModelNotFoundError(f"{model_uri}: could not download its artifacts from {tracking_uri} ({exc})") from None
     weights = local if local.is_file() else find_weights(local, prefer=f".{backend}")
-    if weights.suffix != f".{backend}":
+    if weights.suffix != f".{backend}" and weights.name != ENSEMBLE_FILE:
         raise ModelNotFoundError(
             f"{model_uri}: no .{backend} weights in {source}; for ONNX run `facemask export` first"
         )
-    return ModelInfo(uri=model_uri, weights=str(weights), name=name, version=version, run_id=run_id, metrics=metrics)
+    return ModelInfo(
+        uri=model_uri, weights=str(weights), name=name, version=version, run_id=run_id, metrics=metrics, point=point
+    )
 
 
 def set_version_tags(name: str, version: str, tags: dict[str, Any], tracking_uri: str) -> None:

@@ -92,6 +92,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--balance", type=float, default=0.5, help="Copy-paste: each rare class to this share.")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--experiment", default="benchmark-tuners")
+    parser.add_argument(
+        "--searches-json",
+        type=Path,
+        default=None,
+        help="The searches.json an earlier run of the same --out wrote: retrain and score only.",
+    )
+    parser.add_argument(
+        "--retrain", default=None, help="Which searches' best configurations to retrain (default: all)."
+    )
     args = parser.parse_args()
     args.searches = [s for s in args.searches.split(",") if s]
     if set(args.searches) - set(SEARCHES) or "d" not in args.searches:
@@ -486,6 +495,21 @@ def report(searches: dict, rows: list[dict], differences: dict, levers: dict, op
     return "\n".join(parts)
 
 
+def run_searches(data: Path, args, out: Path, parent) -> dict[str, dict]:
+    """Each search in turn, each within the budget; what each found, also kept in searches.json."""
+    searches: dict[str, dict] = {}
+    for key in args.searches:
+        if key == "a":
+            searches[key] = search_facemask(data, args, out, parent.run_id)
+        elif key in ("b", "c"):
+            searches[key] = search_ultralytics(key, data, args, out, parent.run_id)
+        else:
+            searches[key] = {"config": {}}
+        print(f"search {key} ({NAMES[key]}): {json.dumps(searches[key], default=str)}", flush=True)
+        (out / "searches.json").write_text(json.dumps(searches, indent=1, default=str))
+    return searches
+
+
 def main() -> None:
     args = parse_args()
     configure_runtime()
@@ -497,23 +521,25 @@ def main() -> None:
     started = time.perf_counter()
     data = prepare_data(args, out)
     args.test_data = data
+    # A retrain-only run (--searches-json) continues the parent run its searches were logged under.
+    earlier = out / "parent_run_id"
+    previous = earlier.read_text().strip() if args.searches_json and earlier.is_file() else None
     parent = RunLogger(
         args.experiment,
         f"tuners-{time.strftime('%Y%m%d-%H%M%S')}",
         tracking_uri=args.tracking_uri,
         system_metrics=False,
+        run_id=previous,
+        reopen=previous is not None,
     )
-    parent.log_params({k: str(v) for k, v in vars(args).items()})
-    searches: dict[str, dict] = {}
-    for key in args.searches:
-        if key == "a":
-            searches[key] = search_facemask(data, args, out, parent.run_id)
-        elif key in ("b", "c"):
-            searches[key] = search_ultralytics(key, data, args, out, parent.run_id)
-        else:
-            searches[key] = {"config": {}}
-        print(f"search {key} ({NAMES[key]}): {json.dumps(searches[key], default=str)}", flush=True)
-    configs = {k: s["config"] for k, s in searches.items() if s.get("config") is not None}
+    earlier.write_text(parent.run_id)
+    if previous is None:
+        parent.log_params({k: str(v) for k, v in vars(args).items()})
+    searches = (
+        json.loads(args.searches_json.read_text()) if args.searches_json else run_searches(data, args, out, parent)
+    )
+    retrain = args.retrain.split(",") if args.retrain else list(searches)
+    configs = {k: s["config"] for k, s in searches.items() if s.get("config") is not None and k in retrain}
     (out / "configs.yaml").write_text(yaml.safe_dump(configs))
     rows = retrain_all(configs, data, args, out, parent.run_id)
     differences = compare_all(rows, list(configs), args)

@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "facemask"
 # Modules every stage may import; they import nothing of ours but each other (in this order).
 LEAVES = (
     "facemask.classes",
+    "facemask.operating_point",
     "facemask.errors",
     "facemask.compat",
     "facemask.compat.ray",

@@ -94,6 +94,9 @@ def test_live_settings_are_checked_like_query_parameters():
     settings = live_settings({"key": "k", "conf": 0.4, "imgsz": 640, "model": " 3 "}, LIVE_DEFAULTS)
     assert (settings["conf"], settings["imgsz"], settings["model"]) == (0.4, 640, "3")
     assert "key" not in settings
+    assert LIVE_DEFAULTS["conf"] is None and LIVE_DEFAULTS["imgsz"] is None  # the model's operating point
+    back = live_settings({"conf": None, "imgsz": None}, settings)
+    assert (back["conf"], back["imgsz"]) == (None, None)
     for bad, field in [
         ({"conf": 2}, "conf"),
         ({"imgsz": 12.5}, "imgsz"),
