@@ -440,6 +440,15 @@ def summarise(cfg: StudyConfig, grid, parent: RunLogger, tracking_uri: str, star
         )
     reconcile_trials(tracking_uri, parent.run_id, rows, grid)
     counts = {s: sum(1 for row in rows if row["status"] == s) for s in ("finished", "stopped_early", "failed")}
+    if all(row["objective"] != row["objective"] for row in rows):  # every objective NaN: no epoch scored
+        raise ConfigError(
+            f"no trial of {len(rows)} scored {cfg.metric} on val "
+            + (
+                f"within --time-budget-s {cfg.time_budget_s:g}: give the study time for at least one epoch"
+                if cfg.time_budget_s is not None
+                else "(each failed before its first epoch ended: see the trials' errors above)"
+            )
+        )
     best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
     best_row = next(row for row in rows if row["config"] == best.config)
     best_val = {k: float(v) for k, v in best.metrics.items() if k in ("mAP50-95", "mAP50", "precision", "recall")}

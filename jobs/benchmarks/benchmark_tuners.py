@@ -312,8 +312,8 @@ def test_time_levers(model: str, top_weights: list[str], args) -> dict:
 
 def operating_point(model: str, args) -> dict:
     """The point chosen on val against today's defaults, on the test split."""
+    from facemask.calibrate import choose_operating_point
     from facemask.detector import load_detector
-    from facemask.operating_point import choose_operating_point
     from facemask.scoring import at_thresholds, count_errors, detect_split, detector_boxes, point_scores, split_images
     from facemask.settings import INFERENCE
 
@@ -346,7 +346,14 @@ def retrain_all(configs: dict[str, dict], data: Path, args, out: Path, parent: s
     rows = []
     for seed in args.seeds:
         for name, config in configs.items():
-            row = train_and_score(name, data, seed, args, out, parent, args.retrain_epochs, config)
+            # Each finished retrain is kept, so a rerun of the same --out scores without training again.
+            saved = out / "rows" / f"{name}-seed{seed}.json"
+            if saved.is_file():
+                row = json.loads(saved.read_text())
+            else:
+                row = train_and_score(name, data, seed, args, out, parent, args.retrain_epochs, config)
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                saved.write_text(json.dumps(row, default=str))
             rows.append(row)
             print(f"retrain {name} seed {seed}: test mAP50 {fmt(row['test']['overall']['mAP50'])}", flush=True)
     return rows

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_tuner_benchmark_runs_end_to_end_at_its_smallest(tmp_path):
-    args = "--synth 40 --searches a,b,d --budget-min 0.4 --search-epochs 2 --grace 1 --retrain-epochs 1 --seeds 0"
+    args = "--synth 40 --searches a,b,d --budget-min 0.75 --search-epochs 2 --grace 1 --retrain-epochs 1 --seeds 0"
     args += " --imgsz 160 --large-imgsz 192 --serve-imgsz 224 --resamples 100 --batch 8 --workers 0"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     run = subprocess.run(
@@ -36,7 +36,7 @@ def test_the_tuner_benchmark_runs_end_to_end_at_its_smallest(tmp_path):
     assert searches["a"]["started"] >= 1 and searches["a"]["trial_epochs"] >= 1 and searches["a"]["top_weights"]
     # model.tune() was stopped when its budget was spent: what it finished counts, nothing else.
     assert (
-        searches["b"]["started"] >= 1 and searches["b"]["error"] is None and searches["b"]["seconds"] < 0.4 * 60 + 150
+        searches["b"]["started"] >= 1 and searches["b"]["error"] is None and searches["b"]["seconds"] < 0.75 * 60 + 150
     )
     assert [(r["variant"], r["seed"], r["epochs"]) for r in results["rows"]] == [("a", 0, 1), ("b", 0, 1), ("d", 0, 1)]
     assert set(results["differences"]) == {"a-d", "b-d", "a-b"}
