@@ -22,10 +22,23 @@ pytestmark = pytest.mark.integration
 MASKS_ONLY = OperatingPoint(224, {"with_mask": 0.001, "without_mask": 1.0, "mask_weared_incorrect": 1.0}, rule="test")
 
 
+@pytest.fixture(scope="module")
+def versions(registered_detector) -> dict:
+    """Two versions of a registered model of this module's own (the session's model is shared:
+    its versions must not gain a point or a sibling here)."""
+    from facemask.tracking import log_and_register
+
+    name, uri, run = "point-test-detector", registered_detector["tracking_uri"], registered_detector["run_id"]
+    best = registered_detector["weights"]
+    first = log_and_register(run, best, {"note": "point test"}, uri, name=name)
+    other = log_and_register(run, best.parent / "last.pt", {"note": "point test"}, uri, name=name)
+    return {"name": name, "champion": first, "other": other, "tracking_uri": uri}
+
+
 @pytest.fixture()
-def store(registered_detector, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered_detector["tracking_uri"])
-    return registered_detector
+def store(versions, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", versions["tracking_uri"])
+    return versions
 
 
 @pytest.fixture(scope="module")
