@@ -763,7 +763,12 @@ def test_page_in_chromium_draws_boxes(endpoint, known_image):
             page.select_option("#model", endpoint["other"])
             page.eval_on_selector("#conf", "el => { el.value = '0'; el.dispatchEvent(new Event('input')); }")
             page.set_input_files("#file", str(known_image))
-            page.wait_for_function("document.body.dataset.state === 'done'", timeout=60_000)
+            # The slider's own request (150 ms after it moved) may follow the file's: wait for the last answer.
+            page.wait_for_function(
+                f"document.body.dataset.state === 'done' && document.getElementById('status').textContent"
+                f".includes('v{endpoint['other']}')",
+                timeout=60_000,
+            )
             drawn = int(page.get_attribute("#canvas", "data-boxes"))
             assert drawn > 0
             counts = [int(t) for t in page.locator("#counts td[data-class]").all_inner_texts()]
