@@ -21,6 +21,7 @@ import yaml
 
 from facemask.bootstrap import DEFAULT_RESAMPLES, IOU_THRESHOLDS, ImagePredictions, Interval, ratio_interval
 from facemask.classes import CLASS_NAMES
+from facemask.detector import as_boxes
 from facemask.fusion import DEFAULT_IOU, Boxes, box_iou, weighted_boxes_fusion
 from facemask.yolo_folder import label_path
 
@@ -67,20 +68,9 @@ def detector_boxes(detector, imgsz: int, augment: bool = False, **settings: Any)
 
     def detect(paths: Sequence[Path]) -> list[Boxes]:
         found = detector.predict(list(paths), imgsz=imgsz, augment=augment, **settings)
-        return [to_boxes(image) for image in found]
+        return [as_boxes(image) for image in found]
 
     return detect
-
-
-def to_boxes(detections: Sequence[Any]) -> Boxes:
-    """`Detection`s of one image as arrays."""
-    if not detections:
-        return Boxes.empty()
-    return Boxes(
-        np.asarray([d.box for d in detections], float),
-        np.asarray([d.confidence for d in detections], float),
-        np.asarray([d.class_id for d in detections], int),
-    )
 
 
 def fused(members: Sequence[Detect], weights: Sequence[float] | None = None, iou_thr: float = DEFAULT_IOU) -> Detect:
