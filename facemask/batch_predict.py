@@ -264,7 +264,9 @@ def predict(cfg: PredictConfig) -> PredictResult:
                 for batch in run_batches(cfg, rows, 1):
                     for line, jpeg in zip(batch["record"], batch["jpeg"]):
                         entry = json.loads(line)
-                        entry = record(tracker.update(entry["detections"]), {k: entry[k] for k in ("frame", "time_s")})
+                        # The video's own clock: the tracker's rate is the file's, however fast it is read.
+                        found = tracker.update(entry["detections"], at=entry["time_s"])
+                        entry = record(found, {k: entry[k] for k in ("frame", "time_s")})
                         f.write(json.dumps(entry) + "\n")
                         frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
                         writer.write(frame)

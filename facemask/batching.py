@@ -16,7 +16,9 @@ from typing import Any, Awaitable, Callable
 
 
 class Batcher:
-    """`await submit(item)` returns `run([... item ...])`'s answer for that item; one `run` at a time."""
+    """`await submit(item)` returns `run([... item ...])`'s answer for that item, or raises it when
+    that answer is an exception; one `run` at a time. If `run` itself raises, every caller of the
+    batch gets the error."""
 
     def __init__(
         self,
@@ -66,5 +68,11 @@ class Batcher:
                         future.set_exception(exc)
                 continue
             for (_, future, _), answer in zip(batch, answers):
-                if not future.done():
+                if future.done():
+                    continue
+                # `run` may answer one item with an exception (its group's model call failed):
+                # that caller alone gets it.
+                if isinstance(answer, BaseException):
+                    future.set_exception(answer)
+                else:
                     future.set_result(answer)

@@ -410,6 +410,13 @@ class WatchConfig:
     history_minutes: float = 15.0  # the page's compliance chart
     host: str = "127.0.0.1"
     port: int | None = 8010  # the camera grid page and the control API; None: no page
+    # Without FACEMASK_API_KEY the control API changes nothing unless this is set (loopback only).
+    open_api_on_loopback: bool = False
+    # What a camera added over the API may be (the list file is the operator's, and unrestricted)
+    # and, when given, the hosts or networks it may be on (comma-separated).
+    api_sources: str = "rtsp,rtsps,http,https"
+    api_hosts: str = ""
+    page_timeout_s: float = 10.0  # a silent connection to the page or API is closed after this
     reload_s: float = 1.0  # how often the camera list is looked at for changes
     reader_cpus: float = 0.1  # Ray CPUs reserved per camera reader (about one 1080p15 decode)
     fast_decode: bool = False  # skip H.264's deblocking filter: 12-26% less decoding CPU here
@@ -432,4 +439,11 @@ class WatchConfig:
             raise ConfigError("--max-seconds must be positive")
         if self.reader_cpus < 0 or self.detector_cpus < 0 or self.detector_gpus < 0:
             raise ConfigError("--reader-cpus, --detector-cpus and --detector-gpus cannot be negative")
+        if self.open_api_on_loopback and self.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ConfigError(
+                f"--open-api-on-loopback with --host {self.host}: the API opens without a key on loopback only; "
+                "set FACEMASK_API_KEY to serve it on other addresses"
+            )
+        if self.page_timeout_s <= 0:
+            raise ConfigError("--page-timeout-s must be positive")
         return self

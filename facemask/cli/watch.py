@@ -32,6 +32,13 @@ from facemask.settings import WatchConfig
     ("--history-minutes", "history_minutes", {"help": "How much compliance history the page shows."}),
     ("--host", "host", {}),
     ("--port", "port", {"type": int, "help": "The camera grid page and control API; 0 picks a free port."}),
+    (
+        "--api-sources",
+        "api_sources",
+        {"help": "What a camera added over the API may be: rtsp, rtsps, rtmp, http, https, file, device."},
+    ),
+    ("--api-hosts", "api_hosts", {"help": "Hosts or networks (10.0.0.0/8) a camera added over the API may be on."}),
+    ("--page-timeout-s", "page_timeout_s", {"help": "A silent connection to the page or API is closed after this."}),
     ("--reader-cpus", "reader_cpus", {"help": "Ray CPUs reserved per camera reader."}),
     ("--detector-cpus", "detector_cpus", {}),
     ("--detector-gpus", "detector_gpus", {}),
@@ -44,21 +51,37 @@ from facemask.settings import WatchConfig
     help="Skip H.264/HEVC deblocking when decoding: 12-26% less decoding CPU, for frames the model shrinks anyway.",
 )
 @click.option("--no-page", is_flag=True, help="Serve no page or control API.")
+@click.option(
+    "--open-api-on-loopback",
+    is_flag=True,
+    help="Without FACEMASK_API_KEY, let anyone on this machine add and remove cameras (loopback only).",
+)
 @JSON_OPTION
-def watch_command(cameras, out, fast_decode, no_page, as_json, **kw):
+def watch_command(cameras, out, fast_decode, no_page, open_api_on_loopback, as_json, **kw):
     """Watch every camera in CAMERAS (a YAML list: id, url, fps, zone) until Ctrl-C, SIGTERM or
     `ray job stop`: one reader per camera, one batched detector, people and mask compliance per
     camera per window in OUT/compliance.jsonl, and a live camera grid page. The list is read again
-    when it changes; cameras can also be added with POST /cameras and removed with DELETE /cameras/ID."""
+    when it changes; cameras can also be added with POST /cameras and removed with DELETE /cameras/ID
+    (with FACEMASK_API_KEY set, or --open-api-on-loopback)."""
     configure_runtime()
     from facemask.tracking import default_tracking_uri
     from facemask.watch.cameras import check_sources, load_cameras
 
-    cfg = WatchConfig(cameras=cameras, out=out, fast_decode=fast_decode, tracking_uri=default_tracking_uri(), **kw)
+    cfg = WatchConfig(
+        cameras=cameras,
+        out=out,
+        fast_decode=fast_decode,
+        open_api_on_loopback=open_api_on_loopback,
+        tracking_uri=default_tracking_uri(),
+        **kw,
+    )
     cfg = cfg.validate()
+    # A placeholder or short key, or a bad allowlist, is refused here, before Ray starts.
+    api_key = watch_api_key() if not no_page else None
+    access = page_access(cfg, api_key)
     check_sources(load_cameras(cameras), cameras.parent)  # a mistake is reported before Ray starts
     init_ray(torch=False, metrics=True)
-    result = run_watch(cfg, page=not no_page)
+    result = run_watch(cfg, page=not no_page, access=access)
     if as_json:
         emit(True, result.to_dict())
     else:
@@ -70,19 +93,37 @@ def watch_command(cameras, out, fast_decode, no_page, as_json, **kw):
         sys.exit(stop_exit_code())
 
 
-def run_watch(cfg: WatchConfig, page: bool = True):
+def watch_api_key() -> str | None:
+    """FACEMASK_API_KEY as the endpoint checks it: a placeholder or a short key is refused."""
+    from facemask.request_checks import checked_api_key
+
+    return checked_api_key(os.environ.get("FACEMASK_API_KEY"), False, "the watch's environment")
+
+
+def page_access(cfg: WatchConfig, api_key: str | None):
+    """Who the control API answers, and what a camera added over it may be."""
+    from facemask.watch.page import Access
+    from facemask.watch.urls import parse_hosts, parse_sources
+
+    return Access(api_key, cfg.open_api_on_loopback, parse_sources(cfg.api_sources), parse_hosts(cfg.api_hosts))
+
+
+def run_watch(cfg: WatchConfig, page: bool = True, access=None):
     """The watch with its page (when asked) and metrics; returns when stopped or out of time."""
     from facemask.runtime import metrics_endpoints
     from facemask.watch.metrics import WatchMetrics
-    from facemask.watch.page import WatchPage
+    from facemask.watch.page import Access, WatchPage
     from facemask.watch.runner import Watch
 
     watch = Watch(cfg, metrics=WatchMetrics())
     click.echo(f"metrics for Prometheus: {', '.join(metrics_endpoints('none'))}  (docs/operating.md)", err=True)
     server = None
     if page and cfg.port is not None:
-        server = WatchPage(watch, cfg.host, cfg.port, os.environ.get("FACEMASK_API_KEY") or None)
-        click.echo(f"camera grid: {server.url}  (GET /cameras, POST /cameras, DELETE /cameras/ID)", err=True)
+        access = access or Access(open_on_loopback=cfg.open_api_on_loopback)
+        server = WatchPage(watch, cfg.host, cfg.port, access, cfg.page_timeout_s)
+        click.echo(f"camera grid: {server.url}  (GET /cameras, POST /cameras, PUT and DELETE /cameras/ID)", err=True)
+        if access.api_key is None and not access.open_on_loopback:
+            click.echo("no FACEMASK_API_KEY: cameras cannot be added or removed over HTTP", err=True)
     try:
         return watch.run()
     finally:

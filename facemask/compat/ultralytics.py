@@ -195,3 +195,8 @@ class ByteTracker:
 
     def update(self, xywh: np.ndarray, conf: np.ndarray, cls: np.ndarray) -> np.ndarray:
         return self.tracker.update(_Detections(xywh, conf, cls))
+
+    def set_frame_rate(self, frame_rate: float) -> None:
+        """Keep a lost track for `frame_rate` updates from now on (a second at that rate).
+        BYTETracker fixes `max_time_lost` from its frame rate when built; it reads it on every update."""
+        self.tracker.max_time_lost = max(1, round(frame_rate))

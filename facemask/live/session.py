@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import math
 import time
 import weakref
@@ -31,6 +32,8 @@ from facemask.operating_point import lowest, shown_thresholds
 from facemask.request_checks import key_matches
 from facemask.settings import INFERENCE
 
+log = logging.getLogger("facemask.serving")
+
 # A live stream must say who it is (its first message) within this many seconds. A browser
 # sends it as the socket opens; one that waits longer holds one of the replica's slots
 # (max_ongoing_requests) that a real stream is queued behind.
@@ -39,6 +42,8 @@ HELLO_TIMEOUT_S = 5.0
 # Idle sockets then cannot hold the replica's slots (docs/reliability.md measured 200 of them
 # delaying a real stream by 11 s, one that is ready within a second now).
 MAX_WAITING_HELLOS = 8
+# /live/streams asks for a garbage collection (off the event loop) at most this often.
+STATS_GC_S = 2.0
 # WebSocket close codes: the 4000 range is the application's own.
 CLOSE_UNAUTHORIZED, CLOSE_BAD_HELLO = 4401, 4400
 
@@ -81,11 +86,19 @@ class LiveStreams:
         self.waiting: dict[int, asyncio.Event] = {}
         self.tickets = itertools.count(1)
         self.evicted = 0  # sockets closed to make room for newer ones
+        self.collected_at, self.closed_since_gc = -STATS_GC_S, False
 
-    def stats(self) -> dict:
-        import gc
+    async def stats(self) -> dict:
+        """Open streams, and trackers still in memory. A closed stream's tracker held in a
+        reference cycle is freed by a collection, which runs here off the event loop, only when
+        a stream closed since the last one and at most every STATS_GC_S: callers cannot make the
+        replica collect garbage in a loop."""
+        now = time.monotonic()
+        if self.closed_since_gc and now - self.collected_at >= STATS_GC_S:
+            import gc
 
-        gc.collect()  # a closed stream's tracker is counted only until it is collected
+            self.collected_at, self.closed_since_gc = now, False
+            await asyncio.to_thread(gc.collect)
         return {
             "open": len(self.open),
             "trackers": len(self.trackers),
@@ -120,6 +133,8 @@ class LiveStreams:
         finally:
             receiver.cancel()
             self.open.pop(stream_id, None)  # the stream's tracker goes with it
+            self.closed_since_gc = True
+            self.server.inference.retire_live(stream_id)  # its gauges go with it
 
     async def hello(self, ws: WebSocket) -> dict | None:
         """The stream's first message: key and settings. None (and the socket closed) if refused."""
@@ -148,6 +163,8 @@ class LiveStreams:
             if isinstance(hello, dict) and hello.get("key")
             else (header[7:] if header.lower().startswith("bearer ") else None)
         )
+        if given is not None and not isinstance(given, str):
+            given = ""  # a number or a list is no key: refused as one, not a crash
         if not key_matches(self.server.api_key, given):
             await self.refuse(
                 ws, CLOSE_UNAUTHORIZED, "unauthorized", 'send the API key in the first message: {"key": "<key>"}'
@@ -259,6 +276,10 @@ class LiveStreams:
                 _, _, answer = await server.inference.detect(detector, data, params, received)
         except APIError as exc:
             return {"type": "error", "frame": index, "error": exc.error, "message": exc.message, "stream": stream}
+        except Exception as exc:  # noqa: BLE001 - a failed model call costs this frame, not the stream
+            log.warning("live stream %d: frame %d failed: %s: %s", session.stream_id, index, type(exc).__name__, exc)
+            message = f"the model failed on this frame ({type(exc).__name__}); the stream stays open"
+            return {"type": "error", "frame": index, "error": "model_error", "message": message, "stream": stream}
         tracked_at = time.perf_counter()
         answer["detections"] = session.tracker.update(answer["detections"], show_conf=shown)
         answer["counts"] = class_counts(answer["detections"])

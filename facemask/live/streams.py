@@ -45,10 +45,14 @@ def open_stream(source: str):
 
 class StreamReader:
     """Reads a capture on its own thread as fast as the source delivers, keeping only the newest
-    frame (with its index and time since `started`), so the model always gets the newest one."""
+    frame (with its index and time since `started`), so the model always gets the newest one.
 
-    def __init__(self, capture, started: float) -> None:
-        self.capture, self.started = capture, started
+    Only the reader thread releases the capture, when it leaves its loop: releasing it from
+    another thread while `read()` is blocked on a stalled stream crashed the process at a stop.
+    """
+
+    def __init__(self, capture, started: float, join_s: float = 5.0) -> None:
+        self.capture, self.started, self.join_s = capture, started, join_s
         self.slot, self.stopping = LatestFrame(), threading.Event()
         self.frames, self.ended = 0, False
         self.thread = threading.Thread(target=self._read, name="stream-reader", daemon=True)
@@ -64,11 +68,17 @@ class StreamReader:
                 self.frames += 1
         finally:
             self.ended = True
+            self.capture.release()
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Ask the reader to stop and wait up to join_s; False when it is still blocked in a read
+        (a stalled stream): it releases the capture itself when the read returns or times out."""
         self.stopping.set()
-        self.thread.join(timeout=5)
-        self.capture.release()
+        self.thread.join(timeout=self.join_s)
+        if self.thread.is_alive():
+            log.warning("the stream's reader is blocked in a read; it will close the stream when the read returns")
+            return False
+        return True
 
 
 class AnnotatedVideo:
@@ -122,7 +132,7 @@ def predict_stream(cfg: PredictConfig) -> PredictResult:
                 index, at, frame = item
                 image = rgb_image(frame)
                 found = tracker.update(
-                    annotator.detect([image], conf=min(lowest(shown), TRACK_CONF))[0], show_conf=shown
+                    annotator.detect([image], conf=min(lowest(shown), TRACK_CONF))[0], show_conf=shown, at=at
                 )
                 entry = record(found, {"frame": index, "time_s": round(at, 3)})
                 f.write(json.dumps(entry) + "\n")

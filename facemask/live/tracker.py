@@ -10,7 +10,8 @@ person's mask state is the class seen most often on their track.
 from __future__ import annotations
 
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,6 +25,15 @@ MIN_FRAMES = 3
 TRACK_CONF = 0.1
 # Boxes overlapping more than this are one face (YOLO26 can score one face as two classes).
 SAME_FACE_IOU = 0.7
+# A person unseen this long has left: ByteTrack gave up on their track after about a second,
+# so they are folded into the stream's totals and forgotten (a stream open for days holds only
+# the people in view, not everyone it ever saw).
+FORGET_S = 10.0
+# However busy the scene, at most this many people are held one by one; the oldest are folded first.
+MAX_PEOPLE = 5000
+# The tracker's idea of the frame rate follows the rate frames are processed at (not the
+# camera's): updates this far apart and more are timed, and it moves when the rate changes by a fifth.
+RATE_SAMPLES = 30
 
 
 class LatestFrame:
@@ -74,25 +84,41 @@ class PeopleTracker:
     """One stream's tracker: detections in, the same detections with a `track_id` out.
 
     Its state (the Kalman tracks, each person's class counts) lives with the stream and
-    goes when the stream's tracker is dropped.
+    goes when the stream's tracker is dropped. A lost face is kept for about a second of the
+    frames actually processed (the rate is measured, so a stream processed at 30 fps keeps it
+    for 30 updates and one at 5 fps for 5). With `forget_s`, people unseen that long are folded
+    into the totals and dropped, so memory and `summary()`'s cost stay bounded; None keeps them
+    until the owner forgets them (the watch does, per window).
     """
 
-    def __init__(self, frame_rate: float = 30.0, min_frames: int = MIN_FRAMES) -> None:
+    def __init__(
+        self, frame_rate: float = 30.0, min_frames: int = MIN_FRAMES, forget_s: float | None = FORGET_S
+    ) -> None:
         from facemask.compat.ultralytics import ByteTracker
 
         self.tracker = ByteTracker(frame_rate)
-        self.min_frames = min_frames
+        self.rate = frame_rate
+        self.min_frames, self.forget_s = min_frames, forget_s
         self.frames = 0
         self.people: dict[int, Counter] = {}
+        self.last_seen: dict[int, float] = {}  # track id -> when last shown (insertion order: oldest first)
+        self.ended = dict.fromkeys(CLASS_NAMES, 0)  # confirmed people already forgotten, by state
+        self.times: deque[float] = deque(maxlen=RATE_SAMPLES)
+        self.pruned_at = 0.0
 
-    def update(self, detections: list[dict], show_conf: float | Sequence[float] = 0.0) -> list[dict]:
+    def update(
+        self, detections: list[dict], show_conf: float | Sequence[float] = 0.0, at: float | None = None
+    ) -> list[dict]:
         """Give each detection (`box` x1..y2, `confidence`, `label`) a `track_id`; None while unconfirmed.
 
         Every detection helps tracking (ByteTrack matches weak ones to existing tracks);
         those under `show_conf` (one threshold, or one per class id: a model's operating point)
         are then left out of the answer, and of all boxes on one face
-        (more than SAME_FACE_IOU overlap) only the most confident is kept.
+        (more than SAME_FACE_IOU overlap) only the most confident is kept. `at`: when the frame
+        was taken (seconds, any clock), by default now.
         """
+        at = time.monotonic() if at is None else at
+        self._follow_rate(at)
         detections = one_per_face(detections)
         self.frames += 1
         if detections:
@@ -118,7 +144,43 @@ class PeopleTracker:
             out[index]["track_id"] = track_id
             if shown(out[index], show_conf):
                 self.people.setdefault(track_id, Counter())[out[index]["label"]] += 1
+                self.last_seen.pop(track_id, None)
+                self.last_seen[track_id] = at
+        self._prune(at)
         return [d for d in out if shown(d, show_conf)]
+
+    def _follow_rate(self, at: float) -> None:
+        """Keep a lost face for about a second of the frames actually processed."""
+        self.times.append(at)
+        if len(self.times) < 2 or self.times[-1] - self.times[0] < 1.0:
+            return
+        rate = (len(self.times) - 1) / (self.times[-1] - self.times[0])
+        if abs(rate - self.rate) > 0.2 * self.rate:
+            self.rate = rate
+            self.tracker.set_frame_rate(rate)
+
+    def _prune(self, at: float) -> None:
+        """Fold people unseen for forget_s (or the oldest, past MAX_PEOPLE) into `ended`; once a second."""
+        if self.forget_s is None or (at - self.pruned_at < 1.0 and len(self.last_seen) <= MAX_PEOPLE):
+            return
+        self.pruned_at = at
+        while self.last_seen:
+            track_id, seen_at = next(iter(self.last_seen.items()))
+            if at - seen_at < self.forget_s and len(self.last_seen) <= MAX_PEOPLE:
+                break
+            if self.confirmed(track_id):
+                self.ended[self.state(track_id)] += 1
+            del self.last_seen[track_id]
+            self.people.pop(track_id, None)
+
+    def forget(self, track_id: int) -> None:
+        """Drop a person without counting them in `ended` (the owner counted them already)."""
+        self.people.pop(track_id, None)
+        self.last_seen.pop(track_id, None)
+
+    def confirmed(self, track_id: int) -> bool:
+        seen = self.people.get(track_id)
+        return bool(seen) and sum(seen.values()) >= self.min_frames
 
     def state(self, track_id: int) -> str | None:
         """A person's mask state: the class seen most often on their track (ties: the more severe)."""
@@ -130,10 +192,11 @@ class PeopleTracker:
         return min(seen, key=lambda label: (-seen[label], order.get(label, 3)))
 
     def summary(self) -> dict:
-        """People seen (tracks on at least min_frames frames) by mask state, and each state's share."""
-        counts = dict.fromkeys(CLASS_NAMES, 0)
-        for track_id, seen in self.people.items():
-            if sum(seen.values()) >= self.min_frames:
+        """People seen (tracks on at least min_frames frames) by mask state, and each state's share:
+        those still held and those already folded into the totals."""
+        counts = dict(self.ended)
+        for track_id in self.people:
+            if self.confirmed(track_id):
                 counts[self.state(track_id)] += 1
         total = sum(counts.values())
         return {

@@ -155,9 +155,15 @@ class FacemaskServer:
         if not ref.startswith("models:/"):
             return {"default": ref, "versions": [], "registry_error": "serving a local file, not a registry model"}
         try:
-            versions = await asyncio.to_thread(list_versions, parse_models_uri(ref)[0], self.args.tracking_uri)
+            versions = await self.catalog.registry(list_versions, parse_models_uri(ref)[0], self.args.tracking_uri)
         except Exception as exc:  # an unreachable registry must not break the page
-            return {"default": ref, "versions": [], "registry_error": f"{type(exc).__name__}: {exc}"}
+            # Its text names the registry's address: for the operator's log, not for clients.
+            log.warning("GET /models: the registry did not answer: %s", exc)
+            return {
+                "default": ref,
+                "versions": [],
+                "registry_error": f"the registry did not answer ({type(exc).__name__})",
+            }
         return {"default": ref, "versions": versions}
 
     @api.websocket("/live")
@@ -167,7 +173,7 @@ class FacemaskServer:
 
     @api.get("/live/streams", responses=ERRORS, summary="Open live streams and the trackers still in memory")
     async def live_stream_stats(self, _: None = Depends(require_key)) -> dict:
-        return self.live_streams.stats()
+        return await self.live_streams.stats()
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:

@@ -74,16 +74,22 @@ class Inference:
                 f"a frame of {len(data)} bytes is over the {self.args.max_body_mb:g} MB limit; send smaller frames",
             )
 
-    async def run_batch(self, items: list[tuple[Any, Any, tuple, float]]) -> list[dict]:
-        """One model call per (model, parameters) group of the requests that queued together (`batching`)."""
+    async def run_batch(self, items: list[tuple[Any, Any, tuple, float]]) -> list[dict | Exception]:
+        """One model call per (model, parameters) group of the requests that queued together
+        (`batching`); a group whose call fails answers its own requests with the error."""
         groups: dict[tuple, list[int]] = {}
         for i, (detector, _, params, _) in enumerate(items):
             groups.setdefault((id(detector), params), []).append(i)
-        out: list[dict] = [{} for _ in items]
+        out: list[dict | Exception] = [{} for _ in items]
         for (_, params), indexes in groups.items():
             detector = items[indexes[0]][0]
             started = time.perf_counter()
-            found = await asyncio.to_thread(detector.predict, [items[i][1] for i in indexes], *params)
+            try:
+                found = await asyncio.to_thread(detector.predict, [items[i][1] for i in indexes], *params)
+            except Exception as exc:  # noqa: BLE001 - this group's callers get the error, the other groups their answers
+                for i in indexes:
+                    out[i] = exc
+                continue
             inference_ms = (time.perf_counter() - started) * 1000
             for i, detections in zip(indexes, found):
                 out[i] = {
@@ -140,6 +146,10 @@ class Inference:
     def record_live(self, stream_id: int, people: dict) -> None:
         """A live stream's people so far, for the metrics."""
         replica_metrics().live(stream_id, people)
+
+    def retire_live(self, stream_id: int) -> None:
+        """A closed live stream's gauges, retired."""
+        replica_metrics().retire_live(stream_id)
 
     def describe(self, detector) -> dict:
         """What answers say of the model that made them (every model of a replica runs on its backend),

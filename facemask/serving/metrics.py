@@ -4,12 +4,20 @@ beside Serve's own (`ray_serve_*`); Ray prefixes each name with `ray_` (a Counte
 
 Made once per replica process, on first use: `ray.util.metrics` needs the replica's Ray worker.
 Each label's values are bounded: routes are the app's own, classes the model's three, versions
-the registry's, streams a replica's open ones.
+the registry's, streams a replica's open ones: a stream's gauges are retired when it closes.
+
+Retiring a gauge: `ray.util.metrics` has no call to delete a series. Ray 2.60's exporter drops
+a series whose value is NaN at its next report (about 10 s), and one that is not set again for
+two report periods (about 20 s); `LiveGauges.retire` sets NaN, so a closed stream leaves the
+scrape and every sum within a report period (tests/unit/test_metrics_labels.py checks the
+calls; docs/operating.md says what a dashboard sees).
 """
 
 from __future__ import annotations
 
 from facemask.classes import CLASS_NAMES
+
+NAN = float("nan")
 
 # The app's routes; any other path is counted as "other", so a scan cannot grow the label set.
 ROUTES = ("/predict", "/predict/image", "/live", "/live/streams", "/models", "/model", "/healthz", "/")
@@ -85,6 +93,10 @@ class ReplicaMetrics:
         """A live stream's people so far (`PeopleTracker.summary()`) and its compliance ratio."""
         self.live_streams.set(str(stream), summary["by_class"], summary["share"]["with_mask"])
 
+    def retire_live(self, stream: int) -> None:
+        """A closed stream's gauges leave the scrape (and every sum)."""
+        self.live_streams.retire(str(stream))
+
 
 class LiveGauges:
     """People by mask state and the share masked, per stream: a /live stream's, or a watched
@@ -111,6 +123,12 @@ class LiveGauges:
         if compliance is not None:
             self.compliance.set(compliance, tags={"stream": stream})
 
+    def retire(self, stream: str) -> None:
+        """The stream ended: its series leave the export (NaN is not exported; see the module docstring)."""
+        for state in CLASS_NAMES:
+            self.people.set(NAN, tags={"stream": stream, "state": state})
+        self.compliance.set(NAN, tags={"stream": stream})
+
 
 class NoMetrics:
     """Outside a Ray worker (the app served by a test client): nothing is recorded."""
@@ -122,6 +140,9 @@ class NoMetrics:
         pass
 
     def live(self, stream: int, summary: dict) -> None:
+        pass
+
+    def retire_live(self, stream: int) -> None:
         pass
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
-from facemask.api_schema import APIError
+from facemask.api_schema import MULTIPLEX_HEADER, APIError
 from facemask.detector import load_detector
-from facemask.errors import ModelNotFoundError
+from facemask.errors import ModelNotFoundError, TrackingUnavailableError
 from facemask.modelref import model_uri_for
 from facemask.request_checks import check_model_id
 from facemask.rollout import Traffic, traffic
@@ -19,6 +21,14 @@ from facemask.simulated_gpu import NAME as SIMULATED
 from facemask.tracking import model_version
 
 log = logging.getLogger("facemask.serving")
+
+# A version or alias the registry said it does not hold is answered 404 from memory for this
+# long (a client asking for it in a loop costs one registry call per period, not three a request).
+MISSING_TTL_S = 30.0
+MISSING_KEPT = 1024  # model ids remembered as missing, oldest forgotten first
+# Registry calls (and the version loads they lead to) have threads of their own: a slow
+# registry then holds up the requests that name a version, never the model calls of the rest.
+REGISTRY_THREADS = 2
 
 
 class Models:
@@ -34,14 +44,22 @@ class Models:
         # A canary: the challenger's model and its share of the default traffic, in percent.
         self.challenger, self.percent = None, 0.0
         self.defaults_served = 0
+        self.missing: OrderedDict[str, tuple[float, str]] = OrderedDict()  # model id -> (until, message)
+        self.registry_calls = 0  # lookups sent to the registry (the negative cache's test reads it)
+        self.pool = ThreadPoolExecutor(REGISTRY_THREADS, thread_name_prefix="registry")
+
+    async def registry(self, fn, *args):
+        """`fn(*args)` on the registry's own threads."""
+        self.registry_calls += 1
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def version(self, model_id: str):
         """The loaded model of a version number: the default's when it is that version."""
         ref = model_uri_for(model_id, self.args.model_uri)
-        mv = await asyncio.to_thread(model_version, ref, self.args.tracking_uri)
+        mv = await self.registry(model_version, ref, self.args.tracking_uri)
         if self.default.info.name == mv.name and self.default.info.version == str(mv.version):
             return self.default
-        return await asyncio.to_thread(self.load_registered, mv.name, mv.version)
+        return await self.registry(self.load_registered, mv.name, mv.version)
 
     def load_registered(self, name: str, version: str | int):
         """One registered version, loaded the way this replica serves its default."""
@@ -56,22 +74,38 @@ class Models:
         )
 
     async def for_id(self, model_id: str):
-        """The model a version number or alias names (checked), else the app's default."""
+        """The model a version number or alias names (checked), else the app's default.
+        APIError 404 when the registry holds no such version (remembered MISSING_TTL_S), 503
+        when the registry cannot be asked."""
         model_id = check_model_id(model_id.strip())
+        if self.args.backend == SIMULATED:  # a simulated accelerator has no versions
+            return self.default
+        if not model_id:
+            self.follow_default_alias()
+            return self.default_or_challenger()
+        known_missing = self.missing.get(model_id)
+        if known_missing is not None and known_missing[0] > time.monotonic():
+            raise APIError(404, "model_not_found", known_missing[1])
         try:
-            if self.args.backend == SIMULATED:  # a simulated accelerator has no versions
-                return self.default
-            if not model_id:
-                self.follow_default_alias()
-                return self.default_or_challenger()
-            if not model_id.isdigit():
-                model_id = await self.alias_version(model_id)
-            return await self.load_version(model_id)
+            version = model_id if model_id.isdigit() else await self.alias_version(model_id)
+            return await self.load_version(version)
         except ModelNotFoundError as exc:
             # The registry's address (a server, or a database path) is for the operator's logs, not for clients.
             store = self.args.tracking_uri
+            message = str(exc).replace(store, "the registry") if store else str(exc)
+            self.missing[model_id] = (time.monotonic() + MISSING_TTL_S, message)
+            self.missing.move_to_end(model_id)
+            while len(self.missing) > MISSING_KEPT:
+                self.missing.popitem(last=False)
+            raise APIError(404, "model_not_found", message) from None
+        except TrackingUnavailableError as exc:
+            log.warning("model %r: %s (%s)", model_id, exc, exc.__cause__)
             raise APIError(
-                404, "model_not_found", str(exc).replace(store, "the registry") if store else str(exc)
+                503,
+                "registry_unavailable",
+                f"the model registry could not be asked for {model_id!r}; retry shortly, "
+                f"or send no {MULTIPLEX_HEADER} header for the default model",
+                headers={"Retry-After": "5"},
             ) from None
 
     def default_or_challenger(self):
@@ -88,7 +122,7 @@ class Models:
         looked_up, version = self.aliases.get(alias, (0.0, ""))
         if not version or (self.args.refresh_s and time.monotonic() - looked_up > self.args.refresh_s):
             ref = model_uri_for(alias, self.args.model_uri)
-            mv = await asyncio.to_thread(model_version, ref, self.args.tracking_uri)
+            mv = await self.registry(model_version, ref, self.args.tracking_uri)
             version = str(mv.version)
             self.aliases[alias] = (time.monotonic(), version)
         return version
@@ -109,9 +143,9 @@ class Models:
     async def _refresh(self, alias: str) -> None:
         try:
             name = self.default.info.name
-            state = await asyncio.to_thread(traffic, name, alias, self.args.tracking_uri)
+            state = await self.registry(traffic, name, alias, self.args.tracking_uri)
             if state.holder and state.holder != self.default.info.version:
-                loaded = await asyncio.to_thread(self.load_registered, name, state.holder)
+                loaded = await self.registry(self.load_registered, name, state.holder)
                 log.info("%s moved from version %s to %s; now serving %s", self.args.model_uri,
                          self.default.info.version, state.holder, state.holder)  # fmt: skip
                 self.default = loaded
@@ -135,7 +169,7 @@ class Models:
             self.challenger, self.percent = None, 0.0
             return
         if self.challenger is None or self.challenger.info.version != state.challenger:
-            self.challenger = await asyncio.to_thread(self.load_registered, name, state.challenger)
+            self.challenger = await self.registry(self.load_registered, name, state.challenger)
             self.defaults_served = 0
             log.info("canary: version %s takes %g%% of the default traffic", state.challenger, state.percent)
         self.percent = state.percent

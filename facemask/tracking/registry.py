@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from facemask import __version__
-from facemask.errors import ModelNotFoundError
+from facemask.errors import ModelNotFoundError, TrackingUnavailableError
 from facemask.modelref import (
     ENSEMBLE_FILE,
     ONNX_TAG,
@@ -78,20 +78,35 @@ def _pyfunc_signature():
     )
 
 
+# MLflow's error codes for a name, version or alias the registry does not hold; any other
+# failure (a server down, a timeout, a database locked) is the registry being unavailable.
+MISSING_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def is_missing(exc: BaseException) -> bool:
+    """Whether an MLflow error says the thing asked for does not exist (not that it could not look)."""
+    return getattr(exc, "error_code", None) in MISSING_CODES
+
+
 def model_version(model_uri: str, tracking_uri: str):
-    """The registry ModelVersion a `models:/` URI points to, or ModelNotFoundError naming what is missing."""
+    """The registry ModelVersion a `models:/` URI points to; ModelNotFoundError naming what is
+    missing, or TrackingUnavailableError when the registry could not be asked."""
     name, version, alias = parse_models_uri(model_uri)
     c = client(tracking_uri)
     try:
         c.get_registered_model(name)
-    except Exception:
+    except Exception as exc:
+        if not is_missing(exc):
+            raise TrackingUnavailableError(f"{model_uri}: the registry did not answer ({type(exc).__name__})") from exc
         raise ModelNotFoundError(
             f"{model_uri}: no registered model {name!r} at {tracking_uri}; "
             "train with --register first, or set MLFLOW_TRACKING_URI"
         ) from None
     try:
         return c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
-    except Exception:
+    except Exception as exc:
+        if not is_missing(exc):
+            raise TrackingUnavailableError(f"{model_uri}: the registry did not answer ({type(exc).__name__})") from exc
         versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{name}'"))
         what = f"alias {alias!r}" if alias else f"version {version}"
         hint = "promote one with `facemask promote`" if alias else "pick an existing version"

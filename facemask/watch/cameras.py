@@ -20,6 +20,7 @@ from typing import Any
 
 from facemask.errors import ConfigError, InputNotFoundError
 from facemask.settings import STREAM_SCHEMES
+from facemask.watch.urls import check_url
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FIELDS = ("id", "url", "fps", "zone", "transport")
@@ -84,6 +85,7 @@ def parse_camera(entry: Any, where: str) -> Camera:
         raise ConfigError(
             f"{where}: field `url` is missing; give rtsp://..., http://..., a video file or a device index"
         )
+    check_url(url.strip(), where)
     return Camera(
         id=camera_id,
         url=url.strip(),

@@ -42,17 +42,19 @@ class CameraCompliance:
 
     def __init__(self, camera: str, window_s: float, keep_windows: int, frame_rate: float, show_conf: float) -> None:
         self.camera, self.window_s, self.keep_windows, self.show_conf = camera, window_s, keep_windows, show_conf
-        self.tracker = PeopleTracker(frame_rate=frame_rate)
+        # The watch forgets people per window itself (`close`), so the tracker keeps them until then.
+        self.tracker = PeopleTracker(frame_rate=frame_rate, forget_s=None)
         self.start = time.time()
         self.seen: set[int] = set()  # tracks in view during this window
         self.previous: set[int] = set()  # ... and during the one before (kept in memory)
         self.history: list[dict[str, Any]] = []
         self.frames = 0
 
-    def update(self, detections: list[dict], zone, width: int, height: int) -> list[dict]:
-        """Track this frame's detections (all of them, down to TRACK_CONF); returns those shown."""
+    def update(self, detections: list[dict], zone, width: int, height: int, at: float | None = None) -> list[dict]:
+        """Track this frame's detections (all of them, down to TRACK_CONF); returns those shown.
+        `at`: when the frame was captured (the tracker follows the rate frames are processed at)."""
         inside = [d for d in detections if d["confidence"] >= TRACK_CONF and in_zone(d, zone, width, height)]
-        shown = self.tracker.update(inside, show_conf=self.show_conf)
+        shown = self.tracker.update(inside, show_conf=self.show_conf, at=at)
         self.frames += 1
         self.seen.update(d["track_id"] for d in shown if d["track_id"] is not None)
         return shown
@@ -64,8 +66,7 @@ class CameraCompliance:
         """People in view during this window so far, by mask state (confirmed tracks only)."""
         counts = dict.fromkeys(CLASS_NAMES, 0)
         for track_id in self.seen:
-            seen = self.tracker.people.get(track_id)
-            if seen and sum(seen.values()) >= self.tracker.min_frames:
+            if self.tracker.confirmed(track_id):
                 counts[self.tracker.state(track_id)] += 1
         return counts
 
@@ -78,7 +79,7 @@ class CameraCompliance:
         so a camera watched for months holds a bounded number of tracks."""
         row = window_row(self.camera, self.start, now, self.counts(), **extra)
         for track_id in set(self.tracker.people) - self.seen - self.previous:
-            del self.tracker.people[track_id]
+            self.tracker.forget(track_id)
         self.previous, self.seen = self.seen, set()
         self.start, self.frames = now, 0
         self.history = (self.history + [row])[-self.keep_windows :]

@@ -1,12 +1,15 @@
 """The watch's metrics, exported by Ray's metrics agent beside the endpoint's (docs/operating.md).
 
 People and compliance use the endpoint's names (`facemask_live_people`, `facemask_live_compliance_ratio`)
-with the camera id as `stream`, set from each closed window; the rest are the watch's own.
+with the camera id as `stream`, from the last closed window; the rest are the watch's own.
+Gauges are set again every second (Ray drops a gauge not set for about 20 s, which took a
+camera's compliance off the scrape between 60 s windows) and retired when a camera is
+removed or the watch stops (`serving.metrics` says how).
 """
 
 from __future__ import annotations
 
-from facemask.serving.metrics import LATENCY_BOUNDS, LiveGauges
+from facemask.serving.metrics import LATENCY_BOUNDS, NAN, LiveGauges
 
 
 class WatchMetrics:
@@ -14,6 +17,7 @@ class WatchMetrics:
         from ray.util.metrics import Counter, Gauge, Histogram
 
         self.live = LiveGauges()
+        self.last: dict[str, dict] = {}  # camera -> its last closed window's row
         self.frames = Counter(
             "facemask_camera_frames",
             description="A camera's frames: processed by the model, or dropped (a newer one replaced them).",
@@ -31,6 +35,12 @@ class WatchMetrics:
 
     def window(self, row: dict) -> None:
         self.live.set(row["camera"], row["by_class"], row["compliance"])
+        self.last[row["camera"]] = row
+
+    def refresh(self) -> None:
+        """The last window's people and compliance of every camera, set again (see the docstring)."""
+        for camera, row in self.last.items():
+            self.live.set(camera, row["by_class"], row["compliance"])
 
     def processed(self, camera: str, latency_s: float) -> None:
         self.frames.inc(1, tags={"camera": camera, "outcome": "processed"})
@@ -42,3 +52,9 @@ class WatchMetrics:
 
     def camera_up(self, camera: str, up: bool) -> None:
         self.up.set(1.0 if up else 0.0, tags={"camera": camera})
+
+    def retire(self, camera: str) -> None:
+        """The camera is no longer watched: its gauges leave the export."""
+        self.last.pop(camera, None)
+        self.live.retire(camera)
+        self.up.set(NAN, tags={"camera": camera})

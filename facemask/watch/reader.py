@@ -23,6 +23,7 @@ import numpy as np
 from facemask.live.tracker import LatestFrame
 from facemask.watch.cameras import Camera
 from facemask.watch.decode import StreamError, open_stream
+from facemask.watch.urls import scrubbed
 
 BACKOFF_S = (0.25, 0.5, 1.0)
 # Further behind its stream than this, a reader decodes keyframes only until it catches up.
@@ -84,7 +85,7 @@ class CameraReader:
             try:
                 stream = open_stream(self.camera.url, self.camera.transport, self.fast_decode)
             except StreamError as exc:
-                stream, self.error = None, str(exc)
+                stream, self.error = None, scrubbed(str(exc), self.camera.url)
             if stream is not None:
                 self.state, self.error, self.connected_at = "live", None, time.time()
                 if self.counts["decoded"] or failures:
@@ -92,9 +93,12 @@ class CameraReader:
                 try:
                     got_frames = self._read(stream)
                 except StreamError as exc:
-                    got_frames, self.error = True, str(exc)
+                    got_frames, self.error = True, scrubbed(str(exc), self.camera.url)
                 except Exception as exc:  # a bug must not leave the camera "live" and silent: say it, retry
-                    got_frames, self.error = False, f"the reader failed: {type(exc).__name__}: {exc}"
+                    got_frames, self.error = (
+                        False,
+                        scrubbed(f"the reader failed: {type(exc).__name__}: {exc}", self.camera.url),
+                    )
                 finally:
                     stream.close()
                 failures = 0 if got_frames else failures + 1

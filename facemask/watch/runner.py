@@ -22,20 +22,41 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from facemask.errors import FacemaskError
 from facemask.settings import WatchConfig
 from facemask.watch.cameras import Camera, check_sources, load_cameras
 from facemask.watch.compliance import CameraCompliance
+from facemask.watch.summary import WatchResult, camera_totals
+from facemask.watch.urls import redacted
 
 log = logging.getLogger(__name__)
 
 CYCLE_S = 1 / 30  # the fastest the runner sends batches: frames that arrive meanwhile join the next
 STATUS_S = 1.0  # how often reader statuses (and the camera list) are read
+# A reader that has not answered its status call for this long is being restarted by Ray, or
+# cannot be placed: shown as "unresponsive" (camera_up 0), never waited for.
+UNRESPONSIVE_S = 3.0
 LATENCY_KEPT = 20_000  # per camera, for the percentiles in summary.json
+# At a stop, batches still at the detector are waited for this long at most; their frames are
+# then counted lost. `ray job stop` kills the job 3 s after its SIGTERM, so the rows and the
+# summary are written first, within a second of the signal.
+STOP_BATCH_WAIT_S = 0.5
+# A reader's counters that only grow: after Ray restarts it (fresh counters) they carry on from
+# where the dead one stopped, so no window ever shows a negative count.
+READER_COUNTERS = ("dropped", "offered", "decoded", "skipped_by_cap", "skipped_behind", "fell_behind",
+                   "reconnects", "failures", "decode_ms", "resize_ms")  # fmt: skip
+
+
+class CameraExists(FacemaskError):
+    """POST /cameras with an id already watched (replacing one is a deliberate PUT)."""
+
+
+class WatchClosing(FacemaskError):
+    """The watch is stopping: nothing new starts."""
 
 
 @dataclass
@@ -55,27 +76,10 @@ class Watched:
     last: dict | None = None  # the last processed frame: ref, size, shown detections, time
     jpeg: tuple[int, bytes] | None = None
     marks: dict = field(default_factory=dict)  # the counters when the window began
-
-
-@dataclass
-class WatchResult:
-    seconds: float
-    cameras: dict[str, dict]
-    windows: int
-    log: Path
-    summary: Path
-    stopped_by: str | None = None
-    lost_batches: int = 0  # batches in a detector that died (Ray restarted it)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "seconds": round(self.seconds, 1),
-            "cameras": self.cameras,
-            "windows": self.windows,
-            "lost_batches": self.lost_batches,
-            "files": {"log": str(self.log), "summary": str(self.summary)},
-            "stopped_by": self.stopped_by,
-        }
+    status_call: tuple | None = None  # (ref, sent at) of the status call not yet answered
+    raw: dict = field(default_factory=dict)  # the reader's own counters, as it last said them
+    base: dict = field(default_factory=dict)  # what earlier lives of the reader (before a restart) counted
+    restarts: int = 0  # times Ray started the reader again (its process died)
 
 
 class Watch:
@@ -107,18 +111,30 @@ class Watch:
         self.windows, self.started = 0, time.time()
         self.list_mtime: float | None = None
         self.stopping = threading.Event()
+        self.closing = False  # set under the lock at a stop: no camera starts after it
 
     # --- cameras coming and going -------------------------------------------------------------
 
-    def add(self, camera: Camera, origin: str) -> None:
+    def add(self, camera: Camera, origin: str, replace: bool = True) -> bool:
+        """Start watching `camera`; True if it replaced one of the same id. CameraExists when that
+        id is watched and not `replace`; WatchClosing once the watch is stopping."""
         with self.lock:
-            if camera.id in self.watched:
+            if self.closing:
+                raise WatchClosing(f"the watch is stopping; camera {camera.id} was not started")
+            replaced = camera.id in self.watched
+            if replaced and not replace:
+                raise CameraExists(
+                    f"camera {camera.id!r} is already watched; PUT /cameras/{camera.id} replaces it, or DELETE it first"
+                )
+            if replaced:
                 self.remove(camera.id)
             reader = self.reader_class.remote(camera, self.cfg.imgsz, self.cfg.fast_decode)
+            # The camera's rate is only where the tracker starts: it follows the rate frames are processed at.
             fps = camera.fps or 15.0
             compliance = CameraCompliance(camera.id, self.cfg.window_s, self.keep_windows, fps, self.cfg.conf)
             self.watched[camera.id] = Watched(camera, reader, compliance, origin)
-            log.info("camera %s: reading %s", camera.id, camera.url)
+            log.info("camera %s: reading %s", camera.id, redacted(camera.url))
+            return replaced
 
     def remove(self, camera_id: str) -> bool:
         import ray
@@ -131,7 +147,7 @@ class Watch:
         self._write(row)
         ray.kill(watched.reader)
         if self.metrics:
-            self.metrics.camera_up(camera_id, False)
+            self.metrics.retire(camera_id)
         log.info("camera %s: removed", camera_id)
         return True
 
@@ -216,17 +232,17 @@ class Watch:
             for batch in (frames[i : i + step] for i in range(0, len(frames), step))
         ]
 
-    def finish(self, sent: dict) -> None:
-        """Track the detections of a batch and account for each frame."""
+    def finish(self, sent: dict, timeout: float | None = None) -> None:
+        """Track the detections of a batch and account for each frame. A batch that fails (the
+        detector died, the model raised, a frame was lost) is counted lost, and the watch goes on."""
         import ray
 
         try:
-            answer = ray.get(sent["result"])
-        except ray.exceptions.RayActorError as exc:
+            answer = ray.get(sent["result"], timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - one batch never ends the watch
             self.lost_batches += 1
-            log.warning(
-                "a batch of %d frames was lost with the detector (%s); Ray restarts it", len(sent["batch"]), exc
-            )
+            why = "with the detector; Ray restarts it" if isinstance(exc, ray.exceptions.RayActorError) else "to"
+            log.warning("a batch of %d frames was lost %s (%s)", len(sent["batch"]), why, _first_line(exc))
             return
         now = time.time()
         with self.lock:  # the page reads the trackers from its own threads
@@ -236,7 +252,7 @@ class Watch:
     def _account(self, w: Watched, meta: dict, frame_ref, found: list[dict], now: float) -> None:
         t0 = time.perf_counter()
         width, height = meta["width"], meta["height"]
-        shown = w.compliance.update(found, w.camera.zone, width, height)
+        shown = w.compliance.update(found, w.camera.zone, width, height, at=meta["captured"])
         w.tracking_ms += (time.perf_counter() - t0) * 1000
         latency = now - meta["captured"]
         w.processed += 1
@@ -249,32 +265,56 @@ class Watch:
     # --- every second ---------------------------------------------------------------------------
 
     def housekeeping(self, now: float) -> None:
-        """Re-read the camera list if it changed, refresh the readers' statuses, close due windows."""
+        """Re-read the camera list if it changed, refresh the readers' statuses, close due windows.
+
+        Never waits: each reader has at most one status call out; those answered are read, one
+        unanswered for UNRESPONSIVE_S (a reader Ray is restarting, or cannot place) marks its
+        camera unresponsive and down."""
         import ray
 
         self.reload()
         with self.lock:
             watched = list(self.watched.values())
-        asked = {w.reader.status.remote(): w for w in watched}
-        ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=0.5)
+        for w in watched:
+            if w.status_call is None:
+                w.status_call = (w.reader.status.remote(), now)
+        asked = {w.status_call[0]: w for w in watched}
+        ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=0)
         for ref in ready:
             w = asked[ref]
+            w.status_call = None
             try:
-                w.status = ray.get(ref)
+                self._take_status(w, ray.get(ref))
             except ray.exceptions.RayError:
                 w.status = dict(w.status, state="restarting")
+        for w in watched:
+            if w.status_call is not None and now - w.status_call[1] > UNRESPONSIVE_S:
+                w.status = dict(w.status, state="unresponsive")
             if self.metrics:
-                self.metrics.dropped(w.camera.id, w.status.get("dropped", 0) - w.dropped_reported)
                 self.metrics.camera_up(w.camera.id, w.status.get("state") == "live")
-            w.dropped_reported = w.status.get("dropped", w.dropped_reported)
         with self.lock:
             closed = [self._close_window(w, now) for w in watched if w.compliance.due(now)]
         for row in closed:
             self._write(row)
+        if self.metrics:
+            self.metrics.refresh()
+
+    def _take_status(self, w: Watched, raw: dict) -> None:
+        """A reader's status, its counters carried on across restarts (a new process starts at 0)."""
+        if w.raw and raw.get("pid") != w.raw.get("pid"):
+            w.restarts += 1
+            for key in READER_COUNTERS:
+                w.base[key] = w.base.get(key, 0) + w.raw.get(key, 0)
+        w.raw = raw
+        w.status = {**raw, **{k: w.base.get(k, 0) + raw.get(k, 0) for k in READER_COUNTERS}, "restarts": w.restarts}
+        if self.metrics:
+            self.metrics.dropped(w.camera.id, w.status["dropped"] - w.dropped_reported)
+        w.dropped_reported = w.status["dropped"]
 
     def _close_window(self, w: Watched, now: float, partial: bool = False) -> dict:
         counters = {"processed": w.processed, **{k: w.status.get(k, 0) for k in ("dropped", "reconnects", "failures")}}
-        extra = {k: v - w.marks.get(k, 0) for k, v in counters.items()}
+        # Counters only grow (`_take_status`); max() keeps a row sane should one ever not.
+        extra = {k: max(0, v - w.marks.get(k, 0)) for k, v in counters.items()}
         w.marks = counters
         row = w.compliance.close(now, **extra, partial=partial)
         self.windows += 1
@@ -332,7 +372,8 @@ class Watch:
     # --- the loop -------------------------------------------------------------------------------
 
     def run(self) -> WatchResult:
-        """Watch until a stop (Ctrl-C, SIGTERM, `ray job stop`) or `max_seconds`; returns the totals."""
+        """Watch until a stop (Ctrl-C, SIGTERM, `ray job stop`) or `max_seconds`; returns the totals.
+        Whatever ends it, even a bug, the last rows and summary.json are written first."""
         from facemask.lifecycle import stop_signal
 
         self.cfg.out.mkdir(parents=True, exist_ok=True)
@@ -353,10 +394,14 @@ class Watch:
             import signal
 
             stopped = signal.Signals(stop_signal() or signal.SIGINT).name
-            log.warning("stopped by %s; closing the windows and the readers", stopped)
+            log.warning("stopped by %s; writing the last windows and the summary", stopped)
+        except BaseException as exc:
+            stopped = f"error: {type(exc).__name__}"
+            log.error("the watch failed (%s); writing the last windows and the summary", _first_line(exc))
+            raise
         finally:
-            self.close(in_flight)
-        return self.result(stopped)
+            result = self.close(in_flight, stopped)
+        return result
 
     def collect(self, in_flight: list[dict], cycle_ends: float) -> None:
         """Finish the batches whose answers came, until the cycle ends; with two batches queued at
@@ -374,70 +419,51 @@ class Watch:
         if rest > 0:
             self.stopping.wait(rest)
 
-    def close(self, in_flight: list[dict]) -> None:
-        """Read the batches in flight, write every camera's partial window, stop readers and the detector."""
+    def close(self, in_flight: list[dict], stopped: str | None = None) -> WatchResult:
+        """The stop, in the order that loses least if it is cut short (`ray job stop` kills 3 s
+        after its signal): no camera starts from now on; the batches at the detector are read
+        for STOP_BATCH_WAIT_S at most (the rest are counted lost); every camera's partial window
+        and summary.json are written; only then are the readers and the detector ended."""
         import ray
 
+        with self.lock:
+            self.closing = True
+            watched = list(self.watched.values())
+        wait_until = time.monotonic() + STOP_BATCH_WAIT_S
         for sent in in_flight:
             try:
-                self.finish(sent)
-            except Exception as exc:  # a stop's own doing (Ray going down): the frames are lost, not the rows
-                log.warning("a batch was lost in the stop: %s", exc)
+                self.finish(sent, timeout=max(0.0, wait_until - time.monotonic()))
+            except Exception as exc:  # noqa: BLE001 - a stop's own doing (Ray going down): frames lost, not rows
+                log.warning("a batch was lost in the stop: %s", _first_line(exc))
+        in_flight.clear()
         now = time.time()
         with self.lock:
-            watched = list(self.watched.values())
-        for w in watched:
-            self._write(self._close_window(w, now, partial=True))
-        stops = {w.reader.stop.remote(): w for w in watched}
-        ready, _ = ray.wait(list(stops), num_returns=len(stops), timeout=8)
-        for ref in ready:
-            try:
-                stops[ref].status = ray.get(ref)
-            except ray.exceptions.RayError:
-                pass
+            rows = [self._close_window(w, now, partial=True) for w in watched]
+            for w in watched:
+                w.status = dict(w.status, state="stopped")
+        for row in rows:
+            self._write(row)
+        result = self.result(stopped)
         for w in watched:
             ray.kill(w.reader)
+            if self.metrics:
+                self.metrics.retire(w.camera.id)
         ray.kill(self.detector)
+        return result
 
     def result(self, stopped: str | None) -> WatchResult:
         seconds = time.time() - self.started
         cameras = {w.camera.id: camera_totals(w, seconds) for w in self.watched.values()}
         summary = self.cfg.out / "summary.json"
         result = WatchResult(seconds, cameras, self.windows, self.log_path, summary, stopped, self.lost_batches)
-        summary.write_text(json.dumps(result.to_dict() | {"model": self.model}, indent=2))
+        # Written whole or not at all: a kill mid-write leaves the previous file, never half of one.
+        partial = summary.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(result.to_dict() | {"model": self.model}, indent=2))
+        partial.replace(summary)
         return result
 
 
-def camera_totals(w: Watched, seconds: float) -> dict[str, Any]:
-    """One camera's frames, latency percentiles and CPU per frame by stage, for summary.json."""
-    status, latencies = w.status, np.array(w.latencies_ms or [np.nan])
-    decoded = max(1, status.get("decoded", 0))
-    return {
-        "state": status.get("state"),
-        "processed": w.processed,
-        "dropped": status.get("dropped", 0),
-        "decoded": status.get("decoded", 0),
-        "reconnects": status.get("reconnects", 0),
-        "processed_fps": round(w.processed / seconds, 2) if seconds else 0.0,
-        "latency_ms": {"p50": _round(np.nanpercentile(latencies, 50)), "p99": _round(np.nanpercentile(latencies, 99))},
-        "ms_per_frame": {
-            "decode": round(status.get("decode_ms", 0.0) / decoded, 2),
-            "resize": round(status.get("resize_ms", 0.0) / max(1, w.processed), 2),
-            "tracking": round(w.tracking_ms / max(1, w.processed), 2),
-        },
-    }
-
-
-def _round(value: float) -> float | None:
-    return None if np.isnan(value) else round(float(value), 1)
-
-
-def redacted(url: str) -> str:
-    """A URL with its password replaced, for pages and logs (camera URLs often carry credentials)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+def _first_line(exc: BaseException) -> str:
+    """An exception as one line: Ray's task errors carry the remote traceback."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]

@@ -12,7 +12,7 @@ from facemask.cli import main
 from facemask.errors import ConfigError, InputNotFoundError
 from facemask.watch.cameras import Camera, check_sources, load_cameras
 from facemask.watch.compliance import CameraCompliance, in_zone
-from facemask.watch.runner import redacted
+from facemask.watch.urls import redacted
 
 
 def listing(tmp_path, cameras) -> object:
