@@ -6,7 +6,9 @@
 - the detection validator's `metrics.update_stats`, wrapped to keep each image's matched
   predictions, which the bootstrap intervals are computed from (Ultralytics keeps only totals);
 - `BYTETracker` fed a stand-in for its Results object, to track detections that did not come
-  from `model.track()` (the endpoint's batched model call made them).
+  from `model.track()` (the endpoint's batched model call made them); its `max_frames_lost`
+  (`max_time_lost` before 8.4.x), set from the frame rate at construction, moved afterwards when
+  the rate frames are processed at changes.
 """
 
 from __future__ import annotations
@@ -198,5 +200,14 @@ class ByteTracker:
 
     def set_frame_rate(self, frame_rate: float) -> None:
         """Keep a lost track for `frame_rate` updates from now on (a second at that rate).
-        BYTETracker fixes `max_time_lost` from its frame rate when built; it reads it on every update."""
-        self.tracker.max_time_lost = max(1, round(frame_rate))
+        BYTETracker fixes the frames a lost track is kept from its settings when built, and reads
+        the attribute on every update."""
+        setattr(self.tracker, lost_frames_attribute(self.tracker), max(1, round(frame_rate)))
+
+
+def lost_frames_attribute(tracker) -> str:
+    """The name BYTETracker gives the frames a lost track is kept; loud if neither is there."""
+    for name in ("max_frames_lost", "max_time_lost"):
+        if hasattr(tracker, name):
+            return name
+    raise RuntimeError(f"ultralytics {VERSION}: BYTETracker has neither max_frames_lost nor max_time_lost")

@@ -32,8 +32,8 @@ FORGET_S = 10.0
 # However busy the scene, at most this many people are held one by one; the oldest are folded first.
 MAX_PEOPLE = 5000
 # The tracker's idea of the frame rate follows the rate frames are processed at (not the
-# camera's): updates this far apart and more are timed, and it moves when the rate changes by a fifth.
-RATE_SAMPLES = 30
+# camera's): measured over the updates of the last RATE_WINDOW_S, and moved when it changes by a fifth.
+RATE_WINDOW_S = 2.0
 
 
 class LatestFrame:
@@ -103,7 +103,7 @@ class PeopleTracker:
         self.people: dict[int, Counter] = {}
         self.last_seen: dict[int, float] = {}  # track id -> when last shown (insertion order: oldest first)
         self.ended = dict.fromkeys(CLASS_NAMES, 0)  # confirmed people already forgotten, by state
-        self.times: deque[float] = deque(maxlen=RATE_SAMPLES)
+        self.times: deque[float] = deque(maxlen=2048)
         self.pruned_at = 0.0
 
     def update(
@@ -152,7 +152,9 @@ class PeopleTracker:
     def _follow_rate(self, at: float) -> None:
         """Keep a lost face for about a second of the frames actually processed."""
         self.times.append(at)
-        if len(self.times) < 2 or self.times[-1] - self.times[0] < 1.0:
+        while at - self.times[0] > RATE_WINDOW_S:
+            self.times.popleft()
+        if self.times[-1] - self.times[0] < RATE_WINDOW_S / 2:
             return
         rate = (len(self.times) - 1) / (self.times[-1] - self.times[0])
         if abs(rate - self.rate) > 0.2 * self.rate:

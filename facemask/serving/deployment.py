@@ -19,7 +19,6 @@ from facemask.api_schema import ERRORS, MULTIPLEX_HEADER, ModelInfoResponse, Mod
 from facemask.classes import CLASS_NAMES
 from facemask.detector import load_detector
 from facemask.live.session import LiveStreams
-from facemask.modelref import parse_models_uri
 from facemask.request_checks import checked_api_key, image_bytes, inference_query
 from facemask.runtime import SERVE_ENV, check_given_gpus, resolve_device
 from facemask.serving.config import AppArgs
@@ -29,7 +28,7 @@ from facemask.serving.metrics import version_label
 from facemask.serving.models import Models
 from facemask.simulated_gpu import NAME as SIMULATED
 from facemask.simulated_gpu import SimulatedGPU, parse_latency
-from facemask.tracking import default_tracking_uri, list_versions, set_process_store
+from facemask.tracking import default_tracking_uri, set_process_store
 
 log = logging.getLogger("facemask.serving")
 
@@ -151,20 +150,7 @@ class FacemaskServer:
         summary=f"Registered versions with their metrics; pick one with the {MULTIPLEX_HEADER} header",
     )
     async def models(self, _: None = Depends(require_key)) -> dict:
-        ref = self.args.model_uri
-        if not ref.startswith("models:/"):
-            return {"default": ref, "versions": [], "registry_error": "serving a local file, not a registry model"}
-        try:
-            versions = await self.catalog.registry(list_versions, parse_models_uri(ref)[0], self.args.tracking_uri)
-        except Exception as exc:  # an unreachable registry must not break the page
-            # Its text names the registry's address: for the operator's log, not for clients.
-            log.warning("GET /models: the registry did not answer: %s", exc)
-            return {
-                "default": ref,
-                "versions": [],
-                "registry_error": f"the registry did not answer ({type(exc).__name__})",
-            }
-        return {"default": ref, "versions": versions}
+        return await self.catalog.versions()
 
     @api.websocket("/live")
     async def live(self, ws: WebSocket) -> None:

@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from facemask.api_schema import MULTIPLEX_HEADER, APIError
 from facemask.detector import load_detector
 from facemask.errors import ModelNotFoundError, TrackingUnavailableError
-from facemask.modelref import model_uri_for
+from facemask.modelref import model_uri_for, parse_models_uri
 from facemask.request_checks import check_model_id
 from facemask.rollout import Traffic, traffic
 from facemask.simulated_gpu import NAME as SIMULATED
-from facemask.tracking import model_version
+from facemask.tracking import list_versions, model_version
 
 log = logging.getLogger("facemask.serving")
 
@@ -107,6 +107,24 @@ class Models:
                 f"or send no {MULTIPLEX_HEADER} header for the default model",
                 headers={"Retry-After": "5"},
             ) from None
+
+    async def versions(self) -> dict:
+        """GET /models: the registered versions of the app's model, or why there are none. A
+        registry that does not answer is said in one line without its address or its error's
+        text (both are for the operator's log)."""
+        ref = self.args.model_uri
+        if not ref.startswith("models:/"):
+            return {"default": ref, "versions": [], "registry_error": "serving a local file, not a registry model"}
+        try:
+            versions = await self.registry(list_versions, parse_models_uri(ref)[0], self.args.tracking_uri)
+        except Exception as exc:  # an unreachable registry must not break the page
+            log.warning("GET /models: the registry did not answer: %s", exc)
+            return {
+                "default": ref,
+                "versions": [],
+                "registry_error": f"the registry did not answer ({type(exc).__name__})",
+            }
+        return {"default": ref, "versions": versions}
 
     def default_or_challenger(self):
         """The default model, or during a canary the challenger for exactly its share of this

@@ -228,12 +228,15 @@ def delete_alias(name: str, alias: str, tracking_uri: str) -> None:
 
 
 def list_versions(name: str, tracking_uri: str) -> list[dict[str, Any]]:
-    """Every registered version with its aliases and metric tags, newest first."""
+    """Every registered version with its aliases and metric tags, newest first; none for a name
+    the registry does not hold, TrackingUnavailableError when it could not be asked."""
     c = client(tracking_uri)
     try:
         versions = c.search_model_versions(f"name='{name}'")
-    except Exception:
-        return []
+    except Exception as exc:
+        if is_missing(exc):
+            return []
+        raise TrackingUnavailableError(f"{name}: the registry did not answer ({type(exc).__name__})") from exc
     # Searches leave ModelVersion.aliases empty; the registered model has the alias map.
     aliases: dict[str, list[str]] = {}
     with contextlib.suppress(Exception):

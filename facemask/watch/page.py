@@ -189,7 +189,7 @@ class Handler(BaseHTTPRequestHandler):
         """The origin, host and key checks of every API call (module docstring); sends the refusal."""
         origin = self.headers.get("Origin")
         host = self.headers.get("Host", "")
-        if origin is not None and origin.rstrip("/") != f"http://{host}":
+        if origin is not None and origin.rstrip("/").split("://", 1)[-1] != host:
             self.error(403, "cross_origin", f"requests from the page of {origin[:80]!r} are refused")
             return False
         if self.loopback and not _loopback_host(host):

@@ -45,6 +45,7 @@ LATENCY_KEPT = 20_000  # per camera, for the percentiles in summary.json
 # then counted lost. `ray job stop` kills the job 3 s after its SIGTERM, so the rows and the
 # summary are written first, within a second of the signal.
 STOP_BATCH_WAIT_S = 0.5
+WAIT_SLICE_S = 0.25  # the longest the loop waits on the detector before looking for a stop
 # A reader's counters that only grow: after Ray restarts it (fresh counters) they carry on from
 # where the dead one stopped, so no window ever shows a negative count.
 READER_COUNTERS = ("dropped", "offered", "decoded", "skipped_by_cap", "skipped_behind", "fell_behind",
@@ -411,8 +412,11 @@ class Watch:
         while in_flight:
             rest = cycle_ends - time.perf_counter()
             must_wait = len(in_flight) > 2
-            ready, _ = ray.wait([in_flight[0]["result"]], timeout=None if must_wait else max(0.0, rest))
+            # Waited for in slices, so a stop is seen even while the detector hangs.
+            ready, _ = ray.wait([in_flight[0]["result"]], timeout=WAIT_SLICE_S if must_wait else max(0.0, rest))
             if not ready:
+                if must_wait and not self.stopping.is_set():
+                    continue
                 break
             self.finish(in_flight.pop(0))
         rest = cycle_ends - time.perf_counter()

@@ -111,3 +111,20 @@ def test_ultralytics_bytetrack_on_plain_arrays_keeps_an_id_across_frames():
     assert rows[-1].shape == (2, 8)
     ids = {int(r[7]): int(r[4]) for r in rows[-1]}
     assert ids == {int(r[7]): int(r[4]) for r in rows[1]} and len(set(ids.values())) == 2
+
+
+def test_ultralytics_bytetrack_keeps_a_lost_track_for_the_frames_set_after_construction():
+    from facemask.compat.ultralytics import ByteTracker
+
+    xywh, conf, cls = np.array([[100, 100, 40, 50]], np.float32), np.array([0.9], np.float32), np.zeros(1, np.float32)
+    empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
+    ids = []
+    for rate in (2, 10):  # built for 30 fps, then told frames come at `rate`
+        tracker = ByteTracker(frame_rate=30)
+        first = [tracker.update(xywh, conf, cls) for _ in range(3)][-1]
+        tracker.set_frame_rate(rate)
+        for _ in range(5):  # lost for 5 updates: kept at 10 fps (a second), dropped at 2
+            tracker.update(*empty)
+        again = [tracker.update(xywh, conf, cls) for _ in range(3)][-1]
+        ids.append((int(first[0][4]), int(again[0][4])))
+    assert ids[0][0] != ids[0][1] and ids[1][0] == ids[1][1], ids
