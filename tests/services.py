@@ -366,19 +366,29 @@ def launch_chromium(playwright, *extra: str):
 
 
 def assert_last_box_in_its_class_colour(page) -> None:
-    """The pixel on the left edge of the last box the page drew has that box's class colour.
-
-    The last box, because nothing is drawn over it; its left edge, because its own label
-    sits on its top edge.
+    """The left edge of the last box the page drew (with an edge at all: an untrained model also
+    finds boxes of zero height at the frame's border) is drawn in its class colour somewhere
+    along its length. Along it, because later labels and, with many boxes, other boxes' lines
+    may cover parts of it; across the line's width, because a line at a fractional position is
+    blended with the picture at its outer pixels.
     """
-    pixel, color = page.evaluate("""() => {
-        const b = window.lastDrawn[window.lastDrawn.length - 1];
-        const ctx = document.getElementById('canvas').getContext('2d');
-        const x = Math.round(b.x1), y = Math.round((b.y1 + b.y2) / 2);
-        return [Array.from(ctx.getImageData(Math.max(0, x), y, 1, 1).data.slice(0, 3)), b.color];
+    found = page.evaluate("""() => {
+        const drawn = window.lastDrawn, ctx = document.getElementById('canvas').getContext('2d');
+        for (let i = drawn.length - 1; i >= 0; i--) {
+            const b = drawn[i];
+            if (b.x2 - b.x1 < 4 * b.line || b.y2 - b.y1 < 4 * b.line) continue;
+            const from = Math.max(0, Math.floor(b.x1 - b.line)), y1 = Math.ceil(b.y1), rows = Math.floor(b.y2) - y1;
+            const width = Math.ceil(2 * b.line) + 2, data = ctx.getImageData(from, y1, width, rows).data, out = [];
+            for (let k = 0; k < data.length; k += 4) out.push([data[k], data[k + 1], data[k + 2]]);
+            return [out, b.color, b];
+        }
+        return null;
     }""")
+    assert found, "no box with an edge was drawn"
+    pixels, color, box = found
     want = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
-    assert max(abs(a - b) for a, b in zip(pixel, want)) <= 40, (pixel, want)
+    nearest = min(pixels, key=lambda pixel: max(abs(a - b) for a, b in zip(pixel, want)))
+    assert max(abs(a - b) for a, b in zip(nearest, want)) <= 40, (nearest, want, box)
 
 
 def replica_pids(app: str) -> dict[str, int]:

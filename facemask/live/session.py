@@ -42,6 +42,9 @@ HELLO_TIMEOUT_S = 5.0
 # Idle sockets then cannot hold the replica's slots (docs/reliability.md measured 200 of them
 # delaying a real stream by 11 s, one that is ready within a second now).
 MAX_WAITING_HELLOS = 8
+# An idle open stream's gauges are set again this often (serving.metrics: Ray drops a gauge not
+# set for two report periods, about 20 s).
+GAUGE_REFRESH_S = 5.0
 # /live/streams asks for a garbage collection (off the event loop) at most this often.
 STATS_GC_S = 2.0
 # WebSocket close codes: the 4000 range is the application's own.
@@ -123,7 +126,13 @@ class LiveStreams:
         receiver = asyncio.get_running_loop().create_task(self.receive(ws, session))
         try:
             while session.open:
-                await session.wake.wait()
+                try:
+                    await asyncio.wait_for(session.wake.wait(), GAUGE_REFRESH_S)
+                except asyncio.TimeoutError:
+                    # An open stream with no frames keeps its gauges (Ray drops one not set for ~20 s).
+                    if session.processed:
+                        self.server.inference.record_live(stream_id, session.tracker.summary())
+                    continue
                 session.wake.clear()
                 item = session.slot.take()
                 if item is not None:

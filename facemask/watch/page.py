@@ -14,9 +14,9 @@ Who may do what (docs/cameras.md):
 - Without a key, the server reads out (GET) only on a loopback address, and changes nothing
   unless it was started with --open-api-on-loopback (which needs a loopback address).
 - Whatever the key, a request from a web page of another origin (an `Origin` header that is not
-  this server's) is refused, on loopback so is a `Host` that is not a loopback name (DNS
-  rebinding), and a change must be sent as `application/json` (a form or text/plain body is what
-  a cross-site page can send without asking).
+  this server's) is refused, and a change must be sent as `application/json` (a form or
+  text/plain body is what a cross-site page can send without asking). Without a key, on
+  loopback, so is a `Host` that is not a loopback name (DNS rebinding).
 - Cameras added over the API are held to --api-sources and --api-hosts (`watch.urls`).
 
 Every connection has a timeout (an idle keep-alive socket, or a body declared and never sent,
@@ -192,10 +192,12 @@ class Handler(BaseHTTPRequestHandler):
         if origin is not None and origin.rstrip("/").split("://", 1)[-1] != host:
             self.error(403, "cross_origin", f"requests from the page of {origin[:80]!r} are refused")
             return False
-        if self.loopback and not _loopback_host(host):
+        key = self.access.api_key
+        # Without a key, the loopback address is the only protection: a page whose name was
+        # rebound to 127.0.0.1 sends its own name as Host. (With a key, a reverse proxy may send any.)
+        if not key and self.loopback and not _loopback_host(host):
             self.error(403, "bad_host", f"Host {host[:80]!r} is not a loopback name; use http://127.0.0.1:PORT/")
             return False
-        key = self.access.api_key
         if key:
             if key_matches(key, self.headers.get("Authorization", "").removeprefix("Bearer ").strip()):
                 return True

@@ -169,43 +169,56 @@ def test_prometheus_scrapes_the_endpoint_and_every_dashboard_panel_has_data(endp
             )
             assert answer.status_code == 200 and answer.headers["x-model-version"] == champion
         ws_url = endpoint["url"].replace("http://", "ws://") + "/live"
-        with connect(ws_url) as ws:
+        with connect(ws_url) as ws:  # open while the panels are read: a closed stream's gauges are retired
             ws.send(json.dumps({"conf": 0, "imgsz": 160, "max_det": 3, "fps": 120}))
             json.loads(ws.recv(timeout=60))  # the stream's settings
             for _ in range(6):
                 ws.send(image)
                 last = json.loads(ws.recv(timeout=60))
             assert last["type"] == "result", last
-        # The counter grew by exactly the requests sent, under the version that answered them.
-        wait_until(lambda: prometheus.value(answered) == before + sent, 90, f"{sent} more answers counted", interval=1)
-        # The stream's gauge is what the stream itself reported.
-        ratio = last["people"]["share"]["with_mask"]
+            # The counter grew by exactly the requests sent, under the version that answered them.
+            wait_until(
+                lambda: prometheus.value(answered) == before + sent, 90, f"{sent} more answers counted", interval=1
+            )
+            # The stream's gauge is what the stream itself reported.
+            ratio = last["people"]["share"]["with_mask"]
+
+            def stream_ratios() -> list[float]:
+                return [float(r["value"][1]) for r in prometheus.query("ray_facemask_live_compliance_ratio")]
+
+            wait_until(
+                lambda: ratio in stream_ratios(), 60, f"the live stream's compliance ratio ({ratio})", interval=1
+            )
+            streams_open = prometheus.query("ray_facemask_live_compliance_ratio")
+            empty = []
+            for title, expr in panels():
+                try:
+                    wait_until(lambda: prometheus.query(expr), 60, title, interval=1)
+                except pytest.fail.Exception:
+                    empty.append(title)
+            assert not empty, f"dashboard panels without data: {empty}"
+            # Every model call holds at least one image (a mean from Ray's histogram `_sum` gave 0.5).
+            # A counter first exported after its first requests has no rate yet: a few more give it one.
+            (mean_batch,) = [expr for title, expr in panels() if title == "Mean batch size"]
+
+            def mean_batch_size() -> float | None:
+                httpx.post(f"{endpoint['url']}/predict", params={"imgsz": 160}, content=image, timeout=60)
+                value = prometheus.value(mean_batch)
+                return value if math.isfinite(value) and value > 0 else None
+
+            assert 1.0 <= wait_until(mean_batch_size, 90, "a mean batch size", interval=1) <= 8
+
+        # Closed: the stream's series leave the scrape (hostile review item 6: labels are retired).
+        def series(result: list[dict]) -> set[frozenset]:
+            return {frozenset(r["metric"].items()) for r in result}
+
+        opened = series(streams_open)
         wait_until(
-            lambda: (
-                prometheus.query("ray_facemask_live_compliance_ratio")
-                and ratio in [float(r["value"][1]) for r in prometheus.query("ray_facemask_live_compliance_ratio")]
-            ),
+            lambda: not opened & series(prometheus.query("ray_facemask_live_compliance_ratio")),
             60,
-            f"the live stream's compliance ratio ({ratio})",
+            "the closed stream's gauges retired",
             interval=1,
         )
-        empty = []
-        for title, expr in panels():
-            try:
-                wait_until(lambda: prometheus.query(expr), 60, title, interval=1)
-            except pytest.fail.Exception:
-                empty.append(title)
-        assert not empty, f"dashboard panels without data: {empty}"
-        # Every model call holds at least one image (a mean from Ray's histogram `_sum` gave 0.5).
-        # A counter first exported after its first requests has no rate yet: a few more give it one.
-        (mean_batch,) = [expr for title, expr in panels() if title == "Mean batch size"]
-
-        def mean_batch_size() -> float | None:
-            httpx.post(f"{endpoint['url']}/predict", params={"imgsz": 160}, content=image, timeout=60)
-            value = prometheus.value(mean_batch)
-            return value if math.isfinite(value) and value > 0 else None
-
-        assert 1.0 <= wait_until(mean_batch_size, 90, "a mean batch size", interval=1) <= 8
         # The picture in docs/operating.md: FACEMASK_DASHBOARD_PNG=docs/dashboard.png pytest ... -k prometheus
         # draws it after two minutes of steady traffic; the test alone draws what it sent.
         picture = os.environ.get("FACEMASK_DASHBOARD_PNG")

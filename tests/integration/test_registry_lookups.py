@@ -101,13 +101,14 @@ def test_item_8_a_registry_outage_is_a_503_not_a_404_and_models_names_no_address
 
 def test_item_8_lookups_stuck_on_a_silent_registry_leave_the_model_threads_free(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "6")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     silent = SilentServer()
     models = catalog(f"http://127.0.0.1:{silent.port}")
 
     async def main() -> float:
-        # Twelve requests name twelve versions; each lookup hangs on the registry for its timeout.
-        lookups = [asyncio.ensure_future(models.for_id(str(v))) for v in range(2, 14)]
+        # Eight requests name eight versions (more than asyncio's default threads on 2 cores);
+        # each lookup hangs on the registry for its 2 s timeout.
+        lookups = [asyncio.ensure_future(models.for_id(str(v))) for v in range(2, 10)]
         await asyncio.sleep(0.3)  # deliberate: the lookups are under way
         started = time.monotonic()
         # Model calls run on asyncio's default threads (serving.inference); they must not queue behind lookups.
