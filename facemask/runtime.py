@@ -90,6 +90,23 @@ def ultralytics_env() -> Path:
     return config
 
 
+def cpus_given() -> int:
+    """The CPUs this process was given: Ray's assignment inside a Ray task or actor (a Tune trial,
+    a Ray Train worker), else every core this process may run on. At least 1.
+
+    Training sizes torch's threads to it: Ultralytics sets them to cores - 1 (one of two cores
+    here), and to the whole node inside a Ray worker that was given two of its sixty-four."""
+    ray = sys.modules.get("ray")  # not imported for it: a plain run never started Ray
+    if ray is not None and ray.is_initialized():
+        assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if assigned:  # the driver has no assignment: it is given the machine
+            return max(1, int(assigned))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS: no affinity, every core
+        return max(1, os.cpu_count() or 1)
+
+
 def in_ray_job() -> bool:
     """True in the driver of `ray job submit`, whose working directory is Ray's temporary copy of --working-dir."""
     return RAY_JOB_ENV in os.environ or "/runtime_resources/working_dir_files/" in f"{Path.cwd()}/"

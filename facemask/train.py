@@ -19,7 +19,7 @@ from facemask import __version__
 from facemask.calibrate import calibrate_version
 from facemask.errors import ConfigError, InputNotFoundError, PretrainedUnavailableError
 from facemask.manifest import data_fingerprint
-from facemask.runtime import git_commit, resolve_device, resolve_path, ultralytics_env, where_relative
+from facemask.runtime import cpus_given, git_commit, resolve_device, resolve_path, ultralytics_env, where_relative
 from facemask.settings import TrainConfig
 from facemask.tracking import RunLogger, log_and_register, metric_key
 
@@ -98,6 +98,21 @@ def strip_integrations(trainer) -> None:
         trainer.callbacks[event] = [f for f in functions if getattr(f, "__module__", "") not in INTEGRATION_MODULES]
 
 
+def size_threads(trainer) -> None:
+    """Torch's threads, and a GPU's dataloader workers, sized to the CPUs this process was given
+    (`runtime.cpus_given`). Ultralytics sets torch to cores - 1 threads when it sets up a CPU
+    device, so CPU training used one of two cores; on a GPU it starts up to 8 workers whatever
+    Ray granted. (On a CPU it loads data in the training process: its workers stay 0.)"""
+    import torch
+
+    cpus = cpus_given()
+    torch.set_num_threads(cpus)
+    args = getattr(trainer, "args", None)
+    device = getattr(trainer, "device", None)
+    if args is not None and device is not None and device.type != "cpu" and getattr(args, "workers", 0):
+        args.workers = min(int(args.workers), cpus)
+
+
 def per_epoch(fn: Callable) -> Callable:
     """Wrap an `on_fit_epoch_end` callback so it sees training epochs only.
 
@@ -159,7 +174,11 @@ class TrainingLog:
     def log_params(self, args: dict[str, Any]) -> None:
         self.params_logged = True
         args = {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}
+        import torch
+
         identity = {"data_fingerprint": self.fingerprint, "facemask_version": __version__}
+        # What the process trains with (`size_threads`), beside what was asked.
+        identity["torch_threads"] = torch.get_num_threads()
         self.logger.log_params({**args, **identity, "git_commit": self.commit or "none"})
         self.logger.log_dataset(self.data.parent.name, str(self.data), self.fingerprint)
 
@@ -251,6 +270,9 @@ def train(
     resumed_from = (cfg.resume_from or "scratch") if cfg.run_id else None
     run_log = TrainingLog(logger, data, fingerprint, commit, resumed_from)
     model = YOLO(source)
+    # After Ultralytics' own device set-up (which leaves one core of two idle), before anything runs.
+    model.add_callback("on_pretrain_routine_start", size_threads)
+    model.add_callback("on_val_start", size_threads)  # the final evaluation sets up its device again
     model.add_callback("on_pretrain_routine_start", run_log.on_start)
     if epoch_logging:
         model.add_callback("on_fit_epoch_end", per_epoch(run_log.on_epoch))
