@@ -102,7 +102,10 @@ def size_threads(trainer) -> None:
     """Torch's threads, and a GPU's dataloader workers, sized to the CPUs this process was given
     (`runtime.cpus_given`). Ultralytics sets torch to cores - 1 threads when it sets up a CPU
     device, so CPU training used one of two cores; on a GPU it starts up to 8 workers whatever
-    Ray granted. (On a CPU it loads data in the training process: its workers stay 0.)"""
+    Ray granted. (On a CPU it loads data in the training process: its workers stay 0.)
+
+    Run at `on_pretrain_routine_start`, after Ultralytics' own device set-up and before any
+    step, and at `on_val_start`: the final evaluation sets its device up again."""
     import torch
 
     cpus = cpus_given()
@@ -270,9 +273,8 @@ def train(
     resumed_from = (cfg.resume_from or "scratch") if cfg.run_id else None
     run_log = TrainingLog(logger, data, fingerprint, commit, resumed_from)
     model = YOLO(source)
-    # After Ultralytics' own device set-up (which leaves one core of two idle), before anything runs.
     model.add_callback("on_pretrain_routine_start", size_threads)
-    model.add_callback("on_val_start", size_threads)  # the final evaluation sets up its device again
+    model.add_callback("on_val_start", size_threads)
     model.add_callback("on_pretrain_routine_start", run_log.on_start)
     if epoch_logging:
         model.add_callback("on_fit_epoch_end", per_epoch(run_log.on_epoch))
