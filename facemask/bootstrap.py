@@ -89,8 +89,8 @@ _ARRAY_TYPES = {"tp": bool, "conf": float, "pred_cls": int, "pred_img": int, "ta
 def _weighted_ap(tp: np.ndarray, weights: np.ndarray, n_targets: np.ndarray) -> np.ndarray:
     """AP for each resample and IoU threshold: tp (P x T) sorted by confidence, weights (B x P)
     (how often each prediction's image was drawn), n_targets (B). Returns B x T."""
-    if tp.shape[0] == 0:
-        return np.zeros((weights.shape[0], tp.shape[1]))
+    if tp.shape[0] == 0:  # no prediction of the class: 0 where it has objects, undefined where none were drawn
+        return np.where(n_targets[:, None] > 0, 0.0, np.nan) * np.ones((1, tp.shape[1]))
     w = weights[:, :, None]
     ctp = np.cumsum(w * tp[None], axis=1)
     cfp = np.cumsum(w * (~tp)[None], axis=1)
@@ -141,6 +141,8 @@ class Interval:
     value: float
     low: float
     high: float
+    # Resamples with no value (they drew no object of the class): left out of the percentiles, counted here.
+    left_out: int = 0
 
     def __str__(self) -> str:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
@@ -169,12 +171,18 @@ class BootstrapResult:
         return {
             "overall": row(self.overall),
             "per_class": {k: row(v) for k, v in self.per_class.items()},
+            "left_out": self.left_out(),
             "objects": self.objects,
             "images": self.images,
             "resamples": self.resamples,
             "confidence": self.confidence,
             "seed": self.seed,
         }
+
+    def left_out(self) -> dict[str, int]:
+        """Resamples left out of each interval (a class none of whose objects they drew), where any were."""
+        scopes = [("all", self.overall)] + list(self.per_class.items())
+        return {f"{scope}/{name}": i.left_out for scope, values in scopes for name, i in values.items() if i.left_out}
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat MLflow metrics: `{prefix}/mAP50`, `{prefix}/mAP50_low`, ..., per class `/{name}`."""
@@ -203,16 +211,22 @@ class BootstrapResult:
         for name, m, n in rows:
             lines.append(f"{name:24s} {n:7d}  {str(m['mAP50']):>24s}  {str(m['mAP50-95']):>24s}")
         lines.append(f"({self.images} images, {self.resamples} bootstrap resamples of the images, seed {self.seed})")
+        for scope, count in self.left_out().items():
+            if scope.endswith("/mAP50"):
+                lines.append(
+                    f"({scope.split('/')[0]}: {count} resamples drew none of its objects: left out of its intervals)"
+                )
         return "\n".join(lines)
 
 
 def _interval(point: float, samples: np.ndarray, confidence: float) -> Interval:
-    samples = samples[~np.isnan(samples)]
+    undefined = np.isnan(samples)
+    samples, left_out = samples[~undefined], int(undefined.sum())
     if samples.size == 0:
-        return Interval(float(point), float("nan"), float("nan"))
+        return Interval(float(point), float("nan"), float("nan"), left_out)
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(samples, [tail, 100 - tail])
-    return Interval(float(point), float(low), float(high))
+    return Interval(float(point), float(low), float(high), left_out)
 
 
 def _result(

@@ -9,6 +9,7 @@ default; a request's own `conf` or `imgsz` still wins.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,7 +40,12 @@ def candidate_sizes(trained_at: int) -> list[int]:
 
 
 def class_threshold(found: Sequence[Boxes], images: Sequence[LabelledImage], c: int, precision: float | None) -> float:
-    """The threshold of best F1 for class `c` (or the lowest reaching `precision`), from raw detections."""
+    """The threshold of best F1 for class `c` (or the lowest reaching `precision`), from raw detections.
+
+    Exact: a threshold keeps every box at or above it, so only the last of a run of tied
+    confidences is a candidate (one inside the run would be scored on boxes it does not keep
+    apart), and the threshold is rounded down (rounding up once dropped the chosen box). A
+    precision no threshold reaches is said in one line, and the best F1 is used instead."""
     conf = np.concatenate([f.conf[f.cls == c] for f in found]) if found else np.zeros(0)
     hits = np.concatenate([match(f, im.truth)[:, 0][f.cls == c] for f, im in zip(found, images)]) if found else conf
     faces = sum(int(np.sum(im.truth.cls == c)) for im in images)
@@ -48,12 +54,19 @@ def class_threshold(found: Sequence[Boxes], images: Sequence[LabelledImage], c: 
     order = np.argsort(-conf, kind="stable")
     conf, tp = conf[order], np.cumsum(hits[order])
     prec, rec = tp / np.arange(1, len(tp) + 1), tp / faces
+    ends = np.flatnonzero(np.append(conf[1:] < conf[:-1], True))  # the last box of each confidence
+    f1 = 2 * prec[ends] * rec[ends] / np.maximum(prec[ends] + rec[ends], 1e-12)
+    best = int(ends[np.argmax(f1)])
     if precision is not None:
-        reach = np.flatnonzero(prec >= precision)
-        best = int(reach[-1]) if len(reach) else 0
-    else:
-        best = int(np.argmax(2 * prec * rec / np.maximum(prec + rec, 1e-12)))
-    return round(max(FLOOR, float(conf[best])), 4)
+        reach = ends[prec[ends] >= precision]
+        if len(reach):
+            best = int(reach[-1])
+        else:
+            log.warning(
+                "class %s never reaches precision %g on val (at most %.3f): its threshold is the best F1's",
+                CLASS_NAMES[c], precision, float(prec[ends].max()),
+            )  # fmt: skip
+    return max(FLOOR, math.floor(float(conf[best]) * 10_000) / 10_000)
 
 
 def choose_operating_point(

@@ -92,23 +92,25 @@ def detect_split(detect: Detect, images: Sequence[LabelledImage], batch: int = 8
 
 
 def match(pred: Boxes, truth: Boxes) -> np.ndarray:
-    """Which predictions are true positives at each IoU threshold (n_pred x 10), as Ultralytics'
-    validator decides: same class, IoU at least the threshold, each face and each box used once,
-    the pairs of highest IoU first."""
+    """Which predictions are true positives at each IoU threshold (n_pred x 10), as Ultralytics
+    8.4's validator decides (`BaseValidator.match_predictions`) and COCO does: in descending
+    confidence, each box takes the face of highest IoU not yet claimed at that threshold, of
+    its class and with IoU at least the threshold. (Pairing the highest IoUs first instead
+    made a confident box a false positive where a less confident one overlapped its face more.)"""
     tp = np.zeros((len(pred), len(IOU_THRESHOLDS)), bool)
     if not len(pred) or not len(truth):
         return tp
     iou = np.stack([box_iou(t, pred.xyxy) for t in truth.xyxy])  # faces x predictions
     iou *= truth.cls[:, None] == pred.cls[None, :]
-    for j, threshold in enumerate(IOU_THRESHOLDS):
-        pairs = np.argwhere(iou >= threshold)
-        if not len(pairs):
+    claimed = np.zeros((len(truth), len(IOU_THRESHOLDS)), bool)  # faces taken at each threshold
+    columns = np.arange(len(IOU_THRESHOLDS))
+    for j in np.argsort(-pred.conf, kind="stable"):
+        if not (iou[:, j] >= IOU_THRESHOLDS[0]).any():
             continue
-        pairs = pairs[np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="stable")]
-        pairs = pairs[np.unique(pairs[:, 1], return_index=True)[1]]
-        pairs = pairs[np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="stable")]
-        pairs = pairs[np.unique(pairs[:, 0], return_index=True)[1]]
-        tp[pairs[:, 1], j] = True
+        available = np.where(claimed, 0.0, iou[:, j, None])  # faces x thresholds
+        best = available.argmax(0)
+        tp[j] = available[best, columns] >= IOU_THRESHOLDS
+        claimed[best, columns] |= tp[j]
     return tp
 
 

@@ -52,7 +52,7 @@ def test_model_weights_scale_their_votes():
         weighted_boxes_fusion([Boxes.empty()], weights=[1, 1])
 
 
-def test_matching_uses_each_face_and_each_box_once_by_highest_iou():
+def test_matching_uses_each_face_and_each_box_once_in_confidence_order():
     truth = boxes((0, 0, 10, 10, 1, 0), (20, 0, 30, 10, 1, 1))
     pred = boxes(
         (0, 0, 10, 10, 0.9, 0),  # exact: a hit at every threshold
@@ -125,3 +125,25 @@ def test_candidate_sizes_try_the_training_size_a_third_larger_and_640():
     assert candidate_sizes(320) == [320, 416, 640]
     assert candidate_sizes(640) == [640]
     assert candidate_sizes(160) == [160, 224, 640]
+
+
+def test_threshold_is_exact_on_ties_rounding_and_an_unreachable_precision(caplog):
+    # Two faces. 0.9 hits the first; three boxes tied at 0.7: one hits the second, two miss.
+    truth = boxes((0, 0, 10, 10, 1, 0), (20, 0, 30, 10, 1, 0))
+    pred = boxes(
+        (0, 0, 10, 10, 0.9, 0),
+        (20, 0, 30, 10, 0.7, 0),
+        (200, 0, 210, 10, 0.7, 0),
+        (300, 0, 310, 10, 0.7, 0),
+    )
+    images = [LabelledImage("a.jpg", Path("a.jpg"), truth)]
+    # A threshold of 0.7 keeps all three tied boxes: precision 2/4, not the 2/2 its first tied box
+    # alone would read. So precision 1.0 is held at 0.9 only, and F1 there (2/3) ties 0.7's.
+    assert class_threshold([pred], images, 0, 1.0) == 0.9
+    assert class_threshold([pred], images, 0, None) == 0.9
+    # Rounded down, so the box that decided it stays in (0.61236 rounded to 0.6124 dropped it).
+    one = [LabelledImage("b.jpg", Path("b.jpg"), boxes((0, 0, 10, 10, 1, 0)))]
+    assert class_threshold([boxes((0, 0, 10, 10, 0.61236, 0))], one, 0, None) == 0.6123
+    with caplog.at_level("WARNING", logger="facemask.calibrate"):
+        assert class_threshold([pred], images, 0, 1.01) == 0.9  # never reached: the best F1's, and said
+    assert "never reaches precision 1.01" in caplog.text
