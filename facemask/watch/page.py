@@ -39,7 +39,7 @@ from facemask.errors import FacemaskError
 from facemask.request_checks import key_matches
 from facemask.watch.cameras import check_sources, parse_camera
 from facemask.watch.runner import CameraExists, WatchClosing
-from facemask.watch.urls import API_SOURCES, check_api_source
+from facemask.watch.urls import API_SOURCES, check_api_source, redacted
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
@@ -147,11 +147,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(409, "camera_exists", str(exc))
         except WatchClosing as exc:
             return self.error(503, "stopping", str(exc))
+        shown = {**camera.to_dict(), "url": redacted(camera.url)}  # the answer may be logged on its way back
         if camera_id is None:
-            return self.json(201, {"added": camera.id, "camera": camera.to_dict()})
-        return self.json(
-            200 if replaced else 201, {"replaced" if replaced else "added": camera.id, "camera": camera.to_dict()}
-        )
+            return self.json(201, {"added": camera.id, "camera": shown})
+        return self.json(200 if replaced else 201, {"replaced" if replaced else "added": camera.id, "camera": shown})
 
     def do_DELETE(self) -> None:  # noqa: N802
         parts = self.path.split("?", 1)[0].strip("/").split("/")

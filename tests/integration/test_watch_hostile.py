@@ -111,8 +111,12 @@ def test_item_1_a_refusing_cameras_password_reaches_neither_the_status_nor_the_p
         rtsp.stop()
         assert "hunter2secret" not in text and "404" in door["error"] and door["url"].startswith("rtsp://viewer:***@")
         assert "hunter2secret" not in caplog.text and "viewer:***@" in caplog.text
+        # Added over the API, the answer does not echo the password either.
+        echoed = httpx.post(base + "cameras", json={"id": "gate", "url": url}, headers=AUTH)
+        assert echoed.status_code == 201 and "hunter2secret" not in echoed.text, echoed.text
     finally:
         watch.remove("door")
+        watch.remove("gate")
         server.close()
         rtsp.stop()
 
