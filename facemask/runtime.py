@@ -98,8 +98,11 @@ def cpus_given() -> int:
     here), and to the whole node inside a Ray worker that was given two of its sixty-four."""
     ray = sys.modules.get("ray")  # not imported for it: a plain run never started Ray
     if ray is not None and ray.is_initialized():
-        assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
-        if assigned:  # the driver has no assignment: it is given the machine
+        try:
+            assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        except AssertionError:  # Ray's answer in a driver (`facemask train` after ray.init): no grant
+            assigned = None
+        if assigned:  # a driver is given the machine
             return max(1, int(assigned))
     try:
         return max(1, len(os.sched_getaffinity(0)))

@@ -81,3 +81,10 @@ def test_a_trial_trains_on_the_cpus_ray_gave_it(ray_local, tiny_data, tracking, 
             trial.options(num_cpus=cpus).remote(tiny_data, tmp_path / str(cpus), tracking["uri"]), timeout=600
         )
         assert counts and max(counts) == cpus and logged == str(cpus), (cpus, counts, logged)
+
+
+def test_a_driver_that_started_ray_is_given_the_machine(ray_local):
+    from facemask.runtime import cpus_given
+
+    # Ray answers "only available when the process is a worker" in a driver: the machine is its.
+    assert cpus_given() == CORES
