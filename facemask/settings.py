@@ -21,6 +21,8 @@ ENGINES = ("auto", "ray", "local")
 SOURCE_FORMATS = ("auto", "voc", "yolo", "coco")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+# The names and addresses that reach only this machine (the watch's page opens its API on them).
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
@@ -439,7 +441,7 @@ class WatchConfig:
             raise ConfigError("--max-seconds must be positive")
         if self.reader_cpus < 0 or self.detector_cpus < 0 or self.detector_gpus < 0:
             raise ConfigError("--reader-cpus, --detector-cpus and --detector-gpus cannot be negative")
-        if self.open_api_on_loopback and self.host not in ("127.0.0.1", "::1", "localhost"):
+        if self.open_api_on_loopback and self.host not in LOOPBACK_HOSTS:
             raise ConfigError(
                 f"--open-api-on-loopback with --host {self.host}: the API opens without a key on loopback only; "
                 "set FACEMASK_API_KEY to serve it on other addresses"

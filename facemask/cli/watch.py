@@ -112,14 +112,14 @@ def run_watch(cfg: WatchConfig, page: bool = True, access=None):
     """The watch with its page (when asked) and metrics; returns when stopped or out of time."""
     from facemask.runtime import metrics_endpoints
     from facemask.watch.metrics import WatchMetrics
-    from facemask.watch.page import Access, WatchPage
+    from facemask.watch.page import WatchPage
     from facemask.watch.runner import Watch
 
     watch = Watch(cfg, metrics=WatchMetrics())
     click.echo(f"metrics for Prometheus: {', '.join(metrics_endpoints('none'))}  (docs/operating.md)", err=True)
     server = None
     if page and cfg.port is not None:
-        access = access or Access(open_on_loopback=cfg.open_api_on_loopback)
+        access = access or page_access(cfg, None)
         server = WatchPage(watch, cfg.host, cfg.port, access, cfg.page_timeout_s)
         click.echo(f"camera grid: {server.url}  (GET /cameras, POST /cameras, PUT and DELETE /cameras/ID)", err=True)
         if access.api_key is None and not access.open_on_loopback:

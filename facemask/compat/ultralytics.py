@@ -45,12 +45,8 @@ def ddp_trainer_class():
             self.world_size = dist.get_world_size() if dist.is_initialized() else 1
             self.ddp = False  # never spawn Ultralytics' own launcher: this process is already a rank
             self.images_seen = 0
-            if self.device.type == "cpu":
-                # Ultralytics sizes CPU threads to the machine (cores - 1); a worker gets the CPUs Ray gave it.
-                import ray
-
-                cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-                torch.set_num_threads(max(1, int(cpus)))
+            # Torch's threads are sized to the CPUs Ray gave this worker by `train.size_threads`,
+            # which every training (this one included) runs once Ultralytics has set up its device.
 
         def _setup_ddp(self) -> None:
             import ray.train.torch

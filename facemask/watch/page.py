@@ -37,13 +37,13 @@ from typing import Any
 from facemask.drawing import web_page
 from facemask.errors import FacemaskError
 from facemask.request_checks import key_matches
+from facemask.settings import LOOPBACK_HOSTS
 from facemask.watch.cameras import check_sources, parse_camera
 from facemask.watch.runner import CameraExists, WatchClosing
 from facemask.watch.urls import API_SOURCES, check_api_source, redacted
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 TIMEOUT_S = 10.0
 
 
@@ -62,7 +62,7 @@ class WatchPage:
     """Serves `watch` (a `runner.Watch`) on host:port from a thread; `close()` stops it."""
 
     def __init__(self, watch: Any, host: str, port: int, access: Access, timeout_s: float = TIMEOUT_S) -> None:
-        loopback = host in LOOPBACK
+        loopback = host in LOOPBACK_HOSTS
         if access.open_on_loopback and not loopback:
             raise FacemaskError(
                 f"--open-api-on-loopback with --host {host}: the API is opened without a key only on a loopback "
@@ -241,4 +241,4 @@ class Handler(BaseHTTPRequestHandler):
 def _loopback_host(host: str) -> bool:
     """Whether a Host header names this machine by a loopback name (with or without a port)."""
     name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
-    return name.strip("[]").lower() in LOOPBACK
+    return name.strip("[]").lower() in LOOPBACK_HOSTS
