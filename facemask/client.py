@@ -29,6 +29,9 @@ from typing import Any
 from facemask.errors import EndpointError
 
 MULTIPLEX_HEADER = "serve_multiplexed_model_id"
+# How long one call keeps retrying refused or reset connections and 503s: long enough to ride
+# through a proxy or replica restart (docs/reliability.md measured under 10 s; a head restart more).
+DEADLINE_S = 45.0
 
 
 class Client:
@@ -39,7 +42,7 @@ class Client:
         timeout: float = 60.0,
         retries: int = 5,
         backoff_s: float = 0.5,
-        deadline_s: float = 45.0,
+        deadline_s: float = DEADLINE_S,
         max_backoff_s: float = 2.0,
     ) -> None:
         """`retries` bounds the answers retried (503s, a lost request); `deadline_s` bounds the

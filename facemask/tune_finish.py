@@ -40,6 +40,9 @@ class StudyResult:
     seconds: float
     storage_path: str
     test: dict[str, float] = field(default_factory=dict)
+    # 95% bootstrap intervals of the test scores ([low, high] per metric) and the objects behind them.
+    test_intervals: dict[str, list[float]] = field(default_factory=dict)
+    test_objects: int | None = None
     version: str | None = None
     promoted: bool = False
     promote_reason: str = ""
@@ -52,11 +55,21 @@ def final_training(cfg: TrainConfig) -> TrainResult:
     return train(replace(cfg, device="cpu") if gpus and gpu_as_cpu() else cfg)
 
 
-def test_scores(model_uri: str, data: Path, imgsz: int, device: str, tracking_uri: str) -> dict[str, float]:
-    """The registered model's scores on the test split, inside `on_trial_resources`."""
+SIDES = ("low", "high")  # an interval's bounds, logged as test/<metric>_low and _high
+
+
+def test_scores(model_uri: str, data: Path, imgsz: int, device: str, tracking_uri: str) -> dict[str, Any]:
+    """The registered model's scores on the test split with their bootstrap intervals, inside
+    `on_trial_resources`: {"overall": {metric: value}, "intervals": {metric: [low, high]}, "objects": n}."""
     gpus = check_given_gpus("the study's test-split scoring")
     device = "cpu" if gpus and gpu_as_cpu() else device
-    return evaluate(model_uri, data, imgsz=imgsz, device=device, tracking_uri=tracking_uri).overall
+    scored = evaluate(model_uri, data, imgsz=imgsz, device=device, tracking_uri=tracking_uri)
+    intervals = scored.intervals
+    return {
+        "overall": scored.overall,
+        "intervals": {k: [i.low, i.high] for k, i in intervals.overall.items()} if intervals else {},
+        "objects": sum(intervals.objects.values()) if intervals else None,
+    }
 
 
 def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, tracking_uri: str, data: Path) -> None:
@@ -108,9 +121,11 @@ def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, tra
         }
         result.version = log_and_register(run_id, weights, tags, tracking_uri=tracking_uri, name=cfg.registered_model)
     model_uri = f"models:/{cfg.registered_model}/{result.version}"
-    result.test = on_trial_resources(cfg, test_scores, model_uri, data, cfg.imgsz, cfg.device, tracking_uri)
+    scored = on_trial_resources(cfg, test_scores, model_uri, data, cfg.imgsz, cfg.device, tracking_uri)
+    result.test, result.test_intervals, result.test_objects = scored["overall"], scored["intervals"], scored["objects"]
     on_trial_resources(cfg, calibrate_version, model_uri, data, cfg.imgsz, tracking_uri)
-    parent.log_metrics({f"test/{k}": v for k, v in result.test.items()})
+    bounds = {f"test/{k}_{side}": v for k, pair in result.test_intervals.items() for side, v in zip(SIDES, pair)}
+    parent.log_metrics({f"test/{k}": v for k, v in result.test.items()} | bounds)
     parent.set_tags({"facemask.registered_version": result.version})
     if cfg.promote:
         decision = promote(model_uri, tracking_uri)

@@ -23,7 +23,7 @@ import pytest
 from facemask.lifecycle import stop_process_group
 from facemask.proxy_guard import ENV_PREFIX
 from facemask.runtime import PROXY_ENV, free_port
-from facemask.tracking.server import mlflow_server_command
+from facemask.tracking.server import mlflow_server_command, mlflow_server_env
 
 # The test endpoint's limits: a small max_pending so that the overload test can fill it with a few dozen requests.
 LIMITS = {"max_body_mb": 1.0, "max_pixels": 4_000_000, "max_pending": 6, "body_timeout_s": 2.0}
@@ -117,6 +117,7 @@ class MlflowServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=self.root,
+            env=mlflow_server_env(),
         )
         if wait:
             self.wait()

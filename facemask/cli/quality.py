@@ -247,7 +247,7 @@ def rollback_command(name, alias, as_json):
     default=None,
     help="Per class, the lowest threshold reaching this precision on val (default: the threshold of best F1).",
 )
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default=default(TrainConfig, "device"), show_default=True)
 @click.option("--dry-run", is_flag=True, help="Print the point; do not store it.")
 @JSON_OPTION
 def calibrate_command(model_uri, data, sizes, precision, device, dry_run, as_json):

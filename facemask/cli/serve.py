@@ -15,6 +15,7 @@ from facemask.cli.base import (
     hidden_alias,
     main,
 )
+from facemask.client import DEADLINE_S
 from facemask.errors import ConfigError, EndpointError
 from facemask.runtime import configure_runtime, init_ray
 from facemask.settings import (
@@ -228,7 +229,7 @@ def ingress_note(asked: str, running: str) -> str:
 @click.option(
     "--deadline",
     type=float,
-    default=10.0,
+    default=DEADLINE_S,
     show_default=True,
     help="Seconds to keep retrying a refused or reset connection (an endpoint restarting its proxy).",
 )

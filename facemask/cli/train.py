@@ -225,6 +225,7 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, as_js
         model = f"models:/{cfg.registered_model}" + ("@champion" if result.promoted else f"/{result.version}")
     if as_json:
         keys = ("parent_run_id", "best_trial", "best_val", "best_config", "counts", "trial_epochs", "test")
+        keys += ("test_intervals", "test_objects")
         payload = {"state": "finished", "study": result.storage_path} | {k: getattr(result, k) for k in keys}
         payload |= {"seconds": round(result.seconds, 1), "version": result.version, "model_uri": model}
         payload |= {"promoted": result.promoted, "promote_reason": result.promote_reason}
@@ -236,13 +237,23 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, as_js
     )
 
 
+def test_line(result) -> str:
+    """The study's test scores, each with its interval when it has one."""
+
+    def one(key: str, value: float) -> str:
+        low_high = result.test_intervals.get(key)
+        return f"{key}={value:.4f}" + (f" [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else "")
+
+    return ", ".join(one(k, v) for k, v in result.test.items())
+
+
 def study_table(result) -> str:
     lines = [
         f"study {result.storage_path}  (MLflow parent run {result.parent_run_id})",
         f"  trials: {result.counts['finished']} finished, {result.counts['stopped_early']} stopped early by ASHA, "
         f"{result.counts['failed']} failed; {result.trial_epochs} trial-epochs in {result.seconds:.0f}s",
         f"  best trial {result.best_trial}: val " + ", ".join(f"{k}={v:.4f}" for k, v in result.best_val.items()),
-        "  test (clean split): " + ", ".join(f"{k}={v:.4f}" for k, v in result.test.items()),
+        f"  test (clean split, {result.test_objects} objects, 95% intervals): " + test_line(result),
         f"  registered version {result.version}; "
         + (
             f"promoted to @champion ({result.promote_reason})"

@@ -5,6 +5,8 @@
 #
 #   bash jobs/benchmarks/gpu_figures.sh [--wheels DIR] [SOURCE] [OUT]      (from the repository root)
 #
+# SOURCE  a labelled set (default data/kaggle: what `facemask data fetch --out data/kaggle` downloads);
+# OUT     where the figures and logs go (default /tmp/facemask-gpu).
 # --wheels DIR  wheels of what the machine lacks (Ray, Ultralytics, Optuna, MLflow and their
 #               pure-Python dependencies), installed with `pip --no-index --no-deps` into OUT/site;
 #               the repository itself is used in place (PYTHONPATH), not installed.
@@ -21,10 +23,14 @@
 set -euo pipefail
 WHEELS=""
 if [ "${1:-}" = "--wheels" ]; then WHEELS=$2; shift 2; fi
-SOURCE=$(realpath -m "${1:-../shared/datasets/face-mask-detection}")
+SOURCE=$(realpath -m "${1:-data/kaggle}")
 OUT=$(realpath -m "${2:-/tmp/facemask-gpu}")
 DEVICE=${DEVICE:-0} WEIGHTS=${WEIGHTS:-yolo26n.yaml} EPOCHS=${EPOCHS:-3} IMGSZ=${IMGSZ:-640}
 BATCH=${BATCH:-16} LOAD_SECONDS=${LOAD_SECONDS:-5}
+if [ ! -d "$SOURCE" ]; then
+    echo "no data at $SOURCE: fetch the set first (facemask data fetch --out data/kaggle) or pass its folder" >&2
+    exit 2
+fi
 mkdir -p "$OUT"
 REPO=$(pwd)
 if [ -n "$WHEELS" ]; then

@@ -121,6 +121,11 @@ def test_study_asha_nested_runs_and_crash_retry(tiny_data, tracking, tmp_path, s
     assert result.version == "1" and result.promoted
     assert "test_mAP50-95" in client.get_model_version(name, "1").tags
     assert set(result.test) == {"precision", "recall", "mAP50", "mAP50-95"}
+    # every test score of the study comes with its bootstrap interval, logged on the parent run too
+    assert {"mAP50", "mAP50-95"} <= set(result.test_intervals) and result.test_objects > 0
+    for key, (low, high) in result.test_intervals.items():
+        assert low <= result.test[key] + 1e-9 and result.test[key] <= high + 1e-9, (key, low, high)
+        assert parent.data.metrics[f"test/{key}_low"] == pytest.approx(low)
 
 
 def test_interrupted_study_resumes_without_rerunning(tiny_data, tmp_path, mlflow_server):
