@@ -77,7 +77,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if spent > budget:
             report.outcome = "failed"
             report.longrepr = (
-                f"over the per-test budget: setup and call took {spent:.1f} s, the budget is {budget:.0f} s. "
+                f"over the per-test budget: setup and call took {spent:.1f} s, the budget is {budget:g} s. "
                 "Make it shorter (share a fixture, shorten a wait through the product's settings), or mark it "
                 "@pytest.mark.over_budget(reason=...) saying why it cannot be."
             )
@@ -120,7 +120,7 @@ class SuiteTimes:
         budget = self.config.getoption("suite_budget_s")
         wall = time.monotonic() - self.started
         if budget > 0 and wall > budget:
-            self.over_budget = f"the suite took {wall:.0f} s ({wall / 60:.1f} min), over its budget of {budget:.0f} s"
+            self.over_budget = f"the suite took {wall:.0f} s ({wall / 60:.1f} min), over its budget of {budget:g} s"
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         out = self.config.getoption("times_out")
         if out:
