@@ -19,7 +19,7 @@ its raylet and GCS). The ladder stops at the first N a mode cannot sustain. --so
     python jobs/benchmarks/benchmark_cameras.py [--backends simulated-gpu,pt] [--resolutions 1080p,720p]
         [--streams 4,8,10,12,14,16] [--pt-streams 1,2,4] [--seconds 15] [--bitrate 2M] [--soak-minutes 10] [--out DIR]
 
-The clips are the shared real photos (generated ones without ../shared) scaled to the size,
+The clips are the real photos of data/kaggle (generated ones without it) scaled to the size,
 panning, with sensor-like noise, x264 at --bitrate, no B-frames, a keyframe a second, as IP
 cameras send; their decode costs what a camera's does at that bitrate.
 """

@@ -12,8 +12,8 @@ For each image size (320 and 640), on CPU:
     python jobs/benchmarks/benchmark_live.py [--model-uri PATH.pt] [--frames 60] [--seconds 8]
 
 Without --model-uri it builds an untrained yolo26n with our three classes (YOLO26 has no
-NMS, so its cost does not depend on what it finds). Frames are photos of the shared real
-set (or generated ones) at 640x480.
+NMS, so its cost does not depend on what it finds). Frames are photos of the real set in
+data/kaggle (or generated ones) at 640x480.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from facemask.runtime import free_port, init_ray  # noqa: E402
 
 
 def frames(count: int, folder: Path) -> list[bytes]:
-    """JPEG frames at 640x480: the shared real photos if present, else generated ones."""
+    """JPEG frames at 640x480: the real photos of data/kaggle if present, else generated ones."""
     from PIL import Image
 
     if REAL.is_dir():

@@ -10,7 +10,7 @@ under `ray job submit`). Each row gives the whole process's wall time and the ti
 inside the work itself (model loaded, cluster up), and every run's detections are
 compared with the plain loop's, image by image.
 
-    python jobs/benchmarks/benchmark_predict.py [--images ../shared/datasets/face-mask-detection/images]
+    python jobs/benchmarks/benchmark_predict.py [--images data/kaggle/images]
         [--model-uri PATH.pt|models:/...] [--imgsz 640] [--conf 0.01] [--batch-size 8]
 
 Without --model-uri it builds an untrained yolo26n with our three classes (YOLO26 has no
@@ -32,7 +32,7 @@ from benchmark_prepare import ray_head
 from benchmark_serve import untrained_weights
 
 ROOT = Path(__file__).resolve().parents[2]
-REAL = ROOT.parent / "shared" / "datasets" / "face-mask-detection" / "images"
+REAL = ROOT / "data" / "kaggle" / "images"  # the set `facemask data fetch --out data/kaggle` downloads
 
 PLAIN = r"""
 import json, sys, time

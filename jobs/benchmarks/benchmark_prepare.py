@@ -5,14 +5,14 @@ Ray cluster's start and stop included), with the engines alternating so that nei
 gets the warmer page cache. A fourth column, `cluster`, runs `--engine auto` against a
 Ray head this benchmark started beforehand (`ray start --head` on loopback, token auth),
 as under `ray job submit`: no cluster to start, and Ray Data's actors stay up between runs.
-The inputs are the shared real set and copies of it scaled 4x and 10x (each copy's files
+The inputs are the real set (data/kaggle) and copies of it scaled 4x and 10x (each copy's files
 renamed, their XML pointing at the new names). Per run:
 wall seconds of the whole process; the parse and write stage seconds inside prepare;
 peak memory as the PSS of the whole process tree (driver, Ray's services and workers),
 sampled every 0.5 s (for `cluster`, the client process alone). It then checks the targets
 and that all engines wrote the same bytes.
 
-    python jobs/benchmarks/benchmark_prepare.py [--source ../shared/datasets/face-mask-detection] \
+    python jobs/benchmarks/benchmark_prepare.py [--source data/kaggle] \
         [--scales 1,4,10] [--repeats 3]
 
 Run `facemask -v data prepare --engine ray ...` with FACEMASK_DEBUG=1 to see Ray Data's
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SOURCE = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
+DEFAULT_SOURCE = ROOT / "data" / "kaggle"  # what `facemask data fetch --out data/kaggle` downloads
 ENGINES = ("local", "ray", "auto", "cluster")
 STAGES = re.compile(r"engine (\w+); parse ([\d.]+)s, write ([\d.]+)s")
 

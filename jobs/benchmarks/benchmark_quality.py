@@ -17,7 +17,7 @@ Variants (`--variants`, comma-separated):
     imgsz       a larger image (`--large-imgsz`) at the baseline's wall-clock
     tuned       the best trial of a small `facemask tune` study on the same data, trained as long as the baseline
 
-    python jobs/benchmarks/benchmark_quality.py [--source ../shared/datasets/face-mask-detection] \
+    python jobs/benchmarks/benchmark_quality.py [--source data/kaggle] \
         [--epochs 10] [--seeds 0,1]
 
 The test split is 25% of the images here (the product's default is 10%): 68 test images
@@ -44,7 +44,7 @@ from facemask.classes import CLASS_NAMES  # noqa: E402
 from facemask.runtime import configure_runtime  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SOURCE = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
+DEFAULT_SOURCE = ROOT / "data" / "kaggle"  # what `facemask data fetch --out data/kaggle` downloads
 ALL_VARIANTS = ("originals", "copy_paste", "repeat", "cls_pw", "imgsz", "tuned")
 RARE = ("without_mask", "mask_weared_incorrect")
 

@@ -11,7 +11,7 @@ Only the options named by --serve-args are added to `facemask serve`: its defaul
 
 Backends: simulated-gpu (facemask.simulated_gpu: an H100's batch latency, no CPU; what the
 HTTP path costs when the model is not competing for the cores), and pt / onnx (the real
-model on this machine's CPU). Payloads: the shared real photos (mixed sizes, about 400x300),
+model on this machine's CPU). Payloads: the real photos of data/kaggle (mixed sizes, about 400x300),
 and one 1920x1080 JPEG.
 
 The load is wrk (C, one thread, a Lua script that rotates the bodies and reads each answer's
@@ -50,7 +50,7 @@ from fastapi.responses import Response
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 ROOT = Path(__file__).resolve().parents[2]
-REAL = ROOT.parent / "shared" / "datasets" / "face-mask-detection" / "images"
+REAL = ROOT / "data" / "kaggle" / "images"  # the set `facemask data fetch --out data/kaggle` downloads
 SIMULATED = "simulated-gpu"
 # What each server process is, from its command line; the first match wins.
 ROLES = (

@@ -11,7 +11,7 @@ count as `train --ray-workers N` with the cores split between the workers (one t
 thread each on 2 cores). It reports seconds per epoch, training images per second and
 val mAP50-95 after the same epochs. On a GPU cluster, add `--gpus-per-worker 1`.
 
-    python jobs/benchmarks/benchmark_train.py [--source ../shared/datasets/face-mask-detection] [--epochs 2]
+    python jobs/benchmarks/benchmark_train.py [--source data/kaggle] [--epochs 2]
     python jobs/benchmarks/benchmark_train.py --ray-workers 1,2 --epochs 4 [--gpus-per-worker 1]
 """
 
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SOURCE = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
+DEFAULT_SOURCE = ROOT / "data" / "kaggle"  # what `facemask data fetch --out data/kaggle` downloads
 
 CHILD = r"""
 import json, os, resource, sys, time

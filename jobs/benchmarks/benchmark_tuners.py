@@ -27,7 +27,7 @@ error of per-image people counts per class.
 Everything is logged to MLflow under one parent run (the study's runs and each Ultralytics
 iteration as children of it).
 
-    python jobs/benchmarks/benchmark_tuners.py [--source ../shared/datasets/face-mask-detection] \
+    python jobs/benchmarks/benchmark_tuners.py [--source data/kaggle] \
         [--budget-min 15] [--retrain-epochs 6] [--seeds 0,1]
     python jobs/benchmarks/benchmark_tuners.py --synth 60 --budget-min 0.5 ...   # generated data, a smoke run
 """
@@ -57,7 +57,7 @@ from facemask.classes import CLASS_NAMES  # noqa: E402
 from facemask.runtime import configure_runtime  # noqa: E402
 
 ROOT = HERE.parents[1]
-DEFAULT_SOURCE = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
+DEFAULT_SOURCE = ROOT / "data" / "kaggle"  # what `facemask data fetch --out data/kaggle` downloads
 SEARCHES = ("a", "b", "c", "d")
 NAMES = {
     "a": "facemask tune",
