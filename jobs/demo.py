@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from facemask.cli import study_table  # noqa: E402
-from facemask.runtime import configure_runtime, free_port, init_ray  # noqa: E402
-from facemask.settings import ServeConfig  # noqa: E402
+from facemask.core.runtime import configure_runtime, free_port, init_ray  # noqa: E402
+from facemask.core.settings import ServeConfig  # noqa: E402
 
 
 def main() -> None:
@@ -54,10 +54,10 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow.db'}")
     configure_runtime()
     logging.basicConfig(level=logging.WARNING)
-    from facemask.pipeline import PrepareConfig, prepare
-    from facemask.synth import synthesize
+    from facemask.data.pipeline import PrepareConfig, prepare
+    from facemask.data.synth import synthesize
     from facemask.tracking import default_tracking_uri
-    from facemask.tune import StudyConfig, tune
+    from facemask.training.tune import StudyConfig, tune
 
     tracking_uri = default_tracking_uri()
 
@@ -137,8 +137,8 @@ def main() -> None:
 def serve_and_query(model_uri: str, tracking_uri: str, test_images: Path, port: int, imgsz: int) -> tuple[str, str]:
     """Start Serve with the model and send one held-out test image over HTTP: (URL, the answer as text)."""
     from facemask.cli import detections_table
-    from facemask.client import Client
     from facemask.serving import AppArgs
+    from facemask.serving.client import Client
     from facemask.serving.lifecycle import start_serving
 
     args = AppArgs(

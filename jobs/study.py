@@ -38,7 +38,7 @@ def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
 
 if __name__ == "__main__":
     prepare, tune = split_arguments(sys.argv[1:])
-    # Loaded before Ray starts: once ray.init() has run, importing torch can abort (facemask.runtime.init_ray).
+    # Loaded before Ray starts: once ray.init() has run, importing torch can abort (facemask.core.runtime.init_ray).
     import torch  # noqa: F401
 
     try:

@@ -70,7 +70,7 @@ def real_source() -> Path:
 
 @pytest.fixture(scope="session")
 def synth_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from facemask.synth import synthesize
+    from facemask.data.synth import synthesize
 
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, images=36, seed=7)
@@ -117,7 +117,7 @@ def tracking(mlflow_server, monkeypatch, request):
 @pytest.fixture(scope="session")
 def tiny_data(synth_source, tmp_path_factory) -> Path:
     """A prepared YOLO dataset from the session's synthesised images: data.yaml path."""
-    from facemask.pipeline import PrepareConfig, prepare
+    from facemask.data.pipeline import PrepareConfig, prepare
 
     out = tmp_path_factory.mktemp("tiny-yolo")
     return prepare(PrepareConfig(source=synth_source, out=out, engine="local", plots=False)).data_yaml
@@ -130,7 +130,7 @@ def registered_detector(tiny_data, mlflow_server, tmp_path_factory) -> dict:
     Untrained enough that its scores are tiny, so tests that need boxes ask for conf=0.
     """
     from facemask.tracking import log_and_register, set_alias
-    from facemask.train import train
+    from facemask.training.train import train
 
     name = "serve-test-detector"
     with pytest.MonkeyPatch.context() as mp:

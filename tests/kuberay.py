@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from facemask.runtime import free_port
+from facemask.core.runtime import free_port
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "kubernetes"
 # The Secret's values for a test: its placeholders replaced, as a user must.

@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import pytest
 
-from facemask.lifecycle import stop_process_group
-from facemask.proxy_guard import ENV_PREFIX
-from facemask.runtime import PROXY_ENV, free_port
+from facemask.core.lifecycle import stop_process_group
+from facemask.core.runtime import PROXY_ENV, free_port
+from facemask.serving.proxy_guard import ENV_PREFIX
 from facemask.tracking.server import mlflow_server_command, mlflow_server_env
 
 # The test endpoint's limits: a small max_pending so that the overload test can fill it with a few dozen requests.
@@ -38,7 +38,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def tiny_training(data: Path, project: Path, **options):
     """The TrainConfig of the smallest real training: yolo26n from its yaml at 160, batch 8, 1 epoch, CPU, no plots,
     tracked in the store the test's environment names (the `tracking` fixture's server)."""
-    from facemask.settings import TrainConfig
+    from facemask.core.settings import TrainConfig
     from facemask.tracking import default_tracking_uri
 
     base = {"model": "yolo26n.yaml", "epochs": 1, "imgsz": 160, "batch": 8, "device": "cpu", "workers": 0}

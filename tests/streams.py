@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facemask.runtime import free_port
+from facemask.core.runtime import free_port
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_SCRIPT = Path(__file__).with_name("rtsp_server.py")
@@ -40,7 +40,7 @@ def rtsp_missing() -> str | None:
 
 def scene_frames(width: int, height: int, count: int, seed: int = 0):
     """`count` RGB frames: generated photos, each shown for 5 s at 15 fps while the view pans across it."""
-    from facemask.synth import synth_image
+    from facemask.data.synth import synth_image
 
     rng = random.Random(seed)
     photos = [np.asarray(synth_image(rng)[0].convert("RGB").resize((width, height))) for _ in range(4)]

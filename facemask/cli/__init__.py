@@ -1,6 +1,6 @@
 """The `facemask` command. Each command parses, sets up global state, calls one core function.
 
-Every option's default comes from the stage's config dataclass in `facemask.settings`.
+Every option's default comes from the stage's config dataclass in `facemask.core.settings`.
 A stage module is imported inside its command: the stages pull in numpy, Pillow, Ray and
 Ultralytics, and `facemask --help` must stay fast. A `FacemaskError` (a mistake the user can
 fix) prints one line and exits 2; anything else is a bug and says so. Every command that

@@ -1,7 +1,7 @@
 """The `facemask` group and what every command shares: exit codes, --json, former option names,
 the stop line, the results footer, options whose defaults are the config dataclasses'.
 
-Every option's default comes from the stage's config dataclass in `facemask.settings`.
+Every option's default comes from the stage's config dataclass in `facemask.core.settings`.
 A stage module is imported inside its command: the stages pull in numpy, Pillow, Ray and
 Ultralytics, and `facemask --help` must stay fast (under 150 ms). A `FacemaskError` (a
 mistake the user can fix) prints one line and exits 2; anything else is a bug and says so.
@@ -21,15 +21,15 @@ from pathlib import Path
 import click
 
 from facemask import __version__
-from facemask.errors import FacemaskError, StudyInterrupted
-from facemask.lifecycle import (
+from facemask.core.errors import FacemaskError, StudyInterrupted
+from facemask.core.lifecycle import (
     at_forced_stop,
     handle_stop_signals,
     stop_exit_code,
     stop_signal,
     stopped_meanwhile,
 )
-from facemask.settings import (
+from facemask.core.settings import (
     default,
 )
 

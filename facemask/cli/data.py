@@ -16,9 +16,9 @@ from facemask.cli.base import (
     main,
     results_footer,
 )
-from facemask.errors import ConfigError
-from facemask.runtime import init_ray
-from facemask.settings import (
+from facemask.core.errors import ConfigError
+from facemask.core.runtime import init_ray
+from facemask.core.settings import (
     SOURCE_FORMATS,
     AugmentConfig,
     PrepareConfig,
@@ -41,7 +41,7 @@ def data() -> None:
 @JSON_OPTION
 def data_synth(out: Path, images: int, seed: int, as_json: bool) -> None:
     """Generate a procedural face-mask dataset in the Kaggle VOC layout."""
-    from facemask.synth import synthesize
+    from facemask.data.synth import synthesize
 
     counts = synthesize(out, images=images, seed=seed)
     text = f"wrote {images} images to {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items())
@@ -123,7 +123,7 @@ def source_reading(fn):
 
 
 def read_config(source_format: str, class_map: str, drop_unknown: bool) -> ReadConfig:
-    from facemask.sources import parse_class_map
+    from facemask.data.sources import parse_class_map
 
     pairs = tuple(parse_class_map(class_map).items())
     return ReadConfig(format=source_format, class_map=pairs, drop_unknown=drop_unknown).validate()
@@ -190,7 +190,7 @@ def read_config(source_format: str, class_map: str, drop_unknown: bool) -> ReadC
 @JSON_OPTION
 def data_prepare(source, out, split_, synthetic_classes, pastes, no_plots, as_json, **kw):
     """Read VOC, YOLO or COCO, split stratified, copy-paste on train only, write YOLO data.yaml + manifest.json."""
-    from facemask.pipeline import choose_engine, prepare
+    from facemask.data.pipeline import choose_engine, prepare
 
     # The options named as AugmentConfig's fields; the rest of `kw` are PrepareConfig's.
     augment = {name: kw.pop(name) for name in ("balance_ratio", "pastes_per_image", "blend")}

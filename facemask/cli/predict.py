@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from facemask.cli.base import JSON_OPTION, config_options, emit, hidden_alias, main, results_footer
-from facemask.runtime import configure_runtime, init_ray
-from facemask.settings import (
+from facemask.core.runtime import configure_runtime, init_ray
+from facemask.core.settings import (
     PredictConfig,
     TrainConfig,
     default,
@@ -35,7 +35,7 @@ from facemask.settings import (
 def export_command(model_uri, fmt, imgsz, opset, out, as_json):
     """Export to ONNX and log it beside the .pt (serve it with --backend onnx)."""
     configure_runtime()
-    from facemask.export import export_onnx
+    from facemask.detection.export import export_onnx
     from facemask.tracking import default_tracking_uri
 
     result = export_onnx(model_uri, imgsz=imgsz, opset=opset, out=out, tracking_uri=default_tracking_uri())
@@ -93,10 +93,10 @@ def predict_command(source, out, as_json, **kw):
     source = source if is_stream(source) else Path(source)
     cfg = PredictConfig(source=source, out=out, tracking_uri=default_tracking_uri(), **kw).validate()
     if is_stream(source):
-        from facemask.live.streams import predict_stream as predict
+        from facemask.video.streams import predict_stream as predict
     else:
-        from facemask.batch_predict import predict
-        from facemask.runtime import cluster_connected
+        from facemask.core.runtime import cluster_connected
+        from facemask.video.batch import predict
 
         if cfg.engine == "auto":
             ray_pays = cluster_connected() or (os.cpu_count() or 1) > 1  # docs/performance.md, batch inference

@@ -19,10 +19,10 @@ from facemask.cli.base import (
     results_footer,
 )
 from facemask.cli.data import read_config, source_reading
-from facemask.errors import ConfigError
-from facemask.modelref import REGISTERED_MODEL
-from facemask.runtime import configure_runtime
-from facemask.settings import (
+from facemask.core.errors import ConfigError
+from facemask.core.modelref import REGISTERED_MODEL
+from facemask.core.runtime import configure_runtime
+from facemask.core.settings import (
     TrainConfig,
     default,
 )
@@ -59,7 +59,7 @@ def evaluate_command(model_uri, data, split, imgsz, batch, device, resamples, se
     """Measure a model on the clean test split, with 95% bootstrap intervals over its images;
     log it to the model's run and version."""
     configure_runtime()
-    from facemask.evaluate import evaluate
+    from facemask.quality.evaluate import evaluate
     from facemask.tracking import default_tracking_uri
 
     if resamples < 100:
@@ -118,7 +118,7 @@ def compare_command(model_a, model_b, data, split, imgsz, device, resamples, lev
     bootstrap intervals. MODEL_A and MODEL_B are model URIs or .pt files. With --exit-code,
     exits 3 when the overall mAP50-95 difference is not distinguishable from 0."""
     configure_runtime()
-    from facemask.evaluate import compare, difference_table
+    from facemask.quality.evaluate import compare, difference_table
     from facemask.tracking import default_tracking_uri
 
     if not 0 < level < 1:
@@ -170,12 +170,12 @@ def promote_command(model_uri, alias, level, force, canary, as_json, exit_code):
     `facemask rollback`; endpoints serving the alias follow within their refresh_s. With
     --exit-code, exits 3 when the alias stays where it was."""
     configure_runtime()
-    from facemask.promotion import promote
+    from facemask.quality.promotion import promote
     from facemask.tracking import default_tracking_uri
 
     decision = promote(model_uri, default_tracking_uri(), alias=alias, force=force, confidence=level, canary=canary)
     if decision.promoted and canary is not None:
-        from facemask.rollout import challenger_alias
+        from facemask.quality.rollout import challenger_alias
 
         text = (
             f"version {decision.candidate} takes {canary:g}% of @{alias}'s traffic as @{challenger_alias(alias)}, "
@@ -213,7 +213,7 @@ def rollback_command(name, alias, as_json):
     """Undo the last rollout step of an alias: end a running canary, else give the alias back to
     the version that held it before the last `promote`. Endpoints follow within their refresh_s."""
     configure_runtime()
-    from facemask.rollout import rollback
+    from facemask.quality.rollout import rollback
     from facemask.tracking import default_tracking_uri
 
     done = rollback(name, alias, default_tracking_uri())
@@ -255,7 +255,7 @@ def calibrate_command(model_uri, data, sizes, precision, device, dry_run, as_jso
     store it with the version: `predict`, Serve, /live and the page answer at it unless a request
     gives conf or imgsz."""
     configure_runtime()
-    from facemask.calibrate import calibrate, store
+    from facemask.quality.calibrate import calibrate, store
     from facemask.tracking import default_tracking_uri
 
     try:
@@ -299,7 +299,7 @@ def ensemble_command(members, data, imgsz, weights, fusion_iou, name, resamples,
     answer is the weighted-box fusion of theirs; it is scored on the test split against each member
     (paired) and calibrated on val. Serve it like any version; it costs one model call per member."""
     configure_runtime()
-    from facemask.ensemble import register_ensemble
+    from facemask.quality.ensemble import register_ensemble
     from facemask.tracking import default_tracking_uri
 
     try:

@@ -15,12 +15,12 @@ from facemask.cli.base import (
     hidden_alias,
     main,
 )
-from facemask.client import DEADLINE_S
-from facemask.errors import ConfigError, EndpointError
-from facemask.runtime import configure_runtime, init_ray
-from facemask.settings import (
+from facemask.core.errors import ConfigError, EndpointError
+from facemask.core.runtime import configure_runtime, init_ray
+from facemask.core.settings import (
     ServeConfig,
 )
+from facemask.serving.client import DEADLINE_S
 
 
 @main.command("serve")
@@ -118,14 +118,14 @@ def serve_command(
     if print_node_env:
         import shlex
 
-        from facemask.runtime import node_env
+        from facemask.core.runtime import node_env
 
         click.echo("".join(f"export {k}={shlex.quote(v)}\n" for k, v in node_env(ingress).items()), nl=False)
         return
     configure_runtime()
-    from facemask.detector import resolve_model
-    from facemask.simulated_gpu import NAME as SIMULATED
-    from facemask.simulated_gpu import parse_latency
+    from facemask.detection.detector import resolve_model
+    from facemask.serving.simulated_gpu import NAME as SIMULATED
+    from facemask.serving.simulated_gpu import parse_latency
     from facemask.tracking import default_tracking_uri
 
     # Fail here, in one line, rather than in a replica's retries.
@@ -146,7 +146,7 @@ def serve_command(
     except ValueError as exc:  # pydantic's ValidationError: an option out of range
         raise ConfigError(str(exc)) from None
     init_ray(serving=True, ingress=ingress)
-    from facemask.runtime import node_ingress
+    from facemask.core.runtime import node_ingress
     from facemask.serving.lifecycle import serve_until_stopped
 
     running = node_ingress()
@@ -157,7 +157,7 @@ def serve_command(
 
 def announcement(url: str, model_uri: str, backend: str, ingress: str) -> str:
     """What `facemask serve` prints once it serves: where, and where Prometheus scrapes it."""
-    from facemask.runtime import metrics_endpoints
+    from facemask.core.runtime import metrics_endpoints
 
     scrape = ", ".join(metrics_endpoints(ingress))
     return (
@@ -240,7 +240,7 @@ def query_command(image, url, model_id, conf, iou, imgsz, max_det, save, deadlin
 
     Exits 2 when the endpoint refuses the request (4xx: the image, a parameter, the key) and
     1 when it fails or none answers."""
-    from facemask.client import Client
+    from facemask.serving.client import Client
 
     client = Client(url, deadline_s=deadline)
     params = {"conf": conf, "iou": iou, "imgsz": imgsz, "max_det": max_det}

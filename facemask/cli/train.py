@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from facemask.cli.base import JSON_OPTION, config_options, emit, hidden_alias, main, results_footer
-from facemask.runtime import configure_runtime, init_ray
-from facemask.settings import (
+from facemask.core.runtime import configure_runtime, init_ray
+from facemask.core.settings import (
     DistributedConfig,
     StudyConfig,
     TrainConfig,
@@ -80,13 +80,13 @@ def train_command(data, overrides, ray_workers, gpus_per_worker, cpus_per_worker
     `facemask evaluate` gives the test split's, with intervals."""
     configure_runtime()
     from facemask.tracking import default_tracking_uri
-    from facemask.train import train
+    from facemask.training.train import train
 
     cfg = TrainConfig(data=data, overrides=_parse_overrides(overrides), tracking_uri=default_tracking_uri(), **kw)
     # The fields in their order, each option named as its field.
     ray_cfg = DistributedConfig(ray_workers, gpus_per_worker, cpus_per_worker, storage, max_failures)
     if ray_cfg.workers > 1:
-        from facemask.distributed import check_distributed, train_distributed
+        from facemask.training.distributed import check_distributed, train_distributed
 
         check_distributed(cfg, ray_cfg)
         init_ray()
@@ -195,9 +195,9 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, as_js
     The best trial's val scores are the selection's (no interval); its test scores have their
     intervals in `facemask evaluate`."""
     from facemask.tracking import default_tracking_uri
-    from facemask.train import resolve_model_source
-    from facemask.tune import saved_study, tune
-    from facemask.tune_resources import check_trial_shape
+    from facemask.training.resources import check_trial_shape
+    from facemask.training.train import resolve_model_source
+    from facemask.training.tune import saved_study, tune
 
     kw["tracking_uri"] = default_tracking_uri()
     # What can be refused without a cluster is refused before one starts.

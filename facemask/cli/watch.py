@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from facemask.cli.base import JSON_OPTION, config_options, emit, main, results_footer, stop_summary
-from facemask.lifecycle import stop_exit_code
-from facemask.runtime import configure_runtime, init_ray
-from facemask.settings import WatchConfig
+from facemask.core.lifecycle import stop_exit_code
+from facemask.core.runtime import configure_runtime, init_ray
+from facemask.core.settings import WatchConfig
 
 
 @main.command("watch")
@@ -65,7 +65,7 @@ def watch_command(cameras, out, fast_decode, no_page, open_api_on_loopback, as_j
     (with FACEMASK_API_KEY set, or --open-api-on-loopback)."""
     configure_runtime()
     from facemask.tracking import default_tracking_uri
-    from facemask.watch.cameras import check_sources, load_cameras
+    from facemask.video.watch.cameras import check_sources, load_cameras
 
     cfg = WatchConfig(
         cameras=cameras,
@@ -95,25 +95,25 @@ def watch_command(cameras, out, fast_decode, no_page, open_api_on_loopback, as_j
 
 def watch_api_key() -> str | None:
     """FACEMASK_API_KEY as the endpoint checks it: a placeholder or a short key is refused."""
-    from facemask.request_checks import checked_api_key
+    from facemask.serving.request_checks import checked_api_key
 
     return checked_api_key(os.environ.get("FACEMASK_API_KEY"), False, "the watch's environment")
 
 
 def page_access(cfg: WatchConfig, api_key: str | None):
     """Who the control API answers, and what a camera added over it may be."""
-    from facemask.watch.page import Access
-    from facemask.watch.urls import parse_hosts, parse_sources
+    from facemask.video.watch.page import Access
+    from facemask.video.watch.urls import parse_hosts, parse_sources
 
     return Access(api_key, cfg.open_api_on_loopback, parse_sources(cfg.api_sources), parse_hosts(cfg.api_hosts))
 
 
 def run_watch(cfg: WatchConfig, page: bool = True, access=None):
     """The watch with its page (when asked) and metrics; returns when stopped or out of time."""
-    from facemask.runtime import metrics_endpoints
-    from facemask.watch.metrics import WatchMetrics
-    from facemask.watch.page import WatchPage
-    from facemask.watch.runner import Watch
+    from facemask.core.runtime import metrics_endpoints
+    from facemask.video.watch.metrics import WatchMetrics
+    from facemask.video.watch.page import WatchPage
+    from facemask.video.watch.runner import Watch
 
     watch = Watch(cfg, metrics=WatchMetrics())
     click.echo(f"metrics for Prometheus: {', '.join(metrics_endpoints('none'))}  (docs/operating.md)", err=True)

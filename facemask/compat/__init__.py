@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from facemask.errors import FacemaskError
+from facemask.core.errors import FacemaskError
 
 
 class IncompatibleDependencyError(FacemaskError, ImportError):

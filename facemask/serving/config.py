@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
-from facemask.settings import ServeConfig
+from facemask.core.settings import ServeConfig
 
 
 class _Strict(BaseModel):

@@ -15,19 +15,19 @@ from fastapi import Depends, Request, WebSocket
 from fastapi.responses import HTMLResponse, Response
 from ray import serve
 
-from facemask.api_schema import ERRORS, MULTIPLEX_HEADER, ModelInfoResponse, ModelsResponse, PredictResponse
-from facemask.classes import CLASS_NAMES
-from facemask.detector import load_detector
-from facemask.live.session import LiveStreams
-from facemask.request_checks import checked_api_key, image_bytes, inference_query
-from facemask.runtime import SERVE_ENV, check_given_gpus, resolve_device
+from facemask.core.classes import CLASS_NAMES
+from facemask.core.runtime import SERVE_ENV, check_given_gpus, resolve_device
+from facemask.detection.detector import load_detector
+from facemask.serving.api_schema import ERRORS, MULTIPLEX_HEADER, ModelInfoResponse, ModelsResponse, PredictResponse
 from facemask.serving.config import AppArgs
 from facemask.serving.http import annotated_jpeg, api, bearer_token, check_key, page_html, predict_openapi, require_key
 from facemask.serving.inference import Inference
+from facemask.serving.live.session import LiveStreams
 from facemask.serving.metrics import version_label
 from facemask.serving.models import Models
-from facemask.simulated_gpu import NAME as SIMULATED
-from facemask.simulated_gpu import SimulatedGPU, parse_latency
+from facemask.serving.request_checks import checked_api_key, image_bytes, inference_query
+from facemask.serving.simulated_gpu import NAME as SIMULATED
+from facemask.serving.simulated_gpu import SimulatedGPU, parse_latency
 from facemask.tracking import default_tracking_uri, set_process_store
 
 log = logging.getLogger("facemask.serving")
@@ -154,7 +154,7 @@ class FacemaskServer:
 
     @api.websocket("/live")
     async def live(self, ws: WebSocket) -> None:
-        """A live stream of frames and settings over a WebSocket; see `facemask.live.session`."""
+        """A live stream of frames and settings over a WebSocket; see `facemask.serving.live.session`."""
         await self.live_streams.serve(ws)
 
     @api.get("/live/streams", responses=ERRORS, summary="Open live streams and the trackers still in memory")

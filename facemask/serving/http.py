@@ -12,11 +12,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facemask import __version__
-from facemask.api_schema import IMAGE_BODY, MULTIPLEX_HEADER, APIError
-from facemask.drawing import draw_boxes, web_page
-from facemask.request_checks import key_matches
+from facemask.core.settings import INFERENCE, INFERENCE_BOUNDS
+from facemask.data.drawing import draw_boxes, web_page
+from facemask.serving.api_schema import IMAGE_BODY, MULTIPLEX_HEADER, APIError
 from facemask.serving.metrics import RequestMetrics
-from facemask.settings import INFERENCE, INFERENCE_BOUNDS
+from facemask.serving.request_checks import key_matches
 
 api = FastAPI(
     title="facemask",

@@ -10,11 +10,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from facemask.api_schema import APIError
-from facemask.batching import Batcher
-from facemask.classes import class_counts
-from facemask.request_checks import PixelBudget, decode_cost, decode_for_model, inspect_image, release_memory
+from facemask.core.classes import class_counts
+from facemask.serving.api_schema import APIError
+from facemask.serving.batching import Batcher
 from facemask.serving.metrics import replica_metrics
+from facemask.serving.request_checks import PixelBudget, decode_cost, decode_for_model, inspect_image, release_memory
 
 # After a request this large, the replica hands freed memory back to the OS.
 LARGE_IMAGE_PIXELS = 4_000_000

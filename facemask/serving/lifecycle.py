@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from facemask.lifecycle import end_processes, note_processes
+from facemask.core.lifecycle import end_processes, note_processes
 
 
 def wait_for_stop() -> None:

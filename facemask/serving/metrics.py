@@ -15,7 +15,7 @@ calls; docs/operating.md says what a dashboard sees).
 
 from __future__ import annotations
 
-from facemask.classes import CLASS_NAMES
+from facemask.core.classes import CLASS_NAMES
 
 NAN = float("nan")
 
@@ -100,7 +100,7 @@ class ReplicaMetrics:
 
 class LiveGauges:
     """People by mask state and the share masked, per stream: a /live stream's, or a watched
-    camera's (`facemask.watch.metrics`), under the same names so one query covers both."""
+    camera's (`facemask.video.watch.metrics`), under the same names so one query covers both."""
 
     def __init__(self) -> None:
         from ray.util.metrics import Gauge

@@ -11,13 +11,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from facemask.api_schema import MULTIPLEX_HEADER, APIError
-from facemask.detector import load_detector
-from facemask.errors import ModelNotFoundError, TrackingUnavailableError
-from facemask.modelref import model_uri_for, parse_models_uri
-from facemask.request_checks import check_model_id
-from facemask.rollout import Traffic, traffic
-from facemask.simulated_gpu import NAME as SIMULATED
+from facemask.core.errors import ModelNotFoundError, TrackingUnavailableError
+from facemask.core.modelref import model_uri_for, parse_models_uri
+from facemask.detection.detector import load_detector
+from facemask.quality.rollout import Traffic, traffic
+from facemask.serving.api_schema import MULTIPLEX_HEADER, APIError
+from facemask.serving.request_checks import check_model_id
+from facemask.serving.simulated_gpu import NAME as SIMULATED
 from facemask.tracking import list_versions, model_version
 
 log = logging.getLogger("facemask.serving")

@@ -1,6 +1,6 @@
 """The MLflow model registry: register a version, look one up, download its weights, move aliases.
 
-Model URIs and `ModelInfo` are defined in `facemask.modelref`; this module only talks to MLflow.
+Model URIs and `ModelInfo` are defined in `facemask.core.modelref`; this module only talks to MLflow.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from facemask import __version__
-from facemask.errors import ModelNotFoundError, TrackingUnavailableError
-from facemask.modelref import (
+from facemask.core.errors import ModelNotFoundError, TrackingUnavailableError
+from facemask.core.modelref import (
     ENSEMBLE_FILE,
     ONNX_TAG,
     OPERATING_POINT_TAG,
@@ -23,7 +23,7 @@ from facemask.modelref import (
 from facemask.tracking.runs import client, using_tracking_uri
 
 # The pyfunc wrapper logged with every version (MLflow's models-from-code).
-PYFUNC_MODULE = Path(__file__).resolve().parent.parent / "mlflow_model.py"
+PYFUNC_MODULE = Path(__file__).resolve().parents[1] / "detection" / "pyfunc.py"
 
 
 def log_and_register(

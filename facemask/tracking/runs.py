@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
 
-from facemask.runtime import ensure_dir, results_base
+from facemask.core.runtime import ensure_dir, results_base
 
 log = logging.getLogger("facemask.tracking")
 

@@ -11,9 +11,9 @@ import time
 import urllib.request
 from typing import Any, Iterator
 
-from facemask.errors import ConfigError
-from facemask.lifecycle import die_with_parent, stop_process_group
-from facemask.runtime import free_port
+from facemask.core.errors import ConfigError
+from facemask.core.lifecycle import die_with_parent, stop_process_group
+from facemask.core.runtime import free_port
 from facemask.tracking.runs import artifact_root, ensure_store, sqlite_path
 
 log = logging.getLogger("facemask.tracking")

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark_serve import REAL, untrained_weights  # noqa: E402
 
-from facemask.settings import WatchConfig  # noqa: E402
+from facemask.core.settings import WatchConfig  # noqa: E402
 
 SIZES = {"1080p": (1920, 1080), "720p": (1280, 720)}
 SUSTAINED = 0.95
@@ -68,7 +68,7 @@ def make_clips(folder: Path, size: str, fps: int, bitrate: str, count: int = 4) 
 
 
 def synth_photos(folder: Path, count: int) -> list[Path]:
-    from facemask.synth import synthesize
+    from facemask.data.synth import synthesize
 
     synthesize(folder / "synth", images=count, seed=5)
     return sorted((folder / "synth" / "images").iterdir())[:count]
@@ -86,14 +86,14 @@ def cpu_of(pid: int) -> float:
 
 def ray_pids(exclude: set[int]) -> list[int]:
     """Ray's own processes below this one (raylet, GCS, idle workers), less `exclude`."""
-    from facemask.lifecycle import descendants
+    from facemask.core.lifecycle import descendants
 
     return [p for p in descendants() if p not in exclude]
 
 
 def watch_step(cfg: WatchConfig, clips: list[Path], streams: int, warmup: float, seconds: float) -> dict:
     """`facemask watch`'s runner on `streams` cameras; counters from the end of `warmup` to its end."""
-    from facemask.watch.runner import Watch
+    from facemask.video.watch.runner import Watch
 
     listing = cfg.out / "cameras.yaml"
     cameras = [{"id": f"cam{i:02d}", "url": str(clips[i % len(clips)]), "fps": FPS} for i in range(streams)]
@@ -180,10 +180,10 @@ def figures(streams: int, seconds: float, processed: int, latencies: list[float]
 
 def plain_step(model, clips: list[Path], streams: int, warmup: float, seconds: float, imgsz: int) -> dict:
     """One process: a reader thread per camera, each newest frame to the model on its own, then tracked."""
-    from facemask.live.tracker import TRACK_CONF
-    from facemask.watch.cameras import Camera
-    from facemask.watch.compliance import CameraCompliance
-    from facemask.watch.reader import CameraReader
+    from facemask.serving.live.tracker import TRACK_CONF
+    from facemask.video.watch.cameras import Camera
+    from facemask.video.watch.compliance import CameraCompliance
+    from facemask.video.watch.reader import CameraReader
 
     readers = [CameraReader(Camera(f"cam{i:02d}", str(clips[i % len(clips)]), FPS), imgsz) for i in range(streams)]
     trackers = [CameraCompliance(r.camera.id, 60.0, 1, FPS, 0.25) for r in readers]
@@ -233,8 +233,8 @@ def soak(cfg: WatchConfig, clips: list[Path], streams: int, minutes: float) -> d
     """`streams` cameras for `minutes`: the memory (USS) of all processes every 10 s."""
     import psutil
 
-    from facemask.lifecycle import descendants
-    from facemask.watch.runner import Watch
+    from facemask.core.lifecycle import descendants
+    from facemask.video.watch.runner import Watch
 
     listing = cfg.out / "soak.yaml"
     cameras = [{"id": f"cam{i:02d}", "url": str(clips[i % len(clips)]), "fps": FPS} for i in range(streams)]
@@ -327,7 +327,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     FPS = args.fps
-    from facemask.runtime import configure_runtime, init_ray
+    from facemask.core.runtime import configure_runtime, init_ray
 
     configure_runtime()
     init_ray()
@@ -380,11 +380,11 @@ def main() -> None:
 
 def plain_model(backend: str, weights: Path):
     if backend == "simulated-gpu":
-        from facemask.settings import ServeConfig
-        from facemask.simulated_gpu import SimulatedGPU, parse_latency
+        from facemask.core.settings import ServeConfig
+        from facemask.serving.simulated_gpu import SimulatedGPU, parse_latency
 
         return SimulatedGPU(parse_latency(ServeConfig.simulated_latency))
-    from facemask.detector import load_detector
+    from facemask.detection.detector import load_detector
 
     return load_detector(str(weights), "cpu", "pt", warm=True)
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmark_serve import REAL, untrained_weights  # noqa: E402
 
-from facemask.runtime import free_port, init_ray  # noqa: E402
+from facemask.core.runtime import free_port, init_ray  # noqa: E402
 
 
 def frames(count: int, folder: Path) -> list[bytes]:
@@ -42,7 +42,7 @@ def frames(count: int, folder: Path) -> list[bytes]:
     if REAL.is_dir():
         paths = sorted(REAL.iterdir())[:count]
     else:
-        from facemask.synth import synthesize
+        from facemask.data.synth import synthesize
 
         paths = sorted((synthesize(folder / "synth", count) / "images").iterdir())[:count]
     out = []
@@ -63,8 +63,8 @@ def pct(values: list[float], p: float) -> float:
 def plain(model: str, jpegs: list[bytes], imgsz: int, count: int) -> dict:
     from PIL import Image
 
-    from facemask.detector import load_detector
-    from facemask.live.tracker import PeopleTracker
+    from facemask.detection.detector import load_detector
+    from facemask.serving.live.tracker import PeopleTracker
     from facemask.tracking import default_tracking_uri
 
     detector, tracker = load_detector(model, warm=True, tracking_uri=default_tracking_uri()), PeopleTracker()

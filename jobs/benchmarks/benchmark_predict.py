@@ -38,9 +38,9 @@ PLAIN = r"""
 import json, sys, time
 from pathlib import Path
 from PIL import Image
-from facemask.batch_predict import annotate, record
-from facemask.detector import load_detector, upright_rgb
-from facemask.settings import IMAGE_SUFFIXES
+from facemask.video.batch import annotate, record
+from facemask.detection.detector import load_detector, upright_rgb
+from facemask.core.settings import IMAGE_SUFFIXES
 from facemask.tracking import default_tracking_uri
 model, folder, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 imgsz, conf, batch = int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])

@@ -39,9 +39,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from facemask.bootstrap import BootstrapResult, ImagePredictions, paired_bootstrap  # noqa: E402
-from facemask.classes import CLASS_NAMES  # noqa: E402
-from facemask.runtime import configure_runtime  # noqa: E402
+from facemask.core.classes import CLASS_NAMES  # noqa: E402
+from facemask.core.runtime import configure_runtime  # noqa: E402
+from facemask.quality.bootstrap import BootstrapResult, ImagePredictions, paired_bootstrap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = ROOT / "data" / "kaggle"  # what `facemask data fetch --out data/kaggle` downloads
@@ -58,8 +58,8 @@ def steps_per_epoch(data_yaml: Path, batch: int) -> int:
 
 
 def prepare_data(source: Path, out: Path, split: tuple, seed: int, balance: float) -> dict[str, Path]:
-    from facemask.pipeline import prepare
-    from facemask.settings import AugmentConfig, PrepareConfig
+    from facemask.core.settings import AugmentConfig, PrepareConfig
+    from facemask.data.pipeline import prepare
 
     made = {}
     for name, ratio in (("originals", 0.0), ("copy_paste", balance)):
@@ -78,9 +78,9 @@ def prepare_data(source: Path, out: Path, split: tuple, seed: int, balance: floa
 
 def run_study(data: Path, args, out: Path, parent: str) -> dict:
     """The best hyperparameters of a small study (Optuna TPE + ASHA) on the same training data."""
-    from facemask.runtime import init_ray
-    from facemask.settings import StudyConfig
-    from facemask.tune import tune
+    from facemask.core.runtime import init_ray
+    from facemask.core.settings import StudyConfig
+    from facemask.training.tune import tune
 
     init_ray()
     # The trainings' model and sizes; the study's own length, its grace period, and one CPU a trial.
@@ -109,10 +109,10 @@ def train_and_score(
     imgsz: int | None = None,
 ) -> dict:
     """One training and its test-split score (with the per-image predictions kept)."""
-    from facemask.evaluate import evaluate
-    from facemask.settings import TrainConfig
+    from facemask.core.settings import TrainConfig
+    from facemask.quality.evaluate import evaluate
     from facemask.tracking import RunLogger
-    from facemask.train import train
+    from facemask.training.train import train
 
     imgsz = imgsz or args.imgsz
     started = time.perf_counter()
@@ -242,7 +242,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     args.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out.resolve() / 'mlflow.db'}"
 
-    from facemask.sampling import data_with_repeats
+    from facemask.data.sampling import data_with_repeats
     from facemask.tracking import RunLogger
 
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """Benchmark: what the serving stack costs per request, per ingress, with the load from a separate process.
 
 Each server is started as a user starts it, and measured from outside:
-- proxy: `facemask serve` (Serve's Python proxy with facemask.proxy_guard);
+- proxy: `facemask serve` (Serve's Python proxy with facemask.serving.proxy_guard);
 - proxy-bare: the same without the guard;
 - haproxy: `facemask serve --ingress haproxy` (HAProxy straight to the replica, direct ingress);
 - plain: what a user writes without Ray Serve, one FastAPI app under uvicorn, the same checks,
@@ -9,7 +9,7 @@ Each server is started as a user starts it, and measured from outside:
 and, for a real model, raw: `Detector.predict([image])` called one at a time in this process.
 Only the options named by --serve-args are added to `facemask serve`: its defaults are what is measured.
 
-Backends: simulated-gpu (facemask.simulated_gpu: an H100's batch latency, no CPU; what the
+Backends: simulated-gpu (facemask.serving.simulated_gpu: an H100's batch latency, no CPU; what the
 HTTP path costs when the model is not competing for the cores), and pt / onnx (the real
 model on this machine's CPU). Payloads: the real photos of data/kaggle (mixed sizes, about 400x300),
 and one 1920x1080 JPEG.
@@ -105,7 +105,7 @@ def untrained_weights(folder: Path) -> Path:
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    from facemask.classes import yolo_names
+    from facemask.core.classes import yolo_names
 
     model = DetectionModel("yolo26n.yaml", nc=3, verbose=False)
     model.names = yolo_names()
@@ -121,7 +121,7 @@ def load_images(count: int, folder: Path) -> list[bytes]:
     if REAL.is_dir():
         paths = sorted(REAL.iterdir())[:count]
     else:
-        from facemask.synth import synthesize
+        from facemask.data.synth import synthesize
 
         synthesize(folder / "synth", images=count, seed=3)
         paths = sorted((folder / "synth" / "images").iterdir())
@@ -146,7 +146,7 @@ def full_hd(photo: bytes) -> bytes:
 
 
 def process_tree(root: int) -> set[int]:
-    from facemask.lifecycle import descendants
+    from facemask.core.lifecycle import descendants
 
     return {root} | descendants(root)
 
@@ -233,15 +233,15 @@ def plain_server(model_uri: str, backend: str, device: str, threads: int, port: 
     from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
 
-    from facemask.classes import class_counts
-    from facemask.request_checks import decode_image
+    from facemask.core.classes import class_counts
+    from facemask.serving.request_checks import decode_image
 
     if backend == SIMULATED:
-        from facemask.simulated_gpu import SimulatedGPU
+        from facemask.serving.simulated_gpu import SimulatedGPU
 
         detector = SimulatedGPU()
     else:
-        from facemask.detector import load_detector
+        from facemask.detection.detector import load_detector
         from facemask.tracking import default_tracking_uri
 
         store = default_tracking_uri()
@@ -296,9 +296,9 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 @contextlib.contextmanager
 def server(ingress: str, backend: str, model_uri: str, args, folder: Path):
     """A server in its own process group, as a user starts it; yields (url, pid, what that process is)."""
-    from facemask.lifecycle import stop_process_group
-    from facemask.runtime import PROXY_ENV, free_port
-    from facemask.settings import ServeConfig
+    from facemask.core.lifecycle import stop_process_group
+    from facemask.core.runtime import PROXY_ENV, free_port
+    from facemask.core.settings import ServeConfig
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FACEMASK_API_KEY")}
@@ -331,7 +331,7 @@ def raw(model_uri: str, backend: str, device: str, threads: int, images: list[by
     """The model called one image at a time in this process: the ceiling a server is compared with."""
     from PIL import Image
 
-    from facemask.detector import load_detector
+    from facemask.detection.detector import load_detector
     from facemask.tracking import default_tracking_uri
 
     store = default_tracking_uri()
@@ -430,8 +430,8 @@ def report(results: dict, levels: list[int], default_ingress: str, device_name: 
 
 def capacity(results: dict, top: int) -> None:
     """Cores a node needs to keep one H100 busy, from each ingress's measured server CPU per request."""
-    from facemask.settings import ServeConfig
-    from facemask.simulated_gpu import call_ms, parse_latency
+    from facemask.core.settings import ServeConfig
+    from facemask.serving.simulated_gpu import call_ms, parse_latency
 
     latency = parse_latency(ServeConfig.simulated_latency)
     rates = {batch: batch * 1000 / call_ms(latency, batch) for batch in (8, 32)}
@@ -481,11 +481,11 @@ def main() -> None:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (Debian/Ubuntu), brew install wrk (macOS)")
 
-    from facemask.runtime import configure_runtime
-    from facemask.settings import ServeConfig
+    from facemask.core.runtime import configure_runtime
+    from facemask.core.settings import ServeConfig
 
     configure_runtime()
-    from facemask.export import export_onnx
+    from facemask.detection.export import export_onnx
     from facemask.tracking import default_tracking_uri
 
     backends = args.backends.split(",")

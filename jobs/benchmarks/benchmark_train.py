@@ -32,7 +32,7 @@ CHILD = r"""
 import json, os, resource, sys, time
 from pathlib import Path
 from facemask.tracking import default_tracking_uri
-from facemask.train import TrainConfig, train
+from facemask.training.train import TrainConfig, train
 data, project, epochs, imgsz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 tracking = sys.argv[5] == "on"
 stamps = []
@@ -54,7 +54,7 @@ print("RESULT " + json.dumps({"epochs": durations, "peak_rss": peak_rss}))
 SCALING = r"""
 import json, logging, os, sys, time
 from pathlib import Path
-from facemask.settings import DistributedConfig, TrainConfig
+from facemask.core.settings import DistributedConfig, TrainConfig
 from facemask.tracking import default_tracking_uri
 data, project, epochs, imgsz = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 workers, gpus = int(sys.argv[5]), float(sys.argv[6])
@@ -65,7 +65,7 @@ cfg = TrainConfig(data=Path(data), model="yolo26n.yaml", epochs=epochs, imgsz=im
 start = time.perf_counter()
 if workers == 1:
     import torch
-    from facemask.train import train
+    from facemask.training.train import train
     stamps = []
     # Ultralytics trains on cpu_count - 1 threads (one on 2 cores); the baseline gets every core.
     threads = lambda t: torch.set_num_threads(os.cpu_count()) if t.device.type == "cpu" else None
@@ -74,7 +74,7 @@ if workers == 1:
     durations = [b - a for a, b in zip([start] + stamps, stamps)][:epochs]
 else:
     import ray
-    from facemask.distributed import RANKS_FILE, train_distributed
+    from facemask.training.distributed import RANKS_FILE, train_distributed
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     cpus = os.cpu_count() / workers if not gpus else 1
     result = train_distributed(cfg, DistributedConfig(workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
@@ -160,8 +160,8 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.source / "annotations").is_dir():
         raise SystemExit(f"{args.source}: no VOC dataset there; pass --source DIR")
-    from facemask.pipeline import PrepareConfig, prepare
-    from facemask.runtime import ultralytics_env
+    from facemask.core.runtime import ultralytics_env
+    from facemask.data.pipeline import PrepareConfig, prepare
 
     ultralytics_env()
     with tempfile.TemporaryDirectory() as tmp:

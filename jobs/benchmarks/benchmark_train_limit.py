@@ -54,7 +54,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def card(device: str) -> str:
     import torch
 
-    from facemask.runtime import cpus_given
+    from facemask.core.runtime import cpus_given
 
     if device == "cpu":
         return f"CPU, {cpus_given()} cores given"
@@ -90,7 +90,7 @@ def limit(data_yaml: Path, imgsz: int, batch: int, device: str, steps: int) -> d
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    from facemask.runtime import cpus_given
+    from facemask.core.runtime import cpus_given
 
     torch.set_num_threads(cpus_given())
     cfg, data, held, target = one_batch(data_yaml, imgsz, batch, device)
@@ -124,7 +124,7 @@ def loop(args: argparse.Namespace, workers: int, cache: str, project: Path) -> d
     """Images per second of Ultralytics' training epochs with the project's sizing, and the rest's share."""
     from ultralytics import YOLO
 
-    from facemask.train import size_threads, strip_integrations
+    from facemask.training.train import size_threads, strip_integrations
 
     seen: dict = {"starts": [], "ends": []}
 

@@ -28,10 +28,10 @@ def main() -> None:
     parser.add_argument("--reduction-factor", type=float, default=2)
     args = parser.parse_args()
 
-    from facemask.pipeline import PrepareConfig, prepare
-    from facemask.runtime import configure_runtime, init_ray
-    from facemask.synth import synthesize
-    from facemask.tune import StudyConfig, tune
+    from facemask.core.runtime import configure_runtime, init_ray
+    from facemask.data.pipeline import PrepareConfig, prepare
+    from facemask.data.synth import synthesize
+    from facemask.training.tune import StudyConfig, tune
 
     configure_runtime()
     logging.basicConfig(level=logging.WARNING)

@@ -52,9 +52,9 @@ sys.path.insert(0, str(HERE))
 
 from benchmark_quality import fmt, train_and_score  # noqa: E402
 
-from facemask.bootstrap import ImagePredictions, paired_bootstrap  # noqa: E402
-from facemask.classes import CLASS_NAMES  # noqa: E402
-from facemask.runtime import configure_runtime  # noqa: E402
+from facemask.core.classes import CLASS_NAMES  # noqa: E402
+from facemask.core.runtime import configure_runtime  # noqa: E402
+from facemask.quality.bootstrap import ImagePredictions, paired_bootstrap  # noqa: E402
 
 ROOT = HERE.parents[1]
 DEFAULT_SOURCE = ROOT / "data" / "kaggle"  # what `facemask data fetch --out data/kaggle` downloads
@@ -113,11 +113,11 @@ def parse_args() -> argparse.Namespace:
 
 def search_facemask(data: Path, args, out: Path, parent: str) -> dict:
     """a: a `facemask tune` study inside the budget; its best configuration and top trials' weights."""
-    from facemask.runtime import init_ray
-    from facemask.settings import StudyConfig
+    from facemask.core.runtime import init_ray
+    from facemask.core.settings import StudyConfig
     from facemask.tracking import client
-    from facemask.tune import tune
-    from facemask.tune_space import load_search_space
+    from facemask.training.space import load_search_space
+    from facemask.training.tune import tune
 
     init_ray()
     cfg = StudyConfig(
@@ -276,7 +276,7 @@ def log_iterations(rows: list[dict], mode: str, parent: str, args) -> None:
 
 def timed_scores(detect, images) -> tuple[ImagePredictions, float, list]:
     """Matched predictions of a `Detect` on `images`, its milliseconds per image, and its raw boxes."""
-    from facemask.scoring import detect_split, image_predictions
+    from facemask.quality.scoring import detect_split, image_predictions
 
     started = time.perf_counter()
     found = detect_split(detect, images)
@@ -286,8 +286,8 @@ def timed_scores(detect, images) -> tuple[ImagePredictions, float, list]:
 
 def test_time_levers(model: str, top_weights: list[str], args) -> dict:
     """Each lever against the same model without it, on the test split, paired; with its cost."""
-    from facemask.detector import load_detector
-    from facemask.scoring import detector_boxes, fused, split_images
+    from facemask.detection.detector import load_detector
+    from facemask.quality.scoring import detector_boxes, fused, split_images
 
     test = split_images(args.test_data, "test")
     detector = load_detector(model, device="cpu")
@@ -312,10 +312,17 @@ def test_time_levers(model: str, top_weights: list[str], args) -> dict:
 
 def operating_point(model: str, args) -> dict:
     """The point chosen on val against today's defaults, on the test split."""
-    from facemask.calibrate import choose_operating_point
-    from facemask.detector import load_detector
-    from facemask.scoring import at_thresholds, count_errors, detect_split, detector_boxes, point_scores, split_images
-    from facemask.settings import INFERENCE
+    from facemask.core.settings import INFERENCE
+    from facemask.detection.detector import load_detector
+    from facemask.quality.calibrate import choose_operating_point
+    from facemask.quality.scoring import (
+        at_thresholds,
+        count_errors,
+        detect_split,
+        detector_boxes,
+        point_scores,
+        split_images,
+    )
 
     val, test = split_images(args.test_data, "val"), split_images(args.test_data, "test")
     detector = load_detector(model, device="cpu")
@@ -325,7 +332,7 @@ def operating_point(model: str, args) -> dict:
     found = detect_split(detector_boxes(detector, point.imgsz, conf=point.lowest, **serving), test)
     chosen = at_thresholds(found, point.thresholds())
     today = detect_split(detector_boxes(detector, args.serve_imgsz, conf=INFERENCE.conf, **serving), test)
-    from facemask.bootstrap import ratio_interval
+    from facemask.quality.bootstrap import ratio_interval
 
     ones = [1.0] * len(test)
     new_errors, old_errors = count_errors(test, chosen), count_errors(test, today)
@@ -463,9 +470,9 @@ def compare_all(rows: list[dict], keys: list[str], args) -> dict:
 
 def prepare_data(args, out: Path) -> Path:
     """The benchmark's dataset: the real photos (or generated ones), split, copy-paste on train only."""
-    from facemask.pipeline import prepare
-    from facemask.settings import AugmentConfig, PrepareConfig
-    from facemask.synth import synthesize
+    from facemask.core.settings import AugmentConfig, PrepareConfig
+    from facemask.data.pipeline import prepare
+    from facemask.data.synth import synthesize
 
     source = args.source
     if args.synth:

@@ -172,7 +172,7 @@ def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tiny_da
         code = (
             "import json\n"
             "from mlflow import MlflowClient\n"
-            "from facemask.detector import resolve_model\n"
+            "from facemask.detection.detector import resolve_model\n"
             "from facemask.tracking import default_tracking_uri\n"
             "c = MlflowClient(default_tracking_uri())\n"
             "runs = c.search_runs([c.get_experiment_by_name('jobs').experiment_id])\n"

@@ -25,7 +25,7 @@ import psutil
 import pytest
 import yaml
 
-from facemask.runtime import free_port
+from facemask.core.runtime import free_port
 from tests.kuberay import SECRET, on_this_machine
 from tests.services import PostgresServer, postgres_bin
 

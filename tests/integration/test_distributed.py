@@ -12,8 +12,8 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from facemask.distributed import RANKS_FILE, train_distributed
-from facemask.settings import DistributedConfig, TrainConfig
+from facemask.core.settings import DistributedConfig, TrainConfig
+from facemask.training.distributed import RANKS_FILE, train_distributed
 from tests.services import tiny_training, wait_until
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from facemask.runtime import GPU_AS_CPU_ENV
+from facemask.core.runtime import GPU_AS_CPU_ENV
 from tests.integration.test_tune import SPACE
 from tests.services import RayCluster, study_args
 

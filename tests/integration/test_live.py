@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facemask.classes import CLASS_NAMES
+from facemask.core.classes import CLASS_NAMES
 from tests import services
 from tests.services import API_KEY, CHROMIUM, LIMITS, free_port
 from tests.streams import MjpegServer
@@ -341,7 +341,7 @@ def test_idle_sockets_that_never_say_hello_do_not_hold_a_real_stream_off(known_i
 
     import websockets
 
-    from facemask.live.session import MAX_WAITING_HELLOS
+    from facemask.serving.live.session import MAX_WAITING_HELLOS
     from tests.services import facemask_serve
 
     async def attack_and_stream(url: str) -> tuple[float, dict, int]:

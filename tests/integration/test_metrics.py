@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from facemask.lifecycle import stop_process_group
+from facemask.core.lifecycle import stop_process_group
 from tests.services import free_port, wait_http, wait_until
 
 pytestmark = pytest.mark.integration
@@ -139,7 +139,7 @@ def render_dashboard(prometheus: Prometheus, start: float, end: float, path: Pat
 def test_prometheus_scrapes_the_endpoint_and_every_dashboard_panel_has_data(endpoint, known_image, tmp_path):
     from websockets.sync.client import connect
 
-    from facemask.runtime import metrics_endpoints
+    from facemask.core.runtime import metrics_endpoints
 
     if shutil.which("prometheus") is None:
         pytest.skip("Debian's prometheus is not installed")

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from facemask.lifecycle import stop_process_group
+from facemask.core.lifecycle import stop_process_group
 from tests.kuberay import SECRET, start_mlflow_deployment, the_secret
 from tests.services import PostgresServer, postgres_bin, wait_http, wait_until
 

@@ -129,7 +129,7 @@ def test_promote_canary_and_rollback_under_load_cost_no_request(registered_detec
     rollback, a 25% canary and the rollback that ends it. Every answer names its version; none
     fails; each switch reaches every replica within refresh_s plus a model load; the canary
     takes its share."""
-    from facemask.rollout import end_canary, history_tag
+    from facemask.quality.rollout import end_canary, history_tag
     from facemask.tracking import set_alias, set_model_tag
 
     name, uri = registered_detector["name"], registered_detector["tracking_uri"]

@@ -9,11 +9,11 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from facemask.classes import CLASS_NAMES
 from facemask.cli import main
-from facemask.detector import EnsembleDetector, load_detector
-from facemask.modelref import OPERATING_POINT_TAG
-from facemask.operating_point import OperatingPoint
+from facemask.core.classes import CLASS_NAMES
+from facemask.core.modelref import OPERATING_POINT_TAG
+from facemask.core.operating_point import OperatingPoint
+from facemask.detection.detector import EnsembleDetector, load_detector
 from tests.services import DEPLOYMENT, LIMITS, free_port
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ def test_calibrated_point_is_stored_and_is_the_default_of_predict_and_serve(
 ):
     from ray import serve
 
-    from facemask.calibrate import store as store_point
+    from facemask.quality.calibrate import store as store_point
     from facemask.tracking import client
 
     uri = f"models:/{store['name']}/{store['other']}"

@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from facemask.cli import main
-from facemask.voc import parse_annotation
+from facemask.data.voc import parse_annotation
 
 pytestmark = pytest.mark.integration
 

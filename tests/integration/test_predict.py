@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from facemask.classes import CLASS_NAMES
 from facemask.cli import main
-from facemask.detector import ModelNotFoundError, load_detector
+from facemask.core.classes import CLASS_NAMES
+from facemask.detection.detector import ModelNotFoundError, load_detector
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def test_predict_video(ray_local, registered_detector, synth_source, tmp_path):
         writer.write(frame)
     writer.release()
     out = tmp_path / "video-out"
-    from facemask.batch_predict import PredictConfig, predict
+    from facemask.video.batch import PredictConfig, predict
 
     result = predict(
         PredictConfig(

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from facemask.augment import AugmentConfig
-from facemask.classes import CLASS_NAMES
 from facemask.cli import main
-from facemask.pipeline import PrepareConfig, prepare
+from facemask.core.classes import CLASS_NAMES
+from facemask.data.augment import AugmentConfig
+from facemask.data.pipeline import PrepareConfig, prepare
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +107,7 @@ def test_cli_prepare_with_ray(synth_source, tmp_path, ray_local):
 
 
 def test_synth_is_deterministic(tmp_path):
-    from facemask.synth import synthesize
+    from facemask.data.synth import synthesize
 
     a = synthesize(tmp_path / "a", images=5, seed=3)
     synthesize(tmp_path / "b", images=5, seed=3)

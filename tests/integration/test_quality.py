@@ -12,17 +12,17 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from facemask.errors import ConfigError
-from facemask.settings import ReadConfig
+from facemask.core.errors import ConfigError
+from facemask.core.settings import ReadConfig
 from tests.services import tiny_training
 
 pytestmark = pytest.mark.integration
 
 
 def test_prepare_repeat_threshold_lists_rare_images_more_often_and_training_sees_them(synth_source, tmp_path):
-    from facemask.pipeline import prepare
-    from facemask.settings import AugmentConfig, PrepareConfig
-    from facemask.train import train
+    from facemask.core.settings import AugmentConfig, PrepareConfig
+    from facemask.data.pipeline import prepare
+    from facemask.training.train import train
 
     result = prepare(
         PrepareConfig(
@@ -64,7 +64,7 @@ def splits(root: Path, *names: str) -> set[str]:
 def test_evaluate_a_voc_folder_logs_intervals_and_counts_dropped_unknown_classes(
     registered_detector, synth_source, tmp_path
 ):
-    from facemask.evaluate import HELDOUT, evaluate
+    from facemask.quality.evaluate import HELDOUT, evaluate
 
     folder = tmp_path / "my-photos"
     shutil.copytree(synth_source, folder)

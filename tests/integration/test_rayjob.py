@@ -22,7 +22,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from facemask.lifecycle import stop_process_group
+from facemask.core.lifecycle import stop_process_group
 from tests.integration.test_tune import SPACE
 from tests.kuberay import (
     SECRET,

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from facemask.api_schema import APIError
-from facemask.runtime import free_port
+from facemask.core.runtime import free_port
+from facemask.serving.api_schema import APIError
 from facemask.serving.config import AppArgs
 from facemask.serving.models import Models
 

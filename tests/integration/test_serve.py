@@ -19,8 +19,8 @@ import psutil
 import pytest
 from PIL import Image
 
-from facemask.client import Client, EndpointError
-from facemask.errors import ConfigError
+from facemask.core.errors import ConfigError
+from facemask.serving.client import Client, EndpointError
 from tests.services import (
     API_KEY,
     CHROMIUM,
@@ -57,7 +57,7 @@ def assert_serves(http, known_image) -> None:
 
 
 def test_predict_matches_the_model_called_in_process(http, endpoint, known_image):
-    from facemask.detector import load_detector
+    from facemask.detection.detector import load_detector
 
     params = {"conf": 0.0, "iou": 0.6, "imgsz": 160, "max_det": 20}
     with known_image.open("rb") as f:
@@ -551,8 +551,8 @@ def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint
 
     from ray import serve
 
-    from facemask.proxy_guard import GuardSettings
     from facemask.serving import build_app
+    from facemask.serving.proxy_guard import GuardSettings
 
     ready_wait_s = GuardSettings().ready_wait_s
     base = {"model_uri": str(endpoint["weights"]), "threads": 1, "max_batch_size": 4, **LIMITS}
@@ -883,7 +883,7 @@ def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_de
 
     import psutil
 
-    from facemask.runtime import HAPROXY_ENV
+    from facemask.core.runtime import HAPROXY_ENV
 
     image = Image.open(known_image).convert("RGB").resize((480, 480))
     body = io.BytesIO()
@@ -964,8 +964,8 @@ def test_a_lone_replica_killed_behind_the_default_ingress_gives_quick_json_503s(
     """
     import threading
 
-    from facemask.proxy_guard import GuardSettings
-    from facemask.settings import ServeConfig
+    from facemask.core.settings import ServeConfig
+    from facemask.serving.proxy_guard import GuardSettings
 
     assert ServeConfig.ingress == "haproxy"
     ready_wait_s = GuardSettings().ready_wait_s

@@ -278,9 +278,9 @@ def test_two_worker_trials_fit_a_two_cpu_machine(tiny_data, mlflow_server, tmp_p
     """
     code = (
         "import json, sys, ray\n"
-        "from facemask.runtime import configure_runtime\n"
+        "from facemask.core.runtime import configure_runtime\n"
         "from facemask.tracking import default_tracking_uri\n"
-        "from facemask.tune import StudyConfig, tune\n"
+        "from facemask.training.tune import StudyConfig, tune\n"
         "configure_runtime()\n"
         "ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
         "cfg = StudyConfig(data=sys.argv[1], model='yolo26n.yaml', trials=2, epochs=1, imgsz=160, batch=8,\n"

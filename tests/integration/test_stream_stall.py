@@ -66,7 +66,7 @@ class WatchedCapture:
 
 
 def test_item_16_stopping_a_reader_blocked_on_a_stalled_stream_never_releases_the_capture_under_it():
-    from facemask.live.streams import StreamReader, open_stream
+    from facemask.video.streams import StreamReader, open_stream
 
     server = StallingMjpeg(jpeg_frames(160, 120, 4, seed=3))
     try:

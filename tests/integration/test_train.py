@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from facemask.cli import main
-from facemask.detector import ModelNotFoundError, load_detector
-from facemask.evaluate import evaluate
-from facemask.promotion import promote
-from facemask.train import train
+from facemask.detection.detector import ModelNotFoundError, load_detector
+from facemask.quality.evaluate import evaluate
+from facemask.quality.promotion import promote
+from facemask.training.train import train
 from tests.services import tiny_training
 
 pytestmark = pytest.mark.integration
@@ -206,7 +206,7 @@ def test_a_model_reference_is_checked_from_metadata_without_a_download(registere
     """`facemask serve` checks the reference its replicas will each download, without downloading it itself."""
     import mlflow
 
-    from facemask.detector import resolve_model
+    from facemask.detection.detector import resolve_model
 
     store, name = registered_detector["tracking_uri"], registered_detector["name"]
     downloads = []

@@ -53,7 +53,7 @@ def busy_threads_of_a_training(data: Path, project: Path, tracking_uri: str) -> 
     """Train once with BusyThreads watching; (busy threads per batch, the run's torch_threads param)."""
     import mlflow
 
-    from facemask.train import train
+    from facemask.training.train import train
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     watcher = BusyThreads()
@@ -84,7 +84,7 @@ def test_a_trial_trains_on_the_cpus_ray_gave_it(ray_local, tiny_data, tracking, 
 
 
 def test_a_driver_that_started_ray_is_given_the_machine(ray_local):
-    from facemask.runtime import cpus_given
+    from facemask.core.runtime import cpus_given
 
     # Ray answers "only available when the process is a worker" in a driver: the machine is its.
     assert cpus_given() == CORES

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from facemask.tune import StudyConfig, tune
-from facemask.tune_space import load_search_space
+from facemask.training.space import load_search_space
+from facemask.training.tune import StudyConfig, tune
 from tests.services import study_args
 
 pytestmark = pytest.mark.integration

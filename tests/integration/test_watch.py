@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from facemask.classes import CLASS_NAMES
+from facemask.core.classes import CLASS_NAMES
 from tests.services import API_KEY, CHROMIUM, free_port, launch_chromium, wait_until
 from tests.streams import MjpegServer, RtspServer, jpeg_frames, make_video, rtsp_missing, write_frames
 

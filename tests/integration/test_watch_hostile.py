@@ -18,8 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from facemask.settings import WatchConfig
-from facemask.watch.cameras import Camera, check_sources, load_cameras
+from facemask.core.settings import WatchConfig
+from facemask.video.watch.cameras import Camera, check_sources, load_cameras
 from tests.services import API_KEY, wait_until
 from tests.streams import RtspServer, make_video, rtsp_missing, write_frames
 
@@ -28,7 +28,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def make_watch(folder: Path, video: Path, **options):
-    from facemask.watch.runner import Watch
+    from facemask.video.watch.runner import Watch
 
     listing = folder / "cameras.yaml"
     listing.write_text(yaml.safe_dump({"cameras": [{"id": "lobby", "url": str(video)}]}))
@@ -55,14 +55,14 @@ def watch(ray_local, video, tmp_path_factory):
 
 
 def access(**fields):
-    from facemask.watch.page import Access
+    from facemask.video.watch.page import Access
 
     return Access(**fields)
 
 
 def page(watch, rules) -> tuple:
     """The watch's page and API on a free loopback port, with a 1 s connection timeout."""
-    from facemask.watch.page import WatchPage
+    from facemask.video.watch.page import WatchPage
 
     server = WatchPage(watch, "127.0.0.1", 0, rules, timeout_s=1.0)
     return server, server.url
@@ -85,7 +85,7 @@ def test_item_1_a_refusing_cameras_password_reaches_neither_the_status_nor_the_p
     why = rtsp_missing()
     if why:
         pytest.skip(why)
-    from facemask.watch.reader import CameraReader
+    from facemask.video.watch.reader import CameraReader
 
     rtsp = RtspServer(write_frames(tmp_path / "frames", 160, 120, 10), tmp_path / "rtsp.log").start()
     url = f"rtsp://viewer:hunter2secret@127.0.0.1:{rtsp.port}/nothere"  # the server answers 404
@@ -160,7 +160,7 @@ def test_item_2_a_cross_site_page_or_a_rebound_name_cannot_drive_the_api(watch, 
 
 def test_item_2_without_a_key_or_the_open_flag_nothing_changes_and_placeholder_keys_are_refused(watch, monkeypatch):
     from facemask.cli.watch import watch_api_key
-    from facemask.errors import ConfigError
+    from facemask.core.errors import ConfigError
 
     server, base = page(watch, access())
     try:
@@ -241,7 +241,7 @@ def test_items_10_and_13_a_restarting_or_unplaceable_reader_never_stalls_the_oth
     # A reader Ray cannot place answers no status call: the others' statuses are read without waiting on it.
     import ray
 
-    from facemask.watch.reader import CameraReader
+    from facemask.video.watch.reader import CameraReader
 
     placeable, watch.reader_class = watch.reader_class, ray.remote(CameraReader).options(num_cpus=64)
     try:
@@ -277,7 +277,7 @@ def test_item_11_a_failing_batch_is_counted_and_the_watch_goes_on(watch):
 
 
 def test_item_12_a_stop_writes_rows_and_summary_at_once_and_starts_nothing_after(ray_local, video, tmp_path):
-    from facemask.watch.runner import WatchClosing
+    from facemask.video.watch.runner import WatchClosing
 
     # Every batch takes 10 minutes: at the stop, batches are still at the detector.
     watch = make_watch(tmp_path, video, simulated_latency="1:600000,64:600000")

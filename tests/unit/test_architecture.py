@@ -15,20 +15,20 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "facemask"
 # Modules every stage may import; they import nothing of ours but each other (in this order).
 LEAVES = (
-    "facemask.classes",
-    "facemask.operating_point",
-    "facemask.errors",
+    "facemask.core.classes",
+    "facemask.core.operating_point",
+    "facemask.core.errors",
     "facemask.compat",
     "facemask.compat.ray",
     "facemask.compat.ultralytics",
     "facemask.compat.mlflow",
     "facemask.compat.uvicorn",
     "facemask.compat.onnxruntime",
-    "facemask.modelref",
-    "facemask.lifecycle",
-    "facemask.runtime",
-    "facemask.manifest",
-    "facemask.settings",
+    "facemask.core.modelref",
+    "facemask.core.lifecycle",
+    "facemask.core.runtime",
+    "facemask.core.manifest",
+    "facemask.core.settings",
 )
 
 
@@ -95,6 +95,52 @@ def test_leaves_import_only_earlier_leaves(leaf: str) -> None:
     allowed = set(LEAVES[: LEAVES.index(leaf)])
     imported = import_graph(PACKAGE)[leaf]
     assert imported <= allowed, f"{leaf} imports {sorted(imported - allowed)}; a leaf may import only {sorted(allowed)}"
+
+
+# The stages in the order imports read: a package imports only itself and the ones before it.
+# core and compat are one layer, ordered module by module by LEAVES.
+STAGES = (("core", "compat"), ("data",), ("tracking",), ("detection",), ("quality",), ("training",))
+STAGES += (("serving",), ("video",), ("cli",))
+# What facemask/ holds: the stages, and the pages' and the study's files.
+TOP_LEVEL = {name for layer in STAGES for name in layer} | {"__init__.py", "web", "configs"}
+
+
+def out_of_order(graph: dict[str, set[str]]) -> list[str]:
+    """Each import of a later stage's module, or of or from a module outside every stage."""
+    rank = {name: i for i, layer in enumerate(STAGES) for name in layer}
+
+    def stage(module: str) -> str:
+        return module.split(".")[1] if "." in module else module
+
+    wrong = []
+    for module, imported in graph.items():
+        for target in imported:
+            a, b = stage(module), stage(target)
+            if a != b and (a not in rank or b not in rank or rank[b] > rank[a]):
+                wrong.append(f"{module} imports {target}")
+    return sorted(wrong)
+
+
+def test_each_stage_imports_only_the_stages_before_it() -> None:
+    assert out_of_order(import_graph(PACKAGE)) == []
+
+
+def test_the_order_check_sees_a_stage_importing_a_later_one(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    for folder, source in {"core": "", "data": "from pkg.core import x\n", "serving": "", "quality": ""}.items():
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+        (pkg / folder / "mod.py").write_text(source)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "core" / "x.py").write_text("")
+    assert out_of_order(import_graph(pkg)) == []
+    (pkg / "quality" / "mod.py").write_text("def late():\n    from pkg.serving import mod\n")
+    assert out_of_order(import_graph(pkg)) == ["pkg.quality.mod imports pkg.serving.mod"]
+
+
+def test_the_top_level_holds_only_the_stages() -> None:
+    entries = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"}
+    assert entries == TOP_LEVEL, f"not a stage: {sorted(entries - TOP_LEVEL)}; missing: {sorted(TOP_LEVEL - entries)}"
 
 
 def package(root: Path, **modules: str) -> Path:

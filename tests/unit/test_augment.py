@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from facemask.augment import AugmentConfig, paste_targets, plan_synthetic, render_synthetic, transform_crop
-from facemask.records import Box, Record
+from facemask.data.augment import AugmentConfig, paste_targets, plan_synthetic, render_synthetic, transform_crop
+from facemask.data.records import Box, Record
 
 
 def train_records(tmp_path, n=6):

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from facemask.batching import Batcher
+from facemask.serving.batching import Batcher
 
 
 def batcher(calls: list, max_size=8, max_wait_s=1.0, on_the_way=lambda: 0, delay=0.0) -> Batcher:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facemask.bootstrap import ImagePredictions, bootstrap, paired_bootstrap
-from facemask.classes import CLASS_NAMES
-from facemask.promotion import promotion_decision
+from facemask.core.classes import CLASS_NAMES
+from facemask.quality.bootstrap import ImagePredictions, bootstrap, paired_bootstrap
+from facemask.quality.promotion import promotion_decision
 
 
 def images(n: int, found: float, seed: int = 0, false_positives: int = 0) -> ImagePredictions:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from facemask.errors import ConfigError
-from facemask.watch.cameras import parse_camera
-from facemask.watch.urls import API_SOURCES, check_api_source, parse_hosts, parse_sources, redacted, scrubbed
+from facemask.core.errors import ConfigError
+from facemask.video.watch.cameras import parse_camera
+from facemask.video.watch.urls import API_SOURCES, check_api_source, parse_hosts, parse_sources, redacted, scrubbed
 
 
 def test_item_1_a_password_in_the_user_part_or_the_query_is_redacted():

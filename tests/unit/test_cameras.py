@@ -9,10 +9,10 @@ import yaml
 from click.testing import CliRunner
 
 from facemask.cli import main
-from facemask.errors import ConfigError, InputNotFoundError
-from facemask.watch.cameras import Camera, check_sources, load_cameras
-from facemask.watch.compliance import CameraCompliance, in_zone
-from facemask.watch.urls import redacted
+from facemask.core.errors import ConfigError, InputNotFoundError
+from facemask.video.watch.cameras import Camera, check_sources, load_cameras
+from facemask.video.watch.compliance import CameraCompliance, in_zone
+from facemask.video.watch.urls import redacted
 
 
 def listing(tmp_path, cameras) -> object:
@@ -121,7 +121,7 @@ def test_a_decoded_yuv_frame_reaches_the_model_in_rgb_at_its_size():
     av = pytest.importorskip("av")
     import cv2
 
-    from facemask.watch.decode import AvStream
+    from facemask.video.watch.decode import AvStream
 
     rng = np.random.default_rng(0)
     rgb = cv2.resize(rng.integers(0, 255, (18, 32, 3), dtype=np.uint8), (1280, 720), interpolation=cv2.INTER_CUBIC)
@@ -134,7 +134,7 @@ def test_a_decoded_yuv_frame_reaches_the_model_in_rgb_at_its_size():
 
 
 def test_the_stream_clock_knows_a_burst_from_a_reader_falling_behind(monkeypatch):
-    from facemask.watch import reader
+    from facemask.video.watch import reader
 
     now = [1000.0]
     monkeypatch.setattr(reader.time, "time", lambda: now[0])
@@ -150,7 +150,7 @@ def test_the_stream_clock_knows_a_burst_from_a_reader_falling_behind(monkeypatch
 
 
 def test_a_file_is_due_at_its_own_rate_whenever_it_is_read(monkeypatch):
-    from facemask.watch import reader
+    from facemask.video.watch import reader
 
     now = [50.0]
     monkeypatch.setattr(reader.time, "time", lambda: now[0])

@@ -1,4 +1,4 @@
-"""facemask.client.Client against real HTTP servers on loopback: what it retries, and for how long."""
+"""facemask.serving.client.Client against real HTTP servers on loopback: what it retries, and for how long."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from facemask.client import Client
-from facemask.errors import EndpointError
-from facemask.runtime import free_port
+from facemask.core.errors import EndpointError
+from facemask.core.runtime import free_port
+from facemask.serving.client import Client
 
 
 class Answers(http.server.BaseHTTPRequestHandler):

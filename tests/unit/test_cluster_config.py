@@ -61,8 +61,8 @@ def test_every_node_starts_with_the_serve_settings_the_proxy_guard_and_haproxy(c
     """A node's Serve proxy and HAProxy read these from the environment of `ray start`, nowhere else."""
     from ray._common.utils import import_attr
 
-    from facemask.haproxy_guard import BINARY_ENV, SCRIPT
-    from facemask.runtime import HAPROXY_ENV, PROXY_ENV, SERVE_ENV
+    from facemask.core.runtime import HAPROXY_ENV, PROXY_ENV, SERVE_ENV
+    from facemask.serving.haproxy_guard import BINARY_ENV, SCRIPT
 
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = next(c for c in cluster[key] if "ray start" in c)
@@ -79,7 +79,7 @@ def test_haproxy_settings_are_ray_knobs_and_cluster_yaml_lists_them():
 
     from ray.serve._private import constants
 
-    from facemask.runtime import HAPROXY_ENV
+    from facemask.core.runtime import HAPROXY_ENV
 
     source = inspect.getsource(constants)
     text = (ROOT / "cluster.yaml").read_text()

@@ -8,15 +8,15 @@ from importlib.metadata import version
 
 import pytest
 
-from facemask.distributed import check_distributed
-from facemask.errors import ConfigError
-from facemask.settings import DistributedConfig, TrainConfig
+from facemask.core.errors import ConfigError
+from facemask.core.settings import DistributedConfig, TrainConfig
+from facemask.training.distributed import check_distributed
 
 
 def test_ultralytics_is_in_the_range_the_ddp_trainer_was_tested_with():
     major, minor = (int(x) for x in version("ultralytics").split(".")[:2])
     assert (major, minor) == (8, 4), (
-        f"facemask.distributed was tested with Ultralytics 8.4, not {version('ultralytics')}"
+        f"facemask.training.distributed was tested with Ultralytics 8.4, not {version('ultralytics')}"
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-# Folders whose paths the docs name in inline code (`facemask/train.py`, `jobs/benchmarks/x.py`).
+# Folders whose paths the docs name in inline code (`facemask/training/train.py`, `jobs/benchmarks/x.py`).
 TREE = ("facemask/", "jobs/", "tests/", "docs/", "kubernetes/", "serve/", "dashboards/", ".ci/")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 
@@ -184,3 +184,28 @@ def test_no_command_in_the_docs_reads_data_a_users_clone_lacks(page):
     sentences = re.split(r"(?<=[.!?])\s", re.sub(r"\s+", " ", page.read_text()))
     wrong = [s for s in sentences if "../shared" in s and "skip" not in s]
     assert not wrong, wrong
+
+
+def test_the_layout_page_lists_every_module_in_its_package():
+    """docs/layout.md's tree names each module under its own package's folder, so it cannot go stale."""
+    tree = (ROOT / "docs" / "layout.md").read_text().split("```")[1]
+    folders: list[str] = []  # the folder path at each indentation level of the tree
+    listed = set()
+    for line in tree.splitlines():
+        match = re.match(r"(\s*)(\S+)", line)
+        if not match or not re.fullmatch(r"[\w.]+/?|[\w, ]+", match.group(2)):
+            continue
+        depth, name = len(match.group(1)) // 2, match.group(2)
+        del folders[depth:]
+        if name.endswith("/"):
+            folders.append(name)
+        elif name.endswith(".py"):
+            listed.add("".join(folders) + name)
+    package = ROOT / "facemask"
+    modules = {
+        f"facemask/{p.relative_to(package).as_posix()}"
+        for p in package.rglob("*.py")
+        if p.name != "__init__.py" and p.parent.name not in ("cli", "compat") and "__pycache__" not in p.parts
+    }
+    assert not modules - listed, f"docs/layout.md lacks {sorted(modules - listed)}"
+    assert not listed - modules - {"facemask/__init__.py"}, f"docs/layout.md lists {sorted(listed - modules)}"

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facemask.bootstrap import ratio_interval
-from facemask.calibrate import candidate_sizes, class_threshold
-from facemask.fusion import Boxes, weighted_boxes_fusion
-from facemask.live.tracker import shown
-from facemask.operating_point import OperatingPoint, lowest, shown_thresholds
-from facemask.scoring import LabelledImage, at_thresholds, count_errors, match, point_scores
+from facemask.core.operating_point import OperatingPoint, lowest, shown_thresholds
+from facemask.detection.fusion import Boxes, weighted_boxes_fusion
+from facemask.quality.bootstrap import ratio_interval
+from facemask.quality.calibrate import candidate_sizes, class_threshold
+from facemask.quality.scoring import LabelledImage, at_thresholds, count_errors, match, point_scores
+from facemask.serving.live.tracker import shown
 
 
 def boxes(*rows) -> Boxes:
@@ -144,6 +144,6 @@ def test_threshold_is_exact_on_ties_rounding_and_an_unreachable_precision(caplog
     # Rounded down, so the box that decided it stays in (0.61236 rounded to 0.6124 dropped it).
     one = [LabelledImage("b.jpg", Path("b.jpg"), boxes((0, 0, 10, 10, 1, 0)))]
     assert class_threshold([boxes((0, 0, 10, 10, 0.61236, 0))], one, 0, None) == 0.6123
-    with caplog.at_level("WARNING", logger="facemask.calibrate"):
+    with caplog.at_level("WARNING", logger="facemask.quality.calibrate"):
         assert class_threshold([pred], images, 0, 1.01) == 0.9  # never reached: the best F1's, and said
     assert "never reaches precision 1.01" in caplog.text

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from facemask.haproxy_guard import BINARY_ENV, answer_in_json, real_haproxy
-from facemask.runtime import free_port, haproxy_env, haproxy_script_path
+from facemask.core.runtime import free_port, haproxy_env, haproxy_script_path
+from facemask.serving.haproxy_guard import BINARY_ENV, answer_in_json, real_haproxy
 
 
 def serve_config(folder: Path, routes: bool) -> tuple[Path, int]:
@@ -78,7 +78,7 @@ def test_a_configuration_of_another_shape_is_left_to_haproxy_and_said(tmp_path):
     config = tmp_path / "haproxy.cfg"
     config.write_text("global\n    maxconn 10\ndefaults\n    mode http\n")
     done = subprocess.run(
-        [sys.executable, "-m", "facemask.haproxy_guard", "-c", "-f", str(config)],
+        [sys.executable, "-m", "facemask.serving.haproxy_guard", "-c", "-f", str(config)],
         capture_output=True,
         text=True,
         timeout=30,

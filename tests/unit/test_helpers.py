@@ -12,19 +12,19 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from facemask.api_schema import APIError
-from facemask.bootstrap import Interval
 from facemask.cli.base import FacemaskGroup
-from facemask.errors import ConfigError, FacemaskError, ModelNotFoundError
-from facemask.modelref import find_weights, model_uri_for, parse_models_uri
-from facemask.promotion import promotion_decision
-from facemask.request_checks import check_model_id, declared_size, decode_image, inspect_image
-from facemask.settings import AugmentConfig, PrepareConfig, StudyConfig, TrainConfig, default, validate_fractions
+from facemask.core.errors import ConfigError, FacemaskError, ModelNotFoundError
+from facemask.core.modelref import find_weights, model_uri_for, parse_models_uri
+from facemask.core.settings import AugmentConfig, PrepareConfig, StudyConfig, TrainConfig, default, validate_fractions
+from facemask.quality.bootstrap import Interval
+from facemask.quality.promotion import promotion_decision
+from facemask.serving.api_schema import APIError
+from facemask.serving.request_checks import check_model_id, declared_size, decode_image, inspect_image
 from facemask.tracking import check_tracking_reachable, hosts_elsewhere
 from facemask.tracking.runs import RunLogger, flatten, metric_key
-from facemask.tune import trial_status
-from facemask.tune_resources import max_concurrency
-from facemask.tune_space import load_search_space
+from facemask.training.resources import max_concurrency
+from facemask.training.space import load_search_space
+from facemask.training.tune import trial_status
 
 # ---------------------------------------------------------------- tune
 
@@ -101,7 +101,7 @@ def test_a_trial_that_fits_no_node_is_refused(kw, nodes, message):
 
 
 def test_two_workers_and_their_driver_fit_two_cpus_exactly():
-    from facemask.tune_resources import TRIAL_DRIVER_CPUS, trial_workers
+    from facemask.training.resources import TRIAL_DRIVER_CPUS, trial_workers
 
     assert max_concurrency(study(cpus_per_trial=2, ray_workers_per_trial=2, trials=2), {"CPU": 2}, [{"CPU": 2}]) == 1
     shares = trial_workers(2, 0, 2, "w")
@@ -481,7 +481,7 @@ def test_a_bug_says_it_is_one_and_shows_the_traceback_under_debug(monkeypatch):
 
 
 def test_every_user_error_shares_one_base():
-    from facemask import errors
+    from facemask.core import errors
 
     user_errors = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, Exception)]
     assert len(user_errors) >= 8 and all(issubclass(e, FacemaskError) for e in user_errors)
@@ -494,7 +494,7 @@ def test_relative_paths_resolve_against_the_results_base(tmp_path, monkeypatch):
     """Outside a job: the working directory. Inside `ray job submit`: ~/facemask. FACEMASK_HOME wins."""
     from pathlib import Path
 
-    from facemask.runtime import RAY_JOB_ENV, resolve_path, results_base, where_relative
+    from facemask.core.runtime import RAY_JOB_ENV, resolve_path, results_base, where_relative
     from facemask.tracking import default_tracking_uri
 
     monkeypatch.chdir(tmp_path)
@@ -563,8 +563,8 @@ def test_the_results_footer_names_the_store_and_the_commands():
 
 @pytest.mark.parametrize("model_uri", ["models:/facemask-detector@champion", "runs:/abc123/weights/best.pt"])
 def test_a_registry_uri_without_its_store_is_refused_in_one_line(model_uri):
-    from facemask.detector import resolve_model
-    from facemask.errors import ConfigError
+    from facemask.core.errors import ConfigError
+    from facemask.detection.detector import resolve_model
 
     with pytest.raises(ConfigError, match=f"{model_uri}: a registry or run URI is looked up in an MLflow store"):
         resolve_model(model_uri)
@@ -576,7 +576,7 @@ def test_a_registry_uri_without_its_store_is_refused_in_one_line(model_uri):
 def test_a_16_bit_grey_png_is_scaled_not_clipped_to_white(tmp_path):
     import numpy as np
 
-    from facemask.detector import upright_rgb
+    from facemask.detection.detector import upright_rgb
 
     ramp = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (16, 1))
     Image.fromarray(ramp).save(tmp_path / "deep.png")
@@ -598,7 +598,7 @@ def test_a_16_bit_grey_png_is_scaled_not_clipped_to_white(tmp_path):
     ],
 )
 def test_unreadable_files_get_a_reason_a_user_can_act_on(tmp_path, make, reason):
-    from facemask.batch_predict import unreadable_reason
+    from facemask.video.batch import unreadable_reason
 
     path = tmp_path / "photo.jpg"
     make(path)
@@ -645,7 +645,7 @@ def voc_folder(tmp_path, annotations: int):
 def test_auto_engine_weighs_input_size_and_cores(
     no_cluster, tmp_path, monkeypatch, annotations, cpus, local_cluster_ok, expected
 ):
-    from facemask import pipeline
+    from facemask.data import pipeline
 
     monkeypatch.setattr(pipeline, "RAY_MIN_ITEMS", 5)
     monkeypatch.setattr(pipeline.os, "cpu_count", lambda: cpus)
@@ -658,7 +658,7 @@ def test_auto_engine_weighs_input_size_and_cores(
 
 @pytest.mark.parametrize("env", [{"RAY_ADDRESS": "127.0.0.1:6379"}, {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}])
 def test_auto_engine_uses_a_connected_cluster_even_for_a_small_input(no_cluster, tmp_path, monkeypatch, env):
-    from facemask.pipeline import choose_engine
+    from facemask.data.pipeline import choose_engine
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -667,7 +667,7 @@ def test_auto_engine_uses_a_connected_cluster_even_for_a_small_input(no_cluster,
 
 
 def test_explicit_engine_and_a_missing_source_are_left_to_prepare(no_cluster, tmp_path):
-    from facemask.pipeline import choose_engine
+    from facemask.data.pipeline import choose_engine
 
     assert choose_engine(PrepareConfig(source=tmp_path, out=tmp_path / "o", engine="ray"))[0] == "ray"
     assert choose_engine(PrepareConfig(source=tmp_path / "missing", out=tmp_path / "o"))[0] == "local"
@@ -678,8 +678,8 @@ def test_a_gpu_that_torch_cannot_see_is_refused_unless_emulating(monkeypatch):
     import ray
     import torch
 
-    from facemask.errors import ConfigError
-    from facemask.runtime import GPU_AS_CPU_ENV, check_given_gpus
+    from facemask.core.errors import ConfigError
+    from facemask.core.runtime import GPU_AS_CPU_ENV, check_given_gpus
 
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [1])

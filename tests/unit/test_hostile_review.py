@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from facemask.live.tracker import PeopleTracker
-from facemask.watch.compliance import CameraCompliance
+from facemask.serving.live.tracker import PeopleTracker
+from facemask.video.watch.compliance import CameraCompliance
 
 
 def face(x: float, label: str = "without_mask", size: float = 40.0, conf: float = 0.9) -> dict:
@@ -53,7 +53,7 @@ def gauges(monkeypatch):
 
 def test_item_6_a_closed_live_stream_and_a_removed_camera_leave_the_export(gauges):
     from facemask.serving.metrics import LiveGauges
-    from facemask.watch.metrics import WatchMetrics
+    from facemask.video.watch.metrics import WatchMetrics
 
     live = LiveGauges()
     summary = {"by_class": {"with_mask": 2, "without_mask": 1, "mask_weared_incorrect": 0}}
@@ -113,7 +113,7 @@ def test_item_14_an_occluded_person_at_the_processed_rate_is_counted_once():
 
 
 def test_item_9_asking_for_stream_stats_in_a_loop_collects_no_garbage_in_a_loop():
-    from facemask.live.session import LiveStreams
+    from facemask.serving.live.session import LiveStreams
 
     streams = LiveStreams(SimpleNamespace())
     collections = []
@@ -141,8 +141,8 @@ def test_item_9_asking_for_stream_stats_in_a_loop_collects_no_garbage_in_a_loop(
 
 
 def test_item_15_a_model_error_costs_the_frame_not_the_live_stream():
-    from facemask.live.session import LiveSession, LiveStreams
-    from facemask.live.settings import LIVE_DEFAULTS
+    from facemask.serving.live.session import LiveSession, LiveStreams
+    from facemask.serving.live.settings import LIVE_DEFAULTS
 
     class FailingInference:
         def check_frame(self, data):
@@ -168,7 +168,7 @@ def test_item_15_a_model_error_costs_the_frame_not_the_live_stream():
 
 
 def test_item_15_a_key_that_is_not_a_string_is_refused_with_4401():
-    from facemask.live.session import CLOSE_UNAUTHORIZED, LiveStreams
+    from facemask.serving.live.session import CLOSE_UNAUTHORIZED, LiveStreams
 
     class Socket:
         headers: dict = {}

@@ -181,7 +181,7 @@ def test_the_rayservice_serves_the_same_application_as_serve_config():
     assert deployed["applications"] == local["applications"]
     assert deployed["http_options"]["host"] == "0.0.0.0" and deployed["http_options"]["port"] == 8000
     assert deployed["applications"][0]["args"]["model_uri"] == "models:/facemask-detector@champion"
-    from facemask.runtime import HAPROXY_ENV, PROXY_ENV, SERVE_ENV
+    from facemask.core.runtime import HAPROXY_ENV, PROXY_ENV, SERVE_ENV
 
     for pod in pod_specs(service):
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
@@ -318,7 +318,7 @@ def test_old_ray_with_token_auth_another_image_and_a_drifted_version_are_refused
 def test_the_pod_monitor_scrapes_every_ray_pod_where_ray_and_haproxy_export():
     """monitoring.yaml's PodMonitor selects the RayService's head and workers, and its ports are
     where Ray's metrics agent (metrics-export-port) and HAProxy's exporter listen."""
-    from facemask.runtime import HAPROXY_METRICS_PORT, METRICS_PORT
+    from facemask.core.runtime import HAPROXY_METRICS_PORT, METRICS_PORT
     from tests.kuberay import manifest, pod_monitor_targets
 
     monitor = manifest("monitoring.yaml", "PodMonitor")

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from facemask.api_schema import APIError
-from facemask.live.settings import LIVE_DEFAULTS, live_settings
-from facemask.live.tracker import LatestFrame, PeopleTracker
+from facemask.serving.api_schema import APIError
+from facemask.serving.live.settings import LIVE_DEFAULTS, live_settings
+from facemask.serving.live.tracker import LatestFrame, PeopleTracker
 
 
 def test_latest_frame_keeps_only_the_newest_and_counts_the_rest():

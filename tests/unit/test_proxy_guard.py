@@ -1,4 +1,4 @@
-"""facemask.proxy_guard's decisions, driven through its ASGI interface with a stand-in for Serve's proxy.
+"""facemask.serving.proxy_guard's decisions, driven through its ASGI interface with a stand-in for Serve's proxy.
 
 The same guard inside a real Serve proxy, with real replicas killed, is tested in
 tests/integration/test_serve.py; these cases pin each decision on its own.
@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from facemask.proxy_guard import GuardSettings, ProxyGuard, ReplicaWatch
+from facemask.serving.proxy_guard import GuardSettings, ProxyGuard, ReplicaWatch
 
 FAST = GuardSettings(body_timeout_s=0.3, ready_wait_s=0.4, poll_s=0.05)
 

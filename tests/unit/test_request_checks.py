@@ -5,8 +5,8 @@ import io
 import pytest
 from PIL import Image
 
-from facemask.errors import ConfigError
-from facemask.request_checks import checked_api_key, decode_cost, decode_for_model, inspect_image
+from facemask.core.errors import ConfigError
+from facemask.serving.request_checks import checked_api_key, decode_cost, decode_for_model, inspect_image
 
 
 def jpeg(width: int, height: int) -> bytes:

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from facemask.cli import main
 from facemask.cli.serve import autoscaling_config
-from facemask.errors import ConfigError
-from facemask.rollout import move_alias, rollback, start_canary, traffic
+from facemask.core.errors import ConfigError
+from facemask.quality.rollout import move_alias, rollback, start_canary, traffic
 from facemask.serving.models import Models
 
 

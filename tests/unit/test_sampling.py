@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from facemask.sampling import repeat_factors
+from facemask.data.sampling import repeat_factors
 
 
 def test_factors_follow_the_rarest_class_of_each_image():

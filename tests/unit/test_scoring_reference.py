@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from facemask.bootstrap import ImagePredictions, bootstrap
-from facemask.classes import CLASS_NAMES
-from facemask.fusion import Boxes, box_iou
-from facemask.scoring import match
+from facemask.core.classes import CLASS_NAMES
+from facemask.detection.fusion import Boxes, box_iou
+from facemask.quality.bootstrap import ImagePredictions, bootstrap
+from facemask.quality.scoring import match
 
 torch = pytest.importorskip("torch")
 

@@ -51,7 +51,7 @@ def test_builder_of_serve_run_makes_the_deployment(tmp_path):
 
 
 def test_replicas_get_serve_env_with_what_the_user_set_winning(monkeypatch):
-    from facemask.runtime import SERVE_ENV
+    from facemask.core.runtime import SERVE_ENV
     from facemask.serving import FacemaskServer, with_serve_env
 
     monkeypatch.delenv("RAY_SERVE_LOG_TO_STDERR", raising=False)

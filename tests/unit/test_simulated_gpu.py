@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facemask.errors import ConfigError
-from facemask.simulated_gpu import SimulatedGPU, call_ms, format_latency, parse_latency
+from facemask.core.errors import ConfigError
+from facemask.serving.simulated_gpu import SimulatedGPU, call_ms, format_latency, parse_latency
 
 H100 = parse_latency("8:5.2,32:10.4")
 

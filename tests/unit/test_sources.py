@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from facemask.cli import main
-from facemask.errors import ConfigError, InputNotFoundError
-from facemask.pipeline import prepare, prepare_evaluation_set
-from facemask.settings import AugmentConfig, PrepareConfig, ReadConfig
-from facemask.sources import detect_format, parse_class_map, suggest_class_map
+from facemask.core.errors import ConfigError, InputNotFoundError
+from facemask.core.settings import AugmentConfig, PrepareConfig, ReadConfig
+from facemask.data.pipeline import prepare, prepare_evaluation_set
+from facemask.data.sources import detect_format, parse_class_map, suggest_class_map
 from tests.unit.test_voc import add_image, add_xml, make_source, ok_xml
 
 # A CVAT or Roboflow export's class names, and what they mean here.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from facemask.classes import CLASS_NAMES
-from facemask.records import Box, Record
-from facemask.split import class_presence, stratified_split
+from facemask.core.classes import CLASS_NAMES
+from facemask.data.records import Box, Record
+from facemask.data.split import class_presence, stratified_split
 
 
 def records(n: int = 200) -> list[Record]:

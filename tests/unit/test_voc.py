@@ -8,12 +8,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from facemask.augment import AugmentConfig
 from facemask.cli import main
-from facemask.errors import EmptyDatasetError
-from facemask.pipeline import PrepareConfig, prepare
-from facemask.synth import SynthFace, voc_xml
-from facemask.voc import parse_annotation
+from facemask.core.errors import EmptyDatasetError
+from facemask.data.augment import AugmentConfig
+from facemask.data.pipeline import PrepareConfig, prepare
+from facemask.data.synth import SynthFace, voc_xml
+from facemask.data.voc import parse_annotation
 
 
 def make_source(root: Path) -> Path:
@@ -200,7 +200,7 @@ def test_missing_source_layout_is_a_clear_error(tmp_path):
 
 def test_links_folders_and_huge_files_are_counted_not_fatal(tmp_path, monkeypatch):
     """A looping link, dangling links, a folder named like an image, an oversized file: one problem each."""
-    import facemask.records as voc
+    import facemask.data.records as voc
 
     src = make_source(tmp_path / "src")
     for i in range(10):

@@ -1,0 +1,15 @@
+"""Training, on one process or many:
+
+train         train(): one YOLO training, tracked, on the CPUs it was given
+distributed   train_distributed(): one model on N Ray Train workers (DDP)
+space         the study's search space YAML, checked, as Ray Tune's
+resources     what a trial asks of the cluster, how many fit, shapes refused early
+tune          tune(): Ray Tune + Optuna + ASHA, the trial and the driver
+finish        the best configuration retrained, scored on test with intervals, registered and gated
+"""
+
+from facemask import public_parts
+
+__getattr__, __all__ = public_parts(
+    __name__, {"train": "train", "TrainResult": "train", "train_distributed": "distributed", "tune": "tune"}
+)

@@ -1,0 +1,132 @@
+"""After the search: the best configuration retrained (or its weights kept), scored on the
+clean test split, registered, and put to the promotion gate."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from facemask.core.classes import CLASS_NAMES
+from facemask.core.manifest import data_fingerprint
+from facemask.core.runtime import check_given_gpus, gpu_as_cpu, resolve_path
+from facemask.core.settings import StudyConfig, TrainConfig
+from facemask.data.sampling import data_with_repeats
+from facemask.quality.calibrate import calibrate_version
+from facemask.quality.evaluate import evaluate
+from facemask.quality.promotion import promote
+from facemask.tracking import (
+    RunLogger,
+    log_and_register,
+)
+from facemask.training.distributed import train_distributed
+from facemask.training.resources import on_trial_resources, trial_workers
+from facemask.training.train import TrainResult, train
+
+log = logging.getLogger("facemask.training.tune")
+
+
+@dataclass
+class StudyResult:
+    parent_run_id: str | None
+    best_config: dict[str, Any]
+    best_trial: str
+    best_val: dict[str, float]
+    counts: dict[str, int]
+    trial_epochs: int
+    seconds: float
+    storage_path: str
+    test: dict[str, float] = field(default_factory=dict)
+    # 95% bootstrap intervals of the test scores ([low, high] per metric) and the objects behind them.
+    test_intervals: dict[str, list[float]] = field(default_factory=dict)
+    test_objects: int | None = None
+    version: str | None = None
+    promoted: bool = False
+    promote_reason: str = ""
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def final_training(cfg: TrainConfig) -> TrainResult:
+    """The final retrain, inside `on_trial_resources`."""
+    gpus = check_given_gpus("the study's final retrain")
+    return train(replace(cfg, device="cpu") if gpus and gpu_as_cpu() else cfg)
+
+
+SIDES = ("low", "high")  # an interval's bounds, logged as test/<metric>_low and _high
+
+
+def test_scores(model_uri: str, data: Path, imgsz: int, device: str, tracking_uri: str) -> dict[str, Any]:
+    """The registered model's scores on the test split with their bootstrap intervals, inside
+    `on_trial_resources`: {"overall": {metric: value}, "intervals": {metric: [low, high]}, "objects": n}."""
+    gpus = check_given_gpus("the study's test-split scoring")
+    device = "cpu" if gpus and gpu_as_cpu() else device
+    scored = evaluate(model_uri, data, imgsz=imgsz, device=device, tracking_uri=tracking_uri)
+    intervals = scored.intervals
+    return {
+        "overall": scored.overall,
+        "intervals": {k: [i.low, i.high] for k, i in intervals.overall.items()} if intervals else {},
+        "objects": sum(intervals.objects.values()) if intervals else None,
+    }
+
+
+def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, tracking_uri: str, data: Path) -> None:
+    """Retrain (optional), register, evaluate on the clean test split, and gate the promotion."""
+    if cfg.final_epochs:
+        overrides = dict(result.best_config)
+        threshold = overrides.pop("repeat_threshold", None)
+        train_data = data
+        if threshold:
+            train_data, _ = data_with_repeats(
+                data, float(threshold), cfg.seed, Path(tempfile.mkdtemp(prefix="facemask-final-data-")), CLASS_NAMES
+            )
+        final_cfg = cfg.train_config(
+            data=train_data,
+            epochs=cfg.final_epochs,
+            run_name=f"{cfg.name}-final",
+            tracking_uri=tracking_uri,
+            parent_run_id=parent.run_id,
+            overrides=overrides,
+            register=True,
+            registered_model=cfg.registered_model,
+        )
+        if cfg.ray_workers_per_trial > 1:  # the final retrain is trained the way the trials were
+            workdir = Path(tempfile.mkdtemp(prefix="facemask-final-"))
+            final = train_distributed(
+                replace(final_cfg, device="auto", project=workdir),
+                trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial, workdir),
+            )
+        else:
+            # Its folder as the driver resolves it: the task's own working directory is Ray's.
+            final = on_trial_resources(cfg, final_training, replace(final_cfg, project=resolve_path(final_cfg.project)))
+        result.version = final.version
+    else:
+        best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
+        run_id = next(row.get("run_id") for row in result.trials if row["trial_id"] == result.best_trial)
+        checkpoint = best.checkpoint
+        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+        if checkpoint is None and best.metrics.get(CHECKPOINT_PATH_KEY):
+            # A distributed trial reports its Ray Train run's checkpoint by path.
+            from ray.train import Checkpoint
+
+            checkpoint = Checkpoint(best.metrics[CHECKPOINT_PATH_KEY])
+        with checkpoint.as_directory() as folder:
+            weights = Path(tempfile.mkdtemp(prefix="facemask-best-")) / "best.pt"
+            shutil.copyfile(Path(folder) / "best.pt", weights)
+        tags = {f"val_{k}": round(v, 5) for k, v in result.best_val.items()} | {
+            "data.fingerprint": data_fingerprint(data)
+        }
+        result.version = log_and_register(run_id, weights, tags, tracking_uri=tracking_uri, name=cfg.registered_model)
+    model_uri = f"models:/{cfg.registered_model}/{result.version}"
+    scored = on_trial_resources(cfg, test_scores, model_uri, data, cfg.imgsz, cfg.device, tracking_uri)
+    result.test, result.test_intervals, result.test_objects = scored["overall"], scored["intervals"], scored["objects"]
+    on_trial_resources(cfg, calibrate_version, model_uri, data, cfg.imgsz, tracking_uri)
+    bounds = {f"test/{k}_{side}": v for k, pair in result.test_intervals.items() for side, v in zip(SIDES, pair)}
+    parent.log_metrics({f"test/{k}": v for k, v in result.test.items()} | bounds)
+    parent.set_tags({"facemask.registered_version": result.version})
+    if cfg.promote:
+        decision = promote(model_uri, tracking_uri)
+        result.promoted, result.promote_reason = decision.promoted, decision.reason

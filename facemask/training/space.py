@@ -1,0 +1,110 @@
+"""The search space of a study: a YAML of distributions over Ultralytics train arguments,
+checked, and turned into Ray Tune's; `baseline` points are tried first."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from facemask.core.errors import ConfigError
+
+log = logging.getLogger("facemask.training.tune")
+
+
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
+
+
+# Ultralytics train arguments that make sense to search; anything else is a typo or not a hyperparameter.
+TUNABLE = (
+    "lr0",
+    "lrf",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "warmup_momentum",
+    "warmup_bias_lr",
+    "optimizer",
+    "box",
+    "cls",
+    "dfl",
+    "hsv_h",
+    "hsv_s",
+    "hsv_v",
+    "degrees",
+    "translate",
+    "scale",
+    "shear",
+    "perspective",
+    "flipud",
+    "fliplr",
+    "bgr",
+    "mosaic",
+    "mixup",
+    "cutmix",
+    "copy_paste",
+    "close_mosaic",
+    "erasing",
+    "cos_lr",
+    "nbs",
+    "dropout",
+    "cls_pw",
+    # Not an Ultralytics argument: each trial trains on its own repeat-factor list (facemask.data.sampling).
+    "repeat_threshold",
+)
+
+
+def load_search_space(path: Path | None = None) -> tuple[dict[str, dict], list[dict[str, Any]]]:
+    """Read and validate a search-space YAML: (space, points to evaluate first).
+
+    `baseline` is one point or a list of points. Unknown keys name the valid ones.
+    """
+    text = (
+        Path(path).read_text()
+        if path
+        else resources.files("facemask").joinpath("configs/search_space.yaml").read_text()
+    )
+    where = str(path or "the packaged search_space.yaml")
+    doc = yaml.safe_load(text) or {}
+    space, baseline = doc.get("space") or {}, doc.get("baseline") or []
+    points = [baseline] if isinstance(baseline, dict) else list(baseline)
+    if not space:
+        raise ConfigError(f"{where}: no `space:` mapping of parameter -> distribution")
+    for key in list(space) + [k for point in points for k in point]:
+        if key not in TUNABLE:
+            raise ConfigError(f"{where}: unknown hyperparameter {key!r}; valid: {', '.join(TUNABLE)}")
+    for key, spec in space.items():
+        kind = (spec or {}).get("type")
+        if kind not in DISTRIBUTIONS:
+            raise ConfigError(f"{where}: {key}: type must be one of {', '.join(DISTRIBUTIONS)}, got {kind!r}")
+        if kind == "choice" and not spec.get("values"):
+            raise ConfigError(f"{where}: {key}: a choice needs `values: [...]`")
+        if kind != "choice" and not (
+            isinstance(spec.get("low"), (int, float))
+            and isinstance(spec.get("high"), (int, float))
+            and spec["low"] < spec["high"]
+        ):
+            raise ConfigError(f"{where}: {key}: needs numeric low < high")
+    for point in points:
+        missing = set(point) - set(space)
+        if missing:
+            raise ConfigError(f"{where}: baseline sets {sorted(missing)} which are not in `space`")
+    return space, points
+
+
+def to_tune_space(space: dict[str, dict]) -> dict[str, Any]:
+    from ray import tune
+
+    out = {}
+    for key, spec in space.items():
+        kind = spec["type"]
+        if kind == "choice":
+            out[key] = tune.choice(list(spec["values"]))
+        elif kind == "randint":
+            out[key] = tune.randint(int(spec["low"]), int(spec["high"]))
+        else:
+            out[key] = getattr(tune, kind)(float(spec["low"]), float(spec["high"]))
+    return out

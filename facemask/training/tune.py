@@ -1,0 +1,475 @@
+"""`tune(cfg)`: a Ray Tune study of YOLO26 hyperparameters with Optuna (TPE) and ASHA.
+
+One MLflow parent run per study, one nested child run per trial. Each trial reports
+every epoch through `ray.tune.report` with its weights as a checkpoint, so ASHA can stop
+it and a crashed trial resumes from its last epoch. Library code here never calls
+`ray.init()` or `ray.shutdown()`: the caller owns the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from facemask.core.classes import CLASS_NAMES
+from facemask.core.errors import ConfigError, InputNotFoundError, StudyInterrupted
+from facemask.core.lifecycle import at_forced_stop
+from facemask.core.manifest import data_fingerprint
+from facemask.core.runtime import check_given_gpus, gpu_as_cpu, resolve_path, results_base, where_relative
+from facemask.core.settings import StudyConfig
+from facemask.data.plots import study_plots
+from facemask.data.sampling import data_with_repeats
+from facemask.tracking import (
+    RunLogger,
+    check_tracking_reachable,
+    client,
+    close_run,
+    end_open_runs,
+    find_child_run,
+    find_tagged_run,
+    set_process_store,
+    study_tracking_uri,
+)
+from facemask.training.distributed import node_resources, train_distributed
+from facemask.training.finish import StudyResult, finalise
+from facemask.training.resources import TRIAL_DRIVER_CPUS, max_concurrency, trial_workers
+from facemask.training.space import load_search_space, to_tune_space
+from facemask.training.train import epoch_metrics, per_epoch, train, tune_metric_names
+
+log = logging.getLogger("facemask.training.tune")
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
+    """The Tune trainable: one YOLO training that reports each epoch with a checkpoint."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    gpus = check_given_gpus(f"trial {trial_id}")
+    set_process_store(base["tracking_uri"])
+    study: StudyConfig = base["study"]
+    workdir = Path(base["workdir"]) / trial_id
+    cfg = trial_config(dict(config), base, trial_id, gpus, workdir)
+    workers = study.ray_workers_per_trial
+    if workers > 1:
+        # The trial drives a Ray Train run: its rank 0 reports each epoch to Tune, and a
+        # retried trial resumes from that run's own newest checkpoint and MLflow run.
+        train_distributed(
+            replace(cfg, device="auto"),
+            trial_workers(study.cpus_per_trial, study.gpus_per_trial, workers, workdir),
+            report_to_tune=True,
+        )
+        return
+    run_id, resume_from = restored_trial(base, trial_id, workdir)
+    holder: dict[str, Any] = {"run_id": run_id}
+    callbacks: dict[str, list[Callable]] = {"on_fit_epoch_end": [epoch_reporter(holder)]}
+    for event, fns in (base.get("trial_callbacks") or {}).items():
+        callbacks.setdefault(event, []).extend(fns)
+    train(
+        replace(cfg, run_id=run_id, resume_from=resume_from),
+        callbacks=callbacks,
+        on_run=lambda rid: holder.update(run_id=holder["run_id"] or rid),
+    )
+
+
+def trial_config(config: dict[str, Any], base: dict[str, Any], trial_id: str, gpus: list[str], workdir: Path):
+    """The TrainConfig of one trial: the study's settings with the sampled `config` applied."""
+    import ray
+    from ray import tune
+
+    study: StudyConfig = base["study"]
+    data = Path(base["data"])
+    threshold = config.pop("repeat_threshold", None)
+    if threshold:
+        data, _ = data_with_repeats(data, float(threshold), study.seed, workdir / "data", CLASS_NAMES)
+    resources = tune.get_context().get_trial_resources().required_resources
+    cfg = study.train_config(
+        data=data,
+        run_name=f"trial-{trial_id}",
+        tracking_uri=base["tracking_uri"],
+        project=workdir,
+        overrides=dict(config),
+        parent_run_id=base["parent_run_id"],
+        tags={
+            "facemask.trial_id": trial_id,
+            "facemask.study": study.name,
+            "facemask.node_id": ray.get_runtime_context().get_node_id(),
+            "facemask.resources": json.dumps(resources, sort_keys=True),
+            "facemask.gpus": ",".join(gpus),
+        },
+        plots=False,
+    )
+    return replace(cfg, device="cpu") if gpus and gpu_as_cpu() else cfg
+
+
+def restored_trial(base: dict[str, Any], trial_id: str, workdir: Path) -> tuple[str | None, Path | None]:
+    """The MLflow run a retried trial continues, and the weights it resumes from (its Tune checkpoint's)."""
+    from ray import tune
+
+    run_id, resume_from = find_trial_run(base["tracking_uri"], base["parent_run_id"], trial_id), None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = json.loads((Path(folder) / "trial.json").read_text())
+            run_id = state.get("run_id") or run_id
+            resume_from = workdir / "resume" / "last.pt"
+            resume_from.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(folder) / "last.pt", resume_from)
+            log.warning("trial %s resumes after epoch %s from its checkpoint", trial_id, state.get("epoch"))
+    return run_id, resume_from
+
+
+def epoch_reporter(holder: dict[str, Any]) -> Callable:
+    """An epoch-end callback that reports the epoch's metrics to Tune with a checkpoint of the
+    weights and the trial's MLflow run (`holder["run_id"]`, known once the run exists)."""
+    from ray import tune
+
+    @per_epoch
+    def report(trainer) -> None:
+        metrics = epoch_metrics(trainer)
+        payload = {"epoch": trainer.epoch + 1, **tune_metric_names(metrics)}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("last", "best"):
+                source = Path(getattr(trainer, name))
+                if source.is_file():
+                    shutil.copyfile(source, Path(tmp) / f"{name}.pt")
+            (Path(tmp) / "trial.json").write_text(json.dumps({"run_id": holder["run_id"], "epoch": trainer.epoch + 1}))
+            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    return report
+
+
+def find_trial_run(tracking_uri: str, parent_run_id: str, trial_id: str) -> str | None:
+    """The child run already made for this trial (a retry, a resumed study), if any."""
+    return find_child_run(parent_run_id, "facemask.trial_id", trial_id, tracking_uri=tracking_uri)
+
+
+def interrupted(grid, cfg: StudyConfig, elapsed: float) -> bool:
+    """Tune returns normally after SIGINT; tell that apart from a study that ran its course."""
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    budget_spent = cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s
+    return unfinished > 0 and not budget_spent or (len(grid) < cfg.trials and not budget_spent)
+
+
+def trial_status(result, epochs: int) -> str:
+    """finished, stopped_early (ASHA or the time budget) or failed, from a Tune result."""
+    if result.error is not None:
+        return "failed"
+    reached = (result.metrics or {}).get("epoch", 0)
+    return "finished" if reached >= epochs else "stopped_early"
+
+
+MLFLOW_STATUS = {"finished": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
+
+
+def reconcile_trials(tracking_uri: str, parent_run_id: str, rows: list[dict[str, Any]], grid) -> None:
+    """Give each trial's child run its final status, tag and weights, whatever its worker managed.
+
+    A trial stopped by the scheduler is torn down soon after its last report, maybe
+    before its own upload of best.pt finished; its Tune checkpoint always has it.
+    """
+    checkpoints = {(r.metrics or {}).get("trial_id"): r.checkpoint for r in grid}
+    for row in rows:
+        run_id = find_trial_run(tracking_uri, parent_run_id, row["trial_id"])
+        if run_id is None:
+            continue
+        row["run_id"] = run_id
+        checkpoint = checkpoints.get(row["trial_id"])
+        tags = {"facemask.trial_status": row["status"]}
+        if checkpoint is None:
+            close_run(run_id, MLFLOW_STATUS[row["status"]], tags, tracking_uri=tracking_uri)
+            continue
+        with checkpoint.as_directory() as folder:
+            close_run(
+                run_id, MLFLOW_STATUS[row["status"]], tags, weights=Path(folder) / "best.pt", tracking_uri=tracking_uri
+            )
+
+
+def study_path(cfg: StudyConfig) -> tuple[str, str]:
+    """(storage, the study's folder in it): a local --storage resolved as every path is, a URI as given."""
+    storage = cfg.storage if "://" in cfg.storage else str(resolve_path(cfg.storage))
+    return storage, f"{storage.rstrip('/')}/{cfg.name}"
+
+
+def saved_study(cfg: StudyConfig) -> tuple[str, str, str | None]:
+    """What --storage/--name holds, for a job that may run again (a retried RayJob):
+    (state, the study's folder, its MLflow parent run if any). The state is "none", or
+    "interrupted" (Tune can restore it), or "finished" (restorable, and its parent run ended
+    FINISHED: running it again would only retrain and register the same study twice)."""
+    from ray import tune as rt
+
+    _, path = study_path(cfg)
+    if not rt.Tuner.can_restore(path):
+        return "none", path, None
+    run_id = find_tagged_run(cfg.experiment, "facemask.study_path", path, tracking_uri=cfg.tracking_uri)
+    if run_id and client(cfg.tracking_uri).get_run(run_id).info.status == "FINISHED":
+        return "finished", path, run_id
+    return "interrupted", path, run_id
+
+
+@dataclass
+class Study:
+    """One study as it runs: its config, search space, data, where Tune keeps it, how many trials
+    run at once, and its MLflow parent run once that is open."""
+
+    cfg: StudyConfig
+    space: dict
+    baseline: list
+    data: Path
+    storage: str
+    path: str
+    concurrency: int
+    fingerprint: str
+    trial_callbacks: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    parent_run_id: str | None = None
+
+    @property
+    def how_to_go_on(self) -> str:
+        return (
+            f"study {self.path} stopped; its state is saved and its MLflow runs are marked KILLED: run the same "
+            "command with --resume to continue"
+        )
+
+
+def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = None) -> StudyResult:
+    """Run (or with cfg.resume, continue) a study; register and gate its best model.
+
+    `trial_callbacks` are extra Ultralytics callbacks run inside every trial (used to
+    inject faults in tests). Expects a connected Ray cluster (`ray.init()` by the caller).
+    """
+    import ray
+    from ray import tune as rt
+
+    space, baseline = load_search_space(cfg.search_space)
+    data = resolve_path(cfg.data)
+    if not data.is_file():
+        raise InputNotFoundError(
+            f"--data {data}: no such file{where_relative(cfg.data)}; create it with `facemask data prepare`"
+        )
+    storage, path = study_path(cfg)
+    if cfg.resume and not rt.Tuner.can_restore(path):
+        raise ConfigError(f"--resume: no study to restore at {path}; check --storage and --name")
+    concurrency = max_concurrency(cfg, ray.cluster_resources(), node_resources(ray.nodes()))
+    tracking_uri = cfg.tracking_uri
+    check_tracking_reachable(tracking_uri, ray.nodes(), ray.util.get_node_ip_address())
+    study = Study(cfg, space, baseline, data, storage, path, concurrency, data_fingerprint(data), trial_callbacks or {})
+
+    def close_runs(status: str) -> str:
+        # Straight to the store, not through the study's own server: `ray job stop` signals that server too.
+        # Interrupted trials' runs are reopened by --resume.
+        if study.parent_run_id:
+            end_open_runs(
+                study.parent_run_id,
+                status,
+                tracking_uri=tracking_uri,
+                tags={"facemask.study_status": "interrupted" if status == "KILLED" else "failed"},
+            )
+        return study.how_to_go_on
+
+    forget = at_forced_stop(lambda: f"facemask tune: {close_runs('KILLED')}")
+    try:
+        # The trials log through a server of the study's own in front of the store (study_tracking_uri).
+        with study_tracking_uri(tracking_uri) as through:
+            return _run_study(study, through)
+    except BaseException as exc:
+        try:
+            close_runs("KILLED" if isinstance(exc, (KeyboardInterrupt, StudyInterrupted)) else "FAILED")
+        except Exception as close_error:  # the original error matters more than this one
+            log.warning("could not close the study's MLflow runs in %s: %s", tracking_uri, close_error)
+        raise
+    finally:
+        forget()
+
+
+def _run_study(study: Study, tracking_uri: str) -> StudyResult:
+    """The study itself, logging through `tracking_uri`; sets `study.parent_run_id` as soon as the run exists."""
+    from ray import tune as rt
+
+    cfg, path, data, started = study.cfg, study.path, study.data, study.started
+    fingerprint, space, baseline = study.fingerprint, study.space, study.baseline
+    previous = (
+        find_tagged_run(cfg.experiment, "facemask.study_path", path, tracking_uri=tracking_uri) if cfg.resume else None
+    )
+    parent = RunLogger(
+        cfg.experiment,
+        cfg.name,
+        {"facemask.study_path": path, "data.fingerprint": fingerprint},
+        tracking_uri=tracking_uri,
+        run_id=previous,
+        reopen=previous is not None,
+    )
+    study.parent_run_id = parent.run_id
+    if previous is None:
+        log_study(parent, cfg, fingerprint, space, baseline, study.concurrency, data)
+    trainable = study_trainable(study, parent.run_id, tracking_uri)
+    try:
+        tuner = (
+            rt.Tuner.restore(path, trainable, resume_errored=True)
+            if cfg.resume
+            else new_tuner(cfg, trainable, space, baseline, study.storage, study.concurrency)
+        )
+        grid = tuner.fit()
+    except BaseException:
+        parent.stop_monitor()  # tune() closes the runs once the study's server is gone
+        raise
+    if interrupted(grid, cfg, time.perf_counter() - started):
+        parent.stop_monitor()
+        raise StudyInterrupted(study.how_to_go_on)
+    result = summarise(cfg, grid, parent, tracking_uri, started, path)
+    try:
+        if cfg.register:
+            finalise(cfg, grid, result, parent, tracking_uri, data)
+    finally:
+        result.seconds = time.perf_counter() - started
+        parent.log_metrics({"study/seconds": result.seconds})
+        parent.end("FINISHED")
+    return result
+
+
+def study_trainable(study: Study, parent_run_id: str, tracking_uri: str):
+    """`run_trial` with what every trial shares bound to it, and the resources one trial asks for."""
+    from ray import tune as rt
+
+    cfg, path, data = study.cfg, study.path, study.data
+    # Each trial's Ultralytics folder (plots, results.csv, weights) lives beside the study,
+    # not in the trial's working directory, which is a temporary one under `ray job submit`.
+    workdir = f"{path}-yolo" if "://" not in path else str(results_base() / "runs" / "tune-trials" / cfg.name)
+    base = {
+        "study": cfg,
+        "workdir": workdir,
+        "data": str(data),
+        "tracking_uri": tracking_uri,
+        "parent_run_id": parent_run_id,
+        "trial_callbacks": study.trial_callbacks,
+    }
+    # A distributed trial's function only drives its Ray Train run: the workers hold the
+    # resources (Tune needs some request, so a token one, which trial_workers leaves out).
+    resources = (
+        {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **cfg.trial_resources}
+        if cfg.ray_workers_per_trial == 1
+        else {"cpu": TRIAL_DRIVER_CPUS}
+    )
+    return rt.with_resources(rt.with_parameters(run_trial, base=base), resources)
+
+
+def log_study(
+    parent: RunLogger, cfg: StudyConfig, fingerprint: str, space: dict, baseline: list, concurrency: int, data: Path
+) -> None:
+    """A new study's parent run: its settings, scheduler and searcher, search space and dataset."""
+    scheduler = {"type": "ASHA", "time_attr": "epoch", "max_t": cfg.epochs, "grace_period": cfg.grace_period}
+    searcher = {"type": "Optuna TPE", "seed": cfg.seed, "points_to_evaluate": len(baseline)}
+    parent.log_params(
+        {
+            # The store is where these params go, and its URI may carry credentials: not a param.
+            "study": {k: str(v) for k, v in asdict(cfg).items() if k != "tracking_uri"},
+            "data_fingerprint": fingerprint,
+            "scheduler": scheduler | {"reduction_factor": cfg.reduction_factor},
+            "searcher": searcher,
+            "max_concurrent": concurrency,
+        }
+    )
+    parent.log_dict({"space": space, "baseline": baseline}, "search_space.yaml")
+    # Logged once here so concurrent trials find the dataset instead of racing to create it.
+    parent.log_dataset(data.parent.name, str(data), fingerprint)
+
+
+def new_tuner(cfg: StudyConfig, trainable, space: dict, baseline: list, storage: str, concurrency: int):
+    """A Tuner for a new study: Optuna's TPE (the baseline points first) under ASHA, unless asha is off."""
+    import optuna
+    from ray import tune as rt
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(points_to_evaluate=baseline or None, sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+    # stop_last_trials=False: a trial that reaches max_t ends by itself, so it still
+    # validates best.pt and closes its run, instead of being cut off at its last report.
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            max_t=cfg.epochs,
+            grace_period=cfg.grace_period,
+            reduction_factor=cfg.reduction_factor,
+            stop_last_trials=False,
+        )
+        if cfg.asha
+        else None
+    )
+    return rt.Tuner(
+        trainable,
+        param_space=to_tune_space(space),
+        tune_config=rt.TuneConfig(
+            metric=cfg.metric,
+            mode=cfg.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=cfg.trials,
+            max_concurrent_trials=concurrency,
+            time_budget_s=cfg.time_budget_s,
+        ),
+        run_config=rt.RunConfig(
+            name=cfg.name,
+            storage_path=storage,
+            verbose=1,
+            failure_config=rt.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=rt.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def summarise(cfg: StudyConfig, grid, parent: RunLogger, tracking_uri: str, started: float, path: str) -> StudyResult:
+    """Per-trial rows, final child-run statuses, plots and the best trial on the parent run."""
+    rows = []
+    for r in grid:
+        history = r.metrics_dataframe
+        values = history[cfg.metric].tolist() if history is not None and cfg.metric in history else []
+        best_value = (max(values) if cfg.mode == "max" else min(values)) if values else float("nan")
+        rows.append(
+            {
+                "trial_id": (r.metrics or {}).get("trial_id", ""),
+                "status": trial_status(r, cfg.epochs),
+                "epochs": int((r.metrics or {}).get("epoch", 0)),
+                "objective": best_value,
+                "config": r.config,
+            }
+        )
+    reconcile_trials(tracking_uri, parent.run_id, rows, grid)
+    counts = {s: sum(1 for row in rows if row["status"] == s) for s in ("finished", "stopped_early", "failed")}
+    if all(row["objective"] != row["objective"] for row in rows):  # every objective NaN: no epoch scored
+        raise ConfigError(
+            f"no trial of {len(rows)} scored {cfg.metric} on val "
+            + (
+                f"within --time-budget-s {cfg.time_budget_s:g}: give the study time for at least one epoch"
+                if cfg.time_budget_s is not None
+                else "(each failed before its first epoch ended: see the trials' errors above)"
+            )
+        )
+    best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
+    best_row = next(row for row in rows if row["config"] == best.config)
+    best_val = {k: float(v) for k, v in best.metrics.items() if k in ("mAP50-95", "mAP50", "precision", "recall")}
+    with tempfile.TemporaryDirectory() as tmp:
+        for plot in study_plots(rows, cfg.metric, Path(tmp)):
+            parent.log_artifact(plot, "plots")
+    parent.log_dict(rows, "trials.json")
+    parent.log_params({f"best.{k}": v for k, v in best.config.items()} | {"best.trial_id": best_row["trial_id"]})
+    parent.log_metrics(
+        {f"best/{k}": v for k, v in best_val.items()}
+        | {f"trials/{k}": v for k, v in counts.items()}
+        | {"trials/epochs": sum(row["epochs"] for row in rows)}
+    )
+    return StudyResult(
+        parent.run_id,
+        dict(best.config),
+        best_row["trial_id"],
+        best_val,
+        counts,
+        sum(row["epochs"] for row in rows),
+        time.perf_counter() - started,
+        path,
+        trials=rows,
+    )
