@@ -22,7 +22,9 @@ from facemask.core.settings import (
 
 @main.command("export")
 @click.option("--model-uri", required=True, help="models:/facemask-detector/N, @alias, runs:/..., or a local .pt")
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option(
+    "--to", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True, help="The export's format."
+)
 @click.option(
     "--imgsz",
     default=default(TrainConfig, "imgsz"),
@@ -32,6 +34,7 @@ from facemask.core.settings import (
 @click.option("--opset", type=int, default=None)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also copy the file here.")
 @JSON_OPTION
+@hidden_alias("--format", "fmt")
 def export_command(model_uri, fmt, imgsz, opset, out, as_json):
     """Export to ONNX and log it beside the .pt (serve it with --backend onnx)."""
     configure_runtime()

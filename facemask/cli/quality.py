@@ -206,9 +206,10 @@ def promote_command(model_uri, alias, level, force, canary, as_json, exit_code):
 
 
 @main.command("rollback")
-@click.option("--model", "name", default=REGISTERED_MODEL, show_default=True, help="The registered model.")
+@click.option("--registered-model", "name", default=REGISTERED_MODEL, show_default=True, help="The registered model.")
 @click.option("--alias", default="champion", show_default=True)
 @JSON_OPTION
+@hidden_alias("--model", "name")
 def rollback_command(name, alias, as_json):
     """Undo the last rollout step of an alias: end a running canary, else give the alias back to
     the version that held it before the last `promote`. Endpoints follow within their refresh_s."""
@@ -289,11 +290,21 @@ def calibrate_command(model_uri, data, sizes, precision, device, dry_run, as_jso
 @click.option(
     "--imgsz", default=default(TrainConfig, "imgsz"), show_default=True, help="Size the members are scored at."
 )
-@click.option("--weights", default=None, help="Fusion weight of each member, comma-separated (default: equal).")
+@click.option(
+    "--fusion-weights", "weights", default=None, help="Fusion weight of each member, comma-separated (default: equal)."
+)
 @click.option("--fusion-iou", default=0.55, show_default=True, help="IoU above which two members' boxes are one face.")
-@click.option("--name", default=REGISTERED_MODEL, show_default=True, help="The registered model to add the version to.")
+@click.option(
+    "--registered-model",
+    "name",
+    default=REGISTERED_MODEL,
+    show_default=True,
+    help="The registered model to add the version to.",
+)
 @click.option("--resamples", default=1000, show_default=True)
 @JSON_OPTION
+@hidden_alias("--name", "name")
+@hidden_alias("--weights", "weights")
 def ensemble_command(members, data, imgsz, weights, fusion_iou, name, resamples, as_json):
     """Register MEMBERS (model URIs, e.g. models:/facemask-detector/3 ...) as one version whose
     answer is the weighted-box fusion of theirs; it is scored on the test split against each member

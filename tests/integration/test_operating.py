@@ -149,7 +149,7 @@ def test_promote_canary_and_rollback_under_load_cost_no_request(registered_detec
 
                 switched = time.monotonic()
                 assert f"back from version {other} to version {champion}" in cli(
-                    "rollback", "--model", name, tracking_uri=uri
+                    "rollback", "--registered-model", name, tracking_uri=uri
                 )
                 times["rollback"] = converged(load, switched, champion, 60)
 
@@ -165,7 +165,7 @@ def test_promote_canary_and_rollback_under_load_cost_no_request(registered_detec
                 share = sum(1 for v in window if v == other) / len(window)
 
                 switched = time.monotonic()
-                assert "ended the canary" in cli("rollback", "--model", name, tracking_uri=uri)
+                assert "ended the canary" in cli("rollback", "--registered-model", name, tracking_uri=uri)
                 times["canary ended"] = converged(load, switched, champion, 60)
             scrape = log.read_text().split("metrics for Prometheus: ", 1)[1].split()[0].rstrip(",")
             exported = wait_until(

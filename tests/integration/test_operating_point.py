@@ -115,7 +115,7 @@ def test_an_ensemble_registers_serves_and_answers_over_http(serve_url, store, ti
     from ray import serve
 
     members = [f"models:/{store['name']}/{store['champion']}", f"models:/{store['name']}/{store['other']}"]
-    args = ["ensemble", *members, "--data", str(tiny_data), "--imgsz", "160", "--name", store["name"]]
+    args = ["ensemble", *members, "--data", str(tiny_data), "--imgsz", "160", "--registered-model", store["name"]]
     result = CliRunner().invoke(main, args + ["--resamples", "100", "--json"])
     assert result.exit_code == 0, result.output
     made = json.loads(result.stdout)

@@ -76,9 +76,10 @@ def test_the_commands_promote_a_canary_and_roll_back(registry):
     canary = runner.invoke(main, ["promote", "--model-uri", "models:/m/2", "--force", "--canary", "20", "--json"])
     assert canary.exit_code == 0, canary.output
     assert '"canary_percent": 20.0' in canary.output and '"holder": "1"' in canary.output
-    assert "ended the canary of version 2" in runner.invoke(main, ["rollback", "--model", "m"]).output
-    refused = runner.invoke(main, ["rollback", "--model", "m"])
+    assert "ended the canary of version 2" in runner.invoke(main, ["rollback", "--registered-model", "m"]).output
+    refused = runner.invoke(main, ["rollback", "--model", "m"])  # the former name, still taken with a note
     assert refused.exit_code == 2 and "no earlier holder recorded" in refused.output
+    assert "--model is now --registered-model" in refused.output
     # A share out of range is refused before the gate reads anything.
     bad = runner.invoke(main, ["promote", "--model-uri", "models:/m/3", "--canary", "150"])
     assert bad.exit_code == 2 and "--canary 150: a share of the traffic between 0 and 100" in bad.output
