@@ -22,10 +22,10 @@ demo: $(STAMP)
 serve: $(STAMP)
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/demo/mlflow.db $(BIN)/facemask serve --model-uri models:/facemask-detector@champion
 
-# The suite runs on TEST_WORKERS pytest-xdist workers side by side: most of its time is spent waiting
-# on services (a node joining, a replica starting, a metric push), which overlaps well. Tests that
-# share a module's services are kept on one worker (`xdist_group`). TEST_ARGS adds options, e.g.
-# CI's budgets (.ci/run). TEST_WORKERS=0 runs everything in this process.
+# TEST_WORKERS=N runs the suite on N pytest-xdist workers side by side (each with its own Ray temp
+# dir; tests sharing a module's services stay on one worker). On 2 cores it does not pay: the suite
+# keeps about 1.5 cores busy on its own, and two workers made each heavy test twice as long
+# (docs/troubleshooting.md). TEST_ARGS adds options, e.g. CI's budgets (.ci/run).
 TEST_WORKERS ?= 0
 TEST_ARGS ?=
 test: $(STAMP)
