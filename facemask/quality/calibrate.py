@@ -18,6 +18,7 @@ import numpy as np
 from facemask.core.classes import CLASS_NAMES
 from facemask.core.modelref import OPERATING_POINT_TAG, parse_models_uri
 from facemask.core.operating_point import OperatingPoint
+from facemask.core.runtime import resolve_device
 from facemask.core.settings import INFERENCE
 from facemask.detection.detector import load_detector
 from facemask.detection.fusion import Boxes
@@ -98,13 +99,13 @@ def calibrate(
     sizes: Sequence[int],
     precision: float | None = None,
     tracking_uri: str | None = None,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> tuple[OperatingPoint, dict[int, float]]:
     """The operating point of a model (URI or weights) on the val split of a prepared dataset."""
     images = split_images(data, "val")
     if not images:
         raise ValueError(f"{data}: its val split has no images to choose an operating point on")
-    detector = load_detector(model_uri, device=device, tracking_uri=tracking_uri)
+    detector = load_detector(model_uri, device=resolve_device(device), tracking_uri=tracking_uri)
     return choose_operating_point(lambda size: detector_boxes(detector, size), images, sizes, precision)
 
 
@@ -121,7 +122,8 @@ def calibrate_version(model_uri: str, data: Path, imgsz: int, tracking_uri: str)
     """Choose and store the point of a version just registered (models:/NAME/VERSION). A failure
     is logged, never fatal: the version then answers at conf 0.25 and 640 until `facemask calibrate`."""
     try:
-        point, read = calibrate(model_uri, data, candidate_sizes(imgsz), tracking_uri=tracking_uri)
+        # On the CPU, as since it was written: the process registering may hold no GPU of its own.
+        point, read = calibrate(model_uri, data, candidate_sizes(imgsz), tracking_uri=tracking_uri, device="cpu")
         if point.scores["val_mAP50"] < MIN_VAL_MAP50:
             raise ValueError(f"val mAP50 {point.scores['val_mAP50']:.3f} is under {MIN_VAL_MAP50}: too few faces found")
         store(model_uri, point, tracking_uri)
