@@ -422,7 +422,9 @@ def test_client_and_query_command(endpoint, known_image, tmp_path):
     assert (
         as_json.exit_code == 0 and len(answer["detections"]) == 3 and answer["model"]["version"] == endpoint["champion"]
     )
-    offline = CliRunner().invoke(main, ["query", str(known_image), "--url", f"http://127.0.0.1:{free_port()}"])
+    # --deadline: nothing will come up there, so no need to wait out the default 45 s of retries
+    nobody = f"http://127.0.0.1:{free_port()}"
+    offline = CliRunner().invoke(main, ["query", str(known_image), "--url", nobody, "--deadline", "2"])
     assert offline.exit_code == 1 and "facemask serve" in offline.stderr  # not the user's input: 1, not 2
 
 
