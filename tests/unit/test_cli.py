@@ -64,7 +64,11 @@ def test_version_and_completion():
         ("--model", "--weights", ["tune", "--data", "{data}", "--model", "nowhere.pt"]),
         ("--batch-size", "--batch", ["predict", "{tmp}/none", "--out", "{tmp}/o", "--batch-size", "3"]),
         ("--confidence", "--level", ["promote", "--model-uri", "models:/x/1", "--confidence", "1.5"]),
-        ("--model", "--model-version", ["query", "{data}", "--model", "3", "--url", "http://127.0.0.1:9"]),
+        (
+            "--model",
+            "--model-version",
+            ["query", "{data}", "--model", "3", "--url", "http://127.0.0.1:9", "--deadline", "1"],
+        ),
     ],
 )
 def test_former_option_names_still_work_and_say_the_new_one(former, new, args, tmp_path, monkeypatch):
