@@ -23,9 +23,9 @@ serve: $(STAMP)
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/demo/mlflow.db $(BIN)/facemask serve --model-uri models:/facemask-detector@champion
 
 # TEST_WORKERS=N runs the suite on N pytest-xdist workers side by side (each with its own Ray temp
-# dir; tests sharing a module's services stay on one worker). On 2 cores it does not pay: the suite
-# keeps about 1.5 cores busy on its own, and two workers made each heavy test twice as long
-# (docs/troubleshooting.md). TEST_ARGS adds options, e.g. CI's budgets (.ci/run).
+# dir; tests sharing a module's services stay on one worker). On 2 cores it has not paid so far: the
+# heavy tests keep 1.2-1.7 cores busy on their own, and two workers made each of them about twice
+# as long (docs/troubleshooting.md). TEST_ARGS adds options, e.g. CI's budgets (.ci/run).
 TEST_WORKERS ?= 0
 TEST_ARGS ?=
 test: $(STAMP)
