@@ -48,6 +48,8 @@ MOVED = {
     "live": "serving.live",
     "watch": "video.watch",
 }
+# Longest first, so `live.streams` wins over `live`. Sorted once: the finder below sees every import.
+_OLD_FIRST = sorted(MOVED, key=len, reverse=True)
 
 
 def moved_to(name: str) -> str | None:
@@ -55,7 +57,7 @@ def moved_to(name: str) -> str | None:
     relative = name.removeprefix(f"{__name__}.")
     if relative == name:
         return None
-    for old in sorted(MOVED, key=len, reverse=True):
+    for old in _OLD_FIRST:
         if relative == old or relative.startswith(f"{old}."):
             return f"{__name__}.{MOVED[old]}{relative[len(old) :]}"
     return None
@@ -64,6 +66,9 @@ def moved_to(name: str) -> str | None:
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Imports an old path as the module now at the new one: the same object, so a patch made
     through either name is seen by both. Warns once per old path."""
+
+    def __init__(self) -> None:
+        self._real_specs: dict[str, Any] = {}  # old name -> the module's own spec, create to exec
 
     def find_spec(self, name: str, path: Any = None, target: Any = None):
         target_name = moved_to(name)
@@ -79,12 +84,13 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             stacklevel=2,
         )
         module = importlib.import_module(new)
-        self._real_spec = module.__spec__
+        self._real_specs[spec.name] = module.__spec__
         return module
 
     def exec_module(self, module) -> None:
-        # importlib set the old name's spec on the module: give it back its own.
-        module.__spec__ = self._real_spec
+        # importlib set the old name's spec on the module: give it back its own. Keyed by the old
+        # name, since two threads may import two old paths at once.
+        module.__spec__ = self._real_specs.pop(module.__spec__.name)
 
 
 # First in line: after `facemask.live` is imported as `facemask.serving.live`, Python's own finder

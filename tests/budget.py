@@ -93,6 +93,7 @@ class SuiteTimes:
         self.started = time.monotonic()
         self.busy_at_start = machine_busy_s()
         self.over_budget: str | None = None
+        self.total: dict | None = None  # the session's figures, taken once as it finishes
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         entry = self.tests.setdefault(report.nodeid, {"test": report.nodeid, "outcome": "passed"})
@@ -106,19 +107,18 @@ class SuiteTimes:
                 lines.write(json.dumps(entry) + "\n")
 
     def summary(self) -> dict:
-        wall = time.monotonic() - self.started
-        busy = machine_busy_s() - self.busy_at_start
         return {
-            "wall_s": round(wall, 1),
-            "machine_cpu_s": round(busy, 1),
+            "wall_s": time.monotonic() - self.started,
+            "machine_cpu_s": machine_busy_s() - self.busy_at_start,
             "cores": os.cpu_count(),
             "tests": len(self.tests),
         }
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        budget = self.config.getoption("suite_budget_s")
-        wall = time.monotonic() - self.started
+        # Before the terminal's own sessionfinish, which prints the summary below: one reading serves both.
+        self.total = total = self.summary()
+        budget, wall = self.config.getoption("suite_budget_s"), total["wall_s"]
         if budget > 0 and wall > budget:
             self.over_budget = f"the suite took {wall:.0f} s ({wall / 60:.1f} min), over its budget of {budget:g} s"
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -126,10 +126,11 @@ class SuiteTimes:
         if out:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             tests = sorted(self.tests.values(), key=lambda t: -t.get("wall_s", 0.0))
-            Path(out).write_text(json.dumps({**self.summary(), "tests": tests}, indent=1))
+            rounded = {key: round(value, 1) if isinstance(value, float) else value for key, value in total.items()}
+            Path(out).write_text(json.dumps({**rounded, "tests": tests}, indent=1))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        total = self.summary()
+        total = self.total or self.summary()
         if not self.tests:
             return
         write = terminalreporter.write_line

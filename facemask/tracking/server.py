@@ -25,9 +25,9 @@ log = logging.getLogger("facemask.tracking")
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def mlflow_server_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of an `mlflow server` facemask starts: `base` (this process's) and SERVER_ENV."""
-    return {**(os.environ if base is None else base), **SERVER_ENV}
+def mlflow_server_env() -> dict[str, str]:
+    """The environment of an `mlflow server` facemask starts: this process's, and SERVER_ENV."""
+    return {**os.environ, **SERVER_ENV}
 
 
 def mlflow_server_command(port: int, backend_store_uri: str, *artifacts: str) -> list[str]:

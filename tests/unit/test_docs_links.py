@@ -5,6 +5,7 @@ browser. Each check is also run once on a page made to be wrong, to see that it 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from pathlib import Path
 
@@ -54,9 +55,14 @@ def broken_links(page: Path, text: str | None = None) -> list[str]:
     return broken
 
 
+@functools.cache
+def ignored_patterns() -> tuple[str, ...]:
+    return tuple(p.strip() for p in (ROOT / ".gitignore").read_text().splitlines() if p.strip() and p[0] != "#")
+
+
 def generated(path: str) -> bool:
     """A path .gitignore keeps out of the repository: a run's output, which a page may name."""
-    patterns = [p.strip() for p in (ROOT / ".gitignore").read_text().splitlines() if p.strip() and p[0] != "#"]
+    patterns = ignored_patterns()
     parts = path.split("/")
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
     return any(
