@@ -101,7 +101,7 @@ def stop_signal() -> int | None:
 
 def stopped_meanwhile(grace_s: float = 1.0) -> bool:
     """Whether a stop signal has come, or comes within `grace_s`: for an error that may be the
-    stop's doing. A signal to the whole process group also ends Ray's workers, and their deaths
+    stop's doing. A signal to every process (systemd's control-group kill) also ends Ray's workers, and their deaths
     can reach this process as an error just before its own signal does."""
     deadline = time.monotonic() + grace_s
     try:
@@ -118,8 +118,8 @@ def stop_exit_code() -> int:
 
 
 # A stopped command that is still alive this long after the signal is ended by force. When
-# the signal reaches the whole process group, the local Ray this process started dies at
-# once, and Ray's own shutdown (Tune's, Serve's) can wait on it for ever.
+# the signal reaches every process (systemd's control-group kill), the local Ray this process
+# started dies at once, and Ray's own shutdown (Tune's, Serve's) can wait on it for ever.
 STOP_DEADLINE_S = 25.0
 _forced_stop_actions: list = []
 _started_processes: set[int] = set()  # below this process when the first stop signal came
@@ -135,8 +135,8 @@ def at_forced_stop(action: Callable[[], str | None]) -> Callable[[], None]:
 
 def note_processes() -> set[int]:
     """Note the processes below this one that are alive now, and forget noted ones that ended;
-    returns all noted. A long-running command calls it as it runs: a stop signal sent to its
-    whole group (Ctrl-C in a terminal) kills its local Ray before this process can look, and
+    returns all noted. A long-running command calls it as it runs: a stop signal sent to every
+    process (systemd's control-group kill) kills its local Ray before this process can look, and
     what Ray started (Serve's HAProxy) is re-parented away from this tree, out of sight."""
     alive = {pid for pid in _started_processes if _alive(pid)}
     _started_processes.clear()
@@ -146,7 +146,7 @@ def note_processes() -> set[int]:
 
 def _local_ray_gone() -> bool:
     """True when this process started a local Ray and its raylet or GCS has died (a stop signal
-    sent to the whole process group reaches them too); then nothing Ray does will finish."""
+    sent to every process, as systemd's control-group kill does, reaches them too); then nothing Ray does will finish."""
     if "ray" not in sys.modules:  # no Ray in this process: none was started here
         return False
     try:

@@ -315,18 +315,19 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True, 
     import ray
 
     if not ray.is_initialized():
-        from facemask.compat.ray import metrics_port_option
+        from facemask.compat.ray import local_ray_in_its_own_process_group, metrics_port_option
 
         # A node started here exports Ray's and the app's metrics on the documented port while it is free.
         export = metrics_port_option(free_port(METRICS_PORT)) if serving or metrics else {}
         try:
-            ray.init(
-                address=os.environ.get("RAY_ADDRESS") or None,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=True,
-                **export,
-            )
+            with local_ray_in_its_own_process_group():  # a stop sent to our group stops Ray in order
+                ray.init(
+                    address=os.environ.get("RAY_ADDRESS") or None,
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    log_to_driver=True,
+                    **export,
+                )
         except SystemExit as exc:
             if exc.code != signal.SIGTERM:
                 raise

@@ -25,8 +25,9 @@ SHUTDOWN_TIMEOUT_S = 15.0
 def stop_serving(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
     """Delete the apps and stop Serve, but never wait past `timeout_s`; False when it did not finish in time.
 
-    When SIGTERM reaches the whole process group (`kill -- -PGID`, systemd), a local Ray
-    started here dies with this process, and `serve.shutdown()` would wait for its
+    When SIGTERM reaches every process of the command (systemd's control-group kill; a signal
+    to the process group no longer reaches a local Ray, which has a group of its own), a local
+    Ray started here dies with this process, and `serve.shutdown()` would wait for its
     controller for ever; the Ray processes are gone then, so there is nothing left to stop.
     """
     import threading

@@ -792,9 +792,9 @@ def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(
     """The user-facing command in its own process (its own local Ray), air-gapped: a local .pt, no registry.
 
     Stopped by SIGINT to it alone, by SIGINT to its whole process group (Ctrl-C in a terminal),
-    or by SIGTERM to its group (systemd, `kill -- -PGID`). The group signals reach the local Ray
-    too: the command must not wait on it, and nothing it started may outlive it (Serve's
-    HAProxy, re-parented away when Ray dies, included).
+    or by SIGTERM to its group (`kill -- -PGID`). The group signals reach the command alone (its
+    local Ray has process groups of its own), and nothing it started may outlive it (Serve's
+    HAProxy included).
     """
     import signal
     import time

@@ -102,7 +102,8 @@ def assert_resumed_once(tracking_uri: str, experiment: str, trials: int) -> None
 
 
 def test_tune_stopped_by_sigterm_to_its_process_group_resumes(tiny_data, tmp_path, two_trial_space):
-    """`kill -- -PGID` (systemd, a terminal's hang-up) reaches the local Ray the command started too."""
+    """`kill -- -PGID` (a terminal's hang-up, a supervisor) reaches the command alone: the local
+    Ray it started has process groups of its own, and the command stops it in order."""
     experiment = "stop-group"
     env = command_env()
     env.pop("MLFLOW_TRACKING_URI", None)  # the default store: sqlite under the working dir, behind the study's server

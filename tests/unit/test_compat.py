@@ -128,3 +128,27 @@ def test_ultralytics_bytetrack_keeps_a_lost_track_for_the_frames_set_after_const
         again = [tracker.update(xywh, conf, cls) for _ in range(3)][-1]
         ids.append((int(first[0][4]), int(again[0][4])))
     assert ids[0][0] != ids[0][1] and ids[1][0] == ids[1][1], ids
+
+
+def test_ray_starts_its_local_processes_through_console_popen_and_they_get_a_group_of_their_own():
+    """`local_ray_in_its_own_process_group` swaps the Popen class `start_ray_process` looks up
+    at each call: a child started under it leads a group of its own, and the swap is undone."""
+    import os
+    import subprocess
+
+    import ray._private.services as services
+    import ray._private.utils as utils
+
+    from facemask.compat.ray import local_ray_in_its_own_process_group
+
+    assert utils.detect_fate_sharing_support()  # Linux: Ray's children die with their parent
+    assert "ConsolePopen(" in inspect.getsource(services.start_ray_process)
+    original = services.ConsolePopen
+    with local_ray_in_its_own_process_group():
+        child = services.ConsolePopen(["sleep", "30"], stdin=subprocess.DEVNULL)
+    try:
+        assert services.ConsolePopen is original
+        assert os.getpgid(child.pid) == child.pid != os.getpgrp()
+    finally:
+        child.kill()
+        child.wait()
