@@ -146,7 +146,8 @@ def note_processes() -> set[int]:
 
 def _local_ray_gone() -> bool:
     """True when this process started a local Ray and its raylet or GCS has died (a stop signal
-    sent to every process, as systemd's control-group kill does, reaches them too); then nothing Ray does will finish."""
+    sent to every process, as systemd's control-group kill does, reaches them too); then
+    nothing Ray does will finish."""
     if "ray" not in sys.modules:  # no Ray in this process: none was started here
         return False
     try:
