@@ -65,7 +65,7 @@ def watch_command(cameras, out, fast_decode, no_page, open_api_on_loopback, as_j
     (with FACEMASK_API_KEY set, or --open-api-on-loopback)."""
     configure_runtime()
     from facemask.tracking import default_tracking_uri
-    from facemask.video.watch.cameras import check_sources, load_cameras
+    from facemask.video.watch.cameras import check_sources, load_cameras, load_events
 
     cfg = WatchConfig(
         cameras=cameras,
@@ -80,6 +80,7 @@ def watch_command(cameras, out, fast_decode, no_page, open_api_on_loopback, as_j
     api_key = watch_api_key() if not no_page else None
     access = page_access(cfg, api_key)
     check_sources(load_cameras(cameras), cameras.parent)  # a mistake is reported before Ray starts
+    load_events(cameras)  # ... and one in the events section, or a secret not set
     init_ray(torch=False, metrics=True)
     result = run_watch(cfg, page=not no_page, access=access)
     if as_json:

@@ -6,6 +6,8 @@
         fps: 15                             # optional cap: frames above it are not decoded for the model
         zone: [0.0, 0.2, 1.0, 1.0]          # optional: x1, y1, x2, y2 as fractions; faces centred outside are ignored
         transport: tcp                      # RTSP only: tcp (default, survives NAT and loss) or udp
+        rule: {min_duration_s: 10}          # optional, with an `events:` section: this camera's own rule
+        blur: others                        # optional: faces in this camera's snapshots (all, others, none)
 
 Every mistake names the file, the camera and the field, and what to write instead; a file
 with one bad camera is refused whole, so a typo never silently drops a camera from an audit.
@@ -23,7 +25,7 @@ from facemask.core.settings import STREAM_SCHEMES
 from facemask.video.watch.urls import check_url
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-FIELDS = ("id", "url", "fps", "zone", "transport")
+FIELDS = ("id", "url", "fps", "zone", "transport", "rule", "blur")  # rule, blur: read by load_events
 TRANSPORTS = ("tcp", "udp")
 
 
@@ -62,6 +64,17 @@ def load_cameras(path: Path) -> list[Camera]:
             raise ConfigError(f"{path}: camera id {camera.id!r} is listed twice; give each camera its own id")
         seen.add(camera.id)
     return cameras
+
+
+def load_events(path: Path):
+    """The list's `events:` section with each camera's `rule` and `blur` (facemask.events.rules),
+    or None when events are off; read once, when the watch starts."""
+    import yaml
+
+    from facemask.events.rules import load_events_config
+
+    load_cameras(path)  # the cameras themselves first: their mistakes are named as ever
+    return load_events_config(yaml.safe_load(path.read_text()), path)
 
 
 def parse_camera(entry: Any, where: str) -> Camera:

@@ -28,7 +28,8 @@ import numpy as np
 
 from facemask.core.errors import FacemaskError
 from facemask.core.settings import WatchConfig
-from facemask.video.watch.cameras import Camera, check_sources, load_cameras
+from facemask.events.hub import EventHub
+from facemask.video.watch.cameras import Camera, check_sources, load_cameras, load_events
 from facemask.video.watch.compliance import CameraCompliance
 from facemask.video.watch.summary import WatchResult, camera_totals
 from facemask.video.watch.urls import redacted
@@ -113,6 +114,8 @@ class Watch:
         self.list_mtime: float | None = None
         self.stopping = threading.Event()
         self.closing = False  # set under the lock at a stop: no camera starts after it
+        events = load_events(cfg.cameras)
+        self.events = None if events is None else EventHub(events, cfg.out, self.model.get("uri"))
 
     # --- cameras coming and going -------------------------------------------------------------
 
@@ -146,6 +149,8 @@ class Watch:
                 return False
             row = self._close_window(watched, time.time(), partial=True)
         self._write(row)
+        if self.events is not None:
+            self.events.remove(camera_id, _fetch)
         ray.kill(watched.reader)
         if self.metrics:
             self.metrics.retire(camera_id)
@@ -260,6 +265,8 @@ class Watch:
         w.latencies_ms.append(latency * 1000)
         w.last = {"ref": frame_ref, "index": meta["index"], "size": [width, height], "detections": shown}
         w.last["at"], w.last["latency_ms"] = now, round(latency * 1000, 1)
+        if self.events is not None:
+            self.events.frame(w.camera.id, shown, meta["captured"], frame_ref, _fetch)
         if self.metrics:
             self.metrics.processed(w.camera.id, latency)
 
@@ -447,6 +454,8 @@ class Watch:
                 w.status = dict(w.status, state="stopped")
         for row in rows:
             self._write(row)
+        if self.events is not None:  # open events end; the outbox keeps what is not yet delivered
+            self.events.close(_fetch)
         result = self.result(stopped)
         for w in watched:
             ray.kill(w.reader)
@@ -459,12 +468,20 @@ class Watch:
         seconds = time.time() - self.started
         cameras = {w.camera.id: camera_totals(w, seconds) for w in self.watched.values()}
         summary = self.cfg.out / "summary.json"
-        result = WatchResult(seconds, cameras, self.windows, self.log_path, summary, stopped, self.lost_batches)
+        events = self.events.summary() if self.events is not None else None
+        result = WatchResult(seconds, cameras, self.windows, self.log_path, summary, stopped, self.lost_batches, events)
         # Written whole or not at all: a kill mid-write leaves the previous file, never half of one.
         partial = summary.with_suffix(".json.tmp")
         partial.write_text(json.dumps(result.to_dict() | {"model": self.model}, indent=2))
         partial.replace(summary)
         return result
+
+
+def _fetch(frame_ref) -> np.ndarray:
+    """A frame held by Ray, for an event's snapshot."""
+    import ray
+
+    return ray.get(frame_ref, timeout=5)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ class WatchResult:
     summary: Path
     stopped_by: str | None = None
     lost_batches: int = 0  # batches that failed: the detector died (Ray restarted it), the model raised
+    events: dict | None = None  # violation events: started, ended, delivery (None: events are off)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -27,6 +28,7 @@ class WatchResult:
             "lost_batches": self.lost_batches,
             "files": {"log": str(self.log), "summary": str(self.summary)},
             "stopped_by": self.stopped_by,
+            "events": self.events,
         }
 
 

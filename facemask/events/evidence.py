@@ -1,0 +1,90 @@
+"""A snapshot per event: the frame where its person scored highest, faces blurred by default.
+
+Mask compliance films faces, and privacy law covers what is kept. So every face box in a
+stored snapshot is blurred (`all`, the default); `others` keeps the subject's face for
+review and blurs the rest; `none` is the operator's explicit choice. The subject's box is
+outlined in every mode. The blur is strong enough that no face stays recognisable: a box
+averaged down to about 6 x 6 blocks, then smoothed.
+
+Snapshots live under `<out>/events/<camera>/`; the oldest go first once the folder passes
+its size limit, and any older than its age limit go at the next write.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+BLOCKS = 6  # a blurred face keeps about this many blocks across: its colours, not its features
+
+
+def blur_faces(frame: np.ndarray, boxes: list[dict], keep: dict | None = None) -> np.ndarray:
+    """A copy of `frame` (H x W x 3) with each box in `boxes` blurred, except `keep`."""
+    import cv2
+
+    out = frame.copy()
+    height, width = out.shape[:2]
+    for box in boxes:
+        if keep is not None and box == keep:
+            continue
+        x1, y1 = max(0, int(box["x1"])), max(0, int(box["y1"]))
+        x2, y2 = min(width, int(np.ceil(box["x2"]))), min(height, int(np.ceil(box["y2"])))
+        if x2 - x1 < 2 or y2 - y1 < 2:
+            continue
+        face = out[y1:y2, x1:x2]
+        small = cv2.resize(face, (BLOCKS, BLOCKS), interpolation=cv2.INTER_AREA)
+        coarse = cv2.resize(small, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
+        out[y1:y2, x1:x2] = cv2.GaussianBlur(coarse, (0, 0), sigmaX=max(1.0, (x2 - x1) / BLOCKS / 2))
+    return out
+
+
+def snapshot(frame: np.ndarray, boxes: list[dict], subject: dict, blur: str) -> bytes:
+    """The event's JPEG: faces blurred per `blur` (all, others, none), the subject outlined."""
+    import cv2
+
+    if blur == "all":
+        image = blur_faces(frame, boxes)
+    elif blur == "others":
+        image = blur_faces(frame, boxes, keep=subject)
+    else:
+        image = frame.copy()
+    p1 = (int(subject["x1"]), int(subject["y1"]))
+    p2 = (int(subject["x2"]), int(subject["y2"]))
+    cv2.rectangle(image, p1, p2, (255, 64, 64), 2)
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise ValueError("the snapshot could not be encoded as JPEG")
+    return data.tobytes()
+
+
+class EvidenceStore:
+    """Snapshots on disk, within `max_bytes` and `max_age_s`."""
+
+    def __init__(self, root: Path, max_bytes: float, max_age_s: float) -> None:
+        self.root, self.max_bytes, self.max_age_s = root, max_bytes, max_age_s
+        self.pruned = 0
+
+    def write(self, camera: str, key: str, jpeg: bytes) -> Path:
+        folder = self.root / camera
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{key}.jpg"
+        partial = path.with_suffix(".jpg.tmp")
+        partial.write_bytes(jpeg)
+        partial.replace(path)  # whole or absent, never half a file
+        self.prune()
+        return path
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete snapshots past the age limit, then the oldest until the folder fits; returns how many."""
+        now = time.time() if now is None else now
+        files = sorted((p.stat().st_mtime, p.stat().st_size, p) for p in self.root.glob("*/*.jpg"))
+        total, removed = sum(size for _, size, _ in files), 0
+        for mtime, size, path in files:
+            if now - mtime <= self.max_age_s and total <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total, removed = total - size, removed + 1
+        self.pruned += removed
+        return removed

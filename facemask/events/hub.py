@@ -1,0 +1,129 @@
+"""What `facemask watch` holds for events: a tracker of events per camera, the evidence
+store and the outbox with its sinks. The watch feeds it each processed frame's people; the
+hub writes the snapshot when an event starts, and puts the start (the alert) and the end
+into the outbox, which delivers them from a thread of its own.
+
+Files, under the watch's `--out`: `events/outbox.sqlite` (the outbox and the events still
+open), `events/<camera>/<key>.jpg` (snapshots), `events.jsonl` (every start and end, as sent).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from facemask.events.evidence import EvidenceStore, snapshot
+from facemask.events.outbox import Outbox
+from facemask.events.people import Event, PersonEvents
+from facemask.events.rules import EventsConfig
+
+log = logging.getLogger("facemask.events")
+
+
+class EventHub:
+    def __init__(self, cfg: EventsConfig, out: Path, model_version: str | None, sinks: list | None = None) -> None:
+        self.cfg, self.out, self.model_version = cfg, out, model_version
+        self.run_id = uuid.uuid4().hex[:8]  # in every key: a restarted watch never reuses one
+        self.cameras: dict[str, PersonEvents] = {}
+        self.evidence = EvidenceStore(out / "events", cfg.max_mb * 1e6, cfg.max_age_days * 86400)
+        self.outbox = Outbox(
+            out / "events" / "outbox.sqlite", default_sinks(cfg, self.run_id) if sinks is None else sinks
+        )
+        self.log_path = out / "events.jsonl"
+        self.counts = {"started": 0, "ended": 0, "snapshot_errors": 0}
+        self._end_left_open()
+        self.outbox.start()
+
+    def _end_left_open(self) -> None:
+        """Events a killed watch left open end now, with their own key: nothing is lost or doubled."""
+        for start in self.outbox.left_open():
+            end = {**start, "key": f"{start['event']}:end", "kind": "end", "end": round(time.time(), 3)}
+            end["end_reason"] = "the watch stopped before the event ended; ended when it started again"
+            self._put(end, closes=start["event"])
+
+    def frame(self, camera: str, people: list[dict], at: float, frame: Any, fetch: Callable[[Any], Any]) -> None:
+        """One processed frame of `camera`: `people` are the shown, tracked detections, `frame`
+        a handle on the image that `fetch` turns into an RGB array when a snapshot is due."""
+        events = self.cameras.get(camera)
+        if events is None:
+            rule, _ = self.cfg.for_camera(camera)
+            events = self.cameras[camera] = PersonEvents(camera, rule, self.run_id, self.model_version)
+        boxes = [d["box"] for d in people]
+        changes = []
+        for d in people:
+            if d.get("track_id") is None:
+                continue
+            best = {"frame": frame, "box": d["box"], "boxes": boxes, "at": at}
+            changes += events.observe(d["track_id"], d["class_name"], d["confidence"], at, best)
+        changes += events.tick(at)
+        self._apply(camera, changes, fetch)
+
+    def remove(self, camera: str, fetch: Callable[[Any], Any]) -> None:
+        events = self.cameras.pop(camera, None)
+        if events is not None:
+            self._apply(camera, events.close_all(time.time(), "camera removed"), fetch)
+
+    def close(self, fetch: Callable[[Any], Any], flush_s: float = 2.0) -> None:
+        """A stop: every open event ends, then the outbox gets `flush_s` to deliver."""
+        now = time.time()
+        for camera, events in list(self.cameras.items()):
+            self._apply(camera, events.close_all(now), fetch)
+        self.outbox.stop(flush_s)
+
+    def _apply(self, camera: str, changes: list, fetch: Callable[[Any], Any]) -> None:
+        for kind, event in changes:
+            message = event.to_message(kind)
+            if kind == "start":
+                message["snapshot"] = self._snapshot(camera, event, fetch)
+                self.counts["started"] += 1
+                self._put(message, open_event=message)
+            else:
+                message["snapshot"] = str(Path("events") / camera / f"{event.key}.jpg")
+                self.counts["ended"] += 1
+                self._put(message, closes=event.key)
+
+    def _put(self, message: dict, open_event: dict | None = None, closes: str | None = None) -> None:
+        self.outbox.put(message, open_event=open_event, closes=closes)
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(message, sort_keys=True) + "\n")
+
+    def _snapshot(self, camera: str, event: Event, fetch: Callable[[Any], Any]) -> str | None:
+        best = event.best
+        if best is None:
+            return None
+        _, blur = self.cfg.for_camera(camera)
+        try:
+            image = fetch(best["frame"])
+            jpeg = snapshot(image, best["boxes"], best["box"], blur)
+            path = self.evidence.write(camera, event.key, jpeg)
+        except Exception as exc:  # noqa: BLE001 - the alert goes out without its picture
+            self.counts["snapshot_errors"] += 1
+            log.warning("camera %s: no snapshot for event %s: %s", camera, event.key, exc)
+            return None
+        finally:
+            event.best = None  # the frame is let go: memory stays bounded however long an event lasts
+        return str(path.relative_to(self.out))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **self.counts,
+            "open": sum(len(e.open) for e in self.cameras.values()),
+            "delivery": dict(self.outbox.counts),
+            "backlog": self.outbox.backlog(),
+            "snapshots_pruned": self.evidence.pruned,
+        }
+
+
+def default_sinks(cfg: EventsConfig, run_id: str) -> list:
+    from facemask.events.sinks import MqttSink, WebhookSink
+
+    sinks: list = []
+    if cfg.webhook is not None:
+        sinks.append(WebhookSink(cfg.webhook))
+    if cfg.mqtt is not None:
+        sinks.append(MqttSink(cfg.mqtt, client_id=f"facemask-watch-{run_id}"))
+    return sinks

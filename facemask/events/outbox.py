@@ -1,0 +1,165 @@
+"""A durable outbox: every message is written to SQLite before anyone is told, and stays
+until each of its sinks has taken it, so a receiver that is down, a broker restarting or a
+watch killed outright loses nothing. Delivery is at least once; each message carries its
+idempotency key, which receivers use to drop a repeat.
+
+A failed send is retried after an exponential backoff with jitter (1 s, 2 s, 4 s ... up to
+60 s); a refusal (a 4xx) is set aside as `refused` with its answer, counted, and never retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from facemask.events.sinks import Refused, Retry
+
+log = logging.getLogger("facemask.events")
+BACKOFF_S, BACKOFF_CAP_S = 1.0, 60.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT NOT NULL, sink TEXT NOT NULL, message TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL, created REAL NOT NULL, delivered REAL, last_error TEXT,
+    PRIMARY KEY (key, sink)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
+CREATE TABLE IF NOT EXISTS open_events (key TEXT PRIMARY KEY, message TEXT NOT NULL);
+"""
+
+
+class Outbox:
+    def __init__(self, path: Path, sinks: list) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.sinks = path, {s.name: s for s in sinks}
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # a message written is on disk before it is announced
+        self.db.executescript(SCHEMA)
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.counts = {"delivered": 0, "retried": 0, "refused": 0}
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def put(self, message: dict, open_event: dict | None = None, closes: str | None = None) -> None:
+        """Keep `message` for every sink (a key already kept is ignored), in one transaction with
+        the note of an event now open (`open_event`) or closed (`closes`: its key)."""
+        now = time.time()
+        body = json.dumps(message, sort_keys=True)
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            for sink in self.sinks:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO outbox (key, sink, message, next_at, created) VALUES (?, ?, ?, ?, ?)",
+                    (message["key"], sink, body, now, now),
+                )
+            if open_event is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO open_events VALUES (?, ?)", (open_event["event"], json.dumps(open_event))
+                )
+            if closes is not None:
+                self.db.execute("DELETE FROM open_events WHERE key = ?", (closes,))
+            self.db.execute("COMMIT")
+        self.wake.set()
+
+    def left_open(self) -> list[dict]:
+        """The start messages of events a previous run opened and never closed (it was killed)."""
+        with self.lock:
+            return [json.loads(m) for (m,) in self.db.execute("SELECT message FROM open_events")]
+
+    # --- delivering -------------------------------------------------------------------------
+
+    def deliver_due(self, now: float | None = None, limit: int = 100) -> int:
+        """Send the messages due now, oldest first; returns how many were taken."""
+        now = time.time() if now is None else now
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT key, sink, message, attempts FROM outbox WHERE status = 'pending' AND next_at <= ? "
+                "ORDER BY created LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        taken, failing = 0, set()
+        for key, sink, body, attempts in rows:
+            if sink in failing:
+                continue  # one failure per sink per round: the rest wait for its backoff
+            try:
+                self.sinks[sink].send(json.loads(body))
+            except Refused as exc:
+                self._mark(key, sink, "refused", attempts + 1, str(exc))
+                self.counts["refused"] += 1
+                log.warning("event message %s refused by %s: %s", key, sink, exc)
+            except (Retry, Exception) as exc:  # noqa: BLE001 - a sink's bug must not end delivery
+                failing.add(sink)
+                delay = min(BACKOFF_CAP_S, BACKOFF_S * 2**attempts) * random.uniform(0.5, 1.0)
+                with self.lock:
+                    self.db.execute(
+                        "UPDATE outbox SET attempts = ?, next_at = ?, last_error = ? WHERE key = ? AND sink = ?",
+                        (attempts + 1, time.time() + delay, str(exc)[:300], key, sink),
+                    )
+                self.counts["retried"] += 1
+            else:
+                self._mark(key, sink, "delivered", attempts + 1, None)
+                self.counts["delivered"] += 1
+                taken += 1
+        return taken
+
+    def _mark(self, key: str, sink: str, status: str, attempts: int, error: str | None) -> None:
+        with self.lock:
+            self.db.execute(
+                "UPDATE outbox SET status = ?, attempts = ?, delivered = ?, last_error = ? WHERE key = ? AND sink = ?",
+                (status, attempts, time.time() if status == "delivered" else None, error, key, sink),
+            )
+
+    def backlog(self) -> dict[str, int]:
+        """Messages waiting, per sink (0 for a sink with none)."""
+        with self.lock:
+            rows = self.db.execute("SELECT sink, count(*) FROM outbox WHERE status = 'pending' GROUP BY sink")
+            found = dict(rows.fetchall())
+        return {sink: found.get(sink, 0) for sink in self.sinks}
+
+    def oldest_pending_s(self, now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        with self.lock:
+            (created,) = self.db.execute("SELECT min(created) FROM outbox WHERE status = 'pending'").fetchone()
+        return 0.0 if created is None else now - created
+
+    def start(self) -> None:
+        """Deliver from a thread of its own until `stop`."""
+
+        def run() -> None:
+            while not self.stopping.is_set():
+                self.wake.clear()
+                try:
+                    self.deliver_due()
+                except Exception as exc:  # noqa: BLE001 - the database itself failing: say so, go on
+                    log.warning("event delivery failed: %s", exc)
+                with self.lock:
+                    row = self.db.execute("SELECT min(next_at) FROM outbox WHERE status = 'pending'").fetchone()
+                wait = 1.0 if row[0] is None else min(1.0, max(0.0, row[0] - time.time()))
+                self.wake.wait(wait)
+
+        self.thread = threading.Thread(target=run, name="facemask-event-delivery", daemon=True)
+        self.thread.start()
+
+    def stop(self, flush_s: float = 2.0) -> None:
+        """Give pending messages `flush_s` to go out, then stop; what is left is sent at the next start."""
+        deadline = time.monotonic() + flush_s
+        while time.monotonic() < deadline and any(self.backlog().values()) and self.thread is not None:
+            self.wake.set()
+            time.sleep(0.05)
+        self.stopping.set()
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+        for sink in self.sinks.values():
+            sink.close()
+        self.db.close()
