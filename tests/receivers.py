@@ -5,6 +5,7 @@ Both are real servers on loopback; each test starts and stops its own, by PID.""
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 import socket
@@ -87,9 +88,11 @@ class Mosquitto:
         self.folder, self.port = folder, free_port()
         folder.mkdir(parents=True, exist_ok=True)
         self.conf = folder / "mosquitto.conf"
+        # `user`: run as root, the broker would switch to the `mosquitto` user, which cannot
+        # write its persistence file in a test's folder.
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {folder}/\nautosave_interval 1\n"
+            f"persistence_location {folder}/\nautosave_interval 1\nuser {getpass.getuser()}\n"
         )
         self.proc: subprocess.Popen | None = None
         self.start()
@@ -121,14 +124,14 @@ class MqttListener:
     """A subscriber with a persistent session (QoS 1): what the broker queued while it was
     restarting is delivered once it is back."""
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, port: int, topics: list[str]) -> None:
         import paho.mqtt.client as mqtt
 
         self.messages: list[dict] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-listener", clean_session=False)
         self.client.on_message = self._on_message
-        self.client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+        self.client.on_connect = lambda client, *_: client.subscribe([(topic, 1) for topic in topics])
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()

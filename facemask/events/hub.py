@@ -34,7 +34,8 @@ class EventHub:
             out / "events" / "outbox.sqlite", default_sinks(cfg, self.run_id) if sinks is None else sinks
         )
         self.log_path = out / "events.jsonl"
-        self.counts = {"started": 0, "ended": 0, "snapshot_errors": 0}
+        self.counts = {"started": 0, "ended": 0, "snapshot_errors": 0, "errors": 0}
+        self.final: dict[str, Any] | None = None  # the summary as the outbox closed
         self._end_left_open()
         self.outbox.start()
 
@@ -47,7 +48,15 @@ class EventHub:
 
     def frame(self, camera: str, people: list[dict], at: float, frame: Any, fetch: Callable[[Any], Any]) -> None:
         """One processed frame of `camera`: `people` are the shown, tracked detections, `frame`
-        a handle on the image that `fetch` turns into an RGB array when a snapshot is due."""
+        a handle on the image that `fetch` turns into an RGB array when a snapshot is due. Each
+        detection has `track_id` (None while unconfirmed), `label`, `confidence` and `box`."""
+        try:
+            self._frame(camera, people, at, frame, fetch)
+        except Exception:  # noqa: BLE001 - a fault here must not stop the watch counting compliance
+            self.counts["errors"] += 1
+            log.exception("camera %s: events of a frame failed (%d so far)", camera, self.counts["errors"])
+
+    def _frame(self, camera: str, people: list[dict], at: float, frame: Any, fetch: Callable[[Any], Any]) -> None:
         events = self.cameras.get(camera)
         if events is None:
             rule, _ = self.cfg.for_camera(camera)
@@ -58,7 +67,7 @@ class EventHub:
             if d.get("track_id") is None:
                 continue
             best = {"frame": frame, "box": d["box"], "boxes": boxes, "at": at}
-            changes += events.observe(d["track_id"], d["class_name"], d["confidence"], at, best)
+            changes += events.observe(d["track_id"], d["label"], d["confidence"], at, best)
         changes += events.tick(at)
         self._apply(camera, changes, fetch)
 
@@ -72,7 +81,7 @@ class EventHub:
         now = time.time()
         for camera, events in list(self.cameras.items()):
             self._apply(camera, events.close_all(now), fetch)
-        self.outbox.stop(flush_s)
+        self.outbox.stop(flush_s, before_closing=lambda: setattr(self, "final", self.summary()))
 
     def _apply(self, camera: str, changes: list, fetch: Callable[[Any], Any]) -> None:
         for kind, event in changes:
@@ -109,6 +118,8 @@ class EventHub:
         return str(path.relative_to(self.out))
 
     def summary(self) -> dict[str, Any]:
+        if self.final is not None:
+            return self.final
         return {
             **self.counts,
             "open": sum(len(e.open) for e in self.cameras.values()),

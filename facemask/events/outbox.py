@@ -150,8 +150,9 @@ class Outbox:
         self.thread = threading.Thread(target=run, name="facemask-event-delivery", daemon=True)
         self.thread.start()
 
-    def stop(self, flush_s: float = 2.0) -> None:
-        """Give pending messages `flush_s` to go out, then stop; what is left is sent at the next start."""
+    def stop(self, flush_s: float = 2.0, before_closing=None) -> None:
+        """Give pending messages `flush_s` to go out, then stop; what is left is sent at the next
+        start. `before_closing()` runs once delivery has stopped, while the database is open."""
         deadline = time.monotonic() + flush_s
         while time.monotonic() < deadline and any(self.backlog().values()) and self.thread is not None:
             self.wake.set()
@@ -160,6 +161,8 @@ class Outbox:
         self.wake.set()
         if self.thread is not None:
             self.thread.join(timeout=10)
+        if before_closing is not None:
+            before_closing()
         for sink in self.sinks.values():
             sink.close()
         self.db.close()
