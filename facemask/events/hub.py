@@ -25,8 +25,16 @@ log = logging.getLogger("facemask.events")
 
 
 class EventHub:
-    def __init__(self, cfg: EventsConfig, out: Path, model_version: str | None, sinks: list | None = None) -> None:
-        self.cfg, self.out, self.model_version = cfg, out, model_version
+    def __init__(
+        self,
+        cfg: EventsConfig,
+        out: Path,
+        model_version: str | None,
+        sinks: list | None = None,
+        on_message: Callable[[dict], None] | None = None,
+    ) -> None:
+        """`on_message(message)`: told of every start and end once it is in the outbox (metrics)."""
+        self.cfg, self.out, self.model_version, self.on_message = cfg, out, model_version, on_message
         self.run_id = uuid.uuid4().hex[:8]  # in every key: a restarted watch never reuses one
         self.cameras: dict[str, PersonEvents] = {}
         self.evidence = EvidenceStore(out / "events", cfg.max_mb * 1e6, cfg.max_age_days * 86400)
@@ -99,6 +107,8 @@ class EventHub:
         self.outbox.put(message, open_event=open_event, closes=closes)
         with open(self.log_path, "a") as f:
             f.write(json.dumps(message, sort_keys=True) + "\n")
+        if self.on_message is not None:
+            self.on_message(message)
 
     def _snapshot(self, camera: str, event: Event, fetch: Callable[[Any], Any]) -> str | None:
         best = event.best

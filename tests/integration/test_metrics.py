@@ -151,6 +151,7 @@ def test_prometheus_scrapes_the_endpoint_and_every_dashboard_panel_has_data(endp
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     jobs["facemask"]["static_configs"] = [{"targets": [target]}]
     config["scrape_configs"] = [jobs["facemask"]]  # this endpoint runs Serve's Python proxy, not HAProxy
+    config["rule_files"] = [str(MONITORING / rules) for rules in config["rule_files"]]  # the alerts load too
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     prometheus = Prometheus(tmp_path / "prometheus.yml", tmp_path)
     try:

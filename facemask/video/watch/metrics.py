@@ -26,6 +26,21 @@ class WatchMetrics:
         self.up = Gauge(
             "facemask_camera_up", description="1 while a camera's stream is being read.", tag_keys=("camera",)
         )
+        self.events = Counter(
+            "facemask_events",
+            description="Violation events per camera and state: kind=start (an alert) or end.",
+            tag_keys=("camera", "state", "kind"),
+        )
+        self.backlog = Gauge(
+            "facemask_event_backlog",
+            description="Event messages not yet taken by a sink (webhook, mqtt): the outbox's backlog.",
+            tag_keys=("sink",),
+        )
+        self.oldest = Gauge(
+            "facemask_event_oldest_pending_seconds",
+            description="Age of the oldest event message not yet delivered (0 when none waits).",
+            tag_keys=(),
+        )
         self.latency = Histogram(
             "facemask_camera_latency_seconds",
             description="From a frame's capture to its detections, across cameras.",
@@ -37,10 +52,18 @@ class WatchMetrics:
         self.live.set(row["camera"], row["by_class"], row["compliance"])
         self.last[row["camera"]] = row
 
-    def refresh(self) -> None:
-        """The last window's people and compliance of every camera, set again (see the docstring)."""
+    def refresh(self, outbox=None) -> None:
+        """The last window's people and compliance of every camera, set again (see the docstring),
+        and the event outbox's backlog when events are on."""
         for camera, row in self.last.items():
             self.live.set(camera, row["by_class"], row["compliance"])
+        if outbox is not None:
+            for sink, waiting in outbox.backlog().items():
+                self.backlog.set(waiting, tags={"sink": sink})
+            self.oldest.set(outbox.oldest_pending_s(), tags={})
+
+    def event(self, message: dict) -> None:
+        self.events.inc(1, tags={"camera": message["camera"], "state": message["state"], "kind": message["kind"]})
 
     def processed(self, camera: str, latency_s: float) -> None:
         self.frames.inc(1, tags={"camera": camera, "outcome": "processed"})

@@ -115,7 +115,8 @@ class Watch:
         self.stopping = threading.Event()
         self.closing = False  # set under the lock at a stop: no camera starts after it
         events = load_events(cfg.cameras)
-        self.events = None if events is None else EventHub(events, cfg.out, self.model.get("uri"))
+        announce = metrics.event if metrics else None
+        self.events = None if events is None else EventHub(events, cfg.out, self.model.get("uri"), on_message=announce)
 
     # --- cameras coming and going -------------------------------------------------------------
 
@@ -305,7 +306,7 @@ class Watch:
         for row in closed:
             self._write(row)
         if self.metrics:
-            self.metrics.refresh()
+            self.metrics.refresh(self.events.outbox if self.events is not None else None)
 
     def _take_status(self, w: Watched, raw: dict) -> None:
         """A reader's status, its counters carried on across restarts (a new process starts at 0)."""
