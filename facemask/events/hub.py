@@ -54,22 +54,32 @@ class EventHub:
             end["end_reason"] = "the watch stopped before the event ended; ended when it started again"
             self._put(end, closes=start["event"])
 
-    def frame(self, camera: str, people: list[dict], at: float, frame: Any, fetch: Callable[[Any], Any]) -> None:
+    def frame(
+        self,
+        camera: str,
+        people: list[dict],
+        at: float,
+        frame: Any,
+        fetch: Callable[[Any], Any],
+        faces: list[dict] | None = None,
+    ) -> None:
         """One processed frame of `camera`: `people` are the shown, tracked detections, `frame`
         a handle on the image that `fetch` turns into an RGB array when a snapshot is due. Each
-        detection has `track_id` (None while unconfirmed), `label`, `confidence` and `box`."""
+        detection has `track_id` (None while unconfirmed), `label`, `confidence` and `box`.
+        `faces`: every face the model found in the frame, shown or not, in the zone or not (all
+        of them are blurred in a snapshot); default `people`."""
         try:
-            self._frame(camera, people, at, frame, fetch)
+            self._frame(camera, people, at, frame, fetch, people if faces is None else faces)
         except Exception:  # noqa: BLE001 - a fault here must not stop the watch counting compliance
             self.counts["errors"] += 1
             log.exception("camera %s: events of a frame failed (%d so far)", camera, self.counts["errors"])
 
-    def _frame(self, camera: str, people: list[dict], at: float, frame: Any, fetch: Callable[[Any], Any]) -> None:
+    def _frame(self, camera: str, people: list[dict], at: float, frame: Any, fetch: Callable, faces: list) -> None:
         events = self.cameras.get(camera)
         if events is None:
             rule, _ = self.cfg.for_camera(camera)
             events = self.cameras[camera] = PersonEvents(camera, rule, self.run_id, self.model_version)
-        boxes = [d["box"] for d in people]
+        boxes = [d["box"] for d in faces]
         changes = []
         for d in people:
             if d.get("track_id") is None:

@@ -31,6 +31,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
 CREATE TABLE IF NOT EXISTS open_events (key TEXT PRIMARY KEY, message TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    key TEXT PRIMARY KEY, camera TEXT NOT NULL, state TEXT NOT NULL, start REAL NOT NULL,
+    "end" REAL, message TEXT NOT NULL, acked_at REAL, acked_by TEXT, note TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (start);
 """
 
 
@@ -62,6 +67,12 @@ class Outbox:
                     "INSERT OR IGNORE INTO outbox (key, sink, message, next_at, created) VALUES (?, ?, ?, ?, ?)",
                     (message["key"], sink, body, now, now),
                 )
+            if "event" in message:  # the review's copy: the latest message of each event
+                self.db.execute(
+                    'INSERT INTO events (key, camera, state, start, "end", message) VALUES (?, ?, ?, ?, ?, ?) '
+                    'ON CONFLICT (key) DO UPDATE SET "end" = excluded."end", message = excluded.message',
+                    (message["event"], message["camera"], message["state"], message["start"], message.get("end"), body),
+                )
             if open_event is not None:
                 self.db.execute(
                     "INSERT OR REPLACE INTO open_events VALUES (?, ?)", (open_event["event"], json.dumps(open_event))
@@ -70,6 +81,48 @@ class Outbox:
                 self.db.execute("DELETE FROM open_events WHERE key = ?", (closes,))
             self.db.execute("COMMIT")
         self.wake.set()
+
+    def events(
+        self,
+        camera: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        acked: bool | None = None,
+        limit: int = 200,
+    ) -> list[dict]:
+        """Events for review, newest first: each one's latest message with its acknowledgement."""
+        where, args = [], []
+        for clause, value in (
+            ("camera = ?", camera),
+            ("state = ?", state),
+            ("start >= ?", since),
+            ("start < ?", until),
+        ):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        if acked is not None:
+            where.append("acked_at IS NOT NULL" if acked else "acked_at IS NULL")
+        sql = "SELECT message, acked_at, acked_by, note FROM events"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY start DESC LIMIT ?"
+        with self.lock:
+            rows = self.db.execute(sql, (*args, limit)).fetchall()
+        return [{**json.loads(m), "acked_at": at, "acked_by": by, "note": note} for m, at, by, note in rows]
+
+    def events_by_key(self, keys: list[str]) -> list[dict]:
+        with self.lock:
+            marks = ",".join("?" * len(keys))
+            rows = self.db.execute(f"SELECT message FROM events WHERE key IN ({marks})", keys).fetchall()  # noqa: S608
+        return [json.loads(m) for (m,) in rows]
+
+    def acknowledge(self, event: str, by: str, note: str | None = None) -> bool:
+        """Mark an event seen by `by`; False when there is no such event."""
+        with self.lock:
+            done = self.db.execute(
+                "UPDATE events SET acked_at = ?, acked_by = ?, note = ? WHERE key = ?", (time.time(), by, note, event)
+            )
+        return done.rowcount == 1
 
     def left_open(self) -> list[dict]:
         """The start messages of events a previous run opened and never closed (it was killed)."""

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from facemask.events.hub import EventHub
 from facemask.events.rules import EventsConfig, Mqtt, Rule, Webhook
 from facemask.events.sinks import MqttSink, WebhookSink
 from tests.receivers import WEBHOOK_SECRET, Mosquitto, MqttListener, WebhookReceiver
-from tests.services import wait_until
-from tests.streams import make_video, rtsp_missing
+from tests.services import API_KEY, CHROMIUM, free_port, launch_chromium, wait_until
+from tests.streams import rtsp_missing
 
 pytestmark = pytest.mark.integration
 FACEMASK = [sys.executable, "-m", "facemask.cli"]
@@ -107,7 +108,7 @@ def test_a_watch_killed_in_the_middle_of_an_event_ends_it_when_started_again(tmp
     if rtsp_missing() and not __import__("shutil").which("ffmpeg"):
         pytest.skip("ffmpeg is not installed (Debian's ffmpeg; .ci/run installs it)")
     receiver = WebhookReceiver()
-    video = make_video(tmp_path / "door.mkv", 160, 120, fps=15, seconds=2)
+    video, faces = pattern_video(tmp_path / "door.mkv")
     listing = tmp_path / "cameras.yaml"
     rule = {"min_duration_s": 1, "min_observations": 3, "end_after_s": 1, "cooldown_s": 60}
     events = {"rule": rule, "webhook": {"url": receiver.url, "secret_env": "TEST_HOOK_SECRET"}}
@@ -115,12 +116,17 @@ def test_a_watch_killed_in_the_middle_of_an_event_ends_it_when_started_again(tmp
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TEST_HOOK_SECRET": WEBHOOK_SECRET}
     env.pop("RAY_ADDRESS", None)
     out = tmp_path / "out"
-    args = [*FACEMASK, "watch", str(listing), "--out", str(out), "--backend", "simulated-gpu", "--no-page"]
+    args = [*FACEMASK, "watch", str(listing), "--out", str(out), "--backend", "simulated-gpu"]
+
+    port = free_port()
 
     def start(n: int) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"watch{n}.log"
+        # The second has its page on (the review page is checked in Chromium), the first none.
+        command = args + ["--no-page"] if n == 1 else args + ["--port", str(port)]
+        run_env = env if n == 1 else {**env, "FACEMASK_API_KEY": API_KEY}
         return subprocess.Popen(
-            args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+            command, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=run_env, start_new_session=True
         ), log
 
     def kinds() -> Counter:
@@ -138,6 +144,7 @@ def test_a_watch_killed_in_the_middle_of_an_event_ends_it_when_started_again(tmp
         ended = lambda: {m["event"] for m in receiver.messages if m["kind"] == "end"} >= opened  # noqa: E731
         wait_until(ended, 240, "the killed watch's events ended", second, log)
         wait_until(lambda: kinds()["start"] >= 4, 120, "the second watch's own events", second, log)
+        review_in_chromium(f"http://127.0.0.1:{port}/", opened)
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=60) == 143, log.read_text()[-2000:]
     finally:
@@ -156,5 +163,97 @@ def test_a_watch_killed_in_the_middle_of_an_event_ends_it_when_started_again(tmp
     assert {m["state"] for m in receiver.messages} == {"without_mask", "mask_weared_incorrect"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["events"]["started"] == 2 and summary["events"]["backlog"] == {"webhook": 0}
-    # Faces in the stored snapshots are blurred by default (measured in tests/unit/test_events.py).
-    assert len(list((out / "events" / "door").glob("*.jpg"))) == 4
+    # Privacy: in every stored snapshot (the default, `blur: all`), no face is left sharp.
+    snapshots = sorted((out / "events" / "door").glob("*.jpg"))
+    assert len(snapshots) == 4
+    for path in snapshots:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        for box, original in faces:
+            assert sharpness(inside(image, box)) < 0.25 * original, (
+                path.name,
+                box,
+                sharpness(inside(image, box)),
+                original,
+            )
+
+
+def pattern_video(path: Path, width: int = 320, height: int = 240) -> tuple[Path, list]:
+    """A 2 s H.264 video whose faces sit where the simulated GPU reports them (its PATTERN, one
+    of each class), so that the boxes in the events are real faces; returns the video and each
+    face's box with its sharpness in the original frame."""
+    import random
+
+    from PIL import ImageDraw
+
+    from facemask.core.classes import CLASS_NAMES
+    from facemask.data.synth import draw_face
+    from facemask.serving.simulated_gpu import PATTERN
+
+    rng = random.Random(3)
+    noise = np.random.default_rng(3).integers(90, 160, (height, width, 3), dtype=np.uint8)
+    scene = Image.fromarray(noise)
+    draw = ImageDraw.Draw(scene)
+    boxes = []
+    for class_id, x1, y1, x2, y2, _ in PATTERN:
+        box = (int(x1 * width), int(y1 * height), int(x2 * width), int(y2 * height))
+        draw_face(draw, rng, box, CLASS_NAMES[class_id])
+        boxes.append({"x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3]})
+    frame = np.asarray(scene)
+    command = ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"]
+    command += ["-r", "15", "-i", "-", "-c:v", "libx264", "-preset", "ultrafast", "-g", "15", "-pix_fmt", "yuv420p"]
+    subprocess.run([*command, str(path)], input=frame.tobytes() * 30, check=True)
+    return path, [(box, sharpness(inside(frame, box))) for box in boxes]
+
+
+def inside(image: np.ndarray, box: dict, margin: int = 4) -> np.ndarray:
+    """A face box's pixels, less a margin (the subject's outline is drawn on its edge)."""
+    return image[int(box["y1"]) + margin : int(box["y2"]) - margin, int(box["x1"]) + margin : int(box["x2"]) - margin]
+
+
+def sharpness(image: np.ndarray) -> float:
+    import cv2
+
+    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+
+
+def review_in_chromium(url: str, ended: set[str]) -> None:
+    """The review page: every event with its snapshot, the filter, and an acknowledgement that
+    reaches the API; a screenshot for the docs when FACEMASK_REVIEW_PNG names a file."""
+    import httpx
+
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (Debian's chromium; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    assert httpx.get(url + "events", timeout=10).status_code == 401  # the events need the key, as the cameras do
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 640})
+        page.goto(url + "review")
+        page.fill("#key", API_KEY)
+        page.dispatch_event("#key", "change")
+        page.wait_for_function("() => (window.lastEvents || []).length === 4", timeout=30000)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('img.snap')].every((i) => i.complete && i.naturalWidth > 0)",
+            timeout=30000,
+        )
+        first = sorted(ended)[0]
+        page.fill("#by", "safety officer")
+        page.click(f"tr[data-event='{first}'] button")
+        page.wait_for_function(
+            f"() => (window.lastEvents || []).some((e) => e.event === '{first}' && e.acked_by === 'safety officer')",
+            timeout=30000,
+        )
+        page.select_option("#state", "without_mask")
+        page.wait_for_function("() => window.lastEvents.every((e) => e.state === 'without_mask')", timeout=30000)
+        if os.environ.get("FACEMASK_REVIEW_PNG"):
+            page.select_option("#state", "")
+            page.wait_for_function("() => window.lastEvents.length === 4", timeout=30000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=os.environ["FACEMASK_REVIEW_PNG"])
+        browser.close()
+    unacked = httpx.get(url + "events", params={"acked": "0"}, headers=auth, timeout=10).json()["events"]
+    assert len(unacked) == 3 and first not in {e["event"] for e in unacked}
+    snapshot = httpx.get(f"{url}events/{first}/snapshot.jpg", headers=auth, timeout=10)
+    assert snapshot.status_code == 200 and snapshot.content[:2] == b"\xff\xd8"

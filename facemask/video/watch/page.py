@@ -7,6 +7,10 @@
     PUT    /cameras/ID             add or replace camera ID (a deliberate repoint)
     DELETE /cameras/ID             stop watching it
     GET    /healthz                {"ok": true, "cameras": N}
+    GET    /review                 the events' review page (facemask/web/review.html)
+    GET    /events                 violation events, newest first: ?camera=&state=&since=&until=&acked=0|1&limit=
+    GET    /events/KEY/snapshot.jpg  an event's snapshot (faces blurred as the camera's `blur` says)
+    POST   /events/KEY/ack         acknowledge an event: {"by": "name", "note": "..."}
 
 Who may do what (docs/cameras.md):
 - With FACEMASK_API_KEY set (16 characters or more, not a placeholder), everything but the page
@@ -29,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -96,6 +101,8 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             return self.send(200, web_page("cameras.html").encode(), "text/html; charset=utf-8")
+        if path == "/review":
+            return self.send(200, web_page("review.html").encode(), "text/html; charset=utf-8")
         if path == "/healthz":
             return self.json(200, {"ok": True, "cameras": len(self.watch.watched)})
         if not self.authorized():
@@ -103,6 +110,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/cameras":
             return self.json(200, self.watch.state())
         parts = path.strip("/").split("/")
+        if parts[0] == "events":
+            return self.events(parts)
         if len(parts) == 3 and parts[0] == "cameras" and parts[2] == "frame.jpg":
             jpeg = self.watch.frame_jpeg(parts[1])
             if jpeg is None:
@@ -110,7 +119,59 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, jpeg, "image/jpeg")
         return self.error(404, "not_found", f"no route {path}; see GET /cameras")
 
+    def events(self, parts: list[str]) -> None:
+        """GET /events (filtered) and GET /events/KEY/snapshot.jpg; 404 when events are off."""
+        hub = self.watch.events
+        if hub is None:
+            return self.error(404, "events_off", "events are off: add an `events:` section to the camera list")
+        if len(parts) == 1:
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            one = {k: v[-1] for k, v in query.items()}
+            try:
+                found = hub.outbox.events(
+                    camera=one.get("camera") or None,
+                    state=one.get("state") or None,
+                    since=float(one["since"]) if one.get("since") else None,
+                    until=float(one["until"]) if one.get("until") else None,
+                    acked={"1": True, "0": False}.get(one.get("acked", "")),
+                    limit=max(1, min(1000, int(one.get("limit", 200)))),
+                )
+            except ValueError:
+                return self.error(400, "bad_query", "since and until are Unix times in seconds, limit a number")
+            return self.json(200, {"events": found})
+        if len(parts) == 3 and parts[2] == "snapshot.jpg":
+            (event,) = hub.outbox.events_by_key([parts[1]]) or [None]
+            file = hub.out / event["snapshot"] if event and event.get("snapshot") else None
+            if file is None or not file.is_file():
+                return self.error(404, "no_snapshot", f"event {parts[1][:80]!r} has no snapshot (unknown or pruned)")
+            return self.send(200, file.read_bytes(), "image/jpeg")
+        return self.error(404, "not_found", "see GET /events")
+
+    def acknowledge(self, event: str) -> None:
+        if not self.authorized(change=True):
+            return None
+        if self.watch.events is None:
+            return self.error(404, "events_off", "events are off: add an `events:` section to the camera list")
+        if self.headers.get_content_type() != "application/json":
+            return self.error(
+                415, "unsupported_media_type", 'send {"by": "name"} as JSON, Content-Type: application/json'
+            )
+        body = self.body()
+        if body is None:
+            return None
+        try:
+            entry = json.loads(body)
+            by, note = str(entry["by"])[:80], entry.get("note")
+        except (ValueError, KeyError, TypeError):
+            return self.error(400, "bad_ack", 'send {"by": "who acknowledges", "note": "optional"}')
+        if not self.watch.events.outbox.acknowledge(event, by, None if note is None else str(note)[:500]):
+            return self.error(404, "unknown_event", f"no event {event[:80]!r}")
+        return self.json(200, {"acknowledged": event, "by": by})
+
     def do_POST(self) -> None:  # noqa: N802
+        parts = self.path.split("?", 1)[0].strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "events" and parts[2] == "ack":
+            return self.acknowledge(parts[1])
         if self.path.split("?", 1)[0] != "/cameras":
             return self.error(404, "not_found", "cameras are added with POST /cameras")
         self.change(None)

@@ -267,7 +267,7 @@ class Watch:
         w.last = {"ref": frame_ref, "index": meta["index"], "size": [width, height], "detections": shown}
         w.last["at"], w.last["latency_ms"] = now, round(latency * 1000, 1)
         if self.events is not None:
-            self.events.frame(w.camera.id, shown, meta["captured"], frame_ref, _fetch)
+            self.events.frame(w.camera.id, shown, meta["captured"], frame_ref, _fetch, faces=found)
         if self.metrics:
             self.metrics.processed(w.camera.id, latency)
 
