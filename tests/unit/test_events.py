@@ -220,9 +220,10 @@ def test_the_outbox_keeps_each_key_once_retries_with_backoff_and_sets_a_refusal_
 def test_what_a_crashed_outbox_held_is_delivered_by_the_next_one(tmp_path):
     path = tmp_path / "outbox.sqlite"
     first = Outbox(path, [Flaky(failures=100)])
-    first.put({"key": "a:start", "event": "a"}, open_event={"event": "a", "key": "a:start"})
-    first.put({"key": "b:start", "event": "b"}, open_event={"event": "b", "key": "b:start"})
-    first.put({"key": "b:end", "event": "b"}, closes="b")
+    event = {"camera": "door", "state": "without_mask", "start": 100.0}
+    first.put({"key": "a:start", "event": "a", **event}, open_event={"event": "a", "key": "a:start"})
+    first.put({"key": "b:start", "event": "b", **event}, open_event={"event": "b", "key": "b:start"})
+    first.put({"key": "b:end", "event": "b", **event, "end": 104.0}, closes="b")
     first.deliver_due()
     del first  # no stop, no flush: as a kill leaves it
     sink = Flaky()
@@ -231,6 +232,10 @@ def test_what_a_crashed_outbox_held_is_delivered_by_the_next_one(tmp_path):
     while second.deliver_due(time.time() + 120):
         pass
     assert sorted(sink.sent) == ["a:start", "b:end", "b:start"]
+    # The review's copy survived too: each event once, with its latest message.
+    assert {e["event"]: e.get("end") for e in second.events()} == {"a": None, "b": 104.0}
+    assert second.acknowledge("b", "j.doe") and not second.acknowledge("zzz", "j.doe")
+    assert [e["event"] for e in second.events(acked=False)] == ["a"]
 
 
 def test_the_webhook_signs_each_message_and_tells_a_refusal_from_an_outage():
