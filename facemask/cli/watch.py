@@ -141,3 +141,31 @@ def cameras_table(cameras: dict[str, dict]) -> str:
             f"{str(lat['p50']):>7s} {str(lat['p99']):>7s}"
         )
     return "\n".join(lines)
+
+
+@main.command("report")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--period", type=click.Choice(["day", "week"]), default="day", show_default=True)
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="First day to include (YYYY-MM-DD).")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Last day to include (YYYY-MM-DD).")
+@click.option("--utc", is_flag=True, help="Days in UTC, not the machine's local time.")
+@click.option("--to", "to", type=click.Path(path_type=Path), help="Folder for report.csv and report.html [OUT].")
+@JSON_OPTION
+def report_command(out, period, since, until, utc, to, as_json):
+    """A daily or weekly mask compliance report per camera from a watch's OUT folder
+    (compliance.jsonl, events.jsonl): report.csv and a self-contained report.html with charts."""
+    from facemask.events.report import build_report
+
+    report = build_report(out, period, since.date() if since else None, until.date() if until else None, utc)
+    paths = report.write(to or out)
+    if as_json:
+        emit(True, {"rows": report.rows, "skipped": report.skipped, "files": {k: str(v) for k, v in paths.items()}})
+        return
+    for row in report.rows:
+        share = "–" if row["compliance"] is None else f"{row['compliance']:.0%}"
+        click.echo(
+            f"{row['period']:10s} {row['camera']:16s} {row['people']:6d} people  {share:>5s}  {row['events']} events"
+        )
+    for name, count in report.skipped.items():
+        click.echo(f"warning: {count} lines of {name} were not rows and were skipped", err=True)
+    click.echo(results_footer(paths=paths))

@@ -7,6 +7,7 @@ evidence  a snapshot per event, faces blurred by default, kept within age and si
 outbox    a durable SQLite outbox: each message delivered at least once, by idempotency key
 sinks     the webhook (HMAC-signed JSON) and MQTT, each telling a retry from a refusal
 hub       what `facemask watch` holds: all of the above, for every camera
+report    `facemask report`: a daily or weekly compliance report per camera, CSV and HTML
 """
 
 from facemask import public_parts
