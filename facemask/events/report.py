@@ -197,7 +197,8 @@ def render_html(report: Report) -> str:
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
 table {{ border-collapse: collapse; margin-top: 12px; }}
-th, td {{ border-bottom: 1px solid #e5e7eb; padding: 6px 10px; text-align: right; font-size: 13px; white-space: nowrap; }}
+th, td {{ border-bottom: 1px solid #e5e7eb; padding: 6px 10px; text-align: right; font-size: 13px; }}
+td {{ white-space: nowrap; }}
 th:nth-child(-n+2), td:nth-child(-n+2) {{ text-align: left; }}
 th {{ background: #f3f4f6; }}
 img {{ display: block; margin: 12px 0; max-width: 100%; }}
