@@ -65,7 +65,7 @@ def watch_command(cameras, out, fast_decode, no_page, open_api_on_loopback, as_j
     (with FACEMASK_API_KEY set, or --open-api-on-loopback)."""
     configure_runtime()
     from facemask.tracking import default_tracking_uri
-    from facemask.video.watch.cameras import check_sources, load_cameras, load_events
+    from facemask.video.watch.cameras import check_sources, load_cameras, load_events, load_sampling
 
     cfg = WatchConfig(
         cameras=cameras,
@@ -81,6 +81,7 @@ def watch_command(cameras, out, fast_decode, no_page, open_api_on_loopback, as_j
     access = page_access(cfg, api_key)
     check_sources(load_cameras(cameras), cameras.parent)  # a mistake is reported before Ray starts
     load_events(cameras)  # ... and one in the events section, or a secret not set
+    load_sampling(cameras)
     init_ray(torch=False, metrics=True)
     result = run_watch(cfg, page=not no_page, access=access)
     if as_json:
@@ -169,3 +170,31 @@ def report_command(out, period, since, until, utc, to, as_json):
     for name, count in report.skipped.items():
         click.echo(f"warning: {count} lines of {name} were not rows and were skipped", err=True)
     click.echo(results_footer(paths=paths))
+
+
+@main.group("pool")
+def pool_group():
+    """The frames a watch kept for labelling (its camera list's `sampling:` section)."""
+
+
+@pool_group.command("export")
+@click.argument("pool", type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Path(path_type=Path), required=True, help="Folder for the labelling task.")
+@click.option("--format", "fmt", type=click.Choice(["voc", "label-studio"]), default="voc", show_default=True)
+@click.option(
+    "--url-prefix",
+    default="/data/local-files/?d=",
+    show_default=True,
+    help="label-studio: what goes before images/NAME in each task's image URL.",
+)
+@JSON_OPTION
+def pool_export_command(pool, to, fmt, url_prefix, as_json):
+    """Export POOL (a watch's OUT/samples) as a labelling task with the model's boxes as
+    pre-labels: Pascal VOC (CVAT; read back by `facemask data prepare --format voc`) or Label
+    Studio tasks with predictions."""
+    from facemask.learning.export import export_pool
+
+    result = export_pool(pool, to, fmt, url_prefix)
+    if result["skipped_without_sidecar"]:
+        click.echo(f"warning: {result['skipped_without_sidecar']} images had no labels file and were skipped", err=True)
+    emit(as_json, result, f"{result['exported']} samples exported as {fmt} to {to}")

@@ -60,16 +60,23 @@ def snapshot(frame: np.ndarray, boxes: list[dict], subject: dict, blur: str) -> 
 
 
 class EvidenceStore:
-    """Snapshots on disk, within `max_bytes` and `max_age_s`."""
+    """Snapshots on disk, within `max_bytes` and `max_age_s`; a snapshot may have a JSON sidecar
+    (the sample pool's pre-labels), written first and deleted with it."""
 
     def __init__(self, root: Path, max_bytes: float, max_age_s: float) -> None:
         self.root, self.max_bytes, self.max_age_s = root, max_bytes, max_age_s
         self.pruned = 0
 
-    def write(self, camera: str, key: str, jpeg: bytes) -> Path:
+    def write(self, camera: str, key: str, jpeg: bytes, sidecar: dict | None = None) -> Path:
+        import json
+
         folder = self.root / camera
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{key}.jpg"
+        if sidecar is not None:  # before the image: an image never lacks its labels
+            side = path.with_suffix(".json")
+            side.with_suffix(".json.tmp").write_text(json.dumps(sidecar, sort_keys=True))
+            side.with_suffix(".json.tmp").replace(side)
         partial = path.with_suffix(".jpg.tmp")
         partial.write_bytes(jpeg)
         partial.replace(path)  # whole or absent, never half a file
@@ -85,6 +92,7 @@ class EvidenceStore:
             if now - mtime <= self.max_age_s and total <= self.max_bytes:
                 break
             path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
             total, removed = total - size, removed + 1
         self.pruned += removed
         return removed

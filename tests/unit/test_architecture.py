@@ -99,7 +99,16 @@ def test_leaves_import_only_earlier_leaves(leaf: str) -> None:
 
 # The stages in the order imports read: a package imports only itself and the ones before it.
 # core and compat are one layer, ordered module by module by LEAVES.
-STAGES = (("core", "compat"), ("data",), ("tracking",), ("detection",), ("events",), ("quality",), ("training",))
+STAGES = (
+    ("core", "compat"),
+    ("data",),
+    ("tracking",),
+    ("detection",),
+    ("events",),
+    ("learning",),
+    ("quality",),
+    ("training",),
+)
 STAGES += (("serving",), ("video",), ("cli",))
 # What facemask/ holds: the stages, and the pages' and the study's files.
 TOP_LEVEL = {name for layer in STAGES for name in layer} | {"__init__.py", "web", "configs"}

@@ -77,6 +77,17 @@ def load_events(path: Path):
     return load_events_config(yaml.safe_load(path.read_text()), path)
 
 
+def load_sampling(path: Path):
+    """The list's `sampling:` section (facemask.learning.sampler.SamplingRule), or None when
+    sampling is off (the default); read once, when the watch starts."""
+    import yaml
+
+    from facemask.learning.sampler import SamplingRule
+
+    section = yaml.safe_load(path.read_text()).get("sampling")
+    return None if section is None else SamplingRule.parse(section, f"{path}: sampling")
+
+
 def parse_camera(entry: Any, where: str) -> Camera:
     """One camera from its mapping (a YAML entry or an HTTP body); `where` begins every error."""
     if not isinstance(entry, dict):

@@ -38,6 +38,9 @@ class FrameDetector:
             )
         self.info = {"uri": self.model.info.uri, "device": str(self.model.device), "backend": cfg.backend}
         self.info["pid"] = os.getpid()
+        # The version's operating point (a threshold per class), which sampling's band centres on.
+        point = getattr(self.model, "point", None)
+        self.info["thresholds"] = dict(point.conf) if point is not None else None
 
     def describe(self) -> dict[str, Any]:
         return self.info

@@ -28,9 +28,9 @@ import numpy as np
 
 from facemask.core.errors import FacemaskError
 from facemask.core.settings import WatchConfig
-from facemask.events.hub import EventHub
-from facemask.video.watch.cameras import Camera, check_sources, load_cameras, load_events
+from facemask.video.watch.cameras import Camera, check_sources, load_cameras
 from facemask.video.watch.compliance import CameraCompliance
+from facemask.video.watch.production import Production
 from facemask.video.watch.summary import WatchResult, camera_totals
 from facemask.video.watch.urls import redacted
 
@@ -114,9 +114,7 @@ class Watch:
         self.list_mtime: float | None = None
         self.stopping = threading.Event()
         self.closing = False  # set under the lock at a stop: no camera starts after it
-        events = load_events(cfg.cameras)
-        announce = metrics.event if metrics else None
-        self.events = None if events is None else EventHub(events, cfg.out, self.model.get("uri"), on_message=announce)
+        self.production = Production(cfg, self.model, metrics)  # events and samples, when their sections are there
 
     # --- cameras coming and going -------------------------------------------------------------
 
@@ -150,8 +148,7 @@ class Watch:
                 return False
             row = self._close_window(watched, time.time(), partial=True)
         self._write(row)
-        if self.events is not None:
-            self.events.remove(camera_id, _fetch)
+        self.production.remove(camera_id)
         ray.kill(watched.reader)
         if self.metrics:
             self.metrics.retire(camera_id)
@@ -266,8 +263,7 @@ class Watch:
         w.latencies_ms.append(latency * 1000)
         w.last = {"ref": frame_ref, "index": meta["index"], "size": [width, height], "detections": shown}
         w.last["at"], w.last["latency_ms"] = now, round(latency * 1000, 1)
-        if self.events is not None:
-            self.events.frame(w.camera.id, shown, meta["captured"], frame_ref, _fetch, faces=found)
+        self.production.frame(w.camera.id, shown, found, meta["captured"], frame_ref)
         if self.metrics:
             self.metrics.processed(w.camera.id, latency)
 
@@ -306,7 +302,7 @@ class Watch:
         for row in closed:
             self._write(row)
         if self.metrics:
-            self.metrics.refresh(self.events.outbox if self.events is not None else None)
+            self.metrics.refresh(self.production.outbox)
 
     def _take_status(self, w: Watched, raw: dict) -> None:
         """A reader's status, its counters carried on across restarts (a new process starts at 0)."""
@@ -455,8 +451,7 @@ class Watch:
                 w.status = dict(w.status, state="stopped")
         for row in rows:
             self._write(row)
-        if self.events is not None:  # open events end; the outbox keeps what is not yet delivered
-            self.events.close(_fetch)
+        self.production.close()  # open events end; the outbox keeps what is not yet delivered
         result = self.result(stopped)
         for w in watched:
             ray.kill(w.reader)
@@ -469,20 +464,15 @@ class Watch:
         seconds = time.time() - self.started
         cameras = {w.camera.id: camera_totals(w, seconds) for w in self.watched.values()}
         summary = self.cfg.out / "summary.json"
-        events = self.events.summary() if self.events is not None else None
-        result = WatchResult(seconds, cameras, self.windows, self.log_path, summary, stopped, self.lost_batches, events)
+        extra = self.production.summary()
+        result = WatchResult(
+            seconds, cameras, self.windows, self.log_path, summary, stopped, self.lost_batches, **extra
+        )
         # Written whole or not at all: a kill mid-write leaves the previous file, never half of one.
         partial = summary.with_suffix(".json.tmp")
         partial.write_text(json.dumps(result.to_dict() | {"model": self.model}, indent=2))
         partial.replace(summary)
         return result
-
-
-def _fetch(frame_ref) -> np.ndarray:
-    """A frame held by Ray, for an event's snapshot."""
-    import ray
-
-    return ray.get(frame_ref, timeout=5)
 
 
 def _first_line(exc: BaseException) -> str:

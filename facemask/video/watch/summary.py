@@ -19,6 +19,7 @@ class WatchResult:
     stopped_by: str | None = None
     lost_batches: int = 0  # batches that failed: the detector died (Ray restarted it), the model raised
     events: dict | None = None  # violation events: started, ended, delivery (None: events are off)
+    samples: dict | None = None  # frames kept for labelling, by outcome and reason (None: sampling is off)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -29,6 +30,7 @@ class WatchResult:
             "files": {"log": str(self.log), "summary": str(self.summary)},
             "stopped_by": self.stopped_by,
             "events": self.events,
+            "samples": self.samples,
         }
 
 
