@@ -6,6 +6,7 @@ pool      the kept frames on disk with the model's boxes as pre-labels, written 
           path (a full queue drops a sample and counts it), within size and age limits
 export    the pool as a labelling task: Label Studio JSON with predictions, or Pascal VOC
           (CVAT imports it; the corrected export is read back by `facemask data prepare`)
+drift     each camera's recent answers against what the version answered on val (PSI)
 """
 
 from facemask import public_parts

@@ -90,7 +90,20 @@ def choose_operating_point(
     size = max(sizes, key=lambda s: (read[s], -s))
     conf = {name: class_threshold(found_at[size], images, c, precision) for c, name in enumerate(CLASS_NAMES)}
     rule = "f1" if precision is None else f"precision>={precision}"
-    return OperatingPoint(size, conf, rule=rule, scores={"val_mAP50": read[size]}), read
+    scores = {"val_mAP50": read[size], "reference": answers_reference(found_at[size], conf)}
+    return OperatingPoint(size, conf, rule=rule, scores=scores), read
+
+
+def answers_reference(found: Sequence[Boxes], conf: dict[str, float]) -> dict:
+    """What the model answers on val at the point (class mix, scores): the drift monitor's
+    reference (facemask.learning.drift)."""
+    from facemask.learning.drift import reference_of
+
+    thresholds = np.array([conf[name] for name in CLASS_NAMES])
+    kept = [(f.cls[f.conf >= thresholds[f.cls]], f.conf[f.conf >= thresholds[f.cls]]) for f in found if len(f.cls)]
+    classes = np.concatenate([k[0] for k in kept]) if kept else np.zeros(0, int)
+    scores = np.concatenate([k[1] for k in kept]) if kept else np.zeros(0)
+    return reference_of(classes.astype(int), scores)
 
 
 def calibrate(

@@ -119,3 +119,43 @@ def test_the_export_is_read_back_by_the_training_reader_and_label_studio_gets_pr
     assert result0["value"]["rectanglelabels"] == ["without_mask"] and result0["value"]["x"] == pytest.approx(12.5)
     assert tasks[0]["predictions"][0]["model_version"] == "v3"
     assert "mask_weared_incorrect" in (tmp_path / "ls" / "label_config.xml").read_text()
+
+
+def test_psi_is_near_zero_for_the_same_answers_and_large_for_a_new_scene():
+    from facemask.learning.drift import DriftMonitor, psi, reference_of
+
+    rng = np.random.default_rng(0)
+    classes = rng.choice(3, 5000, p=[0.8, 0.17, 0.03])
+    scores = rng.beta(5, 2, 5000)
+    reference = reference_of(classes, scores)
+    assert abs(sum(reference["class_mix"].values()) - 1) < 1e-6 and reference["answers"] == 5000
+    assert psi([0.5, 0.5], [0.5, 0.5]) == 0 and psi([0.9, 0.1], [0.5, 0.5]) > 0.25
+    monitor = DriftMonitor(reference, {}, default=0.0, window_s=600, min_answers=200)
+    names = ["with_mask", "without_mask", "mask_weared_incorrect"]
+    for i in range(300):  # the same scene as val
+        c = rng.choice(3, p=[0.8, 0.17, 0.03])
+        monitor.update("door", [{"label": names[c], "confidence": float(rng.beta(5, 2))}], at=float(i))
+    same = monitor.figures("door", 300.0)
+    assert same["against"] == "val" and same["class_mix"] < 0.1 and same["score"] < 0.1
+    for i in range(300, 900):  # night: fewer masks seen, and lower scores
+        c = rng.choice(3, p=[0.4, 0.5, 0.1])
+        monitor.update("door", [{"label": names[c], "confidence": float(rng.beta(2, 3))}], at=float(i))
+    shifted = monitor.figures("door", 900.0)
+    assert shifted["class_mix"] > 0.25 and shifted["score"] > 0.25 and shifted["answers"] == 600  # the last 10 min
+    assert monitor.figures("hall", 900.0) is None  # a camera with no answers has no figure
+
+
+def test_without_a_reference_a_camera_is_compared_with_its_own_first_hour():
+    from facemask.learning.drift import DriftMonitor
+
+    monitor = DriftMonitor(None, {"with_mask": 0.5}, default=0.3, window_s=600, baseline_s=1200, min_answers=50)
+    for i in range(0, 1200, 2):
+        monitor.update(
+            "door", [{"label": "with_mask", "confidence": 0.9}, {"label": "with_mask", "confidence": 0.4}], i
+        )
+    assert monitor.figures("door", 1000.0) is None  # the baseline is still being gathered
+    figures = monitor.figures("door", 1200.0)
+    assert figures["against"] == "baseline" and figures["class_mix"] < 0.01  # 0.4 is under with_mask's threshold
+    for i in range(1200, 1800, 2):
+        monitor.update("door", [{"label": "without_mask", "confidence": 0.9}], i)
+    assert monitor.figures("door", 1800.0)["class_mix"] > 1

@@ -41,6 +41,8 @@ class FrameDetector:
         # The version's operating point (a threshold per class), which sampling's band centres on.
         point = getattr(self.model, "point", None)
         self.info["thresholds"] = dict(point.conf) if point is not None else None
+        # ... and what it answered on val there, which the drift monitor compares each camera with.
+        self.info["reference"] = point.scores.get("reference") if point is not None else None
 
     def describe(self) -> dict[str, Any]:
         return self.info

@@ -41,6 +41,11 @@ class WatchMetrics:
             description="Age of the oldest event message not yet delivered (0 when none waits).",
             tag_keys=(),
         )
+        self.drift = Gauge(
+            "facemask_drift_psi",
+            description="Population stability index of a camera's answers against val: kind=class_mix or score.",
+            tag_keys=("camera", "kind"),
+        )
         self.latency = Histogram(
             "facemask_camera_latency_seconds",
             description="From a frame's capture to its detections, across cameras.",
@@ -52,11 +57,19 @@ class WatchMetrics:
         self.live.set(row["camera"], row["by_class"], row["compliance"])
         self.last[row["camera"]] = row
 
-    def refresh(self, outbox=None) -> None:
+    def refresh(self, production=None) -> None:
         """The last window's people and compliance of every camera, set again (see the docstring),
-        and the event outbox's backlog when events are on."""
+        each camera's drift, and the event outbox's backlog when events are on."""
+        import time
+
         for camera, row in self.last.items():
             self.live.set(camera, row["by_class"], row["compliance"])
+        if production is None:
+            return
+        for camera, figures in production.drift_figures(time.time()).items():
+            for kind in ("class_mix", "score"):
+                self.drift.set(NAN if figures is None else figures[kind], tags={"camera": camera, "kind": kind})
+        outbox = production.outbox
         if outbox is not None:
             for sink, waiting in outbox.backlog().items():
                 self.backlog.set(waiting, tags={"sink": sink})
@@ -81,3 +94,5 @@ class WatchMetrics:
         self.last.pop(camera, None)
         self.live.retire(camera)
         self.up.set(NAN, tags={"camera": camera})
+        for kind in ("class_mix", "score"):
+            self.drift.set(NAN, tags={"camera": camera, "kind": kind})

@@ -1,8 +1,9 @@
 """What the watch does with each processed frame beyond counting: violation events
-(facemask.events, the camera list's `events:` section) and samples for labelling
-(facemask.learning, its `sampling:` section). Both are off unless their section is there;
-neither ever delays the watch: events go through the outbox's thread, samples through the
-pool's queue (full: dropped and counted)."""
+(facemask.events, the camera list's `events:` section), samples for labelling
+(facemask.learning, its `sampling:` section) and drift (always: a few counters per camera).
+Events and samples are off unless their section is there; neither ever delays the watch:
+events go through the outbox's thread, samples through the pool's queue (full: dropped and
+counted)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from facemask.video.watch.cameras import load_events, load_sampling
 class Production:
     def __init__(self, cfg: WatchConfig, model: dict, metrics: Any = None) -> None:
         from facemask.events.hub import EventHub
+        from facemask.learning.drift import DriftMonitor
         from facemask.learning.pool import SamplePool
         from facemask.learning.sampler import Sampler
 
@@ -24,6 +26,7 @@ class Production:
         events, sampling = load_events(cfg.cameras), load_sampling(cfg.cameras)
         announce = metrics.event if metrics else None
         self.events = None if events is None else EventHub(events, cfg.out, self.version, on_message=announce)
+        self.drift = DriftMonitor(model.get("reference"), model.get("thresholds") or {}, cfg.conf)
         self.sampler = self.pool = None
         if sampling is not None:
             thresholds = model.get("thresholds") or {}
@@ -32,6 +35,7 @@ class Production:
 
     def frame(self, camera: str, shown: list[dict], found: list[dict], captured: float, frame_ref) -> None:
         """`shown`: the tracked people shown (with `track_id`); `found`: every face the model found."""
+        self.drift.update(camera, found, captured)
         if self.events is not None:
             self.events.frame(camera, shown, captured, frame_ref, fetch, faces=found)
         if self.sampler is not None:
@@ -43,6 +47,7 @@ class Production:
                 self.pool.offer(camera, frame_ref, labels, reasons, {"at": captured, "model_version": self.version})
 
     def remove(self, camera: str) -> None:
+        self.drift.forget(camera)
         if self.events is not None:
             self.events.remove(camera, fetch)
 
@@ -57,8 +62,15 @@ class Production:
         if self.pool is not None:
             self.pool.close()
 
+    def drift_figures(self, now: float) -> dict[str, dict | None]:
+        """Each camera's drift (facemask.learning.drift.DriftMonitor.figures)."""
+        return {camera: self.drift.figures(camera, now) for camera in list(self.drift.windows)}
+
     def summary(self) -> dict[str, Any]:
+        import time
+
         out: dict[str, Any] = {"events": self.events.summary() if self.events is not None else None}
+        out["drift"] = self.drift_figures(time.time())
         if self.sampler is not None:
             out["samples"] = {**dict(self.sampler.counts), **dict(self.pool.counts)}
         return out

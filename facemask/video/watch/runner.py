@@ -302,7 +302,7 @@ class Watch:
         for row in closed:
             self._write(row)
         if self.metrics:
-            self.metrics.refresh(self.production.outbox)
+            self.metrics.refresh(self.production)
 
     def _take_status(self, w: Watched, raw: dict) -> None:
         """A reader's status, its counters carried on across restarts (a new process starts at 0)."""

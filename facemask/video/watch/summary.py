@@ -20,6 +20,7 @@ class WatchResult:
     lost_batches: int = 0  # batches that failed: the detector died (Ray restarted it), the model raised
     events: dict | None = None  # violation events: started, ended, delivery (None: events are off)
     samples: dict | None = None  # frames kept for labelling, by outcome and reason (None: sampling is off)
+    drift: dict | None = None  # camera -> PSI of its class mix and scores against val (None: too few answers)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -31,6 +32,7 @@ class WatchResult:
             "stopped_by": self.stopped_by,
             "events": self.events,
             "samples": self.samples,
+            "drift": self.drift,
         }
 
 
