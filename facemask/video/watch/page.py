@@ -121,7 +121,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def events(self, parts: list[str]) -> None:
         """GET /events (filtered) and GET /events/KEY/snapshot.jpg; 404 when events are off."""
-        hub = self.watch.events
+        hub = self.watch.production.events
         if hub is None:
             return self.error(404, "events_off", "events are off: add an `events:` section to the camera list")
         if len(parts) == 1:
@@ -150,7 +150,7 @@ class Handler(BaseHTTPRequestHandler):
     def acknowledge(self, event: str) -> None:
         if not self.authorized(change=True):
             return None
-        if self.watch.events is None:
+        if self.watch.production.events is None:
             return self.error(404, "events_off", "events are off: add an `events:` section to the camera list")
         if self.headers.get_content_type() != "application/json":
             return self.error(
@@ -164,7 +164,7 @@ class Handler(BaseHTTPRequestHandler):
             by, note = str(entry["by"])[:80], entry.get("note")
         except (ValueError, KeyError, TypeError):
             return self.error(400, "bad_ack", 'send {"by": "who acknowledges", "note": "optional"}')
-        if not self.watch.events.outbox.acknowledge(event, by, None if note is None else str(note)[:500]):
+        if not self.watch.production.events.outbox.acknowledge(event, by, None if note is None else str(note)[:500]):
             return self.error(404, "unknown_event", f"no event {event[:80]!r}")
         return self.json(200, {"acknowledged": event, "by": by})
 
