@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,6 +34,7 @@ class WebhookReceiver:
     def __init__(self, secret: str = WEBHOOK_SECRET) -> None:
         self.secret, self.port = secret, free_port()
         self.messages: list[dict] = []
+        self.arrived: dict[str, float] = {}  # key -> when it was first taken (alert latency)
         self.bad_signatures = 0
         self.answer = 200
         self.lock = threading.Lock()
@@ -57,6 +59,7 @@ class WebhookReceiver:
                     if status < 300:
                         assert self.headers[KEY_HEADER] == message["key"]
                         receiver.messages.append(message)
+                        receiver.arrived.setdefault(message["key"], time.time())
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
