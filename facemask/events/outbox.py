@@ -3,8 +3,11 @@ until each of its sinks has taken it, so a receiver that is down, a broker resta
 watch killed outright loses nothing. Delivery is at least once; each message carries its
 idempotency key, which receivers use to drop a repeat.
 
-A failed send is retried after an exponential backoff with jitter (1 s, 2 s, 4 s ... up to
-60 s); a refusal (a 4xx) is set aside as `refused` with its answer, counted, and never retried.
+A sink that fails is tried again after an exponential backoff with jitter (1 s, 2 s, 4 s ...
+up to 15 s), with its oldest message as the probe; once it takes one, the rest follow at once,
+oldest first. So a receiver down for a minute is asked about once every 15 s, not once per
+message, and has everything within about 15 s of coming back. A refusal (a 4xx) is set aside
+as `refused` with its answer, counted, and never retried.
 """
 
 from __future__ import annotations
@@ -17,19 +20,19 @@ import threading
 import time
 from pathlib import Path
 
-from facemask.events.sinks import Refused, Retry
+from facemask.events.sinks import Refused
 
 log = logging.getLogger("facemask.events")
-BACKOFF_S, BACKOFF_CAP_S = 1.0, 60.0
+BACKOFF_S, BACKOFF_CAP_S = 1.0, 15.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     key TEXT NOT NULL, sink TEXT NOT NULL, message TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL, created REAL NOT NULL, delivered REAL, last_error TEXT,
+    created REAL NOT NULL, delivered REAL, last_error TEXT,
     PRIMARY KEY (key, sink)
 );
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, status, created);
 CREATE TABLE IF NOT EXISTS open_events (key TEXT PRIMARY KEY, message TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     key TEXT PRIMARY KEY, camera TEXT NOT NULL, state TEXT NOT NULL, start REAL NOT NULL,
@@ -52,6 +55,9 @@ class Outbox:
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self.counts = {"delivered": 0, "retried": 0, "refused": 0}
+        # Per sink: failures in a row, and when to try it again (its backoff).
+        self.failures = dict.fromkeys(self.sinks, 0)
+        self.next_try = dict.fromkeys(self.sinks, 0.0)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -64,8 +70,8 @@ class Outbox:
             self.db.execute("BEGIN IMMEDIATE")
             for sink in self.sinks:
                 self.db.execute(
-                    "INSERT OR IGNORE INTO outbox (key, sink, message, next_at, created) VALUES (?, ?, ?, ?, ?)",
-                    (message["key"], sink, body, now, now),
+                    "INSERT OR IGNORE INTO outbox (key, sink, message, created) VALUES (?, ?, ?, ?)",
+                    (message["key"], sink, body, now),
                 )
             if "event" in message:  # the review's copy: the latest message of each event
                 self.db.execute(
@@ -132,37 +138,42 @@ class Outbox:
     # --- delivering -------------------------------------------------------------------------
 
     def deliver_due(self, now: float | None = None, limit: int = 100) -> int:
-        """Send the messages due now, oldest first; returns how many were taken."""
+        """Send each sink not backing off its waiting messages, oldest first, until one fails;
+        returns how many were taken."""
         now = time.time() if now is None else now
-        with self.lock:
-            rows = self.db.execute(
-                "SELECT key, sink, message, attempts FROM outbox WHERE status = 'pending' AND next_at <= ? "
-                "ORDER BY created LIMIT ?",
-                (now, limit),
-            ).fetchall()
-        taken, failing = 0, set()
-        for key, sink, body, attempts in rows:
-            if sink in failing:
-                continue  # one failure per sink per round: the rest wait for its backoff
-            try:
-                self.sinks[sink].send(json.loads(body))
-            except Refused as exc:
-                self._mark(key, sink, "refused", attempts + 1, str(exc))
-                self.counts["refused"] += 1
-                log.warning("event message %s refused by %s: %s", key, sink, exc)
-            except (Retry, Exception) as exc:  # noqa: BLE001 - a sink's bug must not end delivery
-                failing.add(sink)
-                delay = min(BACKOFF_CAP_S, BACKOFF_S * 2**attempts) * random.uniform(0.5, 1.0)
-                with self.lock:
-                    self.db.execute(
-                        "UPDATE outbox SET attempts = ?, next_at = ?, last_error = ? WHERE key = ? AND sink = ?",
-                        (attempts + 1, time.time() + delay, str(exc)[:300], key, sink),
-                    )
-                self.counts["retried"] += 1
-            else:
-                self._mark(key, sink, "delivered", attempts + 1, None)
-                self.counts["delivered"] += 1
-                taken += 1
+        taken = 0
+        for name, sink in self.sinks.items():
+            if self.next_try[name] > now:
+                continue
+            with self.lock:
+                rows = self.db.execute(
+                    "SELECT key, message, attempts FROM outbox WHERE sink = ? AND status = 'pending' "
+                    "ORDER BY created LIMIT ?",
+                    (name, limit),
+                ).fetchall()
+            for key, body, attempts in rows:
+                try:
+                    sink.send(json.loads(body))
+                except Refused as exc:
+                    self._mark(key, name, "refused", attempts + 1, str(exc))
+                    self.counts["refused"] += 1
+                    log.warning("event message %s refused by %s: %s", key, name, exc)
+                except Exception as exc:  # noqa: BLE001 - Retry, or a sink's bug: it must not end delivery
+                    self.failures[name] += 1
+                    delay = min(BACKOFF_CAP_S, BACKOFF_S * 2 ** (self.failures[name] - 1))
+                    self.next_try[name] = now + delay * random.uniform(0.5, 1.0)
+                    with self.lock:
+                        self.db.execute(
+                            "UPDATE outbox SET attempts = ?, last_error = ? WHERE key = ? AND sink = ?",
+                            (attempts + 1, str(exc)[:300], key, name),
+                        )
+                    self.counts["retried"] += 1
+                    break  # the rest wait for this sink's backoff
+                else:
+                    self.failures[name] = 0
+                    self._mark(key, name, "delivered", attempts + 1, None)
+                    self.counts["delivered"] += 1
+                    taken += 1
         return taken
 
     def _mark(self, key: str, sink: str, status: str, attempts: int, error: str | None) -> None:
@@ -195,10 +206,10 @@ class Outbox:
                     self.deliver_due()
                 except Exception as exc:  # noqa: BLE001 - the database itself failing: say so, go on
                     log.warning("event delivery failed: %s", exc)
-                with self.lock:
-                    row = self.db.execute("SELECT min(next_at) FROM outbox WHERE status = 'pending'").fetchone()
-                wait = 1.0 if row[0] is None else min(1.0, max(0.0, row[0] - time.time()))
-                self.wake.wait(wait)
+                # Everything due was sent, or its sink is backing off: sleep until the first
+                # backoff ends (a new message wakes it at once), and at most a second.
+                backing_off = [t - time.time() for t in self.next_try.values() if t > time.time()]
+                self.wake.wait(min([1.0, *backing_off]))
 
         self.thread = threading.Thread(target=run, name="facemask-event-delivery", daemon=True)
         self.thread.start()
