@@ -38,6 +38,8 @@ class EventHub:
         self.run_id = uuid.uuid4().hex[:8]  # in every key: a restarted watch never reuses one
         self.cameras: dict[str, PersonEvents] = {}
         self.evidence = EvidenceStore(out / "events", cfg.max_mb * 1e6, cfg.max_age_days * 86400)
+        (out / "events").mkdir(parents=True, exist_ok=True)
+        (out / "events").chmod(0o700)  # snapshots are of people: the owner's alone, as the sample pool
         self.outbox = Outbox(
             out / "events" / "outbox.sqlite", default_sinks(cfg, self.run_id) if sinks is None else sinks
         )

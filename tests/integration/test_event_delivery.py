@@ -77,6 +77,7 @@ def test_a_webhook_down_for_a_while_gets_every_event_once_it_is_back(tmp_path):
     assert all(m["state"] == "without_mask" and m["model_version"].endswith("/3") for m in starts)
     snapshots = [tmp_path / m["snapshot"] for m in starts]
     assert len(snapshots) == 5 and all(p.is_file() for p in snapshots)  # evidence for every event
+    assert (tmp_path / "events").stat().st_mode & 0o077 == 0  # snapshots of people: the owner's alone
 
 
 def test_mqtt_events_survive_a_broker_restart(tmp_path):

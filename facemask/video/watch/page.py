@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -111,7 +112,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.json(200, self.watch.state())
         parts = path.strip("/").split("/")
         if parts[0] == "events":
-            return self.events(parts)
+            try:
+                return self.events(parts)
+            except sqlite3.ProgrammingError:  # the outbox closed under a late request: the watch is stopping
+                return self.error(503, "stopping", "the watch is stopping; its events are in OUT/events.jsonl")
         if len(parts) == 3 and parts[0] == "cameras" and parts[2] == "frame.jpg":
             jpeg = self.watch.frame_jpeg(parts[1])
             if jpeg is None:
