@@ -62,7 +62,9 @@ def watch_command(cameras, out, fast_decode, no_page, open_api_on_loopback, as_j
     `ray job stop`: one reader per camera, one batched detector, people and mask compliance per
     camera per window in OUT/compliance.jsonl, and a live camera grid page. The list is read again
     when it changes; cameras can also be added with POST /cameras and removed with DELETE /cameras/ID
-    (with FACEMASK_API_KEY set, or --open-api-on-loopback)."""
+    (with FACEMASK_API_KEY set, or --open-api-on-loopback). An `events:` section raises violation
+    events with snapshots, delivered to a webhook and MQTT (docs/cameras.md); a `sampling:` section
+    keeps frames worth a label (docs/learning.md)."""
     configure_runtime()
     from facemask.tracking import default_tracking_uri
     from facemask.video.watch.cameras import check_sources, load_cameras, load_events, load_sampling

@@ -30,10 +30,14 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
-def verify(secret: str, timestamp: str, body: bytes, signature: str, max_age_s: float = 300) -> bool:
-    """A receiver's check: the signature matches and the timestamp is recent."""
-    fresh = abs(time.time() - float(timestamp)) <= max_age_s
-    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
+def verify(secret: str, timestamp: str | None, body: bytes, signature: str | None, max_age_s: float = 300) -> bool:
+    """A receiver's check: the signature matches and the timestamp is recent (a missing or
+    malformed header is a failed check, never an exception)."""
+    try:
+        fresh = abs(time.time() - float(timestamp or "")) <= max_age_s
+    except ValueError:
+        return False
+    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature or "")
 
 
 class WebhookSink:

@@ -259,3 +259,15 @@ def test_the_webhook_signs_each_message_and_tells_a_refusal_from_an_outage():
             sink.send({"key": "d:start", "camera": "door"})
     finally:
         receiver.down()
+
+
+def test_a_receiver_refuses_a_stale_forged_or_missing_signature():
+    from facemask.events.sinks import sign, verify
+
+    now = str(int(time.time()))
+    body = b'{"key": "a:start"}'
+    assert verify(WEBHOOK_SECRET, now, body, sign(WEBHOOK_SECRET, now, body))
+    assert not verify(WEBHOOK_SECRET, now, body + b" ", sign(WEBHOOK_SECRET, now, body))  # body changed
+    old = str(int(time.time()) - 3600)
+    assert not verify(WEBHOOK_SECRET, old, body, sign(WEBHOOK_SECRET, old, body))  # a replay an hour later
+    assert not verify(WEBHOOK_SECRET, None, body, None) and not verify(WEBHOOK_SECRET, "soon", body, "x")
