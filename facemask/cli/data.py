@@ -186,6 +186,13 @@ def read_config(source_format: str, class_map: str, drop_unknown: bool) -> ReadC
     help="Repeat-factor sampling: list each training image max(1, sqrt(T/f)) times, f being the fraction "
     "of training images holding its rarest class (train.txt; val and test untouched).",
 )
+@click.option(
+    "--keep-splits",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A previous version (its folder or splits.json): its images keep their splits, new ones go to "
+    "train and val, the test split stays whole (docs/learning.md).",
+)
 @click.option("--no-plots", is_flag=True, help="Skip class_distribution.png and synthetic_samples.jpg.")
 @JSON_OPTION
 def data_prepare(source, out, split_, synthetic_classes, pastes, no_plots, as_json, **kw):
@@ -206,7 +213,7 @@ def data_prepare(source, out, split_, synthetic_classes, pastes, no_plots, as_js
     result = prepare(dataclasses.replace(cfg, engine=engine))
     m = result.manifest
     if as_json:
-        keys = ("fingerprint", "inputs", "labels", "counts", "augment", "repeat")
+        keys = ("fingerprint", "inputs", "labels", "counts", "augment", "repeat", "kept_splits")
         payload = {"data_yaml": str(result.data_yaml), "manifest": str(result.manifest_path), "engine": engine}
         payload |= {k: m[k] for k in keys if k in m} | {"problems": m["problems"]["counts"]}
         emit(True, payload)

@@ -153,6 +153,9 @@ class PrepareConfig:
     # Repeat-factor sampling (facemask.data.sampling): training images holding a class found in
     # fewer than this fraction of them are listed more than once. None: every image once.
     repeat_threshold: float | None = None
+    # A previous version (its folder or splits.json): its images stay in their splits, new ones go
+    # to train and val only, and the test split is kept whole (facemask.data.split.split_keeping).
+    keep_splits: Path | None = None
 
     def validate(self) -> "PrepareConfig":
         if self.engine not in ENGINES:

@@ -30,7 +30,7 @@ from facemask.core.runtime import cluster_connected, resolve_path, where_relativ
 from facemask.data.sampling import write_train_list
 from facemask.core.settings import PrepareConfig, ReadConfig
 from facemask.data.sources import Listing, check_labels, list_source, parse_row
-from facemask.data.split import SPLITS, stratified_split
+from facemask.data.split import SPLITS, split_for
 
 log = logging.getLogger("facemask.prepare")
 MANIFEST_FORMAT = 1
@@ -335,14 +335,14 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     source = listing.root
     seconds["parse"] = time.perf_counter() - started
 
-    split = stratified_split(records, cfg.split, cfg.seed)
+    split, kept = split_for(records, cfg, source)  # stratified, or keeping a previous version's
     plan: SyntheticPlan = plan_synthetic(split["train"], cfg.augment, cfg.seed)
     mark = time.perf_counter()
     entries, synthetic = write_images(cfg, out, split, plan)
     seconds["write"] = time.perf_counter() - mark
 
     found = (listing, source_data.hashes, summarise_problems(source_data.problems, source))
-    manifest = build_manifest(cfg, source, out, found, split, plan, synthetic, entries)
+    manifest = build_manifest(cfg, source, out, found, split, plan, synthetic, entries, kept)
     manifest["labels"] = source_data.labels
     write_provenance(out / "synthetic.jsonl", synthetic, source)
     split_lists = {name: sorted(str(Path(r.image).relative_to(source)) for r in split[name]) for name in SPLITS}
@@ -388,9 +388,18 @@ def write_images(cfg: PrepareConfig, out: Path, split: dict, plan: SyntheticPlan
 
 
 def build_manifest(
-    cfg: PrepareConfig, source: Path, out: Path, inputs: tuple, split: dict, plan, synthetic: list, entries: list
+    cfg: PrepareConfig,
+    source: Path,
+    out: Path,
+    inputs: tuple,
+    split: dict,
+    plan,
+    synthetic: list,
+    entries: list,
+    kept: dict | None = None,
 ) -> dict[str, Any]:
-    """What a prepared dataset is: its fingerprint (inputs, config, version), counts, pastes and outputs.
+    """What a prepared dataset is: its fingerprint (inputs, config, version, the splits it kept),
+    counts, pastes and outputs.
 
     `inputs` is what was read: (the source's listing, sha256 by input path, problems summary).
     """
@@ -398,6 +407,8 @@ def build_manifest(
     digest = inputs_sha256(hashes, source)
     config = cfg.fingerprinted()
     identity = {"inputs": digest, "config": config, "version": __version__}
+    if kept is not None:  # absent otherwise, so earlier fingerprints stay valid
+        identity["kept_splits"] = kept["sha256"]
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     pasted = Counter(p["label"] for s in synthetic for p in s["pasted"])
     return {
@@ -424,6 +435,7 @@ def build_manifest(
             "notes": plan.notes,
         },
         "outputs": {"files": len(entries), "sha256": tree_sha256(out, entries)},
+        **({"kept_splits": kept} if kept is not None else {}),
     }
 
 

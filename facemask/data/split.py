@@ -1,4 +1,4 @@
-"""Stratified train/val/test split of original images.
+"""Stratified train/val/test split of original images, or one that keeps a previous version's.
 
 Only originals are split; synthetic images are made later from the train split alone,
 which is what keeps val and test free of pasted content.
@@ -6,10 +6,15 @@ which is what keeps val and test free of pasted content.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
 
 from facemask.core.classes import CLASS_NAMES
+from facemask.core.errors import ConfigError, InputNotFoundError
 from facemask.data.records import Record
 from facemask.core.settings import validate_fractions
 
@@ -72,3 +77,81 @@ def class_presence(split: dict[str, list[Record]]) -> dict[str, dict[str, int]]:
         name: {c: sum(1 for r in records for b in r.boxes if b.label == c) for c in CLASS_NAMES}
         for name, records in split.items()
     }
+
+
+def split_keeping(
+    records: list[Record],
+    previous: dict[str, list[str]],
+    relative: Callable[[Record], str],
+    fractions: tuple[float, float, float],
+    seed: int,
+    where: str,
+) -> tuple[dict[str, list[Record]], dict[str, Any]]:
+    """A split that keeps a previous dataset version's: each image listed in `previous`
+    (splits.json: split -> source-relative paths) stays in its split, and only new images are
+    split, into train and val by the stratified splitter. The test split neither gains nor
+    loses an image, so two versions' models are scored on the same photos; one that would lose
+    a test image is refused, naming it. Returns the split and what was kept and added."""
+    where_listed = {path: name for name in SPLITS for path in previous.get(name, [])}
+    out: dict[str, list[Record]] = {s: [] for s in SPLITS}
+    new = []
+    for record in records:
+        name = where_listed.get(relative(record))
+        (out[name] if name else new).append(record)
+    present = {relative(r) for r in records}
+    lost = sorted(set(previous.get("test", [])) - present)
+    if lost:
+        raise ConfigError(
+            f"{where}: the test split would lose {len(lost)} images ({', '.join(lost[:3])}"
+            f"{', ...' if len(lost) > 3 else ''}) that --source no longer has; put them back, or prepare "
+            "without --keep-splits to start a new test split (its scores then compare with no earlier version's)"
+        )
+    train, val = fractions[0], fractions[1]
+    added = stratified_split(new, (train / (train + val), val / (train + val), 0.0), seed) if new else out
+    info = {
+        "kept": {s: len(out[s]) for s in SPLITS},
+        "added": {s: len(added[s]) if new else 0 for s in SPLITS},
+        "gone": {s: len(set(previous.get(s, [])) - present) for s in SPLITS},
+    }
+    if new:
+        for s in SPLITS:
+            out[s] = sorted(out[s] + added[s], key=lambda r: r.image)
+    return out, info
+
+
+def split_for(records: list[Record], cfg, source: Path) -> tuple[dict[str, list[Record]], dict[str, Any] | None]:
+    """The split `cfg` (a PrepareConfig) asks for: stratified, or keeping `cfg.keep_splits`'s;
+    with the latter, what was kept (the manifest's `kept_splits`), else None."""
+    if cfg.keep_splits is None:
+        return stratified_split(records, cfg.split, cfg.seed), None
+    previous, kept = read_kept_splits(cfg.keep_splits)
+    split, counts = split_keeping(
+        records,
+        previous,
+        lambda r: str(Path(r.image).relative_to(source)),
+        cfg.split,
+        cfg.seed,
+        f"--keep-splits {cfg.keep_splits}",
+    )
+    return split, {**kept, **counts}
+
+
+def read_kept_splits(path: Path) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """A previous version's splits.json (or the prepared folder holding it): the splits, and
+    where they came from with their hash (part of the new version's fingerprint)."""
+    path = Path(path)
+    file = path / "splits.json" if path.is_dir() else path
+    if not file.is_file():
+        raise InputNotFoundError(
+            f"--keep-splits {path}: no splits.json there; give the folder of a dataset made by "
+            "`facemask data prepare` (it writes splits.json), or that file"
+        )
+    data = file.read_bytes()
+    try:
+        previous = json.loads(data)
+        ok = isinstance(previous, dict) and all(isinstance(previous.get(s, []), list) for s in SPLITS)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"--keep-splits {file}: not a splits.json (a mapping of train, val, test to lists of paths)")
+    return previous, {"from": str(file), "sha256": hashlib.sha256(data).hexdigest()}

@@ -1,0 +1,59 @@
+"""A new dataset version from the base set plus newly labelled images (`data prepare
+--keep-splits`): every image keeps its split, new ones go to train and val only, the test
+split neither gains nor loses an image, and a version that would lose a test image is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from facemask.core.errors import ConfigError
+from facemask.data.augment import AugmentConfig
+from facemask.data.pipeline import PrepareConfig, prepare
+
+pytestmark = pytest.mark.integration
+NO_PASTES = AugmentConfig(balance_ratio=0.0)
+
+
+def version(source: Path, out: Path, keep: Path | None = None) -> dict:
+    cfg = PrepareConfig(source=source, out=out, engine="local", plots=False, augment=NO_PASTES, keep_splits=keep)
+    return prepare(cfg).manifest
+
+
+def test_a_new_version_keeps_every_split_and_the_test_split_whole(tmp_path):
+    from facemask.data.synth import synthesize
+
+    base = tmp_path / "base"
+    synthesize(base, images=30, seed=3)
+    v1 = version(base, tmp_path / "v1")
+    before = json.loads((tmp_path / "v1" / "splits.json").read_text())
+    # Newly labelled images (as `facemask pool export` and a labeller give them) join the base set.
+    new = tmp_path / "new"
+    synthesize(new, images=12, seed=4)
+    for kind in ("annotations", "images"):
+        for path in (new / kind).iterdir():
+            shutil.copy(path, base / kind / f"new-{path.name}")
+    for xml in (base / "annotations").glob("new-*.xml"):  # each annotation names its renamed image
+        text = xml.read_text()
+        xml.write_text(text.replace("<filename>", "<filename>new-", 1))
+    v2 = version(base, tmp_path / "v2", keep=tmp_path / "v1")
+    after = json.loads((tmp_path / "v2" / "splits.json").read_text())
+    assert after["test"] == before["test"]  # neither gained nor lost
+    for split in ("train", "val"):
+        assert set(before[split]) <= set(after[split])
+    added = {p for s in ("train", "val") for p in set(after[s]) - set(before[s])}
+    assert len(added) == 12 and all(Path(p).name.startswith("new-") for p in added)
+    kept = v2["kept_splits"]
+    assert kept["kept"] == {s: len(before[s]) for s in before} and sum(kept["added"].values()) == 12
+    assert kept["added"]["test"] == 0 and kept["from"].endswith("splits.json")
+    assert v2["fingerprint"] != v1["fingerprint"]
+
+    # A version whose source lost a test image is refused, naming it.
+    gone = before["test"][0]
+    (base / gone).unlink()
+    with pytest.raises(ConfigError, match="the test split would lose 1 images") as caught:
+        version(base, tmp_path / "v3", keep=tmp_path / "v2" / "splits.json")
+    assert Path(gone).name in str(caught.value)
