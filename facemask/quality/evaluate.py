@@ -35,6 +35,7 @@ from facemask.quality.scoring import (
     detector_boxes,
     image_predictions,
     point_scores,
+    split_fingerprint,
     split_images,
 )
 from facemask.tracking import log_to_run, set_version_tags
@@ -58,6 +59,7 @@ class EvalResult:
     predictions: ImagePredictions | None = None
     # For the user's own labelled images given as --data: what was skipped or dropped, counted.
     problems: dict[str, Any] = field(default_factory=dict)
+    split_fingerprint: str | None = None  # the scored split's photos and labels (scoring.split_fingerprint)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("intervals", "predictions")}
@@ -159,6 +161,7 @@ def _evaluate(
         intervals=bootstrap(predictions, CLASS_NAMES, resamples=resamples, seed=seed),
         predictions=predictions,
         problems=problems,
+        split_fingerprint=split_fingerprint(data, split),
     )
     if log_results:
         _log(result, detector.info, save_dir, tracking_uri)
@@ -277,6 +280,8 @@ def _log(result: EvalResult, info, save_dir: Path, tracking_uri: str) -> None:
     if info.name and info.version:
         tags = {f"{prefix}_{k}": round(v, 5) for k, v in result.overall.items()}
         tags[f"{prefix}.data.fingerprint"] = result.fingerprint
+        if result.split_fingerprint:
+            tags[f"{prefix}.data.split"] = result.split_fingerprint
         if result.intervals is not None:
             for k, i in result.intervals.overall.items():
                 tags[f"{prefix}_{k}_interval"] = f"[{i.low:.4f}, {i.high:.4f}]"

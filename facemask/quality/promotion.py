@@ -43,6 +43,15 @@ class PromoteDecision:
     champion_score: float | None = None
 
 
+def same_test_data(a: dict, b: dict) -> bool:
+    """Whether two versions were scored on the same photos: the same prepared dataset, or two
+    versions of it that kept their test split (`data prepare --keep-splits`: the test split's
+    own hash, the `test.data.split` tag, agrees)."""
+    if a.get("test.data.fingerprint") == b.get("test.data.fingerprint"):
+        return True
+    return bool(a.get("test.data.split")) and a.get("test.data.split") == b.get("test.data.split")
+
+
 def promotion_decision(
     candidate: str,
     score: float | None,
@@ -76,7 +85,10 @@ def promotion_decision(
     if holder_score is None:
         return True, f"current @{alias} (version {holder}) was never evaluated"
     if not same_data:
-        return False, "evaluated on different data (the test.data.fingerprint tags differ): not comparable; use --force"
+        return False, (
+            "evaluated on different data (neither the test.data.fingerprint nor the test.data.split tags agree): "
+            "not comparable; evaluate both on one dataset, or use --force"
+        )
     name = metric.replace("test_", "")
     if difference is None:
         return False, (
@@ -140,8 +152,7 @@ def promote(
     current = alias_version(name, alias, tracking_uri)
     score = version_metrics(candidate).get(metric)
     best = version_metrics(current).get(metric) if current else None
-    fingerprint = "test.data.fingerprint"
-    same_data = current is not None and (candidate.tags or {}).get(fingerprint) == (current.tags or {}).get(fingerprint)
+    same_data = current is not None and same_test_data(candidate.tags or {}, current.tags or {})
     difference, details = None, {}
     if not force and same_data and score is not None and best is not None and str(current.version) != version:
         difference, details = paired_difference(candidate, current, tracking_uri, metric, confidence, resamples)

@@ -62,6 +62,24 @@ def split_images(data_yaml: Path, split: str) -> list[LabelledImage]:
     return out
 
 
+def split_fingerprint(data_yaml: Path, split: str) -> str | None:
+    """A hash of one split's photos and labels (names and contents): two dataset versions that
+    kept their test split (`data prepare --keep-splits`) give the same one, so their models'
+    scores compare. None when the split cannot be read."""
+    import hashlib
+
+    try:
+        images = split_images(data_yaml, split)
+    except (OSError, KeyError, ValueError):
+        return None
+    digest = hashlib.sha256()
+    for image in images:
+        label = label_path(image.path)
+        digest.update(image.name.encode() + b"\0" + hashlib.sha256(image.path.read_bytes()).digest())
+        digest.update(hashlib.sha256(label.read_bytes()).digest() if label.is_file() else b"-")
+    return digest.hexdigest()
+
+
 def detector_boxes(detector, imgsz: int, augment: bool = False, **settings: Any) -> Detect:
     """A `Detect` of one loaded `facemask.detection.detector.Detector` at `imgsz` (every box, unless `settings` say)."""
     settings = {**ALL_BOXES, **settings}

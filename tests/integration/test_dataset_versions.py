@@ -50,6 +50,20 @@ def test_a_new_version_keeps_every_split_and_the_test_split_whole(tmp_path):
     assert kept["kept"] == {s: len(before[s]) for s in before} and sum(kept["added"].values()) == 12
     assert kept["added"]["test"] == 0 and kept["from"].endswith("splits.json")
     assert v2["fingerprint"] != v1["fingerprint"]
+    # So the two versions' models compare: the test split's own hash (the `test.data.split` tag
+    # evaluation sets, which the promotion gate accepts as the same data) agrees; train's does not.
+    from facemask.quality.promotion import same_test_data
+    from facemask.quality.scoring import split_fingerprint
+
+    tests = [split_fingerprint(tmp_path / v / "data.yaml", "test") for v in ("v1", "v2")]
+    assert tests[0] and tests[0] == tests[1]
+    assert split_fingerprint(tmp_path / "v1" / "data.yaml", "train") != split_fingerprint(
+        tmp_path / "v2" / "data.yaml", "train"
+    )
+    v1_tags = {"test.data.fingerprint": v1["fingerprint"], "test.data.split": tests[0]}
+    assert same_test_data(v1_tags, {"test.data.fingerprint": v2["fingerprint"], "test.data.split": tests[1]})
+    assert not same_test_data(v1_tags, {"test.data.fingerprint": v2["fingerprint"], "test.data.split": "other"})
+    assert not same_test_data(v1_tags, {"test.data.fingerprint": v2["fingerprint"]})  # evaluated before this release
 
     # A version whose source lost a test image is refused, naming it.
     gone = before["test"][0]
