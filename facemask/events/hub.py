@@ -3,8 +3,9 @@ store and the outbox with its sinks. The watch feeds it each processed frame's p
 hub writes the snapshot when an event starts, and puts the start (the alert) and the end
 into the outbox, which delivers them from a thread of its own.
 
-Files, under the watch's `--out`: `events/outbox.sqlite` (the outbox and the events still
-open), `events/<camera>/<key>.jpg` (snapshots), `events.jsonl` (every start and end, as sent).
+Files, under the watch's `--out`: `events/outbox.sqlite` (the outbox, and each event's latest
+message: for review, and for the events a killed watch left open), `events/<camera>/<key>.jpg`
+(snapshots), `events.jsonl` (every start and end, as sent).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class EventHub:
         for start in self.outbox.left_open():
             end = {**start, "key": f"{start['event']}:end", "kind": "end", "end": round(time.time(), 3)}
             end["end_reason"] = "the watch stopped before the event ended; ended when it started again"
-            self._put(end, closes=start["event"])
+            self._put(end)
 
     def frame(
         self,
@@ -109,14 +110,14 @@ class EventHub:
             if kind == "start":
                 message["snapshot"] = self._snapshot(camera, event, fetch)
                 self.counts["started"] += 1
-                self._put(message, open_event=message)
+                self._put(message)
             else:
                 message["snapshot"] = str(Path("events") / camera / f"{event.key}.jpg")
                 self.counts["ended"] += 1
-                self._put(message, closes=event.key)
+                self._put(message)
 
-    def _put(self, message: dict, open_event: dict | None = None, closes: str | None = None) -> None:
-        self.outbox.put(message, open_event=open_event, closes=closes)
+    def _put(self, message: dict) -> None:
+        self.outbox.put(message)
         with open(self.log_path, "a") as f:
             f.write(json.dumps(message, sort_keys=True) + "\n")
         if self.on_message is not None:

@@ -33,7 +33,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (key, sink)
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, status, created);
-CREATE TABLE IF NOT EXISTS open_events (key TEXT PRIMARY KEY, message TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     key TEXT PRIMARY KEY, camera TEXT NOT NULL, state TEXT NOT NULL, start REAL NOT NULL,
     "end" REAL, message TEXT NOT NULL, acked_at REAL, acked_by TEXT, note TEXT
@@ -61,9 +60,9 @@ class Outbox:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def put(self, message: dict, open_event: dict | None = None, closes: str | None = None) -> None:
+    def put(self, message: dict) -> None:
         """Keep `message` for every sink (a key already kept is ignored), in one transaction with
-        the note of an event now open (`open_event`) or closed (`closes`: its key)."""
+        its event's latest message (the review's copy, and how a restart finds events left open)."""
         now = time.time()
         body = json.dumps(message, sort_keys=True)
         with self.lock:
@@ -79,12 +78,6 @@ class Outbox:
                     'ON CONFLICT (key) DO UPDATE SET "end" = excluded."end", message = excluded.message',
                     (message["event"], message["camera"], message["state"], message["start"], message.get("end"), body),
                 )
-            if open_event is not None:
-                self.db.execute(
-                    "INSERT OR REPLACE INTO open_events VALUES (?, ?)", (open_event["event"], json.dumps(open_event))
-                )
-            if closes is not None:
-                self.db.execute("DELETE FROM open_events WHERE key = ?", (closes,))
             self.db.execute("COMMIT")
         self.wake.set()
 
@@ -116,11 +109,11 @@ class Outbox:
             rows = self.db.execute(sql, (*args, limit)).fetchall()
         return [{**json.loads(m), "acked_at": at, "acked_by": by, "note": note} for m, at, by, note in rows]
 
-    def events_by_key(self, keys: list[str]) -> list[dict]:
+    def event(self, key: str) -> dict | None:
+        """An event's latest message, or None."""
         with self.lock:
-            marks = ",".join("?" * len(keys))
-            rows = self.db.execute(f"SELECT message FROM events WHERE key IN ({marks})", keys).fetchall()  # noqa: S608
-        return [json.loads(m) for (m,) in rows]
+            row = self.db.execute("SELECT message FROM events WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def acknowledge(self, event: str, by: str, note: str | None = None) -> bool:
         """Mark an event seen by `by`; False when there is no such event."""
@@ -133,7 +126,8 @@ class Outbox:
     def left_open(self) -> list[dict]:
         """The start messages of events a previous run opened and never closed (it was killed)."""
         with self.lock:
-            return [json.loads(m) for (m,) in self.db.execute("SELECT message FROM open_events")]
+            rows = self.db.execute('SELECT message FROM events WHERE "end" IS NULL ORDER BY start').fetchall()
+        return [json.loads(m) for (m,) in rows]
 
     # --- delivering -------------------------------------------------------------------------
 

@@ -221,9 +221,9 @@ def test_what_a_crashed_outbox_held_is_delivered_by_the_next_one(tmp_path):
     path = tmp_path / "outbox.sqlite"
     first = Outbox(path, [Flaky(failures=100)])
     event = {"camera": "door", "state": "without_mask", "start": 100.0}
-    first.put({"key": "a:start", "event": "a", **event}, open_event={"event": "a", "key": "a:start"})
-    first.put({"key": "b:start", "event": "b", **event}, open_event={"event": "b", "key": "b:start"})
-    first.put({"key": "b:end", "event": "b", **event, "end": 104.0}, closes="b")
+    first.put({"key": "a:start", "event": "a", **event})
+    first.put({"key": "b:start", "event": "b", **event})
+    first.put({"key": "b:end", "event": "b", **event, "end": 104.0})
     first.deliver_due()
     del first  # no stop, no flush: as a kill leaves it
     sink = Flaky()

@@ -144,7 +144,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.error(400, "bad_query", "since and until are Unix times in seconds, limit a number")
             return self.json(200, {"events": found})
         if len(parts) == 3 and parts[2] == "snapshot.jpg":
-            (event,) = hub.outbox.events_by_key([parts[1]]) or [None]
+            event = hub.outbox.event(parts[1])
             file = hub.out / event["snapshot"] if event and event.get("snapshot") else None
             if file is None or not file.is_file():
                 return self.error(404, "no_snapshot", f"event {parts[1][:80]!r} has no snapshot (unknown or pruned)")
