@@ -106,15 +106,10 @@ class EventHub:
 
     def _apply(self, camera: str, changes: list, fetch: Callable[[Any], Any]) -> None:
         for kind, event in changes:
-            message = event.to_message(kind)
             if kind == "start":
-                message["snapshot"] = self._snapshot(camera, event, fetch)
-                self.counts["started"] += 1
-                self._put(message)
-            else:
-                message["snapshot"] = str(Path("events") / camera / f"{event.key}.jpg")
-                self.counts["ended"] += 1
-                self._put(message)
+                event.snapshot = self._snapshot(camera, event, fetch)
+            self.counts["started" if kind == "start" else "ended"] += 1
+            self._put({**event.to_message(kind), "snapshot": event.snapshot})
 
     def _put(self, message: dict) -> None:
         self.outbox.put(message)

@@ -37,6 +37,7 @@ class Event:
     scores: list[float] = field(default_factory=list)
     observations: int = 0
     best: dict | None = None  # the sighting with the highest violating score: frame, time, box
+    snapshot: str | None = None  # where its snapshot was written (None: none could be)
 
     def to_message(self, kind: str) -> dict[str, Any]:
         """What is delivered: `kind` is "start" (the alert) or "end" (the whole event)."""

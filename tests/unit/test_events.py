@@ -4,6 +4,7 @@ across failures and a crash (a real SQLite file, a real HTTP receiver)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -271,3 +272,21 @@ def test_a_receiver_refuses_a_stale_forged_or_missing_signature():
     old = str(int(time.time()) - 3600)
     assert not verify(WEBHOOK_SECRET, old, body, sign(WEBHOOK_SECRET, old, body))  # a replay an hour later
     assert not verify(WEBHOOK_SECRET, None, body, None) and not verify(WEBHOOK_SECRET, "soon", body, "x")
+
+
+def test_an_event_whose_snapshot_failed_says_so_at_its_end_too(tmp_path):
+    from facemask.events.hub import EventHub
+    from facemask.events.rules import EventsConfig
+
+    def broken(frame):
+        raise OSError("the frame is gone")
+
+    hub = EventHub(EventsConfig(rule=RULE), tmp_path, "v1", sinks=[])
+    person = {"track_id": 1, "label": "without_mask", "confidence": 0.9, "box": {"x1": 0, "y1": 0, "x2": 9, "y2": 9}}
+    for i in range(8):
+        hub.frame("door", [person], 100.0 + i * 0.5, frame=None, fetch=broken)
+    hub.frame("door", [], 110.0, frame=None, fetch=broken)
+    hub.close(fetch=broken)
+    messages = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [m["kind"] for m in messages] == ["start", "end"]
+    assert [m["snapshot"] for m in messages] == [None, None] and hub.summary()["snapshot_errors"] == 1
