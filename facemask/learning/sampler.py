@@ -92,7 +92,7 @@ class Sampler:
         self.counts: Counter = Counter()
 
     def reasons(self, detections: list[dict]) -> set[str]:
-        """Why a frame would be worth a label, before any limit (the benchmark's picker uses this too)."""
+        """Why a frame's faces would be worth a label, before any limit and without the track-based `flip`."""
         found = set()
         for d in detections:
             threshold = self.thresholds.get(d["label"], self.default)

@@ -26,10 +26,10 @@ class Production:
         events, sampling = load_events(cfg.cameras), load_sampling(cfg.cameras)
         announce = metrics.event if metrics else None
         self.events = None if events is None else EventHub(events, cfg.out, self.version, on_message=announce)
-        self.drift = DriftMonitor(model.get("reference"), model.get("thresholds") or {}, cfg.conf)
+        thresholds = model.get("thresholds") or {}  # the version's operating point, if it has one
+        self.drift = DriftMonitor(model.get("reference"), thresholds, cfg.conf)
         self.sampler = self.pool = None
         if sampling is not None:
-            thresholds = model.get("thresholds") or {}
             self.sampler = Sampler(sampling, thresholds, default=cfg.conf)
             self.pool = SamplePool(cfg.out / "samples", sampling, fetch)
 
