@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
 
 # Each test's time and the machine's CPU, the per-test and suite budgets (tests/budget.py).
-pytest_plugins = ["tests.budget"]
+# Tests side by side under pytest-xdist, and the ones that need the machine alone (tests/machine_lock.py).
+pytest_plugins = ["tests.budget", "tests.machine_lock"]
 
 
 _RAY_AUTH_DIR = None
@@ -163,12 +164,17 @@ def known_image(synth_source) -> Path:
 
 
 # Fixtures built once per module (a Serve application, a watch, a registry). Under pytest-xdist the
-# tests that use one are kept on one worker, so it is still built once per module.
+# tests that use one are kept on one worker, so it is still built once per module. The tests that
+# need the machine alone are one group of their own, run back to back (tests/machine_lock.py).
 MODULE_SHARED = {"endpoint", "versions", "serve_url", "registry", "video", "watch"}
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    from tests.machine_lock import WHOLE_MACHINE_GROUP, alone
+
     for item in items:
-        if MODULE_SHARED & set(item.fixturenames):
+        if alone(item):
+            item.add_marker(pytest.mark.xdist_group(WHOLE_MACHINE_GROUP))
+        elif MODULE_SHARED & set(item.fixturenames):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -333,9 +333,11 @@ class RayCluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
         # `ray start --block` took up to 60 s to stop its node on SIGTERM, a minute of every
-        # cluster test's teardown; what is left after 10 s is killed (the node is the test's own).
+        # cluster test's teardown; what is left 10 s after the signal is killed (the nodes are the
+        # test's own). One deadline for all the nodes: they stop side by side, not one after another.
+        deadline = time.monotonic() + 10
         for proc in self.procs:
-            stop_process_group(proc, grace_s=10)
+            stop_process_group(proc, grace_s=max(0.0, deadline - time.monotonic()))
 
 
 def wait_port(port: int, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:

@@ -95,6 +95,7 @@ def test_live_stream_refuses_a_wrong_key_and_a_bad_hello_with_a_reason(endpoint)
     assert httpx.get(endpoint["url"] + "/secured/live/streams", timeout=30).status_code == 401
 
 
+@pytest.mark.whole_machine(reason="the last frame's answer is held to a few model calls' time")
 def test_a_burst_faster_than_the_model_gets_newest_frame_wins_not_a_queue(endpoint, known_image):
     """40 frames at 100/s, at imgsz 640 (several times slower than that): most are dropped and
     counted, the last one sent is answered, and soon after the burst: nothing was queued."""
@@ -127,6 +128,7 @@ def test_a_burst_faster_than_the_model_gets_newest_frame_wins_not_a_queue(endpoi
     )
 
 
+@pytest.mark.whole_machine(reason="the burst must outrun the stream's frame rate within one second")
 def test_frames_over_the_streams_fps_are_refused_after_a_one_second_burst(endpoint, known_image):
     """fps 5: a burst of 20 frames at once keeps the first 5 (a full bucket, so a new stream's
     first frames never draw an error), refuses the rest with one error, and counts them."""
@@ -331,6 +333,7 @@ def test_predict_names_a_camera_or_stream_it_cannot_open(registered_detector, tm
     assert "could not open it" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.whole_machine(reason="the real stream must be answered within 5 s while idle sockets wait")
 def test_idle_sockets_that_never_say_hello_do_not_hold_a_real_stream_off(known_image, tmp_path):
     """200 /live sockets open and silent beside a real stream, on `facemask serve` as it starts
     (HAProxy, one replica). Each socket holds one of the replica's slots while it waits for its

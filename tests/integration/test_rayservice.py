@@ -47,7 +47,12 @@ from tests.kuberay import (
 from tests.pods import PodNetwork
 from tests.services import wait_http, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.whole_machine(
+        reason="the worker's proxy must ride through saturation and a head restart within the outage it measures"
+    ),
+]
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 REPLICA = "ServeReplica:facemask:Facemask"

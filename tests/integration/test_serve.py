@@ -247,6 +247,7 @@ def test_a_promotion_is_served_without_a_redeploy(http, endpoint, known_image):
     converge(champion)
 
 
+@pytest.mark.whole_machine(reason="whether a burst forms a batch depends on its requests' arrival times")
 def test_concurrent_requests_are_batched(endpoint, known_image):
     """Requests that queue during a model call go into the next one together.
 
@@ -272,6 +273,7 @@ def test_concurrent_requests_are_batched(endpoint, known_image):
     assert max(sizes) >= 2, sizes
 
 
+@pytest.mark.whole_machine(reason="how many of a flood are served against refused depends on the replica's speed")
 def test_overload_gets_quick_503s_not_hangs(endpoint, known_image):
     big = io.BytesIO()
     Image.open(known_image).resize((640, 480)).save(big, format="JPEG")
@@ -366,6 +368,7 @@ def test_api_key_on_and_off(endpoint, known_image):
     assert denied_client.value.status == 401
 
 
+@pytest.mark.whole_machine(reason="the 408 must come within seconds of the proxy's body timeout")
 def test_a_body_that_never_arrives_gets_408_and_frees_the_connection(endpoint, known_image):
     """A client that declares 100 kB and sends 10 bytes: the proxy's guard answers 408 after its
     body_timeout_s, and no replica ever held the request."""
@@ -539,6 +542,7 @@ def report_kill(label: str, killed_at: float, seen: list) -> Counter:
     return codes
 
 
+@pytest.mark.whole_machine(reason="requests must not wait more than seconds on a dead or restarting replica")
 def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint, known_image):
     """kill -9 of a replica during a bounded load, over real HTTP through Serve's proxy and its guard.
 
@@ -605,6 +609,7 @@ def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint
         serve.delete("killable")
 
 
+@pytest.mark.whole_machine(reason="the refusal must come within seconds of the proxy's header timeout")
 def test_oversized_and_slow_headers_and_too_many_connections_are_refused(endpoint, known_image):
     """Bounds Serve's proxy lacks, set by the guard: header size, header time, open connections."""
     import json
@@ -665,6 +670,7 @@ print(json.dumps(latencies))
 """
 
 
+@pytest.mark.whole_machine(reason="/healthz's median latency is held under 50 ms while huge images load the replica")
 def test_memory_stays_bounded_under_concurrent_huge_images(endpoint):
     """Eight 36-megapixel PNGs at once: the replica decodes them within its pixel budget, stays
     responsive, and hands the memory back afterwards."""
@@ -870,6 +876,7 @@ def test_facemask_serve_on_the_simulated_accelerator_batches_and_answers_in_the_
     assert "serving simulated-gpu (simulated-gpu, " in log.read_text()
 
 
+@pytest.mark.whole_machine(reason="the requests dropped must be those at the kill, within 1.5 s of it")
 def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_detector, known_image, tmp_path):
     """`facemask serve --ingress haproxy --replicas 2`, one replica kill -9'd under load.
 
@@ -956,6 +963,7 @@ def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_de
     assert not calls.is_alive() and len(answers) == 40, "Client lost a request"
 
 
+@pytest.mark.whole_machine(reason="the 503s must come within 1.5 s of the kill and no request wait for the restart")
 def test_a_lone_replica_killed_behind_the_default_ingress_gives_quick_json_503s(known_image, tmp_path):
     """`facemask serve` as it starts by default (HAProxy), one replica, kill -9'd under load.
 
@@ -1018,6 +1026,7 @@ def wait_for_tree_replica(root: int, gone: int | None = None, timeout: float = 9
     raise AssertionError(f"no new replica below {root} after {timeout:.0f} s")
 
 
+@pytest.mark.whole_machine(reason="the ingress must answer again within its bound of seconds after the kill")
 @pytest.mark.parametrize(
     "ingress, victim, back_within_s",
     [

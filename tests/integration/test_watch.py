@@ -24,7 +24,12 @@ from facemask.core.classes import CLASS_NAMES
 from tests.services import API_KEY, CHROMIUM, free_port, launch_chromium, wait_until
 from tests.streams import MjpegServer, RtspServer, jpeg_frames, make_video, rtsp_missing, write_frames
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.whole_machine(
+        reason="each camera's decoded frames are held to its frame rate; a restarted stream is back within 15 s"
+    ),
+]
 ROOT = Path(__file__).resolve().parents[2]
 FACEMASK = [sys.executable, "-m", "facemask.cli"]
 STOP_WITHIN_S = 30

@@ -197,6 +197,7 @@ def test_items_3_and_5_the_api_refuses_listening_metadata_local_and_broken_sourc
         server.close()
 
 
+@pytest.mark.whole_machine(reason="the server must close the silent sockets within 8 s")
 def test_item_4_a_silent_client_a_body_never_sent_and_a_bad_length_cannot_hold_the_server(watch):
     server, base = page(watch, access(api_key=API_KEY))
     try:
@@ -223,6 +224,7 @@ def test_item_4_a_silent_client_a_body_never_sent_and_a_bad_length_cannot_hold_t
         server.close()
 
 
+@pytest.mark.whole_machine(reason="housekeeping must not wait 1.5 s on the unplaced reader")
 def test_items_10_and_13_a_restarting_or_unplaceable_reader_never_stalls_the_others_nor_counts_backwards(watch):
     lobby = watch.watched["lobby"]
     wait_until(lambda: watch.housekeeping(time.time()) or lobby.status.get("dropped", 0) > 5, 60, "frames dropped")
@@ -276,6 +278,7 @@ def test_item_11_a_failing_batch_is_counted_and_the_watch_goes_on(watch):
     assert watch.lost_batches == lost + 1
 
 
+@pytest.mark.whole_machine(reason="the stop must finish within `ray job stop`'s 3 s")
 def test_item_12_a_stop_writes_rows_and_summary_at_once_and_starts_nothing_after(ray_local, video, tmp_path):
     from facemask.video.watch.runner import WatchClosing
 
