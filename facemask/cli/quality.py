@@ -1,4 +1,5 @@
-"""`facemask evaluate`, `compare` and `promote`: scores with intervals, and the gate."""
+"""`facemask evaluate`, `compare` and `promote`: scores with intervals, and the gate; `rollback`,
+`calibrate`, `ensemble` and `lineage`: what the registry holds, and where it came from."""
 
 from __future__ import annotations
 
@@ -230,6 +231,20 @@ def rollback_command(name, alias, as_json):
         "ended_canary": done.ended_canary,
     }
     emit(as_json, payload, text)
+
+
+@main.command("lineage")
+@click.option("--registered-model", "name", default=REGISTERED_MODEL, show_default=True, help="The registered model.")
+@JSON_OPTION
+def lineage_command(name, as_json):
+    """Which dataset version trained each registered version, and which dataset each was built on
+    (`data prepare --keep-splits`), from the registry alone."""
+    configure_runtime()
+    from facemask.learning.lineage import format_lineage, lineage
+    from facemask.tracking import default_tracking_uri
+
+    found = lineage(name, default_tracking_uri())
+    emit(as_json, found, format_lineage(found))
 
 
 @main.command("calibrate")

@@ -7,6 +7,7 @@ pool      the kept frames on disk with the model's boxes as pre-labels, written 
 export    the pool as a labelling task: Label Studio JSON with predictions, or Pascal VOC
           (CVAT imports it; the corrected export is read back by `facemask data prepare`)
 drift     each camera's recent answers against what the version answered on val (PSI)
+lineage   which dataset version trained which registered version, from the registry alone
 """
 
 from facemask import public_parts

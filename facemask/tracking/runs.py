@@ -146,15 +146,22 @@ def metric_key(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
-def dataset_input(source: str, name: str, digest: str, context: str):
+def dataset_input(source: str, name: str, digest: str, context: str, profile: dict | None = None):
     """A DatasetInput for `MlflowClient.log_inputs`, from MLflow's public entities: a dataset known by
     its source and digest only, recorded as MLflow records a file's (`{"uri": ...}`, its scheme or
     "local"). Logged by run id: `mlflow.log_input` logs only to this thread's active run, which a
-    logger shared by Ultralytics' callbacks and Ray workers does not have."""
+    logger shared by Ultralytics' callbacks and Ray workers does not have. `profile` (JSON) says
+    what the dataset is made of (`facemask.core.manifest.dataset_profile`): its lineage."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     source_type = source.split("://", 1)[0] if "://" in source else "local"
-    dataset = Dataset(name=name, digest=digest[:36], source_type=source_type, source=json.dumps({"uri": source}))
+    dataset = Dataset(
+        name=name,
+        digest=digest[:36],
+        source_type=source_type,
+        source=json.dumps({"uri": source}),
+        profile=json.dumps(profile, sort_keys=True) if profile else None,
+    )
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 
 
@@ -296,13 +303,15 @@ class RunLogger:
         if self.active:
             self._call(self._c.log_figure, self.run_id, figure, name)
 
-    def log_dataset(self, name: str, source: str, digest: str, context: str = "training") -> None:
-        """Record the prepared dataset as an MLflow dataset input of this run."""
+    def log_dataset(
+        self, name: str, source: str, digest: str, context: str = "training", profile: dict | None = None
+    ) -> None:
+        """Record the prepared dataset as an MLflow dataset input of this run, `profile` its lineage."""
         if not self.active:
             return
 
         def send() -> None:
-            self._c.log_inputs(self.run_id, datasets=[dataset_input(source, name, digest, context)])
+            self._c.log_inputs(self.run_id, datasets=[dataset_input(source, name, digest, context, profile)])
 
         self._call(send)
 

@@ -17,7 +17,7 @@ import yaml
 
 from facemask import __version__
 from facemask.core.errors import ConfigError, InputNotFoundError, PretrainedUnavailableError
-from facemask.core.manifest import data_fingerprint
+from facemask.core.manifest import data_fingerprint, dataset_profile
 from facemask.core.runtime import cpus_given, git_commit, resolve_device, resolve_path, ultralytics_env, where_relative
 from facemask.core.settings import TrainConfig
 from facemask.quality.calibrate import calibrate_version
@@ -183,7 +183,8 @@ class TrainingLog:
         # What the process trains with (`size_threads`), beside what was asked.
         identity["torch_threads"] = torch.get_num_threads()
         self.logger.log_params({**args, **identity, "git_commit": self.commit or "none"})
-        self.logger.log_dataset(self.data.parent.name, str(self.data), self.fingerprint)
+        profile = dataset_profile(self.data)
+        self.logger.log_dataset(self.data.parent.name, str(self.data), self.fingerprint, profile=profile)
 
     def on_start(self, trainer) -> None:
         strip_integrations(trainer)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from facemask.core.classes import CLASS_NAMES
 from facemask.core.errors import ConfigError, InputNotFoundError, StudyInterrupted
 from facemask.core.lifecycle import at_forced_stop
-from facemask.core.manifest import data_fingerprint
+from facemask.core.manifest import data_fingerprint, dataset_profile
 from facemask.core.runtime import check_given_gpus, gpu_as_cpu, resolve_path, results_base, where_relative
 from facemask.core.settings import StudyConfig
 from facemask.data.plots import study_plots
@@ -376,7 +376,7 @@ def log_study(
     )
     parent.log_dict({"space": space, "baseline": baseline}, "search_space.yaml")
     # Logged once here so concurrent trials find the dataset instead of racing to create it.
-    parent.log_dataset(data.parent.name, str(data), fingerprint)
+    parent.log_dataset(data.parent.name, str(data), fingerprint, profile=dataset_profile(data))
 
 
 def new_tuner(cfg: StudyConfig, trainable, space: dict, baseline: list, storage: str, concurrency: int):

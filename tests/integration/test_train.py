@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -46,6 +47,8 @@ def test_training_run_has_params_metrics_artifacts_and_registers(tiny_data, trac
     plots = {a.path.split("/")[-1] for a in client.list_artifacts(result.run_id, "plots")}
     assert "confusion_matrix.png" in plots and "BoxPR_curve.png" in plots and "BoxF1_curve.png" in plots
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest == result.fingerprint[:36]
+    profile = json.loads(run.inputs.dataset_inputs[0].dataset.profile)  # its lineage (`facemask lineage`)
+    assert profile["splits_sha256"] == hashlib.sha256((tiny_data.parent / "splits.json").read_bytes()).hexdigest()
     assert any(k.startswith("system/") for k in run.data.metrics), "no MLflow system metrics"
 
     version = client.get_model_version(name, result.version)
