@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from facemask import __version__
-from facemask.core.errors import FacemaskError, StudyInterrupted
+from facemask.core.errors import FacemaskError, RayStartFailed, StudyInterrupted
 from facemask.core.lifecycle import (
     at_forced_stop,
     handle_stop_signals,
@@ -161,7 +161,7 @@ class FacemaskGroup(click.Group):
             raise
         except StudyInterrupted as exc:
             _stopped(ctx, str(exc))
-        except ServerFailure as exc:
+        except (ServerFailure, RayStartFailed) as exc:
             _fail(str(exc), EXIT_FAILURE)
         except FacemaskError as exc:
             _fail(str(exc))

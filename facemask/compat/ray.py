@@ -1,11 +1,13 @@
 """Ray's private parts the platform reads: whether the local cluster this process started is
-still alive, the process group it starts in, Serve's controller and its replica table, whether this process is a Serve
-replica, the option that fixes a local node's metrics port, and the lines of the HAProxy
-configuration Serve writes that give its own answers. None of them has a public equivalent in
-Ray 2.60 (`serve.status()` gives neither the replicas' actor names nor their states per route,
-which the proxy guard matches against the live actors; `ray start` has --metrics-export-port,
-`ray.init` only `_metrics_export_port`; HAProxy's error files and its answer outside every
-route are fixed in Serve's template, `ray.serve._private.haproxy_templates`)."""
+still alive, the process group it starts in, the error of a local node that did not start in
+time, Serve's controller and its replica table, whether this process is a Serve replica, the
+option that fixes a local node's metrics port, and the lines of the HAProxy configuration Serve
+writes that give its own answers. None of them has a public equivalent in Ray 2.60
+(`serve.status()` gives neither the replicas' actor names nor their states per route, which the
+proxy guard matches against the live actors; `ray start` has --metrics-export-port, `ray.init`
+only `_metrics_export_port`; HAProxy's error files and its answer outside every route are fixed
+in Serve's template, `ray.serve._private.haproxy_templates`; `ray.init()` raises a bare
+Exception when its node does not register in time)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,16 @@ def local_core_died() -> bool:
     processes = (node.all_processes or {}) if node is not None else {}
     core = [info.process for kind in ("raylet", "gcs_server") for info in processes.get(kind, [])]
     return any(proc.poll() is not None for proc in core)
+
+
+# `ray.init()` waits a fixed 30 s (`raylet_start_wait_time_s` in ray._private.node.Node, no
+# setting) for the raylet it started to register with the GCS, then raises a bare Exception.
+NODE_START_TIMED_OUT = "The current node timed out during startup"
+
+
+def node_start_timed_out(exc: BaseException) -> bool:
+    """Whether `exc` is `ray.init()` giving up on its local node (a busy machine, not a bug)."""
+    return type(exc) is Exception and NODE_START_TIMED_OUT in str(exc)
 
 
 @contextlib.contextmanager

@@ -40,6 +40,10 @@ class EndpointError(FacemaskError, RuntimeError):
         self.status, self.error, self.message = status, error, message
 
 
+class RayStartFailed(FacemaskError, RuntimeError):
+    """The local Ray a command starts did not come up: the machine, not the user's input (exit 1)."""
+
+
 class StudyInterrupted(FacemaskError, RuntimeError):
     """The study stopped before its trials did (Ctrl-C, `ray job stop`); it can be resumed."""
 

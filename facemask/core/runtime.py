@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from facemask.core.errors import ConfigError
+from facemask.core.errors import ConfigError, RayStartFailed
 from facemask.core.lifecycle import handle_stop_signals, stopped_by
 
 HOME_ENV = "FACEMASK_HOME"
@@ -315,7 +315,7 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True, 
     import ray
 
     if not ray.is_initialized():
-        from facemask.compat.ray import local_ray_in_its_own_process_group, metrics_port_option
+        from facemask.compat.ray import local_ray_in_its_own_process_group, metrics_port_option, node_start_timed_out
 
         # A node started here exports Ray's and the app's metrics on the documented port while it is free.
         export = metrics_port_option(free_port(METRICS_PORT)) if serving or metrics else {}
@@ -334,7 +334,22 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True, 
             # SIGTERM while Ray was starting met Ray's own handler (`sys.exit(15)`): stop as from ours.
             stopped_by(signal.SIGTERM)
             raise KeyboardInterrupt from None
+        except Exception as exc:
+            if not node_start_timed_out(exc):
+                raise
+            raise RayStartFailed(busy_machine_note()) from None
         handle_stop_signals()
+
+
+def busy_machine_note() -> str:
+    """What a command says when its local Ray's node did not register in Ray's fixed 30 s."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"the local Ray did not start: its node did not register within Ray's fixed 30 s, with the machine "
+        f"busy (load {load:.1f} on {os.cpu_count()} cores). Run the command again when it is quieter, or "
+        "start Ray once (`ray start --head`) and run commands with RAY_ADDRESS=auto so that each "
+        "joins it instead of starting its own"
+    )
 
 
 # Where Prometheus scrapes a node: Ray's and the app's metrics (KubeRay's `metrics` port), and

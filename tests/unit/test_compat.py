@@ -152,3 +152,34 @@ def test_ray_starts_its_local_processes_through_console_popen_and_they_get_a_gro
     finally:
         child.kill()
         child.wait()
+
+
+def test_ray_init_gives_up_on_its_local_node_after_a_fixed_wait_with_a_bare_exception(monkeypatch, tmp_path):
+    """What `node_start_timed_out` matches is what Ray raises; a command turns it into one line
+    naming the busy machine and the fix, exit 1, not an "internal error"."""
+    import ray
+    from click.testing import CliRunner
+    from ray._private.node import Node
+
+    from facemask.cli import main
+    from facemask.compat.ray import NODE_START_TIMED_OUT, node_start_timed_out
+
+    source = inspect.getsource(Node)
+    assert "raylet_start_wait_time_s = 30" in source and NODE_START_TIMED_OUT in source
+    assert node_start_timed_out(Exception(f"{NODE_START_TIMED_OUT}. This could happen because ..."))
+    assert not node_start_timed_out(RuntimeError(NODE_START_TIMED_OUT)) and not node_start_timed_out(Exception("x"))
+
+    def timed_out(*args, **kwargs):
+        raise Exception(f"{NODE_START_TIMED_OUT}. This could happen because some of the raylet failed to startup")
+
+    monkeypatch.setattr(ray, "init", timed_out)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    from facemask.data.synth import synthesize
+
+    synthesize(tmp_path / "src", images=4, seed=1)
+    args = ["data", "prepare", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--engine", "ray"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "did not register within Ray's fixed 30 s" in result.output and "RAY_ADDRESS=auto" in result.output
+    assert "internal error" not in result.output
