@@ -1,7 +1,7 @@
 """facemask: train, tune, track and serve a face-mask detector on Ray.
 
 One package per stage of the flow, each importing only the ones above it
-(tests/unit/test_architecture.py checks the order; docs/layout.md lists every module):
+(tests/unit/project/test_architecture.py checks the order; docs/layout.md lists every module):
 
     core, compat   the leaves: classes, errors, settings, runtime, stop signals; dependencies' private parts
     data           readers (VOC, YOLO, COCO), split, copy-paste, YOLO output, the Ray Data pipeline

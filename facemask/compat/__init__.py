@@ -2,9 +2,9 @@
 
 Ray, Ultralytics, MLflow, uvicorn and onnxruntime give no public way to do a few things the
 platform needs (see each module). Those reaches live here and nowhere else
-(`tests/unit/test_architecture.py` fails on a private name of theirs used elsewhere). Each
+(`tests/unit/project/test_architecture.py` fails on a private name of theirs used elsewhere). Each
 module states the versions it was checked against and refuses, when imported, any other with
-one line naming the package, its version and the range; `tests/unit/test_compat.py` guards
+one line naming the package, its version and the range; `tests/unit/compat/test_compat.py` guards
 each reach on the installed version. An upgrade then breaks one file, loudly.
 """
 

@@ -1,4 +1,4 @@
-"""Ultralytics' private parts the platform relies on, checked by tests/unit/test_compat.py:
+"""Ultralytics' private parts the platform relies on, checked by tests/unit/compat/test_compat.py:
 
 - the trainer's `_setup_ddp`, `_setup_train` (its `nn.parallel.DistributedDataParallel` call),
   `world_size`/`ddp` and `final_eval`, overridden so a Ray Train worker group trains one model
@@ -30,7 +30,7 @@ VERSION = require(*CHECKED, __name__)
 def ddp_trainer_class():
     """Ultralytics' DetectionTrainer, made to train inside a Ray Train worker group.
 
-    Relies on (tests/unit/test_ddp_internals.py checks each): `_setup_ddp` and `final_eval`
+    Relies on (tests/unit/training/test_ddp_internals.py checks each): `_setup_ddp` and `final_eval`
     (replaced), `_setup_train`'s DistributedDataParallel call, `world_size`/`ddp` set in
     `__init__`, `preprocess_batch` once per batch, `validate` returning (metrics, fitness).
     """

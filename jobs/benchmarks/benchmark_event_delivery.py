@@ -25,7 +25,7 @@ def run(down_s: float, events: int) -> dict:
     from facemask.events.hub import EventHub
     from facemask.events.rules import EventsConfig, Webhook
     from facemask.events.sinks import WebhookSink
-    from tests.integration.test_event_delivery import RULE, people_come_and_go, sent_keys
+    from tests.integration.events.test_event_delivery import RULE, people_come_and_go, sent_keys
     from tests.receivers import WEBHOOK_SECRET, WebhookReceiver
 
     folder = Path(tempfile.mkdtemp(prefix="facemask-delivery-"))

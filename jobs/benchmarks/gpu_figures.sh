@@ -18,7 +18,7 @@
 #      Ultralytics only (jobs/benchmarks/benchmark_train_limit.py, on step 2's prepared data);
 #   5. the trained model behind Serve's HAProxy ingress under load (jobs/benchmarks/benchmark_serve.py; wrk).
 # Knobs (environment): DEVICE (0; cpu rehearses every step without a GPU, as
-# tests/integration/test_gpu_figures.py does), WEIGHTS (yolo26n.yaml), EPOCHS (3), IMGSZ (640),
+# tests/integration/training/test_gpu_figures.py does), WEIGHTS (yolo26n.yaml), EPOCHS (3), IMGSZ (640),
 # BATCH (16), LOAD_SECONDS (5), LIMIT_WORKERS (0,2,4,8; 0 on cpu), LIMIT_CACHE (none,ram; none on cpu).
 set -euo pipefail
 WHEELS=""

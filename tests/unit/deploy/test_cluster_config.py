@@ -1,0 +1,88 @@
+"""cluster.yaml: valid against the schema shipped in the `ray` package, and safe by default."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict:
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def test_valid_against_ray_schema(cluster):
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(cluster, schema)
+
+
+def test_token_auth_on_every_node(cluster):
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in cluster[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), key
+    assert any("auth_token" in target for target in cluster["file_mounts"]), "the token must reach every node"
+
+
+def test_dashboard_never_public(cluster):
+    commands = " ".join(cluster["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in commands
+    assert "0.0.0.0" not in yaml.safe_dump(cluster)
+
+
+def test_setup_installs_this_package(cluster):
+    assert any(re.search(r"pip install -e '?/home/ray/facemask", c) for c in cluster["setup_commands"])
+    assert cluster["file_mounts"]["/home/ray/facemask"] == "."
+
+
+def test_gpu_workers_declare_gpus(cluster):
+    head = cluster["head_node_type"]
+    workers = {k: v for k, v in cluster["available_node_types"].items() if k != head}
+    assert workers
+    for name, node in workers.items():
+        assert node["resources"].get("GPU", 0) >= 1, name
+        assert node["max_workers"] >= node["min_workers"]
+    assert "GPU" not in cluster["available_node_types"][head]["resources"]
+
+
+def test_image_matches_pinned_ray(cluster):
+    assert cluster["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}-")
+    assert "gpu" in cluster["docker"]["image"]
+
+
+def test_every_node_starts_with_the_serve_settings_the_proxy_guard_and_haproxy(cluster):
+    """A node's Serve proxy and HAProxy read these from the environment of `ray start`, nowhere else."""
+    from ray._common.utils import import_attr
+
+    from facemask.core.runtime import HAPROXY_ENV, PROXY_ENV, SERVE_ENV
+    from facemask.serving.haproxy_guard import BINARY_ENV, SCRIPT
+
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in cluster[key] if "ray start" in c)
+        for name, value in {**SERVE_ENV, **PROXY_ENV, **HAPROXY_ENV}.items():
+            assert (f'{name}="{value}"' if " " in value else f"{name}={value}") in start, (key, name)
+        # HAProxy as facemask-haproxy, found on the node's PATH where the package installed it.
+        assert f'{BINARY_ENV}="$(command -v {SCRIPT})"' in start, key
+    assert callable(import_attr(PROXY_ENV["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]))
+
+
+def test_haproxy_settings_are_ray_knobs_and_cluster_yaml_lists_them():
+    """HAPROXY_ENV only works while Ray reads these names; cluster.yaml tells nodes the same values."""
+    import inspect
+
+    from ray.serve._private import constants
+
+    from facemask.core.runtime import HAPROXY_ENV
+
+    source = inspect.getsource(constants)
+    text = (ROOT / "cluster.yaml").read_text()
+    for name, value in HAPROXY_ENV.items():
+        assert f'"{name}"' in source, f"Ray no longer reads {name}"
+        assert f'{name}="{value}"' in text if " " in value else f"{name}={value}" in text, name

@@ -1,0 +1,87 @@
+"""The lock that lets tests run side by side under pytest-xdist and a whole-machine test alone
+(tests/machine_lock.py), held by real processes as the workers hold it."""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tests.services import wait_until
+
+ROOT = Path(__file__).resolve().parents[3]
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from tests.machine_lock import machine_share
+    alone, log, seconds = sys.argv[1] == "alone", Path(sys.argv[2]), float(sys.argv[3])
+    with machine_share(alone=alone):
+        with log.open("a") as out:
+            out.write(f"start {sys.argv[4]} {time.monotonic()}\\n")
+        time.sleep(seconds)  # the test's length: the window the lock must cover
+        with log.open("a") as out:
+            out.write(f"end {sys.argv[4]} {time.monotonic()}\\n")
+    """
+)
+
+
+def holder(folder: Path, log: Path, mode: str, seconds: float, name: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, mode, str(log), str(seconds), name],
+        cwd=ROOT,
+        env={"FACEMASK_TEST_MACHINE_LOCK": str(folder), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def spans(log: Path) -> dict[str, tuple[float, float]]:
+    times: dict[str, dict[str, float]] = {}
+    for line in log.read_text().splitlines():
+        what, name, at = line.split()
+        times.setdefault(name, {})[what] = float(at)
+    return {name: (t["start"], t["end"]) for name, t in times.items()}
+
+
+def turnstile_shut(folder: Path) -> bool:
+    """Whether a whole-machine holder holds the turnstile (a shared try would block)."""
+    with open(folder / "turnstile", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def started(log: Path, name: str) -> bool:
+    return log.is_file() and f"start {name} " in log.read_text()
+
+
+def test_shared_holders_overlap_and_a_whole_machine_holder_runs_alone_without_being_starved(tmp_path):
+    log = tmp_path / "log"
+    first = holder(tmp_path, log, "shared", 1.5, "a")
+    wait_until(lambda: started(log, "a"), 30, "the first shared holder", proc=first)
+    second = holder(tmp_path, log, "shared", 1.5, "b")
+    wait_until(lambda: started(log, "b"), 30, "a second shared holder beside the first", proc=second)
+    # A whole-machine holder queues; a shared one arriving after it must wait behind it.
+    whole = holder(tmp_path, log, "alone", 1.0, "w")
+    wait_until(lambda: turnstile_shut(tmp_path), 30, "the whole-machine holder at the turnstile", proc=whole)
+    late = holder(tmp_path, log, "shared", 0.5, "c")
+    for proc in (first, second, whole, late):
+        assert proc.wait(timeout=60) == 0
+    got = spans(log)
+    assert got["a"][0] < got["b"][0] < got["a"][1], got  # side by side
+    assert got["w"][0] >= max(got["a"][1], got["b"][1]), got  # alone: after both
+    assert got["c"][0] >= got["w"][1], got  # not let in ahead of the waiting whole-machine holder
+
+
+def test_without_a_lock_folder_nothing_is_taken(tmp_path, monkeypatch):
+    from tests.machine_lock import machine_share
+
+    monkeypatch.delenv("FACEMASK_TEST_MACHINE_LOCK", raising=False)
+    with machine_share(alone=True), machine_share(alone=True):
+        pass  # one process, no xdist: would deadlock if anything were taken
+    assert not list(tmp_path.iterdir())
