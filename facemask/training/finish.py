@@ -72,6 +72,22 @@ def test_scores(model_uri: str, data: Path, imgsz: int, device: str, tracking_ur
     }
 
 
+def trial_checkpoint(result):
+    """A trial's newest checkpoint, or None: Tune's own, or for a trial trained by Ray Train
+    workers the one its rank 0 reported, which Tune receives by path only (the
+    `checkpoint_path` metric of Ray's TuneReportCallback), never as the result's checkpoint."""
+    if result.checkpoint is not None:
+        return result.checkpoint
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    path = (result.metrics or {}).get(CHECKPOINT_PATH_KEY)
+    if not path:
+        return None
+    from ray.train import Checkpoint
+
+    return Checkpoint(path)
+
+
 def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, tracking_uri: str, data: Path) -> None:
     """Retrain (optional), register, evaluate on the clean test split, and gate the promotion."""
     if cfg.final_epochs:
@@ -105,14 +121,7 @@ def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, tra
     else:
         best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
         run_id = next(row.get("run_id") for row in result.trials if row["trial_id"] == result.best_trial)
-        checkpoint = best.checkpoint
-        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
-
-        if checkpoint is None and best.metrics.get(CHECKPOINT_PATH_KEY):
-            # A distributed trial reports its Ray Train run's checkpoint by path.
-            from ray.train import Checkpoint
-
-            checkpoint = Checkpoint(best.metrics[CHECKPOINT_PATH_KEY])
+        checkpoint = trial_checkpoint(best)
         with checkpoint.as_directory() as folder:
             weights = Path(tempfile.mkdtemp(prefix="facemask-best-")) / "best.pt"
             shutil.copyfile(Path(folder) / "best.pt", weights)

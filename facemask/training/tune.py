@@ -37,7 +37,7 @@ from facemask.tracking import (
     study_tracking_uri,
 )
 from facemask.training.distributed import node_resources, train_distributed
-from facemask.training.finish import StudyResult, finalise
+from facemask.training.finish import StudyResult, finalise, trial_checkpoint
 from facemask.training.resources import TRIAL_DRIVER_CPUS, max_concurrency, trial_workers
 from facemask.training.space import load_search_space, to_tune_space
 from facemask.training.train import epoch_metrics, per_epoch, train, tune_metric_names
@@ -171,9 +171,10 @@ def reconcile_trials(tracking_uri: str, parent_run_id: str, rows: list[dict[str,
     """Give each trial's child run its final status, tag and weights, whatever its worker managed.
 
     A trial stopped by the scheduler is torn down soon after its last report, maybe
-    before its own upload of best.pt finished; its Tune checkpoint always has it.
+    before its own upload of best.pt finished; its newest checkpoint always has it (for a
+    trial trained by Ray Train workers, the one its rank 0 reported: `trial_checkpoint`).
     """
-    checkpoints = {(r.metrics or {}).get("trial_id"): r.checkpoint for r in grid}
+    checkpoints = {(r.metrics or {}).get("trial_id"): trial_checkpoint(r) for r in grid}
     for row in rows:
         run_id = find_trial_run(tracking_uri, parent_run_id, row["trial_id"])
         if run_id is None:

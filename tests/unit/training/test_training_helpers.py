@@ -3,6 +3,7 @@ checked against known answers (the fast tier: `make test-fast`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -132,3 +133,25 @@ def test_search_space_errors_name_file_and_fix(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_search_space(path)
     assert str(path) in str(err.value)
+
+
+def test_a_trial_trained_by_ray_train_workers_gives_its_checkpoint_by_path_and_is_still_found(tmp_path):
+    """Ray's TuneReportCallback hands Tune a Ray Train checkpoint's path as a metric, never the
+    checkpoint: a study closing its trials' runs finds best.pt through that path."""
+    import inspect
+
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+
+    from facemask.training.finish import trial_checkpoint
+
+    source = inspect.getsource(TuneReportCallback.after_report)
+    assert "metrics[CHECKPOINT_PATH_KEY] = checkpoint.path" in source and "checkpoint=" not in source
+    folder = tmp_path / "checkpoint_2026-12-06_17-49-09.245707"
+    folder.mkdir()
+    (folder / "best.pt").write_bytes(b"weights")
+    by_path = SimpleNamespace(checkpoint=None, metrics={"trial_id": "a", CHECKPOINT_PATH_KEY: str(folder)})
+    with trial_checkpoint(by_path).as_directory() as found:
+        assert (Path(found) / "best.pt").read_bytes() == b"weights"
+    own = object()
+    assert trial_checkpoint(SimpleNamespace(checkpoint=own, metrics={CHECKPOINT_PATH_KEY: str(folder)})) is own
+    assert trial_checkpoint(SimpleNamespace(checkpoint=None, metrics={"trial_id": "b"})) is None
