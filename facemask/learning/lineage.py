@@ -1,8 +1,9 @@
 """Which dataset version trained which registered version, from the registry alone.
 
 Training logs its prepared dataset as an MLflow dataset input: its fingerprint as the digest,
-and a profile of what it is made of (`facemask.core.manifest.dataset_profile`): the hash of its own splits.json, and,
-for a version made with `data prepare --keep-splits`, the hash and path of the splits it kept.
+and a profile of what it is made of (`facemask.core.manifest.dataset_profile`): the hash of
+its own splits.json, and, for a version made with `data prepare --keep-splits`, the hash and
+path of the splits it kept.
 A dataset whose kept splits are another's own splits was built on it. `lineage` follows those
 links for every version of a registered model, so the chain from a base set to each newly
 labelled version, and the models each trained, can be read without the prepared folders.
@@ -32,6 +33,8 @@ def _training_dataset(run) -> dict[str, Any] | None:
 def lineage(name: str, tracking_uri: str) -> dict[str, Any]:
     """Every version of registered model `name` with the dataset that trained it, and every such
     dataset with the one it was built on (`built_on`: a digest, or None for a base set)."""
+    from mlflow.exceptions import MlflowException
+
     from facemask.tracking import client
     from facemask.tracking.registry import aliases_and_tags
 
@@ -46,7 +49,7 @@ def lineage(name: str, tracking_uri: str) -> dict[str, Any]:
         if run_id and run_id not in runs:
             try:
                 runs[run_id] = store.get_run(run_id)
-            except Exception:  # a deleted run: the version is listed without its dataset
+            except MlflowException:  # a deleted run: the version is listed without its dataset
                 runs[run_id] = None
         dataset = _training_dataset(runs.get(run_id)) if run_id else None
         if dataset is not None:
