@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from facemask.core.classes import CLASS_NAMES
-from facemask.data.records import Box, Record
 from facemask.core.settings import AugmentConfig
+from facemask.data.records import Box, Record
 
 JPEG_QUALITY = 95
 

@@ -13,8 +13,8 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from facemask.data import records
 from facemask.core.errors import ConfigError
+from facemask.data import records
 from facemask.data.records import ParseResult, Problem, Record
 
 COCO_KEYS = ("images", "annotations", "categories")

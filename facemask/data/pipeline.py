@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from facemask import __version__
-from facemask.data.augment import SyntheticPlan, plan_synthetic, render_synthetic
 from facemask.core.classes import CLASS_NAMES
-from facemask.data.convert import make_tree, tree_sha256, write_data_yaml, write_original, write_synthetic
 from facemask.core.errors import EmptyDatasetError, FacemaskError, InputNotFoundError
 from facemask.core.manifest import write_manifest
+from facemask.core.runtime import cluster_connected, resolve_path, where_relative
+from facemask.core.settings import PrepareConfig, ReadConfig
+from facemask.data.augment import SyntheticPlan, plan_synthetic, render_synthetic
+from facemask.data.convert import make_tree, tree_sha256, write_data_yaml, write_original, write_synthetic
 from facemask.data.plots import class_distribution, synthetic_samples
 from facemask.data.records import ParseResult, Problem, Record, orphan_image_problems
-from facemask.core.runtime import cluster_connected, resolve_path, where_relative
 from facemask.data.sampling import write_train_list
-from facemask.core.settings import PrepareConfig, ReadConfig
 from facemask.data.sources import Listing, check_labels, list_source, parse_row
 from facemask.data.split import SPLITS, split_for
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from facemask.data import coco, voc, yolo_folder
 from facemask.core.classes import CLASS_NAMES, IGNORE, map_label
 from facemask.core.errors import ConfigError, InputNotFoundError
-from facemask.data.records import ParseResult, Problem
 from facemask.core.settings import SOURCE_FORMATS
+from facemask.data import coco, voc, yolo_folder
+from facemask.data.records import ParseResult, Problem
 
 LAYOUTS = (
     "Pascal VOC (annotations/*.xml + images/), a YOLO folder (data.yaml + images/ + labels/) "

@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from facemask.core.classes import CLASS_NAMES
 from facemask.core.errors import ConfigError, InputNotFoundError
-from facemask.data.records import Record
 from facemask.core.settings import validate_fractions
+from facemask.data.records import Record
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
