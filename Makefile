@@ -41,7 +41,7 @@ format: $(STAMP)
 	$(BIN)/ruff format facemask jobs tests serve
 	$(BIN)/ruff check --fix facemask jobs tests serve
 
-# The pure helpers and the import graph only: seconds, no services.
+# The pure helpers and the import graph only: about a minute, no services.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 
