@@ -19,7 +19,7 @@ import fcntl
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -72,14 +72,10 @@ def machine_share(alone: bool):
         with _locked(turnstile, fcntl.LOCK_EX), _locked(machine, fcntl.LOCK_EX):
             yield
         return
-    with _locked(turnstile, fcntl.LOCK_SH):
-        handle = open(machine, "a+")
-        fcntl.flock(handle, fcntl.LOCK_SH)
-    try:
+    with ExitStack() as held:
+        with _locked(turnstile, fcntl.LOCK_SH):  # past the turnstile, which is let go at once
+            held.enter_context(_locked(machine, fcntl.LOCK_SH))
         yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
 
 
 WHOLE_MACHINE_GROUP = "whole-machine"

@@ -3,10 +3,10 @@
 Training logs its prepared dataset as an MLflow dataset input: its fingerprint as the digest,
 and a profile of what it is made of (`facemask.core.manifest.dataset_profile`): the hash of
 its own splits.json, and, for a version made with `data prepare --keep-splits`, the hash and
-path of the splits it kept.
-A dataset whose kept splits are another's own splits was built on it. `lineage` follows those
-links for every version of a registered model, so the chain from a base set to each newly
-labelled version, and the models each trained, can be read without the prepared folders.
+path of the splits it kept. A dataset whose kept splits are another's own splits was built on
+it. `lineage` follows those links for every version of a registered model, so the chain from a
+base set to each newly labelled version, and the models each trained, can be read without the
+prepared folders.
 """
 
 from __future__ import annotations
