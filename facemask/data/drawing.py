@@ -30,13 +30,3 @@ def draw_boxes(
         draw.text((x1 + 2, max(0, y1 - 11)), CLASS_NAMES[int(cls)], fill=color)
     return out
 
-
-def web_page(name: str) -> str:
-    """A page of facemask/web with the class map (names, colours) and the shared label code filled in."""
-    import json
-    from importlib import resources
-
-    web = resources.files("facemask").joinpath("web")
-    classes = [{"name": n, "color": "#%02x%02x%02x" % c} for n, c in zip(CLASS_NAMES, CLASS_COLORS)]
-    html = web.joinpath(name).read_text().replace("/*LABELS*/", web.joinpath("labels.js").read_text())
-    return html.replace("/*CLASSES*/[]", json.dumps(classes))

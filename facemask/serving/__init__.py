@@ -21,6 +21,7 @@ the app's model).
     proxy_guard, haproxy_guard             the ingresses' own answers kept in the API's JSON
     simulated_gpu                          a stand-in accelerator for capacity tests
     client      Client(url).predict(...) for scripts: retries through restarts
+    pages, web/ the pages served (the endpoint's, the watch's grid and review), the class map filled in
 """
 
 from facemask import public_parts

@@ -13,9 +13,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facemask import __version__
 from facemask.core.settings import INFERENCE, INFERENCE_BOUNDS
-from facemask.data.drawing import draw_boxes, web_page
+from facemask.data.drawing import draw_boxes
 from facemask.serving.api_schema import IMAGE_BODY, MULTIPLEX_HEADER, APIError
 from facemask.serving.metrics import RequestMetrics
+from facemask.serving.pages import web_page
 from facemask.serving.request_checks import key_matches
 
 api = FastAPI(

@@ -65,7 +65,7 @@ def load_search_space(path: Path | None = None) -> tuple[dict[str, dict], list[d
     text = (
         Path(path).read_text()
         if path
-        else resources.files("facemask").joinpath("configs/search_space.yaml").read_text()
+        else resources.files("facemask.training").joinpath("configs/search_space.yaml").read_text()
     )
     where = str(path or "the packaged search_space.yaml")
     doc = yaml.safe_load(text) or {}

@@ -4,7 +4,7 @@ The same training images, the same validation split for choosing, the same wall-
 (`--budget-min`) for each search, one after another on this machine:
 
     a   `facemask tune`: Optuna TPE under ASHA, as many one-CPU trials at once as the cores
-        allow, on the from-scratch space (facemask/configs/scratch_search_space.yaml), warm
+        allow, on the from-scratch space (facemask/training/configs/scratch_search_space.yaml), warm
         started from the best known configuration, ASHA's grace period and reduction factor
         set for training from scratch (`--grace`, `--reduction`)
     b   Ultralytics' `model.tune()`: its genetic mutation search over its default space, one
@@ -66,7 +66,7 @@ NAMES = {
     "d": "defaults, no search",
 }
 SHORT = {"with_mask": "with_mask", "without_mask": "without_mask", "mask_weared_incorrect": "incorrect"}
-SCRATCH_SPACE = ROOT / "facemask" / "configs" / "scratch_search_space.yaml"
+SCRATCH_SPACE = ROOT / "facemask" / "training" / "configs" / "scratch_search_space.yaml"
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,13 +1,13 @@
 """The watch's own HTTP server: the camera grid page and the control API.
 
-    GET    /                       the page (facemask/web/cameras.html)
+    GET    /                       the page (facemask/serving/web/cameras.html)
     GET    /cameras                every camera: state, counters, last boxes, compliance windows
     GET    /cameras/ID/frame.jpg   the camera's last processed frame (made on request, once per frame)
     POST   /cameras                add a camera: {"id", "url", "fps", "zone"}; 409 if the id is taken
     PUT    /cameras/ID             add or replace camera ID (a deliberate repoint)
     DELETE /cameras/ID             stop watching it
     GET    /healthz                {"ok": true, "cameras": N}
-    GET    /review                 the events' review page (facemask/web/review.html)
+    GET    /review                 the events' review page (facemask/serving/web/review.html)
     GET    /events                 violation events, newest first: ?camera=&state=&since=&until=&acked=0|1&limit=
     GET    /events/KEY/snapshot.jpg  an event's snapshot (faces blurred as the camera's `blur` says)
     POST   /events/KEY/ack         acknowledge an event: {"by": "name", "note": "..."}
@@ -42,7 +42,7 @@ from typing import Any
 
 from facemask.core.errors import FacemaskError
 from facemask.core.settings import LOOPBACK_HOSTS
-from facemask.data.drawing import web_page
+from facemask.serving.pages import web_page
 from facemask.serving.request_checks import key_matches
 from facemask.video.watch.cameras import check_sources, parse_camera
 from facemask.video.watch.runner import CameraExists, WatchClosing
