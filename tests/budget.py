@@ -25,20 +25,10 @@ from pathlib import Path
 
 import pytest
 
-_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+from facemask.core.runtime import machine_busy_s
+
 _START = pytest.StashKey[tuple[float, float]]()
 _SETUP_S = pytest.StashKey[float]()
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has spent busy since boot (all cores, /proc/stat's first line)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return float("nan")
-    # user nice system idle iowait irq softirq steal: all but idle and iowait are work.
-    ticks = [int(value) for value in fields[:8]]
-    return (sum(ticks) - ticks[3] - ticks[4]) * _TICK_S
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

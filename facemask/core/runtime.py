@@ -110,6 +110,19 @@ def cpus_given() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot, all cores and every process
+    (/proc/stat's first line; NaN where there is none). Two readings over a span, divided by
+    its wall time, give the cores kept busy: what the benchmarks and the suite report."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return float("nan")
+    # user nice system idle iowait irq softirq steal: all but idle and iowait are work.
+    ticks = [int(value) for value in fields[:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def in_ray_job() -> bool:
     """True in the driver of `ray job submit`, whose working directory is Ray's temporary copy of --working-dir."""
     return RAY_JOB_ENV in os.environ or "/runtime_resources/working_dir_files/" in f"{Path.cwd()}/"

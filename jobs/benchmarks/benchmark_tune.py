@@ -1,7 +1,9 @@
 """Benchmark: the same Optuna trials with ASHA and run to completion, in one run.
 
 Both studies use the same seed, so TPE's random start-up suggests the same configs; the
-table compares total trial-epochs, wall time and the best val mAP50-95.
+table compares total trial-epochs, wall time and the best val mAP50-95, and the cores the whole
+machine kept busy over each study (/proc/stat): with 1-CPU trials on 2 cores, two trials run side
+by side, and each sizes torch's threads to its one CPU (`train.size_threads`).
 
     python jobs/benchmarks/benchmark_tune.py [--trials 6] [--epochs 6] [--images 300] [--imgsz 160]
 """
@@ -28,7 +30,7 @@ def main() -> None:
     parser.add_argument("--reduction-factor", type=float, default=2)
     args = parser.parse_args()
 
-    from facemask.core.runtime import configure_runtime, init_ray
+    from facemask.core.runtime import configure_runtime, init_ray, machine_busy_s
     from facemask.data.pipeline import PrepareConfig, prepare
     from facemask.data.synth import synthesize
     from facemask.training.tune import StudyConfig, tune
@@ -44,7 +46,7 @@ def main() -> None:
         init_ray()
         rows = {}
         for label, asha in (("ASHA", True), ("no early stop", False)):
-            started = time.perf_counter()
+            started, busy = time.perf_counter(), machine_busy_s()
             result = tune(
                 StudyConfig(
                     data=data,
@@ -64,19 +66,21 @@ def main() -> None:
                     tracking_uri=store,
                 )
             )
+            wall = time.perf_counter() - started
             rows[label] = (
                 result.trial_epochs,
-                time.perf_counter() - started,
+                wall,
                 result.best_val.get("mAP50-95", float("nan")),
                 result.counts,
+                (machine_busy_s() - busy) / wall,
             )
     print(
         f"{args.trials} trials x up to {args.epochs} epochs, yolo26n.yaml at {args.imgsz}, "
         f"{args.images} generated images"
     )
-    print(f"{'study':14s} {'trial-epochs':>12s} {'wall s':>8s} {'best val mAP50-95':>18s}  trials")
-    for label, (epochs, wall, best, counts) in rows.items():
-        print(f"{label:14s} {epochs:12d} {wall:8.0f} {best:18.4f}  {counts}")
+    print(f"{'study':14s} {'trial-epochs':>12s} {'wall s':>8s} {'best val mAP50-95':>18s} {'cores busy':>10s}  trials")
+    for label, (epochs, wall, best, counts, cores) in rows.items():
+        print(f"{label:14s} {epochs:12d} {wall:8.0f} {best:18.4f} {cores:10.2f}  {counts}")
     a, b = rows["ASHA"], rows["no early stop"]
     print(
         f"ASHA used {100 * a[0] / b[0]:.0f}% of the trial-epochs (target <= 50%), "
