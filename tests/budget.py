@@ -133,6 +133,8 @@ class SuiteTimes:
         write(f"{'wall s':>8} {'CPU s':>8} {'cores':>6}  ten slowest (setup+call+teardown; CPU: the whole machine's)")
         for entry in sorted(self.tests.values(), key=lambda t: -t.get("wall_s", 0.0))[:10]:
             wall, cpu = entry.get("wall_s", 0.0), entry.get("machine_cpu_s", 0.0)
-            write(f"{wall:8.1f} {cpu:8.1f} {cpu / max(wall, 1e-9):6.2f}  {entry['test']}")
+            # /proc/stat counts in ticks (10 ms): over a span shorter than a few, a ratio means nothing.
+            cores = f"{cpu / wall:6.2f}" if wall >= 0.1 else f"{'-':>6}"
+            write(f"{wall:8.1f} {cpu:8.1f} {cores}  {entry['test']}")
         if self.over_budget:
             terminalreporter.write_line(f"FAILED: {self.over_budget}", red=True, bold=True)

@@ -89,6 +89,20 @@ from facemask.serving.client import DEADLINE_S
     ),
 )
 @click.option(
+    "--sampling",
+    "sampling_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A YAML file with a `sampling:` section (a camera list's fields; faces: keep|blur must be given): "
+    "keep the images the model was unsure about, with its boxes as pre-labels (docs/learning.md). Off by default.",
+)
+@click.option(
+    "--samples-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where --sampling keeps its images; default: samples/endpoint in the results folder.",
+)
+@click.option(
     "--print-node-env",
     is_flag=True,
     help="Print, as export lines, what a `ray start` node needs for this --ingress, and exit: "
@@ -108,6 +122,8 @@ def serve_command(
     downscale_delay_s,
     num_cpus,
     num_gpus,
+    sampling_file,
+    samples_dir,
     print_node_env,
     **app,
 ):
@@ -122,6 +138,7 @@ def serve_command(
 
         click.echo("".join(f"export {k}={shlex.quote(v)}\n" for k, v in node_env(ingress).items()), nl=False)
         return
+    sampling = sampling_section(sampling_file)  # before the registry or Ray: a mistake in one line, at once
     configure_runtime()
     from facemask.detection.detector import resolve_model
     from facemask.serving.simulated_gpu import NAME as SIMULATED
@@ -142,6 +159,7 @@ def serve_command(
         # `app` holds the options named as AppArgs' fields (device, max_batch_size, threads).
         resources = {**scaling, "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus}}
         app |= {"model_uri": model_uri, "backend": backend, "simulated_latency": simulated_latency}
+        app |= {"sampling": sampling, "samples_dir": str(samples_dir) if samples_dir else None}
         args = AppArgs(**app, deployment_options=resources)
     except ValueError as exc:  # pydantic's ValidationError: an option out of range
         raise ConfigError(str(exc)) from None
@@ -153,6 +171,24 @@ def serve_command(
     if running != ingress:
         click.echo(ingress_note(ingress, running), err=True)
     serve_until_stopped(args, host, port, lambda url: announcement(url, model_uri, backend, running))
+
+
+def sampling_section(path: Path | None) -> dict | None:
+    """The `sampling:` section of --sampling's file, checked (a mistake names the file and the field)."""
+    if path is None:
+        return None
+    import yaml
+
+    from facemask.learning.sampler import SamplingRule
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--sampling {path}: not YAML ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("sampling"), dict):
+        raise ConfigError(f"--sampling {path}: expected a `sampling:` mapping (faces: keep|blur, band, per_hour, ...)")
+    SamplingRule.parse(doc["sampling"], f"{path}: sampling")
+    return doc["sampling"]
 
 
 def announcement(url: str, model_uri: str, backend: str, ingress: str) -> str:

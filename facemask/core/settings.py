@@ -399,6 +399,18 @@ class ServeConfig:
         "Refuse to start a replica that has no FACEMASK_API_KEY (from where the app is built, or its own "
         "environment) or has a placeholder: a deployment meant to be protected never serves open",
     )
+    # Images the model was unsure about, kept for labelling (facemask.serving.sampling,
+    # docs/learning.md): the fields of a camera list's `sampling:` section. None: off.
+    sampling: dict | None = app_field(
+        None,
+        "Keep images the model was unsure about for labelling: a `sampling:` section's fields (faces: keep|blur "
+        "must be given; band, rare, flips, random_share, per_hour, max_mb, max_age_days); off when not given",
+    )
+    samples_dir: str | None = app_field(
+        None,
+        "Where sampled images and their pre-labels go (a folder every replica can write: a shared volume on a "
+        "cluster); default: samples/endpoint under FACEMASK_HOME's results",
+    )
 
 
 @dataclass(frozen=True)

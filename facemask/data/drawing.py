@@ -29,4 +29,3 @@ def draw_boxes(
         draw.rectangle((x1, y1, x2, y2), outline=color, width=width)
         draw.text((x1 + 2, max(0, y1 - 11)), CLASS_NAMES[int(cls)], fill=color)
     return out
-

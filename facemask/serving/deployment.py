@@ -17,6 +17,7 @@ from ray import serve
 
 from facemask.core.classes import CLASS_NAMES
 from facemask.core.runtime import SERVE_ENV, check_given_gpus, resolve_device
+from facemask.core.settings import INFERENCE
 from facemask.detection.detector import load_detector
 from facemask.serving.api_schema import ERRORS, MULTIPLEX_HEADER, ModelInfoResponse, ModelsResponse, PredictResponse
 from facemask.serving.config import AppArgs
@@ -26,6 +27,7 @@ from facemask.serving.live.session import LiveStreams
 from facemask.serving.metrics import version_label
 from facemask.serving.models import Models
 from facemask.serving.request_checks import checked_api_key, image_bytes, inference_query
+from facemask.serving.sampling import EndpointSampling, checked_sampling
 from facemask.serving.simulated_gpu import NAME as SIMULATED
 from facemask.serving.simulated_gpu import SimulatedGPU, parse_latency
 from facemask.tracking import default_tracking_uri, set_process_store
@@ -82,6 +84,10 @@ class FacemaskServer:
         self.catalog = Models(self.args, default, self.device, self.load_version)
         self.inference = Inference(self.args, self.args.backend)
         self.live_streams = LiveStreams(self)
+        self.sampling = None
+        if self.args.sampling is not None:
+            rule, folder = checked_sampling(self.args.sampling, self.args.samples_dir)
+            self.sampling = EndpointSampling(rule, folder, INFERENCE.conf)
         log.info("serving %s (version %s) on %s", default.info.uri, default.info.version, self.device)
 
     @serve.multiplexed(max_num_models_per_replica=3)
@@ -101,7 +107,18 @@ class FacemaskServer:
             started = time.perf_counter()
             detector = await self.model_for_id(request.headers.get(MULTIPLEX_HEADER, ""))
             data = await image_bytes(request, self.inference.limit, self.args.body_timeout_s)
-            return await self.inference.detect(detector, data, params, started)
+            image, scale, answer = await self.inference.detect(detector, data, params, started)
+        self.sample("predict", detector, image, scale, answer)
+        return image, scale, answer
+
+    def sample(self, source: str, detector, image, scale: float, answer: dict, weak: list[dict] = ()) -> None:
+        """Offer an answered image to the endpoint's sampling, when on; a failure costs the sample, never the answer."""
+        if self.sampling is None:
+            return
+        try:
+            self.sampling.offer(source, detector, image, scale, answer, weak)
+        except Exception as exc:  # noqa: BLE001 - sampling is best effort, counted; the answer stands
+            log.warning("an image was not sampled: %s: %s", type(exc).__name__, exc)
 
     @api.post(
         "/predict",
@@ -174,6 +191,8 @@ def build_app(args: dict | AppArgs | None = None):
         if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
             store = f"sqlite:///{Path(store[len('sqlite:///') :]).resolve()}"  # replicas run in other folders
         parsed = parsed.model_copy(update={"tracking_uri": store})
+    rule, folder = checked_sampling(parsed.sampling, parsed.samples_dir)  # a mistake stops the build, in one line
+    parsed = parsed.model_copy(update={"sampling": rule, "samples_dir": folder})
     plain = parsed.model_dump(exclude={"deployment_options"})
     server = FacemaskServer.options(**with_serve_env(parsed.deployment_options, FacemaskServer))
     # Refused here already when the key is a placeholder; a missing one may still be on the replicas' nodes.

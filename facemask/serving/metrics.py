@@ -71,7 +71,15 @@ class ReplicaMetrics:
             description="Faces detected, by class and model version.",
             tag_keys=("class", "model_version"),
         )
+        # The endpoint's sampling (facemask.serving.sampling): frames seen, kept (and why), skipped
+        # as duplicates or over the hourly limit, written, dropped on a full queue, failed.
+        self.samples = Counter(
+            "facemask_samples", description="Sampling decisions and writes, by outcome.", tag_keys=("outcome",)
+        )
         self.live_streams = LiveGauges()
+
+    def sampled(self, outcome: str, count: int) -> None:
+        self.samples.inc(count, tags={"outcome": outcome})
 
     def request(self, path: str, status: int, version: str) -> None:
         self.requests.inc(1, tags={"route": route_of(path), "status": str(status), "model_version": version})
@@ -134,6 +142,9 @@ class NoMetrics:
     """Outside a Ray worker (the app served by a test client): nothing is recorded."""
 
     def request(self, path: str, status: int, version: str) -> None:
+        pass
+
+    def sampled(self, outcome: str, count: int) -> None:
         pass
 
     def answer(self, answer: dict) -> None:

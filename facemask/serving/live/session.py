@@ -270,6 +270,17 @@ class LiveStreams:
             session.open = False
             session.wake.set()
 
+    def sample(self, session: LiveSession, detector, image, scale: float, answer: dict, found: list, shown) -> None:
+        """Offer a tracked frame to the endpoint's sampling (source `live`): its people, each
+        known across streams by stream and track, and the weak faces under the shown threshold."""
+        people = [
+            dict(d, track_id=None if d["track_id"] is None else f"{session.stream_id}:{d['track_id']}")
+            for d in answer["detections"]
+        ]
+        threshold = (lambda d: shown) if isinstance(shown, (int, float)) else (lambda d: shown[d["class_id"]])
+        weak = [d for d in found if d["confidence"] < threshold(d)]
+        self.server.sample("live", detector, image, scale, {**answer, "detections": people}, weak)
+
     async def frame(self, item: tuple, session: LiveSession) -> dict:
         """One frame through the same checks and batch as /predict, then the stream's tracker."""
         index, data, received = item
@@ -282,7 +293,7 @@ class LiveStreams:
                 shown = shown_thresholds(settings["conf"], detector.point, INFERENCE.conf)
                 imgsz = settings["imgsz"] or (detector.point.imgsz if detector.point else LIVE_IMGSZ)
                 params = (min(lowest(shown), TRACK_CONF), settings["iou"], imgsz, settings["max_det"])
-                _, _, answer = await server.inference.detect(detector, data, params, received)
+                image, scale, answer = await server.inference.detect(detector, data, params, received)
         except APIError as exc:
             return {"type": "error", "frame": index, "error": exc.error, "message": exc.message, "stream": stream}
         except Exception as exc:  # noqa: BLE001 - a failed model call costs this frame, not the stream
@@ -290,7 +301,10 @@ class LiveStreams:
             message = f"the model failed on this frame ({type(exc).__name__}); the stream stays open"
             return {"type": "error", "frame": index, "error": "model_error", "message": message, "stream": stream}
         tracked_at = time.perf_counter()
-        answer["detections"] = session.tracker.update(answer["detections"], show_conf=shown)
+        found = answer["detections"]
+        answer["detections"] = session.tracker.update(found, show_conf=shown)
+        if server.sampling is not None:
+            self.sample(session, detector, image, scale, answer, found, shown)
         answer["counts"] = class_counts(answer["detections"])
         session.processed += 1
         answer["timings"]["track_ms"] = round((time.perf_counter() - tracked_at) * 1000, 2)

@@ -95,6 +95,50 @@ def test_live_stream_refuses_a_wrong_key_and_a_bad_hello_with_a_reason(endpoint)
     assert httpx.get(endpoint["url"] + "/secured/live/streams", timeout=30).status_code == 401
 
 
+def sampled(folder) -> list[dict]:
+    """The sidecars the endpoint's pool wrote under `folder`, each with its image's size read back."""
+    out = []
+    for sidecar in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        meta = json.loads(sidecar.read_text())
+        with Image.open(sidecar.with_suffix(".jpg")) as image:
+            meta["jpeg_size"] = image.size
+        out.append(meta)
+    return out
+
+
+def test_the_endpoint_keeps_answered_images_for_labelling_from_predict_and_live(endpoint, known_image):
+    """The /secured app samples every answered image (random_share 1, faces blurred): each /predict
+    and each /live frame becomes an image in the pool with the model's version and its boxes as
+    pre-labels, in the kept image's pixels; live people carry no track ids into the sidecar."""
+    from websockets.sync.client import connect
+
+    frame, auth = known_image.read_bytes(), {"Authorization": f"Bearer {API_KEY}"}
+    before = len(sampled(endpoint["samples"] / "predict"))
+    for _ in range(3):
+        response = httpx.post(
+            endpoint["url"] + "/secured/predict", params={"conf": 0, "max_det": 5}, content=frame, headers=auth
+        )
+        assert response.status_code == 200, response.text
+    with connect(ws_url(endpoint, "/secured/live")) as ws:
+        ws.send(json.dumps({"key": API_KEY, "conf": 0, "max_det": 5, "fps": 120}))
+        assert receive(ws)["type"] == "ready"
+        for _ in range(2):
+            ws.send(frame)
+            assert receive(ws)["type"] == "result"
+    services.wait_until(lambda: len(sampled(endpoint["samples"] / "predict")) == before + 3, 30, "3 /predict samples")
+    services.wait_until(lambda: len(sampled(endpoint["samples"] / "live")) >= 2, 30, "2 /live samples")
+    for meta in sampled(endpoint["samples"] / "predict")[before:] + sampled(endpoint["samples"] / "live"):
+        assert meta["reasons"] == ["random"] and meta["faces"] == "blur", meta
+        assert meta["model_version"] == endpoint["champion"] and meta["model_uri"].endswith("@champion"), meta
+        assert (meta["width"], meta["height"]) == meta["jpeg_size"]
+        assert 1 <= len(meta["detections"]) <= 5, meta
+        for d in meta["detections"]:
+            assert set(d) == {"label", "confidence", "box"} and d["label"] in CLASS_NAMES
+            assert 0 <= d["box"]["x1"] < d["box"]["x2"] <= meta["width"] + 0.5, d
+            assert 0 <= d["box"]["y1"] < d["box"]["y2"] <= meta["height"] + 0.5, d
+    assert oct(endpoint["samples"].stat().st_mode & 0o777) == "0o700"  # the pool may hold faces
+
+
 @pytest.mark.whole_machine(reason="the last frame's answer is held to a few model calls' time")
 def test_a_burst_faster_than_the_model_gets_newest_frame_wins_not_a_queue(endpoint, known_image):
     """40 frames at 100/s, at imgsz 640 (several times slower than that): most are dropped and
