@@ -169,12 +169,13 @@ def cpu_by_role(pids: set[int], named: dict[int, str]) -> dict[str, float]:
 # ---------------------------------------------------------------- load
 
 
-def wrk(url: str, bodies: list[Path], imgsz: int, concurrency: int, seconds: float, folder: Path) -> dict:
-    """One wrk run; returns its counts, latency and its own CPU seconds."""
+def wrk(
+    url: str, bodies: list[Path], imgsz: int, concurrency: int, seconds: float, folder: Path, prefix: str = ""
+) -> dict:
+    """One wrk run (POST `prefix`/predict: an app's route prefix); its counts, latency and its own CPU seconds."""
     script = folder / "load.lua"
-    script.write_text(
-        WRK_SCRIPT % {"paths": ", ".join(json.dumps(str(p)) for p in bodies), "path": f"/predict?imgsz={imgsz}"}
-    )
+    path = f"{prefix}/predict?imgsz={imgsz}"
+    script.write_text(WRK_SCRIPT % {"paths": ", ".join(json.dumps(str(p)) for p in bodies), "path": path})
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(script), url],
