@@ -399,7 +399,7 @@ class ServeConfig:
         "Refuse to start a replica that has no FACEMASK_API_KEY (from where the app is built, or its own "
         "environment) or has a placeholder: a deployment meant to be protected never serves open",
     )
-    # Images the model was unsure about, kept for labelling (facemask.serving.sampling,
+    # Images the model was unsure about, kept for labelling (facemask.serving.production,
     # docs/learning.md): the fields of a camera list's `sampling:` section. None: off.
     sampling: dict | None = app_field(
         None,

@@ -31,6 +31,11 @@ QUEUE = 32  # frames waiting to be written; more are dropped (and counted)
 
 class SamplePool:
     def __init__(self, root: Path, rule: SamplingRule, fetch: Callable[[Any], Any]) -> None:
+        # Imported here, never first in the writer thread: OpenCV's loader sets sys.path back to a
+        # copy it took when it began, which undoes what another thread's import added meanwhile
+        # (Ray's vendored packages went missing that way).
+        import cv2  # noqa: F401
+
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
         self.root, self.rule, self.fetch = root, rule, fetch

@@ -26,8 +26,8 @@ from facemask.serving.inference import Inference
 from facemask.serving.live.session import LiveStreams
 from facemask.serving.metrics import version_label
 from facemask.serving.models import Models
+from facemask.serving.production import EndpointDrift, EndpointSampling, checked_sampling
 from facemask.serving.request_checks import checked_api_key, image_bytes, inference_query
-from facemask.serving.sampling import EndpointSampling, checked_sampling
 from facemask.serving.simulated_gpu import NAME as SIMULATED
 from facemask.serving.simulated_gpu import SimulatedGPU, parse_latency
 from facemask.tracking import default_tracking_uri, set_process_store
@@ -84,7 +84,7 @@ class FacemaskServer:
         self.catalog = Models(self.args, default, self.device, self.load_version)
         self.inference = Inference(self.args, self.args.backend)
         self.live_streams = LiveStreams(self)
-        self.sampling = None
+        self.drift, self.sampling = EndpointDrift(INFERENCE.conf), None
         if self.args.sampling is not None:
             rule, folder = checked_sampling(self.args.sampling, self.args.samples_dir)
             self.sampling = EndpointSampling(rule, folder, INFERENCE.conf)
@@ -108,17 +108,20 @@ class FacemaskServer:
             detector = await self.model_for_id(request.headers.get(MULTIPLEX_HEADER, ""))
             data = await image_bytes(request, self.inference.limit, self.args.body_timeout_s)
             image, scale, answer = await self.inference.detect(detector, data, params, started)
-        self.sample("predict", detector, image, scale, answer)
+        self.production("predict", detector, image, scale, answer)
         return image, scale, answer
 
-    def sample(self, source: str, detector, image, scale: float, answer: dict, weak: list[dict] = ()) -> None:
-        """Offer an answered image to the endpoint's sampling, when on; a failure costs the sample, never the answer."""
-        if self.sampling is None:
-            return
+    def production(self, source: str, detector, image, scale: float, answer: dict, weak: list[dict] = ()) -> None:
+        """An answered image to drift, and to sampling when on (facemask.serving.production); a
+        failure there is logged and costs the figure or the sample, never the answer."""
         try:
-            self.sampling.offer(source, detector, image, scale, answer, weak)
-        except Exception as exc:  # noqa: BLE001 - sampling is best effort, counted; the answer stands
-            log.warning("an image was not sampled: %s: %s", type(exc).__name__, exc)
+            self.drift.update(
+                source, detector, version_label(answer["model"]), answer["detections"] + list(weak), time.time()
+            )
+            if self.sampling is not None:
+                self.sampling.offer(source, detector, image, scale, answer, weak)
+        except Exception as exc:  # noqa: BLE001 - best effort, counted; the answer stands
+            log.warning("an answer was not given to drift or sampling: %s: %s", type(exc).__name__, exc)
 
     @api.post(
         "/predict",

@@ -46,7 +46,7 @@ class ReplicaMetrics:
     """The replica's counters, histograms and gauges (ray.util.metrics)."""
 
     def __init__(self) -> None:
-        from ray.util.metrics import Counter, Histogram
+        from ray.util.metrics import Counter, Gauge, Histogram
 
         self.requests = Counter(
             "facemask_requests",
@@ -71,15 +71,26 @@ class ReplicaMetrics:
             description="Faces detected, by class and model version.",
             tag_keys=("class", "model_version"),
         )
-        # The endpoint's sampling (facemask.serving.sampling): frames seen, kept (and why), skipped
+        # The endpoint's sampling (facemask.serving.production): frames seen, kept (and why), skipped
         # as duplicates or over the hourly limit, written, dropped on a full queue, failed.
         self.samples = Counter(
             "facemask_samples", description="Sampling decisions and writes, by outcome.", tag_keys=("outcome",)
+        )
+        # The endpoint's drift (facemask.serving.production): the same series a watch exports per camera.
+        self.drift_psi = Gauge(
+            "facemask_drift_psi",
+            description="Population stability index of a camera's answers against val: kind=class_mix or score.",
+            tag_keys=("camera", "kind"),
         )
         self.live_streams = LiveGauges()
 
     def sampled(self, outcome: str, count: int) -> None:
         self.samples.inc(count, tags={"outcome": outcome})
+
+    def drift(self, series: str, figures: dict | None) -> None:
+        """A source's drift figures; NaN (left out of the scrape) while too few answers give none."""
+        for kind in ("class_mix", "score"):
+            self.drift_psi.set(NAN if figures is None else figures[kind], tags={"camera": series, "kind": kind})
 
     def request(self, path: str, status: int, version: str) -> None:
         self.requests.inc(1, tags={"route": route_of(path), "status": str(status), "model_version": version})
@@ -145,6 +156,9 @@ class NoMetrics:
         pass
 
     def sampled(self, outcome: str, count: int) -> None:
+        pass
+
+    def drift(self, series: str, figures: dict | None) -> None:
         pass
 
     def answer(self, answer: dict) -> None:

@@ -270,8 +270,8 @@ class LiveStreams:
             session.open = False
             session.wake.set()
 
-    def sample(self, session: LiveSession, detector, image, scale: float, answer: dict, found: list, shown) -> None:
-        """Offer a tracked frame to the endpoint's sampling (source `live`): its people, each
+    def production(self, session: LiveSession, detector, image, scale: float, answer: dict, found: list, shown) -> None:
+        """A tracked frame to the endpoint's drift and sampling (source `live`): its people, each
         known across streams by stream and track, and the weak faces under the shown threshold."""
         people = [
             dict(d, track_id=None if d["track_id"] is None else f"{session.stream_id}:{d['track_id']}")
@@ -279,7 +279,7 @@ class LiveStreams:
         ]
         threshold = (lambda d: shown) if isinstance(shown, (int, float)) else (lambda d: shown[d["class_id"]])
         weak = [d for d in found if d["confidence"] < threshold(d)]
-        self.server.sample("live", detector, image, scale, {**answer, "detections": people}, weak)
+        self.server.production("live", detector, image, scale, {**answer, "detections": people}, weak)
 
     async def frame(self, item: tuple, session: LiveSession) -> dict:
         """One frame through the same checks and batch as /predict, then the stream's tracker."""
@@ -303,8 +303,7 @@ class LiveStreams:
         tracked_at = time.perf_counter()
         found = answer["detections"]
         answer["detections"] = session.tracker.update(found, show_conf=shown)
-        if server.sampling is not None:
-            self.sample(session, detector, image, scale, answer, found, shown)
+        self.production(session, detector, image, scale, answer, found, shown)
         answer["counts"] = class_counts(answer["detections"])
         session.processed += 1
         answer["timings"]["track_ms"] = round((time.perf_counter() - tracked_at) * 1000, 2)

@@ -1,9 +1,9 @@
-"""What the endpoint keeps for labelling: the images its model was unsure about, each with the
-model's boxes as pre-labels (facemask.learning's sampler and pool, as `facemask watch` uses them).
+"""What the endpoint gives back to learning: the images its model was unsure about, kept for
+labelling, and drift (facemask.learning, as `facemask watch` uses them).
 
-Off unless the app's `sampling` argument holds a rule: the fields of a camera list's
-`sampling:` section, `faces: keep|blur` said by the operator. Two sources, each a folder of the
-pool and a rate limit of its own (`per_hour`, per replica):
+**Sampling** is off unless the app's `sampling` argument holds a rule: the fields of a camera
+list's `sampling:` section, `faces: keep|blur` said by the operator. Two sources, each a folder
+of the pool and a rate limit of its own (`per_hour`, per replica):
 - `predict`: `/predict` and `/predict/image`. A request has no identity across calls, so every
   face counts as new (no one-image-per-person); it is kept for `uncertain`, `rare` or `random`.
   It sees what the request asked for: faces under the request's threshold were never returned.
@@ -13,6 +13,11 @@ pool and a rate limit of its own (`per_hour`, per replica):
 The image kept is the one the model saw (decoded at its size, not the upload), with boxes in its
 pixels. Nothing here runs on the answer's path but the decision: the pool writes on its own
 thread, and a full queue drops the sample and counts it (`ray_facemask_samples_total`).
+
+**Drift** is always on: per version and source, the answers of the last 30 minutes at the
+version's thresholds against what it answered on val (the reference calibration stored with its
+point; without one, the source's own first hour), as `ray_facemask_drift_psi` with `camera`
+`endpoint/<source>/v<version>`, set at most every DRIFT_REFRESH_S while answers come.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from facemask.core.runtime import results_base
+from facemask.learning.drift import DriftMonitor
 from facemask.learning.pool import SamplePool
 from facemask.learning.sampler import Sampler, SamplingRule
 
 # The pool's folder under the results base when the app is not told one.
 DEFAULT_FOLDER = Path("samples") / "endpoint"
 SOURCES = ("predict", "live")
+DRIFT_REFRESH_S = 5.0
 
 
 def checked_sampling(sampling: dict | None, samples_dir: str | None) -> tuple[dict | None, str | None]:
@@ -108,3 +115,28 @@ class EndpointSampling:
 
     def close(self) -> None:
         self.pool.close()
+
+
+class EndpointDrift:
+    """A replica's drift: one monitor per model version (its own reference and thresholds)."""
+
+    def __init__(self, default_conf: float) -> None:
+        self.default_conf = default_conf
+        self.monitors: dict[str, DriftMonitor] = {}
+        self.set_at: dict[str, float] = {}
+
+    def update(self, source: str, detector, version: str, detections: list[dict], at: float) -> None:
+        """One answered image's faces (the monitor keeps those at the version's thresholds)."""
+        uri = str(detector.info.uri)
+        if uri not in self.monitors:
+            point = detector.point
+            reference = point.scores.get("reference") if point is not None else None
+            thresholds = dict(point.conf) if point is not None else {}
+            self.monitors[uri] = DriftMonitor(reference, thresholds, self.default_conf)
+        self.monitors[uri].update(source, detections, at)
+        series = f"endpoint/{source}/v{version}"
+        if at - self.set_at.get(series, 0.0) >= DRIFT_REFRESH_S:
+            from facemask.serving.metrics import replica_metrics
+
+            self.set_at[series] = at
+            replica_metrics().drift(series, self.monitors[uri].figures(source, at))

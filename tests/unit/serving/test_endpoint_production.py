@@ -1,6 +1,7 @@
-"""The endpoint's sampling (facemask.serving.sampling): the rule checked where the app is built,
-boxes in the kept image's pixels, one sampler per model version at its own thresholds, and
-`facemask serve --sampling` refusing a bad file by name before anything starts."""
+"""What the endpoint gives back (facemask.serving.production): sampling's rule checked where the
+app is built, boxes in the kept image's pixels, one sampler and one drift monitor per model
+version at its own thresholds and reference, and `facemask serve --sampling` refusing a bad file
+by name before anything starts."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from facemask.core.errors import ConfigError
 from facemask.core.operating_point import OperatingPoint
-from facemask.serving.sampling import EndpointSampling, checked_sampling, in_model_pixels
+from facemask.serving.production import EndpointDrift, EndpointSampling, checked_sampling, in_model_pixels
 from tests.services import wait_until
 
 
@@ -97,3 +98,24 @@ def test_serve_refuses_a_sampling_file_without_the_section_or_with_a_bad_field(t
         run = CliRunner().invoke(main, ["serve", "--sampling", str(path)])
         assert run.exit_code == 2, run.output
         assert str(path) in run.output and field in run.output, run.output
+
+
+def test_drift_is_per_version_against_the_reference_its_calibration_stored():
+    from facemask.learning.drift import reference_of
+
+    reference = reference_of([0] * 100, [0.9] * 100)  # on val it answered with_mask at 0.9
+    conf = {"with_mask": 0.5, "without_mask": 0.5, "mask_weared_incorrect": 0.5}
+    calibrated = detector("models:/m/4", OperatingPoint(320, conf, scores={"reference": reference}))
+    drift = EndpointDrift(0.25)
+    bare = [
+        {"label": "without_mask", "confidence": 0.55, "box": {}},
+        {"label": "with_mask", "confidence": 0.2, "box": {}},
+    ]
+    for i in range(250):
+        drift.update("predict", calibrated, "4", bare, 1000.0 + i)
+    figures = drift.monitors["models:/m/4"].figures("predict", 1250.0)
+    assert figures["against"] == "val" and figures["answers"] == 250  # the face under 0.5 is no answer
+    assert figures["class_mix"] > 0.25 and figures["score"] > 0.25
+    drift.update("predict", detector("models:/m/5"), "5", bare, 1000.0)  # no point: its own first hour, not yet
+    assert drift.monitors["models:/m/5"].figures("predict", 1000.0) is None
+    assert set(drift.set_at) == {"endpoint/predict/v4", "endpoint/predict/v5"}
