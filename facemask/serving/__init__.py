@@ -22,6 +22,7 @@ the app's model).
     simulated_gpu                          a stand-in accelerator for capacity tests
     client      Client(url).predict(...) for scripts: retries through restarts
     pages, web/ the pages served (the endpoint's, the watch's grid and review), the class map filled in
+    production  what the endpoint gives back to learning: sampled images (--sampling) and drift
 """
 
 from facemask import public_parts
