@@ -167,7 +167,11 @@ def job_problems(script: str, args: str) -> list[str]:
         prepare, _, tune = " ".join(parts).partition(" -- ")
         return unknown_options(["data", "prepare", *prepare.split()]) + unknown_options(["tune", *tune.split()])
     known = script_options(script) | {"--help", "-h"}
-    return [
+    train: list[str] = []
+    if script == "jobs/retrain.py":  # its own options, then -- and train's
+        own, _, after = " ".join(parts).partition(" -- ")
+        parts, train = own.split(), unknown_options(["train", *after.split()])
+    return train + [
         p for p in parts if p.startswith("-") and p.split("=")[0] not in known and not re.fullmatch(r"-?\d+(\.\d+)?", p)
     ]
 
@@ -187,6 +191,7 @@ def test_every_jobs_script_line_uses_options_its_script_has(path):
 def test_the_script_check_catches_a_wrong_benchmark_option():
     assert job_problems("jobs/benchmarks/benchmark_serve.py", " --requests 256 --seconds 5") == ["--requests"]
     assert job_problems("jobs/study.py", " --source a --out b -- --model-uri x --trials 2") == ["--model-uri"]
+    assert job_problems("jobs/retrain.py", " --base a --labelled b --out c -- --trials 2") == ["--trials"]
 
 
 # A figure with its interval, "0.486 [0.403, 0.595]": the interval identifies the figure, so
