@@ -1,16 +1,18 @@
-"""kubernetes/rayjob-tune.yaml run here as KubeRay runs it: a `ray start` head and GPU worker
-with the manifest's rayStartParams, resources and environment (token auth on, the MLflow login
-from the Secret), kubernetes/mlflow.yaml's server as the MLflow Service, and the submitter
-pod's bash script built from `spec.entrypoint` exactly as KubeRay builds it (tests/kuberay.py).
+"""kubernetes/rayjob-tune.yaml, then kubernetes/rayjob-retrain.yaml, run here as KubeRay runs
+them: a `ray start` head and GPU worker with the manifest's rayStartParams, resources and
+environment (token auth on, the MLflow login from the Secret), kubernetes/mlflow.yaml's server
+as the MLflow Service, and the submitter pod's bash script built from `spec.entrypoint` exactly
+as KubeRay builds it (tests/kuberay.py).
 
 Mapped to this machine, and nothing else: the pods' volumes (/source, /results) and the image's
 /home/ray/facemask to folders here, http://mlflow:5000 to the server's loopback address, the
-dashboard to loopback, and the study's size: the entrypoint is pasted whole, then small-study
-options are appended to it (the last value of an option wins), so no GPU and no download are
-needed. Not run here: Kubernetes itself (pods, the Services' DNS, KubeRay's controller)."""
+dashboard to loopback, and the jobs' size: each entrypoint is pasted whole, then small options
+are appended to it (the last value of an option wins), so no GPU and no download are needed.
+Not run here: Kubernetes itself (pods, the Services' DNS, KubeRay's controller)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -23,6 +25,7 @@ import yaml
 from mlflow import MlflowClient
 
 from facemask.core.lifecycle import stop_process_group
+from tests.integration.learning.test_retrain_job import labelled_folder
 from tests.integration.training.test_tune import SPACE
 from tests.kuberay import (
     SECRET,
@@ -39,6 +42,10 @@ from tests.services import RayCluster, study_args, wait_http
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
+
+
+def aliases(store: MlflowClient) -> list[str]:
+    return list(store.get_registered_model("facemask-detector").aliases)
 
 
 def node_env(group: dict, paths: dict[str, str], mlflow_url: str) -> dict[str, str]:
@@ -140,6 +147,32 @@ def test_the_rayjob_runs_prepare_and_the_study_as_one_job_and_a_retry_never_star
             runs = store.search_runs([experiment.experiment_id])
             assert len(runs) == 3, [r.info.run_name for r in runs]
             assert len(store.search_model_versions("name='facemask-detector'")) == versions
+
+            # The retrain RayJob on the same cluster: new labels, the study's data as the version it keeps.
+            retrain = manifest("rayjob-retrain.yaml", "RayJob")
+            names = sorted(p.stem for p in (synth_source / "annotations").glob("*.xml"))[:6]
+            labelled_folder(synth_source, results / "labelled", names)
+            small = ["--weights", "yolo26n.yaml", "--imgsz", "160", "--epochs", "1", "--batch", "8"]
+            small += ["--gpus-per-worker", "0", "--cpus-per-worker", "1", "plots=False"]
+            entrypoint = on_this_machine(retrain["spec"]["entrypoint"] + " " + " ".join(small), paths)
+            job = {**retrain, "spec": {**retrain["spec"], "entrypoint": entrypoint}}
+            done = subprocess.run(
+                ["/bin/bash", "-c", submitter_script(job, cluster.dashboard, "facemask-retrain")],
+                env=base, capture_output=True, text=True, timeout=1200, cwd=submitter_dir,
+            )  # fmt: skip
+            logs = cluster.job("logs", "facemask-retrain").stdout
+            assert done.returncode == 0, (done.stdout + done.stderr + logs)[-5000:]
+            outcome = json.loads(logs.strip().splitlines()[-1])
+            assert outcome["data"] == str(results / "data" / "retrain" / "data" / "data.yaml"), logs[-3000:]
+            kept = json.loads((results / "data" / "retrain" / "data" / "manifest.json").read_text())["kept_splits"]
+            assert kept["added"]["test"] == 0 and sum(kept["added"].values()) == 6
+            version = outcome["challenger"].rsplit("/", 1)[1]
+            holders = {a: store.get_model_version_by_alias("facemask-detector", a).version for a in aliases(store)}
+            expected = {"champion": "champion", "canary": "challenger"}.get(outcome["outcome"])
+            assert (holders.get(expected) == version) if expected else version not in holders.values(), (
+                outcome,
+                holders,
+            )
     finally:
         cluster.stop()
         stop_process_group(mlflow, grace_s=20)
