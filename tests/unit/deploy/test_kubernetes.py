@@ -266,6 +266,31 @@ def test_each_rayjob_cleans_up_and_keeps_its_results_off_the_pod(job):
     assert "facemask-results" in claims
 
 
+def every_pod() -> list[tuple[str, dict]]:
+    """Each pod template of the manifests, Ray's inside the RayJobs and the RayService included."""
+    return [
+        (f"{d['kind']}/{d['metadata']['name']}/{i}", pod) for d in documents() for i, pod in enumerate(pod_specs(d))
+    ]
+
+
+@pytest.mark.parametrize(("where", "pod"), every_pod(), ids=[where for where, _ in every_pod()])
+def test_every_pod_meets_the_restricted_profile_and_holds_no_api_token_it_does_not_use(where, pod):
+    context = pod["securityContext"]
+    assert context["runAsNonRoot"] is True and context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "fsGroup" in context  # a volume owned by root stays writable for the pod's user
+    for box in pod["containers"] + pod.get("initContainers", []):
+        assert box["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    # KubeRay adds its autoscaler, which calls the API, to the RayService's head (its first pod).
+    autoscaler_here = where.startswith("RayService/") and where.endswith("/0")
+    assert pod.get("automountServiceAccountToken", True) is autoscaler_here
+
+
+def test_shared_claims_name_a_read_write_many_class():
+    claims = [d for d in documents() if d["kind"] == "PersistentVolumeClaim"]
+    shared = [c for c in claims if "ReadWriteMany" in c["spec"]["accessModes"]]
+    assert shared and all(c["spec"].get("storageClassName") == "facemask-rwx" for c in shared)
+
+
 # ---- each check can fail
 
 
