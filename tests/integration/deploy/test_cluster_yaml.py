@@ -57,7 +57,7 @@ if [ "$1" = "start" ]; then env > "$HOME/ray-start.env"; fi
 class Node:
     """One machine of the cluster: a HOME with the file_mounts, and the commands run in it."""
 
-    def __init__(self, root: Path, name: str, env_file: Path, port: int, s3: Path) -> None:
+    def __init__(self, root: Path, name: str, env_file: Path, port: int) -> None:
         self.home = root / name
         (self.home / ".ray").mkdir(parents=True)
         (self.home / ".facemask").mkdir()
@@ -73,7 +73,7 @@ class Node:
         (self.home / "facemask").symlink_to(ROOT)
         (self.home / ".ray" / "auth_token").write_text("a-test-ray-token")
         (self.home / ".facemask" / "cluster.env").write_text(env_file.read_text())
-        self.paths = {"/home/ray": str(self.home), "s3://CHANGE-ME-bucket/facemask/mlflow": str(s3)}
+        self.paths = {"/home/ray": str(self.home)}
         self.swap = {"--port 5000": f"--port {port}", ":5000": f":{port}"}
         self.env = {
             "HOME": str(self.home),
@@ -127,11 +127,12 @@ def _in(p: psutil.Process, sessions: list[int]) -> bool:
         return False
 
 
-def cluster_env(postgres: PostgresServer, **override: str) -> str:
+def cluster_env(postgres: PostgresServer, artifacts: Path, **override: str) -> str:
     values = {
         **SECRET,
         "MLFLOW_BACKEND_STORE_URI": postgres.create_database("mlflow"),
         "MLFLOW_AUTH_DATABASE_URI": postgres.create_database("mlflow_auth"),
+        "MLFLOW_ARTIFACTS_DESTINATION": str(artifacts),  # the bucket, here a folder
         **override,
     }
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
@@ -146,9 +147,9 @@ def test_cluster_yaml_starts_mlflow_with_auth_and_gives_every_node_the_secrets(t
     postgres = PostgresServer().start()
     port = free_port()
     env_file = tmp_path / "cluster.env"
-    env_file.write_text(cluster_env(postgres))
-    head = Node(tmp_path, "head", env_file, port, tmp_path / "s3")
-    worker = Node(tmp_path, "worker", env_file, port, tmp_path / "s3")
+    env_file.write_text(cluster_env(postgres, tmp_path / "s3"))
+    head = Node(tmp_path, "head", env_file, port)
+    worker = Node(tmp_path, "worker", env_file, port)
     try:
         ran = head.run(CLUSTER["setup_commands"] + CLUSTER["head_setup_commands"])
         assert all(r.returncode == 0 for r in ran), failed(ran)
@@ -172,6 +173,9 @@ def test_cluster_yaml_starts_mlflow_with_auth_and_gives_every_node_the_secrets(t
             for key in ("FACEMASK_API_KEY", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
                 assert started.get(key) == SECRET[key], (node.home.name, key)
             assert started["RAY_AUTH_MODE"] == "token" and started["MLFLOW_TRACKING_URI"] == url, node.home.name
+            # ... and nothing a Ray process does not need: the stores and the bucket are the server's.
+            held = {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_AUTH_DATABASE_URI", "MLFLOW_ARTIFACTS_DESTINATION"}
+            assert not held & set(started), (node.home.name, sorted(held & set(started)))
 
             # A client on the node, built as a trial builds it, logs to the head's MLflow.
             code = (
@@ -202,7 +206,7 @@ def test_cluster_yaml_starts_mlflow_with_auth_and_gives_every_node_the_secrets(t
 def test_cluster_yaml_refuses_a_node_with_a_placeholder_left(tmp_path):
     env_file = tmp_path / "cluster.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in {**SECRET, "FACEMASK_API_KEY": "CHANGE-ME-key"}.items()))
-    node = Node(tmp_path, "worker", env_file, free_port(), tmp_path / "s3")
+    node = Node(tmp_path, "worker", env_file, free_port())
     try:
         ran = node.run(CLUSTER["setup_commands"])
     finally:

@@ -86,3 +86,17 @@ def test_haproxy_settings_are_ray_knobs_and_cluster_yaml_lists_them():
     for name, value in HAPROXY_ENV.items():
         assert f'"{name}"' in source, f"Ray no longer reads {name}"
         assert f'{name}="{value}"' in text if " " in value else f"{name}={value}" in text, name
+
+
+COMMANDS = ("setup_commands", "head_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+
+
+def test_no_placeholder_in_a_command_every_value_comes_from_the_checked_file(cluster):
+    """A placeholder written into a command itself passes the cluster.env check and `ray up`, and
+    fails later (an artifact upload to a bucket that does not exist): every account value is a
+    variable of ~/.facemask/cluster.env, which the nodes refuse to set up with a CHANGE-ME in."""
+    checks = [c for c in cluster["setup_commands"] if c.startswith("if grep -q CHANGE-ME")]
+    assert len(checks) == 1
+    for key in COMMANDS:
+        for command in cluster[key]:
+            assert command in checks or "CHANGE-ME" not in command, (key, command[:200])
