@@ -13,6 +13,8 @@
   checkpoint needs polars, which a bare GPU machine lacks). The start-up before the first epoch
   (building the model and the dataloader, caching) is reported apart, and so are the cores the
   whole machine kept busy over the timed epochs (/proc/stat).
+  With `--batches N` the loop is timed over N batches after a few of warm-up instead (their
+  loading and augmentation included): the steady rate, minutes sooner on a CPU.
 - The limit is measured before the loops and again after them, and their mean is the figure: a
   machine whose speed drifts over the run shows as two readings apart.
 
@@ -23,7 +25,7 @@ Ultralytics loads data in the training process (workers 0); `--workers 0,1` trie
 process beside it.
 
     python jobs/benchmarks/benchmark_train_limit.py --data data/real/data.yaml --device cpu --imgsz 320 --batch 16 \
-        --threads 1,given --workers 0,1 --epochs 3
+        --threads 1,given --workers 0,1 --batches 24
     python jobs/benchmarks/benchmark_train_limit.py --data data/real/data.yaml --device 0 --imgsz 640 --batch 32 \
         --workers 0,2,8 --cache none,ram --epochs 3
 
@@ -52,6 +54,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2, help="per variant; epochs after the first are timed")
+    parser.add_argument(
+        "--batches", type=int, default=0, help="time this many batches after a few of warm-up instead of whole epochs"
+    )
     parser.add_argument("--workers", default="0", help="dataloader workers to try, comma-separated")
     parser.add_argument(
         "--threads", default="given", help="torch threads to try, comma-separated: numbers or `given` (the CPUs given)"
@@ -158,11 +163,21 @@ def loop(args: argparse.Namespace, threads: int, workers: int, cache: str, proje
         if len(seen["ends"]) == args.epochs:
             raise LastEpochTimed
 
+    def batch_ended(trainer) -> None:
+        """--batches: the clock starts after WARM_BATCHES and stops N batches later (loading included)."""
+        seen["batches"] = seen.get("batches", 0) + 1
+        if seen["batches"] in (WARM_BATCHES, WARM_BATCHES + args.batches):
+            seen.setdefault("marks", []).append((time.perf_counter(), machine_busy_s()))
+        if seen["batches"] == WARM_BATCHES + args.batches:
+            raise LastEpochTimed
+
     model = YOLO("yolo26n.yaml")
     model.add_callback("on_pretrain_routine_start", sized)
     model.add_callback("on_pretrain_routine_start", strip_integrations)  # no MLflow or other logger's time
     model.add_callback("on_train_epoch_start", started)
     model.add_callback("on_train_epoch_end", ended)
+    if args.batches:
+        model.add_callback("on_train_batch_end", batch_ended)
     begin = time.perf_counter()
     try:
         model.train(
@@ -173,22 +188,25 @@ def loop(args: argparse.Namespace, threads: int, workers: int, cache: str, proje
         )  # fmt: skip
     except LastEpochTimed:
         pass
+    row = {"threads": seen.get("threads"), "workers": workers, "workers_used": seen.get("workers"), "cache": cache}
+    row |= {"images": seen.get("images"), "startup_s": round(seen["starts"][0] - begin, 1)}
+    if args.batches:
+        (t0, busy0), (t1, busy1) = seen["marks"]
+        row |= {"epoch_s": None, "images_per_s": round(args.batches * args.batch / (t1 - t0), 1)}
+        return row | {
+            "s_per_batch": round((t1 - t0) / args.batches, 3),
+            "cores_busy": round((busy1 - busy0) / (t1 - t0), 2),
+        }
     epochs = [end - start for start, end in zip(seen["starts"], seen["ends"])]
     timed = epochs[1:] or epochs
     per_epoch = sum(timed) / len(timed)
     first = 2 if len(epochs) > 1 else 0  # the busy readings at the first timed epoch's start, and the last end
     busy = (seen["busy"][-1] - seen["busy"][first]) / sum(timed)
-    return {
-        "threads": seen.get("threads"),
-        "workers": workers,
-        "workers_used": seen.get("workers"),
-        "cache": cache,
-        "images": seen.get("images"),
-        "epoch_s": round(per_epoch, 2),
-        "images_per_s": round(seen.get("images", 0) / per_epoch, 1),
-        "startup_s": round(seen["starts"][0] - begin, 1),
-        "cores_busy": round(busy, 2),
-    }
+    row |= {"epoch_s": round(per_epoch, 2), "images_per_s": round(seen.get("images", 0) / per_epoch, 1)}
+    return row | {"cores_busy": round(busy, 2)}
+
+
+WARM_BATCHES = 4  # --batches: the allocator's, the loader's and the threads' first steps are not timed
 
 
 class LastEpochTimed(Exception):
