@@ -43,28 +43,43 @@ def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+BUCKET_S = 10.0  # a window keeps its answers as counts per this much time
+
+
 class _Window:
-    """Answers of the last `window_s`, with running counts (no rescan per figure)."""
+    """Answers of the last `window_s`, as class and score-bin counts per BUCKET_S of time: its
+    memory follows the window's length, not the answer rate (an endpoint answering 400 faces a
+    second would otherwise hold 720,000 answers for 30 minutes), and a figure needs no rescan."""
 
     def __init__(self) -> None:
-        self.items: deque = deque()
+        self.buckets: deque = deque()  # (start, classes, bins, answers), oldest first
         self.classes: Counter = Counter()
         self.bins: Counter = Counter()
+        self.count = 0
 
     def add(self, at: float, label: str, score: float) -> None:
         b = min(BINS - 1, max(0, int(score * BINS)))
-        self.items.append((at, label, b))
+        start = at - at % BUCKET_S
+        if not self.buckets or start > self.buckets[-1][0]:
+            self.buckets.append((start, Counter(), Counter(), [0]))
+        _, classes, bins, answers = self.buckets[-1]  # a late answer joins the newest bucket
+        classes[label] += 1
+        bins[b] += 1
+        answers[0] += 1
         self.classes[label] += 1
         self.bins[b] += 1
+        self.count += 1
 
     def expire(self, before: float) -> None:
-        while self.items and self.items[0][0] < before:
-            _, label, b = self.items.popleft()
-            self.classes[label] -= 1
-            self.bins[b] -= 1
+        """Drop the buckets wholly older than `before`."""
+        while self.buckets and self.buckets[0][0] + BUCKET_S <= before:
+            _, classes, bins, answers = self.buckets.popleft()
+            self.classes.subtract(classes)
+            self.bins.subtract(bins)
+            self.count -= answers[0]
 
     def distributions(self) -> tuple[list[float], list[float]]:
-        n = max(1, len(self.items))
+        n = max(1, self.count)
         return [self.classes[c] / n for c in CLASS_NAMES], [self.bins[b] / n for b in range(BINS)]
 
 
@@ -102,21 +117,21 @@ class DriftMonitor:
         if window is None:
             return None
         window.expire(now - self.window_s)
-        if len(window.items) < self.min_answers:
+        if window.count < self.min_answers:
             return None
         if self.reference is not None:
             mix = [self.reference["class_mix"][c] for c in CLASS_NAMES]
             hist, against = self.reference["score_hist"], "val"
         else:
             started, baseline = self.baselines[camera]
-            if now - started < self.baseline_s or len(baseline.items) < self.min_answers:
+            if now - started < self.baseline_s or baseline.count < self.min_answers:
                 return None  # the baseline is still being gathered
             (mix, hist), against = baseline.distributions(), "baseline"
         actual_mix, actual_hist = window.distributions()
         return {
             "class_mix": round(psi(mix, actual_mix), 4),
             "score": round(psi(hist, actual_hist), 4),
-            "answers": len(window.items),
+            "answers": window.count,
             "against": against,
         }
 
