@@ -273,12 +273,16 @@ class LiveStreams:
     def production(self, session: LiveSession, detector, image, scale: float, answer: dict, found: list, shown) -> None:
         """A tracked frame to the endpoint's drift and sampling (source `live`): its people, each
         known across streams by stream and track, and the weak faces under the shown threshold."""
-        people = [
-            dict(d, track_id=None if d["track_id"] is None else f"{session.stream_id}:{d['track_id']}")
-            for d in answer["detections"]
-        ]
-        threshold = (lambda d: shown) if isinstance(shown, (int, float)) else (lambda d: shown[d["class_id"]])
-        weak = [d for d in found if d["confidence"] < threshold(d)]
+        try:
+            people = [
+                dict(d, track_id=None if d["track_id"] is None else f"{session.stream_id}:{d['track_id']}")
+                for d in answer["detections"]
+            ]
+            threshold = (lambda d: shown) if isinstance(shown, (int, float)) else (lambda d: shown[d["class_id"]])
+            weak = [d for d in found if d["confidence"] < threshold(d)]
+        except (KeyError, IndexError, TypeError) as exc:  # never the frame's answer, whatever a detection lacks
+            log.warning("live stream %d: a frame was not given to drift or sampling: %r", session.stream_id, exc)
+            return
         self.server.production("live", detector, image, scale, {**answer, "detections": people}, weak)
 
     async def frame(self, item: tuple, session: LiveSession) -> dict:
@@ -303,11 +307,11 @@ class LiveStreams:
         tracked_at = time.perf_counter()
         found = answer["detections"]
         answer["detections"] = session.tracker.update(found, show_conf=shown)
-        self.production(session, detector, image, scale, answer, found, shown)
         answer["counts"] = class_counts(answer["detections"])
         session.processed += 1
         answer["timings"]["track_ms"] = round((time.perf_counter() - tracked_at) * 1000, 2)
         answer["timings"]["total_ms"] = round((time.perf_counter() - received) * 1000, 2)
+        self.production(session, detector, image, scale, answer, found, shown)
         stream["processed"] = session.processed
         people = session.tracker.summary()
         server.inference.record_live(session.stream_id, people)
