@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +24,26 @@ from facemask.events.people import Event, PersonEvents
 from facemask.events.rules import EventsConfig
 
 log = logging.getLogger("facemask.events")
+
+
+class Changes:
+    """A count of the review's changes (each start, end and acknowledgement) that readers wait
+    on: the review page learns of an alert when it happens instead of at its next poll."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.condition = threading.Condition()
+
+    def bump(self) -> None:
+        with self.condition:
+            self.seq += 1
+            self.condition.notify_all()
+
+    def wait(self, after: int, timeout_s: float) -> int:
+        """The count once it passes `after`, or as it is when `timeout_s` runs out."""
+        with self.condition:
+            self.condition.wait_for(lambda: self.seq > after, timeout_s)
+            return self.seq
 
 
 class EventHub:
@@ -47,6 +68,7 @@ class EventHub:
         self.log_path = out / "events.jsonl"
         self.counts = {"started": 0, "ended": 0, "snapshot_errors": 0, "errors": 0}
         self.final: dict[str, Any] | None = None  # the summary as the outbox closed
+        self.changes = Changes()
         self._end_left_open()
         self.outbox.start()
 
@@ -115,6 +137,7 @@ class EventHub:
         self.outbox.put(message)
         with open(self.log_path, "a") as f:
             f.write(json.dumps(message, sort_keys=True) + "\n")
+        self.changes.bump()
         if self.on_message is not None:
             self.on_message(message)
 

@@ -9,6 +9,7 @@
     GET    /healthz                {"ok": true, "cameras": N}
     GET    /review                 the events' review page (facemask/serving/web/review.html)
     GET    /events                 violation events, newest first: ?camera=&state=&since=&until=&acked=0|1&limit=
+    GET    /events/wait?after=N    held until the review changes past N (or timeout_s, at most 30 s): {"seq": M}
     GET    /events/KEY/snapshot.jpg  an event's snapshot (faces blurred as the camera's `blur` says)
     POST   /events/KEY/ack         acknowledge an event: {"by": "name", "note": "..."}
 
@@ -51,6 +52,11 @@ from facemask.video.watch.urls import API_SOURCES, check_api_source, redacted
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 TIMEOUT_S = 10.0
+# GET /events/wait: the longest a reader is held, and how many are held at once (a thread each).
+WAIT_MAX_S, MAX_WAITERS = 30.0, 16
+
+
+WAITERS = threading.BoundedSemaphore(MAX_WAITERS)
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,8 @@ class Handler(BaseHTTPRequestHandler):
             except ValueError:
                 return self.error(400, "bad_query", "since and until are Unix times in seconds, limit a number")
             return self.json(200, {"events": found})
+        if parts == ["events", "wait"]:
+            return self.wait_for_changes(hub)
         if len(parts) == 3 and parts[2] == "snapshot.jpg":
             event = hub.outbox.event(parts[1])
             file = hub.out / event["snapshot"] if event and event.get("snapshot") else None
@@ -150,6 +158,23 @@ class Handler(BaseHTTPRequestHandler):
                 return self.error(404, "no_snapshot", f"event {parts[1][:80]!r} has no snapshot (unknown or pruned)")
             return self.send(200, file.read_bytes(), "image/jpeg")
         return self.error(404, "not_found", "see GET /events")
+
+    def wait_for_changes(self, hub) -> None:
+        """GET /events/wait?after=N&timeout_s=S: answers {"seq": M} as soon as the review changes
+        past N (an event starts or ends, one is acknowledged), or after S seconds (at most
+        WAIT_MAX_S) with the count as it is. The review page waits here instead of polling; at most
+        MAX_WAITERS requests wait at once, more get 503 and poll."""
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).items()}
+        try:
+            after, timeout_s = int(query.get("after", 0)), min(WAIT_MAX_S, max(0.0, float(query.get("timeout_s", 25))))
+        except ValueError:
+            return self.error(400, "bad_query", "after is the last seq seen (a number), timeout_s seconds")
+        if not WAITERS.acquire(blocking=False):
+            return self.error(503, "busy", f"{MAX_WAITERS} readers wait already; poll GET /events instead")
+        try:
+            return self.json(200, {"seq": hub.changes.wait(after, timeout_s)})
+        finally:
+            WAITERS.release()
 
     def acknowledge(self, event: str) -> None:
         if not self.authorized(change=True):
@@ -170,6 +195,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(400, "bad_ack", 'send {"by": "who acknowledges", "note": "optional"}')
         if not self.watch.production.events.outbox.acknowledge(event, by, None if note is None else str(note)[:500]):
             return self.error(404, "unknown_event", f"no event {event[:80]!r}")
+        self.watch.production.events.changes.bump()
         return self.json(200, {"acknowledged": event, "by": by})
 
     def do_POST(self) -> None:  # noqa: N802

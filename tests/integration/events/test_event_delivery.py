@@ -6,6 +6,7 @@ masked face on every frame; the model is not what is tested here)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -264,5 +265,17 @@ def review_in_chromium(url: str, ended: set[str]) -> None:
         browser.close()
     unacked = httpx.get(url + "events", params={"acked": "0"}, headers=auth, timeout=10).json()["events"]
     assert len(unacked) == 3 and first not in {e["event"] for e in unacked}
+    # Pushed: a reader held on GET /events/wait is answered by the next change (an acknowledgement
+    # here), not by its timeout, which answers the same seq.
+    assert httpx.get(url + "events/wait", timeout=10).status_code == 401
+    seq = httpx.get(url + "events/wait", params={"timeout_s": 0}, headers=auth, timeout=10).json()["seq"]
+    assert seq >= 5  # this watch's: the killed one's 2 events ended, its own 2 started, 1 acknowledgement
+    held = concurrent.futures.ThreadPoolExecutor(1).submit(
+        httpx.get, url + "events/wait", params={"after": seq, "timeout_s": 30}, headers=auth, timeout=60
+    )
+    ack = {"by": "test"}
+    second = unacked[0]["event"]
+    assert httpx.post(f"{url}events/{second}/ack", json=ack, headers=auth, timeout=10).status_code == 200
+    assert held.result(timeout=60).json()["seq"] == seq + 1
     snapshot = httpx.get(f"{url}events/{first}/snapshot.jpg", headers=auth, timeout=10)
     assert snapshot.status_code == 200 and snapshot.content[:2] == b"\xff\xd8"

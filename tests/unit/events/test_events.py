@@ -290,3 +290,15 @@ def test_an_event_whose_snapshot_failed_says_so_at_its_end_too(tmp_path):
     messages = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [m["kind"] for m in messages] == ["start", "end"]
     assert [m["snapshot"] for m in messages] == [None, None] and hub.summary()["snapshot_errors"] == 1
+
+
+def test_a_review_reader_is_answered_by_the_next_change_or_by_its_timeout():
+    import threading
+
+    from facemask.events.hub import Changes
+
+    changes = Changes()
+    assert changes.wait(0, 0.01) == 0  # nothing new: the timeout answers the count as it is
+    threading.Timer(0.05, changes.bump).start()
+    assert changes.wait(0, 30) == 1  # answered by the change, long before 30 s
+    assert changes.wait(0, 0) == 1  # a reader behind the count is answered at once
