@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures in one prepared run of a few minutes, on a machine that may have torch and
-# nothing of ours (../shared/GPU.md). Every figure is printed with the card's name; all of them,
-# and each step's log, land in OUT.
+# nothing of ours (no Ray, no MLflow, no network: --wheels brings them). Every figure is printed
+# with the card's name; all of them, and each step's log, land in OUT.
 #
 #   bash jobs/benchmarks/gpu_figures.sh [--wheels DIR] [SOURCE] [OUT]      (from the repository root)
 #
