@@ -7,8 +7,9 @@ them in rounds, ABBA, so both see the machine in the same state; each round is -
 sampled / plain with its 95% interval over the rounds' paired ratios (t), and the pool's counts.
 
 Rules:
-- `decisions`: the defaults (per_hour 120, random_share 0.002, faces blurred): every answer is
-  decided on, few images are written, as in production;
+- `decisions`: the defaults with `per_hour: 1`: every answer is decided on, and once the hour's
+  one image is kept nothing more is written: the steady state of an endpoint whose hourly
+  budget (120 by default) is spent, which is most of any busy hour;
 - `every`: random_share 1 and no hourly limit, every answer's image written: the worst case.
 
     python jobs/benchmarks/benchmark_sampling_cost.py [--backend simulated-gpu|pt] [--rule decisions,every] \
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmark_serve import SIMULATED, load_images, untrained_weights, wrk  # noqa: E402
 
 RULES = {
-    "decisions": {"faces": "blur"},
+    "decisions": {"faces": "blur", "per_hour": 1},
     "every": {"faces": "blur", "random_share": 1.0, "per_hour": 100_000},
 }
 # Two-sided 95% t quantiles by degrees of freedom (rounds - 1).
