@@ -132,12 +132,7 @@ def serve_command(
     With no Ray running here it starts one set up for --ingress. On a Ray started beforehand
     (`ray start`, a cluster), the ingress is the one its nodes were started with: it says which."""
     if print_node_env:
-        import shlex
-
-        from facemask.core.runtime import node_env
-
-        click.echo("".join(f"export {k}={shlex.quote(v)}\n" for k, v in node_env(ingress).items()), nl=False)
-        return
+        return click.echo(node_exports(ingress), nl=False)
     sampling = sampling_section(sampling_file)  # before the registry or Ray: a mistake in one line, at once
     configure_runtime()
     from facemask.detection.detector import resolve_model
@@ -171,6 +166,15 @@ def serve_command(
     if running != ingress:
         click.echo(ingress_note(ingress, running), err=True)
     serve_until_stopped(args, host, port, lambda url: announcement(url, model_uri, backend, running))
+
+
+def node_exports(ingress: str) -> str:
+    """What a `ray start` node needs for `ingress`, as export lines (`--print-node-env`)."""
+    import shlex
+
+    from facemask.core.runtime import node_env
+
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in node_env(ingress).items())
 
 
 def sampling_section(path: Path | None) -> dict | None:
