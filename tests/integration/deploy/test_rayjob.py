@@ -56,8 +56,8 @@ def node_env(group: dict, paths: dict[str, str], mlflow_url: str) -> dict[str, s
 
 @pytest.mark.over_budget(
     reason="a RayJob's whole life is the guarantee: its head and GPU worker started as KubeRay starts them, "
-    "the MLflow Deployment, prepare and a 2-trial study as one job, then the job retried from where it stopped; "
-    "each part already runs at its smallest (1 epoch, no final retrain)"
+    "the MLflow Deployment, prepare and a 2-trial study as one job, then the job retried from where it stopped, "
+    "then the retrain RayJob on the same cluster; each part already runs at its smallest (1 epoch, no final retrain)"
 )
 def test_the_rayjob_runs_prepare_and_the_study_as_one_job_and_a_retry_never_starts_over(synth_source, tmp_path):
     rayjob = manifest("rayjob-tune.yaml", "RayJob")
