@@ -32,7 +32,6 @@ from facemask.learning.sampler import Sampler, SamplingRule
 
 # The pool's folder under the results base when the app is not told one.
 DEFAULT_FOLDER = Path("samples") / "endpoint"
-SOURCES = ("predict", "live")
 DRIFT_REFRESH_S = 5.0
 
 
