@@ -166,7 +166,7 @@ def known_image(synth_source) -> Path:
 # Fixtures built once per module (a Serve application, a watch, a registry). Under pytest-xdist the
 # tests that use one are kept on one worker, so it is still built once per module. The tests that
 # need the machine alone are one group of their own, run back to back (tests/machine_lock.py).
-MODULE_SHARED = {"endpoint", "versions", "serve_url", "registry", "video", "watch"}
+MODULE_SHARED = {"endpoint", "versions", "serve_url", "registry", "video", "watch", "two_nodes"}
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -20,31 +20,27 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture()
-def make_cluster():
+@pytest.fixture(scope="module")
+def two_nodes():
+    """One head (1 CPU) and one worker node (2 CPUs, the `trainer` resource) for the module's jobs.
+
+    Shared: each test submits a job of its own and reads its own experiment; none kills or
+    reconfigures a node, so a cluster started per test would only add its start-up."""
     from tests.services import RayCluster
 
-    clusters = []
-
-    def start(worker: bool) -> RayCluster:
-        # Short path: Ray's unix sockets live under the temp dir and must stay under 108 bytes.
-        root = Path(tempfile.mkdtemp(prefix="fm-ray-", dir="/tmp"))
-        # The job's `python` is whatever PATH finds on the node: make it this environment's.
-        env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        env.pop("RAY_ADDRESS", None)
-        c = RayCluster(root, env)
-        clusters.append(c)
-        if worker:
-            c.start_head(num_cpus=1, resources={"head": 1})
-            c.add_node(num_cpus=2, resources={"trainer": 2})
-            c.wait_for_nodes(2)
-        else:
-            c.start_head(num_cpus=2, resources={"head": 1})
-        return c
-
-    yield start
-    for c in clusters:
-        c.stop()
+    # Short path: Ray's unix sockets live under the temp dir and must stay under 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="fm-ray-", dir="/tmp"))
+    # The job's `python` is whatever PATH finds on the node: make it this environment's.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    cluster = RayCluster(root, env)
+    try:
+        cluster.start_head(num_cpus=1, resources={"head": 1})
+        cluster.add_node(num_cpus=2, resources={"trainer": 2})
+        cluster.wait_for_nodes(2)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def submit_study(
@@ -199,16 +195,15 @@ def test_readme_jobs_from_an_empty_home_keep_their_results(synth_source, tiny_da
         cluster.stop()
 
 
-def test_trials_pinned_to_the_second_node(make_cluster, tiny_data, mlflow_server, tmp_path):
+def test_trials_pinned_to_the_second_node(two_nodes, tiny_data, mlflow_server, tmp_path):
     """Head + worker node; trials need the `trainer` resource that only the worker has.
 
     No --working-dir here: both nodes share this machine's Ray session folder, and the worker
     node unpacking the same package would replace the driver's working directory under it. A
     real cluster installs the package on every node (cluster.yaml), which is what this mirrors.
     """
-    cluster = make_cluster(worker=True)
     trials = submit_study(
-        cluster,
+        two_nodes,
         ["python", str(ROOT / "jobs" / "tune.py")],
         ["--trial-resources", "trainer=1"],
         tiny_data,
@@ -221,14 +216,11 @@ def test_trials_pinned_to_the_second_node(make_cluster, tiny_data, mlflow_server
     assert len({r.data.tags["facemask.node_id"] for r in trials}) == 1
 
 
-def test_a_study_whose_trials_are_each_trained_by_two_ray_train_workers(
-    make_cluster, tiny_data, mlflow_server, tmp_path
-):
+def test_a_study_whose_trials_are_each_trained_by_two_ray_train_workers(two_nodes, tiny_data, mlflow_server, tmp_path):
     """Head (1 CPU) + worker node (2 CPUs): each trial is one model trained by two workers,
     placed by Ray Train wherever the CPUs are, reporting every epoch to Tune through rank 0."""
-    cluster = make_cluster(worker=True)
     trials = submit_study(
-        cluster,
+        two_nodes,
         ["python", str(ROOT / "jobs" / "tune.py")],
         ["--cpus-per-trial", "2", "--ray-workers-per-trial", "2"],
         tiny_data,
@@ -247,8 +239,8 @@ def test_a_study_whose_trials_are_each_trained_by_two_ray_train_workers(
             assert len(entry["ranks"]) == 2 and len({r["weights_sha256"] for r in entry["ranks"]}) == 1
 
 
-def test_job_submit_needs_the_token(make_cluster):
-    cluster = make_cluster(worker=False)
+def test_job_submit_needs_the_token(two_nodes):
+    cluster = two_nodes
     ray = str(Path(sys.executable).with_name("ray"))
     env = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
     env["HOME"] = str(Path(cluster.root))  # no ~/.ray/auth_token to fall back on

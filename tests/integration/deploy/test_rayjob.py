@@ -1,8 +1,8 @@
-"""kubernetes/rayjob-tune.yaml, then kubernetes/rayjob-retrain.yaml, run here as KubeRay runs
-them: a `ray start` head and GPU worker with the manifest's rayStartParams, resources and
-environment (token auth on, the MLflow login from the Secret), kubernetes/mlflow.yaml's server
-as the MLflow Service, and the submitter pod's bash script built from `spec.entrypoint` exactly
-as KubeRay builds it (tests/kuberay.py).
+"""kubernetes/rayjob-tune.yaml, then kubernetes/rayjob-retrain.yaml (jobs/retrain.py, the loop's
+retrain job), run here as KubeRay runs them: a `ray start` head and GPU worker with the
+manifest's rayStartParams, resources and environment (token auth on, the MLflow login from the
+Secret), kubernetes/mlflow.yaml's server as the MLflow Service, and the submitter pod's bash
+script built from `spec.entrypoint` exactly as KubeRay builds it (tests/kuberay.py).
 
 Mapped to this machine, and nothing else: the pods' volumes (/source, /results) and the image's
 /home/ray/facemask to folders here, http://mlflow:5000 to the server's loopback address, the
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,6 @@ import yaml
 from mlflow import MlflowClient
 
 from facemask.core.lifecycle import stop_process_group
-from tests.integration.learning.test_retrain_job import labelled_folder
 from tests.integration.training.test_tune import SPACE
 from tests.kuberay import (
     SECRET,
@@ -46,6 +46,18 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def aliases(store: MlflowClient) -> list[str]:
     return list(store.get_registered_model("facemask-detector").aliases)
+
+
+def labelled_folder(source: Path, out: Path, names: list[str]) -> Path:
+    """Some of `source`'s images as a labeller returns them (a VOC folder), renamed: new photos."""
+    for kind in ("annotations", "images"):
+        (out / kind).mkdir(parents=True)
+    for name in names:
+        image = next((source / "images").glob(f"{name}.*"))
+        shutil.copy(image, out / "images" / f"new-{image.name}")
+        xml = (source / "annotations" / f"{name}.xml").read_text()
+        (out / "annotations" / f"new-{name}.xml").write_text(xml.replace("<filename>", "<filename>new-", 1))
+    return out
 
 
 def node_env(group: dict, paths: dict[str, str], mlflow_url: str) -> dict[str, str]:
@@ -162,7 +174,13 @@ def test_the_rayjob_runs_prepare_and_the_study_as_one_job_and_a_retry_never_star
             )  # fmt: skip
             logs = cluster.job("logs", "facemask-retrain").stdout
             assert done.returncode == 0, (done.stdout + done.stderr + logs)[-5000:]
-            outcome = json.loads(logs.strip().splitlines()[-1])
+            lines = logs.strip().splitlines()
+            outcome = json.loads(lines[-1])
+            # The merge: the base set and the labelled folder, every image of each, linked.
+            merged = next(line for line in lines if "merged: " in line)
+            merged = json.loads(merged.split("merged: ", 1)[1].rsplit(" images linked", 1)[0])
+            images = len(list((synth_source / "annotations").glob("*.xml")))
+            assert merged == {str(synth_source): images, str(results / "labelled"): 6}, merged
             assert outcome["data"] == str(results / "data" / "retrain" / "data" / "data.yaml"), logs[-3000:]
             kept = json.loads((results / "data" / "retrain" / "data" / "manifest.json").read_text())["kept_splits"]
             assert kept["added"]["test"] == 0 and sum(kept["added"].values()) == 6
@@ -173,6 +191,12 @@ def test_the_rayjob_runs_prepare_and_the_study_as_one_job_and_a_retry_never_star
                 outcome,
                 holders,
             )
+            if outcome["outcome"] == "refused":
+                assert f"not promoted: {outcome['reason']}" in logs and outcome["reason"]
+            # Both versions scored on the same test photos: the gate compared them, paired.
+            challenger = store.get_model_version("facemask-detector", version)
+            champion = store.get_model_version("facemask-detector", holders["champion"])
+            assert challenger.tags["test.data.split"] == champion.tags["test.data.split"], (challenger, champion)
     finally:
         cluster.stop()
         stop_process_group(mlflow, grace_s=20)
