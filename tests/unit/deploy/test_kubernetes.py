@@ -126,9 +126,25 @@ def operator_errors(doc: dict, ray_version: str, image: str) -> list[str]:
     pods = [] if doc["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "redis" else pod_specs(doc)
     for pod in pods:
         for container in pod.get("containers", []) + pod.get("initContainers", []):
-            if container.get("image") != image:
+            if not is_the_image(container.get("image", ""), image):
                 errors.append(f"container {container.get('name')}: image {container.get('image')!r}, expected {image}")
     return errors
+
+
+def is_the_image(ref: str, image: str) -> bool:
+    """The project's image: its tag, or a digest, in any registry (docs/jobs-and-clusters.md pins one)."""
+    name = image.split(":", 1)[0]
+    return bool(re.fullmatch(rf"([^\s@]+/)?({re.escape(image)}|{re.escape(name)}@sha256:[0-9a-f]{{64}})", ref))
+
+
+def project_images(docs: list[dict]) -> set[str]:
+    return {
+        c["image"]
+        for d in docs
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/name") != "redis"
+        for pod in pod_specs(d)
+        for c in pod["containers"]
+    }
 
 
 def pinned_ray() -> str:
@@ -163,6 +179,25 @@ def test_core_objects_match_kubernetes_strict_schema(doc):
 )
 def test_what_the_operator_enforces_and_one_image(doc):
     assert operator_errors(doc, pinned_ray(), project_image()) == []
+
+
+def test_one_image_everywhere_in_any_registry_or_by_digest():
+    docs = documents()
+    assert project_images(docs) == {project_image()}
+    moved = copy.deepcopy(docs)
+    for doc in moved:
+        for pod in pod_specs(doc):
+            for c in pod["containers"]:
+                c["image"] = c["image"].replace(project_image(), "registry.example.com/team/" + project_image())
+    assert all(operator_errors(d, pinned_ray(), project_image()) == [] for d in moved)
+    pinned = "registry.example.com/team/facemask@sha256:" + "ab" * 32
+    assert is_the_image(pinned, project_image()) and not is_the_image(pinned[:-2], project_image())
+    assert not is_the_image("facemask:0.0.9", "facemask:0.1.0")
+    assert not is_the_image("evil/facemask2:0.1.0", "facemask:0.1.0")
+    # One pod left on the old reference: two images, which the first assertion refuses.
+    first = next(d for d in moved if pod_specs(d))
+    pod_specs(first)[0]["containers"][0]["image"] = project_image()
+    assert len(project_images(moved)) == 2
 
 
 def test_one_ray_version_everywhere():
@@ -279,7 +314,8 @@ def test_every_pod_meets_the_restricted_profile_and_holds_no_api_token_it_does_n
     assert context["runAsNonRoot"] is True and context["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "fsGroup" in context  # a volume owned by root stays writable for the pod's user
     for box in pod["containers"] + pod.get("initContainers", []):
-        assert box["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        restricted = {k: v for k, v in box["securityContext"].items() if k != "readOnlyRootFilesystem"}
+        assert restricted == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     # KubeRay adds its autoscaler, which calls the API, to the RayService's head (its first pod).
     autoscaler_here = where.startswith("RayService/") and where.endswith("/0")
     assert pod.get("automountServiceAccountToken", True) is autoscaler_here
