@@ -31,6 +31,16 @@ def test_token_auth_on_every_node(cluster):
     assert any("auth_token" in target for target in cluster["file_mounts"]), "the token must reach every node"
 
 
+def test_every_node_type_names_its_security_group(cluster):
+    """Ray's AWS provider creates a security group for any node type that names none, and that
+    group lets SSH in from 0.0.0.0/0 whatever rules the config adds (ray 2.60's
+    autoscaler/_private/aws/config.py). With SecurityGroupIds on every node type it creates none."""
+    groups = {name: t["node_config"].get("SecurityGroupIds") for name, t in cluster["available_node_types"].items()}
+    assert all(groups.values()), groups
+    assert len({tuple(g) for g in groups.values()}) == 1, "head and workers share one group: Ray's ports between them"
+    assert "security_group" not in cluster["provider"]  # its IpPermissions would only add to Ray's own group
+
+
 def test_dashboard_never_public(cluster):
     commands = " ".join(cluster["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in commands
