@@ -193,6 +193,8 @@ def test_the_rayjob_runs_prepare_and_the_study_as_one_job_and_a_retry_never_star
             )
             if outcome["outcome"] == "refused":
                 assert f"not promoted: {outcome['reason']}" in logs and outcome["reason"]
+            if outcome["outcome"] == "canary":  # the champion stays until a promotion without --canary
+                assert holders["champion"] != version, holders
             # Both versions scored on the same test photos: the gate compared them, paired.
             challenger = store.get_model_version("facemask-detector", version)
             champion = store.get_model_version("facemask-detector", holders["champion"])
