@@ -162,8 +162,9 @@ def test_tune_stopped_by_ray_job_stop_resumes(tiny_data, mlflow_server, tmp_path
     args = [
         "python",
         str(ROOT / "jobs" / "tune.py"),
-        # Long enough that the stop, which takes the `ray` command a few seconds to send, lands mid-study.
-        *study_args(tiny_data, two_trial_space, tmp_path / "studies", experiment, epochs=5),
+        # Long enough that the stop, which takes the `ray` command a few seconds to send, lands mid-study:
+        # one trial at a time, so the second has not begun while the first trains its 3 epochs.
+        *study_args(tiny_data, two_trial_space, tmp_path / "studies", experiment, epochs=3),
     ]
 
     def submit(extra: list[str], wait: bool) -> str:
