@@ -101,16 +101,19 @@ def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
     import mlflow
 
     saved = [os.environ.get(k) for k in STORE_ENV]
-    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     set_process_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     try:
         yield
     finally:
+        # Back to the environment as it was, with nothing pinned: MLflow resolves the store from it
+        # each time, as before the block (an explicit `mlflow.set_*_uri` writes the environment
+        # too, so it is kept). Pinning the URIs MLflow had resolved outlived the block: every later
+        # `MlflowClient(url)` of the process sent its registry calls to the old store.
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
         set_process_store(*saved)
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
 
 
 def experiment_id(name: str, tracking_uri: str) -> str:

@@ -133,7 +133,7 @@ def test_the_rayjob_runs_prepare_and_the_study_as_one_job_and_a_retry_never_star
         assert not list(submitter_dir.iterdir()) and not (home / "facemask").exists()
         assert not list(results.rglob("mlflow.db")), "a pod logged to a local store instead of the MLflow Service"
 
-        store = MlflowClient(mlflow_url)
+        store = MlflowClient(mlflow_url, registry_uri=mlflow_url)  # never a registry an earlier test named
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MLFLOW_TRACKING_USERNAME", SECRET["MLFLOW_TRACKING_USERNAME"])
             mp.setenv("MLFLOW_TRACKING_PASSWORD", SECRET["MLFLOW_TRACKING_PASSWORD"])

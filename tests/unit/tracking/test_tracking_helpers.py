@@ -78,3 +78,23 @@ def test_run_logger_gives_up_on_end_when_the_server_never_answers():
     logger, fake = flaky_logger(failures=10**6, cooldown_s=0)
     logger.log_metrics({"a": 1}, step=1)
     assert logger.end("FINISHED", wait_s=0) is False and fake.terminated is None
+
+
+def test_a_block_on_one_store_leaves_no_store_pinned_behind_it(tmp_path, monkeypatch):
+    """After `using_tracking_uri`, a client made for another server sends its registry calls
+    there, and the environment names what it named before; no URI MLflow resolved stays pinned."""
+    import os
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from facemask.tracking.runs import using_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'before.db'}")
+    with using_tracking_uri(f"sqlite:///{tmp_path / 'inside.db'}"):
+        assert mlflow.get_registry_uri().endswith("inside.db")
+    assert MlflowClient("http://127.0.0.1:5999")._registry_uri == "http://127.0.0.1:5999"
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'later.db'}")
+    assert mlflow.get_tracking_uri().endswith("later.db") and mlflow.get_registry_uri().endswith("later.db")
