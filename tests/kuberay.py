@@ -172,6 +172,25 @@ def on_this_machine(text: str, paths: dict[str, str], replace: dict[str, str] | 
     return text
 
 
+def documents() -> list[dict]:
+    """Every object of every manifest in kubernetes/."""
+    return [doc for path in sorted(MANIFESTS.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def cluster_specs(doc: dict) -> list[dict]:
+    """The RayCluster specs inside a RayJob, a RayService or a RayCluster."""
+    spec = doc.get("spec", {})
+    return [
+        s
+        for s in (
+            spec.get("rayClusterSpec"),
+            spec.get("rayClusterConfig"),
+            spec if doc["kind"] == "RayCluster" else None,
+        )
+        if s
+    ]
+
+
 def manifest(name: str, kind: str) -> dict:
     """The first object of `kind` in kubernetes/`name`."""
     return next(d for d in yaml.safe_load_all((MANIFESTS / name).read_text()) if d and d["kind"] == kind)

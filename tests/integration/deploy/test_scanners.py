@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.kuberay import cluster_specs
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
 SCANNERS = Path(os.environ.get("FACEMASK_SCANNERS", ROOT / ".scanners")) / "bin"
@@ -33,7 +35,7 @@ def scanner(name: str) -> str:
 
 def rendered_pods(doc: dict) -> list[dict]:
     """A RayJob's or RayService's pod templates as the Pods KubeRay makes of them."""
-    cluster = doc["spec"]["rayClusterSpec" if doc["kind"] == "RayJob" else "rayClusterConfig"]
+    (cluster,) = cluster_specs(doc)
     groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster["workerGroupSpecs"]]
     pods = []
     for group, spec in groups:

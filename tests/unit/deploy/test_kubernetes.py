@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.kuberay import cluster_specs, documents
+
 ROOT = Path(__file__).resolve().parents[3]
 MANIFESTS = ROOT / "kubernetes"
 CRDS = ROOT.parent / "shared" / "kuberay"
@@ -24,10 +26,6 @@ CRD_FILES = {
 }
 CORE_KINDS = {"Deployment", "Service", "PersistentVolumeClaim", "Secret", "ConfigMap", "NetworkPolicy"}
 TOKEN_AUTH_MIN_RAY = (2, 52, 0)
-
-
-def documents() -> list[dict]:
-    return [doc for path in sorted(MANIFESTS.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def strict(schema):
@@ -77,19 +75,6 @@ def core_errors(doc: dict) -> list[str]:
     except kubernetes_validate.SchemaNotFoundError as exc:
         return [f"no schema: {exc}"]
     return []
-
-
-def cluster_specs(doc: dict) -> list[dict]:
-    spec = doc.get("spec", {})
-    return [
-        s
-        for s in (
-            spec.get("rayClusterSpec"),
-            spec.get("rayClusterConfig"),
-            spec if doc["kind"] == "RayCluster" else None,
-        )
-        if s
-    ]
 
 
 def pod_specs(doc: dict) -> list[dict]:

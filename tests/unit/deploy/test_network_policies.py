@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.kuberay import cluster_specs, documents
 
 ROOT = Path(__file__).resolve().parents[3]
 NAMESPACE = "facemask"  # where the manifests are applied; any name does, policies name none
@@ -38,10 +39,6 @@ class Peer:
         return dict(self.labels)
 
 
-def documents() -> list[dict]:
-    return [d for p in sorted((ROOT / "kubernetes").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
-
-
 def container_ports(pod_spec: dict) -> set[tuple[str, int]]:
     return {(p.get("protocol", "TCP"), p["containerPort"]) for c in pod_spec["containers"] for p in c.get("ports", [])}
 
@@ -57,7 +54,7 @@ def project_pods(docs: list[dict]) -> list[Peer]:
             pods.append(Peer(name, NAMESPACE, labels, ports=frozenset(container_ports(template["spec"])), ours=True))
         if doc["kind"] not in ("RayJob", "RayService"):
             continue
-        cluster = doc["spec"]["rayClusterSpec" if doc["kind"] == "RayJob" else "rayClusterConfig"]
+        (cluster,) = cluster_specs(doc)
         app = doc["metadata"]["name"].removeprefix("facemask").strip("-") or "serve"
         groups = [("head", cluster["headGroupSpec"])] + [("worker", g) for g in cluster["workerGroupSpecs"]]
         for node_type, group in groups:
