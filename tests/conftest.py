@@ -171,10 +171,12 @@ MODULE_SHARED = {"endpoint", "versions", "serve_url", "registry", "video", "watc
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    from tests.machine_lock import WHOLE_MACHINE_GROUP, alone
+    from tests.machine_lock import HEAVY_GROUP, WHOLE_MACHINE_GROUP, alone, heavy
 
     for item in items:
         if alone(item):
             item.add_marker(pytest.mark.xdist_group(WHOLE_MACHINE_GROUP))
+        elif heavy(item):  # one worker, one at a time; a heavy module's shared services stay on it
+            item.add_marker(pytest.mark.xdist_group(HEAVY_GROUP))
         elif MODULE_SHARED & set(item.fixturenames):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))

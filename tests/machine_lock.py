@@ -4,7 +4,11 @@ loaded by tests/conftest.py).
 Under pytest-xdist (`make test TEST_WORKERS=2`) two tests run at once. Most only wait longer
 when they share the cores. A test that measures time or load against a bound (a replica back
 within seconds, an autoscaler that reacts to a load, a burst that must outrun the model) would
-measure its neighbour instead: `@pytest.mark.whole_machine(reason=...)` runs it alone.
+measure its neighbour instead: `@pytest.mark.whole_machine(reason=...)` runs it alone. A test that
+trains a study or starts a cluster of several nodes keeps both cores busy by itself: two of them
+at once overload a 2-core machine (a raylet then misses Ray's fixed 30 s to register), so
+`@pytest.mark.heavy(reason=...)` puts them in one xdist group, one after another on one worker,
+beside the other worker's lighter tests (tests/conftest.py).
 
 One lock across the workers, a readers-writer lock of two files under a folder the controller
 names: every test holds the machine lock shared from its setup to its teardown, a whole-machine
@@ -33,6 +37,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "whole_machine(reason): under pytest-xdist the test runs alone; the reason says what it measures "
         "that a neighbour would disturb",
+    )
+    config.addinivalue_line(
+        "markers",
+        "heavy(reason): under pytest-xdist the test runs on the heavy tests' worker, one at a time; the reason "
+        "says what keeps the cores busy",
     )
     # The controller names the folder before its workers start; they inherit the environment.
     if not hasattr(config, "workerinput") and config.getoption("numprocesses", default=None):
@@ -79,11 +88,16 @@ def machine_share(alone: bool):
 
 
 WHOLE_MACHINE_GROUP = "whole-machine"
+HEAVY_GROUP = "heavy"
 _HELD = None  # the exclusive hold kept from one whole-machine test to the next
 
 
 def alone(item: pytest.Item | None) -> bool:
     return item is not None and item.get_closest_marker("whole_machine") is not None
+
+
+def heavy(item: pytest.Item) -> bool:
+    return item.get_closest_marker("heavy") is not None
 
 
 @pytest.hookimpl(wrapper=True)

@@ -16,7 +16,10 @@ from mlflow import MlflowClient
 from tests.integration.training.test_tune import SPACE
 from tests.services import study_args
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.heavy(reason="a two-node cluster whose jobs train studies on both nodes"),
+]
 ROOT = Path(__file__).resolve().parents[3]
 
 

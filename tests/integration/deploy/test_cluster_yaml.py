@@ -30,6 +30,7 @@ from tests.kuberay import SECRET, on_this_machine
 from tests.services import PostgresServer, postgres_bin
 
 pytestmark = [
+    pytest.mark.heavy(reason="cluster.yaml's head and worker started side by side, with their MLflow server"),
     pytest.mark.integration,
     pytest.mark.skipif(postgres_bin() is None, reason="Debian's postgresql is not installed (.ci/run installs it)"),
 ]

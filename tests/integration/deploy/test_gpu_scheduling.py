@@ -21,7 +21,10 @@ from facemask.core.runtime import GPU_AS_CPU_ENV
 from tests.integration.training.test_tune import SPACE
 from tests.services import RayCluster, study_args
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.heavy(reason="four trials at once on a cluster of emulated GPU nodes"),
+]
 
 
 def test_half_a_gpu_per_trial_runs_four_trials_at_once_on_two_gpus(tiny_data, mlflow_server, tmp_path):

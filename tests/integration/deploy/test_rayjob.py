@@ -40,7 +40,10 @@ from tests.kuberay import (
 )
 from tests.services import RayCluster, study_args, wait_http
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.heavy(reason="a head and a GPU worker node, the MLflow Deployment, a study and a retrain as Ray jobs"),
+]
 ROOT = Path(__file__).resolve().parents[3]
 
 

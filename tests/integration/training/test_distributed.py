@@ -16,7 +16,7 @@ from facemask.core.settings import DistributedConfig, TrainConfig
 from facemask.training.distributed import RANKS_FILE, train_distributed
 from tests.services import tiny_training, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy(reason="one model trained by two Ray Train workers at once")]
 
 
 def config(data, tracking, tmp_path, name: str, epochs: int = 2, plots: bool = False) -> TrainConfig:

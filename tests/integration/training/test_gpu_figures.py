@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.heavy(reason="the GPU script's whole study and benchmarks, rehearsed on the CPU"),
+]
 ROOT = Path(__file__).resolve().parents[3]
 
 

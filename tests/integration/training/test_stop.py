@@ -24,7 +24,10 @@ from tests.integration.training.test_tune import SPACE
 from tests.services import study_args as small_study
 from tests.services import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.heavy(reason="studies and trials trained by two Ray Train workers, stopped and resumed"),
+]
 ROOT = Path(__file__).resolve().parents[3]
 FACEMASK = [sys.executable, "-m", "facemask.cli"]
 STOP_WITHIN_S = 30

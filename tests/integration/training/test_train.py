@@ -19,7 +19,10 @@ from facemask.quality.promotion import promote
 from facemask.training.train import train
 from tests.services import tiny_training
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.heavy(reason="training runs with the promotion gate's evaluations, against a live MLflow server"),
+]
 
 
 def tiny(data, tracking, tmp_path, **kw):

@@ -17,7 +17,10 @@ from facemask.training.space import load_search_space
 from facemask.training.tune import StudyConfig, tune
 from tests.services import study_args
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.heavy(reason="studies of trials trained side by side, crashed and resumed"),
+]
 ROOT = Path(__file__).resolve().parents[3]
 
 # Three fixed trials (Optuna's points_to_evaluate): one that learns and two whose learning

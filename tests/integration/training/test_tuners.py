@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy(reason="the tuner benchmark's studies, end to end")]
 
 ROOT = Path(__file__).resolve().parents[3]
 

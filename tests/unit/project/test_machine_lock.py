@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import fcntl
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -85,3 +87,40 @@ def test_without_a_lock_folder_nothing_is_taken(tmp_path, monkeypatch):
     with machine_share(alone=True), machine_share(alone=True):
         pass  # one process, no xdist: would deadlock if anything were taken
     assert not list(tmp_path.iterdir())
+
+
+# Reads the xdist group each collected test ends in, after tests/conftest.py has assigned them.
+GROUPS_PROBE = textwrap.dedent(
+    """
+    import json, os
+    def pytest_collection_finish(session):
+        groups = {}
+        for item in session.items:
+            marker = item.get_closest_marker("xdist_group")
+            groups[item.nodeid] = marker.args[0] if marker else None
+        with open(os.environ["GROUPS_OUT"], "w") as out:
+            json.dump(groups, out)
+    """
+)
+
+
+def test_heavy_tests_run_one_at_a_time_on_one_worker_and_whole_machine_ones_alone(tmp_path):
+    """Every test of a heavy module lands in the one heavy group (one xdist worker, one test at a
+    time), a module's shared services included; a whole-machine test keeps its own group; a light
+    test stays free to go to either worker."""
+    (tmp_path / "groups_probe.py").write_text(GROUPS_PROBE)
+    out = tmp_path / "groups.json"
+    heavy = ["tests/integration/training/test_stop.py", "tests/integration/deploy/test_cluster.py"]
+    mixed, light = "tests/integration/serving/test_serve_faults.py", "tests/integration/data/test_prepare.py"
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "groups_probe", "-p", "no:cacheprovider"]
+        + [*heavy, mixed, light],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tmp_path), "GROUPS_OUT": str(out)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-3000:]
+    groups = json.loads(out.read_text())
+    of = {path: {g for test, g in groups.items() if test.startswith(path)} for path in [*heavy, mixed, light]}
+    assert all(of[path] == {"heavy"} for path in heavy), of
+    assert "whole-machine" in of[mixed] and "heavy" not in of[mixed], of
+    assert of[light] == {None}, of
