@@ -23,10 +23,10 @@ serve: $(STAMP)
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/demo/mlflow.db $(BIN)/facemask serve --model-uri models:/facemask-detector@champion
 
 # TEST_WORKERS=N runs the suite on N pytest-xdist workers side by side (each with its own Ray temp
-# dir; tests sharing a module's services stay on one worker; tests marked whole_machine run alone,
-# back to back: tests/machine_lock.py). On 2 cores two workers took the suite from 50.6 to 38.7
-# minutes but overloaded it (Ray's fixed 30 s wait for a raylet ran out): CI runs one at a time
-# (docs/troubleshooting.md). TEST_ARGS adds options, e.g. CI's budgets (.ci/run).
+# dir; tests sharing a module's services stay on one worker; tests marked heavy, which train studies
+# or start multi-node clusters, run one after another on one worker; tests marked whole_machine run
+# alone, back to back: tests/machine_lock.py). CI runs two (.ci/run). TEST_ARGS adds options, e.g.
+# CI's budgets.
 TEST_WORKERS ?= 0
 TEST_ARGS ?=
 test: $(STAMP)

@@ -229,6 +229,7 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, as_js
         payload = {"state": "finished", "study": result.storage_path} | {k: getattr(result, k) for k in keys}
         payload |= {"seconds": round(result.seconds, 1), "version": result.version, "model_uri": model}
         payload |= {"promoted": result.promoted, "promote_reason": result.promote_reason}
+        payload |= {"importance": result.importance.as_dict() if result.importance is not None else None}
         emit(True, payload | {"tracking_uri": cfg.tracking_uri, "experiment": cfg.experiment})
         return
     click.echo(study_table(result))
@@ -260,8 +261,10 @@ def study_table(result) -> str:
             if result.promoted
             else f"not promoted ({result.promote_reason or 'skipped'})"
         ),
-        "  best params:",
     ]
+    if result.importance is not None:
+        lines.append("  " + result.importance.line())
+    lines.append("  best params:")
     lines += [
         f"    {k:15s} {v:.5g}" if isinstance(v, float) else f"    {k:15s} {v}"
         for k, v in sorted(result.best_config.items())

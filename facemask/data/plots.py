@@ -113,3 +113,25 @@ def study_plots(rows: list[dict], metric: str, out: Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
     return paths
+
+
+def importance_plot(importance, metric: str, out: Path) -> list[Path]:
+    """Which settings mattered, as bars (facemask.training.importance); none when it is not shown."""
+    if not importance.shown:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(importance.shares)[::-1]  # largest on top
+    fig, ax = plt.subplots(figsize=(5.5, 0.35 * len(names) + 1.2))
+    ax.barh(names, [importance.shares[n] for n in names], color="#2e86de")
+    ax.set_xlabel(f"share of the variance of {metric}")
+    ax.set_title(f"which settings mattered ({importance.evaluator}, {importance.trials} trials)", fontsize=9)
+    ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    path = out / "importance.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]

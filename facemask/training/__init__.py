@@ -5,6 +5,7 @@ distributed   train_distributed(): one model on N Ray Train workers (DDP)
 space         the study's search space YAML, checked, as Ray Tune's
 resources     what a trial asks of the cluster, how many fit, shapes refused early
 tune          tune(): Ray Tune + Optuna + ASHA, the trial and the driver
+importance    which settings mattered: fANOVA over the study's trials
 finish        the best configuration retrained, scored on test with intervals, registered and gated
 """
 

@@ -47,6 +47,8 @@ class StudyResult:
     promoted: bool = False
     promote_reason: str = ""
     trials: list[dict[str, Any]] = field(default_factory=list)
+    # Which settings mattered (facemask.training.importance), or why it is not shown.
+    importance: Any = None
 
 
 def final_training(cfg: TrainConfig) -> TrainResult:

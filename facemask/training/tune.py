@@ -23,7 +23,7 @@ from facemask.core.lifecycle import at_forced_stop
 from facemask.core.manifest import data_fingerprint, dataset_profile
 from facemask.core.runtime import check_given_gpus, gpu_as_cpu, resolve_path, results_base, where_relative
 from facemask.core.settings import StudyConfig
-from facemask.data.plots import study_plots
+from facemask.data.plots import importance_plot, study_plots
 from facemask.data.sampling import data_with_repeats
 from facemask.tracking import (
     RunLogger,
@@ -38,6 +38,7 @@ from facemask.tracking import (
 )
 from facemask.training.distributed import node_resources, train_distributed
 from facemask.training.finish import StudyResult, finalise, trial_checkpoint
+from facemask.training.importance import param_importance
 from facemask.training.resources import TRIAL_DRIVER_CPUS, max_concurrency, trial_workers
 from facemask.training.space import load_search_space, to_tune_space
 from facemask.training.train import epoch_metrics, per_epoch, train, tune_metric_names
@@ -322,7 +323,7 @@ def _run_study(study: Study, tracking_uri: str) -> StudyResult:
     if interrupted(grid, cfg, time.perf_counter() - started):
         parent.stop_monitor()
         raise StudyInterrupted(study.how_to_go_on)
-    result = summarise(cfg, grid, parent, tracking_uri, started, path)
+    result = summarise(cfg, grid, parent, tracking_uri, started, path, space)
     try:
         if cfg.register:
             finalise(cfg, grid, result, parent, tracking_uri, data)
@@ -423,8 +424,10 @@ def new_tuner(cfg: StudyConfig, trainable, space: dict, baseline: list, storage:
     )
 
 
-def summarise(cfg: StudyConfig, grid, parent: RunLogger, tracking_uri: str, started: float, path: str) -> StudyResult:
-    """Per-trial rows, final child-run statuses, plots and the best trial on the parent run."""
+def summarise(
+    cfg: StudyConfig, grid, parent: RunLogger, tracking_uri: str, started: float, path: str, space: dict
+) -> StudyResult:
+    """Per-trial rows, final child-run statuses, plots, which settings mattered and the best trial on the parent run."""
     rows = []
     for r in grid:
         history = r.metrics_dataframe
@@ -453,10 +456,14 @@ def summarise(cfg: StudyConfig, grid, parent: RunLogger, tracking_uri: str, star
     best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
     best_row = next(row for row in rows if row["config"] == best.config)
     best_val = {k: float(v) for k, v in best.metrics.items() if k in ("mAP50-95", "mAP50", "precision", "recall")}
+    importance = param_importance(rows, space, cfg.mode)
     with tempfile.TemporaryDirectory() as tmp:
-        for plot in study_plots(rows, cfg.metric, Path(tmp)):
+        for plot in study_plots(rows, cfg.metric, Path(tmp)) + importance_plot(importance, cfg.metric, Path(tmp)):
             parent.log_artifact(plot, "plots")
     parent.log_dict(rows, "trials.json")
+    parent.log_dict(importance.as_dict(), "importance.json")
+    parent.set_tags({"facemask.importance": importance.line()})
+    parent.log_metrics({f"importance/{name}": share for name, share in importance.shares.items()})
     parent.log_params({f"best.{k}": v for k, v in best.config.items()} | {"best.trial_id": best_row["trial_id"]})
     parent.log_metrics(
         {f"best/{k}": v for k, v in best_val.items()}
@@ -473,4 +480,5 @@ def summarise(cfg: StudyConfig, grid, parent: RunLogger, tracking_uri: str, star
         time.perf_counter() - started,
         path,
         trials=rows,
+        importance=importance,
     )

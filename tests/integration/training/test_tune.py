@@ -13,6 +13,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from facemask.training.importance import MIN_TRIALS
 from facemask.training.space import load_search_space
 from facemask.training.tune import StudyConfig, tune
 from tests.services import study_args
@@ -121,6 +122,12 @@ def test_study_asha_nested_runs_and_crash_retry(tiny_data, tracking, tmp_path, s
     assert "scheduler.type" in parent.data.params and parent.data.params["searcher.type"] == "Optuna TPE"
     plots = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
     assert plots == {"plots/objective_per_trial.png", "plots/objective_vs_params.png"}
+    # which settings mattered: too few trials for fANOVA, and the parent run says how many more
+    scored = sum(1 for t in result.trials if t["objective"] == t["objective"])
+    assert parent.data.tags["facemask.importance"] == (
+        f"which settings mattered: not shown, {scored} scored trials, {MIN_TRIALS - scored} more needed"
+    )
+    assert "importance.json" in {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert result.version == "1" and result.promoted
     assert "test_mAP50-95" in client.get_model_version(name, "1").tags
     assert set(result.test) == {"precision", "recall", "mAP50", "mAP50-95"}

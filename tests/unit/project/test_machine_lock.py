@@ -124,3 +124,43 @@ def test_heavy_tests_run_one_at_a_time_on_one_worker_and_whole_machine_ones_alon
     assert all(of[path] == {"heavy"} for path in heavy), of
     assert "whole-machine" in of[mixed] and "heavy" not in of[mixed], of
     assert of[light] == {None}, of
+
+
+SIDE_BY_SIDE = textwrap.dedent(
+    """
+    import os
+    import pytest
+
+    def ran(kind, i):
+        with open(os.environ["SIDE_LOG"], "a") as log:
+            log.write(f"{kind} {i} {os.environ['PYTEST_XDIST_WORKER']}\\n")
+
+    @pytest.mark.heavy(reason="a stand-in")
+    @pytest.mark.parametrize("i", range(4))
+    def test_heavy(i):
+        ran("heavy", i)
+
+    @pytest.mark.parametrize("i", range(4))
+    def test_light(i):
+        ran("light", i)
+    """
+)
+
+
+def test_the_groups_reach_xdists_scheduler(tmp_path):
+    """Under `--dist loadgroup` on two workers, the heavy tests all run on one worker: the groups
+    tests/conftest.py gives survive into the node ids xdist schedules by (pytest 9.2 built node
+    ids that pytest-xdist 3.8 could not suffix, and every test went its own way)."""
+    (tmp_path / "test_side_by_side.py").write_text(SIDE_BY_SIDE)
+    ran = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-p", "tests.conftest", "-q"]
+        + ["-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path / "test_side_by_side.py")],
+        cwd=ROOT, env={**os.environ, "SIDE_LOG": str(tmp_path / "ran.log")},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    workers: dict[str, set[str]] = {"heavy": set(), "light": set()}
+    for line in (tmp_path / "ran.log").read_text().splitlines():
+        kind, _, worker = line.split()
+        workers[kind].add(worker)
+    assert len(workers["heavy"]) == 1 and workers["light"], (workers, ran.stdout[-2000:])
