@@ -25,8 +25,8 @@ serve: $(STAMP)
 # TEST_WORKERS=N runs the suite on N pytest-xdist workers side by side (each with its own Ray temp
 # dir; tests sharing a module's services stay on one worker; tests marked heavy, which train studies
 # or start multi-node clusters, run one after another on one worker; tests marked whole_machine run
-# alone, back to back: tests/machine_lock.py). CI runs two (.ci/run). TEST_ARGS adds options, e.g.
-# CI's budgets.
+# alone, back to back: tests/machine_lock.py). CI runs one at a time (.ci/run says why). TEST_ARGS adds
+# options, e.g. CI's budgets.
 TEST_WORKERS ?= 0
 TEST_ARGS ?=
 test: $(STAMP)
