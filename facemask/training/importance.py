@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from facemask.training.space import to_optuna_space
+
 EVALUATOR = "fANOVA"
 MIN_TRIALS = 10
 SEED = 0  # the forest's: the same trials always give the same table
@@ -41,22 +43,6 @@ class Importance:
         return {"evaluator": self.evaluator, "trials": self.trials, "shares": self.shares, "reason": self.reason}
 
 
-def distributions(space: dict[str, dict]) -> dict[str, Any]:
-    """The study's search space (facemask.training.space) as Optuna distributions."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    out: dict[str, Any] = {}
-    for name, spec in space.items():
-        kind = spec["type"]
-        if kind == "choice":
-            out[name] = CategoricalDistribution(list(spec["values"]))
-        elif kind == "randint":  # tune.randint's high is exclusive
-            out[name] = IntDistribution(int(spec["low"]), int(spec["high"]) - 1)
-        else:
-            out[name] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=kind == "loguniform")
-    return out
-
-
 def widened(dist, values: list) -> Any:
     """`dist` stretched to every value the trials had: a baseline point may sit outside the space."""
     from optuna.distributions import CategoricalDistribution
@@ -79,7 +65,7 @@ def param_importance(rows: list[dict[str, Any]], space: dict[str, dict], mode: s
     observed = {name: [r["config"][name] for r in scored if name in r["config"]] for name in space}
     varied = {
         name: widened(dist, observed[name])
-        for name, dist in distributions(space).items()
+        for name, dist in to_optuna_space(space).items()
         if len(set(map(str, observed[name]))) > 1
     }
     if not varied:

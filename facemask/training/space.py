@@ -1,5 +1,6 @@
 """The search space of a study: a YAML of distributions over Ultralytics train arguments,
-checked, and turned into Ray Tune's; `baseline` points are tried first."""
+checked, and turned into Ray Tune's (and Optuna's, to read the trials back); `baseline`
+points are tried first."""
 
 from __future__ import annotations
 
@@ -107,4 +108,20 @@ def to_tune_space(space: dict[str, dict]) -> dict[str, Any]:
             out[key] = tune.randint(int(spec["low"]), int(spec["high"]))
         else:
             out[key] = getattr(tune, kind)(float(spec["low"]), float(spec["high"]))
+    return out
+
+
+def to_optuna_space(space: dict[str, dict]) -> dict[str, Any]:
+    """The same space as Optuna distributions (for reading a finished study's trials)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for name, spec in space.items():
+        kind = spec["type"]
+        if kind == "choice":
+            out[name] = CategoricalDistribution(list(spec["values"]))
+        elif kind == "randint":  # tune.randint's high is exclusive
+            out[name] = IntDistribution(int(spec["low"]), int(spec["high"]) - 1)
+        else:
+            out[name] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=kind == "loguniform")
     return out
