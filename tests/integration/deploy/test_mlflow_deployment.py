@@ -52,7 +52,21 @@ def check_the_cluster_can_use_it(url: str, tmp_path: Path, monkeypatch) -> str:
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
     with pytest.raises(Exception, match="401|Unauthorized|credentials"):
         client(url).get_run(run.run_id)
+    check_a_changed_password_is_refused_at_once(url, auth)
     return run.run_id
+
+
+def check_a_changed_password_is_refused_at_once(url: str, auth: tuple[str, str]) -> None:
+    """The server trusts a checked login for auth_cache_ttl_seconds; a password changed through
+    MLflow's API must still end the old one's access on the next request, not a minute later."""
+    host = {"Host": "mlflow:5000"}
+    assert httpx.get(url + SEARCH, headers=host, auth=auth).status_code == 200  # the old login, now cached
+    rotated = auth[1] + "-rotated"
+    change = {"username": auth[0], "password": rotated, "current_password": auth[1]}
+    response = httpx.patch(f"{url}/api/2.0/mlflow/users/update-password", json=change, headers=host, auth=auth)
+    assert response.status_code == 200, response.text
+    assert httpx.get(url + SEARCH, headers=host, auth=auth).status_code == 401
+    assert httpx.get(url + SEARCH, headers=host, auth=(auth[0], rotated)).status_code == 200
 
 
 def run_and_check(volume: Path, secrets: dict[str, str], tmp_path: Path, monkeypatch) -> str:
@@ -70,6 +84,8 @@ def test_mlflow_deployment_with_sqlite_lets_the_clusters_pods_in_and_nobody_else
     volume.mkdir()
     run_and_check(volume, {**the_secret(), **SECRET}, tmp_path, monkeypatch)
     assert (volume / "mlflow.db").is_file() and (volume / "basic_auth.db").is_file()
+    # Checked logins are cached (not hashed on every request), as the check above relies on.
+    assert "auth_cache_ttl_seconds = 60" in (volume / "basic_auth.ini").read_text().splitlines()
     assert list((volume / "artifacts").rglob("best.pt")), "the artifacts are not on the server's volume"
 
 
