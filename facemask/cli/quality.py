@@ -145,7 +145,16 @@ def compare_command(model_a, model_b, data, split, imgsz, device, resamples, lev
 
 
 @main.command("promote")
-@click.option("--model-uri", required=True, help="models:/facemask-detector/N")
+@click.option("--model-uri", default=None, help="models:/facemask-detector/N (or choose one by --max-latency-ms).")
+@click.option(
+    "--max-latency-ms",
+    type=float,
+    default=None,
+    help="Instead of --model-uri: the best-scoring version whose measured latency fits this budget.",
+)
+@click.option("--latency-target", default="cpu-onnx", show_default=True, help="Where --max-latency-ms was measured.")
+@click.option("--study", default=None, help="With --max-latency-ms: only this study's front.")
+@click.option("--registered-model", "name", default=REGISTERED_MODEL, show_default=True, help="With --max-latency-ms.")
 @click.option("--alias", default="champion", show_default=True)
 @click.option(
     "--level",
@@ -165,16 +174,30 @@ def compare_command(model_a, model_b, data, split, imgsz, device, resamples, lev
 @JSON_OPTION
 @EXIT_CODE_OPTION
 @hidden_alias("--confidence", "level")
-def promote_command(model_uri, alias, level, force, canary, as_json, exit_code):
+def promote_command(
+    model_uri, max_latency_ms, latency_target, study, name, alias, level, force, canary, as_json, exit_code
+):
     """Move an alias to a version only if it beats the current holder beyond noise: a paired
     bootstrap of their test predictions on the same images. Every move is recorded for
     `facemask rollback`; endpoints serving the alias follow within their refresh_s. With
-    --exit-code, exits 3 when the alias stays where it was."""
+    --max-latency-ms, the version is the best-scoring one that fits the budget on --latency-target
+    (a study's front, `facemask tune --latency-target`). With --exit-code, exits 3 when the alias
+    stays where it was."""
     configure_runtime()
     from facemask.quality.promotion import promote
     from facemask.tracking import default_tracking_uri
 
-    decision = promote(model_uri, default_tracking_uri(), alias=alias, force=force, confidence=level, canary=canary)
+    if (model_uri is None) == (max_latency_ms is None):
+        raise click.UsageError("give --model-uri or --max-latency-ms, one of them")
+    tracking_uri = default_tracking_uri()
+    choice = None
+    if max_latency_ms is not None:
+        from facemask.quality.budget import choose_version
+
+        choice = choose_version(name, latency_target, max_latency_ms, tracking_uri, study=study)
+        model_uri = f"models:/{name}/{choice.version}"
+        click.echo(f"chosen by budget: {choice.reason}", err=True)
+    decision = promote(model_uri, tracking_uri, alias=alias, force=force, confidence=level, canary=canary)
     if decision.promoted and canary is not None:
         from facemask.quality.rollout import challenger_alias
 
@@ -200,6 +223,7 @@ def promote_command(model_uri, alias, level, force, canary, as_json, exit_code):
         "canary_percent": canary if decision.promoted else None,
         "candidate_score": decision.candidate_score,
         "champion_score": decision.champion_score,
+        "chosen_by_budget": choice.reason if choice else None,
     }
     emit(as_json, payload, text)
     if exit_code and not decision.promoted:

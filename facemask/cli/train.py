@@ -176,6 +176,20 @@ def _parse_resources(ctx, param, values: tuple[str, ...]) -> dict[str, float]:
     ("--max-failures", "max_failures", {}),
     ("--metric", "metric", {"help": "Reported metric to optimise (val)."}),
     ("--mode", "mode", {"type": click.Choice(["max", "min"])}),
+    (
+        "--latency-target",
+        "latency_target",
+        {
+            "type": click.Choice(["cpu-onnx"]),
+            "help": "Also minimise batch-1 latency on this target: the study registers its Pareto front "
+            "(docs/tuning.md#score-against-cost).",
+        },
+    ),
+    (
+        "--max-latency-ms",
+        "max_latency_ms",
+        {"type": float, "help": "With --latency-target: gate the front's best version within this budget."},
+    ),
     ("--experiment", "experiment", {}),
     ("--seed", "seed", {}),
 )
@@ -230,6 +244,7 @@ def tune_command(gpus_per_trial, trial_resources, no_promote, auto_resume, as_js
         payload |= {"seconds": round(result.seconds, 1), "version": result.version, "model_uri": model}
         payload |= {"promoted": result.promoted, "promote_reason": result.promote_reason}
         payload |= {"importance": result.importance.as_dict() if result.importance is not None else None}
+        payload |= {"front": result.front}
         emit(True, payload | {"tracking_uri": cfg.tracking_uri, "experiment": cfg.experiment})
         return
     click.echo(study_table(result))
@@ -264,6 +279,14 @@ def study_table(result) -> str:
     ]
     if result.importance is not None:
         lines.append("  " + result.importance.line())
+    if result.front:
+        lines.append(f"  Pareto front, score against latency ({len(result.front)} versions, cheapest first):")
+        lines += [
+            f"    version {p.get('version', '-')}: {p['latency_ms']:.1f} ms a frame, val {p['objective']:.4f}"
+            + (f", test mAP50-95 {p['test'].get('mAP50-95', float('nan')):.4f}" if p.get("test") else "")
+            + f"  (trial {p['trial_id']})"
+            for p in result.front
+        ]
     lines.append("  best params:")
     lines += [
         f"    {k:15s} {v:.5g}" if isinstance(v, float) else f"    {k:15s} {v}"

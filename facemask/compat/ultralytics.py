@@ -8,7 +8,10 @@
 - `BYTETracker` fed a stand-in for its Results object, to track detections that did not come
   from `model.track()` (the endpoint's batched model call made them); its `max_frames_lost`
   (`max_time_lost` before 8.4.x), set from the frame rate at construction, moved afterwards when
-  the rate frames are processed at changes.
+  the rate frames are processed at changes;
+- a YOLO model's architecture rebuilt with another class count (`DetectionModel(yaml, nc=...)`)
+  and swapped into a `YOLO` for export, with the `args` and `task` export reads from its model,
+  to measure what a trained version will cost before it is trained (facemask.training.cost).
 """
 
 from __future__ import annotations
@@ -207,3 +210,14 @@ def lost_frames_attribute(tracker) -> str:
         if hasattr(tracker, name):
             return name
     raise RuntimeError(f"ultralytics {VERSION}: BYTETracker has neither max_frames_lost nor max_time_lost")
+
+
+def with_class_count(yolo, classes: int):
+    """`yolo` (a `YOLO`) holding its architecture rebuilt with a `classes`-class head and fresh
+    weights, ready to export: what a training on `classes` classes makes of it."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    built = DetectionModel(dict(yolo.model.yaml), nc=classes, verbose=False)
+    built.args, built.task = yolo.model.args, "detect"  # export reads both from the model it holds
+    yolo.model = built
+    return yolo

@@ -261,6 +261,12 @@ class StudyConfig:
     asha: bool = True
     # False skips registering, evaluating and promoting the best trial.
     register: bool = True
+    # A second objective, minimised: batch-1 latency on this target (facemask.training.cost.TARGETS).
+    # The study then keeps a Pareto front of score against latency and registers every version on it.
+    latency_target: str | None = None
+    # With a latency target: the version on the front that `promote` puts to the gate is the best
+    # scoring one within this many milliseconds a frame; None registers the front and promotes none.
+    max_latency_ms: float | None = None
     tracking_uri: str = field(kw_only=True)
 
     @property

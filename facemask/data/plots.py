@@ -135,3 +135,31 @@ def importance_plot(importance, metric: str, out: Path) -> list[Path]:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return [path]
+
+
+def pareto_plot(rows: list[dict], front: list[dict], metric: str, target: str, out: Path) -> list[Path]:
+    """Score against cost: every scored trial, the Pareto front marked and joined; none without costs."""
+    scored = [r for r in rows if r["objective"] == r["objective"] and r.get("latency_ms") is not None]
+    if not scored:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.scatter([r["latency_ms"] for r in scored], [r["objective"] for r in scored], s=22, c="#95a5a6", label="trial")
+    xs, ys = [r["latency_ms"] for r in front], [r["objective"] for r in front]
+    ax.step(xs, ys, where="post", color="#c0392b", linewidth=1)
+    ax.scatter(xs, ys, s=40, c="#c0392b", label="on the front", zorder=3)
+    for row in front:
+        ax.annotate(str(row.get("version") or row["trial_id"])[-5:], (row["latency_ms"], row["objective"]), fontsize=7)
+    ax.set_xlabel(f"latency on {target}, ms a frame (batch 1)")
+    ax.set_ylabel(f"best {metric} (val)")
+    ax.set_title("score against cost: the Pareto front", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "pareto.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]

@@ -227,9 +227,10 @@ def delete_alias(name: str, alias: str, tracking_uri: str) -> None:
         client(tracking_uri).delete_registered_model_alias(name, alias)
 
 
-def list_versions(name: str, tracking_uri: str) -> list[dict[str, Any]]:
-    """Every registered version with its aliases and metric tags, newest first; none for a name
-    the registry does not hold, TrackingUnavailableError when it could not be asked."""
+def list_versions(name: str, tracking_uri: str, with_tags: bool = False) -> list[dict[str, Any]]:
+    """Every registered version with its aliases and metric tags (and with_tags, all its tags: not
+    for the endpoint's GET /models), newest first; none for a name the registry does not hold,
+    TrackingUnavailableError when it could not be asked."""
     c = client(tracking_uri)
     try:
         versions = c.search_model_versions(f"name='{name}'")
@@ -252,5 +253,6 @@ def list_versions(name: str, tracking_uri: str) -> list[dict[str, Any]]:
                 "aliases": sorted(aliases.get(str(mv.version), [])),
                 "metrics": version_metrics(mv),
             }
+            | ({"tags": dict(mv.tags or {})} if with_tags else {})
         )
     return out

@@ -15,13 +15,12 @@ from facemask.core.manifest import data_fingerprint
 from facemask.core.runtime import check_given_gpus, gpu_as_cpu, resolve_path
 from facemask.core.settings import StudyConfig, TrainConfig
 from facemask.data.sampling import data_with_repeats
+from facemask.quality.budget import FRONT_TAG, choose_within_budget, latency_tag
 from facemask.quality.calibrate import calibrate_version
 from facemask.quality.evaluate import evaluate
 from facemask.quality.promotion import promote
-from facemask.tracking import (
-    RunLogger,
-    log_and_register,
-)
+from facemask.tracking import RunLogger, list_versions, log_and_register, set_version_tags
+from facemask.training.cost import LATENCY
 from facemask.training.distributed import train_distributed
 from facemask.training.resources import on_trial_resources, trial_workers
 from facemask.training.train import TrainResult, train
@@ -49,6 +48,9 @@ class StudyResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     # Which settings mattered (facemask.training.importance), or why it is not shown.
     importance: Any = None
+    # With a cost objective: the Pareto front, cheapest first, each point's trial, score, latency and
+    # (once registered) its version and test scores.
+    front: list[dict[str, Any]] = field(default_factory=list)
 
 
 def final_training(cfg: TrainConfig) -> TrainResult:
@@ -91,53 +93,128 @@ def trial_checkpoint(result):
 
 
 def finalise(cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, tracking_uri: str, data: Path) -> None:
-    """Retrain (optional), register, evaluate on the clean test split, and gate the promotion."""
-    if cfg.final_epochs:
-        overrides = dict(result.best_config)
-        threshold = overrides.pop("repeat_threshold", None)
-        train_data = data
-        if threshold:
-            train_data, _ = data_with_repeats(
-                data, float(threshold), cfg.seed, Path(tempfile.mkdtemp(prefix="facemask-final-data-")), CLASS_NAMES
-            )
-        final_cfg = cfg.train_config(
-            data=train_data,
-            epochs=cfg.final_epochs,
-            run_name=f"{cfg.name}-final",
-            tracking_uri=tracking_uri,
-            parent_run_id=parent.run_id,
-            overrides=overrides,
-            register=True,
-            registered_model=cfg.registered_model,
-        )
-        if cfg.ray_workers_per_trial > 1:  # the final retrain is trained the way the trials were
-            workdir = Path(tempfile.mkdtemp(prefix="facemask-final-"))
-            final = train_distributed(
-                replace(final_cfg, device="auto", project=workdir),
-                trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial, workdir),
-            )
-        else:
-            # Its folder as the driver resolves it: the task's own working directory is Ray's.
-            final = on_trial_resources(cfg, final_training, replace(final_cfg, project=resolve_path(final_cfg.project)))
-        result.version = final.version
-    else:
-        best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
-        run_id = next(row.get("run_id") for row in result.trials if row["trial_id"] == result.best_trial)
-        checkpoint = trial_checkpoint(best)
-        with checkpoint.as_directory() as folder:
-            weights = Path(tempfile.mkdtemp(prefix="facemask-best-")) / "best.pt"
-            shutil.copyfile(Path(folder) / "best.pt", weights)
-        tags = {f"val_{k}": round(v, 5) for k, v in result.best_val.items()} | {
-            "data.fingerprint": data_fingerprint(data)
-        }
-        result.version = log_and_register(run_id, weights, tags, tracking_uri=tracking_uri, name=cfg.registered_model)
+    """Retrain (optional), register, evaluate on the clean test split, and gate the promotion; with a
+    cost objective, every version on the front (`finalise_front`)."""
+    if cfg.latency_target:
+        finalise_front(cfg, grid, result, parent, tracking_uri, data)
+        return
+    result.version = register_trial(cfg, grid, result, result.best_trial, parent, tracking_uri, data, {})
     model_uri = f"models:/{cfg.registered_model}/{result.version}"
-    scored = on_trial_resources(cfg, test_scores, model_uri, data, cfg.imgsz, cfg.device, tracking_uri)
-    result.test, result.test_intervals, result.test_objects = scored["overall"], scored["intervals"], scored["objects"]
-    on_trial_resources(cfg, calibrate_version, model_uri, data, cfg.imgsz, tracking_uri)
+    result.test, result.test_intervals, result.test_objects = score_version(
+        cfg, model_uri, data, cfg.imgsz, tracking_uri
+    )
     bounds = {f"test/{k}_{side}": v for k, pair in result.test_intervals.items() for side, v in zip(SIDES, pair)}
     parent.log_metrics({f"test/{k}": v for k, v in result.test.items()} | bounds)
     parent.set_tags({"facemask.registered_version": result.version})
     if cfg.promote:
         decision = promote(model_uri, tracking_uri)
         result.promoted, result.promote_reason = decision.promoted, decision.reason
+
+
+def register_trial(
+    cfg: StudyConfig,
+    grid,
+    result: StudyResult,
+    trial_id: str,
+    parent: RunLogger,
+    tracking_uri: str,
+    data: Path,
+    tags: dict[str, Any],
+) -> str:
+    """A trial's configuration as a registered version, tagged with `tags`: retrained for
+    cfg.final_epochs, or its own best weights kept. Returns the version."""
+    row = next(row for row in result.trials if row["trial_id"] == trial_id)
+    if cfg.final_epochs:
+        return retrain(cfg, dict(row["config"]), parent, tracking_uri, data, trial_id, tags)
+    trial = next(r for r in grid if (r.metrics or {}).get("trial_id") == trial_id)
+    checkpoint = trial_checkpoint(trial)
+    with checkpoint.as_directory() as folder:
+        weights = Path(tempfile.mkdtemp(prefix="facemask-best-")) / "best.pt"
+        shutil.copyfile(Path(folder) / "best.pt", weights)
+    val = result.best_val if trial_id == result.best_trial else {cfg.metric: row["objective"]}
+    tags = {f"val_{k}": round(v, 5) for k, v in val.items()} | {"data.fingerprint": data_fingerprint(data)} | tags
+    return log_and_register(row.get("run_id"), weights, tags, tracking_uri=tracking_uri, name=cfg.registered_model)
+
+
+def retrain(
+    cfg: StudyConfig,
+    overrides: dict[str, Any],
+    parent: RunLogger,
+    tracking_uri: str,
+    data: Path,
+    trial_id: str,
+    tags: dict[str, Any],
+) -> str:
+    """A trial's configuration trained again for cfg.final_epochs, the way the trials were; its version."""
+    threshold = overrides.pop("repeat_threshold", None)
+    shape = {"model": str(overrides.pop("model", cfg.model)), "imgsz": int(overrides.pop("imgsz", cfg.imgsz))}
+    train_data = data
+    if threshold:
+        train_data, _ = data_with_repeats(
+            data, float(threshold), cfg.seed, Path(tempfile.mkdtemp(prefix="facemask-final-data-")), CLASS_NAMES
+        )
+    final_cfg = cfg.train_config(
+        **shape,
+        data=train_data,
+        epochs=cfg.final_epochs,
+        run_name=f"{cfg.name}-final" + (f"-{trial_id}" if cfg.latency_target else ""),
+        tracking_uri=tracking_uri,
+        parent_run_id=parent.run_id,
+        overrides=overrides,
+        register=True,
+        registered_model=cfg.registered_model,
+    )
+    if cfg.ray_workers_per_trial > 1:  # the final retrain is trained the way the trials were
+        workdir = Path(tempfile.mkdtemp(prefix="facemask-final-"))
+        final = train_distributed(
+            replace(final_cfg, device="auto", project=workdir),
+            trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial, workdir),
+        )
+    else:
+        # Its folder as the driver resolves it: the task's own working directory is Ray's.
+        final = on_trial_resources(cfg, final_training, replace(final_cfg, project=resolve_path(final_cfg.project)))
+    if tags:
+        set_version_tags(cfg.registered_model, final.version, tags, tracking_uri)
+    return final.version
+
+
+def score_version(cfg: StudyConfig, model_uri: str, data: Path, imgsz: int, tracking_uri: str):
+    """A registered version's test scores, intervals and object count, then its operating point."""
+    scored = on_trial_resources(cfg, test_scores, model_uri, data, imgsz, cfg.device, tracking_uri)
+    on_trial_resources(cfg, calibrate_version, model_uri, data, imgsz, tracking_uri)
+    return scored["overall"], scored["intervals"], scored["objects"]
+
+
+def finalise_front(
+    cfg: StudyConfig, grid, result: StudyResult, parent: RunLogger, tracking_uri: str, data: Path
+) -> None:
+    """Every version on the Pareto front registered, tagged with its cost, scored on test and
+    calibrated at its own size; then, with cfg.max_latency_ms, the best within it put to the gate."""
+    target = cfg.latency_target
+    for point in result.front:
+        row = next(row for row in result.trials if row["trial_id"] == point["trial_id"])
+        imgsz = int(row["config"].get("imgsz", cfg.imgsz))
+        tags = {latency_tag(target): point[LATENCY], FRONT_TAG: cfg.name, "latency_target": target}
+        tags |= {"facemask.imgsz": imgsz, "facemask.model": str(row["config"].get("model", cfg.model))}
+        version = register_trial(cfg, grid, result, point["trial_id"], parent, tracking_uri, data, tags)
+        model_uri = f"models:/{cfg.registered_model}/{version}"
+        test, intervals, objects = score_version(cfg, model_uri, data, imgsz, tracking_uri)
+        point.update(version=version, imgsz=imgsz, test=test, test_intervals=intervals, test_objects=objects)
+    parent.log_dict(result.front, "front.json")
+    parent.set_tags({"facemask.front_versions": ",".join(str(p["version"]) for p in result.front)})
+    # The front's best scorer stands for the study in its summary (the best trial is always on it).
+    best = max(result.front, key=lambda p: p["objective"] if cfg.mode == "max" else -p["objective"])
+    result.version, result.test = best["version"], best["test"]
+    result.test_intervals, result.test_objects = best["test_intervals"], best["test_objects"]
+    if not (cfg.promote and cfg.max_latency_ms is not None):
+        result.promote_reason = (
+            f"a front of {len(result.front)} versions registered; none promoted: choose one with "
+            f"`facemask promote --max-latency-ms MS --latency-target {target} --study {cfg.name}`"
+        )
+        return
+    registered = {str(p["version"]) for p in result.front}
+    versions = [v for v in list_versions(cfg.registered_model, tracking_uri) if v["version"] in registered]
+    choice = choose_within_budget(versions, target, cfg.max_latency_ms, f"study {cfg.name}'s front")
+    result.version = choice.version
+    decision = promote(f"models:/{cfg.registered_model}/{choice.version}", tracking_uri)
+    result.promoted, result.promote_reason = decision.promoted, f"{choice.reason}; {decision.reason}"

@@ -55,7 +55,13 @@ TUNABLE = (
     "cls_pw",
     # Not an Ultralytics argument: each trial trains on its own repeat-factor list (facemask.data.sampling).
     "repeat_threshold",
+    # What a version costs to run: the architecture (a model source such as yolo26n.yaml) and the
+    # training and operating size. With a cost objective both must be choices (costs_to_measure).
+    "model",
+    "imgsz",
 )
+# Searched settings that size the model rather than steer its training.
+SHAPE = ("model", "imgsz")
 
 
 def load_search_space(path: Path | None = None) -> tuple[dict[str, dict], list[dict[str, Any]]]:
@@ -125,3 +131,24 @@ def to_optuna_space(space: dict[str, dict]) -> dict[str, Any]:
         else:
             out[name] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=kind == "loguniform")
     return out
+
+
+def costs_to_measure(space: dict[str, dict], baseline: list[dict], model: str, imgsz: int) -> list[tuple[str, int]]:
+    """Every (model, size) a trial of this space can train: the choices of `model` and `imgsz`
+    (the study's own when not searched) and the baseline points'. A cost is measured per pair
+    before the first trial, so a searched `model` or `imgsz` must be a choice."""
+    values = {}
+    for key, default in (("model", model), ("imgsz", imgsz)):
+        spec = space.get(key)
+        if spec is None:
+            values[key] = [default]
+        elif spec["type"] != "choice":
+            raise ConfigError(
+                f"search space: {key}: with a cost objective it must be a choice "
+                f"(e.g. {{type: choice, values: [...]}}): its cost is measured once per value before the first trial"
+            )
+        else:
+            values[key] = list(spec["values"])
+    pairs = [(str(m), int(i)) for m in values["model"] for i in values["imgsz"]]
+    pairs += [(str(p.get("model", model)), int(p.get("imgsz", imgsz))) for p in baseline]
+    return list(dict.fromkeys(pairs))

@@ -23,24 +23,22 @@ from facemask.core.lifecycle import at_forced_stop
 from facemask.core.manifest import data_fingerprint, dataset_profile
 from facemask.core.runtime import check_given_gpus, gpu_as_cpu, resolve_path, results_base, where_relative
 from facemask.core.settings import StudyConfig
-from facemask.data.plots import importance_plot, study_plots
 from facemask.data.sampling import data_with_repeats
 from facemask.tracking import (
     RunLogger,
     check_tracking_reachable,
     client,
-    close_run,
     end_open_runs,
-    find_child_run,
     find_tagged_run,
     set_process_store,
     study_tracking_uri,
 )
+from facemask.training.cost import LATENCY, check_target, cost_key, cost_table
 from facemask.training.distributed import node_resources, train_distributed
-from facemask.training.finish import StudyResult, finalise, trial_checkpoint
-from facemask.training.importance import param_importance
+from facemask.training.finish import StudyResult, finalise
 from facemask.training.resources import TRIAL_DRIVER_CPUS, max_concurrency, trial_workers
-from facemask.training.space import load_search_space, to_tune_space
+from facemask.training.space import costs_to_measure, load_search_space, to_tune_space
+from facemask.training.summary import find_trial_run, summarise
 from facemask.training.train import epoch_metrics, per_epoch, train, tune_metric_names
 
 log = logging.getLogger("facemask.training.tune")
@@ -68,7 +66,9 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
         return
     run_id, resume_from = restored_trial(base, trial_id, workdir)
     holder: dict[str, Any] = {"run_id": run_id}
-    callbacks: dict[str, list[Callable]] = {"on_fit_epoch_end": [epoch_reporter(holder)]}
+    # The trial's cost, measured before the study began (facemask.training.cost), goes with every report.
+    cost = {LATENCY: base["costs"][cost_key(cfg.model, cfg.imgsz)]} if base.get("costs") else {}
+    callbacks: dict[str, list[Callable]] = {"on_fit_epoch_end": [epoch_reporter(holder, cost)]}
     for event, fns in (base.get("trial_callbacks") or {}).items():
         callbacks.setdefault(event, []).extend(fns)
     train(
@@ -89,7 +89,9 @@ def trial_config(config: dict[str, Any], base: dict[str, Any], trial_id: str, gp
     if threshold:
         data, _ = data_with_repeats(data, float(threshold), study.seed, workdir / "data", CLASS_NAMES)
     resources = tune.get_context().get_trial_resources().required_resources
+    shape = shape_of(config, study)
     cfg = study.train_config(
+        **shape,
         data=data,
         run_name=f"trial-{trial_id}",
         tracking_uri=base["tracking_uri"],
@@ -106,6 +108,12 @@ def trial_config(config: dict[str, Any], base: dict[str, Any], trial_id: str, gp
         plots=False,
     )
     return replace(cfg, device="cpu") if gpus and gpu_as_cpu() else cfg
+
+
+def shape_of(config: dict[str, Any], study: StudyConfig) -> dict[str, Any]:
+    """The model and size a trial's sampled `config` asks for (taken out of it: they are not
+    overrides), or the study's own."""
+    return {"model": str(config.pop("model", study.model)), "imgsz": int(config.pop("imgsz", study.imgsz))}
 
 
 def restored_trial(base: dict[str, Any], trial_id: str, workdir: Path) -> tuple[str | None, Path | None]:
@@ -125,15 +133,15 @@ def restored_trial(base: dict[str, Any], trial_id: str, workdir: Path) -> tuple[
     return run_id, resume_from
 
 
-def epoch_reporter(holder: dict[str, Any]) -> Callable:
-    """An epoch-end callback that reports the epoch's metrics to Tune with a checkpoint of the
-    weights and the trial's MLflow run (`holder["run_id"]`, known once the run exists)."""
+def epoch_reporter(holder: dict[str, Any], cost: dict[str, float] | None = None) -> Callable:
+    """An epoch-end callback that reports the epoch's metrics (and the trial's `cost`) to Tune with a
+    checkpoint of the weights and the trial's MLflow run (`holder["run_id"]`, known once the run exists)."""
     from ray import tune
 
     @per_epoch
     def report(trainer) -> None:
         metrics = epoch_metrics(trainer)
-        payload = {"epoch": trainer.epoch + 1, **tune_metric_names(metrics)}
+        payload = {"epoch": trainer.epoch + 1, **tune_metric_names(metrics), **(cost or {})}
         with tempfile.TemporaryDirectory() as tmp:
             for name in ("last", "best"):
                 source = Path(getattr(trainer, name))
@@ -145,51 +153,11 @@ def epoch_reporter(holder: dict[str, Any]) -> Callable:
     return report
 
 
-def find_trial_run(tracking_uri: str, parent_run_id: str, trial_id: str) -> str | None:
-    """The child run already made for this trial (a retry, a resumed study), if any."""
-    return find_child_run(parent_run_id, "facemask.trial_id", trial_id, tracking_uri=tracking_uri)
-
-
 def interrupted(grid, cfg: StudyConfig, elapsed: float) -> bool:
     """Tune returns normally after SIGINT; tell that apart from a study that ran its course."""
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
     budget_spent = cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s
     return unfinished > 0 and not budget_spent or (len(grid) < cfg.trials and not budget_spent)
-
-
-def trial_status(result, epochs: int) -> str:
-    """finished, stopped_early (ASHA or the time budget) or failed, from a Tune result."""
-    if result.error is not None:
-        return "failed"
-    reached = (result.metrics or {}).get("epoch", 0)
-    return "finished" if reached >= epochs else "stopped_early"
-
-
-MLFLOW_STATUS = {"finished": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
-
-
-def reconcile_trials(tracking_uri: str, parent_run_id: str, rows: list[dict[str, Any]], grid) -> None:
-    """Give each trial's child run its final status, tag and weights, whatever its worker managed.
-
-    A trial stopped by the scheduler is torn down soon after its last report, maybe
-    before its own upload of best.pt finished; its newest checkpoint always has it (for a
-    trial trained by Ray Train workers, the one its rank 0 reported: `trial_checkpoint`).
-    """
-    checkpoints = {(r.metrics or {}).get("trial_id"): trial_checkpoint(r) for r in grid}
-    for row in rows:
-        run_id = find_trial_run(tracking_uri, parent_run_id, row["trial_id"])
-        if run_id is None:
-            continue
-        row["run_id"] = run_id
-        checkpoint = checkpoints.get(row["trial_id"])
-        tags = {"facemask.trial_status": row["status"]}
-        if checkpoint is None:
-            close_run(run_id, MLFLOW_STATUS[row["status"]], tags, tracking_uri=tracking_uri)
-            continue
-        with checkpoint.as_directory() as folder:
-            close_run(
-                run_id, MLFLOW_STATUS[row["status"]], tags, weights=Path(folder) / "best.pt", tracking_uri=tracking_uri
-            )
 
 
 def study_path(cfg: StudyConfig) -> tuple[str, str]:
@@ -228,6 +196,8 @@ class Study:
     concurrency: int
     fingerprint: str
     trial_callbacks: dict = field(default_factory=dict)
+    # With a latency target: each (model, size)'s measured Latency, by cost_key.
+    costs: dict = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     parent_run_id: str | None = None
 
@@ -261,6 +231,7 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
     tracking_uri = cfg.tracking_uri
     check_tracking_reachable(tracking_uri, ray.nodes(), ray.util.get_node_ip_address())
     study = Study(cfg, space, baseline, data, storage, path, concurrency, data_fingerprint(data), trial_callbacks or {})
+    study.costs = study_costs(cfg, space, baseline)
 
     def close_runs(status: str) -> str:
         # Straight to the store, not through the study's own server: `ray job stop` signals that server too.
@@ -289,6 +260,26 @@ def tune(cfg: StudyConfig, trial_callbacks: dict[str, list[Callable]] | None = N
         forget()
 
 
+def study_costs(cfg: StudyConfig, space: dict, baseline: list) -> dict:
+    """With a latency target, every (model, size) the space can train, measured now, before any
+    trial takes the cores (facemask.training.cost); else nothing."""
+    if not cfg.latency_target:
+        if cfg.max_latency_ms is not None:
+            raise ConfigError("--max-latency-ms needs --latency-target: the target its budget is measured on")
+        return {}
+    check_target(cfg.latency_target)
+    if cfg.ray_workers_per_trial > 1:
+        raise ConfigError(
+            "--latency-target: a study with --ray-workers-per-trial > 1 reports through Ray Train, "
+            "which does not carry the cost; use one worker per trial"
+        )
+    pairs = costs_to_measure(space, baseline, cfg.model, cfg.imgsz)
+    costs = cost_table(pairs, cfg.latency_target)
+    took = sum(c.measure_s for c in costs.values())
+    log.warning("measured %d (model, size) on %s in %.1fs before the first trial", len(costs), cfg.latency_target, took)
+    return costs
+
+
 def _run_study(study: Study, tracking_uri: str) -> StudyResult:
     """The study itself, logging through `tracking_uri`; sets `study.parent_run_id` as soon as the run exists."""
     from ray import tune as rt
@@ -309,6 +300,8 @@ def _run_study(study: Study, tracking_uri: str) -> StudyResult:
     study.parent_run_id = parent.run_id
     if previous is None:
         log_study(parent, cfg, fingerprint, space, baseline, study.concurrency, data)
+        if study.costs:
+            parent.log_dict({key: c.as_dict() for key, c in study.costs.items()}, "latency.json")
     trainable = study_trainable(study, parent.run_id, tracking_uri)
     try:
         tuner = (
@@ -349,6 +342,7 @@ def study_trainable(study: Study, parent_run_id: str, tracking_uri: str):
         "tracking_uri": tracking_uri,
         "parent_run_id": parent_run_id,
         "trial_callbacks": study.trial_callbacks,
+        "costs": {key: c.median_ms for key, c in study.costs.items()},
     }
     # A distributed trial's function only drives its Ray Train run: the workers hold the
     # resources (Tune needs some request, so a token one, which trial_workers leaves out).
@@ -365,7 +359,10 @@ def log_study(
 ) -> None:
     """A new study's parent run: its settings, scheduler and searcher, search space and dataset."""
     scheduler = {"type": "ASHA", "time_attr": "epoch", "max_t": cfg.epochs, "grace_period": cfg.grace_period}
+    if not uses_asha(cfg):
+        scheduler = {"type": "none", "why": "asha off" if not cfg.asha else "more than one objective"}
     searcher = {"type": "Optuna TPE", "seed": cfg.seed, "points_to_evaluate": len(baseline)}
+    searcher["objectives"] = {name: mode for name, mode in objectives(cfg)}
     parent.log_params(
         {
             # The store is where these params go, and its URI may carry credentials: not a param.
@@ -381,6 +378,17 @@ def log_study(
     parent.log_dataset(data.parent.name, str(data), fingerprint, profile=dataset_profile(data))
 
 
+def objectives(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """(name, mode) of each objective: the score, then the latency when a target is set."""
+    return [(cfg.metric, cfg.mode)] + ([(LATENCY, "min")] if cfg.latency_target else [])
+
+
+def uses_asha(cfg: StudyConfig) -> bool:
+    """ASHA ranks trials by one number: with a cost objective it would stop the small, fast
+    trials that the front is made of, so such a study runs every trial to its end."""
+    return cfg.asha and not cfg.latency_target
+
+
 def new_tuner(cfg: StudyConfig, trainable, space: dict, baseline: list, storage: str, concurrency: int):
     """A Tuner for a new study: Optuna's TPE (the baseline points first) under ASHA, unless asha is off."""
     import optuna
@@ -388,7 +396,16 @@ def new_tuner(cfg: StudyConfig, trainable, space: dict, baseline: list, storage:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(points_to_evaluate=baseline or None, sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+    # TPE takes several objectives as it takes one (Optuna's multi-objective TPE); Tune then gets
+    # no metric of its own, and the searcher reports every objective of each trial to Optuna.
+    names, modes = zip(*objectives(cfg))
+    several = len(names) > 1
+    searcher = OptunaSearch(
+        metric=list(names) if several else None,
+        mode=list(modes) if several else None,
+        points_to_evaluate=baseline or None,
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+    )
     # stop_last_trials=False: a trial that reaches max_t ends by itself, so it still
     # validates best.pt and closes its run, instead of being cut off at its last report.
     scheduler = (
@@ -399,15 +416,15 @@ def new_tuner(cfg: StudyConfig, trainable, space: dict, baseline: list, storage:
             reduction_factor=cfg.reduction_factor,
             stop_last_trials=False,
         )
-        if cfg.asha
+        if uses_asha(cfg)
         else None
     )
     return rt.Tuner(
         trainable,
         param_space=to_tune_space(space),
         tune_config=rt.TuneConfig(
-            metric=cfg.metric,
-            mode=cfg.mode,
+            metric=None if several else cfg.metric,
+            mode=None if several else cfg.mode,
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=cfg.trials,
@@ -421,64 +438,4 @@ def new_tuner(cfg: StudyConfig, trainable, space: dict, baseline: list, storage:
             failure_config=rt.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=rt.CheckpointConfig(num_to_keep=1),
         ),
-    )
-
-
-def summarise(
-    cfg: StudyConfig, grid, parent: RunLogger, tracking_uri: str, started: float, path: str, space: dict
-) -> StudyResult:
-    """Per-trial rows, final child-run statuses, plots, which settings mattered and the best trial on the parent run."""
-    rows = []
-    for r in grid:
-        history = r.metrics_dataframe
-        values = history[cfg.metric].tolist() if history is not None and cfg.metric in history else []
-        best_value = (max(values) if cfg.mode == "max" else min(values)) if values else float("nan")
-        rows.append(
-            {
-                "trial_id": (r.metrics or {}).get("trial_id", ""),
-                "status": trial_status(r, cfg.epochs),
-                "epochs": int((r.metrics or {}).get("epoch", 0)),
-                "objective": best_value,
-                "config": r.config,
-            }
-        )
-    reconcile_trials(tracking_uri, parent.run_id, rows, grid)
-    counts = {s: sum(1 for row in rows if row["status"] == s) for s in ("finished", "stopped_early", "failed")}
-    if all(row["objective"] != row["objective"] for row in rows):  # every objective NaN: no epoch scored
-        raise ConfigError(
-            f"no trial of {len(rows)} scored {cfg.metric} on val "
-            + (
-                f"within --time-budget-s {cfg.time_budget_s:g}: give the study time for at least one epoch"
-                if cfg.time_budget_s is not None
-                else "(each failed before its first epoch ended: see the trials' errors above)"
-            )
-        )
-    best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
-    best_row = next(row for row in rows if row["config"] == best.config)
-    best_val = {k: float(v) for k, v in best.metrics.items() if k in ("mAP50-95", "mAP50", "precision", "recall")}
-    importance = param_importance(rows, space, cfg.mode)
-    with tempfile.TemporaryDirectory() as tmp:
-        for plot in study_plots(rows, cfg.metric, Path(tmp)) + importance_plot(importance, cfg.metric, Path(tmp)):
-            parent.log_artifact(plot, "plots")
-    parent.log_dict(rows, "trials.json")
-    parent.log_dict(importance.as_dict(), "importance.json")
-    parent.set_tags({"facemask.importance": importance.line()})
-    parent.log_metrics({f"importance/{name}": share for name, share in importance.shares.items()})
-    parent.log_params({f"best.{k}": v for k, v in best.config.items()} | {"best.trial_id": best_row["trial_id"]})
-    parent.log_metrics(
-        {f"best/{k}": v for k, v in best_val.items()}
-        | {f"trials/{k}": v for k, v in counts.items()}
-        | {"trials/epochs": sum(row["epochs"] for row in rows)}
-    )
-    return StudyResult(
-        parent.run_id,
-        dict(best.config),
-        best_row["trial_id"],
-        best_val,
-        counts,
-        sum(row["epochs"] for row in rows),
-        time.perf_counter() - started,
-        path,
-        trials=rows,
-        importance=importance,
     )

@@ -190,3 +190,75 @@ def test_interrupted_study_resumes_without_rerunning(tiny_data, tmp_path, mlflow
     # the trial that had finished was not trained again: its metrics are exactly what they were
     after = [(m.step, m.timestamp) for m in client.get_metric_history(first.info.run_id, "val/cls_loss")]
     assert after == first_history and sorted(s for s, _ in after) == [1, 2]
+
+
+# Two sizes, each with its cost, as the two trials (the baseline points; no ASHA with two objectives).
+COST_SPACE = {
+    "space": {
+        "imgsz": {"type": "choice", "values": [96, 160]},
+        "lr0": {"type": "loguniform", "low": 1e-9, "high": 0.05},
+        "optimizer": {"type": "choice", "values": ["SGD"]},
+        "warmup_epochs": {"type": "choice", "values": [0.0]},
+        "nbs": {"type": "choice", "values": [8]},
+        "mosaic": {"type": "choice", "values": [0.0]},
+    },
+    "baseline": [
+        {"imgsz": 96, "lr0": 1e-9, "optimizer": "SGD", "warmup_epochs": 0.0, "nbs": 8, "mosaic": 0.0},
+        {"imgsz": 160, "lr0": 0.02, "optimizer": "SGD", "warmup_epochs": 0.0, "nbs": 8, "mosaic": 0.0},
+    ],
+}
+
+
+def test_a_study_with_a_cost_registers_its_front_and_a_budget_chooses_from_it(tiny_data, tracking, tmp_path, ray_local):
+    from click.testing import CliRunner
+
+    from facemask.cli import main
+    from facemask.quality.budget import FRONT_TAG, latency_tag
+    from facemask.training.summary import pareto_front
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(COST_SPACE))
+    name = f"front-{tracking['experiment']}"
+    cfg = StudyConfig(
+        data=tiny_data, model="yolo26n.yaml", trials=2, epochs=2, imgsz=160, batch=8, search_space=space,
+        cpus_per_trial=1, storage=str(tmp_path / "studies"), name="front", metric="cls_loss", mode="min",
+        experiment=tracking["experiment"], registered_model=name, tracking_uri=tracking["uri"],
+        latency_target="cpu-onnx", max_latency_ms=1000.0,
+    )  # fmt: skip
+    result = tune(cfg)
+
+    # Both trials ran to the end (no ASHA with two objectives), each with its size's measured cost.
+    assert result.counts == {"finished": 2, "stopped_early": 0, "failed": 0}, result.trials
+    cost = {t["config"]["imgsz"]: t["latency_ms"] for t in result.trials}
+    assert 0 < cost[96] < cost[160], cost
+    # The cheaper trial is always on the front; the dearer one too unless its val loss is no lower
+    # (losses at two sizes are not comparable, so which it is depends on the run).
+    assert [p["trial_id"] for p in result.front] == [r["trial_id"] for r in pareto_front(result.trials, "min")]
+    assert result.front[0]["latency_ms"] == cost[96]
+
+    client, _ = child_runs(tracking["uri"], result.parent_run_id)
+    parent = client.get_run(result.parent_run_id)
+    objectives = {k: v for k, v in parent.data.params.items() if k.startswith("searcher.objectives.")}
+    assert objectives == {"searcher.objectives.cls_loss": "min", "searcher.objectives.latency_ms": "min"}
+    assert parent.data.params["scheduler.type"] == "none" and parent.data.metrics["front/size"] == len(result.front)
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {"front.json", "latency.json", "importance.json"} <= artifacts
+    assert "plots/pareto.png" in {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
+    for point in result.front:  # registered, tagged with its cost and study, scored on test
+        tags = client.get_model_version(name, point["version"]).tags
+        assert float(tags[latency_tag("cpu-onnx")]) == point["latency_ms"] and tags[FRONT_TAG] == "front"
+        assert tags["facemask.imgsz"] == str(point["imgsz"]) and "test_mAP50-95" in tags, sorted(tags)
+    # The study's own budget (1000 ms) holds the whole front: its best test score was put to the gate.
+    assert result.promoted and "within budget" in result.promote_reason
+
+    # The same choice from the command line, with a budget only the small version fits ...
+    between = (cost[96] + cost[160]) / 2
+    args = ["promote", "--max-latency-ms", f"{between:.3f}", "--registered-model", name, "--study", "front"]
+    chosen = CliRunner().invoke(main, [*args, "--alias", "edge", "--json"])
+    assert chosen.exit_code == 0, chosen.output
+    small = next(p["version"] for p in result.front if p["imgsz"] == 96)
+    assert yaml.safe_load(chosen.stdout)["candidate"] == small
+    # ... and a budget none fits is refused, naming the cheapest version.
+    refused = CliRunner().invoke(main, ["promote", "--max-latency-ms", "0.01", "--registered-model", name])
+    assert refused.exit_code != 0
+    assert f"the cheapest is version {small} at {cost[96]:.1f} ms" in refused.output

@@ -183,3 +183,19 @@ def test_ray_init_gives_up_on_its_local_node_after_a_fixed_wait_with_a_bare_exce
     assert result.exit_code == 1, result.output
     assert "did not register within Ray's fixed 30 s" in result.output and "RAY_ADDRESS=auto" in result.output
     assert "internal error" not in result.output
+
+
+def test_ultralytics_a_models_architecture_rebuilt_with_three_classes_exports(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where an export of a yaml-built model lands
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    import onnxruntime
+    from ultralytics import YOLO
+
+    from facemask.compat.ultralytics import with_class_count
+
+    yolo = with_class_count(YOLO("yolo26n.yaml", task="detect"), 3)
+    assert yolo.model.yaml["nc"] == 3
+    exported = yolo.export(format="onnx", imgsz=64, dynamic=False, simplify=False, device="cpu")
+    outputs = onnxruntime.InferenceSession(exported, providers=["CPUExecutionProvider"]).get_outputs()
+    # 4 box coordinates and a score per class (3, not 80) for each of the 84 anchors at 64 px (8², 4², 2²).
+    assert [o.shape for o in outputs] == [[1, 4 + 3, 8 * 8 + 4 * 4 + 2 * 2]]

@@ -12,7 +12,7 @@ from facemask.core.errors import ConfigError
 from facemask.core.settings import StudyConfig
 from facemask.training.resources import max_concurrency
 from facemask.training.space import load_search_space
-from facemask.training.tune import trial_status
+from facemask.training.summary import trial_status
 
 # ---------------------------------------------------------------- tune
 
