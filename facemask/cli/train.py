@@ -266,8 +266,9 @@ def test_line(result) -> str:
 def study_table(result) -> str:
     lines = [
         f"study {result.storage_path}  (MLflow parent run {result.parent_run_id})",
-        f"  trials: {result.counts['finished']} finished, {result.counts['stopped_early']} stopped early by ASHA, "
-        f"{result.counts['failed']} failed; {result.trial_epochs} trial-epochs in {result.seconds:.0f}s",
+        f"  trials: {result.counts['finished']} finished, {result.counts['stopped_early']} stopped early "
+        f"(ASHA or the time budget), {result.counts['failed']} failed; {result.trial_epochs} trial-epochs "
+        f"in {result.seconds:.0f}s",
         f"  best trial {result.best_trial}: val " + ", ".join(f"{k}={v:.4f}" for k, v in result.best_val.items()),
         f"  test (clean split, {result.test_objects} objects, 95% intervals): " + test_line(result),
         f"  registered version {result.version}; "

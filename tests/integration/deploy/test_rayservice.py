@@ -206,9 +206,16 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
         image = known_image.read_bytes()
         worker_url, head_url = f"http://{pods.address('worker')}:8000", f"http://{pods.address('head')}:8000"
 
+        # One HTTP client per thread: `httpx.post` builds a client, and with it an SSL context, for
+        # every request (about 20 ms of CPU); the saturating clients below, answered 503 at once,
+        # spent the test's CPU on that rather than on the endpoint under test.
+        per_thread = threading.local()
+
         def predict(url: str, headers: dict | None = key, timeout: float = 30, imgsz: int = 320) -> int:
+            if not hasattr(per_thread, "http"):
+                per_thread.http = httpx.Client()
             try:
-                answer = httpx.post(
+                answer = per_thread.http.post(
                     f"{url}/predict", params={"imgsz": imgsz}, content=image, headers=headers, timeout=timeout
                 )
                 return answer.status_code

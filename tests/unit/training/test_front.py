@@ -56,3 +56,22 @@ def test_a_budget_without_a_target_and_a_cost_with_ray_train_workers_are_refused
     with pytest.raises(ConfigError, match="--latency-target 'gpu': unknown target; choose one of cpu-onnx"):
         study_costs(StudyConfig(**base, latency_target="gpu"), {}, [])
     assert study_costs(StudyConfig(**base), {}, []) == {}
+
+
+def test_the_study_prints_its_front_and_draws_score_against_cost(tmp_path):
+    from facemask.cli.train import study_table
+    from facemask.data.plots import pareto_plot
+    from facemask.training.finish import StudyResult
+
+    rows = [row("fast", 0.30, 10.0), row("slow", 0.60, 50.0), row("worse", 0.2, 30.0)]
+    front = pareto_front(rows, "max")
+    result = StudyResult(
+        "run", {}, "slow", {"mAP50-95": 0.6}, {"finished": 3, "stopped_early": 0, "failed": 0}, 3, 1.0, "/s"
+    )
+    result.front = [dict(p, version=str(i + 1), test={"mAP50-95": 0.25 + i / 10}) for i, p in enumerate(front)]
+    table = study_table(result)
+    assert "Pareto front, score against latency (2 versions, cheapest first):" in table
+    assert "version 1: 10.0 ms a frame, val 0.3000, test mAP50-95 0.2500  (trial fast)" in table
+    (plot,) = pareto_plot(rows, result.front, "mAP50-95", "cpu-onnx", tmp_path)
+    assert plot.name == "pareto.png" and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pareto_plot([row("x", NAN, 1.0)], [], "mAP50-95", "cpu-onnx", tmp_path) == []
