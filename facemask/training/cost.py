@@ -93,12 +93,16 @@ def _export_architecture(model: str, imgsz: int, folder: Path) -> Path:
 
     # Weights do not change the cost; the head's class count does, slightly: build it as trained.
     yolo = with_class_count(YOLO(resolve_model_source(model), task="detect"), len(CLASS_NAMES))
+    # Saved first: Ultralytics writes an export beside its source (a .yaml's in the working
+    # directory, a .pt's in its folder), and this one belongs in `folder`, nowhere of the user's.
+    saved = folder / "model.pt"
+    yolo.save(saved)
     options = {"format": "onnx", "imgsz": int(imgsz), "dynamic": False, "simplify": False, "device": "cpu"}
     with contextlib.redirect_stdout(sys.stderr):  # Ultralytics prints its export report
-        exported = Path(yolo.export(**options))
-    target = folder / "model.onnx"
-    exported.replace(target)
-    return target
+        exported = Path(YOLO(str(saved), task="detect").export(**options))
+    if exported.parent.resolve() != folder.resolve():
+        raise RuntimeError(f"the latency export went to {exported}, not {folder}")
+    return exported
 
 
 def _time_onnx(path: Path, imgsz: int) -> list[float]:
