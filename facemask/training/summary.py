@@ -108,7 +108,12 @@ def summarise(
             )
         )
     best = grid.get_best_result(cfg.metric, cfg.mode, scope="all")
-    best_row = next(row for row in rows if row["config"] == best.config)
+    # By trial id: two trials may share a config (baseline points repeated), and the registered
+    # weights must be the best one's.
+    best_id = (best.metrics or {}).get("trial_id")
+    best_row = next((row for row in rows if row["trial_id"] == best_id), None) or next(
+        row for row in rows if row["config"] == best.config
+    )
     best_val = {k: float(v) for k, v in best.metrics.items() if k in VAL_SCORES}
     importance = param_importance(rows, space, cfg.mode)
     front = pareto_front(rows, cfg.mode) if cfg.latency_target else []
