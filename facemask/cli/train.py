@@ -13,6 +13,7 @@ from facemask.core.settings import (
     StudyConfig,
     TrainConfig,
 )
+from facemask.training.cost import TARGETS
 
 
 def _parse_overrides(values: tuple[str, ...]) -> dict:
@@ -180,7 +181,7 @@ def _parse_resources(ctx, param, values: tuple[str, ...]) -> dict[str, float]:
         "--latency-target",
         "latency_target",
         {
-            "type": click.Choice(["cpu-onnx"]),
+            "type": click.Choice(TARGETS),
             "help": "Also minimise batch-1 latency on this target: the study registers its Pareto front "
             "(docs/tuning.md#score-against-cost).",
         },

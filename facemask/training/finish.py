@@ -23,6 +23,7 @@ from facemask.tracking import RunLogger, list_versions, log_and_register, set_ve
 from facemask.training.cost import LATENCY
 from facemask.training.distributed import train_distributed
 from facemask.training.resources import on_trial_resources, trial_workers
+from facemask.training.space import shape_of
 from facemask.training.train import TrainResult, train
 
 log = logging.getLogger("facemask.training.tune")
@@ -147,7 +148,7 @@ def retrain(
 ) -> str:
     """A trial's configuration trained again for cfg.final_epochs, the way the trials were; its version."""
     threshold = overrides.pop("repeat_threshold", None)
-    shape = {"model": str(overrides.pop("model", cfg.model)), "imgsz": int(overrides.pop("imgsz", cfg.imgsz))}
+    shape = shape_of(overrides, cfg.model, cfg.imgsz)
     train_data = data
     if threshold:
         train_data, _ = data_with_repeats(

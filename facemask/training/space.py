@@ -64,6 +64,14 @@ TUNABLE = (
 SHAPE = ("model", "imgsz")
 
 
+def shape_of(config: dict[str, Any], model: str, imgsz: int) -> dict[str, Any]:
+    """The model and size a trial's `config` asks for, taken out of it (they are TrainConfig fields,
+    not Ultralytics overrides), or the study's own `model` and `imgsz`."""
+    defaults = {"model": model, "imgsz": imgsz}
+    shape = {key: config.pop(key, defaults[key]) for key in SHAPE}
+    return {"model": str(shape["model"]), "imgsz": int(shape["imgsz"])}
+
+
 def load_search_space(path: Path | None = None) -> tuple[dict[str, dict], list[dict[str, Any]]]:
     """Read and validate a search-space YAML: (space, points to evaluate first).
 

@@ -37,7 +37,7 @@ from facemask.training.cost import LATENCY, check_target, cost_key, cost_table
 from facemask.training.distributed import node_resources, train_distributed
 from facemask.training.finish import StudyResult, finalise
 from facemask.training.resources import TRIAL_DRIVER_CPUS, max_concurrency, trial_workers
-from facemask.training.space import costs_to_measure, load_search_space, to_tune_space
+from facemask.training.space import costs_to_measure, load_search_space, shape_of, to_tune_space
 from facemask.training.summary import find_trial_run, summarise
 from facemask.training.train import epoch_metrics, per_epoch, train, tune_metric_names
 
@@ -89,7 +89,7 @@ def trial_config(config: dict[str, Any], base: dict[str, Any], trial_id: str, gp
     if threshold:
         data, _ = data_with_repeats(data, float(threshold), study.seed, workdir / "data", CLASS_NAMES)
     resources = tune.get_context().get_trial_resources().required_resources
-    shape = shape_of(config, study)
+    shape = shape_of(config, study.model, study.imgsz)
     cfg = study.train_config(
         **shape,
         data=data,
@@ -108,12 +108,6 @@ def trial_config(config: dict[str, Any], base: dict[str, Any], trial_id: str, gp
         plots=False,
     )
     return replace(cfg, device="cpu") if gpus and gpu_as_cpu() else cfg
-
-
-def shape_of(config: dict[str, Any], study: StudyConfig) -> dict[str, Any]:
-    """The model and size a trial's sampled `config` asks for (taken out of it: they are not
-    overrides), or the study's own."""
-    return {"model": str(config.pop("model", study.model)), "imgsz": int(config.pop("imgsz", study.imgsz))}
 
 
 def restored_trial(base: dict[str, Any], trial_id: str, workdir: Path) -> tuple[str | None, Path | None]:

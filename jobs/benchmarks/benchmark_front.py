@@ -39,7 +39,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from benchmark_quality import fmt  # noqa: E402
 from benchmark_tuners import (  # noqa: E402
     DEFAULT_SOURCE,
     SCRATCH_SPACE,
@@ -124,37 +123,8 @@ def search_front(data: Path, args, out: Path, parent: str) -> dict:
 
 def retrain(searches: dict, data: Path, args, out: Path, parent: str) -> list[dict]:
     """a's and b's best at --imgsz, and each front configuration at its own size."""
-    import benchmark_quality
-
-    rows = []
-    plain = {k: searches[k]["config"] for k in ("a", "b") if k in searches}
-    rows += retrain_all(plain, data, args, out, parent)
-    for name, config in searches.get("e", {}).get("configs", {}).items():
-        config = dict(config)
-        size = int(config.pop("imgsz", args.imgsz))
-        for seed in args.seeds:
-            saved = out / "rows" / f"{name}-seed{seed}.json"
-            if saved.is_file():
-                row = json.loads(saved.read_text())
-            else:
-                row = benchmark_quality.train_and_score(
-                    name, data, seed, args, out, parent, args.retrain_epochs, config, imgsz=size
-                )
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                saved.write_text(json.dumps(row, default=str))
-            row["imgsz"] = size
-            rows.append(row)
-            print(
-                f"retrain {name} at {size}, seed {seed}: test mAP50 {fmt(row['test']['overall']['mAP50'])}", flush=True
-            )
-    for row in rows:
-        row.setdefault("imgsz", args.imgsz)
-    return rows
-
-
-def value(score) -> float:
-    """A test score as evaluate's rows keep it: the value alone, or [value, low, high]."""
-    return float(score[0] if isinstance(score, (list, tuple)) else score)
+    configs = {k: searches[k]["config"] for k in ("a", "b") if k in searches}
+    return retrain_all(configs | searches.get("e", {}).get("configs", {}), data, args, out, parent)
 
 
 def costed_table(rows: list[dict], args) -> tuple[list[str], dict]:
@@ -168,8 +138,7 @@ def costed_table(rows: list[dict], args) -> tuple[list[str], dict]:
     by_size = {imgsz: measure_latency(args.model, imgsz, "cpu-onnx").median_ms for imgsz in sorted(set(size.values()))}
     latency = {v: by_size[size[v]] for v in variants}
     mean = {
-        v: sum(value(r["test"]["overall"]["mAP50"]) for r in rows if r["variant"] == v) / len(args.seeds)
-        for v in variants
+        v: sum(r["test"]["overall"]["mAP50"][0] for r in rows if r["variant"] == v) / len(args.seeds) for v in variants
     }
     lines = [
         f"| variant | size | ms a frame (1 core) | fps | test mAP50 | vs a's best (paired, 95%) | {args.fps:g} fps |",

@@ -349,20 +349,26 @@ def operating_point(model: str, args) -> dict:
 
 
 def retrain_all(configs: dict[str, dict], data: Path, args, out: Path, parent: str) -> list[dict]:
-    """Each search's best configuration trained from scratch for the same epochs, each seed; test scores."""
+    """Each search's best configuration trained from scratch for the same epochs, each seed, at its own
+    `imgsz` when it searched one (else --imgsz); test scores."""
     rows = []
     for seed in args.seeds:
         for name, config in configs.items():
+            config = dict(config)
+            size = int(config.pop("imgsz", args.imgsz))
             # Each finished retrain is kept, so a rerun of the same --out scores without training again.
             saved = out / "rows" / f"{name}-seed{seed}.json"
             if saved.is_file():
                 row = json.loads(saved.read_text())
             else:
-                row = train_and_score(name, data, seed, args, out, parent, args.retrain_epochs, config)
+                row = train_and_score(name, data, seed, args, out, parent, args.retrain_epochs, config, imgsz=size)
                 saved.parent.mkdir(parents=True, exist_ok=True)
                 saved.write_text(json.dumps(row, default=str))
+            row["imgsz"] = size
             rows.append(row)
-            print(f"retrain {name} seed {seed}: test mAP50 {fmt(row['test']['overall']['mAP50'])}", flush=True)
+            print(
+                f"retrain {name} at {size}, seed {seed}: test mAP50 {fmt(row['test']['overall']['mAP50'])}", flush=True
+            )
     return rows
 
 

@@ -194,18 +194,8 @@ def test_interrupted_study_resumes_without_rerunning(tiny_data, tmp_path, mlflow
 
 # Two sizes, each with its cost, as the two trials (the baseline points; no ASHA with two objectives).
 COST_SPACE = {
-    "space": {
-        "imgsz": {"type": "choice", "values": [96, 160]},
-        "lr0": {"type": "loguniform", "low": 1e-9, "high": 0.05},
-        "optimizer": {"type": "choice", "values": ["SGD"]},
-        "warmup_epochs": {"type": "choice", "values": [0.0]},
-        "nbs": {"type": "choice", "values": [8]},
-        "mosaic": {"type": "choice", "values": [0.0]},
-    },
-    "baseline": [
-        {"imgsz": 96, "lr0": 1e-9, "optimizer": "SGD", "warmup_epochs": 0.0, "nbs": 8, "mosaic": 0.0},
-        {"imgsz": 160, "lr0": 0.02, "optimizer": "SGD", "warmup_epochs": 0.0, "nbs": 8, "mosaic": 0.0},
-    ],
+    "space": {"imgsz": {"type": "choice", "values": [96, 160]}, **SPACE["space"]},
+    "baseline": [{"imgsz": 96, **SPACE["baseline"][1]}, {"imgsz": 160, **SPACE["baseline"][0]}],
 }
 
 
