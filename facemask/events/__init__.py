@@ -4,6 +4,7 @@ rules     what counts as a violation (states, duration, consensus, cooldown) and
           go (webhook, MQTT), read from the camera list's `events:` section
 people    one camera's tracked people become events: opened, updated, closed
 evidence  a snapshot per event, faces blurred by default, kept within age and size limits
+clips     a short clip per event from a ring buffer per camera, blurred as the snapshot
 outbox    a durable SQLite outbox: each message delivered at least once, by idempotency key
 sinks     the webhook (HMAC-signed JSON) and MQTT, each telling a retry from a refusal
 hub       what `facemask watch` holds: all of the above, for every camera

@@ -1,4 +1,5 @@
-"""A snapshot per event: the frame where its person scored highest, faces blurred by default.
+"""A snapshot per event: the frame where its person scored highest, faces blurred by default
+(a clip, when asked for, comes from facemask.events.clips).
 
 Mask compliance films faces, and privacy law covers what is kept. So every face box in a
 stored snapshot is blurred (`all`, the default); `others` keeps the subject's face for
@@ -6,8 +7,8 @@ review and blurs the rest; `none` is the operator's explicit choice. The subject
 outlined in every mode. The blur is strong enough that no face stays recognisable: a box
 averaged down to about 6 x 6 blocks, then smoothed.
 
-Snapshots live under `<out>/events/<camera>/`; the oldest go first once the folder passes
-its size limit, and any older than its age limit go at the next write.
+Snapshots and clips live under `<out>/events/<camera>/`; the oldest go first once the folder
+passes its size limit, and any older than its age limit go at the next write.
 """
 
 from __future__ import annotations
@@ -60,39 +61,62 @@ def snapshot(frame: np.ndarray, boxes: list[dict], subject: dict, blur: str) -> 
 
 
 class EvidenceStore:
-    """Snapshots on disk, within `max_bytes` and `max_age_s`; a snapshot may have a JSON sidecar
-    (the sample pool's pre-labels), written first and deleted with it."""
+    """Snapshots and clips on disk, within `max_bytes` and `max_age_s` together; a snapshot may
+    have a JSON sidecar (the sample pool's pre-labels), written first and deleted with it. The
+    watch's loop writes snapshots and the clip thread clips, so a lock keeps their pruning apart."""
+
+    KINDS = (".jpg", ".webm")
 
     def __init__(self, root: Path, max_bytes: float, max_age_s: float) -> None:
+        import threading
+
         self.root, self.max_bytes, self.max_age_s = root, max_bytes, max_age_s
         self.pruned = 0
+        self.lock = threading.Lock()
+
+    def path(self, camera: str, key: str, suffix: str = ".jpg") -> Path:
+        return self.root / camera / f"{key}{suffix}"
 
     def write(self, camera: str, key: str, jpeg: bytes, sidecar: dict | None = None) -> Path:
         import json
 
-        folder = self.root / camera
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{key}.jpg"
+        path = self.path(camera, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
         if sidecar is not None:  # before the image: an image never lacks its labels
             side = path.with_suffix(".json")
             side.with_suffix(".json.tmp").write_text(json.dumps(sidecar, sort_keys=True))
             side.with_suffix(".json.tmp").replace(side)
         partial = path.with_suffix(".jpg.tmp")
         partial.write_bytes(jpeg)
-        partial.replace(path)  # whole or absent, never half a file
+        return self.keep(partial, path)
+
+    def keep(self, partial: Path, path: Path) -> Path:
+        """Move a finished file into place (whole or absent, never half a file), then prune."""
+        partial.replace(path)
         self.prune()
         return path
 
     def prune(self, now: float | None = None) -> int:
-        """Delete snapshots past the age limit, then the oldest until the folder fits; returns how many."""
+        """Delete files past the age limit, then the oldest until the folder fits; returns how many."""
         now = time.time() if now is None else now
-        files = sorted((p.stat().st_mtime, p.stat().st_size, p) for p in self.root.glob("*/*.jpg"))
-        total, removed = sum(size for _, size, _ in files), 0
-        for mtime, size, path in files:
-            if now - mtime <= self.max_age_s and total <= self.max_bytes:
-                break
-            path.unlink(missing_ok=True)
-            path.with_suffix(".json").unlink(missing_ok=True)
-            total, removed = total - size, removed + 1
-        self.pruned += removed
+        with self.lock:
+            files = []
+            for suffix in self.KINDS:
+                for path in self.root.glob(f"*/*{suffix}"):
+                    if path.name.endswith(".part.webm"):  # a clip being written
+                        continue
+                    try:
+                        stat = path.stat()
+                    except FileNotFoundError:  # a sample pruned by its own pool meanwhile
+                        continue
+                    files.append((stat.st_mtime, stat.st_size, path))
+            files.sort()
+            total, removed = sum(size for _, size, _ in files), 0
+            for mtime, size, path in files:
+                if now - mtime <= self.max_age_s and total <= self.max_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                path.with_suffix(".json").unlink(missing_ok=True)
+                total, removed = total - size, removed + 1
+            self.pruned += removed
         return removed

@@ -5,7 +5,8 @@ into the outbox, which delivers them from a thread of its own.
 
 Files, under the watch's `--out`: `events/outbox.sqlite` (the outbox, and each event's latest
 message: for review, and for the events a killed watch left open), `events/<camera>/<key>.jpg`
-(snapshots), `events.jsonl` (every start and end, as sent).
+(snapshots), `events/<camera>/<key>.webm` (clips, when the section asks for them), `events.jsonl`
+(every start and end, as sent). An end message names its clip when the clip is written by then.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from facemask.events.clips import ClipRecorder
 from facemask.events.evidence import EvidenceStore, snapshot
 from facemask.events.outbox import Outbox
 from facemask.events.people import Event, PersonEvents
@@ -62,13 +64,15 @@ class EventHub:
         self.evidence = EvidenceStore(out / "events", cfg.max_mb * 1e6, cfg.max_age_days * 86400)
         (out / "events").mkdir(parents=True, exist_ok=True)
         (out / "events").chmod(0o700)  # snapshots are of people: the owner's alone, as the sample pool
+        self.changes = Changes()
+        # A clip lands after_s past its alert: the review page is told, as of a start or an end.
+        self.clips = None if cfg.clip is None else ClipRecorder(cfg.clip, self.evidence, lambda _: self.changes.bump())
         self.outbox = Outbox(
             out / "events" / "outbox.sqlite", default_sinks(cfg, self.run_id) if sinks is None else sinks
         )
         self.log_path = out / "events.jsonl"
         self.counts = {"started": 0, "ended": 0, "snapshot_errors": 0, "errors": 0}
         self.final: dict[str, Any] | None = None  # the summary as the outbox closed
-        self.changes = Changes()
         self._end_left_open()
         self.outbox.start()
 
@@ -105,6 +109,9 @@ class EventHub:
             rule, _ = self.cfg.for_camera(camera)
             events = self.cameras[camera] = PersonEvents(camera, rule, self.run_id, self.model_version)
         boxes = [d["box"] for d in faces]
+        if self.clips is not None:  # before the alert it may raise: the alert's frame opens its clip
+            tracked = {d["track_id"]: d["box"] for d in people if d.get("track_id") is not None}
+            self.clips.offer(camera, at, frame, fetch, boxes, tracked)
         changes = []
         for d in people:
             if d.get("track_id") is None:
@@ -116,11 +123,15 @@ class EventHub:
 
     def remove(self, camera: str, fetch: Callable[[Any], Any]) -> None:
         events = self.cameras.pop(camera, None)
+        if self.clips is not None:
+            self.clips.forget(camera)
         if events is not None:
             self._apply(camera, events.close_all(time.time(), "camera removed"), fetch)
 
     def close(self, fetch: Callable[[Any], Any], flush_s: float = 2.0) -> None:
         """A stop: every open event ends, then the outbox gets `flush_s` to deliver."""
+        if self.clips is not None:  # written first, so that the end messages name them
+            self.clips.close()
         now = time.time()
         for camera, events in list(self.cameras.items()):
             self._apply(camera, events.close_all(now), fetch)
@@ -130,8 +141,20 @@ class EventHub:
         for kind, event in changes:
             if kind == "start":
                 event.snapshot = self._snapshot(camera, event, fetch)
+                if self.clips is not None:
+                    blur = self.cfg.for_camera(camera)[1]
+                    self.clips.start(camera, event.key, event.track_id, event.last_seen, blur)
             self.counts["started" if kind == "start" else "ended"] += 1
-            self._put({**event.to_message(kind), "snapshot": event.snapshot})
+            message = {**event.to_message(kind), "snapshot": event.snapshot}
+            if self.clips is not None:
+                message["clip"] = self.clip(camera, event.key)
+            self._put(message)
+
+    def clip(self, camera: str, key: str) -> str | None:
+        """Where the event's clip is, relative to the watch's --out; None until it is written (or
+        when clips are off, or it was pruned)."""
+        path = self.evidence.path(camera, key, ".webm")
+        return str(path.relative_to(self.out)) if self.clips is not None and path.is_file() else None
 
     def _put(self, message: dict) -> None:
         self.outbox.put(message)
@@ -167,6 +190,7 @@ class EventHub:
             "delivery": dict(self.outbox.counts),
             "backlog": self.outbox.backlog(),
             "snapshots_pruned": self.evidence.pruned,
+            "clips": None if self.clips is None else self.clips.summary(),
         }
 
 

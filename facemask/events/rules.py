@@ -10,6 +10,7 @@
         end_after_s: 3             # an event ends once its person is compliant or gone this long
       blur: all                    # faces in snapshots: all (default), others (all but the subject's), none
       evidence: {max_mb: 500, max_age_days: 30}
+      clip: {before_s: 4, after_s: 4, fps: 4, width: 640}   # optional: a WebM clip per event, faces blurred as above
       webhook: {url: https://alerts.example/hook, secret_env: FACEMASK_WEBHOOK_SECRET}
       mqtt: {host: 127.0.0.1, port: 1883, topic_prefix: facemask, username: watch, password_env: FACEMASK_MQTT_PASSWORD}
 
@@ -61,6 +62,17 @@ class Mqtt:
 
 
 @dataclass(frozen=True)
+class Clip:
+    """A clip per event: `before_s` seconds before the alert and `after_s` after, at `fps`
+    frames a second, `width` pixels across (facemask.events.clips)."""
+
+    before_s: float = 4.0
+    after_s: float = 4.0
+    fps: float = 4.0
+    width: int = 640
+
+
+@dataclass(frozen=True)
 class EventsConfig:
     rule: Rule = Rule()
     blur: str = "all"
@@ -68,6 +80,7 @@ class EventsConfig:
     max_age_days: float = 30.0
     webhook: Webhook | None = None
     mqtt: Mqtt | None = None
+    clip: Clip | None = None  # None: snapshots only
     # Per camera: (rule, blur) where the camera's entry overrides the section's.
     cameras: dict[str, tuple[Rule, str]] = field(default_factory=dict)
 
@@ -93,7 +106,7 @@ def load_events_config(data: dict, path: Path, env: dict[str, str] | None = None
             )
         return None
     where = f"{path}: events"
-    _mapping(section, where, ("rule", "blur", "evidence", "webhook", "mqtt"))
+    _mapping(section, where, ("rule", "blur", "evidence", "clip", "webhook", "mqtt"))
     rule = parse_rule(section.get("rule") or {}, f"{where}.rule")
     blur = _blur(section.get("blur", "all"), f"{where}.blur")
     evidence = section.get("evidence") or {}
@@ -105,6 +118,7 @@ def load_events_config(data: dict, path: Path, env: dict[str, str] | None = None
         max_age_days=_number(evidence.get("max_age_days", 30), f"{where}.evidence.max_age_days", low=0.001),
         webhook=_webhook(section.get("webhook"), f"{where}.webhook", path.parent, env),
         mqtt=_mqtt(section.get("mqtt"), f"{where}.mqtt", path.parent, env),
+        clip=_clip(section["clip"], f"{where}.clip") if "clip" in section else None,
     )
     cameras = {}
     for entry in per_camera:
@@ -136,6 +150,19 @@ def parse_rule(value: Any, where: str, base: Rule = Rule()) -> Rule:
     if rule.agreement <= 0.5:
         raise ConfigError(f"{where}.agreement {rule.agreement}: must be above 0.5 (a majority of the observations)")
     return rule
+
+
+def _clip(value: Any, where: str) -> Clip:
+    """`clip: {}` takes the defaults; the bounds keep a clip short and its buffer small."""
+    value = {} if value is None else value
+    _mapping(value, where, tuple(Clip.__dataclass_fields__))
+    base = Clip()
+    return Clip(
+        before_s=_number(value.get("before_s", base.before_s), f"{where}.before_s", high=30),
+        after_s=_number(value.get("after_s", base.after_s), f"{where}.after_s", high=30),
+        fps=_number(value.get("fps", base.fps), f"{where}.fps", low=1, high=15),
+        width=int(_number(value.get("width", base.width), f"{where}.width", low=160, high=1920)),
+    )
 
 
 def read_secret(entry: dict, name: str, where: str, base: Path, env: dict[str, str], required: bool) -> str | None:

@@ -130,7 +130,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.error(404, "not_found", f"no route {path}; see GET /cameras")
 
     def events(self, parts: list[str]) -> None:
-        """GET /events (filtered) and GET /events/KEY/snapshot.jpg; 404 when events are off."""
+        """GET /events (filtered), GET /events/KEY/snapshot.jpg and /clip.webm; 404 when events are off."""
         hub = self.watch.production.events
         if hub is None:
             return self.error(404, "events_off", "events are off: add an `events:` section to the camera list")
@@ -148,6 +148,8 @@ class Handler(BaseHTTPRequestHandler):
                 )
             except ValueError:
                 return self.error(400, "bad_query", "since and until are Unix times in seconds, limit a number")
+            if hub.clips is not None:  # a clip is written after_s past its alert: named once it is there
+                found = [{**e, "clip": hub.clip(e["camera"], e["event"])} for e in found]
             return self.json(200, {"events": found})
         if parts == ["events", "wait"]:
             return self.wait_for_changes(hub)
@@ -157,6 +159,14 @@ class Handler(BaseHTTPRequestHandler):
             if file is None or not file.is_file():
                 return self.error(404, "no_snapshot", f"event {parts[1][:80]!r} has no snapshot (unknown or pruned)")
             return self.send(200, file.read_bytes(), "image/jpeg")
+        if len(parts) == 3 and parts[2] == "clip.webm":
+            event = hub.outbox.event(parts[1])
+            clip = hub.clip(event["camera"], event["event"]) if event else None
+            if clip is None:
+                return self.error(
+                    404, "no_clip", f"event {parts[1][:80]!r} has no clip (clips off, not yet written, or pruned)"
+                )
+            return self.send(200, (hub.out / clip).read_bytes(), "video/webm")
         return self.error(404, "not_found", "see GET /events")
 
     def wait_for_changes(self, hub) -> None:

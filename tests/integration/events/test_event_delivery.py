@@ -24,6 +24,7 @@ from PIL import Image
 from facemask.events.hub import EventHub
 from facemask.events.rules import EventsConfig, Mqtt, Rule, Webhook
 from facemask.events.sinks import MqttSink, WebhookSink
+from tests.images import sharpness, video_frames
 from tests.receivers import WEBHOOK_SECRET, Mosquitto, MqttListener, WebhookReceiver
 from tests.services import API_KEY, CHROMIUM, free_port, launch_chromium, wait_until
 from tests.streams import rtsp_missing
@@ -114,7 +115,8 @@ def test_a_watch_killed_in_the_middle_of_an_event_ends_it_when_started_again(tmp
     listing = tmp_path / "cameras.yaml"
     rule = {"min_duration_s": 1, "min_observations": 3, "end_after_s": 1, "cooldown_s": 60}
     events = {"rule": rule, "webhook": {"url": receiver.url, "secret_env": "TEST_HOOK_SECRET"}}
-    listing.write_text(yaml.safe_dump({"events": events, "cameras": [{"id": "door", "url": str(video)}]}))
+    cameras = [{"id": "door", "url": str(video)}]
+    listing.write_text(yaml.safe_dump({"events": events, "cameras": cameras}))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TEST_HOOK_SECRET": WEBHOOK_SECRET}
     env.pop("RAY_ADDRESS", None)
     out = tmp_path / "out"
@@ -142,6 +144,9 @@ def test_a_watch_killed_in_the_middle_of_an_event_ends_it_when_started_again(tmp
         first.wait()
         opened = {m["event"] for m in receiver.messages if m["kind"] == "start"}
         assert not any(m["kind"] == "end" for m in receiver.messages)
+        # The second watch also keeps a clip of each event, its faces blurred too.
+        events["clip"] = {"before_s": 1, "after_s": 1, "fps": 4, "width": 320}
+        listing.write_text(yaml.safe_dump({"events": events, "cameras": cameras}))
         second, log = start(2)
         ended = lambda: {m["event"] for m in receiver.messages if m["kind"] == "end"} >= opened  # noqa: E731
         wait_until(ended, 240, "the killed watch's events ended", second, log)
@@ -173,14 +178,21 @@ def test_a_watch_killed_in_the_middle_of_an_event_ends_it_when_started_again(tmp
     print(f"alert latency beyond min_duration_s: {', '.join(f'{s:.2f}' for s in sorted(latency))} s")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["events"]["started"] == 2 and summary["events"]["backlog"] == {"webhook": 0}
-    # Privacy: in every stored snapshot (the default, `blur: all`), no face is left sharp.
+    # Privacy: in every stored snapshot (the default, `blur: all`), no face is left sharp, and in
+    # no frame of a clip. The second watch's two clips were written (after_s past their alerts,
+    # or at its stop, before the ends that name them).
     snapshots = sorted((out / "events" / "door").glob("*.jpg"))
-    assert len(snapshots) == 4
-    for path in snapshots:
-        image = np.asarray(Image.open(path).convert("RGB"))
+    clips = sorted((out / "events" / "door").glob("*.webm"))
+    assert len(snapshots) == 4 and len(clips) == 2 and summary["events"]["clips"]["written"] == 2
+    assert {str(p.relative_to(out)) for p in clips} == {m.get("clip") for m in receiver.messages} - {None}
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in snapshots]
+    for path in clips:
+        frames = video_frames(path)
+        assert len(frames) >= 3 and frames[0].shape == (240, 320, 3)  # up to 1 s either side at 4 fps
+        images += frames
+    for image in images:
         for box, original in faces:
             assert sharpness(inside(image, box)) < 0.25 * original, (
-                path.name,
                 box,
                 sharpness(inside(image, box)),
                 original,
@@ -220,12 +232,6 @@ def inside(image: np.ndarray, box: dict, margin: int = 4) -> np.ndarray:
     return image[int(box["y1"]) + margin : int(box["y2"]) - margin, int(box["x1"]) + margin : int(box["x2"]) - margin]
 
 
-def sharpness(image: np.ndarray) -> float:
-    import cv2
-
-    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
-
-
 def review_in_chromium(url: str, ended: set[str]) -> None:
     """The review page: every event with its snapshot, the filter, and an acknowledgement that
     reaches the API; a screenshot for the docs when FACEMASK_REVIEW_PNG names a file."""
@@ -246,6 +252,12 @@ def review_in_chromium(url: str, ended: set[str]) -> None:
         page.wait_for_function("() => (window.lastEvents || []).length === 4", timeout=30000)
         page.wait_for_function(
             "() => [...document.querySelectorAll('img.snap')].every((i) => i.complete && i.naturalWidth > 0)",
+            timeout=30000,
+        )
+        # This watch's two events get their clips once written (the page is told), and Chromium reads them.
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('video.clip')].filter((v) => v.readyState >= 1 && v.duration > 0)"
+            ".length === 2",
             timeout=30000,
         )
         first = sorted(ended)[0]
@@ -279,3 +291,10 @@ def review_in_chromium(url: str, ended: set[str]) -> None:
     assert held.result(timeout=60).json()["seq"] == seq + 1
     snapshot = httpx.get(f"{url}events/{first}/snapshot.jpg", headers=auth, timeout=10)
     assert snapshot.status_code == 200 and snapshot.content[:2] == b"\xff\xd8"
+    listed = httpx.get(url + "events", headers=auth, timeout=10).json()["events"]
+    clipped = [e["event"] for e in listed if e["clip"]]
+    assert len(clipped) == 2 and first not in clipped  # the killed watch kept no clips
+    clip = httpx.get(f"{url}events/{clipped[0]}/clip.webm", headers=auth, timeout=10)
+    assert clip.status_code == 200 and clip.headers["content-type"] == "video/webm"
+    assert clip.content[:4] == b"\x1a\x45\xdf\xa3"  # Matroska's (WebM's) magic
+    assert httpx.get(f"{url}events/{first}/clip.webm", headers=auth, timeout=10).status_code == 404

@@ -19,6 +19,7 @@ from facemask.events.outbox import Outbox
 from facemask.events.people import PersonEvents
 from facemask.events.rules import Rule, Webhook, load_events_config
 from facemask.events.sinks import Refused, Retry, WebhookSink
+from tests.images import sharpness
 from tests.receivers import WEBHOOK_SECRET, WebhookReceiver
 
 ENV = {"HOOK_SECRET": WEBHOOK_SECRET}
@@ -134,12 +135,6 @@ def test_a_stop_ends_every_open_event():
     feed(events, [("mask_weared_incorrect", 0.7)] * 6)
     (kind, event), *rest = events.close_all(104.0)
     assert kind == "end" and not rest and event.end_reason == "watch stopped" and event.state == "mask_weared_incorrect"
-
-
-def sharpness(image: np.ndarray) -> float:
-    import cv2
-
-    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
 
 
 def test_snapshots_blur_every_face_by_default_and_all_but_the_subject_in_others_mode():
