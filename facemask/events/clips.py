@@ -36,7 +36,7 @@ log = logging.getLogger("facemask.events")
 
 MAX_RECORDINGS = 8
 QUEUE = 256  # frames and alerts waiting for the clip thread
-STALE_S = 2.0  # a recording whose camera sent nothing this long past its end is written as it is
+STALE_S = 5.0  # a recording still open this long past its end (its camera fell silent) is written as it is
 OUTLINE = (255, 64, 64)  # the subject, as in the snapshot
 FOURCC = "VP80"  # WebM's VP8; OpenCV warns that the tag is unusual, then writes it
 
@@ -67,6 +67,10 @@ class ClipRecorder:
     ) -> None:
         """`on_written(key)`: told on the clip thread as each event's clip is in place."""
         self.settings, self.evidence, self.on_written = settings, evidence, on_written
+        # Imported here, never first on the clip thread: OpenCV's loader sets sys.path back to the
+        # copy it took when it began, dropping what a concurrent import elsewhere added meanwhile.
+        import cv2  # noqa: F401
+
         self.ring_length = math.ceil(settings.before_s * settings.fps) + 1
         self.rings: dict[str, deque[Shot]] = {}
         self.recordings: list[Recording] = []
@@ -125,16 +129,18 @@ class ClipRecorder:
             try:
                 item = self.queue.get(timeout=1.0)
             except queue.Empty:
-                self._finish(lambda r: time.time() > r.until + STALE_S)
-                continue
+                item = ("idle",)
             if item[0] == "stop":
                 self._finish(lambda r: True)
                 return
             try:
-                getattr(self, f"_{item[0]}")(*item[1:])
+                if item[0] != "idle":
+                    getattr(self, f"_{item[0]}")(*item[1:])
             except Exception:  # noqa: BLE001 - a bad frame costs its clip's frame, never the thread
                 self._count("errors")
                 log.exception("clips: %s of camera %s failed", item[0], item[1])
+            # A camera that fell silent (while others still send) ends its recordings as they are.
+            self._finish(lambda r: time.time() > r.until + STALE_S)
 
     def _frame(self, camera: str, at: float, frame: Any, fetch: Callable, faces: list, tracked: dict) -> None:
         shot = shrink(fetch(frame), at, faces, tracked, self.settings.width)

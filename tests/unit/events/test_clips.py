@@ -15,6 +15,7 @@ from facemask.events.clips import MAX_RECORDINGS, ClipRecorder
 from facemask.events.evidence import EvidenceStore
 from facemask.events.rules import Clip
 from tests.images import sharpness, video_frames
+from tests.services import wait_until
 from tests.unit.events.test_events import events_of
 
 FACES = [{"x1": 40, "y1": 60, "x2": 200, "y2": 260}, {"x1": 360, "y1": 80, "x2": 520, "y2": 280}]
@@ -110,6 +111,22 @@ def test_a_full_queue_drops_frames_and_the_watch_never_waits(tmp_path):
     release.set()
     recorder.close()
     assert recorder.summary()["errors"] == 0
+
+
+def test_a_camera_that_falls_silent_gets_its_clip_while_others_still_send(tmp_path):
+    recorder = ClipRecorder(Clip(before_s=1, after_s=1, fps=4, width=160), EvidenceStore(tmp_path, 1e9, 1e6))
+    then = time.time() - 60  # the door camera's last frames, a minute ago: it died after its alert
+    for i in range(5):
+        recorder.offer("door", then + i / 4, frame(i), lambda image: image, [], {})
+    recorder.start("door", "door-ev1", 1, then + 1, "all")
+    clip = tmp_path / "door" / "door-ev1.webm"
+    wait_until(
+        lambda: recorder.offer("hall", time.time(), frame(9), lambda image: image, [], {}) or clip.is_file(),
+        30,
+        "the silent camera's clip written, as the other camera's frames go on",
+    )
+    assert len(video_frames(clip)) == 5 and recorder.summary()["recording"] == 0
+    recorder.close()
 
 
 def test_frames_closer_than_the_clip_rate_are_not_even_queued(tmp_path):
