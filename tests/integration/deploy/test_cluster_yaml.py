@@ -27,7 +27,7 @@ import yaml
 
 from facemask.core.runtime import free_port
 from tests.kuberay import SECRET, on_this_machine
-from tests.services import PostgresServer, postgres_bin
+from tests.services import PostgresServer, postgres_bin, wait_until
 
 pytestmark = [
     pytest.mark.heavy(reason="cluster.yaml's head and worker started side by side, with their MLflow server"),
@@ -109,14 +109,18 @@ class Node:
         return done
 
     def stop(self) -> None:
-        """End what the commands left running (MLflow under nohup): the processes of their sessions."""
-        for p in psutil.process_iter():
+        """End what the commands left running: the processes of their sessions (MLflow's supervisor,
+        under nohup), which stop what they started, and whatever of that outlives them (the server
+        has a session of its own)."""
+        procs = [p for p in psutil.process_iter() if _in(p, self.sessions)]
+        below = []
+        for p in procs:
             try:
-                if os.getsid(p.pid) in self.sessions:
-                    p.send_signal(signal.SIGTERM)
+                below += p.children(recursive=True)
+                p.send_signal(signal.SIGTERM)
             except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
                 continue
-        gone, alive = psutil.wait_procs([p for p in psutil.process_iter() if _in(p, self.sessions)], timeout=20)
+        gone, alive = psutil.wait_procs(procs + below, timeout=30)
         for p in alive:
             p.kill()
 
@@ -137,6 +141,44 @@ def cluster_env(postgres: PostgresServer, artifacts: Path, **override: str) -> s
         **override,
     }
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
+
+
+def log_a_run(env: dict[str, str], postgres: PostgresServer) -> None:
+    """A client built as a trial builds it logs a run to the head's MLflow, which stores it."""
+    code = (
+        "from facemask.tracking import RunLogger\n"
+        "import os\n"
+        "run = RunLogger('cluster-yaml', 'from-a-node', tracking_uri=os.environ['MLFLOW_TRACKING_URI'],"
+        " system_metrics=False)\n"
+        "run.log_metrics({'m': 1.0}, step=1)\n"
+        "run.end('FINISHED')\n"
+        "assert run.run_id and run.failures == 0, run.failures\n"
+        "print(run.run_id)\n"
+    )
+    logged = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert logged.returncode == 0, logged.stderr[-2000:]
+    run_id = logged.stdout.split()[-1]
+    assert postgres.psql("mlflow", f"SELECT status FROM runs WHERE run_uuid = '{run_id}'").strip() == "FINISHED"
+
+
+def listening(node: Node, port: int) -> psutil.Process | None:
+    """The process that serves `port`, below the node's supervisor (its server has a session of its own)."""
+    supervisors = [p for p in psutil.process_iter(["cmdline"]) if _in(p, node.sessions)]
+    supervisors = [p for p in supervisors if "facemask.core.supervisor" in " ".join(p.info["cmdline"] or [])]
+    for proc in [child for s in supervisors for child in s.children(recursive=True)]:
+        try:
+            if any(c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in proc.net_connections("tcp")):
+                return proc
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def failed(results: list[subprocess.CompletedProcess]) -> str:
@@ -179,25 +221,20 @@ def test_cluster_yaml_starts_mlflow_with_auth_and_gives_every_node_the_secrets(t
             assert not held & set(started), (node.home.name, sorted(held & set(started)))
 
             # A client on the node, built as a trial builds it, logs to the head's MLflow.
-            code = (
-                "from facemask.tracking import RunLogger\n"
-                "import os\n"
-                "run = RunLogger('cluster-yaml', 'from-a-node', tracking_uri=os.environ['MLFLOW_TRACKING_URI'],"
-                " system_metrics=False)\n"
-                "run.log_metrics({'m': 1.0}, step=1)\n"
-                "run.end('FINISHED')\n"
-                "assert run.run_id and run.failures == 0, run.failures\n"
-                "print(run.run_id)\n"
-            )
-            logged = subprocess.run([sys.executable, "-c", code], env=started, capture_output=True, text=True)
-            assert logged.returncode == 0, logged.stderr[-2000:]
-            run_id = logged.stdout.split()[-1]
-            assert postgres.psql("mlflow", f"SELECT status FROM runs WHERE run_uuid = '{run_id}'").strip() == "FINISHED"
+            log_a_run(started, postgres)
         # Without the login, nothing.
         assert httpx.get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
         assert postgres.psql("mlflow_auth", "SELECT username FROM users").split() == [
             SECRET["MLFLOW_TRACKING_USERNAME"]
         ]
+        # The server is killed outright (the OOM killer picks the biggest process): its supervisor
+        # starts it again, and a node logs once more. Its log says what happened.
+        killed = listening(head, port)
+        killed.kill()
+        back = lambda: (p := listening(head, port)) is not None and p.pid != killed.pid and healthy(url)  # noqa: E731
+        wait_until(back, 120, "the head's MLflow server started again by its supervisor")
+        log_a_run(started, postgres)
+        assert "[supervisor] mlflow ended with status" in (head.home / "mlflow" / "server.log").read_text()
     finally:
         head.stop()
         worker.stop()
