@@ -9,18 +9,22 @@ blurred (the camera's `blur`: all, others, none), the subject outlined, and writ
 (VP8, which browsers play as it is) beside the snapshot, `<out>/events/<camera>/<key>.webm`,
 within the same size and age limits.
 
-The watch never waits on a clip. Frames and alerts reach the clip thread through a bounded
-queue; a full queue drops the frame, counted, and a frame is fetched and shrunk on that thread
-only. At most MAX_RECORDINGS clips record at once, which bounds their memory as the buffer's
-length bounds each camera's; an alert beyond them gets no clip, counted. A recording whose
-camera falls silent is written with what it has; so is every recording at a stop.
+The watch never waits on a clip, nor shares its CPU with one. Frames and alerts reach the clip
+thread through a bounded queue; a full queue drops the frame, counted, and a frame is fetched,
+shrunk and encoded on that thread only, at the lowest CPU priority. At most MAX_RECORDINGS
+clips record at once, which bounds their memory as the buffer's length bounds each camera's; an
+alert beyond them gets no clip, counted. A recording whose camera falls silent is written with
+what it has; so is every recording at a stop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import queue
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -125,6 +129,7 @@ class ClipRecorder:
     # --- the clip thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        background()
         while True:
             try:
                 item = self.queue.get(timeout=1.0)
@@ -200,6 +205,16 @@ class ClipRecorder:
         self._count("written")
         if self.on_written is not None:
             self.on_written(recording.key)
+
+
+def background() -> None:
+    """Lower this thread alone to the lowest CPU priority (Linux gives each thread its own nice
+    value, and threads it starts inherit it): a clip is encoded with the CPU the watch leaves,
+    never with the CPU of the frames it is reading. When the watch needs every core, the clip
+    thread falls behind, its queue fills and frames are dropped, counted, instead."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def shrink(image: np.ndarray, at: float, faces: list[dict], tracked: dict[int, dict], width: int) -> Shot:

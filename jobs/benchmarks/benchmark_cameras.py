@@ -6,6 +6,12 @@ camera's stream is: the reader paces them at --fps):
 - watch: `facemask watch`'s runner (Ray actors for the readers and the detector, one batch across
   cameras, ByteTrack per camera);
 - fast: the same with --fast-decode (no deblocking filter);
+- events: watch with events and evidence on (the camera list's `events:` section at its defaults,
+  delivered to a loopback webhook): the simulated GPU's faces stay in view, so each camera's two
+  violating people raise an event each once the rule holds, with a snapshot, all cameras at
+  once (a burst no real scene makes), then every frame is tracked for events;
+- clips: events with a clip per event (`clip: {}`): every camera's frames buffered at 4 a
+  second, a clip encoded 4 s after each alert;
 - plain: what a user writes without Ray: one process, a reader thread per camera (the same
   reader), and a loop that sends each camera's newest frame to the model on its own, then tracks it.
 
@@ -91,13 +97,16 @@ def ray_pids(exclude: set[int]) -> list[int]:
     return [p for p in descendants() if p not in exclude]
 
 
-def watch_step(cfg: WatchConfig, clips: list[Path], streams: int, warmup: float, seconds: float) -> dict:
-    """`facemask watch`'s runner on `streams` cameras; counters from the end of `warmup` to its end."""
+def watch_step(
+    cfg: WatchConfig, clips: list[Path], streams: int, warmup: float, seconds: float, events: dict | None = None
+) -> dict:
+    """`facemask watch`'s runner on `streams` cameras; counters from the end of `warmup` to its end.
+    `events`: the camera list's `events:` section, if any."""
     from facemask.video.watch.runner import Watch
 
     listing = cfg.out / "cameras.yaml"
     cameras = [{"id": f"cam{i:02d}", "url": str(clips[i % len(clips)]), "fps": FPS} for i in range(streams)]
-    listing.write_text(json.dumps({"cameras": cameras}))
+    listing.write_text(json.dumps({"cameras": cameras, **({"events": events} if events else {})}))
     watch = Watch(WatchConfig(**{**cfg.__dict__, "cameras": listing, "max_seconds": warmup + seconds + 2}))
     marks: list[dict] = []
 
@@ -110,7 +119,29 @@ def watch_step(cfg: WatchConfig, clips: list[Path], streams: int, warmup: float,
     sampler.start()
     watch.run()
     sampler.join()
-    return step_figures(marks[0], marks[1], streams)
+    step = step_figures(marks[0], marks[1], streams)
+    if events:  # what the events cost bought: every event, snapshot and clip, and none dropped
+        found = json.loads((cfg.out / "summary.json").read_text())["events"]
+        step["events"] = {k: found.get(k) for k in ("started", "ended", "snapshot_errors", "errors", "clips")}
+    return step
+
+
+def webhook() -> str:
+    """A loopback webhook receiver that takes every message (200), for the events mode's delivery."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Taken(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Taken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/hook"
 
 
 def snapshot(watch) -> dict:
@@ -321,7 +352,11 @@ def main() -> None:
     parser.add_argument("--bitrate", default="2M", help="x264's average bitrate: a 1080p15 camera's main stream")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--pt-imgsz", type=int, default=320, help="the CPU model's size (the hour recipe's)")
-    parser.add_argument("--modes", default="watch,fast,plain", help="fast: watch with --fast-decode")
+    parser.add_argument(
+        "--modes",
+        default="watch,fast,plain",
+        help="fast: watch with --fast-decode; events: with events; clips: with events and clips",
+    )
     parser.add_argument("--soak-minutes", type=float, default=0)
     parser.add_argument("--soak-streams", type=int, default=12)
     parser.add_argument("--out", type=Path, default=None)
@@ -353,9 +388,10 @@ def main() -> None:
             clips = make_clips(work, size, args.fps, args.bitrate)
             for mode in args.modes.split(","):
                 print(f"\n{backend} {size} {mode}", flush=True)
-                if mode in ("watch", "fast"):
+                if mode in ("watch", "fast", "events", "clips"):
                     cfg = WatchConfig(**{**base.__dict__, "fast_decode": mode == "fast"})
-                    step = lambda n, cfg=cfg: watch_step(cfg, clips, n, args.warmup, args.seconds)  # noqa: E731
+                    events = events_section(clips=mode == "clips") if mode in ("events", "clips") else None
+                    step = lambda n, cfg=cfg, e=events: watch_step(cfg, clips, n, args.warmup, args.seconds, e)  # noqa: E731
                 else:
                     model = plain_model(backend, weights)
                     step = lambda n: plain_step(model, clips, n, args.warmup, args.seconds, base.imgsz)  # noqa: E731
@@ -376,6 +412,15 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cameras.json").write_text(json.dumps(report, indent=2))
+
+
+def events_section(clips: bool) -> dict:
+    """The events modes' section: the default rule and evidence, a webhook, and a clip per event."""
+    import secrets
+
+    os.environ["FACEMASK_BENCH_HOOK_SECRET"] = secrets.token_hex(16)
+    section = {"webhook": {"url": webhook(), "secret_env": "FACEMASK_BENCH_HOOK_SECRET"}}
+    return {**section, "clip": {}} if clips else section
 
 
 def plain_model(backend: str, weights: Path):

@@ -165,3 +165,19 @@ def test_clips_are_off_unless_asked_for_and_an_empty_mapping_takes_the_defaults(
     assert events_of(tmp_path, {}).clip is None
     assert events_of(tmp_path, {"clip": {}}).clip == Clip() == Clip(before_s=4, after_s=4, fps=4, width=640)
     assert events_of(tmp_path, {"clip": {"after_s": 2}}).clip == Clip(after_s=2)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread priorities are read from Linux's /proc")
+def test_the_clip_thread_runs_at_the_lowest_priority_and_the_watchs_thread_keeps_its_own(tmp_path):
+    import os
+
+    recorder = ClipRecorder(Clip(), EvidenceStore(tmp_path, 1e9, 1e6))
+    drained = threading.Event()
+    recorder.queue.put(("frame", "door", time.time(), None, lambda _: drained.set() or frame(0), [], {}))
+    assert drained.wait(30)  # the thread has started and lowered itself
+
+    def nice(tid: int) -> int:
+        return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+    assert nice(recorder.thread.native_id) == 19 and nice(threading.get_native_id()) == os.nice(0)
+    recorder.close()
