@@ -6,6 +6,7 @@ functions, library code never calls `init_ray`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from facemask.core.errors import ConfigError, RayStartFailed
@@ -121,6 +123,16 @@ def machine_busy_s() -> float:
     # user nice system idle iowait irq softirq steal: all but idle and iowait are work.
     ticks = [int(value) for value in fields[:8]]
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def lowest_priority_thread() -> None:
+    """Lower the calling thread alone to the lowest CPU priority (Linux gives each thread its own
+    nice value, and the threads it starts inherit it). For background work beside a real-time
+    loop (a clip encoded, a sample written): it gets the CPU the loop leaves, and when the loop
+    needs every core it falls behind, its bounded queue fills and it drops, counted."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def in_ray_job() -> bool:

@@ -19,12 +19,9 @@ what it has; so is every recording at a stop.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import queue
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -33,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from facemask.core.runtime import lowest_priority_thread
 from facemask.events.evidence import EvidenceStore, blur_faces
 from facemask.events.rules import Clip
 
@@ -129,7 +127,7 @@ class ClipRecorder:
     # --- the clip thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        background()
+        lowest_priority_thread()  # a clip gets the CPU the watch leaves, never the watch's
         while True:
             try:
                 item = self.queue.get(timeout=1.0)
@@ -205,16 +203,6 @@ class ClipRecorder:
         self._count("written")
         if self.on_written is not None:
             self.on_written(recording.key)
-
-
-def background() -> None:
-    """Lower this thread alone to the lowest CPU priority (Linux gives each thread its own nice
-    value, and threads it starts inherit it): a clip is encoded with the CPU the watch leaves,
-    never with the CPU of the frames it is reading. When the watch needs every core, the clip
-    thread falls behind, its queue fills and frames are dropped, counted, instead."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def shrink(image: np.ndarray, at: float, faces: list[dict], tracked: dict[int, dict], width: int) -> Shot:

@@ -6,8 +6,8 @@
                                          faces, detections: [{label, confidence, box}]}
 
 Writing never delays the watch: `offer` puts the frame on a bounded queue that a thread of its
-own empties (fetching the frame, encoding, writing); a full queue drops the sample and counts
-it. The folder stays within `max_mb` and `max_age_days` (the oldest go first). Made readable
+own empties (fetching the frame, encoding, writing) at the lowest CPU priority; a full queue
+drops the sample and counts it. The folder stays within `max_mb` and `max_age_days` (the oldest go first). Made readable
 by its owner only: the pool may hold faces.
 """
 
@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+from facemask.core.runtime import lowest_priority_thread
 from facemask.events.evidence import EvidenceStore, blur_faces
 from facemask.learning.sampler import SamplingRule
 
@@ -55,6 +56,7 @@ class SamplePool:
         return True
 
     def _run(self) -> None:
+        lowest_priority_thread()  # a sample is written with the CPU the watch or the replica leaves
         while True:
             item = self.queue.get()
             if item is None:
