@@ -14,7 +14,9 @@ thread through a bounded queue; a full queue drops the frame, counted, and a fra
 shrunk and encoded on that thread only, at the lowest CPU priority. At most MAX_RECORDINGS
 clips record at once, which bounds their memory as the buffer's length bounds each camera's; an
 alert beyond them gets no clip, counted. A recording whose camera falls silent is written with
-what it has; so is every recording at a stop.
+what it has; so is every recording at a stop, within CLOSE_S: the watch's rows and summary wait
+on it, and `ray job stop` kills 3 s after its signal. A clip cut short there, or by a kill, leaves
+a `.part.webm`, never a clip; the next start removes it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ log = logging.getLogger("facemask.events")
 
 MAX_RECORDINGS = 8
 QUEUE = 256  # frames and alerts waiting for the clip thread
+CLOSE_S = 0.5  # a stop waits this long at most for the recordings under way
 STALE_S = 5.0  # a recording still open this long past its end (its camera fell silent) is written as it is
 OUTLINE = (255, 64, 64)  # the subject, as in the snapshot
 FOURCC = "VP80"  # WebM's VP8; OpenCV warns that the tag is unusual, then writes it
@@ -80,6 +83,9 @@ class ClipRecorder:
         self.counts: Counter = Counter()
         self.count_lock = threading.Lock()
         self.queue: queue.Queue = queue.Queue(QUEUE)
+        self.stopping = threading.Event()
+        for left in evidence.root.glob("*/*.part.webm"):  # a clip a killed or cut-short watch left
+            left.unlink(missing_ok=True)
         self.thread = threading.Thread(target=self._run, name="facemask-clips", daemon=True)
         self.thread.start()
 
@@ -104,10 +110,13 @@ class ClipRecorder:
         self.last.pop(camera, None)
         self._send(("forget", camera), "errors", wait_s=1.0)
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """A stop: every recording under way is written with what it has."""
+    def close(self, timeout_s: float = CLOSE_S) -> None:
+        """A stop: every recording under way is written with what it has, within `timeout_s`; the
+        frames still queued are passed over (what they add is not worth the wait)."""
+        deadline = time.monotonic() + timeout_s
+        self.stopping.set()
         self._send(("stop",), "errors", wait_s=timeout_s)
-        self.thread.join(timeout_s)
+        self.thread.join(max(0.0, deadline - time.monotonic()))
 
     def summary(self) -> dict[str, int]:
         with self.count_lock:
@@ -136,6 +145,8 @@ class ClipRecorder:
             if item[0] == "stop":
                 self._finish(lambda r: True)
                 return
+            if item[0] == "frame" and self.stopping.is_set():
+                continue
             try:
                 if item[0] != "idle":
                     getattr(self, f"_{item[0]}")(*item[1:])

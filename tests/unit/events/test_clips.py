@@ -45,8 +45,17 @@ def record(tmp_path: Path, blur: str, settings: Clip, seconds: float = 4.0, aler
         recorder.offer("door", at, offered[at], lambda image: image, FACES, {1: FACES[0], 2: FACES[1]})
         if i / 8 == alert_at:
             recorder.start("door", "door-ev1", 1, at, blur)
-    recorder.close()
+    drain(recorder)  # a stop passes over the frames still queued: these are all taken first
+    recorder.close(timeout_s=30)
     return recorder, offered
+
+
+def drain(recorder: ClipRecorder, at: float | None = None) -> None:
+    """Wait until the clip thread has taken everything queued so far (a last frame of its own)."""
+    drained = threading.Event()
+    at = time.time() if at is None else at
+    recorder.queue.put(("frame", "drain", at, None, lambda _: drained.set() or frame(0), [], {}))
+    assert drained.wait(30)
 
 
 def test_a_clip_runs_from_before_the_alert_to_after_it_with_every_face_blurred(tmp_path):
@@ -88,12 +97,10 @@ def test_memory_is_bounded_by_the_buffer_and_the_recordings_and_extra_alerts_are
         recorder.offer("door", at, frame(i), lambda image: image, [], {})
         if i >= 20 and i - 20 <= MAX_RECORDINGS:  # one alert too many
             recorder.start("door", f"ev{i}", 1, at, "all")
-    drained = threading.Event()
-    recorder.queue.put(("frame", "door", now + 11, None, lambda _: drained.set() or frame(0), [], {}))
-    assert drained.wait(30)
+    drain(recorder, now + 11)
     assert len(recorder.rings["door"]) == recorder.ring_length == 5  # 1 s at 4 fps, and the frame at its start
     assert len(recorder.recordings) == MAX_RECORDINGS and recorder.summary()["skipped"] == 1
-    recorder.close()  # a stop writes what the recordings hold
+    recorder.close(timeout_s=30)  # a stop writes what the recordings hold
     assert len(list(tmp_path.glob("door/*.webm"))) == MAX_RECORDINGS and recorder.summary()["recording"] == 0
 
 
@@ -109,7 +116,7 @@ def test_a_full_queue_drops_frames_and_the_watch_never_waits(tmp_path):
         recorder.offer("door", 1000.0 + i, frame(0), stuck, [], {})
     assert recorder.summary()["frames_dropped"] == 600 - 1 - recorder.queue.maxsize
     release.set()
-    recorder.close()
+    recorder.close(timeout_s=30)
     assert recorder.summary()["errors"] == 0
 
 
@@ -172,12 +179,27 @@ def test_the_clip_thread_runs_at_the_lowest_priority_and_the_watchs_thread_keeps
     import os
 
     recorder = ClipRecorder(Clip(), EvidenceStore(tmp_path, 1e9, 1e6))
-    drained = threading.Event()
-    recorder.queue.put(("frame", "door", time.time(), None, lambda _: drained.set() or frame(0), [], {}))
-    assert drained.wait(30)  # the thread has started and lowered itself
+    drain(recorder)  # the thread has started and lowered itself
 
     def nice(tid: int) -> int:
         return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
     assert nice(recorder.thread.native_id) == 19 and nice(threading.get_native_id()) == os.nice(0)
     recorder.close()
+
+
+def test_a_stop_waits_for_clips_only_briefly_and_a_cut_short_clip_leaves_no_file_behind(tmp_path):
+    (tmp_path / "door").mkdir()
+    (tmp_path / "door" / "door-old.part.webm").write_bytes(b"cut short by a kill")
+    recorder = ClipRecorder(Clip(fps=15), EvidenceStore(tmp_path, 1e9, 1e6))
+    assert not list(tmp_path.glob("door/*.part.webm"))  # removed at the start
+    release = threading.Event()
+    recorder.offer("door", time.time(), None, lambda _: release.wait(30) and frame(0), [], {})
+    for i in range(1, 50):  # a backlog behind the stuck frame
+        recorder.offer("door", time.time() + i, frame(i), lambda image: image, [], {})
+    began = time.monotonic()
+    recorder.close(timeout_s=0.5)  # the watch's rows and summary wait on this
+    assert time.monotonic() - began < 2.0
+    release.set()
+    recorder.thread.join(30)  # it passes over the backlog instead of fetching it
+    assert not recorder.thread.is_alive()
