@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +48,13 @@ def supervise(command: list[str], log: Path, stop: threading.Event, first_wait_s
 
         while not stop.is_set():
             began, starts = monotonic(), starts + 1
-            server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as exc:  # gone since the last start (an upgrade under way): wait, as for a crash
+                say(f"could not start {command[0]}: {exc}; trying again in {wait:.1f} s")
+                stop.wait(wait)
+                wait = min(MAX_WAIT_S, wait * 2)
+                continue
             say(f"started {command[0]} (pid {server.pid}, start {starts})")
             while server.poll() is None and not stop.wait(0.5):
                 pass
@@ -79,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the server's command after --")
+    if shutil.which(command[0]) is None:
+        parser.error(f"{command[0]}: no such program on PATH ({os.environ.get('PATH', '')})")
     args.log.parent.mkdir(parents=True, exist_ok=True)
     with open(args.log, "ab") as held:
         os.chmod(args.log, 0o600)  # the server's log may hold what its users send it

@@ -11,8 +11,10 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from facemask.core.lifecycle import _alive
-from facemask.core.supervisor import supervise
+from facemask.core.supervisor import main, supervise
 from tests.services import wait_until
 
 
@@ -87,3 +89,10 @@ def test_a_killed_server_comes_back_and_sigterm_stops_both(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_server_that_is_not_there_is_refused_at_once_naming_it(tmp_path, capsys):
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--log", str(tmp_path / "server.log"), "--", "no-such-server-anywhere", "--port", "5000"])
+    assert exited.value.code == 2 and "no-such-server-anywhere: no such program on PATH" in capsys.readouterr().err
