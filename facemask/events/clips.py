@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from facemask.core.runtime import lowest_priority_thread
-from facemask.events.evidence import EvidenceStore, blur_faces
+from facemask.events.evidence import EvidenceStore, redacted
 from facemask.events.rules import Clip
 
 log = logging.getLogger("facemask.events")
@@ -42,7 +42,6 @@ MAX_RECORDINGS = 8
 QUEUE = 256  # frames and alerts waiting for the clip thread
 CLOSE_S = 0.5  # a stop waits this long at most for the recordings under way
 STALE_S = 5.0  # a recording still open this long past its end (its camera fell silent) is written as it is
-OUTLINE = (255, 64, 64)  # the subject, as in the snapshot
 FOURCC = "VP80"  # WebM's VP8; OpenCV warns that the tag is unusual, then writes it
 
 
@@ -234,17 +233,6 @@ def shrink(image: np.ndarray, at: float, faces: list[dict], tracked: dict[int, d
 
 
 def clip_frame(shot: Shot, track_id: int, blur: str) -> np.ndarray:
-    """One frame of a clip: faces blurred per `blur`, the subject outlined where it is seen."""
-    import cv2
-
-    subject = shot.tracked.get(track_id)
-    if blur == "all":
-        image = blur_faces(shot.image, shot.faces)
-    elif blur == "others":  # the subject's face stays (a frame without the subject blurs all)
-        image = blur_faces(shot.image, shot.faces, keep=subject)
-    else:
-        image = shot.image.copy()
-    if subject is not None:
-        p1, p2 = (int(subject["x1"]), int(subject["y1"])), (int(subject["x2"]), int(subject["y2"]))
-        cv2.rectangle(image, p1, p2, OUTLINE, 2)
-    return image
+    """One frame of a clip, as the snapshot is kept: faces blurred per `blur`, the subject outlined
+    where it is seen."""
+    return redacted(shot.image, shot.faces, shot.tracked.get(track_id), blur)

@@ -13,12 +13,14 @@ passes its size limit, and any older than its age limit go at the next write.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 BLOCKS = 6  # a blurred face keeps about this many blocks across: its colours, not its features
+OUTLINE = (255, 64, 64)  # the subject's box, in RGB
 
 
 def blur_faces(frame: np.ndarray, boxes: list[dict], keep: dict | None = None) -> np.ndarray:
@@ -41,19 +43,29 @@ def blur_faces(frame: np.ndarray, boxes: list[dict], keep: dict | None = None) -
     return out
 
 
-def snapshot(frame: np.ndarray, boxes: list[dict], subject: dict, blur: str) -> bytes:
-    """The event's JPEG: faces blurred per `blur` (all, others, none), the subject outlined."""
+def redacted(frame: np.ndarray, boxes: list[dict], subject: dict | None, blur: str) -> np.ndarray:
+    """A copy of `frame` as evidence keeps it (a snapshot, each frame of a clip): faces blurred per
+    `blur` (all; others: all but the subject's; none), the subject outlined when it is there."""
     import cv2
 
     if blur == "all":
         image = blur_faces(frame, boxes)
-    elif blur == "others":
+    elif blur == "others":  # without the subject in the frame, every face is blurred
         image = blur_faces(frame, boxes, keep=subject)
     else:
         image = frame.copy()
-    p1 = (int(subject["x1"]), int(subject["y1"]))
-    p2 = (int(subject["x2"]), int(subject["y2"]))
-    cv2.rectangle(image, p1, p2, (255, 64, 64), 2)
+    if subject is not None:
+        p1 = (int(subject["x1"]), int(subject["y1"]))
+        p2 = (int(subject["x2"]), int(subject["y2"]))
+        cv2.rectangle(image, p1, p2, OUTLINE, 2)
+    return image
+
+
+def snapshot(frame: np.ndarray, boxes: list[dict], subject: dict, blur: str) -> bytes:
+    """The event's JPEG: faces blurred per `blur` (all, others, none), the subject outlined."""
+    import cv2
+
+    image = redacted(frame, boxes, subject, blur)
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:
         raise ValueError("the snapshot could not be encoded as JPEG")
@@ -68,8 +80,6 @@ class EvidenceStore:
     KINDS = (".jpg", ".webm")
 
     def __init__(self, root: Path, max_bytes: float, max_age_s: float) -> None:
-        import threading
-
         self.root, self.max_bytes, self.max_age_s = root, max_bytes, max_age_s
         self.pruned = 0
         self.lock = threading.Lock()
