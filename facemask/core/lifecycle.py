@@ -18,12 +18,8 @@ from typing import Callable
 def descendants(pid: int | None = None) -> set[int]:
     """The PIDs of every process below `pid` (default: this one), read from /proc; empty elsewhere."""
     parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone while reading
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for child, fields in _process_stats():
+        parents.setdefault(int(fields[1]), []).append(child)
     found, todo = set(), [pid or os.getpid()]
     while todo:
         for child in parents.get(todo.pop(), []):
@@ -55,19 +51,42 @@ def end_processes(pids: set[int], grace_s: float = 5.0) -> list[int]:
 
 def stop_process_group(proc, sig: int = signal.SIGTERM, grace_s: float = 30.0) -> None:
     """Send `sig` to the process group `proc` leads (started with start_new_session=True: a server
-    with its workers), wait up to `grace_s` for it, then SIGKILL the group."""
+    with its workers), wait up to `grace_s` for the whole group, then SIGKILL what is left. A
+    group whose leader has already ended is stopped too: what it started (an MLflow server's
+    workers, still holding its port) outlives it."""
     import subprocess
 
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
+    deadline = time.monotonic() + grace_s
+    if proc.poll() is None or group_members(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
     try:
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
+        pass
+    while group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if proc.poll() is None or group_members(proc.pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc.wait()
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes whose process group and session are both `pgid` (what a leader started
+    with start_new_session=True left, even after it ended: while any of them lives, Linux gives
+    that number to no new process), read from /proc; empty elsewhere."""
+    return [pid for pid, f in _process_stats() if f[0] != "Z" and int(f[2]) == pgid and int(f[3]) == pgid]
+
+
+def _process_stats():
+    """(pid, the fields of /proc/PID/stat after the command's name: state, ppid, pgrp, session, ...)
+    for every process; none where there is no /proc."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            yield int(stat.parent.name), stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone while reading
 
 
 def _alive(pid: int) -> bool:
@@ -87,6 +106,35 @@ def die_with_parent() -> None:
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_guarded_threads: list = []  # the training threads quick_exit_while_this_thread_runs was called on
+
+
+def quick_exit_while_this_thread_runs() -> None:
+    """For a training thread inside a Ray worker (a Tune trial, a Ray Train rank): should the
+    process exit while this thread still runs (Ray ending its workers after a stopped study
+    sends SIGTERM, which exits the main thread), leave at once with os._exit instead of
+    tearing the interpreter down under it. That teardown, with torch still computing on this
+    thread, can abort the worker with a "Fatal Python error: Aborted" stack in the command's
+    output; the trial's state was saved at its last report, so nothing is lost by not waiting."""
+    import atexit
+    import threading
+
+    thread = threading.current_thread()
+    if thread is threading.main_thread():
+        return
+    if not _guarded_threads:
+        atexit.register(_leave_if_training)  # atexit runs last-registered first: before Ray's own teardown
+    _guarded_threads[:] = [t for t in _guarded_threads if t.is_alive()] + [thread]
+
+
+def _leave_if_training() -> None:
+    if any(t.is_alive() for t in _guarded_threads):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(1)  # the status Ray's own SIGTERM handler exits a worker with
 
 
 # The signals that stop a command, and the exit status each ends it with (128 + the signal).

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from facemask.core.errors import ConfigError
+from facemask.core.lifecycle import quick_exit_while_this_thread_runs
 from facemask.core.runtime import check_given_gpus, resolve_path
 from facemask.core.settings import DistributedConfig, TrainConfig
 from facemask.tracking import RunLogger, check_tracking_reachable, set_process_store
@@ -74,6 +75,7 @@ def worker_loop(config: dict) -> None:
     """One Ray Train worker: the usual `train()`, with this rank's share of the data."""
     import ray.train
 
+    quick_exit_while_this_thread_runs()
     cfg: TrainConfig = config["cfg"]
     # Workers start with their node's environment, not the driver's: log where the driver does.
     set_process_store(cfg.tracking_uri)

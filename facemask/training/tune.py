@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from facemask.core.classes import CLASS_NAMES
 from facemask.core.errors import ConfigError, InputNotFoundError, StudyInterrupted
-from facemask.core.lifecycle import at_forced_stop
+from facemask.core.lifecycle import at_forced_stop, quick_exit_while_this_thread_runs
 from facemask.core.manifest import data_fingerprint, dataset_profile
 from facemask.core.runtime import check_given_gpus, gpu_as_cpu, resolve_path, results_base, where_relative
 from facemask.core.settings import StudyConfig
@@ -48,6 +48,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     """The Tune trainable: one YOLO training that reports each epoch with a checkpoint."""
     from ray import tune
 
+    quick_exit_while_this_thread_runs()
     trial_id = tune.get_context().get_trial_id()
     gpus = check_given_gpus(f"trial {trial_id}")
     set_process_store(base["tracking_uri"])
