@@ -39,7 +39,12 @@ from facemask.core.settings import WatchConfig
     ),
     ("--api-hosts", "api_hosts", {"help": "Hosts or networks (10.0.0.0/8) a camera added over the API may be on."}),
     ("--page-timeout-s", "page_timeout_s", {"help": "A silent connection to the page or API is closed after this."}),
-    ("--reader-cpus", "reader_cpus", {"help": "Ray CPUs reserved per camera reader."}),
+    ("--reader-cpus", "reader_cpus", {"help": "Ray CPUs reserved per camera for its reading."}),
+    (
+        "--cameras-per-reader",
+        "cameras_per_reader",
+        {"help": "Cameras read by one process: one Ray call brings all their frames; 1 isolates each camera."},
+    ),
     ("--detector-cpus", "detector_cpus", {}),
     ("--detector-gpus", "detector_gpus", {}),
     ("--threads", "threads", {"type": int, "help": "CPU inference threads of the detector."}),
@@ -59,7 +64,7 @@ from facemask.core.settings import WatchConfig
 @JSON_OPTION
 def watch_command(cameras, out, fast_decode, no_page, open_api_on_loopback, as_json, **kw):
     """Watch every camera in CAMERAS (a YAML list: id, url, fps, zone) until Ctrl-C, SIGTERM or
-    `ray job stop`: one reader per camera, one batched detector, people and mask compliance per
+    `ray job stop`: reader processes of a few cameras each, one batched detector, people and mask compliance per
     camera per window in OUT/compliance.jsonl, and a live camera grid page. The list is read again
     when it changes; cameras can also be added with POST /cameras and removed with DELETE /cameras/ID
     (with FACEMASK_API_KEY set, or --open-api-on-loopback). An `events:` section raises violation

@@ -444,7 +444,9 @@ class WatchConfig:
     api_hosts: str = ""
     page_timeout_s: float = 10.0  # a silent connection to the page or API is closed after this
     reload_s: float = 1.0  # how often the camera list is looked at for changes
-    reader_cpus: float = 0.1  # Ray CPUs reserved per camera reader (about one 1080p15 decode)
+    reader_cpus: float = 0.1  # Ray CPUs reserved per camera (about one 1080p15 decode)
+    # Cameras read by one reader process: one Ray call brings all their frames (watch.groups).
+    cameras_per_reader: int = 4
     fast_decode: bool = False  # skip H.264's deblocking filter: 12-26% less decoding CPU here
     detector_cpus: float = 1.0
     detector_gpus: float = 0.0
@@ -459,6 +461,8 @@ class WatchConfig:
             raise ConfigError(f"--backend {self.backend!r}: choose pt, onnx or simulated-gpu")
         if self.window_s <= 0 or self.history_minutes <= 0 or self.reload_s <= 0:
             raise ConfigError("--window-s, --history-minutes and --reload-s must be positive")
+        if self.cameras_per_reader < 1:
+            raise ConfigError(f"--cameras-per-reader {self.cameras_per_reader}: must be at least 1")
         if self.max_batch < 1 or self.imgsz < 32:
             raise ConfigError("--max-batch must be at least 1 and --imgsz at least 32")
         if self.max_seconds is not None and self.max_seconds <= 0:

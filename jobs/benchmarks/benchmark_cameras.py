@@ -3,8 +3,10 @@
 For each backend (simulated-gpu: a GPU's batch latency and no model; pt: the real CPU model)
 and each resolution (1080p, 720p) at --fps, with N looped H.264 files as cameras (decoded as a
 camera's stream is: the reader paces them at --fps):
-- watch: `facemask watch`'s runner (Ray actors for the readers and the detector, one batch across
-  cameras, ByteTrack per camera);
+- watch: `facemask watch`'s runner (Ray actors for the readers, a few cameras each, and the
+  detector; one batch across cameras, ByteTrack per camera);
+- per-camera: the same with a reader process per camera (--cameras-per-reader 1), as before
+  readers were packed: what packing them saves;
 - fast: the same with --fast-decode (no deblocking filter);
 - events: watch with events and evidence on (the camera list's `events:` section at its defaults,
   delivered to a loopback webhook): the simulated GPU's faces stay in view, so each camera's two
@@ -147,7 +149,7 @@ def webhook() -> str:
 def snapshot(watch) -> dict:
     with watch.lock:
         watched = list(watch.watched.values())
-    readers = [w.status.get("pid") for w in watched if w.status.get("pid")]
+    readers = sorted({w.status.get("pid") for w in watched if w.status.get("pid")})  # a process reads a few cameras
     detector = watch.model["pid"]
     own = {os.getpid(), detector, *readers}
     return {
@@ -355,7 +357,8 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         default="watch,fast,plain",
-        help="fast: watch with --fast-decode; events: with events; clips: with events and clips",
+        help="fast: watch with --fast-decode; events: with events; clips: with events and clips; "
+        "per-camera: watch with a reader process per camera (--cameras-per-reader 1)",
     )
     parser.add_argument("--soak-minutes", type=float, default=0)
     parser.add_argument("--soak-streams", type=int, default=12)
@@ -388,8 +391,9 @@ def main() -> None:
             clips = make_clips(work, size, args.fps, args.bitrate)
             for mode in args.modes.split(","):
                 print(f"\n{backend} {size} {mode}", flush=True)
-                if mode in ("watch", "fast", "events", "clips"):
-                    cfg = WatchConfig(**{**base.__dict__, "fast_decode": mode == "fast"})
+                if mode in ("watch", "fast", "events", "clips", "per-camera"):
+                    own = {"fast_decode": mode == "fast"} | ({"cameras_per_reader": 1} if mode == "per-camera" else {})
+                    cfg = WatchConfig(**{**base.__dict__, **own})
                     events = events_section(clips=mode == "clips") if mode in ("events", "clips") else None
                     step = lambda n, cfg=cfg, e=events: watch_step(cfg, clips, n, args.warmup, args.seconds, e)  # noqa: E731
                 else:

@@ -1,8 +1,9 @@
 """The watch's model: one Ray actor that detects faces in a batch of frames from many cameras.
 
-Frames arrive as Ray object references, which Ray resolves in this process from its object
-store (no copy on the same node, no JPEG anywhere). The actor runs one call at a time, as a
-GPU does; the runner sends the next batch before it reads this one's answer.
+Frames arrive as Ray object references (one per reader process, holding its cameras' frames),
+which Ray resolves in this process from its object store (no copy on the same node, no JPEG
+anywhere). The actor runs one call at a time, as a GPU does; the runner sends the next batch
+before it reads this one's answer.
 """
 
 from __future__ import annotations
@@ -47,10 +48,13 @@ class FrameDetector:
     def describe(self) -> dict[str, Any]:
         return self.info
 
-    def detect(self, *frames: np.ndarray) -> dict[str, Any]:
-        """Detections (down to the tracker's threshold) for each frame, and the call's own times."""
+    def detect(self, picks: list[tuple[int, int]], *groups: list[np.ndarray]) -> dict[str, Any]:
+        """Detections (down to the tracker's threshold) for each frame picked, and the call's own
+        times. `groups`: what reader processes' calls returned (each a list of frames, resolved by
+        Ray); `picks`: (group, index) of each frame of the batch, in order."""
         started, cpu = time.time(), time.process_time()
-        found = self.model.predict(list(frames), conf=TRACK_CONF, imgsz=self.imgsz)
+        frames = [groups[group][index] for group, index in picks]
+        found = self.model.predict(frames, conf=TRACK_CONF, imgsz=self.imgsz)
         return {
             "detections": [[d.to_dict() for d in per_frame] for per_frame in found],
             "started": started,

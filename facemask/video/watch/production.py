@@ -77,7 +77,5 @@ class Production:
 
 
 def fetch(frame_ref) -> np.ndarray:
-    """A frame held by Ray, for a snapshot or a sample."""
-    import ray
-
-    return ray.get(frame_ref, timeout=5)
+    """A frame held by Ray (a watch.groups.FrameRef), for a snapshot, a clip or a sample."""
+    return frame_ref.get(timeout=5)

@@ -1,8 +1,8 @@
 """One camera's reader: decodes its stream on a thread, keeps only the newest frame, reconnects.
 
-`facemask watch` runs one per camera as a Ray actor, anywhere in the cluster. The runner takes
-the newest frame as soon as there is one (`next_frame`); a frame that a newer one replaced
-first is dropped and counted. Frames travel to the detector as arrays in Ray's object store, shrunk
+`facemask watch` runs them a few cameras to a Ray actor (watch.groups), anywhere in the cluster.
+The runner takes the newest frame as soon as there is one (`latest`); a frame that a newer one
+replaced first is dropped and counted. Frames travel to the detector as arrays in Ray's object store, shrunk
 here to the model's input size: no JPEG, and 1/9 of a 1080p frame's bytes at 640.
 
 A stream that ends or fails is opened again after 0.25, 0.5, then every 1 s (a refused
@@ -33,12 +33,15 @@ FILE_FPS_FALLBACK = 15.0
 
 
 class CameraReader:
-    """Reads one camera until `stop()`; `next_frame()` hands over the newest frame and its metadata."""
+    """Reads one camera until `stop()`; `latest()` hands over the newest frame and its metadata."""
 
-    def __init__(self, camera: Camera, size: int, fast_decode: bool = False) -> None:
+    def __init__(
+        self, camera: Camera, size: int, fast_decode: bool = False, fresh: threading.Event | None = None
+    ) -> None:
+        """fresh: set whenever a frame comes; shared by the cameras of one reader process (ReaderGroup)."""
         self.camera, self.size, self.fast_decode = camera, size, fast_decode
         self.slot = LatestFrame()
-        self.stopping, self.fresh = threading.Event(), threading.Event()
+        self.stopping, self.fresh = threading.Event(), fresh or threading.Event()
         self.counts = dict.fromkeys(COUNTS, 0)
         self.behind = False
         self.ms = {"decode": 0.0, "resize": 0.0}
@@ -51,13 +54,6 @@ class CameraReader:
         """(metadata, RGB frame) of the newest frame not yet taken, or (None, None)."""
         item = self.slot.take()
         return (None, None) if item is None else self._prepared(item)
-
-    def next_frame(self, timeout_s: float = 1.0) -> tuple[dict | None, np.ndarray | None]:
-        """As `latest`, but waits up to `timeout_s` for a frame: the runner keeps one call waiting
-        on each camera, so a frame costs one call, sent when it is there (no polling)."""
-        self.fresh.wait(timeout_s)
-        self.fresh.clear()
-        return self.latest()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -73,10 +69,12 @@ class CameraReader:
             "resize_ms": round(self.ms["resize"], 1),
         }
 
-    def stop(self) -> dict[str, Any]:
+    def stop(self, wait: bool = True) -> dict[str, Any]:
+        """Stop reading; wait (5 s at most) for the stream to close unless `wait` is False."""
         self.stopping.set()
         self.fresh.set()
-        self.thread.join(timeout=5)
+        if wait:
+            self.thread.join(timeout=5)
         return self.status()
 
     def _run(self) -> None:

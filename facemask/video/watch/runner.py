@@ -1,17 +1,18 @@
 """`facemask watch`: many cameras, one batched detector, compliance per camera per time window.
 
-    readers (one Ray actor per camera: decode, newest frame wins, reconnect)
-        │ newest frame of each camera, as an object reference (no JPEG)
+    readers (Ray actors, up to --cameras-per-reader cameras each: decode, newest frame wins, reconnect)
+        │ newest frame of each camera, in one object per reader process (no JPEG)
         ▼
     runner (this process): one batch across cameras ──► FrameDetector actor (one call at a time)
         │ detections, per camera: zone ─► ByteTrack ─► people by mask state per window
         ▼
     compliance.jsonl, summary.json, metrics, the camera grid page (`watch.page`)
 
-Each reader has one `next_frame` call from the runner waiting in it, answered when a frame is
-decoded (one call per frame, no polling). Up to 30 times a second the runner sends the frames
-that came as one batch, and reads earlier batches' answers while the detector works. A camera's reader that dies is
-restarted by Ray; one whose stream fails retries on its own; neither holds up the others.
+Each reader process has one `next_frames` call from the runner waiting in it, answered when a
+frame is decoded, with the newest frame of each of its cameras (watch.groups; no polling). Up
+to 30 times a second the runner sends the frames that came as one batch, and reads earlier
+batches' answers while the detector works. A reader process that dies is restarted by Ray; a
+stream that fails retries on its own; neither holds up the other cameras.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from facemask.core.errors import FacemaskError
 from facemask.core.settings import WatchConfig
 from facemask.video.watch.cameras import Camera, check_sources, load_cameras
 from facemask.video.watch.compliance import CameraCompliance
+from facemask.video.watch.groups import ReaderPool
 from facemask.video.watch.production import Production
 from facemask.video.watch.summary import WatchResult, camera_totals
 from facemask.video.watch.urls import redacted
@@ -63,13 +65,11 @@ class WatchClosing(FacemaskError):
 
 @dataclass
 class Watched:
-    """One camera as the runner holds it: its reader, tracker and last frame for the page."""
+    """One camera as the runner holds it: its tracker, counters and last frame for the page."""
 
     camera: Camera
-    reader: Any
     compliance: CameraCompliance
     origin: str  # "file" (the YAML) or "api" (added over HTTP)
-    pending: tuple | None = None  # (meta_ref, frame_ref) asked for, not yet answered
     status: dict = field(default_factory=dict)
     processed: int = 0
     dropped_reported: int = 0
@@ -78,7 +78,6 @@ class Watched:
     last: dict | None = None  # the last processed frame: ref, size, shown detections, time
     jpeg: tuple[int, bytes] | None = None
     marks: dict = field(default_factory=dict)  # the counters when the window began
-    status_call: tuple | None = None  # (ref, sent at) of the status call not yet answered
     raw: dict = field(default_factory=dict)  # the reader's own counters, as it last said them
     base: dict = field(default_factory=dict)  # what earlier lives of the reader (before a restart) counted
     restarts: int = 0  # times Ray started the reader again (its process died)
@@ -91,17 +90,13 @@ class Watch:
         import ray
 
         from facemask.video.watch.detector import FrameDetector
-        from facemask.video.watch.reader import CameraReader
 
         self.cfg, self.metrics = cfg, metrics
         self.lock = threading.RLock()
         self.watched: dict[str, Watched] = {}
-        # Two threads: one for the waiting `next_frame` call, one for `status` and `stop`.
-        # A reader or the detector whose process dies is started again by Ray; a reader's calls
-        # wait for it (asking for a frame again is harmless), a batch in the dead detector is lost.
-        self.reader_class = ray.remote(CameraReader).options(
-            num_cpus=cfg.reader_cpus, max_restarts=-1, max_task_retries=-1, max_concurrency=2
-        )
+        # A reader process or the detector that dies is started again by Ray; a reader's calls
+        # wait for it (asking for frames again is harmless), a batch in the dead detector is lost.
+        self.readers = ReaderPool(cfg.cameras_per_reader, cfg.imgsz, cfg.fast_decode, cfg.reader_cpus)
         detector = ray.remote(FrameDetector).options(
             num_cpus=cfg.detector_cpus, num_gpus=cfg.detector_gpus, max_restarts=-1
         )
@@ -131,25 +126,23 @@ class Watch:
                 )
             if replaced:
                 self.remove(camera.id)
-            reader = self.reader_class.remote(camera, self.cfg.imgsz, self.cfg.fast_decode)
+            self.readers.add(camera)
             # The camera's rate is only where the tracker starts: it follows the rate frames are processed at.
             fps = camera.fps or 15.0
             compliance = CameraCompliance(camera.id, self.cfg.window_s, self.keep_windows, fps, self.cfg.conf)
-            self.watched[camera.id] = Watched(camera, reader, compliance, origin)
+            self.watched[camera.id] = Watched(camera, compliance, origin)
             log.info("camera %s: reading %s", camera.id, redacted(camera.url))
             return replaced
 
     def remove(self, camera_id: str) -> bool:
-        import ray
-
         with self.lock:
             watched = self.watched.pop(camera_id, None)
             if watched is None:
                 return False
             row = self._close_window(watched, time.time(), partial=True)
+            self.readers.remove(camera_id)
         self._write(row)
         self.production.remove(camera_id)
-        ray.kill(watched.reader)
         if self.metrics:
             self.metrics.retire(camera_id)
         log.info("camera %s: removed", camera_id)
@@ -205,36 +198,24 @@ class Watch:
     def submit(self) -> list[dict]:
         """Send the frames that arrived since the last cycle to the detector, in batches of max_batch.
 
-        Each camera has one `next_frame` call waiting in its reader; those answered are this
-        cycle's frames, and their cameras are asked again at once."""
-        import ray
-
+        Each reader process has one `next_frames` call waiting in it; those answered bring this
+        cycle's frames, and their processes are asked again at once."""
         with self.lock:
-            watched = list(self.watched.values())
-        if not watched:
-            return []
-        for w in watched:
-            if w.pending is None:
-                w.pending = w.reader.next_frame.options(num_returns=2).remote()
-        ready, _ = ray.wait([w.pending[0] for w in watched], num_returns=len(watched), timeout=0)
-        ready_set = set(ready)
-        answered = [w for w in watched if w.pending[0] in ready_set]
-        frames = []
-        for w in answered:
-            meta_ref, frame_ref = w.pending
-            w.pending = w.reader.next_frame.options(num_returns=2).remote()
-            try:
-                meta = ray.get(meta_ref)
-            except ray.exceptions.RayError as exc:
-                log.warning("camera %s: its reader failed (%s); Ray restarts it", w.camera.id, type(exc).__name__)
-                continue
-            if meta is not None:
-                frames.append((w, meta, frame_ref))
+            came = [(self.watched[c], meta, ref) for c, meta, ref in self.readers.frames() if c in self.watched]
         step = self.cfg.max_batch
-        return [
-            {"batch": batch, "result": self.detector.detect.remote(*[ref for _, _, ref in batch])}
-            for batch in (frames[i : i + step] for i in range(0, len(frames), step))
-        ]
+        return [self._send(came[i : i + step]) for i in range(0, len(came), step)]
+
+    def _send(self, batch: list[tuple]) -> dict:
+        """One detector call for `batch`: each reader process's object once, and which frame of it is whose."""
+        objects: list = []
+        where: dict = {}
+        picks = []
+        for _, _, frame in batch:
+            if frame.ref not in where:
+                where[frame.ref] = len(objects)
+                objects.append(frame.ref)
+            picks.append((where[frame.ref], frame.index))
+        return {"batch": batch, "result": self.detector.detect.remote(picks, *objects)}
 
     def finish(self, sent: dict, timeout: float | None = None) -> None:
         """Track the detections of a batch and account for each frame. A batch that fails (the
@@ -272,31 +253,23 @@ class Watch:
     def housekeeping(self, now: float) -> None:
         """Re-read the camera list if it changed, refresh the readers' statuses, close due windows.
 
-        Never waits: each reader has at most one status call out; those answered are read, one
-        unanswered for UNRESPONSIVE_S (a reader Ray is restarting, or cannot place) marks its
-        camera unresponsive and down."""
-        import ray
-
+        Never waits: each reader process has at most one status call out; those answered are read,
+        one unanswered for UNRESPONSIVE_S (a process Ray is restarting, or cannot place) marks its
+        cameras unresponsive and down."""
         self.reload()
         with self.lock:
             watched = list(self.watched.values())
+            answered, waiting = self.readers.statuses(now)
         for w in watched:
-            if w.status_call is None:
-                w.status_call = (w.reader.status.remote(), now)
-        asked = {w.status_call[0]: w for w in watched}
-        ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=0)
-        for ref in ready:
-            w = asked[ref]
-            w.status_call = None
-            try:
-                self._take_status(w, ray.get(ref))
-            except ray.exceptions.RayError:
+            cid = w.camera.id
+            if answered.get(cid) is not None:
+                self._take_status(w, answered[cid])
+            elif cid in answered:  # its process died: Ray is starting it again
                 w.status = dict(w.status, state="restarting")
-        for w in watched:
-            if w.status_call is not None and now - w.status_call[1] > UNRESPONSIVE_S:
+            if cid in waiting and now - waiting[cid] > UNRESPONSIVE_S:
                 w.status = dict(w.status, state="unresponsive")
             if self.metrics:
-                self.metrics.camera_up(w.camera.id, w.status.get("state") == "live")
+                self.metrics.camera_up(cid, w.status.get("state") == "live")
         with self.lock:
             closed = [self._close_window(w, now) for w in watched if w.compliance.due(now)]
         for row in closed:
@@ -362,14 +335,13 @@ class Watch:
     def frame_jpeg(self, camera_id: str) -> bytes | None:
         """The camera's last processed frame as JPEG, made once per frame however many pages ask."""
         import cv2
-        import ray
 
         w = self.watched.get(camera_id)
         if w is None or w.last is None:
             return None
         last = w.last
         if w.jpeg is None or w.jpeg[0] != last["index"]:
-            frame = ray.get(last["ref"], timeout=5)
+            frame = last["ref"].get(timeout=5)
             ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
             w.jpeg = (last["index"], data.tobytes())
         return w.jpeg[1]
@@ -453,8 +425,8 @@ class Watch:
             self._write(row)
         self.production.close()  # open events end; the outbox keeps what is not yet delivered
         result = self.result(stopped)
+        self.readers.close()
         for w in watched:
-            ray.kill(w.reader)
             if self.metrics:
                 self.metrics.retire(w.camera.id)
         ray.kill(self.detector)

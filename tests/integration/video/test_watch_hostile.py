@@ -243,13 +243,15 @@ def test_items_10_and_13_a_restarting_or_unplaceable_reader_never_stalls_the_oth
     # A reader Ray cannot place answers no status call: the others' statuses are read without waiting on it.
     import ray
 
-    from facemask.video.watch.reader import CameraReader
+    from facemask.video.watch.groups import ReaderGroup
 
-    placeable, watch.reader_class = watch.reader_class, ray.remote(CameraReader).options(num_cpus=64)
+    pool = watch.readers
+    placeable, pool.actor_class = pool.actor_class, ray.remote(ReaderGroup).options(num_cpus=64)
+    roomy, pool.per_process = pool.per_process, 1  # a process of its own, not lobby's
     try:
         watch.add(Camera("nowhere", "rtsp://127.0.0.1:9/s"), "api")
     finally:
-        watch.reader_class = placeable
+        pool.actor_class, pool.per_process = placeable, roomy
     try:
         started = time.monotonic()
         for _ in range(5):
@@ -261,7 +263,7 @@ def test_items_10_and_13_a_restarting_or_unplaceable_reader_never_stalls_the_oth
             20,
             "the unplaced reader shown as unresponsive",
         )
-        assert nowhere.status_call is not None  # one call out, not one a second
+        assert pool.of["nowhere"].status_call is not None  # one call out, not one a second
     finally:
         watch.remove("nowhere")
 
@@ -270,11 +272,11 @@ def test_item_11_a_failing_batch_is_counted_and_the_watch_goes_on(watch):
     import ray
 
     @ray.remote(num_cpus=0)
-    def failing_model(*frames):
+    def failing_model(picks, *groups):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     lost = watch.lost_batches
-    watch.finish({"batch": [], "result": failing_model.remote()})
+    watch.finish({"batch": [], "result": failing_model.remote([])})
     assert watch.lost_batches == lost + 1
 
 
@@ -287,7 +289,7 @@ def test_item_12_a_stop_writes_rows_and_summary_at_once_and_starts_nothing_after
     stopped = threading.Event()
     thread = threading.Thread(target=lambda: (watch.run(), stopped.set()), daemon=True)
     thread.start()
-    wait_until(lambda: watch.watched.get("lobby") and watch.watched["lobby"].pending, 60, "a frame asked for")
+    wait_until(lambda: watch.readers.groups and watch.readers.groups[0].pending, 60, "a frame asked for")
     time.sleep(1.5)  # deliberate: let a batch reach the detector, so the stop finds one in flight
     asked = time.monotonic()
     watch.stopping.set()
