@@ -446,7 +446,7 @@ class WatchConfig:
     reload_s: float = 1.0  # how often the camera list is looked at for changes
     reader_cpus: float = 0.1  # Ray CPUs reserved per camera (about one 1080p15 decode)
     # Cameras read by one reader process: one Ray call brings all their frames (watch.groups).
-    cameras_per_reader: int = 4
+    cameras_per_reader: int = 8
     fast_decode: bool = False  # skip H.264's deblocking filter: 12-26% less decoding CPU here
     detector_cpus: float = 1.0
     detector_gpus: float = 0.0

@@ -25,7 +25,8 @@ its raylet and GCS). The ladder stops at the first N a mode cannot sustain. --so
 --soak-streams 1080p streams that long and samples the memory (USS) of every process every 10 s.
 
     python jobs/benchmarks/benchmark_cameras.py [--backends simulated-gpu,pt] [--resolutions 1080p,720p]
-        [--streams 4,8,10,12,14,16] [--pt-streams 1,2,4] [--seconds 15] [--bitrate 2M] [--soak-minutes 10] [--out DIR]
+        [--streams 4,8,10,12,14,16] [--pt-streams 1,2,4] [--seconds 15] [--bitrate 2M] [--cameras-per-reader N]
+        [--soak-minutes 10] [--out DIR]
 
 The clips are the real photos of data/kaggle (generated ones without it) scaled to the size,
 panning, with sensor-like noise, x264 at --bitrate, no B-frames, a keyframe a second, as IP
@@ -360,6 +361,9 @@ def main() -> None:
         help="fast: watch with --fast-decode; events: with events; clips: with events and clips; "
         "per-camera: watch with a reader process per camera (--cameras-per-reader 1)",
     )
+    parser.add_argument(
+        "--cameras-per-reader", type=int, default=None, help="the watch modes' (default: `facemask watch`'s)"
+    )
     parser.add_argument("--soak-minutes", type=float, default=0)
     parser.add_argument("--soak-streams", type=int, default=12)
     parser.add_argument("--out", type=Path, default=None)
@@ -382,6 +386,7 @@ def main() -> None:
             imgsz=args.imgsz if backend == "simulated-gpu" else args.pt_imgsz,
             reader_cpus=0.01,
             detector_cpus=0.01,
+            **({"cameras_per_reader": args.cameras_per_reader} if args.cameras_per_reader else {}),
             port=None,
             tracking_uri="sqlite:///" + str(work / "mlflow.db"),
         )
