@@ -31,6 +31,9 @@ from facemask.video.watch.reader import CameraReader
 log = logging.getLogger("facemask.video.watch.runner")  # said as the runner's, where a user looks
 
 
+_resolved = threading.local()  # per thread: the object a FrameRef.get last resolved
+
+
 @dataclass(frozen=True)
 class FrameRef:
     """One camera's frame inside the object its group's call returned: (the object, its index)."""
@@ -39,9 +42,14 @@ class FrameRef:
     index: int
 
     def get(self, timeout: float = 5.0) -> np.ndarray:
+        """The frame. A thread taking the frames of one call in turn (the clips' and samples'
+        threads get every camera's) resolves their object once: it keeps the last one it resolved."""
         import ray
 
-        return ray.get(self.ref, timeout=timeout)[self.index]
+        last = getattr(_resolved, "last", None)
+        if last is None or last[0] != self.ref:
+            last = _resolved.last = (self.ref, ray.get(self.ref, timeout=timeout))
+        return last[1][self.index]
 
 
 class ReaderGroup:

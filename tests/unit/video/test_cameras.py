@@ -161,3 +161,13 @@ def test_a_file_is_due_at_its_own_rate_whenever_it_is_read(monkeypatch):
     assert clock.due(0.2) == pytest.approx(50.2) and clock.behind_s == pytest.approx(0.8)
     no_rate = reader.StreamClock(period=0.0, live=True)
     assert no_rate.due(None) == 51.0 and no_rate.behind_s == 0.0
+
+
+@pytest.mark.parametrize("per_reader", [0, -2])
+def test_a_reader_process_reads_at_least_one_camera(tmp_path, per_reader):
+    from facemask.core.errors import ConfigError
+    from facemask.core.settings import WatchConfig
+
+    cfg = WatchConfig(cameras=tmp_path / "c.yaml", out=tmp_path, cameras_per_reader=per_reader, tracking_uri="")
+    with pytest.raises(ConfigError, match=f"--cameras-per-reader {per_reader}: must be at least 1"):
+        cfg.validate()
