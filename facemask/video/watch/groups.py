@@ -98,10 +98,6 @@ class ReaderGroup:
         self._sync(version, cameras)
         return {camera_id: reader.status() for camera_id, (_, reader) in list(self.readers.items())}
 
-    def stop(self) -> None:
-        for _, reader in list(self.readers.values()):
-            reader.stop(wait=False)
-
 
 @dataclass
 class Group:
