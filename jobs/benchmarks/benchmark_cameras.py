@@ -161,6 +161,8 @@ def snapshot(watch) -> dict:
         "decode_ms": sum(w.status.get("decode_ms", 0.0) for w in watched),
         "resize_ms": sum(w.status.get("resize_ms", 0.0) for w in watched),
         "tracking_ms": sum(w.tracking_ms for w in watched),
+        # Where the frames offered went: decoded or skipped by a reader behind, then replaced or processed.
+        "frames": {k: sum(w.status.get(k, 0) for w in watched) for k in ("decoded", "skipped_behind", "dropped")},
         "cpu": {
             "readers": sum(cpu_of(p) for p in readers),
             "detector": cpu_of(detector),
@@ -192,6 +194,7 @@ def step_figures(a: dict, b: dict, streams: int) -> dict:
     ms["transport"] = max(0.0, total - sum(ms.values()))
     result = figures(streams, seconds, processed, latencies, ms, total)
     result["cpu_ms_per_frame_by_process"] = {k: round(v / per, 2) for k, v in cpu.items()}
+    result["frames"] = {k: b["frames"][k] - a["frames"][k] for k in a["frames"]}  # statuses: up to a second old
     return result
 
 
