@@ -63,9 +63,11 @@ class ReaderGroup:
         self.lock = threading.Lock()
 
     def _sync(self, version: int, cameras: list[tuple[int, Camera]]) -> None:
-        """Read exactly `cameras` ((serial, camera): a new serial is a camera started anew)."""
+        """Read exactly `cameras` ((serial, camera): a new serial is a camera started anew). The
+        process's two calls run on two threads, so an older list can come after a newer one: it is
+        passed over."""
         with self.lock:
-            if version == self.version:
+            if version <= self.version:
                 return
             wanted = {camera.id: (serial, camera) for serial, camera in cameras}
             for camera_id, (serial, reader) in list(self.readers.items()):

@@ -119,3 +119,21 @@ def test_a_killed_reader_process_comes_back_reading_its_cameras(pool, video):
     wait_until(back, 60, "both cameras read again by the restarted process", interval=0.2)
     came = collect(pool, 0.5, {"a", "b"})  # and their frames flow again
     assert set(came) == {"a", "b"}
+
+
+def test_an_older_camera_list_arriving_late_changes_nothing(video):
+    """A process's status and frames calls run on two threads: a status call sent before a camera
+    was added can be served after the frames call that added it, and must not stop it."""
+    from facemask.video.watch.groups import ReaderGroup
+
+    group = ReaderGroup(96)
+    a, b = Camera("a", str(video), fps=15), Camera("b", str(video), fps=15)
+    try:
+        group.status(1, [(1, a)])
+        group.next_frames(2, [(1, a), (2, b)], timeout_s=0)
+        first_b = group.readers["b"][1]
+        assert set(group.status(1, [(1, a)])) == {"a", "b"}  # the late, older list is passed over
+        assert group.readers["b"][1] is first_b and not first_b.stopping.is_set()
+    finally:
+        for _, reader in group.readers.values():
+            reader.stop()
