@@ -59,8 +59,7 @@ def supervise(command: list[str], log: Path, stop: threading.Event, first_wait_s
             while server.poll() is None and not stop.wait(0.5):
                 pass
             if stop.is_set():
-                stop_process_group(server, grace_s=20.0)
-                kill_group(server.pid)
+                stop_process_group(server, grace_s=20.0)  # its leftovers too, even once the leader ended
                 say(f"stopped {command[0]} (pid {server.pid})")
                 break
             kill_group(server.pid)  # what its leader left behind, before another start
