@@ -2,6 +2,7 @@
 
 - `runs`: the tracking URI, experiments, `RunLogger` (best-effort run logging) and run look-ups;
 - `registry`: registered versions, aliases, downloading a version's weights;
+- `model_cache`: downloaded versions kept once per machine, the least recently used pruned;
 - `server`: a local `mlflow server` for studies whose trials log concurrently.
 """
 

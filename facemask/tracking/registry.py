@@ -20,6 +20,7 @@ from facemask.core.modelref import (
     find_weights,
     parse_models_uri,
 )
+from facemask.tracking.model_cache import cached_download
 from facemask.tracking.runs import client, using_tracking_uri
 
 # The pyfunc wrapper logged with every version (MLflow's models-from-code).
@@ -145,7 +146,8 @@ def check_model_reference(model_uri: str, tracking_uri: str, backend: str = "pt"
 
 
 def fetch_model(model_uri: str, tracking_uri: str, backend: str = "pt") -> ModelInfo:
-    """Download what a `models:/` or `runs:/` URI names; return a detector ModelInfo.
+    """Download what a `models:/` or `runs:/` URI names (once per machine: `model_cache`); return a
+    detector ModelInfo.
 
     backend "onnx" downloads the version's ONNX export (the `onnx_artifact` tag `facemask export` sets).
     """
@@ -166,14 +168,21 @@ def fetch_model(model_uri: str, tracking_uri: str, backend: str = "pt") -> Model
                 raise ModelNotFoundError(
                     f"{model_uri}: version {version} has no ONNX export; run `facemask export --model-uri {model_uri}`"
                 )
+        # A version number is reused on another server or after a delete; its run and source are not.
+        key = f"{tracking_uri}|{name}|{version}|{run_id}|{mv.source}|{source}"
     else:
         run_id = model_uri[len("runs:/") :].split("/", 1)[0]
-    try:
+        key = f"{tracking_uri}|{model_uri}"
+
+    def download(folder: Path) -> None:
         with using_tracking_uri(tracking_uri):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder))
+
+    try:
+        local = cached_download(key, download)
     except Exception as exc:
         raise ModelNotFoundError(f"{model_uri}: could not download its artifacts from {tracking_uri} ({exc})") from None
-    weights = local if local.is_file() else find_weights(local, prefer=f".{backend}")
+    weights = find_weights(local, prefer=f".{backend}")
     if weights.suffix != f".{backend}" and weights.name != ENSEMBLE_FILE:
         raise ModelNotFoundError(
             f"{model_uri}: no .{backend} weights in {source}; for ONNX run `facemask export` first"

@@ -129,12 +129,13 @@ def register_trial(
         return retrain(cfg, dict(row["config"]), parent, tracking_uri, data, trial_id, tags)
     trial = next(r for r in grid if (r.metrics or {}).get("trial_id") == trial_id)
     checkpoint = trial_checkpoint(trial)
-    with checkpoint.as_directory() as folder:
-        weights = Path(tempfile.mkdtemp(prefix="facemask-best-")) / "best.pt"
-        shutil.copyfile(Path(folder) / "best.pt", weights)
     val = result.best_val if trial_id == result.best_trial else {cfg.metric: row["objective"]}
     tags = {f"val_{k}": round(v, 5) for k, v in val.items()} | {"data.fingerprint": data_fingerprint(data)} | tags
-    return log_and_register(row.get("run_id"), weights, tags, tracking_uri=tracking_uri, name=cfg.registered_model)
+    # The copy lives only until MLflow holds it: a study registers many versions.
+    with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory(prefix="facemask-best-") as scratch:
+        weights = Path(scratch) / "best.pt"
+        shutil.copyfile(Path(folder) / "best.pt", weights)
+        return log_and_register(row.get("run_id"), weights, tags, tracking_uri=tracking_uri, name=cfg.registered_model)
 
 
 def retrain(
@@ -147,13 +148,28 @@ def retrain(
     tags: dict[str, Any],
 ) -> str:
     """A trial's configuration trained again for cfg.final_epochs, the way the trials were; its version."""
+    # The repeated dataset and a distributed retrain's folder are scratch: the version is in MLflow.
+    with tempfile.TemporaryDirectory(prefix="facemask-final-") as scratch:
+        version = _retrain_in(Path(scratch), cfg, overrides, parent, tracking_uri, data, trial_id)
+    if tags:
+        set_version_tags(cfg.registered_model, version, tags, tracking_uri)
+    return version
+
+
+def _retrain_in(
+    scratch: Path,
+    cfg: StudyConfig,
+    overrides: dict[str, Any],
+    parent: RunLogger,
+    tracking_uri: str,
+    data: Path,
+    trial_id: str,
+) -> str:
     threshold = overrides.pop("repeat_threshold", None)
     shape = shape_of(overrides, cfg.model, cfg.imgsz)
     train_data = data
     if threshold:
-        train_data, _ = data_with_repeats(
-            data, float(threshold), cfg.seed, Path(tempfile.mkdtemp(prefix="facemask-final-data-")), CLASS_NAMES
-        )
+        train_data, _ = data_with_repeats(data, float(threshold), cfg.seed, scratch / "data", CLASS_NAMES)
     final_cfg = cfg.train_config(
         **shape,
         data=train_data,
@@ -166,7 +182,8 @@ def retrain(
         registered_model=cfg.registered_model,
     )
     if cfg.ray_workers_per_trial > 1:  # the final retrain is trained the way the trials were
-        workdir = Path(tempfile.mkdtemp(prefix="facemask-final-"))
+        workdir = scratch / "train"
+        workdir.mkdir()
         final = train_distributed(
             replace(final_cfg, device="auto", project=workdir),
             trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial, workdir),
@@ -174,8 +191,6 @@ def retrain(
     else:
         # Its folder as the driver resolves it: the task's own working directory is Ray's.
         final = on_trial_resources(cfg, final_training, replace(final_cfg, project=resolve_path(final_cfg.project)))
-    if tags:
-        set_version_tags(cfg.registered_model, final.version, tags, tracking_uri)
     return final.version
 
 

@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -215,6 +216,7 @@ def test_a_model_reference_is_checked_from_metadata_without_a_download(registere
     from facemask.detection.detector import resolve_model
 
     store, name = registered_detector["tracking_uri"], registered_detector["name"]
+    monkeypatch.setenv("FACEMASK_MODEL_CACHE", str(tmp_path / "cache"))
     downloads = []
     real = mlflow.artifacts.download_artifacts
     monkeypatch.setattr(
@@ -231,3 +233,33 @@ def test_a_model_reference_is_checked_from_metadata_without_a_download(registere
     assert downloads == []
     assert resolve_model(f"models:/{name}/{registered_detector['other']}", tracking_uri=store).weights.endswith(".pt")
     assert len(downloads) == 1
+
+
+def test_a_version_is_downloaded_once_per_machine_into_a_bounded_cache(registered_detector, tmp_path, monkeypatch):
+    """Replicas, watchers and rollbacks resolve the same versions again and again: one download
+    each, into the model cache, never a temporary folder left behind per call."""
+    import tempfile
+
+    from facemask.detection.detector import resolve_model
+
+    store, name = registered_detector["tracking_uri"], registered_detector["name"]
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FACEMASK_MODEL_CACHE", str(cache))
+    monkeypatch.setenv("FACEMASK_MODEL_CACHE_KEEP", "1")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where a stray temporary folder would go
+    champion = resolve_model(f"models:/{name}@champion", tracking_uri=store)
+    assert (
+        resolve_model(f"models:/{name}/{registered_detector['champion']}", tracking_uri=store).weights
+        == champion.weights
+    )
+    assert Path(champion.weights).is_relative_to(cache) and Path(champion.weights).is_file()
+    assert len(list(cache.iterdir())) == 1
+    other = resolve_model(f"models:/{name}/{registered_detector['other']}", tracking_uri=store)
+    assert other.weights != champion.weights and Path(other.weights).is_file()
+    # Keep 1: the champion's copy, least recently used, made room for the other version's.
+    assert [p.name for p in cache.iterdir()] == [Path(other.weights).relative_to(cache).parts[0]]
+    by_run = resolve_model(f"runs:/{registered_detector['run_id']}/weights/best.pt", tracking_uri=store)
+    assert Path(by_run.weights).name == "best.pt" and Path(by_run.weights).is_relative_to(cache)
+    assert list(scratch.iterdir()) == []
