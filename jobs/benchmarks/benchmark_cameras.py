@@ -216,7 +216,7 @@ def figures(streams: int, seconds: float, processed: int, latencies: list[float]
 
 
 def plain_step(model, clips: list[Path], streams: int, warmup: float, seconds: float, imgsz: int) -> dict:
-    """One process: a reader thread per camera, each frame it kept to the model on its own, then tracked."""
+    """One process: a reader thread per camera, each newest frame to the model on its own, then tracked."""
     from facemask.serving.live.tracker import TRACK_CONF
     from facemask.video.watch.cameras import Camera
     from facemask.video.watch.compliance import CameraCompliance
@@ -231,13 +231,15 @@ def plain_step(model, clips: list[Path], streams: int, warmup: float, seconds: f
             while time.time() < started + at:
                 took = 0
                 for reader, tracker in zip(readers, trackers):
-                    for meta, frame in reader.waiting():
-                        found = model.predict([frame], conf=TRACK_CONF, imgsz=imgsz)[0]
-                        t0 = time.perf_counter()
-                        tracker.update([d.to_dict() for d in found], None, meta["width"], meta["height"])
-                        tracking += (time.perf_counter() - t0) * 1000
-                        latencies.append((time.time() - meta["captured"]) * 1000)
-                        processed, took = processed + 1, took + 1
+                    meta, frame = reader.latest()
+                    if meta is None:
+                        continue
+                    found = model.predict([frame], conf=TRACK_CONF, imgsz=imgsz)[0]
+                    t0 = time.perf_counter()
+                    tracker.update([d.to_dict() for d in found], None, meta["width"], meta["height"])
+                    tracking += (time.perf_counter() - t0) * 1000
+                    latencies.append((time.time() - meta["captured"]) * 1000)
+                    processed, took = processed + 1, took + 1
                 if not took:
                     time.sleep(0.002)
             marks.append(

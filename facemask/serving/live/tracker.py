@@ -37,40 +37,30 @@ RATE_WINDOW_S = 2.0
 
 
 class LatestFrame:
-    """A mailbox `depth` frames deep: when a frame arrives with `depth` not yet taken, the oldest
-    of them is dropped, and counted.
+    """A one-slot mailbox: a frame not yet taken when a newer one arrives is dropped, and counted.
 
     The server and the stream reader never queue frames: when the model is busy, the newest
-    frame wins, so latency stays one frame deep however fast the source sends (depth 1). A camera
-    reader keeps two (`watch.reader`): its frames are taken by a call that comes once per cycle,
-    and a frame that came just after one call must not be lost to the next frame before the next.
+    frame wins, so latency stays one frame deep however fast the source sends.
     """
 
-    def __init__(self, depth: int = 1) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: deque = deque()
-        self.depth = depth
+        self._item: Any = None
         self.received = 0
         self.dropped = 0
 
     def put(self, item: Any) -> None:
         with self._lock:
-            if len(self._items) >= self.depth:
-                self._items.popleft()
+            if self._item is not None:
                 self.dropped += 1
-            self._items.append(item)
+            self._item = item
             self.received += 1
 
     def take(self) -> Any:
-        """The oldest frame not yet taken (with depth 1, the newest), or None."""
+        """The newest frame not yet taken, or None."""
         with self._lock:
-            return self._items.popleft() if self._items else None
-
-    def take_all(self) -> list:
-        """Every frame not yet taken, oldest first."""
-        with self._lock:
-            items, self._items = list(self._items), deque()
-            return items
+            item, self._item = self._item, None
+            return item
 
 
 def iou(a: dict, b: dict) -> float:

@@ -4,7 +4,7 @@ Each Ray call costs the same whatever it carries: about 6 ms of CPU per frame at
 went to Ray's transport (the call, the object store, the raylet and GCS) when every camera had
 an actor of its own, as much as decoding and resizing together (docs/cameras.md). A process
 reading K cameras answers one `next_frames` call with the newest frame of each of them, as one
-object: K frames for one call (more when the runner came late: each camera keeps two).
+object: K frames for one call.
 
     ReaderGroup (the actor, in its process): a CameraReader thread per camera, one call for all.
     ReaderPool (the runner's side): places cameras in groups with room, keeps one `next_frames`
@@ -83,15 +83,15 @@ class ReaderGroup:
     def next_frames(
         self, version: int, cameras: list[tuple[int, Camera]], timeout_s: float = 1.0
     ) -> tuple[list[dict], list[np.ndarray]]:
-        """The frames not yet taken of each camera that has some, waiting up to `timeout_s` for the
-        first: (metadata, frames), in the same order, each camera's oldest first. One call per
-        group and cycle."""
+        """The newest frame not yet taken of each camera that has one, waiting up to `timeout_s`
+        for the first: (metadata, frames), in the same order. One call per group and frame time."""
         self._sync(version, cameras)
         self.fresh.wait(timeout_s)
         self.fresh.clear()  # before taking: a frame that comes meanwhile sets it again
         metas, frames = [], []
         for _, reader in list(self.readers.values()):
-            for meta, frame in reader.waiting():
+            meta, frame = reader.latest()
+            if meta is not None:
                 metas.append(meta)
                 frames.append(frame)
         return metas, frames

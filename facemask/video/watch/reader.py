@@ -1,10 +1,9 @@
-"""One camera's reader: decodes its stream on a thread, keeps the newest frames, reconnects.
+"""One camera's reader: decodes its stream on a thread, keeps only the newest frame, reconnects.
 
 `facemask watch` runs them a few cameras to a Ray actor (watch.groups), anywhere in the cluster.
-Its group's call takes the frames not yet taken (`waiting`), at most SLOT_DEPTH of them; a frame
-that SLOT_DEPTH newer ones pushed out first is dropped and counted. Frames travel to the detector
-as arrays in Ray's object store, shrunk here to the model's input size: no JPEG, and 1/9 of a
-1080p frame's bytes at 640.
+The runner takes the newest frame as soon as there is one (`latest`); a frame that a newer one
+replaced first is dropped and counted. Frames travel to the detector as arrays in Ray's object store, shrunk
+here to the model's input size: no JPEG, and 1/9 of a 1080p frame's bytes at 640.
 
 A stream that ends or fails is opened again after 0.25, 0.5, then every 1 s (a refused
 connection costs nothing), so a camera that comes back is read again within about 1 s plus
@@ -31,23 +30,17 @@ BACKOFF_S = (0.25, 0.5, 1.0)
 LAG_LIMIT_S = 0.5
 COUNTS = ("offered", "decoded", "skipped_by_cap", "skipped_behind", "fell_behind", "reconnects", "failures")
 FILE_FPS_FALLBACK = 15.0
-# Frames kept for the next call. The runner asks each group again only at its next cycle (every
-# 33 ms, later when it is busy), so two takes of a camera's frames can be more than a frame period
-# apart: with one slot, the camera's second frame in that gap replaced the first (2.6% of the
-# frames at 14 streams of 1080p, docs/cameras.md). Two keep both; a frame waits longer only when
-# the runner was late anyway, and a reader that is really behind still drops (and counts) frames.
-SLOT_DEPTH = 2
 
 
 class CameraReader:
-    """Reads one camera until `stop()`; `waiting()` hands over the frames not yet taken, with their metadata."""
+    """Reads one camera until `stop()`; `latest()` hands over the newest frame and its metadata."""
 
     def __init__(
         self, camera: Camera, size: int, fast_decode: bool = False, fresh: threading.Event | None = None
     ) -> None:
         """fresh: set whenever a frame comes; shared by the cameras of one reader process (ReaderGroup)."""
         self.camera, self.size, self.fast_decode = camera, size, fast_decode
-        self.slot = LatestFrame(depth=SLOT_DEPTH)
+        self.slot = LatestFrame()
         self.stopping, self.fresh = threading.Event(), fresh or threading.Event()
         self.counts = dict.fromkeys(COUNTS, 0)
         self.behind = False
@@ -57,9 +50,10 @@ class CameraReader:
         self.thread = threading.Thread(target=self._run, name=f"camera-{camera.id}", daemon=True)
         self.thread.start()
 
-    def waiting(self) -> list[tuple[dict, np.ndarray]]:
-        """(metadata, RGB frame) of each frame not yet taken, oldest first (at most SLOT_DEPTH)."""
-        return [self._prepared(item) for item in self.slot.take_all()]
+    def latest(self) -> tuple[dict | None, np.ndarray | None]:
+        """(metadata, RGB frame) of the newest frame not yet taken, or (None, None)."""
+        item = self.slot.take()
+        return (None, None) if item is None else self._prepared(item)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -23,19 +23,6 @@ def test_latest_frame_keeps_only_the_newest_and_counts_the_rest():
     assert (slot.received, slot.dropped) == (6, 4)
 
 
-def test_a_deeper_mailbox_keeps_the_newest_frames_in_order_and_counts_the_rest():
-    slot = LatestFrame(depth=2)
-    for i in range(5):
-        slot.put(i)
-    assert slot.take_all() == [3, 4]
-    assert slot.take_all() == []
-    slot.put(5)
-    slot.put(6)
-    assert slot.take() == 5  # oldest first, so a camera's frames reach the model in order
-    assert slot.take_all() == [6]
-    assert (slot.received, slot.dropped) == (7, 3)
-
-
 FACES = [  # start x, y, speed x, speed y (px per frame), size, class
     (20, 40, 9, 1, 60, "with_mask"),
     (560, 200, -8, -1, 70, "without_mask"),
