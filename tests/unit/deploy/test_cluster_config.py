@@ -110,3 +110,52 @@ def test_no_placeholder_in_a_command_every_value_comes_from_the_checked_file(clu
     for key in COMMANDS:
         for command in cluster[key]:
             assert command in checks or "CHANGE-ME" not in command, (key, command[:200])
+
+
+def test_the_shared_folder_is_mounted_on_every_machine_and_handed_to_its_container(cluster):
+    """The documented job reads and writes /mnt/shared on every node: each machine mounts it
+    before its container starts, and the container gets it."""
+    assert "-v /mnt/shared:/mnt/shared" in cluster["docker"]["run_options"]
+    assert any("/mnt/shared" in c and "mount -t nfs4" in c for c in cluster["initialization_commands"])
+    docs = (ROOT / "docs" / "jobs-and-clusters.md").read_text()
+    job = re.search(r"python jobs/study\.py --source (\S+) --out (\S+)", docs)
+    assert job and all(path.startswith("/mnt/shared/") for path in job.groups()), job
+
+
+def run_on_the_host(command: str, tmp_path: Path, replace: tuple[str, str] | None = None):
+    """The command as the autoscaler runs an initialization command on a machine (`bash --login
+    -c -i`), with stand-ins for sudo and mountpoint that record what they were asked."""
+    import os
+    import subprocess
+
+    tools = tmp_path / "bin"
+    tools.mkdir(exist_ok=True)
+    calls = tmp_path / "calls"
+    (tools / "sudo").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (tools / "mountpoint").write_text("#!/bin/sh\nexit 1\n")  # not mounted yet
+    for tool in tools.iterdir():
+        tool.chmod(0o755)
+    if replace:
+        command = command.replace(*replace)
+    # A login shell takes PATH from /etc/profile; the machine's own profile puts the stand-ins first.
+    (tmp_path / ".bash_profile").write_text(f'export PATH="{tools}:$PATH"\n')
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", "--login", "-c", "-i", command], env=env, capture_output=True, text=True)
+    return done, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_a_shared_folder_left_at_its_placeholder_stops_ray_up_before_anything_is_mounted(cluster, tmp_path):
+    (command,) = cluster["initialization_commands"]
+    done, calls = run_on_the_host(command, tmp_path)
+    assert done.returncode == 1 and calls == []
+    assert "cluster.yaml: set SHARED in initialization_commands" in done.stderr
+
+
+def test_a_shared_folder_with_its_address_is_mounted_and_given_to_rays_user(cluster, tmp_path):
+    (command,) = cluster["initialization_commands"]
+    export = "fs-0123abcd.efs.us-west-2.amazonaws.com:/"
+    done, calls = run_on_the_host(command, tmp_path, replace=("fs-CHANGE-ME.efs.us-west-2.amazonaws.com:/", export))
+    assert done.returncode == 0, done.stderr
+    assert calls[0] == "mkdir -p /mnt/shared"
+    assert calls[1].startswith("mount -t nfs4 ") and calls[1].endswith(f"{export} /mnt/shared")
+    assert calls[2] == "chown 1000:100 /mnt/shared"
