@@ -149,48 +149,36 @@ def retrain(
 ) -> str:
     """A trial's configuration trained again for cfg.final_epochs, the way the trials were; its version."""
     # The repeated dataset and a distributed retrain's folder are scratch: the version is in MLflow.
-    with tempfile.TemporaryDirectory(prefix="facemask-final-") as scratch:
-        version = _retrain_in(Path(scratch), cfg, overrides, parent, tracking_uri, data, trial_id)
-    if tags:
-        set_version_tags(cfg.registered_model, version, tags, tracking_uri)
-    return version
-
-
-def _retrain_in(
-    scratch: Path,
-    cfg: StudyConfig,
-    overrides: dict[str, Any],
-    parent: RunLogger,
-    tracking_uri: str,
-    data: Path,
-    trial_id: str,
-) -> str:
-    threshold = overrides.pop("repeat_threshold", None)
-    shape = shape_of(overrides, cfg.model, cfg.imgsz)
-    train_data = data
-    if threshold:
-        train_data, _ = data_with_repeats(data, float(threshold), cfg.seed, scratch / "data", CLASS_NAMES)
-    final_cfg = cfg.train_config(
-        **shape,
-        data=train_data,
-        epochs=cfg.final_epochs,
-        run_name=f"{cfg.name}-final" + (f"-{trial_id}" if cfg.latency_target else ""),
-        tracking_uri=tracking_uri,
-        parent_run_id=parent.run_id,
-        overrides=overrides,
-        register=True,
-        registered_model=cfg.registered_model,
-    )
-    if cfg.ray_workers_per_trial > 1:  # the final retrain is trained the way the trials were
-        workdir = scratch / "train"
-        workdir.mkdir()
-        final = train_distributed(
-            replace(final_cfg, device="auto", project=workdir),
-            trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial, workdir),
+    with tempfile.TemporaryDirectory(prefix="facemask-final-") as folder:
+        scratch = Path(folder)
+        threshold = overrides.pop("repeat_threshold", None)
+        shape = shape_of(overrides, cfg.model, cfg.imgsz)
+        train_data = data
+        if threshold:
+            train_data, _ = data_with_repeats(data, float(threshold), cfg.seed, scratch / "data", CLASS_NAMES)
+        final_cfg = cfg.train_config(
+            **shape,
+            data=train_data,
+            epochs=cfg.final_epochs,
+            run_name=f"{cfg.name}-final" + (f"-{trial_id}" if cfg.latency_target else ""),
+            tracking_uri=tracking_uri,
+            parent_run_id=parent.run_id,
+            overrides=overrides,
+            register=True,
+            registered_model=cfg.registered_model,
         )
-    else:
-        # Its folder as the driver resolves it: the task's own working directory is Ray's.
-        final = on_trial_resources(cfg, final_training, replace(final_cfg, project=resolve_path(final_cfg.project)))
+        if cfg.ray_workers_per_trial > 1:  # the final retrain is trained the way the trials were
+            workdir = scratch / "train"
+            workdir.mkdir()
+            final = train_distributed(
+                replace(final_cfg, device="auto", project=workdir),
+                trial_workers(cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.ray_workers_per_trial, workdir),
+            )
+        else:
+            # Its folder as the driver resolves it: the task's own working directory is Ray's.
+            final = on_trial_resources(cfg, final_training, replace(final_cfg, project=resolve_path(final_cfg.project)))
+    if tags:
+        set_version_tags(cfg.registered_model, final.version, tags, tracking_uri)
     return final.version
 
 
