@@ -172,10 +172,14 @@ def on_this_machine(text: str, paths: dict[str, str], replace: dict[str, str] | 
     return text
 
 
+def manifest_paths() -> list[Path]:
+    """Every manifest in kubernetes/: not kustomization.yaml, which lists them."""
+    return [path for path in sorted(MANIFESTS.glob("*.yaml")) if path.name != "kustomization.yaml"]
+
+
 def documents() -> list[dict]:
-    """Every object of every manifest in kubernetes/ (not kustomization.yaml, which lists them)."""
-    paths = [path for path in sorted(MANIFESTS.glob("*.yaml")) if path.name != "kustomization.yaml"]
-    return [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
+    """Every object of every manifest in kubernetes/."""
+    return [doc for path in manifest_paths() for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def cluster_specs(doc: dict) -> list[dict]:

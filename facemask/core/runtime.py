@@ -67,6 +67,11 @@ HAPROXY_ENV = {
 }
 
 
+def cache_dir(name: str) -> Path:
+    """~/.cache/facemask/<name> (XDG_CACHE_HOME respected): what facemask keeps and can rebuild."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "facemask" / name
+
+
 def ultralytics_env() -> Path:
     """Keep Ultralytics' settings in a folder of ours and stop it from installing packages.
 
@@ -76,8 +81,7 @@ def ultralytics_env() -> Path:
     by `train.resolve_model_source`, which fails in one line when offline. Must run before
     `import ultralytics` to take effect.
     """
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "facemask" / "ultralytics"
-    config = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(cache)))
+    config = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir("ultralytics"))))
     config.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     try:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from facemask.core.errors import ConfigError
+from facemask.core.runtime import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def cache_root() -> Path:
     """FACEMASK_MODEL_CACHE, else ~/.cache/facemask/models (XDG_CACHE_HOME respected)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "facemask" / "models"
+    return cache_dir("models")
 
 
 def keep_count() -> int:

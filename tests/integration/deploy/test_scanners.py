@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.kuberay import cluster_specs
+from tests.kuberay import cluster_specs, manifest_paths
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
@@ -50,9 +50,7 @@ def scan_folder(tmp_path: Path) -> Path:
     """Every manifest as Checkov reads it: the core objects as they are, KubeRay's as their Pods."""
     out = tmp_path / "rendered"
     out.mkdir()
-    for path in sorted((ROOT / "kubernetes").glob("*.yaml")):
-        if path.name == "kustomization.yaml":  # it lists the manifests; it is none of them
-            continue
+    for path in manifest_paths():
         docs = []
         for doc in yaml.safe_load_all(path.read_text()):
             if not doc:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.kuberay import MANIFESTS
+from tests.kuberay import MANIFESTS, manifest_paths
 
 ROOT = Path(__file__).resolve().parents[3]
 # As docs/jobs-and-clusters.md applies them: the MLflow server needs the Secret created after
@@ -45,7 +45,7 @@ def images(node) -> list[str]:
 def test_every_manifest_is_listed_once_but_the_secret_template_and_the_optional_monitor():
     listed = kustomization()["resources"]
     assert len(listed) == len(set(listed))
-    on_disk = {p.name for p in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
+    on_disk = {p.name for p in manifest_paths()}
     assert set(listed) == on_disk - LEFT_OUT
 
 
