@@ -337,6 +337,9 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True, 
             # The metrics keep their documented port while it is free; `facemask serve` prints it.
             os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
             os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port(HAPROXY_METRICS_PORT)))
+            # Behind HAProxy, Serve also runs a Python proxy for scale-from-zero on a fixed port (8500):
+            # a second such endpoint on this machine found it taken and never came up.
+            os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(free_port()))
     # Seen under `ray job submit` here: once ray.init() has run, importing torch can abort
     # with "oneMKL FATAL ERROR: Cannot load libtorch_cpu.so". Loading torch first avoids it.
     if torch:

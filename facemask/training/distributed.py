@@ -82,7 +82,16 @@ def worker_loop(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     check_given_gpus(f"Ray Train rank {rank}")
     local = Path(tempfile.mkdtemp(prefix="facemask-resume-"))
-    cfg = rank_config(cfg, rank, local)
+    try:
+        _train_rank(config, rank_config(cfg, rank, local), rank)
+    finally:  # a rank that raises (Ray then restarts the group) leaves no resume folder behind
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _train_rank(config: dict, cfg: TrainConfig, rank: int) -> None:
+    """The rank's training, with its per-epoch report to Ray Train (and Tune)."""
+    import ray.train
+
     run: dict[str, Any] = {"id": cfg.run_id}
     epoch_started = time.perf_counter()
     reported: set[int] = set()
@@ -126,7 +135,6 @@ def worker_loop(config: dict) -> None:
     from facemask.compat.ultralytics import ddp_trainer_class
 
     result = train(cfg, callbacks=callbacks, on_run=on_run, trainer=ddp_trainer_class(), epoch_logging=False)
-    shutil.rmtree(local, ignore_errors=True)
     if config.get("tune"):
         return  # Tune has every epoch; an extra report would count as one more
     report_outcome(result, rank)

@@ -26,6 +26,24 @@ from tests.services import (
 )
 
 pytestmark = pytest.mark.integration
+# Behind HAProxy, Serve also starts a Python proxy (for scale from zero) on this port by default.
+SERVE_FALLBACK_PORT = 8500
+
+
+@contextlib.contextmanager
+def taken_port(port: int):
+    """`port` on loopback held by a listener of ours, as a neighbour's server would hold it
+    (left as it is when something already holds it: taken either way)."""
+    import socket
+
+    holder = socket.socket()
+    try:
+        with contextlib.suppress(OSError):
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+        yield
+    finally:
+        holder.close()
 
 
 @pytest.mark.parametrize(
@@ -40,13 +58,17 @@ def test_facemask_serve_command_serves_a_local_file_and_stops_on_ctrl_c(
     Stopped by SIGINT to it alone, by SIGINT to its whole process group (Ctrl-C in a terminal),
     or by SIGTERM to its group (`kill -- -PGID`). The group signals reach the command alone (its
     local Ray has process groups of its own), and nothing it started may outlive it (Serve's
-    HAProxy included).
+    HAProxy included). Serve's default fallback port is taken, as by a second endpoint behind
+    HAProxy on this machine: the command picks another.
     """
     import signal
     import time
 
     weights = registered_detector["weights"]
-    with facemask_serve(weights, tmp_path, "--num-cpus", "0.5", "--ingress", ingress) as (proc, url, log):
+    with (
+        taken_port(SERVE_FALLBACK_PORT),  # another endpoint on this machine, behind HAProxy too
+        facemask_serve(weights, tmp_path, "--num-cpus", "0.5", "--ingress", ingress) as (proc, url, log),
+    ):
         # The command says where it serves once Serve reports the app running.
         wait_until(lambda: "serving " in log.read_text(), 60, "'serving' line from facemask serve", proc, log)
         answer = Client(url).predict(known_image, conf=0, imgsz=160, max_det=2)
