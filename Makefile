@@ -22,12 +22,13 @@ demo: $(STAMP)
 serve: $(STAMP)
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/demo/mlflow.db $(BIN)/facemask serve --model-uri models:/facemask-detector@champion
 
-# TEST_WORKERS=N runs the suite on N pytest-xdist workers side by side (each with its own Ray temp
-# dir; tests sharing a module's services stay on one worker; tests marked heavy, which train studies
-# or start multi-node clusters, run one after another on one worker; tests marked whole_machine run
-# alone, back to back: tests/machine_lock.py). CI runs one at a time (.ci/run says why). TEST_ARGS adds
+# The suite runs on TEST_WORKERS pytest-xdist workers side by side (each with its own Ray temp dir;
+# tests sharing a module's services stay on one worker; tests marked heavy, which train studies or
+# start multi-node clusters, run one after another on one worker; tests marked whole_machine run
+# alone, back to back: tests/machine_lock.py). Two, as CI runs it, even on 2 cores: most tests wait
+# on services more than they compute. TEST_WORKERS=0 runs one test at a time. TEST_ARGS adds
 # options, e.g. CI's budgets.
-TEST_WORKERS ?= 0
+TEST_WORKERS ?= 2
 TEST_ARGS ?=
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(TEST_ARGS)

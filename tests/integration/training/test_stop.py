@@ -24,10 +24,12 @@ from tests.integration.training.test_tune import SPACE
 from tests.services import study_args as small_study
 from tests.services import wait_until
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.heavy(reason="studies and trials trained by two Ray Train workers, stopped and resumed"),
-]
+pytestmark = pytest.mark.integration
+# The studies are heavy (tests/machine_lock.py); one training or a folder's predictions are not,
+# and their bound (an exit within 30 s of the signal) holds beside the heavy tests' worker.
+STUDY = pytest.mark.heavy(
+    reason="a study's trials trained side by side or by two Ray Train workers, stopped and resumed"
+)
 ROOT = Path(__file__).resolve().parents[3]
 FACEMASK = [sys.executable, "-m", "facemask.cli"]
 STOP_WITHIN_S = 30
@@ -104,6 +106,7 @@ def assert_resumed_once(tracking_uri: str, experiment: str, trials: int) -> None
     assert all(r.info.status in ("FINISHED", "KILLED") and "facemask.trial_status" in r.data.tags for r in children)
 
 
+@STUDY
 def test_tune_stopped_by_sigterm_to_its_process_group_resumes(tiny_data, tmp_path, two_trial_space):
     """`kill -- -PGID` (a terminal's hang-up, a supervisor) reaches the command alone: the local
     Ray it started has process groups of its own, and the command stops it in order."""
@@ -142,6 +145,7 @@ def test_tune_stopped_by_sigterm_to_its_process_group_resumes(tiny_data, tmp_pat
     assert answer["parent_run_id"] and answer["best_config"] and "mAP50-95" in answer["best_val"]
 
 
+@STUDY
 def test_tune_stopped_by_ray_job_stop_resumes(tiny_data, mlflow_server, tmp_path, two_trial_space):
     """`ray job stop` sends SIGTERM to the job's driver, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S
     (3 s by default; docs/reliability.md says to give it 30)."""
@@ -275,6 +279,7 @@ def test_predict_on_a_folder_stopped_by_sigterm_to_its_group(registered_detector
     assert "stopped by SIGTERM: facemask predict:" in output and "core dumped" not in output
 
 
+@STUDY
 def test_two_worker_trials_fit_a_two_cpu_machine(tiny_data, mlflow_server, tmp_path):
     """Each trial's driver reserves a token 0.01 CPU; its two Ray Train workers share the rest.
 

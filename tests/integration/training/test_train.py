@@ -20,10 +20,9 @@ from facemask.quality.promotion import promote
 from facemask.training.train import train
 from tests.services import tiny_training
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.heavy(reason="training runs with the promotion gate's evaluations, against a live MLflow server"),
-]
+# Not heavy: one training at a time, in this process, without a Ray node of its own; it runs
+# beside the heavy tests' worker as the session's trained model does (tests/machine_lock.py).
+pytestmark = pytest.mark.integration
 
 
 def tiny(data, tracking, tmp_path, **kw):

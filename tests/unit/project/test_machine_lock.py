@@ -110,7 +110,7 @@ def test_heavy_tests_run_one_at_a_time_on_one_worker_and_whole_machine_ones_alon
     test stays free to go to either worker."""
     (tmp_path / "groups_probe.py").write_text(GROUPS_PROBE)
     out = tmp_path / "groups.json"
-    heavy = ["tests/integration/training/test_stop.py", "tests/integration/deploy/test_cluster.py"]
+    heavy = ["tests/integration/training/test_tune.py", "tests/integration/deploy/test_cluster.py"]
     mixed, light = "tests/integration/serving/test_serve_faults.py", "tests/integration/data/test_prepare.py"
     collected = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "groups_probe", "-p", "no:cacheprovider"]
