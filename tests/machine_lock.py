@@ -105,7 +105,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     """Setup to teardown under the machine lock: a module's shared services start in its first
     test's setup and stop in its last test's teardown, so they are inside it too. The whole-machine
     tests are one xdist group (tests/conftest.py), run one after the other on one worker: the
-    exclusive hold passes from one to the next rather than letting a long shared test in between."""
+    exclusive hold passes from one to the next rather than letting a long shared test in between.
+    Those of a module with shared services run on that module's worker, alone all the same."""
     global _HELD
     if not alone(item):
         with machine_share(alone=False):

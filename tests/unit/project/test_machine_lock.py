@@ -106,24 +106,27 @@ GROUPS_PROBE = textwrap.dedent(
 
 def test_heavy_tests_run_one_at_a_time_on_one_worker_and_whole_machine_ones_alone(tmp_path):
     """Every test of a heavy module lands in the one heavy group (one xdist worker, one test at a
-    time), a module's shared services included; a whole-machine test keeps its own group; a light
-    test stays free to go to either worker."""
+    time), a module's shared services included; a whole-machine test keeps its own group, unless
+    it uses its module's shared services: then it stays with them; a light test stays free to go
+    to either worker."""
     (tmp_path / "groups_probe.py").write_text(GROUPS_PROBE)
     out = tmp_path / "groups.json"
     heavy = ["tests/integration/training/test_tune.py", "tests/integration/deploy/test_cluster.py"]
-    mixed, light = "tests/integration/serving/test_serve_faults.py", "tests/integration/data/test_prepare.py"
+    mixed, light = "tests/integration/serving/test_serve_command.py", "tests/integration/data/test_prepare.py"
+    shared = "tests/integration/serving/test_serve_faults.py"  # an endpoint per module, whole-machine tests
     collected = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "groups_probe", "-p", "no:cacheprovider"]
-        + [*heavy, mixed, light],
+        + [*heavy, mixed, light, shared],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tmp_path), "GROUPS_OUT": str(out)},
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-3000:]
     groups = json.loads(out.read_text())
-    of = {path: {g for test, g in groups.items() if test.startswith(path)} for path in [*heavy, mixed, light]}
+    of = {path: {g for test, g in groups.items() if test.startswith(path)} for path in [*heavy, mixed, light, shared]}
     assert all(of[path] == {"heavy"} for path in heavy), of
-    assert "whole-machine" in of[mixed] and "heavy" not in of[mixed], of
+    assert of[mixed] == {"whole-machine", None}, of
     assert of[light] == {None}, of
+    assert of[shared] == {"test_serve_faults"}, of  # the module's name
 
 
 SIDE_BY_SIDE = textwrap.dedent(
