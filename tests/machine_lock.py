@@ -1,7 +1,7 @@
 """Tests side by side, and the tests that must have the machine to themselves (a pytest plugin,
 loaded by tests/conftest.py).
 
-Under pytest-xdist (`make test TEST_WORKERS=2`) two tests run at once. Most only wait longer
+Under pytest-xdist (`make test` runs two workers) two tests run at once. Most only wait longer
 when they share the cores. A test that measures time or load against a bound (a replica back
 within seconds, an autoscaler that reacts to a load, a burst that must outrun the model) would
 measure its neighbour instead: `@pytest.mark.whole_machine(reason=...)` runs it alone. A test that
