@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from facemask.core.classes import CLASS_NAMES
 from facemask.core.errors import ConfigError, InputNotFoundError, StudyInterrupted
-from facemask.core.lifecycle import at_forced_stop, quick_exit_while_this_thread_runs
+from facemask.core.lifecycle import at_forced_stop, quick_exit_while_this_thread_runs, stop_signal
 from facemask.core.manifest import data_fingerprint, dataset_profile
 from facemask.core.runtime import check_given_gpus, gpu_as_cpu, resolve_path, results_base, where_relative
 from facemask.core.settings import StudyConfig
@@ -148,11 +148,24 @@ def epoch_reporter(holder: dict[str, Any], cost: dict[str, float] | None = None)
     return report
 
 
-def interrupted(grid, cfg: StudyConfig, elapsed: float) -> bool:
-    """Tune returns normally after SIGINT; tell that apart from a study that ran its course."""
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+def interrupted(grid, cfg: StudyConfig, elapsed: float, signalled: bool = False) -> bool:
+    """Tune returns normally after a stop (SIGINT, or SIGTERM handed to Tune's handler); tell that
+    apart from a study that ran its course. `signalled`: this process took a stop signal meanwhile.
+
+    Tune ends the trials that run when it stops as terminated, like those that finished: a stop
+    that came as the last trial started left it terminated with no epoch, and the study was
+    registered as done. A trial terminated before the epochs ASHA could stop it at was stopped."""
+    if signalled:
+        return True
     budget_spent = cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s
-    return unfinished > 0 and not budget_spent or (len(grid) < cfg.trials and not budget_spent)
+    if budget_spent:
+        return False
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    cut_short = any(
+        result.error is None and (result.metrics or {}).get("epoch", 0) < min(cfg.grace_period, cfg.epochs)
+        for result in grid
+    )
+    return unfinished > 0 or cut_short or len(grid) < cfg.trials
 
 
 def study_path(cfg: StudyConfig) -> tuple[str, str]:
@@ -304,11 +317,13 @@ def _run_study(study: Study, tracking_uri: str) -> StudyResult:
             if cfg.resume
             else new_tuner(cfg, trainable, space, baseline, study.storage, study.concurrency)
         )
+        signalled_before = stop_signal() is not None
         grid = tuner.fit()
     except BaseException:
         parent.stop_monitor()  # tune() closes the runs once the study's server is gone
         raise
-    if interrupted(grid, cfg, time.perf_counter() - started):
+    signalled = not signalled_before and stop_signal() is not None  # SIGTERM, which ours hands to Tune's
+    if interrupted(grid, cfg, time.perf_counter() - started, signalled):
         parent.stop_monitor()
         raise StudyInterrupted(study.how_to_go_on)
     result = summarise(cfg, grid, parent, tracking_uri, started, path, space)
