@@ -272,3 +272,21 @@ def handle_stop_signals() -> None:
     signal.signal(signal.SIGTERM, _on_stop_signal)
     if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _on_stop_signal):
         signal.signal(signal.SIGINT, _on_stop_signal)
+
+
+@contextlib.contextmanager
+def ctrl_c_handler_kept():
+    """The Ctrl-C handler in place now is in place again afterwards, whatever ran inside.
+
+    Ray Tune's fit puts in a handler of its own, which ends the study at a stop and only then puts
+    back the one it found; after a fit that was not stopped it stays, and a Ctrl-C or SIGTERM
+    while the study registers and scores its best trial only set an event nothing waited on.
+    Only the main thread can set handlers; elsewhere this does nothing."""
+    import threading
+
+    kept = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if kept is not None:
+            signal.signal(signal.SIGINT, kept)

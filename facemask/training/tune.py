@@ -19,7 +19,12 @@ from typing import Any, Callable
 
 from facemask.core.classes import CLASS_NAMES
 from facemask.core.errors import ConfigError, InputNotFoundError, StudyInterrupted
-from facemask.core.lifecycle import at_forced_stop, quick_exit_while_this_thread_runs, stop_signal
+from facemask.core.lifecycle import (
+    at_forced_stop,
+    ctrl_c_handler_kept,
+    quick_exit_while_this_thread_runs,
+    stop_signal,
+)
 from facemask.core.manifest import data_fingerprint, dataset_profile
 from facemask.core.runtime import check_given_gpus, gpu_as_cpu, resolve_path, results_base, where_relative
 from facemask.core.settings import StudyConfig
@@ -318,7 +323,8 @@ def _run_study(study: Study, tracking_uri: str) -> StudyResult:
             else new_tuner(cfg, trainable, space, baseline, study.storage, study.concurrency)
         )
         signalled_before = stop_signal() is not None
-        grid = tuner.fit()
+        with ctrl_c_handler_kept():
+            grid = tuner.fit()
     except BaseException:
         parent.stop_monitor()  # tune() closes the runs once the study's server is gone
         raise

@@ -66,3 +66,35 @@ def test_a_group_whose_leader_has_ended_is_still_stopped():
     finally:
         if group_members(leader.pid):
             os.killpg(leader.pid, signal.SIGKILL)
+
+
+# A command's stop handlers, then a fit that puts in a Ctrl-C handler of its own and leaves it (as
+# Ray Tune's does when nothing stopped it), then SIGTERM while the study registers its best trial.
+AFTER_A_FIT = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    from facemask.core.lifecycle import ctrl_c_handler_kept, handle_stop_signals
+
+    handle_stop_signals()
+    event = threading.Event()
+    def fit():
+        signal.signal(signal.SIGINT, lambda signum, frame: event.set())  # Tune's: end the run, set an event
+    if sys.argv[1] == "kept":
+        with ctrl_c_handler_kept():
+            fit()
+    else:
+        fit()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(3)
+        print("the stop was swallowed", flush=True)
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("handlers, expected", [("kept", "stopped"), ("left to the fit", "the stop was swallowed")])
+def test_a_stop_after_a_fit_stops_the_command_once_the_handler_is_kept(handlers, expected):
+    ran = subprocess.run([sys.executable, "-c", AFTER_A_FIT, handlers], capture_output=True, text=True, timeout=60)
+    assert ran.stdout.strip() == expected, ran.stdout + ran.stderr[-2000:]
