@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import tiny_training
+from tests.services import free_port, tiny_training
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
@@ -41,8 +41,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # HAProxy's metrics keep their documented port (9101) while it is free when an endpoint starts,
     # and HAProxy binds it only once Serve is up, seconds later: two workers' endpoints starting
     # together both chose it, and the second HAProxy refused to start. Each worker's own.
-    from facemask.core.runtime import free_port
-
     os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
     token = Path(_RAY_AUTH_DIR) / "auth_token"
     token.write_text(secrets.token_hex(32))
