@@ -1,13 +1,14 @@
 """Ray's private parts the platform reads: whether the local cluster this process started is
 still alive, the process group it starts in, the error of a local node that did not start in
-time, Serve's controller and its replica table, whether this process is a Serve replica, the
+time and where its logs are, Serve's controller and its replica table, whether this process is a Serve replica, the
 option that fixes a local node's metrics port, and the lines of the HAProxy configuration Serve
 writes that give its own answers. None of them has a public equivalent in Ray 2.60
 (`serve.status()` gives neither the replicas' actor names nor their states per route, which the
 proxy guard matches against the live actors; `ray start` has --metrics-export-port, `ray.init`
 only `_metrics_export_port`; HAProxy's error files and its answer outside every route are fixed
 in Serve's template, `ray.serve._private.haproxy_templates`; `ray.init()` raises a bare
-Exception when its node does not register in time)."""
+Exception when its node does not register in time, and its default temp folder is in
+`ray._common.utils`)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,16 @@ NODE_START_TIMED_OUT = "The current node timed out during startup"
 def node_start_timed_out(exc: BaseException) -> bool:
     """Whether `exc` is `ray.init()` giving up on its local node (a busy machine, not a bug)."""
     return type(exc) is Exception and NODE_START_TIMED_OUT in str(exc)
+
+
+def local_session_logs():
+    """The logs folder of the newest local Ray session: under RAY_TMPDIR's `ray`, else /tmp/ray
+    (`get_default_ray_temp_dir`, what `ray.init()` uses when given no `_temp_dir`)."""
+    from pathlib import Path
+
+    from ray._common.utils import get_default_ray_temp_dir
+
+    return Path(get_default_ray_temp_dir()) / "session_latest" / "logs"
 
 
 @contextlib.contextmanager

@@ -280,13 +280,14 @@ def plain_server(model_uri: str, backend: str, device: str, threads: int, port: 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}")
+            said = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise SystemExit(f"the server exited with {proc.returncode}; the end of {log}:\n" + "\n".join(said))
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return
@@ -316,11 +317,12 @@ def server(ingress: str, backend: str, model_uri: str, args, folder: Path):
         if ingress == "proxy-bare":
             env.update(dict.fromkeys(PROXY_ENV, ""))
         command += args.serve_args.split()
-    log = open(folder / f"{ingress}-{backend}.log", "w")
+    log_path = folder / f"{ingress}-{backend}.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, proc)
+        wait_ready(url, proc, log_path)
         yield url, proc.pid, ("uvicorn" if ingress == "plain" else "serve driver")
     finally:
         # SIGTERM, not SIGINT: a benchmark started in the background hands its children SIGINT ignored.

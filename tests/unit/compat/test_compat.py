@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import signal
+import subprocess
 
 import numpy as np
 import pytest
@@ -134,7 +136,6 @@ def test_ray_starts_its_local_processes_through_console_popen_and_they_get_a_gro
     """`local_ray_in_its_own_process_group` swaps the Popen class `start_ray_process` looks up
     at each call: a child started under it leads a group of its own, and the swap is undone."""
     import os
-    import subprocess
 
     import ray._private.services as services
     import ray._private.utils as utils
@@ -169,7 +170,16 @@ def test_ray_init_gives_up_on_its_local_node_after_a_fixed_wait_with_a_bare_exce
     assert node_start_timed_out(Exception(f"{NODE_START_TIMED_OUT}. This could happen because ..."))
     assert not node_start_timed_out(RuntimeError(NODE_START_TIMED_OUT)) and not node_start_timed_out(Exception("x"))
 
+    # Each try leaves a process behind, as a node that missed its 30 s leaves its GCS and raylet,
+    # and an error line in the session's raylet log.
+    logs = tmp_path / "ray-tmp" / "ray" / "session_latest" / "logs"
+    logs.mkdir(parents=True)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray-tmp"))
+    left = []
+
     def timed_out(*args, **kwargs):
+        left.append(subprocess.Popen(["sleep", "600"]))
+        (logs / "raylet.out").write_text(f"[2026-12-08 00:43:30,123 E 6466 6466] raylet.cc:1: try {len(left)}\n")
         raise Exception(f"{NODE_START_TIMED_OUT}. This could happen because some of the raylet failed to startup")
 
     monkeypatch.setattr(ray, "init", timed_out)
@@ -179,9 +189,18 @@ def test_ray_init_gives_up_on_its_local_node_after_a_fixed_wait_with_a_bare_exce
 
     synthesize(tmp_path / "src", images=4, seed=1)
     args = ["data", "prepare", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--engine", "ray"]
-    result = CliRunner().invoke(main, args)
+    try:
+        result = CliRunner().invoke(main, args)
+        assert [proc.poll() for proc in left] == [-signal.SIGTERM] * 2  # tried twice, each try's processes ended
+    finally:
+        for proc in left:
+            proc.kill()
+            proc.wait()
     assert result.exit_code == 1, result.output
-    assert "did not register within Ray's fixed 30 s" in result.output and "RAY_ADDRESS=auto" in result.output
+    assert "did not register within Ray's fixed 30 s in 2 tries" in result.output, result.output
+    assert "RAY_ADDRESS=auto" in result.output and "its gcs_server and raylet had exited" in result.output
+    assert "raylet.out: [2026-12-08 00:43:30,123 E 6466 6466] raylet.cc:1: try 2" in result.output
+    assert f"logs in {logs}" in result.output, result.output
     assert "internal error" not in result.output
 
 
