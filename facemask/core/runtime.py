@@ -348,12 +348,8 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True, 
     import ray
 
     if not ray.is_initialized():
-        from facemask.compat.ray import metrics_port_option
-
-        # A node started here exports Ray's and the app's metrics on the documented port while it is free.
-        export = metrics_port_option(free_port(METRICS_PORT)) if serving or metrics else {}
         try:
-            _start_or_join_ray(export)
+            _start_or_join_ray(export_metrics=serving or metrics)
         except SystemExit as exc:
             if exc.code != signal.SIGTERM:
                 raise
@@ -367,17 +363,23 @@ def init_ray(serving: bool = False, ingress: str = "proxy", torch: bool = True, 
 LOCAL_RAY_TRIES = 2
 
 
-def _start_or_join_ray(export: dict) -> None:
-    """`ray.init()`; where it starts a local node that misses Ray's fixed 30 s to register (seen in
-    CI with another Ray starting beside it, load 3 on 2 cores), stop what that try started and
-    try once more before giving up with RayStartFailed, which says why each try failed."""
+def _start_or_join_ray(export_metrics: bool) -> None:
+    """`ray.init()`; where it starts a local node that misses Ray's fixed 30 s to register, stop
+    what that try started and try once more before giving up with RayStartFailed, which says why.
+
+    A node whose metrics port is taken never registers: two commands starting together on one
+    machine both found the documented port free (seen in CI: a serving benchmark beside a test's
+    camera watch). Each try chooses the port anew, so the second gets another one."""
     import ray
 
-    from facemask.compat.ray import local_ray_in_its_own_process_group, node_start_timed_out
+    from facemask.compat.ray import local_ray_in_its_own_process_group, metrics_port_option, node_start_timed_out
 
     log = logging.getLogger(__name__)
     for attempt in range(1, LOCAL_RAY_TRIES + 1):
         before = descendants()
+        # A node started here exports Ray's and the app's metrics on the documented port while it is free.
+        port = free_port(METRICS_PORT) if export_metrics else None
+        export = metrics_port_option(port) if port else {}
         try:
             with local_ray_in_its_own_process_group():  # a stop sent to our group stops Ray in order
                 ray.init(
@@ -394,6 +396,8 @@ def _start_or_join_ray(export: dict) -> None:
             started = descendants() - before
             why = node_start_failure(started)
             end_processes(started)  # the GCS, raylet and reaper this try left; the next try starts its own
+            if port and free_port(port) != port:
+                why += f"; its metrics port {port}, free when chosen, is held by another process"
             if attempt == LOCAL_RAY_TRIES:
                 raise RayStartFailed(busy_machine_note(why, attempt)) from None
             log.warning("the local Ray's node did not register in Ray's fixed 30 s (%s); starting it again", why)

@@ -218,3 +218,30 @@ def test_ultralytics_a_models_architecture_rebuilt_with_three_classes_exports(tm
     outputs = onnxruntime.InferenceSession(exported, providers=["CPUExecutionProvider"]).get_outputs()
     # 4 box coordinates and a score per class (3, not 80) for each of the 84 anchors at 64 px (8², 4², 2²).
     assert [o.shape for o in outputs] == [[1, 4 + 3, 8 * 8 + 4 * 4 + 2 * 2]]
+
+
+def test_a_local_ray_whose_metrics_port_was_taken_meanwhile_starts_again_on_another(monkeypatch, tmp_path):
+    """Two commands starting together both found the documented metrics port free; the node of the
+    one that lost the port never registers (Ray times out). The second try chooses a port anew."""
+    import socket
+
+    import ray
+
+    from facemask.compat.ray import NODE_START_TIMED_OUT
+    from facemask.core import runtime
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ports, holder = [], socket.socket()
+
+    def init(**kwargs):
+        ports.append(kwargs["_metrics_export_port"])
+        if len(ports) == 1:  # the other command's node binds the port this one chose
+            holder.bind(("127.0.0.1", ports[0]))
+            holder.listen()
+            raise Exception(f"{NODE_START_TIMED_OUT}. This could happen because some of the raylet failed")
+
+    monkeypatch.setattr(ray, "init", init)
+    with holder:
+        runtime._start_or_join_ray(export_metrics=True)
+    assert len(ports) == 2 and ports[1] != ports[0], ports
