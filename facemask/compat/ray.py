@@ -42,6 +42,26 @@ def node_start_timed_out(exc: BaseException) -> bool:
     return type(exc) is Exception and NODE_START_TIMED_OUT in str(exc)
 
 
+# An error or fatal line of Ray's C++ logs: "[2026-12-08 00:43:30,123 E 6466 6466] raylet.cc:..."
+CORE_LOG_ERROR = re.compile(r"^\[[^\]]* [EF] \d+ \d+\]")
+
+
+def node_start_failure(running: set[str]) -> str:
+    """Why a local node missed its 30 s, as far as its processes and logs tell: whether its GCS and
+    raylet were among the processes `running` (their kernel names) or had exited, their last error
+    lines, and where the session's logs are."""
+    gone = [name for name in ("gcs_server", "raylet") if name not in running]
+    state = f"its {' and '.join(gone)} had exited" if gone else "its GCS and raylet still starting"
+    errors = []
+    logs = local_session_logs()
+    for name in ("gcs_server.out", "raylet.out", "raylet.err"):
+        with contextlib.suppress(OSError):
+            lines = (logs / name).read_text(errors="replace").splitlines()
+            errors += [f"{name}: {line[:240]}" for line in lines if CORE_LOG_ERROR.match(line)][-2:]
+    where = f"; last errors: {' | '.join(errors)}" if errors else ""
+    return f"{state}{where}; logs in {logs}"
+
+
 def local_session_logs():
     """The logs folder of the newest local Ray session: under RAY_TMPDIR's `ray`, else /tmp/ray
     (`get_default_ray_temp_dir`, what `ray.init()` uses when given no `_temp_dir`)."""

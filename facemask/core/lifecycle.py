@@ -89,6 +89,14 @@ def _process_stats():
             continue  # gone while reading
 
 
+def process_name(pid: int) -> str:
+    """The kernel's name of `pid` (its first 15 characters), "" when it has gone or where there is no /proc."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

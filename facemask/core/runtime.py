@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -19,7 +18,7 @@ import threading
 from pathlib import Path
 
 from facemask.core.errors import ConfigError, RayStartFailed
-from facemask.core.lifecycle import descendants, end_processes, handle_stop_signals, stopped_by
+from facemask.core.lifecycle import descendants, end_processes, handle_stop_signals, process_name, stopped_by
 
 HOME_ENV = "FACEMASK_HOME"
 # Set by Ray in the driver process of `ray job submit` (the job's config: runtime env, metadata).
@@ -372,7 +371,12 @@ def _start_or_join_ray(export_metrics: bool) -> None:
     camera watch). Each try chooses the port anew, so the second gets another one."""
     import ray
 
-    from facemask.compat.ray import local_ray_in_its_own_process_group, metrics_port_option, node_start_timed_out
+    from facemask.compat.ray import (
+        local_ray_in_its_own_process_group,
+        metrics_port_option,
+        node_start_failure,
+        node_start_timed_out,
+    )
 
     log = logging.getLogger(__name__)
     for attempt in range(1, LOCAL_RAY_TRIES + 1):
@@ -394,7 +398,7 @@ def _start_or_join_ray(export_metrics: bool) -> None:
             if not node_start_timed_out(exc):
                 raise
             started = descendants() - before
-            why = node_start_failure(started)
+            why = node_start_failure({process_name(pid) for pid in started})
             end_processes(started)  # the GCS, raylet and reaper this try left; the next try starts its own
             if port and free_port(port) != port:
                 why += f"; its metrics port {port}, free when chosen, is held by another process"
@@ -403,42 +407,10 @@ def _start_or_join_ray(export_metrics: bool) -> None:
             log.warning("the local Ray's node did not register in Ray's fixed 30 s (%s); starting it again", why)
 
 
-def node_start_failure(started: set[int]) -> str:
-    """Why a local node missed its 30 s, as far as the processes and logs tell: the load, whether
-    its GCS and raylet were still running, and their last error lines."""
-    from facemask.compat.ray import local_session_logs
-
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    names = {process_name(pid) for pid in started}
-    gone = [name for name in ("gcs_server", "raylet") if name not in names]
-    state = f"its {' and '.join(gone)} had exited" if gone else "its GCS and raylet still starting"
-    errors = []
-    logs = local_session_logs()
-    for name in ("gcs_server.out", "raylet.out", "raylet.err"):
-        with contextlib.suppress(OSError):
-            lines = (logs / name).read_text(errors="replace").splitlines()
-            errors += [f"{name}: {line[:240]}" for line in lines if CORE_LOG_ERROR.match(line)][-2:]
-    where = f"; last errors: {' | '.join(errors)}" if errors else ""
-    return f"load {load:.1f} on {os.cpu_count()} cores, {state}{where}; logs in {logs}"
-
-
-# An error or fatal line of Ray's C++ logs: "[2026-12-08 00:43:30,123 E 6466 6466] raylet.cc:..."
-CORE_LOG_ERROR = re.compile(r"^\[[^\]]* [EF] \d+ \d+\]")
-
-
-def process_name(pid: int) -> str:
-    """The kernel's name of `pid` (its first 15 characters), "" when it has gone."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 def busy_machine_note(why: str = "", tries: int = 1) -> str:
     """What a command says when its local Ray's node did not register in Ray's fixed 30 s."""
-    if not why:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        why = f"load {load:.1f} on {os.cpu_count()} cores"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    why = f"load {load:.1f} on {os.cpu_count()} cores" + (f", {why}" if why else "")
     return (
         f"the local Ray did not start: its node did not register within Ray's fixed 30 s in {tries} "
         f"{'try' if tries == 1 else 'tries'} ({why}). Run the command again when the machine is quieter, or "
@@ -469,8 +441,9 @@ def metrics_endpoints(ingress: str) -> list[str]:
 
 
 def free_port(preferred: int | None = None) -> int:
-    """`preferred` if nothing listens on it on loopback, else any free port."""
-    for port in ([preferred] if preferred else []) + [0]:
+    """`preferred` if nothing listens on it on loopback and no other facemask process on this
+    machine has chosen it (reserve_port), else any free port."""
+    for port in ([preferred] if preferred and reserve_port(preferred) else []) + [0]:
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -478,3 +451,30 @@ def free_port(preferred: int | None = None) -> int:
                 continue
             return s.getsockname()[1]
     raise OSError("no free port on 127.0.0.1")
+
+
+_RESERVED: dict[int, object] = {}  # port: the open lock file, held for the life of this process
+
+
+def reserve_port(port: int) -> bool:
+    """Reserve a documented port (8080, 9101) for this process, machine-wide, until it exits: an
+    exclusive flock on a file named after it in the temp folder. A port checked free is bound only
+    seconds later, by Ray's node or HAProxy: two commands starting together both found it free,
+    and the one that lost it never came up (Ray waits its 30 s for a node whose metrics port is
+    taken). False when another live process holds it; True where flock is unavailable."""
+    if port in _RESERVED:
+        return True
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    import tempfile
+
+    handle = open(Path(tempfile.gettempdir()) / f"facemask-port-{port}.lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return False
+    _RESERVED[port] = handle
+    return True
