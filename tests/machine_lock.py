@@ -13,8 +13,10 @@ beside the other worker's lighter tests (tests/conftest.py).
 One lock across the workers, a readers-writer lock of two files under a folder the controller
 names: every test holds the machine lock shared from its setup to its teardown, a whole-machine
 test holds it exclusive. Before either, a test passes through a turnstile that a waiting
-whole-machine test holds, so a stream of shared tests can never starve it. Without xdist (one
-process) nothing is taken.
+whole-machine test holds, so a stream of shared tests can never starve it. A whole-machine test
+whose own setup and teardown are long (an endpoint started and stopped) holds it exclusive only
+around what it measures (`machine_alone`), so those seconds run beside the other worker's tests.
+Without xdist (one process) nothing is taken.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -90,10 +93,58 @@ def machine_share(alone: bool):
 WHOLE_MACHINE_GROUP = "whole-machine"
 HEAVY_GROUP = "heavy"
 _HELD = None  # the exclusive hold kept from one whole-machine test to the next
+_SHARED = None  # this worker's shared hold on the machine while a test runs
+_WAITED_S = 0.0  # how long the running test waited inside itself for the machine alone
+
+
+def waited_s() -> float:
+    """Seconds the running test has waited for the machine alone inside its call (`machine_alone`)."""
+    return _WAITED_S
 
 
 def alone(item: pytest.Item | None) -> bool:
-    return item is not None and item.get_closest_marker("whole_machine") is not None
+    """A whole-machine test that holds the machine alone from its setup to its teardown."""
+    return item is not None and item.get_closest_marker("whole_machine") is not None and not windowed(item)
+
+
+def windowed(item: pytest.Item) -> bool:
+    """A whole-machine test that takes the machine alone only around what it measures (`machine_alone`)."""
+    return item.get_closest_marker("whole_machine") is not None and "machine_alone" in item.fixturenames
+
+
+@contextmanager
+def _alone_window():
+    """Trade this worker's shared hold for the machine alone, and back."""
+    global _SHARED, _WAITED_S
+    held, _SHARED = _SHARED, None
+    if held is not None:
+        held.__exit__(None, None, None)
+    asked = time.monotonic()
+    try:
+        with machine_share(alone=True):
+            _WAITED_S += time.monotonic() - asked
+            yield
+    finally:
+        if held is not None:
+            _SHARED = machine_share(alone=False)
+            _SHARED.__enter__()
+
+
+@pytest.fixture
+def machine_alone():
+    """For a whole-machine test whose setup and teardown need no quiet (an endpoint started and
+    stopped, seconds each): it holds the machine shared like any other test, and `with
+    machine_alone():` has it alone around what it measures. Fails the test that never takes it."""
+    taken = []
+
+    @contextmanager
+    def window():
+        taken.append(True)
+        with _alone_window():
+            yield
+
+    yield window
+    assert taken, "a whole-machine test asked for machine_alone and never took the machine alone"
 
 
 def heavy(item: pytest.Item) -> bool:
@@ -106,11 +157,19 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     test's setup and stop in its last test's teardown, so they are inside it too. The whole-machine
     tests are one xdist group (tests/conftest.py), run one after the other on one worker: the
     exclusive hold passes from one to the next rather than letting a long shared test in between.
-    Those of a module with shared services run on that module's worker, alone all the same."""
-    global _HELD
+    Those of a module with shared services run on that module's worker, alone all the same. A
+    whole-machine test that uses `machine_alone` runs as a shared one, and alone inside it."""
+    global _HELD, _SHARED, _WAITED_S
+    _WAITED_S = 0.0
     if not alone(item):
-        with machine_share(alone=False):
+        _SHARED = machine_share(alone=False)
+        _SHARED.__enter__()
+        try:
             return (yield)
+        finally:
+            held, _SHARED = _SHARED, None
+            if held is not None:
+                held.__exit__(None, None, None)
     if _HELD is None:
         _HELD = machine_share(alone=True)
         _HELD.__enter__()

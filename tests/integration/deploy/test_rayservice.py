@@ -134,7 +134,9 @@ def ray_env(base: dict[str, str], group: dict, extra: dict[str, str]) -> dict[st
     return {**base, **{name: on_this_machine(value, IMAGE_BIN) for name, value in env.items()}, **extra}
 
 
-def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_detector, known_image, tmp_path):
+def test_the_rayservice_serves_through_saturation_and_a_head_restart(
+    registered_detector, known_image, tmp_path, machine_alone
+):
     reason = needs()
     if reason:
         pytest.skip(f"the RayService tier needs pods here: {reason}")
@@ -240,76 +242,80 @@ def test_the_rayservice_serves_through_saturation_and_a_head_restart(registered_
         scraped = scrape_as_the_pod_monitor(pods, {"head": head_group, "worker": worker_group})
         print(f"monitoring.yaml's PodMonitor: {scraped}")
 
-        # The head pod dies and comes back: the worker keeps answering, and its replica is not
-        # restarted. (Before the saturation below, whose load lets the autoscaler add a replica.)
-        before = replica_pids(dashboard, base)
-        assert before, "no replica alive"
-        outage: list[tuple[float, int]] = []
-        stop_probing = threading.Event()
+        # The outage and the saturation, alone; the pods' start and stop run beside other tests.
+        with machine_alone():
+            # The head pod dies and comes back: the worker keeps answering, and its replica is not
+            # restarted. (Before the saturation below, whose load lets the autoscaler add a replica.)
+            before = replica_pids(dashboard, base)
+            assert before, "no replica alive"
+            outage: list[tuple[float, int]] = []
+            stop_probing = threading.Event()
 
-        def keep_asking() -> None:
-            while not stop_probing.is_set():
-                outage.append((time.monotonic(), predict(worker_url, timeout=10)))
-                time.sleep(0.25)
+            def keep_asking() -> None:
+                while not stop_probing.is_set():
+                    outage.append((time.monotonic(), predict(worker_url, timeout=10)))
+                    time.sleep(0.25)
 
-        asker = threading.Thread(target=keep_asking)
-        killed = time.monotonic()
-        pods.kill("head")
-        asker.start()
-        try:
-            time.sleep(5)  # the head stays down for a while, as a pod being rescheduled does
-            assert predict(head_url, timeout=2) == 0
-            pods.start("head", head_argv, head_environment)
-            wait_until(
-                lambda: predict(head_url, timeout=10) == 200, 300, "the restarted head's proxy serving", interval=1
-            )
-        finally:
-            stop_probing.set()
-            asker.join(timeout=30)
-        back = time.monotonic() - killed
-        failed = [(round(at - killed, 2), status) for at, status in outage if status != 200]
-        assert outage and not failed, f"the worker's proxy failed during the head's restart: {failed[:20]}"
-        after = replica_pids(dashboard, base)
-        assert after == before, f"a replica was restarted (its model loaded again): {before} -> {after}"
-        print(f"head restart: {len(outage)} requests to the worker during {back:.1f} s, all 200; replica {after}")
+            asker = threading.Thread(target=keep_asking)
+            killed = time.monotonic()
+            pods.kill("head")
+            asker.start()
+            try:
+                time.sleep(5)  # the head stays down for a while, as a pod being rescheduled does
+                assert predict(head_url, timeout=2) == 0
+                pods.start("head", head_argv, head_environment)
+                wait_until(
+                    lambda: predict(head_url, timeout=10) == 200, 300, "the restarted head's proxy serving", interval=1
+                )
+            finally:
+                stop_probing.set()
+                asker.join(timeout=30)
+            back = time.monotonic() - killed
+            failed = [(round(at - killed, 2), status) for at, status in outage if status != 200]
+            assert outage and not failed, f"the worker's proxy failed during the head's restart: {failed[:20]}"
+            after = replica_pids(dashboard, base)
+            assert after == before, f"a replica was restarted (its model loaded again): {before} -> {after}"
+            print(f"head restart: {len(outage)} requests to the worker during {back:.1f} s, all 200; replica {after}")
 
-        # KubeRay's readiness probe of the worker, while its replica holds all it admits (the
-        # app's max_pending) and refuses the rest with 503s.
-        probe = worker_readiness_probe(worker_group)
-        admits = yaml.safe_load(service["serveConfigV2"])["applications"][0]["args"]["max_pending"]
-        in_flight, answers, lock, saturating = [0], [], threading.Lock(), threading.Event()
+            # KubeRay's readiness probe of the worker, while its replica holds all it admits (the
+            # app's max_pending) and refuses the rest with 503s.
+            probe = worker_readiness_probe(worker_group)
+            admits = yaml.safe_load(service["serveConfigV2"])["applications"][0]["args"]["max_pending"]
+            in_flight, answers, lock, saturating = [0], [], threading.Lock(), threading.Event()
 
-        def client() -> None:
-            while not saturating.is_set():
-                with lock:
-                    in_flight[0] += 1
-                status = predict(worker_url, timeout=300, imgsz=640)  # slow enough to pile up
-                with lock:
-                    in_flight[0] -= 1
-                    answers.append(status)
+            def client() -> None:
+                while not saturating.is_set():
+                    with lock:
+                        in_flight[0] += 1
+                    status = predict(worker_url, timeout=300, imgsz=640)  # slow enough to pile up
+                    with lock:
+                        in_flight[0] -= 1
+                        answers.append(status)
 
-        clients = [threading.Thread(target=client) for _ in range(admits + 8)]  # 8 more than it admits
-        for thread in clients:
-            thread.start()
-        probes = []
-        try:
-            wait_until(lambda: 503 in answers, 120, "the replica refusing what it cannot hold", interval=0.05)
-            for _ in range(3):
-                held = in_flight[0]
-                started = time.perf_counter()
-                ran = subprocess.run(pods.net.command("worker", ["bash", "-c", probe]), capture_output=True, text=True)
-                probes.append((ran.returncode, round(time.perf_counter() - started, 3), held))
-        finally:
-            saturating.set()
+            clients = [threading.Thread(target=client) for _ in range(admits + 8)]  # 8 more than it admits
             for thread in clients:
-                thread.join(timeout=300)
-        assert all(code == 0 for code, _, _ in probes), probes
-        assert all(held >= admits for _, _, held in probes), f"the replica was not saturated while probed: {probes}"
-        counts = {status: answers.count(status) for status in set(answers)}
-        # An answer, a refusal (503), or at worst Serve's request_timeout_s (408): never a dropped
-        # connection or another error.
-        assert 200 in counts and set(counts) <= {200, 503, 408}, f"under saturation: {counts}"
-        print(f"readiness probe under saturation (seconds, requests in flight): {probes}; answers {counts}")
+                thread.start()
+            probes = []
+            try:
+                wait_until(lambda: 503 in answers, 120, "the replica refusing what it cannot hold", interval=0.05)
+                for _ in range(3):
+                    held = in_flight[0]
+                    started = time.perf_counter()
+                    ran = subprocess.run(
+                        pods.net.command("worker", ["bash", "-c", probe]), capture_output=True, text=True
+                    )
+                    probes.append((ran.returncode, round(time.perf_counter() - started, 3), held))
+            finally:
+                saturating.set()
+                for thread in clients:
+                    thread.join(timeout=300)
+            assert all(code == 0 for code, _, _ in probes), probes
+            assert all(held >= admits for _, _, held in probes), f"the replica was not saturated while probed: {probes}"
+            counts = {status: answers.count(status) for status in set(answers)}
+            # An answer, a refusal (503), or at worst Serve's request_timeout_s (408): never a dropped
+            # connection or another error.
+            assert 200 in counts and set(counts) <= {200, 503, 408}, f"under saturation: {counts}"
+            print(f"readiness probe under saturation (seconds, requests in flight): {probes}; answers {counts}")
     except BaseException:
         for pod in ("head", "worker", "mlflow", "redis"):
             print(f"--- {pod} ---\n{pods.log(pod)}")

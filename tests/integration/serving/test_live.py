@@ -378,7 +378,7 @@ def test_predict_names_a_camera_or_stream_it_cannot_open(registered_detector, tm
 
 
 @pytest.mark.whole_machine(reason="the real stream must be answered within 5 s while idle sockets wait")
-def test_idle_sockets_that_never_say_hello_do_not_hold_a_real_stream_off(known_image, tmp_path):
+def test_idle_sockets_that_never_say_hello_do_not_hold_a_real_stream_off(known_image, tmp_path, machine_alone):
     """200 /live sockets open and silent beside a real stream, on `facemask serve` as it starts
     (HAProxy, one replica). Each socket holds one of the replica's slots while it waits for its
     first message; the replica keeps at most MAX_WAITING_HELLOS waiting and closes the longest
@@ -416,8 +416,9 @@ def test_idle_sockets_that_never_say_hello_do_not_hold_a_real_stream_off(known_i
     with facemask_serve(None, tmp_path, "--backend", "simulated-gpu", "--num-cpus", "0.5") as (_, url, _):
         services.wait_until(lambda: httpx.get(url + "/live/streams", timeout=10).status_code == 200, 60, "the app")
         time.sleep(3)  # HAProxy has the replica itself, not only the fallback proxy
-        waited, answers, opened = asyncio.run(attack_and_stream(url))
-        stats = httpx.get(url + "/live/streams", timeout=10).json()
+        with machine_alone():  # the sockets and the stream; the endpoint's start and stop run beside other tests
+            waited, answers, opened = asyncio.run(attack_and_stream(url))
+            stats = httpx.get(url + "/live/streams", timeout=10).json()
     print(f"/live beside 200 silent sockets: ready after {waited:.2f} s; {opened} of them opened, stats {stats}")
     assert answers == {"ready": "ready", "result": "result"}
     assert waited < 5.0

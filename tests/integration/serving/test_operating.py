@@ -75,7 +75,9 @@ def replicas(root: int) -> list[int]:
     return [pid for pid, cmd in process_tree(root) if "ServeReplica:facemask" in cmd]
 
 
-def test_autoscale_adds_a_replica_under_load_and_removes_it_after_without_an_error(known_image, tmp_path):
+def test_autoscale_adds_a_replica_under_load_and_removes_it_after_without_an_error(
+    known_image, tmp_path, machine_alone
+):
     """`facemask serve --autoscale 1:2`: 12 clients push each replica over its target, a second
     replica starts and takes traffic; the load drops to one client, the extra replica is
     removed. Every request across both transitions is answered 200. The simulated accelerator
@@ -85,21 +87,22 @@ def test_autoscale_adds_a_replica_under_load_and_removes_it_after_without_an_err
     delays = ("--upscale-delay", "1", "--downscale-delay", "5")
     with facemask_serve(None, tmp_path, *options, *delays) as (proc, url, log):
         wait_until(lambda: len(replicas(proc.pid)) == 1, 60, "one replica at the start", proc, log)
-        with SteadyLoad(url, body, clients=12) as load:
-            wait_until(lambda: len(load.answers) > 50, 60, "answers to the load", proc, log)
-            loaded = time.monotonic()
-            wait_until(lambda: len(replicas(proc.pid)) == 2, 90, "a second replica under load", proc, log)
-            scaled_up = time.monotonic()
-            one = sum(1 for sent, *_ in load.answers if loaded <= sent < scaled_up) / (scaled_up - loaded)
-            # The new replica takes traffic once HAProxy has it: answers keep coming at a higher rate.
-            time.sleep(8)
-            before = len([a for a in load.since(scaled_up + 4) if a[0] < scaled_up + 8])
-            load.clients = 1
-            quiet = time.monotonic()
-            wait_until(lambda: len(replicas(proc.pid)) == 1, 120, "the second replica removed", proc, log)
-            scaled_down = time.monotonic()
-            time.sleep(4)  # the removed replica's drain and HAProxy's reload, under the remaining client
-        after = load.since(scaled_down)
+        with machine_alone():  # the load and the scaling; the endpoint's start and stop run beside other tests
+            with SteadyLoad(url, body, clients=12) as load:
+                wait_until(lambda: len(load.answers) > 50, 60, "answers to the load", proc, log)
+                loaded = time.monotonic()
+                wait_until(lambda: len(replicas(proc.pid)) == 2, 90, "a second replica under load", proc, log)
+                scaled_up = time.monotonic()
+                one = sum(1 for sent, *_ in load.answers if loaded <= sent < scaled_up) / (scaled_up - loaded)
+                # The new replica takes traffic once HAProxy has it: answers keep coming at a higher rate.
+                time.sleep(8)
+                before = len([a for a in load.since(scaled_up + 4) if a[0] < scaled_up + 8])
+                load.clients = 1
+                quiet = time.monotonic()
+                wait_until(lambda: len(replicas(proc.pid)) == 1, 120, "the second replica removed", proc, log)
+                scaled_down = time.monotonic()
+                time.sleep(4)  # the removed replica's drain and HAProxy's reload, under the remaining client
+            after = load.since(scaled_down)
     print(
         f"autoscale 1:2: second replica {scaled_up - loaded:.1f} s after the load began; "
         f"removed {scaled_down - quiet:.1f} s after it fell; {len(load.answers)} requests, "
@@ -129,7 +132,9 @@ def converged(load: SteadyLoad, moment: float, version: str, timeout: float) -> 
     pytest.fail(f"still {Counter(v for _, _, v in load.since(deadline - 5))} {timeout:.0f} s after the switch")
 
 
-def test_promote_canary_and_rollback_under_load_cost_no_request(registered_detector, known_image, tmp_path):
+def test_promote_canary_and_rollback_under_load_cost_no_request(
+    registered_detector, known_image, tmp_path, machine_alone
+):
     """Two replicas serving @champion under 4 steady clients, refresh_s 1: a promotion, its
     rollback, a 25% canary and the rollback that ends it. Every answer names its version; none
     fails; each switch reaches every replica within refresh_s plus a model load; the canary
@@ -144,34 +149,43 @@ def test_promote_canary_and_rollback_under_load_cost_no_request(registered_detec
     try:
         with facemask_serve(f"models:/{name}@champion", tmp_path, *options, tracking_uri=uri) as (proc, url, log):
             wait_until(lambda: len(replicas(proc.pid)) == 2, 90, "two replicas", proc, log)
-            with SteadyLoad(url, known_image.read_bytes(), clients=4, params={"imgsz": 160}) as load:
-                wait_until(lambda: len(load.answers) > 20, 120, "answers to the load", proc, log)
-                assert {v for _, _, v in load.answers} == {champion}
+            with machine_alone():  # the load and the switches; the endpoint's start and stop run beside other tests
+                with SteadyLoad(url, known_image.read_bytes(), clients=4, params={"imgsz": 160}) as load:
+                    wait_until(lambda: len(load.answers) > 20, 120, "answers to the load", proc, log)
+                    assert {v for _, _, v in load.answers} == {champion}
 
-                switched = time.monotonic()  # from the command's start (it changes the registry within it)
-                cli("promote", "--model-uri", f"models:/{name}/{other}", "--force", tracking_uri=uri)
-                times["promote"] = converged(load, switched, other, 60)
+                    switched = time.monotonic()  # from the command's start (it changes the registry within it)
+                    cli("promote", "--model-uri", f"models:/{name}/{other}", "--force", tracking_uri=uri)
+                    times["promote"] = converged(load, switched, other, 60)
 
-                switched = time.monotonic()
-                assert f"back from version {other} to version {champion}" in cli(
-                    "rollback", "--registered-model", name, tracking_uri=uri
-                )
-                times["rollback"] = converged(load, switched, champion, 60)
+                    switched = time.monotonic()
+                    assert f"back from version {other} to version {champion}" in cli(
+                        "rollback", "--registered-model", name, tracking_uri=uri
+                    )
+                    times["rollback"] = converged(load, switched, champion, 60)
 
-                switched = time.monotonic()
-                cli("promote", "--model-uri", f"models:/{name}/{other}", "--force", "--canary", "25", tracking_uri=uri)
-                wait_until(
-                    lambda: any(v == other for *_, v in load.since(switched)), 60, "the challenger's first answer"
-                )
-                time.sleep(5)  # both replicas hold the challenger
-                window_start = time.monotonic()
-                time.sleep(10)
-                window = [v for _, status, v in load.since(window_start) if status == 200]
-                share = sum(1 for v in window if v == other) / len(window)
+                    switched = time.monotonic()
+                    cli(
+                        "promote",
+                        "--model-uri",
+                        f"models:/{name}/{other}",
+                        "--force",
+                        "--canary",
+                        "25",
+                        tracking_uri=uri,
+                    )
+                    wait_until(
+                        lambda: any(v == other for *_, v in load.since(switched)), 60, "the challenger's first answer"
+                    )
+                    time.sleep(5)  # both replicas hold the challenger
+                    window_start = time.monotonic()
+                    time.sleep(10)
+                    window = [v for _, status, v in load.since(window_start) if status == 200]
+                    share = sum(1 for v in window if v == other) / len(window)
 
-                switched = time.monotonic()
-                assert "ended the canary" in cli("rollback", "--registered-model", name, tracking_uri=uri)
-                times["canary ended"] = converged(load, switched, champion, 60)
+                    switched = time.monotonic()
+                    assert "ended the canary" in cli("rollback", "--registered-model", name, tracking_uri=uri)
+                    times["canary ended"] = converged(load, switched, champion, 60)
             scrape = log.read_text().split("metrics for Prometheus: ", 1)[1].split()[0].rstrip(",")
             exported = wait_until(
                 lambda: (text := httpx.get(scrape, timeout=10).text) and f'model_version="{other}"' in text and text,

@@ -139,7 +139,9 @@ def test_facemask_serve_on_the_simulated_accelerator_batches_and_answers_in_the_
 
 
 @pytest.mark.whole_machine(reason="the requests dropped must be those at the kill, within 1.5 s of it")
-def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_detector, known_image, tmp_path):
+def test_haproxy_ingress_resends_requests_its_replica_died_holding(
+    registered_detector, known_image, tmp_path, machine_alone
+):
     """`facemask serve --ingress haproxy --replicas 2`, one replica kill -9'd under load.
 
     HAProxy (no proxy guard in its path) runs with HAPROXY_ENV, so it resends a request whose
@@ -199,10 +201,11 @@ def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_de
 
         answers: list[dict] = []
         client = Client(url, retries=5, backoff_s=0.2)
-        calls = threading.Thread(target=lambda: answers.extend(client.predict(data, imgsz=160) for _ in range(40)))
-        calls.start()
-        killed_at, seen = asyncio.run(load_through_a_kill(url, data, replicas[0], clients=6, after_kill_s=7))
-        calls.join(timeout=120)
+        with machine_alone():  # the load and the kill; the endpoint's start and stop run beside other tests
+            calls = threading.Thread(target=lambda: answers.extend(client.predict(data, imgsz=160) for _ in range(40)))
+            calls.start()
+            killed_at, seen = asyncio.run(load_through_a_kill(url, data, replicas[0], clients=6, after_kill_s=7))
+            calls.join(timeout=120)
     codes = Counter(status for _, _, status, _ in seen)
     dropped = [sent - killed_at for sent, _, status, _ in seen if status != 200]
     print(
@@ -225,7 +228,7 @@ def test_haproxy_ingress_resends_requests_its_replica_died_holding(registered_de
 
 
 @pytest.mark.whole_machine(reason="the 503s must come within 1.5 s of the kill and no request wait for the restart")
-def test_a_lone_replica_killed_behind_the_default_ingress_gives_quick_json_503s(known_image, tmp_path):
+def test_a_lone_replica_killed_behind_the_default_ingress_gives_quick_json_503s(known_image, tmp_path, machine_alone):
     """`facemask serve` as it starts by default (HAProxy), one replica, kill -9'd under load.
 
     With no replica left, HAProxy hands requests to Serve's own proxy, where the guard answers
@@ -243,15 +246,16 @@ def test_a_lone_replica_killed_behind_the_default_ingress_gives_quick_json_503s(
     data = known_image.read_bytes()
     with facemask_serve(None, tmp_path, "--backend", "simulated-gpu", "--num-cpus", "0.5") as (proc, url, _):
         (lone,) = [pid for pid, cmd in process_tree(proc.pid) if "ServeReplica" in cmd]
-        killed_at, seen = asyncio.run(load_through_a_kill(url, data, lone, clients=4, after_kill_s=9))
-        # Client rides over a restart: the replacement is killed too, and 20 calls start at once.
-        (lone,) = wait_for_tree_replica(proc.pid, gone=lone)
-        os.kill(lone, 9)
-        answers: list[dict] = []
-        client = Client(url, retries=30, backoff_s=0.2)
-        calls = threading.Thread(target=lambda: answers.extend(client.predict(data) for _ in range(20)))
-        calls.start()
-        calls.join(timeout=120)
+        with machine_alone():  # the loads and the kills; the endpoint's start and stop run beside other tests
+            killed_at, seen = asyncio.run(load_through_a_kill(url, data, lone, clients=4, after_kill_s=9))
+            # Client rides over a restart: the replacement is killed too, and 20 calls start at once.
+            (lone,) = wait_for_tree_replica(proc.pid, gone=lone)
+            os.kill(lone, 9)
+            answers: list[dict] = []
+            client = Client(url, retries=30, backoff_s=0.2)
+            calls = threading.Thread(target=lambda: answers.extend(client.predict(data) for _ in range(20)))
+            calls.start()
+            calls.join(timeout=120)
     codes = report_kill("haproxy, a lone replica killed:", killed_at, seen)
     # A request the replica held when it died gets facemask-haproxy's JSON 503 (Serve's own
     # configuration gave a plain 500), the ones after it the guard's JSON 503 until the restart.
@@ -300,7 +304,7 @@ def wait_for_tree_replica(root: int, gone: int | None = None, timeout: float = 9
     ],
 )
 def test_a_killed_ingress_is_back_within_seconds_and_the_client_rides_through(
-    registered_detector, known_image, tmp_path, ingress, victim, back_within_s
+    registered_detector, known_image, tmp_path, ingress, victim, back_within_s, machine_alone
 ):
     """`facemask serve --replicas 2`, 8 raw clients and one `Client`; the ingress process is kill -9'd.
 
@@ -358,27 +362,29 @@ def test_a_killed_ingress_is_back_within_seconds_and_the_client_rides_through(
                     client_calls.append(repr(exc))
                 time.sleep(0.1)
 
-        threads = [threading.Thread(target=raw) for _ in range(8)] + [threading.Thread(target=steady_client)]
-        for thread in threads:
-            thread.start()
-        wait_until(
-            lambda: sum(1 for *_, status in events if status == 200) >= 8 and client_calls,
-            60,
-            "8 answers to the raw clients and one call of the Client before the kill",
-        )
-        targets = [p for p in psutil.Process(proc.pid).children(recursive=True) if victim in " ".join(p.cmdline())]
-        assert targets, f"no {victim} process under facemask serve"
-        killed = time.monotonic()
-        targets[0].kill()
-        threads[-1].join(timeout=120)
-        wait_until(
-            lambda: any(sent > killed and status == 200 for sent, _, status in events),
-            back_within_s + 10,
-            "200 to a raw request sent after the kill",
-        )
-        stop.set()
-        for thread in threads[:-1]:
-            thread.join(timeout=40)
+        # The clients, the kill and the return; the endpoint's start and stop run beside other tests.
+        with machine_alone():
+            threads = [threading.Thread(target=raw) for _ in range(8)] + [threading.Thread(target=steady_client)]
+            for thread in threads:
+                thread.start()
+            wait_until(
+                lambda: sum(1 for *_, status in events if status == 200) >= 8 and client_calls,
+                60,
+                "8 answers to the raw clients and one call of the Client before the kill",
+            )
+            targets = [p for p in psutil.Process(proc.pid).children(recursive=True) if victim in " ".join(p.cmdline())]
+            assert targets, f"no {victim} process under facemask serve"
+            killed = time.monotonic()
+            targets[0].kill()
+            threads[-1].join(timeout=120)
+            wait_until(
+                lambda: any(sent > killed and status == 200 for sent, _, status in events),
+                back_within_s + 10,
+                "200 to a raw request sent after the kill",
+            )
+            stop.set()
+            for thread in threads[:-1]:
+                thread.join(timeout=40)
         # Everything below the command now, the ingress Serve started again included.
         started = psutil.Process(proc.pid).children(recursive=True)
 

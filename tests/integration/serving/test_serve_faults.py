@@ -91,7 +91,7 @@ def report_kill(label: str, killed_at: float, seen: list) -> Counter:
 
 
 @pytest.mark.whole_machine(reason="requests must not wait more than seconds on a dead or restarting replica")
-def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint, known_image):
+def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint, known_image, machine_alone):
     """kill -9 of a replica during a bounded load, over real HTTP through Serve's proxy and its guard.
 
     Two replicas: the requests the dead one held are sent again to the other, so every
@@ -119,7 +119,9 @@ def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint
     )
     try:
         victim, _ = replica_pids("killable").values()
-        killed_at, seen = asyncio.run(load_through_a_kill(url, data, victim, clients=6, after_kill_s=7))
+        # Each load and its kill alone on the machine; deploying the replicas runs beside other tests.
+        with machine_alone():
+            killed_at, seen = asyncio.run(load_through_a_kill(url, data, victim, clients=6, after_kill_s=7))
         codes = Counter(status for _, _, status, _ in seen)
         print("two replicas, one killed:", dict(codes), f"slowest {max(s for _, s, _, _ in seen):.2f} s")
         assert codes[200] >= 30 and set(codes) == {200}, codes
@@ -133,7 +135,8 @@ def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint
             route_prefix="/killable",
         )
         (lone,) = wait_for_replicas("killable", 1, victim).values()
-        killed_at, seen = asyncio.run(load_through_a_kill(url, data, lone, clients=4, after_kill_s=11))
+        with machine_alone():
+            killed_at, seen = asyncio.run(load_through_a_kill(url, data, lone, clients=4, after_kill_s=11))
         codes = report_kill("a lone replica killed:", killed_at, seen)
         assert set(codes) <= {200, 503}, codes
         refused = [response for _, _, status, response in seen if status == 503]
@@ -148,10 +151,11 @@ def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint
         answers: list[dict] = []
         client = Client(url, retries=30, backoff_s=0.2)
         calls = threading.Thread(target=lambda: [answers.append(client.predict(data, imgsz=160)) for _ in range(20)])
-        calls.start()
-        wait_until(lambda: answers or not calls.is_alive(), 60, "the Client's first answer")
-        os.kill(lone, signal.SIGKILL)
-        calls.join(timeout=180)
+        with machine_alone():
+            calls.start()
+            wait_until(lambda: answers or not calls.is_alive(), 60, "the Client's first answer")
+            os.kill(lone, signal.SIGKILL)
+            calls.join(timeout=180)
         assert not calls.is_alive() and len(answers) == 20
     finally:
         serve.delete("killable")

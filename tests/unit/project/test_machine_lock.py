@@ -80,6 +80,45 @@ def test_shared_holders_overlap_and_a_whole_machine_holder_runs_alone_without_be
     assert got["c"][0] >= got["w"][1], got  # not let in ahead of the waiting whole-machine holder
 
 
+WINDOWED = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from tests import machine_lock
+    log = Path(sys.argv[1])
+    def note(what):
+        with log.open("a") as out:
+            out.write(f"{what} {time.monotonic()}\\n")
+    machine_lock._SHARED = machine_lock.machine_share(alone=False)  # as the test protocol holds it
+    machine_lock._SHARED.__enter__()
+    note("start w-setup")
+    deadline = time.monotonic() + 30  # the endpoint starting: the other worker's test gets in meanwhile
+    while "start a " not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    note("end w-setup")
+    with machine_lock._alone_window():
+        note("start w")
+        time.sleep(1.0)  # what the test measures: alone
+        note("end w")
+    assert machine_lock._SHARED is not None  # shared again for the teardown
+    machine_lock._SHARED.__exit__(None, None, None)
+    """
+)
+
+
+def test_a_windowed_whole_machine_test_shares_its_setup_and_is_alone_inside_its_window(tmp_path):
+    log = tmp_path / "log"
+    env = {"FACEMASK_TEST_MACHINE_LOCK": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    windowed = subprocess.Popen([sys.executable, "-c", WINDOWED, str(log)], cwd=ROOT, env=env)
+    wait_until(lambda: started(log, "w-setup"), 30, "the windowed test's setup", proc=windowed)
+    neighbour = holder(tmp_path, log, "shared", 2.5, "a")
+    for proc in (windowed, neighbour):
+        assert proc.wait(timeout=60) == 0
+    got = spans(log)
+    assert got["a"][0] < got["w-setup"][1], got  # the setup ran beside a shared test
+    assert got["w"][0] >= got["a"][1], got  # the window waited for it to end
+
+
 def test_without_a_lock_folder_nothing_is_taken(tmp_path, monkeypatch):
     from tests.machine_lock import machine_share
 
@@ -107,25 +146,30 @@ GROUPS_PROBE = textwrap.dedent(
 def test_heavy_tests_run_one_at_a_time_on_one_worker_and_whole_machine_ones_alone(tmp_path):
     """Every test of a heavy module lands in the one heavy group (one xdist worker, one test at a
     time), a module's shared services included; a whole-machine test keeps its own group, unless
-    it uses its module's shared services: then it stays with them; a light test stays free to go
-    to either worker."""
+    it uses its module's shared services: then it stays with them; a light test, and a
+    whole-machine one that takes the machine alone only inside itself (`machine_alone`), stay free
+    to go to either worker."""
     (tmp_path / "groups_probe.py").write_text(GROUPS_PROBE)
     out = tmp_path / "groups.json"
     heavy = ["tests/integration/training/test_tune.py", "tests/integration/deploy/test_cluster.py"]
-    mixed, light = "tests/integration/serving/test_serve_command.py", "tests/integration/data/test_prepare.py"
+    mixed, light = "tests/integration/serving/test_registry_lookups.py", "tests/integration/data/test_prepare.py"
+    windowed = "tests/integration/serving/test_serve_command.py"  # whole-machine tests, each with its window
     shared = "tests/integration/serving/test_serve_faults.py"  # an endpoint per module, whole-machine tests
     collected = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "groups_probe", "-p", "no:cacheprovider"]
-        + [*heavy, mixed, light, shared],
+        + [*heavy, mixed, light, shared, windowed],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tmp_path), "GROUPS_OUT": str(out)},
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-3000:]
     groups = json.loads(out.read_text())
-    of = {path: {g for test, g in groups.items() if test.startswith(path)} for path in [*heavy, mixed, light, shared]}
+    of = {
+        path: {g for test, g in groups.items() if test.startswith(path)}
+        for path in [*heavy, mixed, light, shared, windowed]
+    }
     assert all(of[path] == {"heavy"} for path in heavy), of
-    assert of[mixed] == {"whole-machine", None}, of
-    assert of[light] == {None}, of
+    assert of[mixed] == {"whole-machine", "test_registry_lookups", None}, of  # alone, with its registry, free
+    assert of[light] == of[windowed] == {None}, of
     assert of[shared] == {"test_serve_faults"}, of  # the module's name
 
 
