@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port, tiny_training
+from tests.services import tiny_training
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "datasets" / "face-mask-detection"
@@ -38,10 +38,6 @@ def pytest_configure(config: pytest.Config) -> None:
         # without an address never joins the cluster another worker's test started. Short: Ray's
         # socket paths under it must fit in 107 characters.
         os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=f"fm-{worker}-")
-    # HAProxy's metrics keep their documented port (9101) while it is free when an endpoint starts,
-    # and HAProxy binds it only once Serve is up, seconds later: two workers' endpoints starting
-    # together both chose it, and the second HAProxy refused to start. Each worker's own.
-    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
     token = Path(_RAY_AUTH_DIR) / "auth_token"
     token.write_text(secrets.token_hex(32))
     os.environ["RAY_AUTH_MODE"] = "token"
