@@ -6,6 +6,7 @@ errors           FacemaskError and every error a user can cause
 modelref         model URIs, ModelInfo, registry names
 lifecycle        stop signals and exit codes, a bounded stop, the processes below this one
 supervisor       keeps a server running: started again when it ends, with a backoff (cluster.yaml's MLflow)
+ports            a server's port: a documented one reserved machine-wide, else one no connection takes
 runtime          Ultralytics offline, devices, CPUs given, Ray init, the node's Serve settings
 manifest         manifest.json and the data fingerprint
 settings         every stage's config dataclass and defaults

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from facemask.core.errors import ConfigError, RayStartFailed
 from facemask.core.lifecycle import descendants, end_processes, handle_stop_signals, process_name, stopped_by
+from facemask.core.ports import free_port
 
 HOME_ENV = "FACEMASK_HOME"
 # Set by Ray in the driver process of `ray job submit` (the job's config: runtime env, metadata).
@@ -438,43 +439,3 @@ def metrics_endpoints(ingress: str) -> list[str]:
         port = os.environ.get("RAY_SERVE_HAPROXY_METRICS_PORT", str(HAPROXY_METRICS_PORT))
         urls.append(f"http://127.0.0.1:{port}/metrics")
     return urls
-
-
-def free_port(preferred: int | None = None) -> int:
-    """`preferred` if nothing listens on it on loopback and no other facemask process on this
-    machine has chosen it (reserve_port), else any free port."""
-    for port in ([preferred] if preferred and reserve_port(preferred) else []) + [0]:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise OSError("no free port on 127.0.0.1")
-
-
-_RESERVED: dict[int, object] = {}  # port: the open lock file, held for the life of this process
-
-
-def reserve_port(port: int) -> bool:
-    """Reserve a documented port (8080, 9101) for this process, machine-wide, until it exits: an
-    exclusive flock on a file named after it in the temp folder. A port checked free is bound only
-    seconds later, by Ray's node or HAProxy: two commands starting together both found it free,
-    and the one that lost it never came up (Ray waits its 30 s for a node whose metrics port is
-    taken). False when another live process holds it; True where flock is unavailable."""
-    if port in _RESERVED:
-        return True
-    try:
-        import fcntl
-    except ImportError:
-        return True
-    import tempfile
-
-    handle = open(Path(tempfile.gettempdir()) / f"facemask-port-{port}.lock", "a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return False
-    _RESERVED[port] = handle
-    return True

@@ -163,18 +163,8 @@ def test_haproxy_ingress_resends_requests_its_replica_died_holding(
     data = body.getvalue()
     assert 16 * 1024 < len(data) < int(HAPROXY_ENV["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]), len(data)
 
-    with facemask_serve(
-        registered_detector["weights"],
-        tmp_path,
-        "--num-cpus",
-        "0.25",
-        "--replicas",
-        "2",
-        "--threads",
-        "1",
-        "--ingress",
-        "haproxy",
-    ) as (proc, url, _):
+    options = ("--num-cpus", "0.25", "--replicas", "2", "--threads", "1", "--ingress", "haproxy")
+    with facemask_serve(registered_detector["weights"], tmp_path, *options) as (proc, url, _):
 
         def children() -> list[tuple[int, list[str]]]:
             found = []

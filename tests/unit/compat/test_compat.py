@@ -245,24 +245,3 @@ def test_a_local_ray_whose_metrics_port_was_taken_meanwhile_starts_again_on_anot
     with holder:
         runtime._start_or_join_ray(export_metrics=True)
     assert len(ports) == 2 and ports[1] != ports[0], ports
-
-
-def test_a_documented_port_chosen_by_a_running_command_is_not_chosen_again_until_it_exits(tmp_path):
-    """`free_port(preferred)` reserves the port machine-wide: a second process that finds it free
-    (nothing has bound it yet) still takes another, until the first one exits."""
-    import sys
-
-    from facemask.core.runtime import free_port
-
-    port = free_port()  # a port nobody uses, standing in for 8080
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"from facemask.core.runtime import free_port; print(free_port({port}), flush=True); "
-         "import sys; sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == str(port)  # chosen, not bound: only reserved
-        assert free_port(port) != port
-    finally:
-        holder.communicate("", timeout=30)
-    assert free_port(port) == port  # the reservation ended with its process

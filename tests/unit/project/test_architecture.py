@@ -26,6 +26,7 @@ LEAVES = (
     "facemask.compat.onnxruntime",
     "facemask.core.modelref",
     "facemask.core.lifecycle",
+    "facemask.core.ports",
     "facemask.core.runtime",
     "facemask.core.manifest",
     "facemask.core.settings",
