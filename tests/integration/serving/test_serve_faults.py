@@ -135,23 +135,25 @@ def test_a_killed_replica_costs_no_500s_and_a_lone_one_gives_quick_503s(endpoint
             route_prefix="/killable",
         )
         (lone,) = wait_for_replicas("killable", 1, victim).values()
+        # The lone replica's kill and the Client over its restart, in one window.
         with machine_alone():
             killed_at, seen = asyncio.run(load_through_a_kill(url, data, lone, clients=4, after_kill_s=11))
-        codes = report_kill("a lone replica killed:", killed_at, seen)
-        assert set(codes) <= {200, 503}, codes
-        refused = [response for _, _, status, response in seen if status == 503]
-        assert refused, "no request met the restart window"
-        assert all(r.json()["error"] == "unavailable" and r.headers["retry-after"] == "1" for r in refused)
-        # Each request is answered within ready_wait_s of finding no replica, plus the watch's poll.
-        assert max(seconds for _, seconds, _, _ in seen) < ready_wait_s + 2.5, "a request waited for the restart"
-        wait_for_replicas("killable", 1, lone)
+            codes = report_kill("a lone replica killed:", killed_at, seen)
+            assert set(codes) <= {200, 503}, codes
+            refused = [response for _, _, status, response in seen if status == 503]
+            assert refused, "no request met the restart window"
+            assert all(r.json()["error"] == "unavailable" and r.headers["retry-after"] == "1" for r in refused)
+            # Each request is answered within ready_wait_s of finding no replica, plus the watch's poll.
+            assert max(seconds for _, seconds, _, _ in seen) < ready_wait_s + 2.5, "a request waited for the restart"
+            wait_for_replicas("killable", 1, lone)
 
-        # Client rides over a lone replica's restart: its 503s carry Retry-After.
-        (lone,) = replica_pids("killable").values()
-        answers: list[dict] = []
-        client = Client(url, retries=30, backoff_s=0.2)
-        calls = threading.Thread(target=lambda: [answers.append(client.predict(data, imgsz=160)) for _ in range(20)])
-        with machine_alone():
+            # Client rides over a lone replica's restart: its 503s carry Retry-After.
+            (lone,) = replica_pids("killable").values()
+            answers: list[dict] = []
+            client = Client(url, retries=30, backoff_s=0.2)
+            calls = threading.Thread(
+                target=lambda: [answers.append(client.predict(data, imgsz=160)) for _ in range(20)]
+            )
             calls.start()
             wait_until(lambda: answers or not calls.is_alive(), 60, "the Client's first answer")
             os.kill(lone, signal.SIGKILL)
