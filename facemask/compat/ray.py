@@ -1,8 +1,8 @@
 """Ray's private parts the platform reads: whether the local cluster this process started is
 still alive, the process group it starts in, the error of a local node that did not start in
-time and where its logs are, Serve's controller and its replica table, whether this process is a Serve replica, the
-option that fixes a local node's metrics port, and the lines of the HAProxy configuration Serve
-writes that give its own answers. None of them has a public equivalent in Ray 2.60
+time and where its logs are, Serve's controller and its replica table, whether this process is a
+Serve replica, the option that fixes a local node's metrics port, and the lines of the HAProxy
+configuration Serve writes that give its own answers. None of them has a public equivalent in Ray 2.60
 (`serve.status()` gives neither the replicas' actor names nor their states per route, which the
 proxy guard matches against the live actors; `ray start` has --metrics-export-port, `ray.init`
 only `_metrics_export_port`; HAProxy's error files and its answer outside every route are fixed

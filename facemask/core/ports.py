@@ -22,19 +22,20 @@ def free_port(preferred: int | None = None) -> int:
     worker ports (10002-19999), no connection takes a port unasked."""
     import random
 
-    if preferred and reserve_port(preferred) and _bindable(preferred):
+    if preferred and reserve_port(preferred) and bindable(preferred):
         return preferred
     low = _ephemeral_low()
     candidates = random.sample(range(20000, low), min(64, low - 20000)) if low > 20000 else []
     for port in candidates:
-        if _bindable(port):
+        if bindable(port):
             return port
     with socket.socket() as s:  # every candidate taken: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
+    """Whether nothing holds `port` on loopback now."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from facemask.core.errors import ConfigError, RayStartFailed
 from facemask.core.lifecycle import descendants, end_processes, handle_stop_signals, process_name, stopped_by
-from facemask.core.ports import free_port
+from facemask.core.ports import bindable, free_port
 
 HOME_ENV = "FACEMASK_HOME"
 # Set by Ray in the driver process of `ray job submit` (the job's config: runtime env, metadata).
@@ -401,17 +401,17 @@ def _start_or_join_ray(export_metrics: bool) -> None:
             started = descendants() - before
             why = node_start_failure({process_name(pid) for pid in started})
             end_processes(started)  # the GCS, raylet and reaper this try left; the next try starts its own
-            if port and free_port(port) != port:
+            if port and not bindable(port):
                 why += f"; its metrics port {port}, free when chosen, is held by another process"
             if attempt == LOCAL_RAY_TRIES:
                 raise RayStartFailed(busy_machine_note(why, attempt)) from None
             log.warning("the local Ray's node did not register in Ray's fixed 30 s (%s); starting it again", why)
 
 
-def busy_machine_note(why: str = "", tries: int = 1) -> str:
-    """What a command says when its local Ray's node did not register in Ray's fixed 30 s."""
+def busy_machine_note(why: str, tries: int) -> str:
+    """What a command says when its local Ray's node did not register in Ray's fixed 30 s in `tries`."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    why = f"load {load:.1f} on {os.cpu_count()} cores" + (f", {why}" if why else "")
+    why = f"load {load:.1f} on {os.cpu_count()} cores, {why}"
     return (
         f"the local Ray did not start: its node did not register within Ray's fixed 30 s in {tries} "
         f"{'try' if tries == 1 else 'tries'} ({why}). Run the command again when the machine is quieter, or "
